@@ -1,0 +1,321 @@
+"""Anytime (early-exit) inference with a confidence threshold.
+
+The rule: a sample leaves at the first classifier whose maximum softmax probability is at
+least the threshold tau; the main output takes every sample no exit let go. So tau = 0
+sends every sample out at exit 1, and any tau above 1 (above every confidence) sends every
+sample to the main output.
+
+Cost accounting (GFLOPs per sample), counting the shared trunk once:
+
+* a sample leaving at exit i has run trunk stages 1..i and the exit heads 1..i it evaluated
+  on the way (all of them said "not confident enough" except the last);
+* a sample reaching the main output has run every stage, every exit head and the main head.
+
+:class:`ClassifierCosts` holds these "anytime" costs next to the "standalone" ones of the
+paper's Table III (stages 1..i + exit i alone: what a network truncated at exit i costs).
+
+Two views of the same rule, which give the same predictions:
+
+* :func:`sweep` works on logits already collected for every classifier (one pass over a
+  split, :func:`eed.evaluation.collect_outputs`) and evaluates many thresholds at once;
+* :func:`predict` runs the network on a batch and really stops: samples that have left are
+  removed from the batch before the next stage runs.
+
+:func:`fit_budgets` picks, on the validation split, the threshold with the best accuracy
+whose average cost fits a GFLOPs budget; :func:`evaluate_threshold` reports it on test.
+Accuracies are fractions in [0, 1], like every metric the project logs.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+# A threshold just above 1: no confidence reaches it, so every sample takes the main output.
+ABOVE_ONE = math.nextafter(1.0, 2.0)
+
+
+# --------------------------------------------------------------------------- costs
+
+
+@dataclass(frozen=True)
+class ClassifierCosts:
+    """GFLOPs per sample of each classifier (exit1..exit{k-1}, main), two ways."""
+
+    # Stages 1..i + exit head i only: a network truncated at classifier i (paper Table III).
+    standalone: list[float]
+    # Stages 1..i + exit heads 1..i (main: everything): a sample leaving there in early exit.
+    anytime: list[float]
+
+    @classmethod
+    def from_parts(cls, stage_gflops: Sequence[float], exit_gflops: Sequence[float],
+                   main_head_gflops: float) -> "ClassifierCosts":
+        """Exit i attaches after stage i; the main head after the last stage."""
+        stages, exits = list(map(float, stage_gflops)), list(map(float, exit_gflops))
+        if len(exits) >= len(stages):
+            raise ValueError(f"{len(exits)} exits need at least {len(exits) + 1} stages, got {len(stages)}")
+        standalone, anytime = [], []
+        for i, head in enumerate(exits):
+            trunk = sum(stages[: i + 1])
+            standalone.append(trunk + head)
+            anytime.append(trunk + sum(exits[: i + 1]))
+        standalone.append(sum(stages) + main_head_gflops)
+        anytime.append(sum(stages) + sum(exits) + main_head_gflops)
+        return cls(standalone=standalone, anytime=anytime)
+
+    @classmethod
+    def from_profile(cls, profile: Any) -> "ClassifierCosts":
+        """From an :class:`eed.flops.FlopsProfile` (``stage_gflops``, ``exit_gflops``,
+        ``main_head_gflops``). A separate ``stem_gflops``, if the profile has one, is part of
+        stage 1: every sample pays it."""
+        stages = list(profile.stage_gflops)
+        stages[0] += float(getattr(profile, "stem_gflops", 0.0) or 0.0)
+        return cls.from_parts(stages, profile.exit_gflops, profile.main_head_gflops)
+
+
+# --------------------------------------------------------------------------- the exit rule
+
+
+def threshold_grid(points: int) -> Tensor:
+    """``points`` thresholds evenly spaced in [0, 1], plus :data:`ABOVE_ONE` so that the
+    curve ends exactly at the main output (tau = 1 still lets saturated samples out)."""
+    return torch.cat([torch.linspace(0.0, 1.0, points, dtype=torch.float64),
+                      torch.tensor([ABOVE_ONE], dtype=torch.float64)])
+
+
+def confidences(logits: Tensor) -> tuple[Tensor, Tensor]:
+    """Maximum softmax probability and predicted class along the last dimension."""
+    confidence, classes = logits.float().softmax(dim=-1).max(dim=-1)
+    return confidence, classes
+
+
+def leaves(confidence: Tensor, threshold: float | Tensor) -> Tensor:
+    """The exit rule, shared by :func:`sweep` and :func:`predict`: confidence >= tau.
+    Compared in float64 so that a threshold just above 1 is not rounded down to 1."""
+    return confidence.double() >= threshold
+
+
+def exit_indices(logits: Tensor, thresholds: Tensor) -> Tensor:
+    """Classifier each sample leaves at (0-based; k-1 = main) for each threshold.
+
+    ``logits``: (k, N, C); ``thresholds``: (T,); returns (T, N).
+    """
+    confidence, _ = confidences(logits)  # (k, N)
+    leaving = leaves(confidence[None], thresholds.double()[:, None, None])  # (T, k, N)
+    leaving[:, -1] = True  # the main output takes the rest
+    # Index of the first True = number of classifiers before it that did not let the sample go.
+    return (leaving.long().cumsum(dim=1) == 0).sum(dim=1)
+
+
+# --------------------------------------------------------------------------- the sweep
+
+
+@dataclass
+class AnytimeCurve:
+    """Accuracy and average cost of early-exit inference for each threshold."""
+
+    names: list[str]          # classifier names, exit1..main
+    thresholds: Tensor        # (T,) float64
+    accuracy: Tensor          # (T,) fraction of correct predictions
+    gflops: Tensor            # (T,) average GFLOPs per sample
+    exit_fractions: Tensor    # (T, k) fraction of samples leaving at each classifier
+
+    def rows(self) -> list[dict[str, float]]:
+        """One dict per threshold: the rows of ``anytime.csv``."""
+        rows = []
+        for t in range(len(self.thresholds)):
+            row = {"threshold": float(self.thresholds[t]), "gflops": float(self.gflops[t]),
+                   "accuracy": float(self.accuracy[t])}
+            row.update({f"frac_{name}": float(self.exit_fractions[t, i]) for i, name in enumerate(self.names)})
+            rows.append(row)
+        return rows
+
+
+def sweep(logits: Tensor, labels: Tensor, costs: Sequence[float], thresholds: Tensor,
+          names: Sequence[str] | None = None) -> AnytimeCurve:
+    """Early-exit accuracy and cost for every threshold, from collected logits (k, N, C).
+
+    ``costs`` are the anytime costs of leaving at each classifier (``ClassifierCosts.anytime``).
+    """
+    k, n, _ = logits.shape
+    if len(costs) != k:
+        raise ValueError(f"{len(costs)} costs for {k} classifiers")
+    names = list(names) if names is not None else [f"exit{i + 1}" for i in range(k - 1)] + ["main"]
+    thresholds = torch.as_tensor(thresholds, dtype=torch.float64)
+    chosen = exit_indices(logits, thresholds)                               # (T, N)
+    correct = (logits.argmax(dim=-1) == labels[None]).double()             # (k, N)
+    correct_at_exit = torch.gather(correct, 0, chosen)                      # (T, N)
+    cost_at_exit = torch.as_tensor(costs, dtype=torch.float64)[chosen]     # (T, N)
+    counts = torch.zeros(len(thresholds), k, dtype=torch.float64)
+    counts.scatter_add_(1, chosen, torch.ones_like(cost_at_exit))
+    return AnytimeCurve(names=names, thresholds=thresholds, accuracy=correct_at_exit.mean(dim=1),
+                        gflops=cost_at_exit.mean(dim=1), exit_fractions=counts / n)
+
+
+def evaluate_threshold(logits: Tensor, labels: Tensor, costs: Sequence[float],
+                       threshold: float) -> tuple[float, float]:
+    """(accuracy, average GFLOPs) of early exit at one threshold."""
+    curve = sweep(logits, labels, costs, torch.tensor([threshold], dtype=torch.float64))
+    return float(curve.accuracy[0]), float(curve.gflops[0])
+
+
+# --------------------------------------------------------------------------- budgets
+
+
+@dataclass
+class BudgetFit:
+    """The threshold chosen for a GFLOPs budget on one split, and how it does on another."""
+
+    budget: float
+    threshold: float | None      # None: no threshold fits (the budget is below exit 1's cost)
+    fit_accuracy: float | None   # on the split the threshold was chosen on (validation)
+    fit_gflops: float | None
+    accuracy: float | None = None  # on the reported split (test)
+    gflops: float | None = None
+
+    @property
+    def feasible(self) -> bool:
+        return self.threshold is not None
+
+
+def fit_budgets(curve: AnytimeCurve, budgets: Sequence[float]) -> list[BudgetFit]:
+    """For each budget, the threshold whose average cost fits it with the best accuracy
+    (ties: the cheaper one), chosen on the curve of the fitting split."""
+    fits = []
+    for budget in budgets:
+        fitting = torch.nonzero(curve.gflops <= budget + 1e-12).flatten().tolist()
+        if not fitting:
+            fits.append(BudgetFit(float(budget), None, None, None))
+            continue
+        best = max(fitting, key=lambda t: (float(curve.accuracy[t]), -float(curve.gflops[t])))
+        fits.append(BudgetFit(float(budget), float(curve.thresholds[best]),
+                              float(curve.accuracy[best]), float(curve.gflops[best])))
+    return fits
+
+
+def report_budgets(fits: list[BudgetFit], logits: Tensor, labels: Tensor,
+                   costs: Sequence[float]) -> list[BudgetFit]:
+    """Fill in each fitted threshold's accuracy and cost on another split (test)."""
+    for fit in fits:
+        if fit.threshold is not None:
+            fit.accuracy, fit.gflops = evaluate_threshold(logits, labels, costs, fit.threshold)
+    return fits
+
+
+# --------------------------------------------------------------------------- the whole analysis
+
+
+@dataclass
+class AnytimeReport:
+    """What ``eed evaluate`` reports about early exit on a split."""
+
+    curve: AnytimeCurve
+    costs: ClassifierCosts
+    classifier_accuracy: list[float]   # each classifier alone (the single-exit points)
+    budgets: list[BudgetFit] = field(default_factory=list)
+    fit_split: str | None = None       # where the budget thresholds were chosen
+
+    def metrics(self) -> dict[str, Any]:
+        """Compact numbers for ``metrics.json``: standalone cost of each classifier and, per
+        budget, the fitted threshold with its accuracy and cost on the reported split."""
+        out: dict[str, Any] = {f"gflops_{name}": cost for name, cost in zip(self.curve.names, self.costs.standalone)}
+        for fit in self.budgets:
+            key = "budget_" + f"{fit.budget:g}".replace(".", "_")
+            out[key] = {"threshold": fit.threshold, "accuracy": fit.accuracy, "gflops": fit.gflops,
+                        "fit_accuracy": fit.fit_accuracy}
+        return out
+
+
+def analyze(logits: Tensor, labels: Tensor, costs: ClassifierCosts, thresholds: Tensor,
+            names: Sequence[str], budgets: Sequence[float] = (),
+            fit_logits: Tensor | None = None, fit_labels: Tensor | None = None,
+            fit_split: str | None = None) -> AnytimeReport:
+    """The curve on the reported split, plus budget thresholds fitted on ``fit_logits``
+    (the validation split) and reported on ``logits``. No fitting split: no budgets."""
+    curve = sweep(logits, labels, costs.anytime, thresholds, names)
+    accuracy = (logits.argmax(dim=-1) == labels[None]).double().mean(dim=1).tolist()
+    report = AnytimeReport(curve=curve, costs=costs, classifier_accuracy=accuracy, fit_split=fit_split)
+    if budgets and fit_logits is not None and fit_labels is not None:
+        fit_curve = sweep(fit_logits, fit_labels, costs.anytime, thresholds, names)
+        report.budgets = report_budgets(fit_budgets(fit_curve, budgets), logits, labels, costs.anytime)
+    return report
+
+
+# --------------------------------------------------------------------------- inference
+
+
+@dataclass
+class Prediction:
+    """Per sample: predicted class, classifier it left at (0-based; k-1 = main), confidence."""
+
+    classes: Tensor
+    exit_index: Tensor
+    confidence: Tensor
+    # With ``count_stages=True``: how many samples each trunk stage processed.
+    stage_samples: list[int] | None = None
+
+    @property
+    def stages_run(self) -> int | None:
+        """Stage evaluations summed over samples (N x num_stages for a full forward pass)."""
+        return None if self.stage_samples is None else sum(self.stage_samples)
+
+
+def _classifier_after_stage(stage_index: int, num_stages: int, num_classifiers: int) -> int | None:
+    """Which classifier reads stage ``stage_index``'s output (as in ``MultiExitNet.forward``)."""
+    if stage_index < num_classifiers - 1:
+        return stage_index
+    if stage_index == num_stages - 1:
+        return num_classifiers - 1
+    return None
+
+
+def predict(model: nn.Module, x: Tensor, threshold: float, *, count_stages: bool = False) -> Prediction:
+    """Early-exit inference on a batch that really stops computing.
+
+    After each exit, samples whose confidence reaches ``threshold`` are removed from the
+    batch; the next stage runs only on the rest, and the loop ends when none are left.
+    ``count_stages`` records, with forward hooks, how many samples each stage processed.
+    """
+    n = x.shape[0]
+    device = x.device
+    classes = torch.empty(n, dtype=torch.long, device=device)
+    exit_index = torch.empty(n, dtype=torch.long, device=device)
+    confidence = torch.empty(n, dtype=torch.float32, device=device)
+    stage_samples = [0] * len(model.stages)
+    hooks = []
+    if count_stages:
+        for i, stage in enumerate(model.stages):
+            def count(module, inputs, output, i=i):
+                stage_samples[i] += inputs[0].shape[0]
+            hooks.append(stage.register_forward_hook(count))
+    was_training = model.training
+    model.eval()  # BatchNorm must use running statistics: the batch shrinks as samples leave
+    try:
+        with torch.inference_mode():
+            remaining = torch.arange(n, device=device)  # original positions still in the batch
+            hidden = model.stem(x)
+            k, num_stages = model.num_classifiers, len(model.stages)
+            for stage_index, stage in enumerate(model.stages):
+                hidden = stage(hidden)
+                classifier = _classifier_after_stage(stage_index, num_stages, k)
+                if classifier is None:
+                    continue
+                _, logits = model.classify(classifier, hidden)
+                conf, predicted = confidences(logits)
+                done = leaves(conf, threshold) if classifier < k - 1 else torch.ones_like(conf, dtype=torch.bool)
+                leaving = remaining[done]
+                classes[leaving] = predicted[done]
+                confidence[leaving] = conf[done]
+                exit_index[leaving] = classifier
+                remaining, hidden = remaining[~done], hidden[~done]
+                if remaining.numel() == 0:
+                    break
+    finally:
+        model.train(was_training)
+        for hook in hooks:
+            hook.remove()
+    return Prediction(classes, exit_index, confidence, stage_samples if count_stages else None)

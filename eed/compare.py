@@ -1,0 +1,327 @@
+"""``eed compare``: the paper's Tables I/II from MLflow training runs.
+
+Runs are selected by experiment, by tags (``--tag method=eed``) or by id, then grouped by
+configuration: network, dataset, method, output loss l_z, alpha and beta. Runs that share a
+configuration (different seeds) become one row whose cells are ``mean ± std`` over the
+runs (sample standard deviation, n shown); a row with one run shows just the value. The
+columns are exit 1..k-1, main and the ensemble of all classifiers, read from the final
+``test/acc_*`` metrics the trainer logs (``--split val`` reads ``val/acc_*``, the last
+logged epoch). In each network/dataset group the best mean main accuracy is marked, as the
+paper marks it in red.
+
+Loss settings a method ignores are shown as "—" and do not split rows: baseline and
+branchynet train with cross entropy only, and distill ignores beta.
+
+Metrics are logged as fractions; tables and the figure show percent.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+from rich.table import Table
+
+from eed.config import METHODS
+
+# Configuration fields that define a row, and their column titles.
+KEY_FIELDS: tuple[str, ...] = ("arch", "dataset", "method", "output", "alpha", "beta")
+KEY_TITLES = {"arch": "Network", "dataset": "Dataset", "method": "Method", "output": "l_z",
+              "alpha": "α", "beta": "β"}
+NOT_APPLICABLE = "—"
+PERCENT = 100.0
+
+
+class CompareError(RuntimeError):
+    """The runs cannot be found or compared; the message says which."""
+
+
+# --------------------------------------------------------------------------- reading MLflow
+
+
+@dataclass
+class RunRecord:
+    run_id: str
+    params: dict[str, str]
+    tags: dict[str, str]
+    metrics: dict[str, float]  # last logged value of each metric
+
+    @classmethod
+    def from_mlflow(cls, run: Any) -> "RunRecord":
+        return cls(run.info.run_id, dict(run.data.params), dict(run.data.tags), dict(run.data.metrics))
+
+
+def _filter_string(tags: Mapping[str, str]) -> str:
+    clauses = []
+    for key, value in tags.items():
+        escaped = str(value).replace("'", "\\'")
+        clauses.append(f"tags.`{key}` = '{escaped}'")
+    return " and ".join(clauses)
+
+
+def find_runs(client: Any, *, experiments: Sequence[str] = (), tags: Mapping[str, str] | None = None,
+              run_ids: Sequence[str] = ()) -> list[RunRecord]:
+    """Runs given by id, else every run of ``experiments`` (all experiments when none are
+    named) that carries all of ``tags``. Nested stage runs (``evaluate``, ``rdm``) are left
+    out unless asked for by id: they are not training runs."""
+    from mlflow.exceptions import MlflowException
+
+    tags = dict(tags or {})
+    if run_ids:
+        records = []
+        for run_id in run_ids:
+            try:
+                records.append(RunRecord.from_mlflow(client.get_run(run_id)))
+            except MlflowException:
+                raise CompareError(f"no MLflow run {run_id!r} in {client.tracking_uri}") from None
+        return [r for r in records if all(r.tags.get(k) == v for k, v in tags.items())]
+
+    if experiments:
+        experiment_ids = []
+        for name in experiments:
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                known = ", ".join(e.name for e in client.search_experiments()) or "none"
+                raise CompareError(f"no MLflow experiment {name!r} in {client.tracking_uri} (known: {known})")
+            experiment_ids.append(experiment.experiment_id)
+    else:
+        experiment_ids = [e.experiment_id for e in client.search_experiments()]
+
+    records, page_token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string=_filter_string(tags), max_results=1000,
+                                  page_token=page_token)
+        records.extend(RunRecord.from_mlflow(run) for run in page)
+        page_token = page.token
+        if not page_token:
+            break
+    return [r for r in records if "eed.stage" not in r.tags and "mlflow.parentRunId" not in r.tags]
+
+
+# --------------------------------------------------------------------------- grouping
+
+
+def _number(text: str | None) -> str:
+    """``"1.0"`` and ``"1"`` are the same alpha: compare formatted floats."""
+    if text is None or text in ("", "None", "null"):
+        return NOT_APPLICABLE
+    try:
+        return f"{float(text):g}"
+    except ValueError:
+        return text
+
+
+def config_key(run: RunRecord) -> dict[str, str]:
+    """The configuration a run belongs to, with settings its method ignores as "—"."""
+    p, t = run.params, run.tags
+    method = p.get("method") or t.get("method") or "unknown"
+    key = {
+        "arch": p.get("model.arch") or t.get("arch") or "unknown",
+        "dataset": p.get("data.dataset") or t.get("dataset") or "unknown",
+        "method": method,
+        "output": p.get("loss.output", NOT_APPLICABLE),
+        "alpha": _number(p.get("loss.alpha")),
+        "beta": _number(p.get("loss.beta")),
+    }
+    if method in ("baseline", "branchynet"):
+        key.update(output=NOT_APPLICABLE, alpha=NOT_APPLICABLE, beta=NOT_APPLICABLE)
+    elif method == "distill":
+        key["beta"] = NOT_APPLICABLE
+    return key
+
+
+@dataclass
+class Cell:
+    """One table cell: the values of the runs of a row, their mean and sample std."""
+
+    values: list[float]
+
+    @property
+    def n(self) -> int:
+        return len(self.values)
+
+    @property
+    def mean(self) -> float:
+        return math.fsum(self.values) / self.n
+
+    @property
+    def std(self) -> float | None:
+        """Sample standard deviation (n - 1 in the denominator); None for a single run."""
+        if self.n < 2:
+            return None
+        mean = self.mean
+        return math.sqrt(math.fsum((v - mean) ** 2 for v in self.values) / (self.n - 1))
+
+    def format(self, digits: int = 2) -> str:
+        text = f"{PERCENT * self.mean:.{digits}f}"
+        return text if self.std is None else f"{text} ± {PERCENT * self.std:.{digits}f}"
+
+
+@dataclass
+class ComparisonRow:
+    key: dict[str, str]
+    cells: dict[str, Cell]        # column -> cell; a column the runs lack is absent
+    run_ids: list[str]
+    seeds: list[str]
+    best_main: bool = False
+
+    @property
+    def n(self) -> int:
+        return len(self.run_ids)
+
+    @property
+    def label(self) -> str:
+        settings = [f"{KEY_TITLES[f]}={self.key[f]}" for f in ("output", "alpha", "beta") if self.key[f] != NOT_APPLICABLE]
+        return self.key["method"] + (f" ({', '.join(settings)})" if settings else "")
+
+
+def _column_order(column: str) -> tuple[int, int]:
+    match = re.fullmatch(r"exit(\d+)", column)
+    if match:
+        return (0, int(match.group(1)))
+    return (1, 0) if column == "main" else (2, 0)
+
+
+@dataclass
+class ComparisonTable:
+    split: str
+    columns: list[str]                 # "exit1", ..., "main", "ensemble"
+    rows: list[ComparisonRow]
+    skipped: list[str] = field(default_factory=list)  # run ids without the split's metrics
+
+    @staticmethod
+    def column_title(column: str) -> str:
+        return f"Exit {column[4:]}" if column.startswith("exit") else column.capitalize()
+
+    def shown_key_fields(self) -> list[str]:
+        """Network and dataset only when they vary; the loss settings always (paper layout)."""
+        varying = [f for f in ("arch", "dataset") if len({row.key[f] for row in self.rows}) > 1]
+        return varying + ["method", "output", "alpha", "beta"]
+
+    def cell_text(self, row: ComparisonRow, column: str) -> str:
+        cell = row.cells.get(column)
+        return "-" if cell is None else cell.format()
+
+    def to_markdown(self) -> str:
+        """Markdown table; the best main accuracy of each network/dataset in bold."""
+        fields = self.shown_key_fields()
+        header = [KEY_TITLES[f] for f in fields] + ["n"] + [self.column_title(c) for c in self.columns]
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(fields) + ["--:"] * (1 + len(self.columns))) + "|"]
+        for row in self.rows:
+            cells = [self.cell_text(row, c) for c in self.columns]
+            if row.best_main and "main" in self.columns:
+                i = self.columns.index("main")
+                cells[i] = f"**{cells[i]}**"
+            lines.append("| " + " | ".join([row.key[f] for f in fields] + [str(row.n)] + cells) + " |")
+        return "\n".join(lines) + "\n"
+
+    def write_csv(self, path: str | Path) -> Path:
+        """One row per configuration: key fields, n, seeds, run ids, mean/std (%) per column."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow([*KEY_FIELDS, "n", "seeds", "run_ids", "best_main",
+                             *(f"{c}_{stat}" for c in self.columns for stat in ("mean", "std"))])
+            for row in self.rows:
+                stats = []
+                for column in self.columns:
+                    cell = row.cells.get(column)
+                    stats += ["", ""] if cell is None else [
+                        f"{PERCENT * cell.mean:.6g}", "" if cell.std is None else f"{PERCENT * cell.std:.6g}"]
+                writer.writerow([*(row.key[f] for f in KEY_FIELDS), row.n, " ".join(row.seeds),
+                                 " ".join(row.run_ids), int(row.best_main), *stats])
+        return path
+
+    def rich_table(self) -> Table:
+        table = Table(title=f"{self.split} accuracy (%): mean ± sample std over seeds; best main per network in red")
+        fields = self.shown_key_fields()
+        for f in fields:
+            table.add_column(KEY_TITLES[f])
+        table.add_column("n", justify="right")
+        for column in self.columns:
+            table.add_column(self.column_title(column), justify="right")
+        for row in self.rows:
+            cells = [self.cell_text(row, c) for c in self.columns]
+            if row.best_main and "main" in self.columns:
+                i = self.columns.index("main")
+                cells[i] = f"[bold red]{cells[i]}[/]"
+            table.add_row(*(row.key[f] for f in fields), str(row.n), *cells)
+        return table
+
+
+def build_table(runs: Iterable[RunRecord], split: str = "test") -> ComparisonTable:
+    """Group runs by :func:`config_key` and aggregate their ``<split>/acc_*`` metrics."""
+    pattern = re.compile(rf"{re.escape(split)}/acc_(exit\d+|main|ensemble)")
+    groups: dict[tuple[str, ...], ComparisonRow] = {}
+    columns: set[str] = set()
+    skipped = []
+    for run in runs:
+        accuracies = {m.group(1): value for name, value in run.metrics.items() if (m := pattern.fullmatch(name))}
+        if "main" not in accuracies:
+            skipped.append(run.run_id)  # unfinished, failed, or not a training run
+            continue
+        key = config_key(run)
+        row = groups.setdefault(tuple(key[f] for f in KEY_FIELDS), ComparisonRow(key, {}, [], []))
+        row.run_ids.append(run.run_id)
+        row.seeds.append(run.params.get("seed") or run.tags.get("seed") or "?")
+        for column, value in accuracies.items():
+            row.cells.setdefault(column, Cell([])).values.append(float(value))
+            columns.add(column)
+
+    method_rank = {m: i for i, m in enumerate(METHODS)}
+    rows = sorted(groups.values(), key=lambda r: (r.key["arch"], r.key["dataset"],
+                                                  method_rank.get(r.key["method"], len(METHODS)),
+                                                  r.key["method"], r.key["output"], r.key["alpha"], r.key["beta"]))
+    # The best main accuracy within each network/dataset, as the paper marks per network.
+    best: dict[tuple[str, str], float] = {}
+    for row in rows:
+        group = (row.key["arch"], row.key["dataset"])
+        best[group] = max(best.get(group, -math.inf), row.cells["main"].mean)
+    for row in rows:
+        row.best_main = row.cells["main"].mean == best[(row.key["arch"], row.key["dataset"])]
+    return ComparisonTable(split, sorted(columns, key=_column_order), rows, skipped)
+
+
+# --------------------------------------------------------------------------- the whole command
+
+
+def run_compare(tracking_uri: str, out_dir: str | Path, *, experiments: Sequence[str] = (),
+                tags: Mapping[str, str] | None = None, run_ids: Sequence[str] = (),
+                split: str = "test") -> tuple[ComparisonTable, list[Path]]:
+    """``eed compare``: find the runs, build the table, write ``comparison.md``,
+    ``comparison.csv`` and ``figures/comparison.png`` into ``out_dir``."""
+    from mlflow.tracking import MlflowClient
+
+    from eed.plots import plot_comparison
+
+    client = MlflowClient(tracking_uri)
+    runs = find_runs(client, experiments=experiments, tags=tags, run_ids=run_ids)
+    table = build_table(runs, split)
+    if not table.rows:
+        selection = (f"run ids {', '.join(run_ids)}" if run_ids else
+                     f"experiments {', '.join(experiments) or '(all)'}" + (f" with tags {dict(tags)}" if tags else ""))
+        raise CompareError(f"no finished training runs with {split}/acc_main metrics among {selection} "
+                           f"({len(runs)} runs found)")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    markdown = out_dir / "comparison.md"
+    markdown.write_text(table.to_markdown())
+    files = [markdown, table.write_csv(out_dir / "comparison.csv"),
+             plot_comparison(table, out_dir / "figures" / "comparison.png")]
+    return table, files
+
+
+def parse_tags(pairs: Sequence[str]) -> dict[str, str]:
+    """``["method=eed", "arch=resnet18"]`` -> ``{"method": "eed", "arch": "resnet18"}``."""
+    tags = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise CompareError(f"--tag {pair!r} must look like key=value, e.g. --tag method=eed")
+        tags[key.strip()] = value.strip()
+    return tags

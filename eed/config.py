@@ -1,0 +1,327 @@
+"""Typed configuration: one class per section of ``params.yaml``.
+
+Loading validates everything: an unknown or misspelled key, a wrong type or an
+out-of-range value raises :class:`ConfigError` naming the key and what is allowed.
+Keys left ``null`` in ``params.yaml`` are filled from the ``scale`` preset
+(``cpu`` for runs on a laptop-class CPU, ``paper`` for the paper's setting), so the
+paper-scale run is one switch away: ``dvc exp run -S scale=paper``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Method = Literal["baseline", "branchynet", "distill", "byot", "eed"]
+METHODS: tuple[str, ...] = ("baseline", "branchynet", "distill", "byot", "eed")
+Scale = Literal["cpu", "paper"]
+
+DATA_ROOT_ENV = "EED_DATA_ROOT"
+
+
+class ConfigError(ValueError):
+    """A configuration value or key is invalid; the message names the key."""
+
+
+class _Section(BaseModel):
+    # extra="forbid" turns a misspelled key into an error instead of a silent new value.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+class SyntheticConfig(_Section):
+    """Seeded random images, for tests and benchmarks only."""
+
+    num_train: int = Field(2000, ge=1)
+    num_test: int = Field(500, ge=1)
+    num_classes: int = Field(10, ge=2)
+    image_size: int = Field(32, ge=8)
+
+
+class DataConfig(_Section):
+    dataset: Literal["cifar10", "cifar100", "imagenet", "synthetic"] = "cifar100"
+    # Where the raw dataset lives (or is downloaded to). $EED_DATA_ROOT wins over this.
+    root: str = "data/raw"
+    # Where `eed prepare` writes the .beton files and their manifest.
+    prepared_dir: str = "data/prepared"
+    backend: Literal["ffcv", "tensor"] = "ffcv"
+    # Images carved from the training set (stratified, seeded) for model selection; 0 = none.
+    val_size: int = Field(5000, ge=0)
+    # Seed of the validation split and of the training subset, kept apart from `seed` so that
+    # runs with different seeds train and select on the same images.
+    split_seed: int = Field(0, ge=0)
+    # Training images used per run (stratified subset of the train split); 0 = all; null = preset.
+    train_subset: int | None = Field(None, ge=0)
+    num_workers: int = Field(2, ge=0)
+    # ImageNet only: JPEG settings of the .beton files.
+    max_resolution: int = Field(256, ge=32)
+    jpeg_quality: int = Field(90, ge=1, le=100)
+    synthetic: SyntheticConfig = SyntheticConfig()
+
+    def resolved_root(self) -> Path:
+        """$EED_DATA_ROOT, else ``root``; a relative root is taken from the project root, so
+        DVC experiments running in a temporary copy still find the raw data."""
+        root = Path(os.environ.get(DATA_ROOT_ENV) or self.root).expanduser()
+        if root.is_absolute():
+            return root
+        from eed.paths import project_root
+
+        return project_root() / root
+
+
+class ModelConfig(_Section):
+    arch: str = "resnet18"
+    # Channels of the first stage; later stages scale with it. null = preset
+    # (cpu: a quarter of the architecture's own width, 16 for ResNet-18; paper: its own, 64).
+    width: int | None = Field(None, ge=1)
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, arch: str) -> str:
+        from eed.models import registry  # late import: models import config types
+
+        if arch not in registry.list_backbones():
+            raise ValueError(f"unknown architecture {arch!r}; allowed: {', '.join(registry.list_backbones())}")
+        return arch
+
+
+TeacherMember = Union[int, Literal["main"]]
+
+
+class LossConfig(_Section):
+    # Output distillation loss l_z: KL on softened probabilities (scaled by T^2) or MSE on logits.
+    output: Literal["kl", "mse"] = "mse"
+    alpha: float = Field(1.0, ge=0)
+    # Feature distillation weight; ignored by baseline/branchynet/distill.
+    beta: float = Field(1.0, ge=0)
+    temperature: float = Field(3.0, gt=0)
+    # EED teacher ensemble: classifier indices 1..k-1 and/or "main"; null = all classifiers.
+    teacher: list[TeacherMember] | None = None
+
+    @field_validator("teacher")
+    @classmethod
+    def _teacher_members(cls, teacher: list[TeacherMember] | None) -> list[TeacherMember] | None:
+        if teacher is None:
+            return None
+        if not teacher:
+            raise ValueError("teacher must name at least one classifier (1..k-1 or 'main'), or be null for all")
+        if len(set(map(str, teacher))) != len(teacher):
+            raise ValueError(f"teacher lists a classifier twice: {teacher}")
+        for member in teacher:
+            if isinstance(member, int) and member < 1:
+                raise ValueError(f"teacher index {member} out of range; exits are numbered from 1, or use 'main'")
+        return teacher
+
+
+class TrainConfig(_Section):
+    epochs: int | None = Field(None, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(0.1, gt=0)
+    momentum: float = Field(0.9, ge=0, lt=1)
+    weight_decay: float = Field(5e-4, ge=0)
+    nesterov: bool = False
+    # step: x gamma at milestones (the paper); cosine; onecycle (short CPU runs). null = preset.
+    schedule: Literal["step", "cosine", "onecycle"] | None = None
+    milestones: list[int] = [75, 130, 180]
+    gamma: float = Field(0.1, gt=0, le=1)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # auto = bf16 autocast on CUDA, fp32 on CPU.
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
+    # auto = channels_last on CUDA only.
+    channels_last: Literal["auto", "on", "off"] = "auto"
+    compile: bool = False
+    deterministic: bool = False
+    checkpoint_every: int = Field(1, ge=1)
+    # Processes for DistributedDataParallel (launched through torchrun when > 1).
+    nproc: int = Field(1, ge=1)
+
+    @field_validator("milestones")
+    @classmethod
+    def _increasing(cls, milestones: list[int]) -> list[int]:
+        if any(m < 1 for m in milestones) or milestones != sorted(set(milestones)):
+            raise ValueError(f"milestones must be strictly increasing positive epochs, got {milestones}")
+        return milestones
+
+
+class EvalConfig(_Section):
+    split: Literal["test", "val"] = "test"
+    ece_bins: int = Field(15, ge=1)
+    # Early-exit sweep: confidence thresholds tau from 0 to 1 in this many steps.
+    thresholds: int = Field(101, ge=2)
+    # Early-exit budgets (GFLOPs per sample) whose thresholds are fitted on the validation split.
+    budgets: list[float] = []
+    rdm_samples: int = Field(500, ge=2)
+    rdm_classes: int = Field(10, ge=2)
+
+
+class TrackingConfig(_Section):
+    enabled: bool = True
+    # null = sqlite database `mlflow.db` + artifact folder `mlartifacts/` at the project root.
+    # $MLFLOW_TRACKING_URI wins over this.
+    uri: str | None = None
+    experiment: str = "eed"
+
+
+class PathsConfig(_Section):
+    # Everything a pipeline stage writes goes below this folder, one subfolder per stage.
+    out_dir: str = "outputs"
+
+
+class Config(_Section):
+    seed: int = Field(0, ge=0)
+    method: Method = "eed"
+    scale: Scale = "cpu"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    loss: LossConfig = LossConfig()
+    train: TrainConfig = TrainConfig()
+    eval: EvalConfig = EvalConfig()
+    tracking: TrackingConfig = TrackingConfig()
+    paths: PathsConfig = PathsConfig()
+
+    @model_validator(mode="after")
+    def _consistent(self) -> "Config":
+        if self.method == "byot" and self.loss.beta <= 0:
+            raise ValueError("loss.beta: method 'byot' adds the feature loss and needs beta > 0; "
+                             "use method 'distill' for beta = 0")
+        from eed.models.registry import get_spec
+
+        family = get_spec(self.model.arch).family
+        if self.data.dataset == "imagenet" and family != "imagenet":
+            raise ValueError(f"model.arch: {self.model.arch!r} is a CIFAR network (32x32); for ImageNet use "
+                             "imagenet_resnet18 or imagenet_resnet50")
+        if self.data.dataset in ("cifar10", "cifar100") and family != "cifar":
+            raise ValueError(f"model.arch: {self.model.arch!r} is an ImageNet network (224x224); "
+                             f"for {self.data.dataset} use a CIFAR network (see `eed models`)")
+        return self
+
+    def resolved(self) -> "Config":
+        """A copy with every preset-controlled ``null`` filled from :data:`PRESETS`."""
+        data = self.model_dump()
+        for dotted, value in PRESETS[self.scale].items():
+            section, key = dotted.split(".")
+            if data[section][key] is None:
+                data[section][key] = value
+        if data["model"]["width"] is None:
+            data["model"]["width"] = preset_width(self.model.arch, self.scale)
+        return Config.model_validate(data)
+
+
+# Values used where params.yaml leaves the key null. `paper` is the paper's protocol
+# (the official release's 200-epoch step schedule at the architecture's own width).
+PRESETS: dict[str, dict[str, Any]] = {
+    "cpu": {"train.epochs": 4, "train.schedule": "onecycle", "data.train_subset": 20000},
+    "paper": {"train.epochs": 200, "train.schedule": "step", "data.train_subset": 0},
+}
+# The cpu preset narrows CIFAR networks to a quarter of their width (ResNet-18: 64 -> 16),
+# keeping the topology; the ImageNet networks come from torchvision at their own width.
+CPU_WIDTH_DIVISOR = 4
+
+
+def preset_width(arch: str, scale: str) -> int:
+    from eed.models.registry import get_spec
+
+    spec = get_spec(arch)
+    if scale == "paper" or spec.family != "cifar":
+        return spec.default_width
+    return max(8, round(spec.default_width / CPU_WIDTH_DIVISOR / 8) * 8)
+
+
+def _format_validation_error(error: ValidationError, source: str) -> str:
+    lines = []
+    for problem in error.errors():
+        key = ".".join(str(part) for part in problem["loc"] if not str(part).startswith("function-after"))
+        # Literal errors carry the allowed values in the message; extra keys name the section.
+        if problem["type"] == "extra_forbidden":
+            lines.append(f"{source}: unknown key '{key}'; allowed keys here: {_allowed_keys(problem['loc'])}")
+        else:
+            message = problem["msg"].removeprefix("Value error, ")
+            lines.append(f"{source}: {key or '<root>'}: {message} (got {problem.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _allowed_keys(loc: tuple) -> str:
+    section: type[BaseModel] = Config
+    for part in loc[:-1]:
+        annotation = section.model_fields[str(part)].annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            section = annotation
+    return ", ".join(section.model_fields)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split ``"train.lr=0.05"`` into the key path and the YAML-parsed value."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like key=value, e.g. train.lr=0.05")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override {text!r} has no key")
+    return key.split("."), yaml.safe_load(raw) if raw.strip() else None
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        node = data
+        section: type[BaseModel] = Config
+        for depth, part in enumerate(path):
+            if part not in section.model_fields:
+                where = ".".join(path[:depth]) or "top level"
+                raise ConfigError(f"--set {text}: unknown key '{'.'.join(path[: depth + 1])}'; "
+                                  f"allowed keys at {where}: {', '.join(section.model_fields)}")
+            if depth == len(path) - 1:
+                node[part] = value
+                break
+            annotation = section.model_fields[part].annotation
+            if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+                raise ConfigError(f"--set {text}: '{'.'.join(path[: depth + 1])}' is a value, not a section")
+            section = annotation
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {text}: '{'.'.join(path[: depth + 1])}' must be a mapping")
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Read ``params.yaml`` (or defaults when ``path`` is None), apply ``key=value`` overrides,
+    validate, and fill preset values. Raises :class:`ConfigError` with every problem found."""
+    source = str(path) if path is not None else "defaults"
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"params file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as error:
+            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: must be a mapping of sections, got {type(data).__name__}")
+    data = apply_overrides(data, list(overrides))
+    try:
+        return Config.model_validate(data).resolved()
+    except ValidationError as error:
+        raise ConfigError(_format_validation_error(error, source)) from None
+
+
+def flatten(config: Config) -> dict[str, str]:
+    """``{"train.lr": "0.1", ...}``: the form MLflow params take."""
+    flat: dict[str, str] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(f"{prefix}.{key}" if prefix else key, item)
+        else:
+            flat[prefix] = "null" if value is None else str(value)
+
+    walk("", config.model_dump())
+    return flat
+
+
+def to_yaml(config: Config) -> str:
+    return yaml.safe_dump(config.model_dump(), sort_keys=False)

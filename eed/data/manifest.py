@@ -1,0 +1,194 @@
+"""The manifest: a JSON file beside the ``.beton`` files that says what they hold.
+
+``eed prepare`` writes it last, after every ``.beton`` is complete, and deletes the old
+one before it starts writing: a folder with a manifest is a finished preparation. Later
+stages call :func:`load_manifest`, which checks that the prepared data was made with the
+current params (dataset, seed, val_size, image settings) and that its files are all there.
+
+Layout of a prepared dataset: ``<data.prepared_dir>/<dataset>/{train,val,test}.beton``
+and ``manifest.json`` (no ``val.beton`` when ``val_size`` is 0).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from eed.config import Config
+from eed.data.catalog import dataset_info
+from eed.data.errors import DataError
+
+MANIFEST_NAME = "manifest.json"
+FORMAT = "eed-prepared-data"
+# Bump when the .beton layout or the split procedure changes: older preparations then
+# no longer match and `eed prepare` rewrites them.
+FORMAT_VERSION = 1
+RERUN_HINT = "re-run `eed prepare` (or `dvc repro prepare`)"
+
+
+def dataset_dir(config: Config) -> Path:
+    """Folder of the prepared files of the configured dataset."""
+    return Path(config.data.prepared_dir).expanduser() / config.data.dataset
+
+
+def image_field_settings(config: Config) -> dict[str, Any]:
+    """How images are stored in the .beton (the arguments of FFCV's ``RGBImageField``)."""
+    if dataset_info(config.data.dataset).write_mode == "jpg":
+        return {"write_mode": "jpg", "max_resolution": config.data.max_resolution,
+                "jpeg_quality": config.data.jpeg_quality}
+    return {"write_mode": "raw", "max_resolution": None, "jpeg_quality": None}
+
+
+def expected_params(config: Config) -> dict[str, Any]:
+    """The params a preparation depends on, as ``{"data.val_size": 5000, ...}``.
+
+    Loaders refuse prepared data whose recorded params differ from these.
+    """
+    params: dict[str, Any] = {
+        "format_version": FORMAT_VERSION,
+        "data.dataset": config.data.dataset,
+        "seed": config.seed,
+        "data.val_size": config.data.val_size,
+    }
+    if config.data.dataset == "imagenet":
+        params["data.max_resolution"] = config.data.max_resolution
+        params["data.jpeg_quality"] = config.data.jpeg_quality
+    if config.data.dataset == "synthetic":
+        params.update({f"data.synthetic.{key}": value for key, value in config.data.synthetic.model_dump().items()})
+    return params
+
+
+@dataclass
+class SplitRecord:
+    file: str  # name of the .beton, relative to the manifest
+    num_samples: int
+    class_counts: list[int]
+    bytes: int = 0
+    sha256: str = ""
+
+
+@dataclass
+class Manifest:
+    dataset: str
+    class_names: list[str]
+    params: dict[str, Any]  # expected_params() of the config it was prepared with
+    source: dict[str, str]  # {"location": ..., "fingerprint": "sha256:..."}
+    fields: dict[str, dict[str, Any]]  # FFCV field settings, per field name
+    normalization: dict[str, list[float]]  # {"mean": [...], "std": [...]} the loaders apply
+    image_shape: list[int] | None  # [H, W, 3] when all images share it (raw), else None
+    splits: dict[str, SplitRecord]
+    seed: int
+    val_size: int
+    eed_version: str
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+    # Set when read from disk: the folder holding the manifest and the .beton files.
+    directory: Path | None = field(default=None, compare=False)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+    def split_path(self, split: str) -> Path:
+        if split not in self.splits:
+            if split == "val":
+                raise DataError(f"no validation split was prepared (data.val_size = {self.val_size}); "
+                                "use the test split, or set data.val_size > 0 and " + RERUN_HINT)
+            raise DataError(f"unknown split {split!r}; prepared: {', '.join(self.splits)}")
+        assert self.directory is not None, "split_path needs a manifest read from disk"
+        return self.directory / self.splits[split].file
+
+    def same_content(self, other: Manifest) -> bool:
+        """Equal except for the written files' byte sizes and hashes."""
+        def strip(manifest: Manifest) -> dict[str, Any]:
+            data = manifest.to_json()
+            for record in data["splits"].values():
+                del record["bytes"]
+                del record["sha256"]
+            return data
+
+        return strip(self) == strip(other)
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data.pop("directory")
+        return data
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], directory: Path | None = None) -> Manifest:
+        data = dict(data)
+        data["splits"] = {name: SplitRecord(**record) for name, record in data["splits"].items()}
+        return cls(**data, directory=directory)
+
+
+def read_manifest(directory: str | Path) -> Manifest | None:
+    """The manifest in ``directory``, or None when there is none (not prepared, or interrupted)."""
+    path = Path(directory) / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+        if data.get("format") != FORMAT:
+            raise ValueError(f"format is {data.get('format')!r}, not {FORMAT!r}")
+        return Manifest.from_json(data, directory=Path(directory))
+    except (ValueError, TypeError, KeyError, AttributeError) as error:
+        raise DataError(f"{path}: not a valid manifest ({error}); {RERUN_HINT}") from None
+
+
+def write_manifest(manifest: Manifest, directory: str | Path) -> Path:
+    """Write atomically (temporary file, then rename)."""
+    path = Path(directory) / MANIFEST_NAME
+    fd, tmp = tempfile.mkstemp(prefix=f".{MANIFEST_NAME}.", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(manifest.to_json(), handle, indent=2)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def params_mismatch(manifest: Manifest, config: Config) -> list[str]:
+    """``["data.val_size: prepared with 5000, params say 1000", ...]``; empty when they match."""
+    expected = expected_params(config)
+    return [f"{key}: prepared with {manifest.params.get(key)!r}, params say {expected.get(key)!r}"
+            for key in sorted(set(expected) | set(manifest.params))
+            if manifest.params.get(key) != expected.get(key)]
+
+
+def load_manifest(config: Config) -> Manifest:
+    """The manifest of the configured dataset, checked against the params and the files.
+
+    Raises :class:`DataError` telling to re-run ``eed prepare`` when the data is missing,
+    was prepared with other params, or a ``.beton`` file is missing or has another size.
+    """
+    directory = dataset_dir(config)
+    manifest = read_manifest(directory)
+    if manifest is None:
+        raise DataError(f"no prepared {config.data.dataset} data in {directory} (no {MANIFEST_NAME}); "
+                        f"{RERUN_HINT}")
+    differences = params_mismatch(manifest, config)
+    if differences:
+        raise DataError(f"the prepared data in {directory} does not match the params ({'; '.join(differences)}); "
+                        f"{RERUN_HINT}")
+    for split, record in manifest.splits.items():
+        path = directory / record.file
+        if not path.is_file() or path.stat().st_size != record.bytes:
+            state = "is missing" if not path.is_file() else f"has {path.stat().st_size} bytes, not {record.bytes}"
+            raise DataError(f"{path} {state} (the {split} split of {MANIFEST_NAME}); {RERUN_HINT}")
+    return manifest
+
+
+def num_classes(config: Config) -> int:
+    return load_manifest(config).num_classes
+
+
+def class_names(config: Config) -> list[str]:
+    return list(load_manifest(config).class_names)
+

@@ -1,0 +1,68 @@
+"""Backbone registry: ``@register_backbone`` maps a name to a builder, the way timm's
+``@register_model`` does. A builder returns a :class:`~eed.models.backbone.Backbone`
+(stem, ordered stages, head); :func:`create_model` wraps it in a
+:class:`~eed.models.multi_exit.MultiExitNet`, attaching exits between its stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+from eed.models.backbone import Backbone
+
+BackboneBuilder = Callable[..., Backbone]
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    name: str
+    builder: BackboneBuilder
+    input_size: int  # square input resolution the topology is designed for
+    default_width: int  # channels of the first stage at the architecture's own width
+    family: str  # "cifar" or "imagenet"
+    description: str
+
+
+_REGISTRY: dict[str, BackboneSpec] = {}
+
+
+def register_backbone(name: str, *, input_size: int, default_width: int, family: str, description: str = ""):
+    """Decorator registering ``builder(num_classes: int, width: int) -> Backbone`` under ``name``."""
+
+    def decorate(builder: BackboneBuilder) -> BackboneBuilder:
+        if name in _REGISTRY:
+            raise ValueError(f"backbone {name!r} registered twice")
+        _REGISTRY[name] = BackboneSpec(name, builder, input_size, default_width, family,
+                                       description or (builder.__doc__ or "").strip().splitlines()[0])
+        return builder
+
+    return decorate
+
+
+def _ensure_loaded() -> None:
+    # Importing the modules runs their @register_backbone decorators.
+    from eed.models import cifar_resnet, cifar_vgg, imagenet  # noqa: F401
+
+
+def list_backbones() -> list[str]:
+    _ensure_loaded()
+    return sorted(_REGISTRY)
+
+
+def get_spec(name: str) -> BackboneSpec:
+    _ensure_loaded()
+    if name not in _REGISTRY:
+        raise KeyError(f"unknown architecture {name!r}; allowed: {', '.join(sorted(_REGISTRY))}")
+    return _REGISTRY[name]
+
+
+def create_backbone(name: str, num_classes: int, width: int | None = None) -> Backbone:
+    spec = get_spec(name)
+    return spec.builder(num_classes=num_classes, width=width or spec.default_width)
+
+
+def create_model(name: str, num_classes: int, width: int | None = None, exits: bool = True):
+    """The multi-exit network (``exits=True``) or the plain backbone with the same main path."""
+    from eed.models.multi_exit import MultiExitNet
+
+    return MultiExitNet(create_backbone(name, num_classes, width), exits=exits)

@@ -1,0 +1,119 @@
+"""Typed configuration: params.yaml maps onto the classes; bad keys and values name themselves."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from eed.config import PRESETS, Config, ConfigError, flatten, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS = ROOT / "params.yaml"
+
+
+def write(tmp_path: Path, data: dict) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_params_yaml_maps_one_to_one_onto_the_config():
+    raw = yaml.safe_load(PARAMS.read_text())
+    config = load_config(PARAMS)
+    dumped = Config.model_validate(raw).model_dump()
+    # Every key of the file exists in the typed config and nothing is missing from the file.
+    assert set(raw) == set(dumped)
+    for section, values in raw.items():
+        if isinstance(values, dict):
+            assert set(values) == set(dumped[section]), section
+    assert config.method == "eed" and config.loss.output == "mse"
+    assert config.loss.alpha == config.loss.beta == 1.0
+    assert config.model.arch == "resnet18" and config.data.dataset == "cifar100"
+
+
+def test_presets_fill_only_null_keys(tmp_path):
+    cpu = load_config(PARAMS)
+    assert cpu.model.width == 16  # a quarter of ResNet-18's 64
+    assert cpu.train.epochs == PRESETS["cpu"]["train.epochs"]
+    paper = load_config(PARAMS, ["scale=paper"])
+    assert paper.train.epochs == 200 and paper.train.schedule == "step"
+    assert paper.model.width == 64 and paper.data.train_subset == 0
+    assert load_config(PARAMS, ["model.arch=wrn28_10"]).model.width == 40
+    assert load_config(PARAMS, ["model.arch=imagenet_resnet18", "data.dataset=imagenet"]).model.width == 64
+    assert paper.train.milestones == [75, 130, 180]
+    explicit = load_config(PARAMS, ["scale=paper", "train.epochs=7"])
+    assert explicit.train.epochs == 7
+
+
+@pytest.mark.parametrize(
+    ("override", "fragments"),
+    [
+        ("metohd=eed", ["metohd", "method"]),
+        ("loss.outptu=kl", ["loss.outptu", "output"]),
+        ("loss.output=l1", ["loss.output", "'kl'", "'mse'"]),
+        ("method=eeed", ["method", "'eed'", "'baseline'"]),
+        ("train.lr=-1", ["train.lr", "greater than 0"]),
+        ("train.epochs=two", ["train.epochs", "integer"]),
+        ("model.arch=resnet19", ["model.arch", "resnet18"]),
+        ("loss.teacher=[0, main]", ["loss.teacher", "out of range"]),
+        ("train.milestones=[130, 75]", ["train.milestones", "increasing"]),
+        ("train.lr", ["key=value"]),
+        ("train.lr.x=1", ["train.lr", "not a section"]),
+    ],
+)
+def test_bad_overrides_name_the_key(override, fragments):
+    with pytest.raises(ConfigError) as error:
+        load_config(PARAMS, [override])
+    for fragment in fragments:
+        assert fragment in str(error.value)
+
+
+def test_unknown_key_in_file_is_an_error_listing_allowed_keys(tmp_path):
+    path = write(tmp_path, {"train": {"epochs": 2, "lrr": 0.1}})
+    with pytest.raises(ConfigError, match=r"unknown key 'train.lrr'.*lr"):
+        load_config(path)
+
+
+def test_architecture_must_fit_the_dataset():
+    with pytest.raises(ConfigError, match="model.arch.*ImageNet network"):
+        load_config(PARAMS, ["model.arch=imagenet_resnet50"])
+    with pytest.raises(ConfigError, match="model.arch.*CIFAR network"):
+        load_config(PARAMS, ["data.dataset=imagenet"])
+
+
+def test_byot_needs_a_feature_weight():
+    with pytest.raises(ConfigError, match="loss.beta"):
+        load_config(PARAMS, ["method=byot", "loss.beta=0"])
+
+
+def test_missing_or_malformed_file(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    listed = tmp_path / "list.yaml"
+    listed.write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        load_config(listed)
+
+
+def test_teacher_accepts_indices_and_main():
+    config = load_config(PARAMS, ["loss.teacher=[1, 3, main]"])
+    assert config.loss.teacher == [1, 3, "main"]
+
+
+def test_flatten_gives_dotted_mlflow_params():
+    flat = flatten(load_config(PARAMS))
+    assert flat["train.lr"] == "0.1" and flat["loss.alpha"] == "1.0" and flat["method"] == "eed"
+    assert flat["data.synthetic.num_classes"] == "10"
+
+
+def test_data_root_env_wins_and_relative_roots_follow_the_project(monkeypatch, tmp_path):
+    config = load_config(PARAMS)
+    monkeypatch.setenv("EED_DATA_ROOT", str(tmp_path))
+    assert config.data.resolved_root() == tmp_path
+    monkeypatch.delenv("EED_DATA_ROOT")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # what `dvc exp run` sets in its temp copy
+    assert config.data.resolved_root() == tmp_path / "data" / "raw"

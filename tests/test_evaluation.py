@@ -1,0 +1,235 @@
+"""Evaluation metrics against independent numpy computations, the one-pass collection on a
+tiny multi-exit network, the output files, MLflow logging and the error paths."""
+
+from __future__ import annotations
+
+import json
+
+import matplotlib.image
+import numpy as np
+import pytest
+import torch
+from torch import nn
+from typer.testing import CliRunner
+
+from eed.checkpoint import CheckpointError
+from eed.evaluation import (Collected, EvaluationError, agreement_counts, check_classes, collect_outputs,
+                            ensemble_logits, expected_calibration_error, flatten_metrics, log_child_run,
+                            metric_history, report_tables, resolve_source, running_ensemble_logits, summarize,
+                            top1_accuracy, topk_accuracy, write_outputs)
+from eed.models.backbone import Backbone
+from eed.models.multi_exit import MultiExitNet, conv_bn_relu
+
+K, N, C = 4, 300, 7
+NAMES = ["exit1", "exit2", "exit3", "main"]
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def logits_labels() -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits that are right more often for later classifiers, so numbers differ per classifier."""
+    generator = torch.Generator().manual_seed(0)
+    labels = torch.randint(0, C, (N,), generator=generator)
+    logits = 2 * torch.randn(K, N, C, generator=generator)
+    for i in range(K):
+        logits[i, torch.arange(N), labels] += 0.8 * (i + 1)
+    return logits, labels
+
+
+def tiny_net(num_classes: int = 5, seed: int = 0) -> MultiExitNet:
+    """Three small conv stages (16x16 -> 8x8 -> 4x4), two exits."""
+    torch.manual_seed(seed)
+    stem = conv_bn_relu(3, 8, stride=1)
+    backbone = Backbone(stem=stem, stages=[conv_bn_relu(8, 8, 1), conv_bn_relu(8, 12, 2), conv_bn_relu(12, 16, 2)],
+                        stage_channels=[8, 12, 16], pool=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+                        fc=nn.Linear(16, num_classes))
+    return MultiExitNet(backbone).eval()
+
+
+def assert_png(path) -> None:
+    assert path.read_bytes()[:8] == PNG_MAGIC
+    image = matplotlib.image.imread(path)
+    assert image.ndim == 3 and image.shape[0] > 50 and image.shape[1] > 50
+
+
+# --------------------------------------------------------------------------- metrics on tensors
+
+
+def test_ensemble_and_running_ensemble_accuracy_match_numpy(logits_labels):
+    logits, labels = logits_labels
+    z, y = logits.numpy().astype(np.float64), labels.numpy()
+    expected_ensemble = (z.mean(axis=0).argmax(axis=1) == y).mean()
+    assert float(topk_accuracy(ensemble_logits(logits), labels)) == pytest.approx(expected_ensemble)
+    running = topk_accuracy(running_ensemble_logits(logits), labels)
+    for j in range(1, K + 1):
+        assert float(running[j - 1]) == pytest.approx((z[:j].mean(axis=0).argmax(axis=1) == y).mean())
+    per_classifier = [(z[i].argmax(axis=1) == y).mean() for i in range(K)]
+    assert top1_accuracy(logits, labels).tolist() == pytest.approx(per_classifier + [expected_ensemble])
+
+
+def test_top5_matches_numpy(logits_labels):
+    logits, labels = logits_labels
+    z, y = logits.numpy(), labels.numpy()
+    top5 = np.argsort(-z, axis=2)[:, :, :5]
+    expected = (top5 == y[None, :, None]).any(axis=2).mean(axis=1)
+    assert topk_accuracy(logits, labels, 5).tolist() == pytest.approx(expected.tolist())
+
+
+def numpy_ece(logits: np.ndarray, labels: np.ndarray, bins: int) -> float:
+    exp = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probs = exp / exp.sum(axis=1, keepdims=True)
+    confidence, predicted = probs.max(axis=1), probs.argmax(axis=1)
+    correct = predicted == labels
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    ece = 0.0
+    for lo, hi in zip(edges[:-1], edges[1:]):
+        in_bin = (confidence > lo) & (confidence <= hi)
+        if in_bin.any():
+            ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
+    return ece
+
+
+def test_ece_matches_numpy(logits_labels):
+    logits, labels = logits_labels
+    ece = expected_calibration_error(logits, labels, bins=15)
+    assert ece.shape == (K,)
+    for i in range(K):
+        assert float(ece[i]) == pytest.approx(numpy_ece(logits[i].double().numpy(), labels.numpy(), 15), abs=1e-6)
+    # A perfectly confident, always-right classifier is perfectly calibrated.
+    sure = torch.full((N, C), -1e4)
+    sure[torch.arange(N), labels] = 1e4
+    assert float(expected_calibration_error(sure, labels)) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_agreement_counts_sum_to_n_and_match_direct_count(logits_labels):
+    logits, labels = logits_labels
+    counts = agreement_counts(logits, labels)
+    assert counts.shape == (K - 1, 2, 2)
+    assert counts.sum(dim=(1, 2)).tolist() == [N] * (K - 1)
+    correct = logits.numpy().argmax(axis=2) == labels.numpy()
+    for i in range(K - 1):
+        exit_ok, main_ok = correct[i], correct[-1]
+        assert counts[i].tolist() == [[int(np.sum(exit_ok & main_ok)), int(np.sum(exit_ok & ~main_ok))],
+                                      [int(np.sum(~exit_ok & main_ok)), int(np.sum(~exit_ok & ~main_ok))]]
+
+
+def test_summary_metrics_json_shape(logits_labels):
+    logits, labels = logits_labels
+    report = summarize(Collected(logits, labels), NAMES, "test")
+    metrics = report.metrics()
+    assert metrics["test"]["acc_ensemble"] == pytest.approx(float(top1_accuracy(logits, labels)[-1]))
+    assert set(metrics["test"]) >= {"acc_exit1", "acc_main", "top5_main", "ece_main", "ece_ensemble"}
+    assert metrics["running_ensemble"]["acc_upto_main"] == pytest.approx(metrics["test"]["acc_ensemble"])
+    assert metrics["running_ensemble"]["acc_upto_exit1"] == pytest.approx(metrics["test"]["acc_exit1"])
+    assert sum(metrics["agreement"]["exit2"].values()) == N
+    flat = flatten_metrics(metrics)
+    assert flat["test/acc_main"] == metrics["test"]["acc_main"] and "agreement/exit1/both_correct" in flat
+    assert len(report_tables(report)) == 2
+
+
+# --------------------------------------------------------------------------- one pass over a loader
+
+
+def reusing_loader(images: torch.Tensor, labels: torch.Tensor, batch: int):
+    """Like FFCV: the same label buffer is overwritten for every batch."""
+    buffer = torch.empty(batch, dtype=torch.long)
+    for start in range(0, len(images), batch):
+        size = min(batch, len(images) - start)
+        buffer[:size] = labels[start:start + size]
+        yield images[start:start + size], buffer[:size]
+
+
+def test_collect_outputs_is_one_forward_pass_per_batch():
+    net = tiny_net()
+    generator = torch.Generator().manual_seed(1)
+    images, labels = torch.randn(40, 3, 16, 16, generator=generator), torch.randint(0, 5, (40,), generator=generator)
+    calls = []
+    handle = net.stem.register_forward_hook(lambda module, inputs, output: calls.append(inputs[0].shape[0]))
+    collected = collect_outputs(net, reusing_loader(images, labels, 16), "cpu", with_features=True)
+    handle.remove()
+    assert calls == [16, 16, 8]  # each image through the trunk exactly once
+    assert collected.logits.shape == (3, 40, 5) and collected.input_shape == (3, 16, 16)
+    assert torch.equal(collected.labels, labels)  # copied, not aliased to the reused buffer
+    with torch.no_grad():
+        reference = net(images)
+    assert torch.allclose(collected.logits, torch.stack(reference.logits), atol=1e-5)
+    assert len(collected.features) == 3 and collected.features[-1].shape == (40, 16)
+    assert not net.training
+
+
+def test_write_outputs_files_and_figures(tmp_path, logits_labels):
+    logits, labels = logits_labels
+    report = summarize(Collected(logits, labels), NAMES, "test")
+    history = {f"{split}/acc_{name}": [(epoch, 0.1 * epoch + 0.01 * i) for epoch in range(1, 5)]
+               for split in ("train", "val") for i, name in enumerate(NAMES + ["ensemble"])}
+    files = write_outputs(report, tmp_path, history)
+    names = {f.name for f in files}
+    assert names == {"metrics.json", "agreement.png", "training_curves.png", "stability.png"}
+    assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads(json.dumps(report.metrics()))
+    for path in files:
+        if path.suffix == ".png":
+            assert_png(path)
+
+
+# --------------------------------------------------------------------------- sources, MLflow, errors
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory) -> str:
+    folder = tmp_path_factory.mktemp("mlflow")
+    return f"sqlite:///{folder}/mlflow.db"
+
+
+def test_unknown_run_id_and_missing_checkpoint_are_clear_errors(tracking_uri, tmp_path):
+    with pytest.raises(EvaluationError, match="neither a checkpoint file nor a run"):
+        resolve_source("0123456789abcdef0123456789abcdef", tracking_uri)
+    with pytest.raises(CheckpointError, match="not found"):
+        resolve_source(str(tmp_path / "missing.pt"), tracking_uri)
+
+
+def test_checkpoint_of_other_architecture_or_classes_is_rejected():
+    from eed.checkpoint import model_from_checkpoint
+
+    checkpoint = {"arch": "vgg19", "num_classes": 100, "class_names": [f"c{i}" for i in range(100)]}
+    with pytest.raises(CheckpointError, match="'vgg19' model, expected 'resnet18'"):
+        model_from_checkpoint(checkpoint, arch="resnet18", num_classes=100)
+    with pytest.raises(CheckpointError, match="other classes"):
+        check_classes(checkpoint, [f"c{i}" for i in range(10)], "cifar10")
+    with pytest.raises(CheckpointError, match="class 3"):
+        check_classes(checkpoint, [f"c{i}" if i != 3 else "other" for i in range(100)], "cifar100")
+    check_classes(checkpoint, [f"c{i}" for i in range(100)], "cifar100")  # same classes: fine
+
+
+def test_log_child_run_nests_under_the_training_run(tracking_uri, tmp_path, logits_labels):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri)
+    experiment_id = client.create_experiment("evaluation-test", artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = client.create_run(experiment_id, tags={"method": "eed", "arch": "tiny"}).info.run_id
+    for epoch in (1, 2):
+        client.log_metric(parent, "val/acc_main", 0.3 * epoch, step=epoch)
+    logits, labels = logits_labels
+    report = summarize(Collected(logits, labels), NAMES, "test")
+    history = metric_history(client, parent)
+    assert history == {"val/acc_main": [(1, 0.3), (2, 0.6)]}
+    files = write_outputs(report, tmp_path / "out", history)
+    child = log_child_run(files, tmp_path / "out", report.metrics(), stage="evaluate", tracking_uri=tracking_uri,
+                          parent_run_id=parent, experiment="unused", split="test", source="test")
+    run = client.get_run(child)
+    assert run.data.tags["mlflow.parentRunId"] == parent and run.data.tags["method"] == "eed"
+    assert run.info.run_name == "evaluate" and run.info.status == "FINISHED"
+    assert run.data.metrics["test/acc_main"] == pytest.approx(report.metrics()["test"]["acc_main"])
+    logged = {a.path for a in client.list_artifacts(child)} | {a.path for a in client.list_artifacts(child, "figures")}
+    assert {"metrics.json", "figures/agreement.png"} <= logged
+
+
+def test_evaluate_help():
+    import typer
+
+    from eed.commands.evaluate_cmd import evaluate
+
+    app = typer.Typer()
+    app.command()(evaluate)
+    result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "120"})
+    assert result.exit_code == 0
+    assert "checkpoint file" in result.output and "--no-log" in result.output and "--split" in result.output
