@@ -69,12 +69,8 @@ class ClassifierCosts:
 
     @classmethod
     def from_profile(cls, profile: Any) -> "ClassifierCosts":
-        """From an :class:`eed.flops.FlopsProfile` (``stage_gflops``, ``exit_gflops``,
-        ``main_head_gflops``). A separate ``stem_gflops``, if the profile has one, is part of
-        stage 1: every sample pays it."""
-        stages = list(profile.stage_gflops)
-        stages[0] += float(getattr(profile, "stem_gflops", 0.0) or 0.0)
-        return cls.from_parts(stages, profile.exit_gflops, profile.main_head_gflops)
+        """From an :class:`eed.flops.FlopsProfile` (whose ``stage_gflops[0]`` includes the stem)."""
+        return cls.from_parts(profile.stage_gflops, profile.exit_gflops, profile.main_head_gflops)
 
 
 # --------------------------------------------------------------------------- the exit rule

@@ -175,7 +175,8 @@ class ComparisonRow:
 
     @property
     def label(self) -> str:
-        settings = [f"{KEY_TITLES[f]}={self.key[f]}" for f in ("output", "alpha", "beta") if self.key[f] != NOT_APPLICABLE]
+        settings = [f"{KEY_TITLES[f]}={self.key[f]}" for f in ("output", "alpha", "beta")
+                    if self.key[f] != NOT_APPLICABLE]
         return self.key["method"] + (f" ({', '.join(settings)})" if settings else "")
 
 
@@ -210,7 +211,8 @@ class ComparisonTable:
         """Markdown table; the best main accuracy of each network/dataset in bold."""
         fields = self.shown_key_fields()
         header = [KEY_TITLES[f] for f in fields] + ["n"] + [self.column_title(c) for c in self.columns]
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] * len(fields) + ["--:"] * (1 + len(self.columns))) + "|"]
+        alignment = ["---"] * len(fields) + ["--:"] * (1 + len(self.columns))  # numbers right-aligned
+        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(alignment) + "|"]
         for row in self.rows:
             cells = [self.cell_text(row, c) for c in self.columns]
             if row.best_main and "main" in self.columns:
@@ -254,6 +256,10 @@ class ComparisonTable:
         return table
 
 
+def _seed_order(seed: str) -> tuple[int, str]:
+    return (int(seed), "") if seed.isdigit() else (1 << 62, seed)
+
+
 def build_table(runs: Iterable[RunRecord], split: str = "test") -> ComparisonTable:
     """Group runs by :func:`config_key` and aggregate their ``<split>/acc_*`` metrics."""
     pattern = re.compile(rf"{re.escape(split)}/acc_(exit\d+|main|ensemble)")
@@ -272,6 +278,13 @@ def build_table(runs: Iterable[RunRecord], split: str = "test") -> ComparisonTab
         for column, value in accuracies.items():
             row.cells.setdefault(column, Cell([])).values.append(float(value))
             columns.add(column)
+
+    for row in groups.values():  # runs of a row in seed order, whatever order MLflow returned
+        order = sorted(range(row.n), key=lambda i: (_seed_order(row.seeds[i]), row.run_ids[i]))
+        row.run_ids, row.seeds = [row.run_ids[i] for i in order], [row.seeds[i] for i in order]
+        for cell in row.cells.values():
+            if len(cell.values) == row.n:
+                cell.values = [cell.values[i] for i in order]
 
     method_rank = {m: i for i, m in enumerate(METHODS)}
     rows = sorted(groups.values(), key=lambda r: (r.key["arch"], r.key["dataset"],

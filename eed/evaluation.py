@@ -34,6 +34,8 @@ from __future__ import annotations
 import contextlib
 import csv
 import json
+import math
+import os
 import re
 import tempfile
 from dataclasses import dataclass, field
@@ -209,7 +211,7 @@ class EvaluationReport:
                                "num_samples": self.num_samples}
         if self.anytime is not None:
             out["anytime"] = self.anytime.metrics()
-        return out
+        return round_floats(out)
 
 
 def summarize(collected: Collected, names: Sequence[str], split: str, ece_bins: int = 15) -> EvaluationReport:
@@ -230,6 +232,18 @@ def summarize(collected: Collected, names: Sequence[str], split: str, ece_bins: 
                             outputs=rows(with_ensemble, [*names, "ensemble"]),
                             running=rows(running, [f"upto_{name}" for name in names]),
                             agreement=agreement_counts(logits, labels))
+
+
+def round_floats(value: Any, digits: int = 8) -> Any:
+    """Floats rounded to ``digits`` significant digits, recursively: 0.15000000000000002 -> 0.15
+    in metrics files, far below any difference that matters."""
+    if isinstance(value, dict):
+        return {key: round_floats(item, digits) for key, item in value.items()}
+    if isinstance(value, list):
+        return [round_floats(item, digits) for item in value]
+    if isinstance(value, float) and math.isfinite(value):
+        return float(f"{value:.{digits}g}")
+    return value
 
 
 def flatten_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
@@ -270,14 +284,16 @@ def report_tables(report: EvaluationReport) -> list[Table]:
             agreement.add_row(name, *(str(v) for v in (matrix[0][0], matrix[0][1], matrix[1][0], matrix[1][1])))
         tables.append(agreement)
     if report.anytime is not None and report.anytime.budgets:
-        budgets = Table(title=f"Early exit within a budget (threshold fitted on {report.anytime.fit_split})")
-        for column in ("budget GFLOPs", "threshold", f"{report.split} GFLOPs", f"{report.split} top-1",
-                       f"{report.anytime.fit_split} top-1"):
+        fit_split = report.anytime.fit_split
+        budgets = Table(title=f"Early exit within a budget (threshold fitted on {fit_split})")
+        columns = ["budget GFLOPs", "threshold", f"{report.split} GFLOPs", f"{report.split} top-1"]
+        show_fit = fit_split != report.split  # the fitting split's accuracy, when it is another one
+        for column in columns + ([f"{fit_split} top-1"] if show_fit else []):
             budgets.add_column(column, justify="right")
         for fit in report.anytime.budgets:
-            budgets.add_row(f"{fit.budget:g}", "infeasible" if fit.threshold is None else f"{fit.threshold:.3f}",
-                            "—" if fit.gflops is None else f"{fit.gflops:.4f}", _pct(fit.accuracy),
-                            _pct(fit.fit_accuracy))
+            row = [f"{fit.budget:g}", "infeasible" if fit.threshold is None else f"{fit.threshold:.3f}",
+                   "—" if fit.gflops is None else f"{fit.gflops:.4f}", _pct(fit.accuracy)]
+            budgets.add_row(*row, *([_pct(fit.fit_accuracy)] if show_fit else []))
         tables.append(budgets)
     return tables
 
@@ -327,6 +343,8 @@ class EvaluationError(RuntimeError):
 
 
 RUN_ID = re.compile(r"[0-9a-f]{32}")
+# Tags a child run copies from its training run, so the same filters find both.
+INHERITED_TAGS = ("method", "arch", "dataset", "scale", "seed", "dvc_exp")
 
 
 @dataclass
@@ -362,6 +380,8 @@ def resolve_source(source: str, tracking_uri: str | None, which: str = "best") -
     if not names:
         raise EvaluationError(f"MLflow run {source} has no checkpoints/best.pt or checkpoints/last.pt artifact "
                               f"(did its training finish?)")
+    # A progress bar for one local file is noise on the console.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory(prefix="eed-evaluate-") as tmp:
         local = client.download_artifacts(source, f"checkpoints/{names[0]}", tmp)
         checkpoint = load_checkpoint(local)
@@ -373,7 +393,8 @@ def check_classes(checkpoint: dict[str, Any], class_names: Sequence[str], datase
     from eed.checkpoint import CheckpointError
 
     trained = list(checkpoint.get("class_names") or [])
-    if len(trained) != len(class_names) or (trained and trained != list(class_names)):
+    # (A different class count alone is caught by model_from_checkpoint's num_classes check.)
+    if trained and trained != list(class_names):
         differing = next((i for i, (a, b) in enumerate(zip(trained, class_names)) if a != b), None)
         detail = (f"class {differing} is {trained[differing]!r} in the checkpoint, {class_names[differing]!r} here"
                   if differing is not None else f"{len(trained)} classes in the checkpoint, {len(class_names)} here")
@@ -382,10 +403,15 @@ def check_classes(checkpoint: dict[str, Any], class_names: Sequence[str], datase
 
 def metric_history(client: Any, run_id: str, prefixes: Sequence[str] = ("train/", "val/", "test/")
                    ) -> dict[str, list[tuple[int, float]]]:
-    """A run's per-step metric history ``{name: [(step, value), ...]}`` from MLflow."""
+    """A run's per-step metric history ``{name: [(step, value), ...]}`` from MLflow; a step
+    logged twice (e.g. the final test metric on the last epoch's step) keeps its last value."""
     run = client.get_run(run_id)
-    return {name: sorted((m.step, m.value) for m in client.get_metric_history(run_id, name))
-            for name in run.data.metrics if name.startswith(tuple(prefixes))}
+    history = {}
+    for name in run.data.metrics:
+        if name.startswith(tuple(prefixes)):
+            points = sorted(client.get_metric_history(run_id, name), key=lambda m: (m.step, m.timestamp))
+            history[name] = sorted({m.step: m.value for m in points}.items())
+    return history
 
 
 def log_child_run(files: Sequence[Path], out_dir: Path, metrics: dict[str, Any], *, stage: str, tracking_uri: str,
@@ -404,8 +430,7 @@ def log_child_run(files: Sequence[Path], out_dir: Path, metrics: dict[str, Any],
         parent = client.get_run(parent_run_id)
         experiment_id = parent.info.experiment_id
         tags["mlflow.parentRunId"] = parent_run_id
-        # The parent's identifying tags, so the child can be found with the same filters.
-        tags.update({k: v for k, v in parent.data.tags.items() if k in ("method", "arch", "dataset", "seed", "dvc_exp")})
+        tags.update({k: v for k, v in parent.data.tags.items() if k in INHERITED_TAGS})
     else:
         from eed.tracking import ensure_experiment
 
@@ -438,16 +463,19 @@ def run_evaluation(source: str, config: Any, out_dir: str | Path, *, split: str 
     configured dataset, write the outputs to ``out_dir`` and (``log``) log them to MLflow."""
     from eed import data as eed_data
     from eed.checkpoint import model_from_checkpoint
-    from eed.tracking import resolve_tracking_uri
+    from eed.data.manifest import load_manifest
+    from eed.tracking import check_tracking_uri, resolve_tracking_uri
     from eed.train import setup_runtime
 
     console = console or Console(stderr=True)
     out_dir = Path(out_dir)
     split = split or config.eval.split
     tracking_uri = resolve_tracking_uri(config) if (log or not Path(source).is_file()) else None
+    if log:
+        check_tracking_uri(tracking_uri)  # fail before the pass over the data, not after
 
     resolved = resolve_source(source, tracking_uri, which)
-    manifest = eed_data.load_manifest(config)
+    manifest = load_manifest(config)
     check_classes(resolved.checkpoint, manifest.class_names, config.data.dataset)
     model = model_from_checkpoint(resolved.checkpoint, arch=config.model.arch, num_classes=manifest.num_classes)
     runtime = setup_runtime(config.train)
@@ -489,15 +517,11 @@ def run_evaluation(source: str, config: Any, out_dir: str | Path, *, split: str 
 
 
 def _anytime(model: nn.Module, collected: Collected, names: list[str], config: Any, split: str,
-             collect: Callable[[str], Collected], notes: list[str]) -> AnytimeReport | None:
+             collect: Callable[[str], Collected], notes: list[str]) -> AnytimeReport:
     """Early-exit curve on ``split``; budget thresholds fitted on the validation split."""
-    try:
-        from eed.flops import profile_outputs
-    except ImportError:
-        notes.append("early-exit analysis skipped: eed.flops is not available")
-        return None
-    profile = profile_outputs(model, collected.input_shape[-1])
-    costs = ClassifierCosts.from_profile(profile)
+    from eed.flops import profile_model
+
+    costs = ClassifierCosts.from_profile(profile_model(model, collected.input_shape[-1]))
     fit_logits = fit_labels = fit_split = None
     if config.eval.budgets:
         if split == "val":

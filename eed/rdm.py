@@ -25,6 +25,8 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor
 
+from eed.evaluation import round_floats
+
 # --------------------------------------------------------------------------- choosing samples
 
 
@@ -104,7 +106,7 @@ class RdmResult:
         out["subset"] = {layer: s.to_dict() for layer, s in self.subset_summaries.items()}
         out["num_samples"] = len(self.labels)
         out["subset_classes"] = self.subset_classes
-        return out
+        return round_floats(out)
 
 
 def compute_rdms(activations: dict[str, Tensor], labels: Tensor, sample_indices: Tensor,
@@ -160,34 +162,53 @@ def write_rdm_outputs(result: RdmResult, out_dir: str | Path) -> list[Path]:
     return [metrics_path, plot_rdms(result, out_dir / "figures" / "rdm.png")]
 
 
+def read_samples(config: Any, split: str, count: int, seed: int) -> tuple[Any, Tensor]:
+    """The seeded sample of a prepared split, read straight from its ``.beton`` file: only
+    the labels of the whole split, then only the chosen images (as uint8, with the
+    normalization the loaders apply). Returns the :class:`~eed.data.memory.SplitTensors`
+    and the chosen indices."""
+    from eed.data.manifest import load_manifest
+    from eed.data.memory import read_labels, read_split
+
+    labels = torch.from_numpy(read_labels(load_manifest(config).split_path(split)))
+    indices = select_samples(labels, min(count, len(labels)), seed)
+    samples = read_split(config, split, indices=indices.numpy())
+    return samples, indices
+
+
 def run_rdm(source: str, config: Any, out_dir: str | Path, *, split: str = "test",
             classifiers: Sequence[str] = ("main",), seed: int = 0, log: bool = True,
-            which: str = "best") -> RdmRun:
+            which: str = "best", batch_size: int = 250) -> RdmRun:
     """``eed rdm``: RDMs of a checkpoint (file or MLflow run id) on ``config.eval.rdm_samples``
     samples of ``split``, zoomed on ``config.eval.rdm_classes`` classes.
 
-    The network runs once over the whole split through the configured loader (so the
-    images are preprocessed exactly as in evaluation) and the chosen samples are kept.
+    Only the sampled images are read and run through the network, in float32 (no autocast:
+    correlations of a few hundred samples are cheap, and should not carry bf16 rounding).
     """
-    from eed import data as eed_data
     from eed.checkpoint import model_from_checkpoint
+    from eed.data.augment import Normalizer
+    from eed.data.manifest import load_manifest
     from eed.evaluation import check_classes, collect_outputs, log_child_run, resolve_source
-    from eed.tracking import resolve_tracking_uri
+    from eed.tracking import check_tracking_uri, resolve_tracking_uri
     from eed.train import setup_runtime
 
     tracking_uri = resolve_tracking_uri(config) if (log or not Path(source).is_file()) else None
+    if log:
+        check_tracking_uri(tracking_uri)
     resolved = resolve_source(source, tracking_uri, which)
-    manifest = eed_data.load_manifest(config)
+    manifest = load_manifest(config)
     check_classes(resolved.checkpoint, manifest.class_names, config.data.dataset)
     model = model_from_checkpoint(resolved.checkpoint, arch=config.model.arch, num_classes=manifest.num_classes)
-    runtime = setup_runtime(config.train)
-    model = model.to(runtime.device)
-    loader = eed_data.make_loader(config, split, train=False, device=runtime.device)
-    collected = collect_outputs(model, loader, runtime.device, with_features=True, autocast=runtime.autocast)
+    device = setup_runtime(config.train).device
+    model = model.to(device)
 
-    indices = select_samples(collected.labels, min(config.eval.rdm_samples, collected.num_samples), seed)
-    activations = layer_activations(collected, model.classifier_names(), indices, classifiers)
-    result = compute_rdms(activations, collected.labels[indices], indices, config.eval.rdm_classes, seed)
+    samples, indices = read_samples(config, split, config.eval.rdm_samples, seed)
+    normalize = Normalizer(samples.normalization, device=device)
+    batches = ((normalize(samples.images[start:start + batch_size].to(device)),
+                samples.labels[start:start + batch_size]) for start in range(0, len(indices), batch_size))
+    collected = collect_outputs(model, batches, device, with_features=True)
+    activations = layer_activations(collected, model.classifier_names(), torch.arange(len(indices)), classifiers)
+    result = compute_rdms(activations, collected.labels, indices, config.eval.rdm_classes, seed)
     files = write_rdm_outputs(result, out_dir)
     run_id = None
     if log:

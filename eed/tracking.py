@@ -9,9 +9,11 @@ runs land in the same store as workspace runs. ``$MLFLOW_TRACKING_URI`` wins ove
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 from pathlib import Path
+from typing import Iterator
 from urllib.parse import urlparse
 
 from eed.config import Config
@@ -44,7 +46,6 @@ def default_artifact_location(tracking_uri: str) -> str | None:
 
 def check_tracking_uri(tracking_uri: str) -> None:
     """Fail fast, before any training, if the store cannot be reached or written."""
-    import mlflow
     from mlflow.tracking import MlflowClient
 
     parsed = urlparse(tracking_uri)
@@ -63,7 +64,23 @@ def check_tracking_uri(tracking_uri: str) -> None:
     except Exception as error:  # MLflow raises many types; all mean "unusable"
         raise TrackingError(f"MLflow tracking store {tracking_uri!r} is not reachable: "
                             f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
+
+
+@contextlib.contextmanager
+def using_tracking_uri(tracking_uri: str) -> Iterator[None]:
+    """Point MLflow's fluent API at ``tracking_uri`` for a block. ``mlflow.set_tracking_uri``
+    also exports $MLFLOW_TRACKING_URI, which would then override every later run's config in
+    this process; the previous value is put back."""
+    import mlflow
+
+    previous = os.environ.get("MLFLOW_TRACKING_URI")
     mlflow.set_tracking_uri(tracking_uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous)
+        if previous is not None:
+            os.environ["MLFLOW_TRACKING_URI"] = previous
 
 
 def ensure_experiment(name: str, tracking_uri: str) -> str:
@@ -101,7 +118,7 @@ def run_tags(config: Config) -> dict[str, str]:
     return tags
 
 
-def log_model(run_id: str, model, config: Config, input_size: int | None = None) -> None:
+def log_model(run_id: str, model, config: Config, tracking_uri: str, input_size: int | None = None) -> None:
     """Log the network with ``mlflow.pytorch.log_model`` (pt2 / torch.export format): it takes
     normalized images ``(B, 3, H, W)`` and returns every classifier's logits ``(B, k, classes)``."""
     import copy
@@ -120,6 +137,6 @@ def log_model(run_id: str, model, config: Config, input_size: int | None = None)
     with torch.no_grad():
         output = wrapper(torch.from_numpy(example)).numpy()
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "numpy"]
-    with mlflow.start_run(run_id=run_id, log_system_metrics=False):
+    with using_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id, log_system_metrics=False):
         mlflow.pytorch.log_model(wrapper, name="model", input_example=example,
                                  signature=infer_signature(example, output), pip_requirements=requirements)

@@ -117,7 +117,14 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 
 def rng_state() -> dict[str, Any]:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Generator states as tensors and plain values, so ``torch.load(weights_only=True)`` reads them."""
+    _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -125,7 +132,9 @@ def rng_state() -> dict[str, Any]:
 
 def restore_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy_state = state["numpy"]
+    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["position"],
+                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -408,6 +417,9 @@ def train(config: Config, out_dir: str | Path, *, resume: str | Path | bool = "a
                     name = signal.Signals(stop.signal).name
                     raise TrainingInterrupted(f"{name} at epoch {epoch}, step {stats.steps_done}: checkpoint "
                                               f"written to {last_path}; re-run to resume", EXIT_CODE_SIGNAL[stop.signal])
+                if runtime.distributed:  # BN statistics drift per rank after the last step: take rank 0's
+                    for buffer in model.buffers():
+                        dist.broadcast(buffer, src=0)
                 val = validate(train_model, val_loader, runtime, classifier_names)
                 metrics = _epoch_metrics(stats, val, val_split, optimizer)
                 if logger:
@@ -512,6 +524,7 @@ class _RunLogger:
 
         from eed import tracking
 
+        self.tracking_uri = tracking_uri
         self.client = MlflowClient(tracking_uri)
         if run_id is None:
             experiment_id = tracking.ensure_experiment(config.tracking.experiment, tracking_uri)
@@ -550,7 +563,7 @@ class _RunLogger:
             self.client.log_artifact(self.run_id, str(figure), "figures")
         for checkpoint in (result.last_checkpoint, result.best_checkpoint):
             self.client.log_artifact(self.run_id, str(checkpoint), "checkpoints")
-        log_model(self.run_id, model, config)
+        log_model(self.run_id, model, config, self.tracking_uri)
         self.end("FINISHED")
 
     def end(self, status: str) -> None:

@@ -127,6 +127,15 @@ def test_summary_metrics_json_shape(logits_labels):
     assert len(report_tables(report)) == 2
 
 
+def test_baseline_without_exits(tmp_path, logits_labels):
+    logits, labels = logits_labels
+    report = summarize(Collected(logits[-1:], labels), ["main"], "test")
+    metrics = report.metrics()
+    assert metrics["test"]["acc_main"] == metrics["test"]["acc_ensemble"] and metrics["agreement"] == {}
+    assert [f.name for f in write_outputs(report, tmp_path)] == ["metrics.json"]
+    assert len(report_tables(report)) == 1
+
+
 # --------------------------------------------------------------------------- one pass over a loader
 
 
@@ -233,3 +242,103 @@ def test_evaluate_help():
     result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "120"})
     assert result.exit_code == 0
     assert "checkpoint file" in result.output and "--no-log" in result.output and "--split" in result.output
+
+
+# --------------------------------------------------------------------------- the whole `eed evaluate`
+
+
+CLASS_NAMES = [f"class_{i:03d}" for i in range(10)]
+
+
+@pytest.fixture
+def fake_data(monkeypatch):
+    """The data layer at its seam: a manifest and a loader over seeded random images."""
+    from types import SimpleNamespace
+
+    import eed.data
+    import eed.data.manifest
+
+    generator = torch.Generator().manual_seed(5)
+    splits = {split: (torch.randn(n, 3, 32, 32, generator=generator), torch.randint(0, 10, (n,), generator=generator))
+              for split, n in (("test", 96), ("val", 64))}
+
+    def make_loader(config, split, train=False, device=None):
+        images, labels = splits[split]
+        return [(images[i:i + 32], labels[i:i + 32]) for i in range(0, len(labels), 32)]
+
+    monkeypatch.setattr(eed.data.manifest, "load_manifest",
+                        lambda config: SimpleNamespace(num_classes=10, class_names=list(CLASS_NAMES)))
+    monkeypatch.setattr(eed.data, "make_loader", make_loader, raising=False)
+    return splits
+
+
+def e2e_config(*overrides: str):
+    from eed.config import load_config
+
+    return load_config(None, ["model.arch=resnet18", "model.width=4", "data.dataset=synthetic", "data.val_size=64",
+                              "train.device=cpu", "eval.thresholds=11", "eval.budgets=[0.0001, 1.0]",
+                              "tracking.experiment=evaluation-e2e", *overrides])
+
+
+def test_run_evaluation_end_to_end(tmp_path, tracking_uri, fake_data, monkeypatch):
+    from mlflow.tracking import MlflowClient
+
+    from eed.checkpoint import save_checkpoint
+    from eed.evaluation import run_evaluation
+    from eed.models.registry import create_model
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    config = e2e_config()
+    client = MlflowClient(tracking_uri)
+    experiment_id = client.create_experiment("evaluation-e2e", artifact_location=(tmp_path / "artifacts").as_uri())
+    parent = client.create_run(experiment_id, tags={"method": "eed"}).info.run_id
+    for epoch in (1, 2):
+        for name in ("main", "ensemble"):
+            client.log_metric(parent, f"train/acc_{name}", 0.2 * epoch, step=epoch)
+            client.log_metric(parent, f"val/acc_{name}", 0.1 * epoch, step=epoch)
+    torch.manual_seed(0)
+    model = create_model("resnet18", 10, 4).eval()
+    checkpoint = save_checkpoint({"arch": "resnet18", "num_classes": 10, "width": 4, "exits": True,
+                                  "class_names": CLASS_NAMES, "config": config.model_dump(), "epoch": 2,
+                                  "model": model.state_dict(), "mlflow_run_id": parent}, tmp_path / "best.pt")
+    client.log_artifact(parent, str(checkpoint), "checkpoints")
+
+    result = run_evaluation(str(checkpoint), config, tmp_path / "out", log=True)
+    images, labels = fake_data["test"]
+    with torch.no_grad():
+        logits = torch.stack(model(images).logits)
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["test"]["acc_main"] == pytest.approx(float((logits[-1].argmax(1) == labels).double().mean()))
+    assert metrics["test"]["acc_ensemble"] == pytest.approx(float(top1_accuracy(logits, labels)[-1]))
+    infeasible, loose = metrics["anytime"]["budget_0_0001"], metrics["anytime"]["budget_1"]
+    assert infeasible["threshold"] is None and loose["threshold"] is not None and loose["gflops"] <= 1.0
+    assert result.report.anytime.fit_split == "val"
+    written = {path.name for path in result.files}
+    assert {"metrics.json", "anytime.csv", "agreement.png", "anytime.png", "training_curves.png"} <= written
+    child = client.get_run(result.mlflow_run_id)
+    assert child.data.tags["mlflow.parentRunId"] == parent and child.info.run_name == "evaluate"
+
+    # The same model by run id: its checkpoints/best.pt artifact is downloaded.
+    by_run = run_evaluation(parent, config, tmp_path / "by-run", log=False)
+    assert by_run.report.metrics()["test"] == metrics["test"] and by_run.mlflow_run_id is None
+
+    with pytest.raises(CheckpointError, match="expected 'vgg19'"):
+        run_evaluation(str(checkpoint), e2e_config("model.arch=vgg19"), tmp_path / "bad", log=False)
+
+
+def test_evaluate_command_reports_bad_sources(tmp_path, tracking_uri, monkeypatch):
+    import typer
+
+    from eed.commands.evaluate_cmd import evaluate
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
+    app = typer.Typer()
+    app.command()(evaluate)
+    params = tmp_path / "params.yaml"
+    params.write_text("model:\n  arch: resnet18\n")
+    result = CliRunner().invoke(app, ["0123456789abcdef0123456789abcdef", "--params", str(params)],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and "neither a checkpoint file nor a run" in result.output
+    result = CliRunner().invoke(app, [str(tmp_path / "nope.pt"), "--params", str(params), "--no-log"],
+                                env={"COLUMNS": "200"})
+    assert result.exit_code == 2 and "checkpoint not found" in result.output

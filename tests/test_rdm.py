@@ -109,3 +109,48 @@ def test_rdm_help():
     app.command()(rdm)
     result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "120"})
     assert result.exit_code == 0 and "--classifier" in result.output and "--seed" in result.output
+
+
+def test_run_rdm_end_to_end(tmp_path, monkeypatch):
+    """The whole `eed rdm` on a checkpoint, with the data layer faked at its seam."""
+    from types import SimpleNamespace
+
+    import eed.data.manifest
+    import eed.rdm
+    from eed.checkpoint import save_checkpoint
+    from eed.config import load_config
+    from eed.data.catalog import Normalization
+    from eed.models.registry import create_model
+
+    class_names = [f"class_{i:03d}" for i in range(10)]
+    generator = torch.Generator().manual_seed(6)
+    split_labels = torch.randint(0, 10, (300,), generator=generator)
+    split_images = torch.randint(0, 256, (300, 3, 32, 32), generator=generator, dtype=torch.uint8)
+
+    def read_samples(config, split, count, seed):
+        indices = select_samples(split_labels, count, seed)
+        return SimpleNamespace(images=split_images[indices], labels=split_labels[indices],
+                               normalization=Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))), indices
+
+    monkeypatch.setattr(eed.data.manifest, "load_manifest",
+                        lambda config: SimpleNamespace(num_classes=10, class_names=class_names))
+    monkeypatch.setattr(eed.rdm, "read_samples", read_samples)
+    config = load_config(None, ["model.arch=resnet18", "model.width=4", "data.dataset=synthetic",
+                                "train.device=cpu", "eval.rdm_samples=120", "eval.rdm_classes=4"])
+    torch.manual_seed(0)
+    model = create_model("resnet18", 10, 4)
+    checkpoint = save_checkpoint({"arch": "resnet18", "num_classes": 10, "width": 4, "exits": True,
+                                  "class_names": class_names, "config": config.model_dump(), "epoch": 1,
+                                  "model": model.state_dict(), "mlflow_run_id": None}, tmp_path / "best.pt")
+    run = eed.rdm.run_rdm(str(checkpoint), config, tmp_path / "out", classifiers=["main", "exit2"], log=False)
+    result = run.result
+    assert torch.equal(result.sample_indices, select_samples(split_labels, 120, 0))
+    assert torch.equal(result.labels, split_labels[result.sample_indices])
+    assert set(result.rdms) == {"F_main", "Z_main", "F_exit2", "Z_exit2"}
+    assert len(result.subset_classes) == 4
+    # Z_main's RDM from a direct forward pass of the same normalized images.
+    images = (split_images[result.sample_indices].float() / 255 - 0.5) / 0.25
+    with torch.no_grad():
+        logits = model.eval()(images).main
+    np.testing.assert_allclose(result.rdms["Z_main"].numpy(), 1 - np.corrcoef(logits.double().numpy()), atol=1e-5)
+    assert json.loads((tmp_path / "out" / "rdm.json").read_text())["num_samples"] == 120

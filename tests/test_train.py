@@ -19,6 +19,7 @@ from mlflow.tracking import MlflowClient
 
 from eed.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from eed.config import METHODS, load_config
+from eed.tracking import using_tracking_uri
 from eed.train import NonFiniteLossError, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,8 +81,8 @@ def test_every_method_trains_two_epochs_and_logs_a_complete_run(tmp_path, method
 
     if method in ("baseline", "eed"):  # exporting is slow: check the logged model on two methods
         model_uri = f"runs:/{result.run_id}/model"
-        mlflow.set_tracking_uri(config.tracking.uri)
-        loaded = mlflow.pytorch.load_model(model_uri)
+        with using_tracking_uri(config.tracking.uri):
+            loaded = mlflow.pytorch.load_model(model_uri)
         images = torch.randn(3, 3, 32, 32)
         logits = loaded(images)
         k = 1 if method == "baseline" else 4

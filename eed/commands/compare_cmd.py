@@ -27,9 +27,12 @@ def compare(
     params: ParamsOption = Path("params.yaml"),
     set_: OverridesOption = None,
 ) -> None:
-    """Table in the shape of the paper's Tables I/II: one row per method and loss setting
-    (output loss, alpha, beta), columns exit 1..k-1, main, ensemble; cells are mean ± sample std
-    over the runs (seeds) sharing a configuration, n shown, best main accuracy marked."""
+    """Tabulate MLflow training runs in the shape of the paper's Tables I/II.
+
+    One row per method and loss setting (output loss, alpha, beta), columns exit 1..k-1, main
+    and ensemble; cells are mean ± sample std over the runs (seeds) sharing a configuration,
+    n shown, best main accuracy marked. Writes comparison.md, comparison.csv and a figure.
+    """
     from eed.compare import CompareError, parse_tags, run_compare
     from eed.tracking import resolve_tracking_uri
 

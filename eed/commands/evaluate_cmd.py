@@ -32,11 +32,18 @@ def evaluate(
         "--log/--no-log",
         help="Log the results as a child run 'evaluate' of the checkpoint's MLflow run.")] = True,
 ) -> None:
-    """Accuracy (top-1/top-5), calibration (ECE), running ensembles, exit/main agreement and
-    early-exit accuracy vs GFLOPs of every classifier of a trained multi-exit network, from one
-    forward pass over the split."""
+    """Score every classifier of a trained network: accuracy, calibration, agreement, early exit.
+
+    From one forward pass over the split: top-1/top-5 and ECE of each exit, the main output,
+    the ensemble of all classifiers and the running ensembles of the first j; exit vs main
+    agreement counts (paper Fig. 2); early-exit accuracy against GFLOPs per sample over a
+    sweep of confidence thresholds, with thresholds fitted to eval.budgets on val. Writes
+    metrics.json, anytime.csv and figures/, and logs them as a child run of the training run.
+    """
     from eed.checkpoint import CheckpointError
+    from eed.data.errors import DataError
     from eed.evaluation import EvaluationError, report_tables, run_evaluation
+    from eed.tracking import TrackingError
 
     config = load(params, set_)
     if split is not None and split not in SPLITS:
@@ -47,7 +54,7 @@ def evaluate(
     try:
         result = run_evaluation(source, config, out_dir, split=split, log=log and config.tracking.enabled,
                                 which=checkpoint)
-    except (CheckpointError, EvaluationError, FileNotFoundError) as error:
+    except (CheckpointError, DataError, EvaluationError, TrackingError, FileNotFoundError) as error:
         fail(str(error))
     console = Console()
     for table in report_tables(result.report):

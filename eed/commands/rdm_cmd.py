@@ -30,12 +30,18 @@ def rdm(
     log: Annotated[bool, typer.Option(
         "--log/--no-log", help="Log the results as a child run 'rdm' of the checkpoint's MLflow run.")] = True,
 ) -> None:
-    """Representational dissimilarity matrices (paper Fig. 4): 1 - Pearson r between the
-    activations of eval.rdm_samples seeded samples sorted by class, before (F) and after (Z) the
-    main fully connected layer, plus within-/between-class means and their ratio."""
+    """Representational dissimilarity matrices of a trained network (paper Fig. 4).
+
+    1 - Pearson r between the activations of eval.rdm_samples seeded samples sorted by class,
+    before (F) and after (Z) the main fully connected layer, for all samples and for
+    eval.rdm_classes seeded classes; rdm.json holds the within-class and between-class means
+    and their ratio, so runs compare by number.
+    """
     from eed.checkpoint import CheckpointError
+    from eed.data.errors import DataError
     from eed.evaluation import EvaluationError
     from eed.rdm import run_rdm
+    from eed.tracking import TrackingError
 
     config = load(params, set_)
     if split not in ("test", "val"):
@@ -45,10 +51,10 @@ def rdm(
     try:
         run = run_rdm(source, config, out_dir, split=split, classifiers=classifiers, seed=seed,
                       log=log and config.tracking.enabled, which=checkpoint)
-    except (CheckpointError, EvaluationError, FileNotFoundError, ValueError) as error:
+    except (CheckpointError, DataError, EvaluationError, TrackingError, FileNotFoundError, ValueError) as error:
         fail(str(error))
-    table = Table(title=f"RDM summary: {len(run.result.labels)} {split} samples "
-                        f"(1 - Pearson r; ratio = between / within, higher = more class-specific)")
+    table = Table(title=f"RDMs of {len(run.result.labels)} {split} samples (1 - Pearson r)",
+                  caption="ratio = between / within: higher = more class-specific representations")
     for column in ("layer", "samples", "within", "between", "ratio"):
         table.add_column(column, justify="left" if column in ("layer", "samples") else "right")
     for scope, summaries in (("all", run.result.summaries), ("subset", run.result.subset_summaries)):

@@ -3,7 +3,7 @@
 ``eed prepare`` writes it last, after every ``.beton`` is complete, and deletes the old
 one before it starts writing: a folder with a manifest is a finished preparation. Later
 stages call :func:`load_manifest`, which checks that the prepared data was made with the
-current params (dataset, seed, val_size, image settings) and that its files are all there.
+current params (dataset, split_seed, val_size, image settings) and that its files are all there.
 
 Layout of a prepared dataset: ``<data.prepared_dir>/<dataset>/{train,val,test}.beton``
 and ``manifest.json`` (no ``val.beton`` when ``val_size`` is 0).
@@ -51,7 +51,7 @@ def expected_params(config: Config) -> dict[str, Any]:
     params: dict[str, Any] = {
         "format_version": FORMAT_VERSION,
         "data.dataset": config.data.dataset,
-        "seed": config.seed,
+        "data.split_seed": config.data.split_seed,
         "data.val_size": config.data.val_size,
     }
     if config.data.dataset == "imagenet":
@@ -81,7 +81,7 @@ class Manifest:
     normalization: dict[str, list[float]]  # {"mean": [...], "std": [...]} the loaders apply
     image_shape: list[int] | None  # [H, W, 3] when all images share it (raw), else None
     splits: dict[str, SplitRecord]
-    seed: int
+    split_seed: int  # seed of the validation split (and of synthetic images)
     val_size: int
     eed_version: str
     format: str = FORMAT
@@ -103,9 +103,13 @@ class Manifest:
         return self.directory / self.splits[split].file
 
     def same_content(self, other: Manifest) -> bool:
-        """Equal except for the written files' byte sizes and hashes."""
+        """Equal in what matters for the data: ignores the written files' sizes and hashes,
+        where the source was read from (moving the data root changes nothing) and the eed
+        version (FORMAT_VERSION marks layout changes)."""
         def strip(manifest: Manifest) -> dict[str, Any]:
             data = manifest.to_json()
+            del data["eed_version"]
+            del data["source"]["location"]
             for record in data["splits"].values():
                 del record["bytes"]
                 del record["sha256"]
@@ -139,6 +143,13 @@ def read_manifest(directory: str | Path) -> Manifest | None:
         raise DataError(f"{path}: not a valid manifest ({error}); {RERUN_HINT}") from None
 
 
+def default_file_mode() -> int:
+    """0666 minus the umask: the mode ``open()`` would give a new file (mkstemp gives 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_manifest(manifest: Manifest, directory: str | Path) -> Path:
     """Write atomically (temporary file, then rename)."""
     path = Path(directory) / MANIFEST_NAME
@@ -147,6 +158,7 @@ def write_manifest(manifest: Manifest, directory: str | Path) -> Path:
         with os.fdopen(fd, "w") as handle:
             json.dump(manifest.to_json(), handle, indent=2)
             handle.write("\n")
+        os.chmod(tmp, default_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -8,7 +8,7 @@
   class names), never by md5, so any pixel-exact copy is accepted.
 * ``imagenet``: ``train/`` and ``val/`` class folders (torchvision's ImageFolder layout) in
   ``<root>/imagenet/`` or ``<root>/``. The official validation set is the test split.
-* ``synthetic``: seeded random images, for tests and benchmarks only.
+* ``synthetic``: random images seeded by ``data.split_seed``, for tests and benchmarks only.
 
 Every reader returns a :class:`RawDataset`. Its ``train`` and ``test`` sets index like the
 datasets FFCV's ``DatasetWriter`` takes: ``images[i] -> (H x W x 3 uint8 RGB array, label)``.
@@ -16,6 +16,7 @@ datasets FFCV's ``DatasetWriter`` takes: ``images[i] -> (H x W x 3 uint8 RGB arr
 
 from __future__ import annotations
 
+import codecs
 import hashlib
 import io
 import json
@@ -270,6 +271,8 @@ class _CifarUnpickler(pickle.Unpickler):
         ("numpy._core.numeric", "_frombuffer"): _np_frombuffer,
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
+        # Python 3 writes bytes into protocol-2 pickles as _codecs.encode(text, "latin1").
+        ("_codecs", "encode"): codecs.encode,
     }
 
     def find_class(self, module: str, name: str) -> Any:
@@ -285,7 +288,7 @@ def _unpickle(content: bytes, display: str) -> Any:
         return _CifarUnpickler(io.BytesIO(content), encoding="latin1").load()
     except Exception as error:  # noqa: BLE001 - truncated data raises many different types
         raise DataError(f"{display}: not a readable CIFAR pickle ({type(error).__name__}: {error}); the file "
-                        "is truncated or corrupt. Delete it and extract or download the dataset again.") from None
+                        "is truncated, corrupt or not a CIFAR file. Delete it and extract or download the dataset again.") from None
 
 
 def _check_class_names(meta: Any, layout: CifarLayout, display: str) -> list[str]:
@@ -406,7 +409,8 @@ def make_synthetic(config: Config) -> RawDataset:
     """Seeded random images: each class has a blocky colour pattern, and every image is the
     average of its class pattern and uniform noise (learnable, but not trivially)."""
     spec = config.data.synthetic
-    rng = np.random.default_rng(config.seed)
+    seed = config.data.split_seed  # the data, like the splits, is independent of the run's seed
+    rng = np.random.default_rng(seed)
     size = spec.image_size
     patterns = rng.integers(0, 256, (spec.num_classes, 4, 4, 3), dtype=np.uint16)
     blocks = np.arange(size) * 4 // size  # which of the 4x4 pattern cells each pixel shows
@@ -419,7 +423,7 @@ def make_synthetic(config: Config) -> RawDataset:
 
     train, test = make(spec.num_train), make(spec.num_test)
     class_names = [f"class_{index:03d}" for index in range(spec.num_classes)]
-    location = (f"synthetic (seed {config.seed}, {spec.num_train}+{spec.num_test} images of {size}x{size}, "
+    location = (f"synthetic (seed {seed}, {spec.num_train}+{spec.num_test} images of {size}x{size}, "
                 f"{spec.num_classes} classes)")
     return RawDataset("synthetic", class_names, train, test, location,
                       fingerprint_arrays(class_names, {"train": train, "test": test}))
