@@ -165,8 +165,16 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=cfg.gamma)
     if cfg.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total)
-    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=cfg.lr, total_steps=total,
-                                               pct_start=0.25, anneal_strategy="linear")
+    # One cycle: linear warm-up over the first quarter to lr, then linear decay to zero.
+    # (A LambdaLR rather than OneCycleLR, which divides by zero on runs of a few steps.)
+    warmup = max(1, total // 4)
+
+    def one_cycle(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, one_cycle)
 
 
 # --------------------------------------------------------------------------- epochs

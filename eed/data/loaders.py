@@ -64,6 +64,10 @@ from eed.data.splits import stratified_sample
 Split = Literal["train", "val", "test"]
 Batch = tuple[torch.Tensor, torch.Tensor]
 WARMUP_MESSAGE = "compiling FFCV pipeline (first batch, ~10 s)…"
+# Each FFCV loader's compiled pipeline lives as long as the process: when numba dispatchers
+# of a dead loader are garbage collected, their finalizer can raise a spurious KeyError
+# ("Exception ignored in: <finalize object>"). The compiled code holds no data.
+_KEEP_ALIVE: list = []
 
 
 @runtime_checkable
@@ -271,6 +275,7 @@ class FFCVEpochLoader:
                 seed=seed, indices=sample_ids, pipelines=pipelines, drop_last=self.drop_last)
         self.num_samples = len(self._loader.first_traversal_order)
         self._compiled = False
+        _KEEP_ALIVE.append(self._loader.code)
 
     def __len__(self) -> int:
         return len(self._loader)
