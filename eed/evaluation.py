@@ -2,7 +2,7 @@
 
 Read top to bottom:
 
-1. :func:`collect_outputs` runs the network once per batch (``torch.inference_mode``) and
+1. :func:`collect_outputs` runs the network once per batch (``torch.no_grad``) and
    keeps every classifier's logits, stacked as ``(k, N, C)``, plus the labels. That is the
    only pass over the data; everything after it is tensor arithmetic, vectorised over
    classifiers and samples.
@@ -86,7 +86,9 @@ def collect_outputs(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], d
     feature_batches: list[list[Tensor]] = []
     input_shape: tuple[int, ...] = ()
     try:
-        with torch.inference_mode(), (autocast() if autocast else contextlib.nullcontext()):
+        # no_grad, not inference_mode: FFCV's worker threads write into batch buffers that
+        # would become inference tensors here, and in-place writes to those fail outside it.
+        with torch.no_grad(), (autocast() if autocast else contextlib.nullcontext()):
             for images, labels in loader:
                 images = images.to(device, non_blocking=True)
                 if channels_last:
@@ -493,10 +495,10 @@ def run_evaluation(source: str, config: Any, out_dir: str | Path, *, split: str 
     collected = collect(split)
     report = summarize(collected, names, split, config.eval.ece_bins)
 
-    if model.num_classifiers > 1:
-        report.anytime = _anytime(model, collected, names, config, split, collect, report.notes)
-    else:
-        report.notes.append("no exits (baseline): no agreement matrices or early-exit curve")
+    # A baseline's curve is the main output alone: one point, but the same files for DVC.
+    report.anytime = _anytime(model, collected, names, config, split, collect, report.notes)
+    if model.num_classifiers == 1:
+        report.notes.append("no exits (baseline): no agreement matrices; the early-exit curve is one point")
 
     history = None
     if resolved.run_id and tracking_uri:

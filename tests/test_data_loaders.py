@@ -58,16 +58,18 @@ def to_pixels(images: torch.Tensor) -> torch.Tensor:
 
 def matching_variants(output: torch.Tensor, source: torch.Tensor, padding: int = 4) -> torch.Tensor:
     """B x (2p+1) x (2p+1) x 2 booleans: which translate/flip variants of each source image
-    equal the output image."""
+    equal the output image (all 162 variants built at once, 16 images at a time)."""
     size = 2 * padding + 1
-    matches = torch.zeros(len(source), size, size, 2, dtype=torch.bool)
-    for dy in range(size):
-        for dx in range(size):
-            for flip in (0, 1):
-                full = torch.full((len(source),), 1)
-                variant = translate_flip(source, full * dy, full * dx, full.bool() & bool(flip), padding)
-                matches[:, dy, dx, flip] = (variant == output).flatten(1).all(1)
-    return matches
+    grid = torch.meshgrid(torch.arange(size), torch.arange(size), torch.arange(2), indexing="ij")
+    shift_y, shift_x, flip = (part.flatten() for part in grid)
+    count = len(shift_y)
+    matches = []
+    for chunk_out, chunk_src in zip(output.split(16), source.split(16)):
+        chunk = len(chunk_src)
+        variants = translate_flip(chunk_src.repeat_interleave(count, 0), shift_y.repeat(chunk), shift_x.repeat(chunk),
+                                  flip.bool().repeat(chunk), padding)
+        matches.append((variants.view(chunk, count, -1) == chunk_out.reshape(chunk, 1, -1)).all(-1))
+    return torch.cat(matches).view(len(source), size, size, 2)
 
 
 @pytest.fixture(scope="module")
@@ -104,8 +106,8 @@ def test_read_split_returns_the_raw_pixels(cifar100_prepared, cifar100_root, cif
 def test_ffcv_eval_loader_is_bit_exact_on_the_whole_test_split(cifar100_prepared, cifar100_test_raw):
     loader = make_loader(cifar_config(cifar100_prepared), "test", train=False, device="cpu")
     assert (len(loader), loader.num_samples, loader.drop_last) == (40, 10_000, False)
-    # FFCV reuses its image buffers every few batches: keeping images means cloning them.
-    batches = [(images.clone(), labels) for images, labels in loader]
+    # FFCV reuses its buffers every few batches; the loader's batches are copies, safe to keep.
+    batches = list(loader)
     assert [len(labels) for _, labels in batches][-1] == 10_000 - 39 * BATCH  # the last, partial batch is kept
     images = torch.cat([images for images, _ in batches])
     labels = torch.cat([labels for _, labels in batches])
@@ -138,7 +140,8 @@ def check_augmented(images, labels, source_ids, train_pixels):
     pixels = to_pixels(images)
     renormalized = ffcv_normalize(pixels)
     torch.testing.assert_close(renormalized, images, atol=1e-6, rtol=0)  # every value is a normalized pixel
-    matches = matching_variants(pixels, train_pixels.images[source_ids])
+    checked = slice(0, 64)  # enough for the statistics below, and cheap
+    matches = matching_variants(pixels[checked], train_pixels.images[source_ids[checked]])
     assert matches.flatten(1).any(1).all(), "an image is no translate/flip variant of its source"
     identity = matches[:, 4, 4, 0]
     assert identity.float().mean() < 0.1, "most images are unchanged: no augmentation"
@@ -146,7 +149,7 @@ def check_augmented(images, labels, source_ids, train_pixels):
     only_unflipped = matches[..., 0].flatten(1).any(1) & ~matches[..., 1].flatten(1).any(1)
     assert 0.3 < only_flipped.float().mean() < 0.7 and 0.3 < only_unflipped.float().mean() < 0.7
     shifts = {tuple(np.argwhere(m.numpy())[0][:2]) for m in matches if m.sum() == 1}
-    assert len(shifts) > 30, "translations do not vary"
+    assert len(shifts) > 20, "translations do not vary"
     return images.mean().item(), images.std().item()
 
 
@@ -309,12 +312,12 @@ def test_cuda_pipeline_moves_uint8_and_normalizes_in_torch():
     from ffcv.transforms import NormalizeImage, ToDevice, ToTensor, ToTorchImage
 
     info = dataset_info("cifar100")
-    cuda = _ffcv_pipelines(info, CIFAR100_NORMALIZATION, train=True, device=torch.device("cuda"), channels_last=True)
+    cuda = _ffcv_pipelines(info, CIFAR100_NORMALIZATION, train=True, device=torch.device("cuda"))
     kinds = [type(op) for op in cuda["image"]]
     assert NormalizeImage not in kinds and kinds[-3:] == [ToTensor, ToDevice, ToTorchImage]
     assert cuda["image"][-2].non_blocking and isinstance(cuda["label"][-1], ToDevice)
-    cpu = [type(op) for op in _ffcv_pipelines(info, CIFAR100_NORMALIZATION, train=False, device=torch.device("cpu"),
-                                              channels_last=False)["image"]]
+    cpu = [type(op) for op in _ffcv_pipelines(info, CIFAR100_NORMALIZATION, train=False,
+                                              device=torch.device("cpu"))["image"]]
     assert cpu.index(NormalizeImage) < cpu.index(ToTensor) < cpu.index(ToTorchImage)
 
     pixels = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)

@@ -19,6 +19,7 @@ import torch
 from eed.config import Config
 from eed.data.catalog import IMAGENET_EVAL_CROP_RATIO, IMAGENET_EVAL_RESOLUTION, Normalization
 from eed.data.errors import DataError
+from eed.data.ffcv_import import import_ffcv
 from eed.data.manifest import RERUN_HINT, Manifest, load_manifest, read_manifest
 
 _RAW_MODE = 1  # FFCV's RGBImageField mode ids: 0 = jpg, 1 = raw
@@ -87,6 +88,7 @@ def read_labels(path: str | Path) -> np.ndarray:
 
 
 def _open_beton(path: Path):  # -> ffcv.reader.Reader
+    import_ffcv()
     from ffcv.reader import Reader
 
     if not path.is_file():

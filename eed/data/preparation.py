@@ -39,6 +39,7 @@ from rich.table import Table
 from eed.config import Config
 from eed.data.catalog import dataset_info
 from eed.data.errors import DataError
+from eed.data.ffcv_import import import_ffcv
 from eed.data.manifest import (
     MANIFEST_NAME, Manifest, SplitRecord, dataset_dir, default_file_mode, expected_params, image_field_settings,
     read_manifest, write_manifest,
@@ -134,6 +135,7 @@ def _write_beton(path: Path, images: ImageSet, indices: np.ndarray, config: Conf
                  progress: Progress, task: TaskID) -> tuple[int, str]:
     """Write one split to a temporary file in ``path``'s folder, then rename it to ``path``.
     Returns the file's size and sha256."""
+    import_ffcv()
     from ffcv.fields import IntField, RGBImageField
     from ffcv.reader import Reader
     from ffcv.writer import DatasetWriter
@@ -169,6 +171,7 @@ def _write_beton(path: Path, images: ImageSet, indices: np.ndarray, config: Conf
 def _page_size(largest_sample: int) -> int:
     """FFCV's allocation unit: a power of two from its 2 MiB minimum, holding >= 4 samples
     (small pages keep small datasets small; a sample larger than a page cannot be written)."""
+    import_ffcv()
     from ffcv.writer import MIN_PAGE_SIZE
 
     return max(MIN_PAGE_SIZE, 1 << (4 * largest_sample - 1).bit_length())
@@ -177,6 +180,7 @@ def _page_size(largest_sample: int) -> int:
 @contextlib.contextmanager
 def _ffcv_progress_to(progress: Progress, task: TaskID) -> Iterator[None]:
     """Route FFCV's writer progress (a tqdm bar) to a Rich progress task."""
+    import_ffcv()
     import ffcv.writer
 
     class RichBar:  # the part of tqdm's interface DatasetWriter uses
