@@ -10,9 +10,7 @@ plain dict), ``epoch`` (epochs completed), ``model``, ``optimizer``, ``scheduler
 from __future__ import annotations
 
 import os
-import pickle
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +49,7 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         raise CheckpointError(f"checkpoint not found: {path}")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError, EOFError, ValueError) as error:
+    except Exception as error:  # torch's unpickler raises many types on garbage or truncation
         raise CheckpointError(f"{path} is not a readable eed checkpoint ({type(error).__name__}: "
                               f"{str(error).splitlines()[0] if str(error) else ''})") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:

@@ -138,6 +138,12 @@ class TrainConfig(_Section):
     # Processes for DistributedDataParallel (launched through torchrun when > 1).
     nproc: int = Field(1, ge=1)
 
+    @field_validator("channels_last", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: Any) -> Any:
+        # YAML reads on/off as booleans.
+        return {True: "on", False: "off"}.get(value, value) if isinstance(value, bool) else value
+
     @field_validator("milestones")
     @classmethod
     def _increasing(cls, milestones: list[int]) -> list[int]:

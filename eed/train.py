@@ -404,9 +404,7 @@ def train(config: Config, out_dir: str | Path, *, resume: str | Path | bool = "a
             "mlflow_run_id": logger.run_id if logger else None,
         }
 
-    if hasattr(train_loader, "warmup"):
-        with console.status("Compiling the data pipeline (first batch only, ~10 s)…"):
-            train_loader.warmup()
+    train_loader.warmup(console=console)  # FFCV's one-off JIT compile, kept out of epoch timings
     val_split = "val" if has_val else "test"
     epoch = start_epoch
     try:

@@ -209,10 +209,11 @@ def test_non_finite_loss_stops_with_epoch_step_and_terms_and_keeps_the_last_chec
 
 
 def test_bad_checkpoints_give_clear_errors(tmp_path):
-    not_a_checkpoint = tmp_path / "noise.pt"
-    not_a_checkpoint.write_bytes(os.urandom(256))
-    with pytest.raises(CheckpointError, match="not a readable eed checkpoint"):
-        load_checkpoint(not_a_checkpoint)
+    for seed in range(20):  # garbage of many shapes: every one is a CheckpointError
+        not_a_checkpoint = tmp_path / f"noise{seed}.pt"
+        not_a_checkpoint.write_bytes(np.random.default_rng(seed).bytes(64 + 37 * seed))
+        with pytest.raises(CheckpointError, match="not a readable eed checkpoint"):
+            load_checkpoint(not_a_checkpoint)
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(CheckpointError, match="not an eed checkpoint"):
@@ -222,6 +223,10 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
 
     config = synthetic_config(tmp_path, **{"train.epochs": 1, "tracking.enabled": False})
     result = train(config, tmp_path / "one")
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes(result.last_checkpoint.read_bytes()[:5000])
+    with pytest.raises(CheckpointError, match="not a readable eed checkpoint"):
+        load_checkpoint(truncated)
     checkpoint = load_checkpoint(result.last_checkpoint)
     with pytest.raises(CheckpointError, match="'resnet18' model, expected 'vgg19'"):
         model_from_checkpoint(checkpoint, arch="vgg19")

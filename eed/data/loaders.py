@@ -34,8 +34,8 @@ Backends (``data.backend``):
   from the ``.beton`` by :func:`eed.data.memory.read_split`), augmented per batch with
   vectorised torch ops of the same semantics (:mod:`eed.data.augment`). Bit-reproducible:
   order and augmentation come from generators seeded by ``(seed, epoch, rank)``. Small
-  fixed-size images only (CIFAR, synthetic); ImageNet needs ``ffcv``. ~160k img/s on the
-  same 2 cores.
+  fixed-size images only (CIFAR, synthetic); ImageNet needs ``ffcv``. Batches are cut on
+  one CPU thread (see :func:`_one_cpu_thread`): ~105-160k img/s on the same 2 cores.
 
 Both backends visit samples in the same order for the same seed and epoch (NumPy's
 ``default_rng(seed + epoch)`` permutation, or PyTorch's ``DistributedSampler`` under DDP,
@@ -242,12 +242,30 @@ class TensorEpochLoader:
             shifts = [draw.to(device) for draw in draw_translate_flip(len(positions), self.padding, generator)]
         end = len(self) * self.batch_size if self.drop_last else len(positions)
         for start in range(0, end, self.batch_size):
-            index = positions[start:start + self.batch_size]
-            images = self.images[index]
-            if self.train:
-                shift_y, shift_x, flip = (draw[start:start + self.batch_size] for draw in shifts)
-                images = translate_flip(images, shift_y, shift_x, flip, self.padding)
-            yield self.normalizer(images), self.labels[index]
+            with _one_cpu_thread(device):
+                index = positions[start:start + self.batch_size]
+                images = self.images[index]
+                if self.train:
+                    shift_y, shift_x, flip = (draw[start:start + self.batch_size] for draw in shifts)
+                    images = translate_flip(images, shift_y, shift_x, flip, self.padding)
+                batch = self.normalizer(images), self.labels[index]
+            yield batch
+
+
+@contextlib.contextmanager
+def _one_cpu_thread(device: torch.device) -> Iterator[None]:
+    """Cut a CPU batch on one torch thread, then give the caller its threads back. The ops
+    are small and memory-bound; on 2 shared cores torch's OpenMP threads, spinning while
+    another process holds a core, made them 25x slower (4k instead of 105k img/s)."""
+    if device.type != "cpu":
+        yield
+        return
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 # --------------------------------------------------------------------------- FFCV backend
