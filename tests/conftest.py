@@ -22,7 +22,8 @@ from typing import Callable
 import numpy as np
 import pytest
 
-SHARED_CIFAR100_ARCHIVE = Path("/work/shared/data/cifar-100-python.tar.gz")
+# The project's machines keep the real CIFAR-100 in shared/ beside the repository.
+SHARED_CIFAR100_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-100-python.tar.gz"
 CIFAR100_ENV = "EED_TEST_CIFAR100"
 
 
@@ -71,7 +72,8 @@ def cifar100_source() -> tuple[Path, str]:
         return source, hashlib.sha256(str(source.resolve()).encode()).hexdigest()
     if not source.is_file():
         pytest.fail(f"the real CIFAR-100 archive is missing: {source}. The data tests need it (see "
-                    f"/work/shared/data/README.md); set ${CIFAR100_ENV} to the archive or to a folder holding "
+                    f"shared/data/README.md beside the repository); set ${CIFAR100_ENV} to the archive or to a "
+                    "folder holding "
                     "cifar-100-python/.")
     key = _sha256(source)
     root = _cache_dir() / f"cifar100-{key[:16]}"
