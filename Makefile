@@ -13,10 +13,11 @@ APT_PACKAGES := libturbojpeg0-dev libopencv-dev pkg-config
 PIP := $(BIN)/pip --disable-pip-version-check -q
 # The stages' `python` is the first on PATH: make it the project's environment.
 export PATH := $(abspath $(BIN)):$(PATH)
-# Offline machines of this project keep CIFAR-100 in ../shared/data; use it unless told otherwise.
+# Offline machines of this project keep CIFAR-100 in ../shared/data: the main job uses it
+# unless told otherwise (the tests find it themselves).
 ifeq ($(origin EED_DATA_ROOT), undefined)
 ifneq ($(wildcard ../shared/data/cifar-100-python.tar.gz),)
-export EED_DATA_ROOT := $(abspath ../shared/data)
+run: export EED_DATA_ROOT := $(abspath ../shared/data)
 endif
 endif
 

@@ -27,6 +27,14 @@ SHARED_CIFAR100_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data
 CIFAR100_ENV = "EED_TEST_CIFAR100"
 
 
+@pytest.fixture(autouse=True)
+def _isolated_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests choose their data roots and tracking stores themselves: a user's (or make's)
+    $EED_DATA_ROOT / $MLFLOW_TRACKING_URI / DVC variables must not redirect them."""
+    for name in ("EED_DATA_ROOT", "MLFLOW_TRACKING_URI", "DVC_ROOT", "DVC_EXP_NAME"):
+        monkeypatch.delenv(name, raising=False)
+
+
 def _cache_dir() -> Path:
     base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
     path = base / "eed-test-data"
