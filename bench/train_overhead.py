@@ -1,0 +1,255 @@
+"""2. Training-loop overhead: the project's training loop vs a bare step, same model and batch.
+
+``project`` is one epoch of ``eed.train.train`` minus its validation, made of the project's
+own functions: ``loader.set_epoch``, ``eed.train.train_one_epoch`` (the real FFCV train
+loader of params.yaml, ``ExitEnsembleObjective``, the non-finite check, SGD + the LR
+schedule, per-step loss terms and per-classifier accuracy, the Rich progress bar rendered as
+on a terminal, into /dev/null), then ``_epoch_metrics`` and the per-epoch MLflow
+``log_batch`` (``_RunLogger.log_epoch``, sqlite store under bench/results/) and the
+``last.pt`` checkpoint write. An epoch here has ``--steps`` steps (``data.train_subset`` =
+steps x 128), so the per-epoch costs are spread over fewer steps than in a real epoch (156
+steps at the cpu preset): the ratio is a lower bound.
+
+``bare`` is ``model(x)``, the same objective (method eed) on its output, ``zero_grad``,
+``backward``, ``SGD.step`` on one batch held in memory (taken from the same loader), for the
+same number of steps: what a minimal hand-written loop does per step.
+
+Both run resnet18 width 16, method eed, batch 128, fp32 on CPU, with the same torch thread
+count, interleaved round by round. Ratio per round = bare seconds / project seconds
+(= project img/s ÷ bare img/s).
+
+Also reported, because on a 2-core machine shared with other jobs the direct ratio swings
+far more than the effect measured: the loop's own per-step work timed piece by piece (taking
+a ready batch from the loader, ``batch_correct``, the loss-term sums, the non-finite check,
+``scheduler.step``, a progress-bar update every 10 steps) and the ratio derived from it,
+bare step / (bare step + that work). This is the overhead the loop's code adds; the gap
+between it and the direct ratio is contention (other processes, FFCV's worker threads
+competing with torch's for the same cores).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import statistics
+
+import torch
+
+from bench import common
+
+TARGET = 0.95
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--steps", type=int, default=16, help="training steps per timed epoch (default 16)")
+    parser.add_argument("--backend", choices=("ffcv", "tensor"), default="ffcv",
+                        help="data.backend of the project loop (default ffcv, as params.yaml)")
+    parser.add_argument("--compare-threads", action="store_true",
+                        help="also time the bare step at torch's default thread count (what the process would "
+                             "use if importing FFCV did not change it)")
+
+
+def _loop_pieces(model, objective, loader, scheduler, x, y, names, runtime, repeats: int = 50) -> dict[str, float]:
+    """Median seconds per step of each piece of work ``train_one_epoch`` does besides the
+    forward, loss, backward and optimizer step (see the module docstring)."""
+    import time
+
+    import eed.train as T
+
+    with torch.no_grad():
+        output = model(x)
+    result = objective(output, y)
+    loss = result.total
+
+    def median_time(function, inner: int = 20) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for _ in range(inner):
+                function()
+            times.append((time.perf_counter() - start) / inner)
+        return statistics.median(times)
+
+    def accumulate() -> None:
+        term_sums: dict = {}
+        for name, value in result.terms.items():
+            term_sums[name] = term_sums.get(name, 0) + value.detach()
+        term_sums["loss"] = term_sums.get("loss", 0) + loss.detach()
+
+    correct = torch.zeros(len(names) + 1, dtype=torch.long)
+
+    def count() -> None:
+        correct.add_(T.batch_correct(output.logits, y))
+
+    def finite() -> None:
+        if not torch.isfinite(loss):
+            raise AssertionError
+
+    from rich.console import Console
+    from rich.progress import Progress
+
+    with Progress(console=Console(file=open(os.devnull, "w"), force_terminal=True, width=120)) as progress:  # noqa: SIM115
+        task = progress.add_task("epoch", total=100, info="")
+        progress_update = median_time(lambda: progress.update(task, completed=1, info=f"loss {loss.item():.3f}")) / 10
+
+    # A ready batch: the producer has had a step's worth of time to prepare it.
+    fetch = []
+    iterator = iter(loader)
+    try:
+        for _ in range(min(len(loader) - 1, 8)):
+            time.sleep(0.05)
+            start = time.perf_counter()
+            inputs, target = next(iterator)
+            inputs.to(runtime.device, non_blocking=True), target.to(runtime.device, non_blocking=True)
+            fetch.append(time.perf_counter() - start)
+    finally:
+        iterator.close()
+    lr_before = [group["lr"] for group in scheduler.optimizer.param_groups]
+    step_lr = median_time(scheduler.step, inner=1)
+    for group, lr in zip(scheduler.optimizer.param_groups, lr_before):
+        group["lr"] = lr
+    return {"batch handoff": statistics.median(fetch), "batch_correct": median_time(count),
+            "loss-term sums": median_time(accumulate), "non-finite check": median_time(finite),
+            "scheduler.step": step_lr, "progress bar (every 10 steps)": progress_update}
+
+
+def run(args: argparse.Namespace) -> common.Result:
+    from rich.console import Console
+
+    import eed.train as T
+    from eed.checkpoint import save_checkpoint
+    from eed.data import make_loader
+    from eed.models.registry import create_model
+    from eed.objectives import ExitEnsembleObjective
+
+    started = common.now()
+    prepared = common.ensure_prepared(args.prepared_dir)
+    threads = common.resolve_threads(args.threads, prepared)
+    steps = 4 if args.quick and args.steps == 16 else args.steps
+    batch = 128
+    mlflow_dir = common.RESULTS / "mlflow"
+    mlflow_dir.mkdir(parents=True, exist_ok=True)
+    cfg = common.config(prepared, f"data.backend={args.backend}", f"data.train_subset={steps * batch}",
+                        f"train.batch_size={batch}", f"train.epochs={args.repeats + 2}", "tracking.enabled=true",
+                        f"tracking.uri=sqlite:///{mlflow_dir / 'mlflow.db'}", "tracking.experiment=bench")
+
+    runtime = T.setup_runtime(cfg.train)
+    T.seed_everything(cfg.seed, cfg.train.deterministic)
+    loader = make_loader(cfg, "train", train=True, device=runtime.device)
+    torch.set_num_threads(threads)
+    assert len(loader) == steps, (len(loader), steps)
+    model = create_model(cfg.model.arch, loader.num_classes, cfg.model.width, exits=True)
+    bare_model = copy.deepcopy(model)
+    names = model.classifier_names()
+    objective = ExitEnsembleObjective(cfg.method, cfg.loss, model.num_classifiers)
+    optimizer = T.build_optimizer(model, cfg.train)
+    scheduler = T.build_scheduler(optimizer, cfg.train, len(loader))
+    bare_optimizer = T.build_optimizer(bare_model, cfg.train)
+    from eed import tracking
+
+    tracking_uri = tracking.resolve_tracking_uri(cfg)
+    tracking.check_tracking_uri(tracking_uri)
+    logger = T._RunLogger(cfg, tracking_uri, None)
+    last_path = common.RESULTS / "train_overhead" / "last.pt"
+    # The progress bar as on a terminal (rendered and refreshed), written to /dev/null.
+    T.console = Console(file=open(os.devnull, "w"), force_terminal=True, width=120)  # noqa: SIM115
+
+    loader.warmup(show_status=False)
+    x, y = next(iter(loader))
+    x, y = x.clone(), y.clone()
+
+    step_times: dict[str, list[float]] = {"project": [], "bare": [], "bare@default threads": []}
+    epoch_costs: dict[str, list[float]] = {"log_epoch": [], "save_checkpoint": []}
+
+    def project(epoch: int) -> None:
+        marks = [common.now()]
+
+        def after_step() -> bool:  # train_one_epoch calls it after every step
+            marks.append(common.now())
+            return False
+
+        loader.set_epoch(epoch)
+        stats = T.train_one_epoch(model, objective, loader, optimizer, scheduler, runtime, epoch=epoch,
+                                  classifier_names=names, should_stop=after_step, progress=progress)
+        t0 = common.now()
+        metrics = T._epoch_metrics(stats, {}, "val", optimizer)
+        logger.log_epoch(metrics, epoch)
+        t1 = common.now()
+        save_checkpoint({"arch": cfg.model.arch, "epoch": epoch, "step_in_epoch": 0, "model": model.state_dict(),
+                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+                         "rng": T.rng_state(), "metrics": metrics}, last_path)
+        t2 = common.now()
+        if epoch > 0:
+            step_times["project"] += [b - a for a, b in zip(marks[1:-1], marks[2:])]  # steady steps
+            epoch_costs["log_epoch"].append(t1 - t0)
+            epoch_costs["save_checkpoint"].append(t2 - t1)
+
+    def bare(record: str | None, thread_count: int) -> None:
+        torch.set_num_threads(thread_count)
+        bare_model.train()
+        last = common.now()
+        for _ in range(steps):
+            output = bare_model(x)
+            loss = objective(output, y).total
+            bare_optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            bare_optimizer.step()
+            now = common.now()
+            if record:
+                step_times[record].append(now - last)
+            last = now
+        torch.set_num_threads(threads)
+
+    variants = {"project": None, "bare": threads}
+    compare_threads = args.compare_threads and common.TORCH_DEFAULT_THREADS != threads
+    if compare_threads:
+        variants["bare@default threads"] = common.TORCH_DEFAULT_THREADS
+
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    with T._progress(True) as progress:
+        project(0)  # warm-up epoch: allocator, first MLflow write, page faults
+        bare(None, threads)
+        gate = common.QuietGate(args.quiet_budget, args.quiet_threshold)
+        for round_index in range(args.repeats):
+            gate()
+            for name in common.rotate(list(variants), round_index):
+                if name == "project":
+                    elapsed, _ = common.timed(lambda: project(round_index + 1))
+                else:
+                    elapsed, _ = common.timed(lambda: bare(name, variants[name]))
+                seconds[name].append(elapsed)
+    logger.end("FINISHED")
+
+    images = steps * batch
+    ratio = [b / p for b, p in zip(seconds["bare"], seconds["project"])]
+    per_step = statistics.median(step_times["bare"]) / statistics.median(step_times["project"])
+    pieces = _loop_pieces(model, objective, loader, scheduler, x, y, names, runtime)
+    intrinsic = sum(pieces.values())
+    bare_step = statistics.median(step_times["bare"])
+    rows = [
+        common.Row("project loop", common.Stat([images / s for s in seconds["project"]]), "img/s",
+                   note=f"{steps}-step epochs incl. per-epoch logging + checkpoint"),
+        common.Row("bare step", common.Stat([images / s for s in seconds["bare"]]), "img/s"),
+        common.target_row("project ÷ bare", ratio, ">=", TARGET),
+        common.Row("steady-state step: project ÷ bare", common.Stat([per_step]), "×",
+                   note="ratio of median per-step times (no per-epoch costs)"),
+        common.target_row("project ÷ bare, derived from the loop's own per-step work", [bare_step / (bare_step + intrinsic)],
+                          ">=", TARGET, note=f"{1e3 * intrinsic:.2f} ms/step of loop work vs a {1e3 * bare_step:.0f} ms step"),
+        common.Row("per-epoch MLflow log_epoch", common.Stat([1e3 * v for v in epoch_costs["log_epoch"]]), "ms"),
+        common.Row("per-epoch last.pt write", common.Stat([1e3 * v for v in epoch_costs["save_checkpoint"]]), "ms"),
+    ]
+    if compare_threads:
+        thread_ratio = [b / d for b, d in zip(seconds["bare"], seconds["bare@default threads"])]
+        rows.insert(2, common.Row(f"bare step @ {common.TORCH_DEFAULT_THREADS} threads",
+                                  common.Stat([images / s for s in seconds["bare@default threads"]]), "img/s"))
+        rows.append(common.Row(f"bare @ {common.TORCH_DEFAULT_THREADS} threads ÷ bare @ {threads}",
+                               common.Stat(thread_ratio), "×", note="speed-up if torch kept its default threads"))
+    return common.Result(
+        name="train_overhead", command=args.command_line, rows=rows, seconds=common.now() - started, gate=gate,
+        settings={"threads": threads, "torch_default_threads": common.TORCH_DEFAULT_THREADS, "steps": steps,
+                  "batch_size": batch, "repeats": args.repeats, "backend": args.backend, "arch": cfg.model.arch,
+                  "width": cfg.model.width, "method": cfg.method, "num_workers": cfg.data.num_workers},
+        details={"seconds": seconds, "median_step_s": {k: statistics.median(v) for k, v in step_times.items() if v},
+                 "loop_work_ms_per_step": {k: 1e3 * v for k, v in pieces.items()}},
+    )
