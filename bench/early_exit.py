@@ -57,7 +57,7 @@ def _trained_model(args: argparse.Namespace, prepared: Path, cfg):
         checkpoint = load_checkpoint(args.checkpoint)
         return model_from_checkpoint(checkpoint), {"checkpoint": str(Path(args.checkpoint).resolve()),
                                                    "trained_here": False}
-    out_dir = common.RESULTS / "early_exit" / "model"
+    out_dir = common.RESULTS / "early_exit" / f"model-{cfg.data.train_subset}x{cfg.train.epochs}"
     best = out_dir / "checkpoints" / "best.pt"
     if best.is_file():
         checkpoint = load_checkpoint(best)

@@ -31,9 +31,10 @@ BENCHMARKS = {
 # Diagnostics: not part of `all`.
 DIAGNOSTICS = {
     "threads": "diagnostic: the training loop vs a bare step under thread configurations (FFCV/numba vs torch/OpenMP)",
+    "progress": "diagnostic: bare training steps with and without the trainer's live Rich progress bar",
 }
 DEFAULT_REPEATS = {"loaders": 7, "train_overhead": 5, "objective": 7, "evaluation": 15, "early_exit": 15,
-                   "memory": 2, "threads": 5}
+                   "memory": 2, "threads": 5, "progress": 12}
 
 
 def parser() -> argparse.ArgumentParser:
@@ -89,7 +90,11 @@ def main(argv: list[str] | None = None) -> int:
         args.command_line = "python bench/run.py " + " ".join(shlex.quote(a) for a in ([name] + argv[1:]))
         module = importlib.import_module(f"bench.{name}")
         console.rule(f"[bold]{name}")
+        machine = common.machine()  # load average and date at the start
         result = module.run(args)
+        result.machine = machine
+        if args.quick:  # smoke-test numbers never replace real ones
+            result.name += "-quick"
         common.report(result, console)
         summary.append(result.to_dict())
     if run_all:

@@ -1,0 +1,79 @@
+"""Diagnostic (not one of the published benchmarks): what the training progress bar costs.
+``python bench/run.py progress``.
+
+Bare training steps (resnet18 width 16, eed, batch 128, one batch in memory), ``--steps`` per
+round, in three variants interleaved round by round: no progress bar; the trainer's Rich
+bar (``eed.train._progress`` columns) live on a terminal (``force_terminal``, written to
+/dev/null) with Rich's default auto-refresh thread (10 renders per second); the same bar with
+``auto_refresh=False`` and one explicit refresh at the end of the round (what the trainer
+would do with ``refresh=True`` on its every-10-steps update). Ratio per round = seconds
+without a bar / seconds with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+
+from bench import common
+
+VARIANTS = ("no bar", "bar, auto-refresh thread", "bar, auto_refresh=False")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--steps", type=int, default=10, help="steps per round and variant (default 10)")
+
+
+def run(args: argparse.Namespace) -> common.Result:
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from eed.models.registry import create_model
+    from eed.objectives import ExitEnsembleObjective
+
+    started = common.now()
+    prepared = common.ensure_prepared(args.prepared_dir)
+    threads = common.resolve_threads(args.threads, prepared)
+    steps = 2 if args.quick and args.steps == 10 else args.steps
+    cfg = common.config(prepared)
+    torch.manual_seed(0)
+    model = create_model(cfg.model.arch, 100, cfg.model.width, exits=True)
+    objective = ExitEnsembleObjective(cfg.method, cfg.loss, model.num_classifiers)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    x, y = torch.randn(128, 3, 32, 32), torch.randint(0, 100, (128,))
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+               TimeRemainingColumn())
+
+    def train_steps() -> float:
+        start = common.now()
+        for _ in range(steps):
+            loss = objective(model(x), y).total
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        return common.now() - start
+
+    def with_bar(auto_refresh: bool) -> float:
+        console = Console(file=open(os.devnull, "w"), force_terminal=True, width=120)  # noqa: SIM115
+        with Progress(*columns, console=console, transient=True, auto_refresh=auto_refresh) as progress:
+            task = progress.add_task("epoch 1", total=100, info="")
+            seconds = train_steps()
+            progress.update(task, completed=steps, info="loss 1.000", refresh=not auto_refresh)
+        return seconds
+
+    variants = {"no bar": train_steps, "bar, auto-refresh thread": lambda: with_bar(True),
+                "bar, auto_refresh=False": lambda: with_bar(False)}
+    train_steps()
+    seconds: dict[str, list[float]] = {name: [] for name in variants}
+    gate = common.QuietGate(args.quiet_budget, args.quiet_threshold)
+    for round_index in range(args.repeats):
+        gate()
+        for name in common.rotate(list(variants), round_index):
+            seconds[name].append(variants[name]())
+    rows = [common.Row(f"no bar ÷ {name} (time)", common.Stat([a / b for a, b in zip(seconds["no bar"], seconds[name])]),
+                       "×") for name in VARIANTS[1:]]
+    return common.Result(name="progress", command=args.command_line, rows=rows, seconds=common.now() - started,
+                         gate=gate, settings={"threads": threads, "steps": steps, "rounds": args.repeats},
+                         details={"seconds": seconds})
