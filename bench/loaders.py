@@ -4,7 +4,10 @@ Variants, each over the whole prepared CIFAR-100 train split (45,000 images; 175
 last incomplete batch dropped), interleaved round by round:
 
 * ``ffcv``: ``eed.data.make_loader(backend=ffcv)`` (FFCV Loader + the project's wrapper:
-  RandomTranslate(4) + flip + NormalizeImage, labels cloned), ``data.num_workers`` = 2;
+  RandomTranslate(4) + flip + NormalizeImage, labels cloned), ``data.num_workers`` = 2, the
+  parallelism of the torchvision loader below;
+* ``ffcv 1 thread``: the same with ``data.num_workers`` left null, i.e. the one thread the
+  project uses when the model trains on the CPU (see ``DataConfig.workers``);
 * ``ffcv raw``: the same FFCV ``Loader`` iterated directly (``loader.ffcv_loader``), to show
   what the wrapper costs;
 * ``tensor``: ``make_loader(backend=tensor)``: uint8 in memory, vectorised translate/flip +
@@ -28,6 +31,7 @@ import torch
 from bench import common
 
 TARGET = 5.0
+WORKERS = 2  # torchvision's DataLoader processes, and FFCV's threads in the main comparison
 BATCH = 256
 
 
@@ -80,11 +84,13 @@ def run(args: argparse.Namespace) -> common.Result:
     prepared = common.ensure_prepared(args.prepared_dir)
     threads = common.resolve_threads(args.threads, prepared)
     cfg = common.config(prepared, "data.train_subset=0")  # the whole train split for every variant
-    workers = cfg.data.num_workers
+    workers = WORKERS
     max_batches = args.batches or (40 if args.quick else 0)
 
-    ffcv = make_loader(common.config(prepared, "data.train_subset=0", "data.backend=ffcv"), "train", train=True,
-                       batch_size=BATCH)
+    ffcv = make_loader(common.config(prepared, "data.train_subset=0", "data.backend=ffcv",
+                                     f"data.num_workers={workers}"), "train", train=True, batch_size=BATCH)
+    ffcv_default = make_loader(common.config(prepared, "data.train_subset=0", "data.backend=ffcv"), "train",
+                               train=True, batch_size=BATCH)
     tensor = make_loader(common.config(prepared, "data.train_subset=0", "data.backend=tensor"), "train",
                          train=True, batch_size=BATCH)
     arrays = read_split(cfg, "train")
@@ -95,6 +101,7 @@ def run(args: argparse.Namespace) -> common.Result:
     variants = {
         "ffcv": lambda: _epoch(ffcv, max_batches),
         "ffcv raw": lambda: _epoch(raw, max_batches),
+        "ffcv 1 thread": lambda: _epoch(ffcv_default, max_batches),
         "tensor": lambda: _epoch(tensor, max_batches),
         "torchvision": lambda: _epoch(vision, max_batches),
     }
@@ -102,6 +109,7 @@ def run(args: argparse.Namespace) -> common.Result:
     # FFCV's JIT compile, page faults.
     variants["torchvision"]()
     ffcv.warmup(show_status=False)
+    ffcv_default.warmup(show_status=False)
     for name, function in variants.items():
         torch.set_num_threads(threads)
         function()
@@ -117,11 +125,13 @@ def run(args: argparse.Namespace) -> common.Result:
     torch.set_num_threads(threads)
 
     ratio = {name: [a / b for a, b in zip(throughput[name], throughput["torchvision"])]
-             for name in ("ffcv", "ffcv raw", "tensor")}
+             for name in ("ffcv", "ffcv raw", "ffcv 1 thread", "tensor")}
     rows = [common.Row(f"{name} loader", common.Stat(values), "img/s") for name, values in throughput.items()]
     rows += [
         common.target_row("ffcv ÷ torchvision", ratio["ffcv"], ">=", TARGET),
         common.target_row("tensor ÷ torchvision", ratio["tensor"], ">=", TARGET),
+        common.target_row("ffcv 1 thread ÷ torchvision", ratio["ffcv 1 thread"], ">=", TARGET,
+                          note=f"data.num_workers null on CPU: {ffcv_default.ffcv_loader.num_workers} thread"),
         common.Row("ffcv raw ÷ torchvision", common.Stat(ratio["ffcv raw"]), "×",
                    note="FFCV Loader without the project's wrapper"),
     ]

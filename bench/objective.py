@@ -1,8 +1,9 @@
 """3. Objective overhead: one training step with method eed vs method branchynet.
 
 Both steps are ``model(x)`` -> ``ExitEnsembleObjective(method)`` -> ``zero_grad`` ->
-``backward`` -> ``SGD.step`` on the same multi-exit network (resnet18 width 16, two copies
-of the same initial weights, one per method) and the same batch of 128 real CIFAR-100
+``backward`` -> ``SGD.step`` on the same multi-exit network and optimizer (resnet18 width 16;
+one network for both methods, because two copies of one network ran up to 5 % apart in
+speed here, where each copy's memory lies) and the same batch of 128 real CIFAR-100
 training images (tensor-backend loader, in memory). params.yaml's loss settings: eed adds the
 MSE output loss against the ensemble of all 4 classifiers and the partial-L2 feature loss
 (alpha = beta = 1) to branchynet's 4 cross-entropies.
@@ -18,7 +19,6 @@ millisecond timings and barely moved by other processes' load, unlike the direct
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 
 import torch
@@ -51,15 +51,12 @@ def run(args: argparse.Namespace) -> common.Result:
     x, y = x.clone(), y.clone()
 
     torch.manual_seed(cfg.seed)
-    base = create_model(cfg.model.arch, loader.num_classes, cfg.model.width, exits=True)
-    setups = {}
-    for method in METHODS:
-        model = copy.deepcopy(base).train()
-        objective = ExitEnsembleObjective(method, cfg.loss, model.num_classifiers)
-        setups[method] = (model, objective, T.build_optimizer(model, cfg.train))
+    model = create_model(cfg.model.arch, loader.num_classes, cfg.model.width, exits=True).train()
+    optimizer = T.build_optimizer(model, cfg.train)
+    objectives = {method: ExitEnsembleObjective(method, cfg.loss, model.num_classifiers) for method in METHODS}
 
     def step(method: str) -> float:
-        model, objective, optimizer = setups[method]
+        objective = objectives[method]
         start = common.now()
         loss = objective(model(x), y).total
         optimizer.zero_grad(set_to_none=True)
@@ -87,11 +84,11 @@ def run(args: argparse.Namespace) -> common.Result:
 
     # The objective alone: loss forward + backward into the (leaf) outputs, same batch.
     with torch.no_grad():
-        output = base.train()(x)
+        output = model(x)
     loss_ms: dict[str, list[float]] = {m: [] for m in METHODS}
     for round_index in range(max(args.repeats, 5)):
         for method in common.rotate(list(METHODS), round_index):
-            objective = setups[method][1]
+            objective = objectives[method]
             leaves = type(output)([z.detach().requires_grad_() for z in output.logits],
                                   [f.detach().requires_grad_() for f in output.features])
             start = common.now()

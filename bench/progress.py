@@ -2,12 +2,12 @@
 ``python bench/run.py progress``.
 
 Bare training steps (resnet18 width 16, eed, batch 128, one batch in memory), ``--steps`` per
-round, in three variants interleaved round by round: no progress bar; the trainer's Rich
-bar (``eed.train._progress`` columns) live on a terminal (``force_terminal``, written to
-/dev/null) with Rich's default auto-refresh thread (10 renders per second); the same bar with
-``auto_refresh=False`` and one explicit refresh at the end of the round (what the trainer
-would do with ``refresh=True`` on its every-10-steps update). Ratio per round = seconds
-without a bar / seconds with it.
+round, in three variants interleaved round by round: no progress bar; a Rich bar with the
+trainer's columns live on a terminal (``force_terminal``, written to /dev/null) refreshed by
+Rich's own thread (10 renders per second; what the trainer did before); the trainer's bar
+(``eed.progress.progress_bar``: no refresh thread) rendered between steps whenever
+``eed.progress.RefreshClock`` says so, as ``train_one_epoch`` does. Ratio per round =
+seconds without a bar / seconds with it.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ import torch
 
 from bench import common
 
-VARIANTS = ("no bar", "bar, auto-refresh thread", "bar, auto_refresh=False")
+VARIANTS = ("no bar", "Rich bar, refresh thread", "eed.progress bar, rendered between steps")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> common.Result:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from eed.progress import RefreshClock, progress_bar
 
     from eed.models.registry import create_model
     from eed.objectives import ExitEnsembleObjective
@@ -46,25 +48,33 @@ def run(args: argparse.Namespace) -> common.Result:
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                TimeRemainingColumn())
 
-    def train_steps() -> float:
+    def train_steps(render=None) -> float:
         start = common.now()
-        for _ in range(steps):
+        for step in range(steps):
             loss = objective(model(x), y).total
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            if render is not None:
+                render(step + 1, loss)
         return common.now() - start
 
-    def with_bar(auto_refresh: bool) -> float:
+    def thread_bar() -> float:
         console = Console(file=open(os.devnull, "w"), force_terminal=True, width=120)  # noqa: SIM115
-        with Progress(*columns, console=console, transient=True, auto_refresh=auto_refresh) as progress:
-            task = progress.add_task("epoch 1", total=100, info="")
-            seconds = train_steps()
-            progress.update(task, completed=steps, info="loss 1.000", refresh=not auto_refresh)
-        return seconds
+        with Progress(*columns, console=console, transient=True) as progress:
+            task = progress.add_task("epoch 1", total=steps, info="")
+            return train_steps(lambda step, loss: step % 10 == 0 and progress.update(
+                task, completed=step, info=f"loss {loss.item():.3f}"))
 
-    variants = {"no bar": train_steps, "bar, auto-refresh thread": lambda: with_bar(True),
-                "bar, auto_refresh=False": lambda: with_bar(False)}
+    def eed_bar() -> float:
+        console = Console(file=open(os.devnull, "w"), force_terminal=True, width=120)  # noqa: SIM115
+        with progress_bar(console) as progress:
+            task = progress.add_task("epoch 1", total=steps, info="")
+            clock = RefreshClock()
+            return train_steps(lambda step, loss: clock.due() and progress.update(
+                task, completed=step, info=f"loss {loss.item():.3f}", refresh=True))
+
+    variants = {"no bar": train_steps, VARIANTS[1]: thread_bar, VARIANTS[2]: eed_bar}
     train_steps()
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     gate = common.QuietGate(args.quiet_budget, args.quiet_threshold)

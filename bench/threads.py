@@ -21,13 +21,13 @@ import sys
 from pathlib import Path
 
 CONFIGS: dict[str, dict] = {
-    "ffcv, 2 threads (as shipped)": {"backend": "ffcv", "threads": 2, "env": {}},
-    "ffcv, 1 thread": {"backend": "ffcv", "threads": 1, "env": {}},
+    "ffcv, 2 threads, 2 loader threads (before)": {"backend": "ffcv", "threads": 2, "workers": 2, "env": {}},
+    "ffcv, 1 thread": {"backend": "ffcv", "threads": 1, "workers": 2, "env": {}},
     "tensor, 2 threads": {"backend": "tensor", "threads": 2, "env": {}},
-    "ffcv, 2 threads, num_workers=1": {"backend": "ffcv", "threads": 2, "workers": 1, "env": {}},
-    "ffcv, 2 threads, NUMBA_THREADING_LAYER=workqueue": {"backend": "ffcv", "threads": 2,
+    "ffcv, 2 threads, 1 loader thread (the default now)": {"backend": "ffcv", "threads": 2, "workers": 1, "env": {}},
+    "ffcv, 2 threads, NUMBA_THREADING_LAYER=workqueue": {"backend": "ffcv", "threads": 2, "workers": 2,
                                                          "env": {"NUMBA_THREADING_LAYER": "workqueue"}},
-    "ffcv, 2 threads, OMP_WAIT_POLICY=PASSIVE": {"backend": "ffcv", "threads": 2,
+    "ffcv, 2 threads, OMP_WAIT_POLICY=PASSIVE": {"backend": "ffcv", "threads": 2, "workers": 2,
                                                  "env": {"OMP_WAIT_POLICY": "PASSIVE"}},
 }
 
@@ -55,7 +55,7 @@ def worker(spec: dict, prepared: str, steps: int) -> None:
     from eed.objectives import ExitEnsembleObjective
 
     cfg = common.config(prepared, f"data.backend={spec['backend']}", f"data.train_subset={steps * 128}",
-                        "train.epochs=1000", f"data.num_workers={spec.get('workers', 2)}")
+                        "train.epochs=1000", f"data.num_workers={spec.get('workers', 1)}")
     loader = make_loader(cfg, "train", train=True)
     torch.set_num_threads(spec["threads"])
     loader.warmup(show_status=False)

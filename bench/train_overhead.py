@@ -3,16 +3,18 @@
 ``project`` is one epoch of ``eed.train.train`` minus its validation, made of the project's
 own functions: ``loader.set_epoch``, ``eed.train.train_one_epoch`` (the real FFCV train
 loader of params.yaml, ``ExitEnsembleObjective``, the non-finite check, SGD + the LR
-schedule, per-step loss terms and per-classifier accuracy, the Rich progress bar rendered as
-on a terminal, into /dev/null), then ``_epoch_metrics`` and the per-epoch MLflow
+schedule, per-step loss terms and per-classifier accuracy, the progress bar rendered as on a
+terminal every ``eed.progress.REFRESH_S``, into /dev/null), then ``_epoch_metrics``, the MLflow
 ``log_batch`` (``_RunLogger.log_epoch``, sqlite store under bench/results/) and the
-``last.pt`` checkpoint write. An epoch here has ``--steps`` steps (``data.train_subset`` =
-steps x 128), so the per-epoch costs are spread over fewer steps than in a real epoch (156
-steps at the cpu preset): the ratio is a lower bound.
+``last.pt`` checkpoint write. An epoch has the length of a real epoch of params.yaml (156 steps
+of 128 at the cpu preset) unless ``--steps`` asks for fewer (``data.train_subset`` = steps x
+128); shorter epochs spread the per-epoch costs over fewer steps, a lower bound.
 
 ``bare`` is ``model(x)``, the same objective (method eed) on its output, ``zero_grad``,
 ``backward``, ``SGD.step`` on one batch held in memory (taken from the same loader), for the
-same number of steps: what a minimal hand-written loop does per step.
+same number of steps: what a minimal hand-written loop does per step. Both variants train the
+same model with the same optimizer: two copies of one network ran up to 5 % apart in speed
+here (where each copy's memory lies), more than the effect measured.
 
 Both run resnet18 width 16, method eed, batch 128, fp32 on CPU, with the same torch thread
 count, interleaved round by round. Ratio per round = bare seconds / project seconds
@@ -21,7 +23,7 @@ count, interleaved round by round. Ratio per round = bare seconds / project seco
 Also reported, because on a 2-core machine shared with other jobs the direct ratio swings
 far more than the effect measured: the loop's own per-step work timed piece by piece (taking
 a ready batch from the loader, ``batch_correct``, the loss-term sums, the non-finite check,
-``scheduler.step``, a progress-bar update every 10 steps) and the ratio derived from it,
+``scheduler.step``, the progress-bar render, per step) and the ratio derived from it,
 bare step / (bare step + that work). This is the overhead the loop's code adds; the gap
 between it and the direct ratio is contention (other processes, FFCV's worker threads
 competing with torch's for the same cores).
@@ -30,7 +32,6 @@ competing with torch's for the same cores).
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import statistics
 
@@ -39,18 +40,24 @@ import torch
 from bench import common
 
 TARGET = 0.95
+BEFORE = "project, as before the fix"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--steps", type=int, default=16, help="training steps per timed epoch (default 16)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training steps per timed epoch (default: a real epoch of params.yaml, 156 steps)")
     parser.add_argument("--backend", choices=("ffcv", "tensor"), default="ffcv",
                         help="data.backend of the project loop (default ffcv, as params.yaml)")
+    parser.add_argument("--compare-before", action="store_true",
+                        help="also time the loop as it was before the fix of BENCHMARKS.md finding 3: 2 FFCV "
+                             "loader threads and a Rich bar refreshed by its own thread")
     parser.add_argument("--compare-threads", action="store_true",
                         help="also time the bare step at torch's default thread count (what the process would "
                              "use if importing FFCV did not change it)")
 
 
-def _loop_pieces(model, objective, loader, scheduler, x, y, names, runtime, repeats: int = 50) -> dict[str, float]:
+def _loop_pieces(model, objective, loader, scheduler, x, y, names, runtime, step_seconds: float,
+                 repeats: int = 50) -> dict[str, float]:
     """Median seconds per step of each piece of work ``train_one_epoch`` does besides the
     forward, loss, backward and optimizer step (see the module docstring)."""
     import time
@@ -87,11 +94,13 @@ def _loop_pieces(model, objective, loader, scheduler, x, y, names, runtime, repe
             raise AssertionError
 
     from rich.console import Console
-    from rich.progress import Progress
 
-    with Progress(console=Console(file=open(os.devnull, "w"), force_terminal=True, width=120)) as progress:  # noqa: SIM115
+    from eed.progress import REFRESH_S, progress_bar
+
+    console = Console(file=open(os.devnull, "w"), force_terminal=True, width=120)  # noqa: SIM115
+    with progress_bar(console) as progress:
         task = progress.add_task("epoch", total=100, info="")
-        progress_update = median_time(lambda: progress.update(task, completed=1, info=f"loss {loss.item():.3f}")) / 10
+        render = median_time(lambda: progress.update(task, completed=1, info=f"loss {loss.item():.3f}", refresh=True))
 
     # A ready batch: the producer has had a step's worth of time to prepare it.
     fetch = []
@@ -111,7 +120,8 @@ def _loop_pieces(model, objective, loader, scheduler, x, y, names, runtime, repe
         group["lr"] = lr
     return {"batch handoff": statistics.median(fetch), "batch_correct": median_time(count),
             "loss-term sums": median_time(accumulate), "non-finite check": median_time(finite),
-            "scheduler.step": step_lr, "progress bar (every 10 steps)": progress_update}
+            "scheduler.step": step_lr,
+            f"progress bar (a render every {REFRESH_S} s)": render * step_seconds / REFRESH_S}
 
 
 def run(args: argparse.Namespace) -> common.Result:
@@ -122,17 +132,20 @@ def run(args: argparse.Namespace) -> common.Result:
     from eed.data import make_loader
     from eed.models.registry import create_model
     from eed.objectives import ExitEnsembleObjective
+    from eed.progress import progress_bar
 
     started = common.now()
     prepared = common.ensure_prepared(args.prepared_dir)
     threads = common.resolve_threads(args.threads, prepared)
-    steps = 4 if args.quick and args.steps == 16 else args.steps
     batch = 128
+    real_epoch = (common.config(prepared).data.train_subset or 45_000) // batch  # 0 = the whole train split
+    steps = args.steps or (4 if args.quick else real_epoch)
     mlflow_dir = common.RESULTS / "mlflow"
     mlflow_dir.mkdir(parents=True, exist_ok=True)
-    cfg = common.config(prepared, f"data.backend={args.backend}", f"data.train_subset={steps * batch}",
-                        f"train.batch_size={batch}", f"train.epochs={args.repeats + 2}", "tracking.enabled=true",
-                        f"tracking.uri=sqlite:///{mlflow_dir / 'mlflow.db'}", "tracking.experiment=bench")
+    cfg_overrides = (f"data.backend={args.backend}", f"data.train_subset={steps * batch}", f"train.batch_size={batch}",
+                     f"train.epochs={2 * args.repeats + 2}", "tracking.enabled=true",
+                     f"tracking.uri=sqlite:///{mlflow_dir / 'mlflow.db'}", "tracking.experiment=bench")
+    cfg = common.config(prepared, *cfg_overrides)
 
     runtime = T.setup_runtime(cfg.train)
     T.seed_everything(cfg.seed, cfg.train.deterministic)
@@ -140,12 +153,10 @@ def run(args: argparse.Namespace) -> common.Result:
     torch.set_num_threads(threads)
     assert len(loader) == steps, (len(loader), steps)
     model = create_model(cfg.model.arch, loader.num_classes, cfg.model.width, exits=True)
-    bare_model = copy.deepcopy(model)
     names = model.classifier_names()
     objective = ExitEnsembleObjective(cfg.method, cfg.loss, model.num_classifiers)
     optimizer = T.build_optimizer(model, cfg.train)
     scheduler = T.build_scheduler(optimizer, cfg.train, len(loader))
-    bare_optimizer = T.build_optimizer(bare_model, cfg.train)
     from eed import tracking
 
     tracking_uri = tracking.resolve_tracking_uri(cfg)
@@ -156,22 +167,28 @@ def run(args: argparse.Namespace) -> common.Result:
     T.console = Console(file=open(os.devnull, "w"), force_terminal=True, width=120)  # noqa: SIM115
 
     loader.warmup(show_status=False)
+    loader_before = None
+    if args.compare_before:
+        loader_before = make_loader(common.config(prepared, *cfg_overrides, "data.num_workers=2"), "train", train=True,
+                                    device=runtime.device)
+        torch.set_num_threads(threads)
+        loader_before.warmup(show_status=False)
     x, y = next(iter(loader))
     x, y = x.clone(), y.clone()
 
-    step_times: dict[str, list[float]] = {"project": [], "bare": [], "bare@default threads": []}
+    step_times: dict[str, list[float]] = {"project": [], "bare": [], "bare@default threads": [], BEFORE: []}
     epoch_costs: dict[str, list[float]] = {"log_epoch": [], "save_checkpoint": []}
 
-    def project(epoch: int) -> None:
+    def project(epoch: int, record: str = "project", epoch_loader=loader, bar=None) -> None:
         marks = [common.now()]
 
         def after_step() -> bool:  # train_one_epoch calls it after every step
             marks.append(common.now())
             return False
 
-        loader.set_epoch(epoch)
-        stats = T.train_one_epoch(model, objective, loader, optimizer, scheduler, runtime, epoch=epoch,
-                                  classifier_names=names, should_stop=after_step, progress=progress)
+        epoch_loader.set_epoch(epoch)
+        stats = T.train_one_epoch(model, objective, epoch_loader, optimizer, scheduler, runtime, epoch=epoch,
+                                  classifier_names=names, should_stop=after_step, progress=bar or progress)
         t0 = common.now()
         metrics = T._epoch_metrics(stats, {}, "val", optimizer)
         logger.log_epoch(metrics, epoch)
@@ -181,20 +198,27 @@ def run(args: argparse.Namespace) -> common.Result:
                          "rng": T.rng_state(), "metrics": metrics}, last_path)
         t2 = common.now()
         if epoch > 0:
-            step_times["project"] += [b - a for a, b in zip(marks[1:-1], marks[2:])]  # steady steps
-            epoch_costs["log_epoch"].append(t1 - t0)
-            epoch_costs["save_checkpoint"].append(t2 - t1)
+            step_times[record] += [b - a for a, b in zip(marks[1:-1], marks[2:])]  # steady steps
+            if record == "project":
+                epoch_costs["log_epoch"].append(t1 - t0)
+                epoch_costs["save_checkpoint"].append(t2 - t1)
+
+    def project_before(epoch: int) -> None:
+        from rich.progress import Progress
+
+        with Progress(*progress.columns, console=T.console, transient=True) as thread_bar:  # auto-refresh thread
+            project(epoch, BEFORE, loader_before, thread_bar)
 
     def bare(record: str | None, thread_count: int) -> None:
         torch.set_num_threads(thread_count)
-        bare_model.train()
+        model.train()
         last = common.now()
         for _ in range(steps):
-            output = bare_model(x)
+            output = model(x)
             loss = objective(output, y).total
-            bare_optimizer.zero_grad(set_to_none=True)
+            optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            bare_optimizer.step()
+            optimizer.step()
             now = common.now()
             if record:
                 step_times[record].append(now - last)
@@ -202,20 +226,26 @@ def run(args: argparse.Namespace) -> common.Result:
         torch.set_num_threads(threads)
 
     variants = {"project": None, "bare": threads}
+    if args.compare_before:
+        variants[BEFORE] = None
     compare_threads = args.compare_threads and common.TORCH_DEFAULT_THREADS != threads
     if compare_threads:
         variants["bare@default threads"] = common.TORCH_DEFAULT_THREADS
 
     seconds: dict[str, list[float]] = {name: [] for name in variants}
-    with T._progress(True) as progress:
+    with progress_bar(T.console) as progress:
         project(0)  # warm-up epoch: allocator, first MLflow write, page faults
+        if args.compare_before:
+            project_before(0)
         bare(None, threads)
         gate = common.QuietGate(args.quiet_budget, args.quiet_threshold)
         for round_index in range(args.repeats):
             gate()
             for name in common.rotate(list(variants), round_index):
                 if name == "project":
-                    elapsed, _ = common.timed(lambda: project(round_index + 1))
+                    elapsed, _ = common.timed(lambda: project(2 * round_index + 1))
+                elif name == BEFORE:
+                    elapsed, _ = common.timed(lambda: project_before(2 * round_index + 2))
                 else:
                     elapsed, _ = common.timed(lambda: bare(name, variants[name]))
                 seconds[name].append(elapsed)
@@ -224,9 +254,9 @@ def run(args: argparse.Namespace) -> common.Result:
     images = steps * batch
     ratio = [b / p for b, p in zip(seconds["bare"], seconds["project"])]
     per_step = statistics.median(step_times["bare"]) / statistics.median(step_times["project"])
-    pieces = _loop_pieces(model, objective, loader, scheduler, x, y, names, runtime)
-    intrinsic = sum(pieces.values())
     bare_step = statistics.median(step_times["bare"])
+    pieces = _loop_pieces(model, objective, loader, scheduler, x, y, names, runtime, bare_step)
+    intrinsic = sum(pieces.values())
     rows = [
         common.Row("project loop", common.Stat([images / s for s in seconds["project"]]), "img/s",
                    note=f"{steps}-step epochs incl. per-epoch logging + checkpoint"),
@@ -239,6 +269,16 @@ def run(args: argparse.Namespace) -> common.Result:
         common.Row("per-epoch MLflow log_epoch", common.Stat([1e3 * v for v in epoch_costs["log_epoch"]]), "ms"),
         common.Row("per-epoch last.pt write", common.Stat([1e3 * v for v in epoch_costs["save_checkpoint"]]), "ms"),
     ]
+    if args.compare_before:
+        rows[3:3] = [
+            common.Row(BEFORE, common.Stat([images / s for s in seconds[BEFORE]]), "img/s",
+                       note="2 FFCV loader threads, Rich bar with its refresh thread"),
+            common.Row(f"{BEFORE} ÷ bare", common.Stat([b / p for b, p in zip(seconds["bare"], seconds[BEFORE])]), "×"),
+            common.Row(f"steady-state step: {BEFORE} ÷ bare",
+                       common.Stat([bare_step / statistics.median(step_times[BEFORE])]), "×"),
+            common.Row("project ÷ project as before (speed-up of the fix)",
+                       common.Stat([b / p for b, p in zip(seconds[BEFORE], seconds["project"])]), "×"),
+        ]
     if compare_threads:
         thread_ratio = [b / d for b, d in zip(seconds["bare"], seconds["bare@default threads"])]
         rows.insert(2, common.Row(f"bare step @ {common.TORCH_DEFAULT_THREADS} threads",
@@ -251,5 +291,6 @@ def run(args: argparse.Namespace) -> common.Result:
                   "batch_size": batch, "repeats": args.repeats, "backend": args.backend, "arch": cfg.model.arch,
                   "width": cfg.model.width, "method": cfg.method, "num_workers": cfg.data.num_workers},
         details={"seconds": seconds, "median_step_s": {k: statistics.median(v) for k, v in step_times.items() if v},
+                 "step_s": {k: [round(t, 5) for t in v] for k, v in step_times.items() if v},
                  "loop_work_ms_per_step": {k: 1e3 * v for k, v in pieces.items()}},
     )

@@ -55,11 +55,23 @@ class DataConfig(_Section):
     split_seed: int = Field(0, ge=0)
     # Training images used per run (stratified subset of the train split); 0 = all; null = preset.
     train_subset: int | None = Field(None, ge=0)
-    num_workers: int = Field(2, ge=0)
+    # FFCV loader threads (ImageNet: also the writer processes of `prepare`); null = auto, see workers().
+    num_workers: int | None = Field(None, ge=0)
     # ImageNet only: JPEG settings of the .beton files.
     max_resolution: int = Field(256, ge=32)
     jpeg_quality: int = Field(90, ge=1, le=100)
     synthetic: SyntheticConfig = SyntheticConfig()
+
+    def workers(self, *, compute_on_cpu: bool) -> int:
+        """``num_workers``, or when null: 1 when the model runs on the CPU, where torch's threads
+        take every core and a second loader thread only contends with them (BENCHMARKS.md,
+        finding 3); otherwise every core this process may use, shared among its machine's ranks."""
+        if self.num_workers is not None:
+            return max(1, self.num_workers)
+        if compute_on_cpu:
+            return 1
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+        return max(1, cores // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
 
     def resolved_root(self) -> Path:
         """$EED_DATA_ROOT, else ``root``; a relative root is taken from the project root, so

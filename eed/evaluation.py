@@ -48,6 +48,7 @@ from rich.table import Table
 from torch import Tensor, nn
 
 from eed.anytime import AnytimeReport, ClassifierCosts, analyze, threshold_grid
+from eed.progress import progress_bar, tracked
 
 # --------------------------------------------------------------------------- 1. one pass
 
@@ -488,8 +489,9 @@ def run_evaluation(source: str, config: Any, out_dir: str | Path, *, split: str 
 
     def collect(name: str) -> Collected:
         loader = eed_data.make_loader(config, name, train=False, device=runtime.device)
-        with console.status(f"Evaluating {resolved.description} on the {name} split…"):
-            return collect_outputs(model, loader, runtime.device, autocast=runtime.autocast,
+        with progress_bar(console) as progress:
+            batches = tracked(loader, progress, f"evaluating on {name}", len(loader))
+            return collect_outputs(model, batches, runtime.device, autocast=runtime.autocast,
                                    channels_last=runtime.channels_last)
 
     collected = collect(split)

@@ -12,7 +12,6 @@ channels_last. Under ``torchrun`` it trains with DistributedDataParallel.
 from __future__ import annotations
 
 import contextlib
-import math
 import os
 import random
 import signal
@@ -20,13 +19,13 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.distributed as dist
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import Progress
 from torch import Tensor, nn
 
 from eed.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
@@ -35,6 +34,7 @@ from eed.evaluation import collect_outputs, top1_accuracy
 from eed.models.multi_exit import MultiExitNet
 from eed.models.registry import create_model
 from eed.objectives import ExitEnsembleObjective
+from eed.progress import RefreshClock, progress_bar
 
 console = Console(stderr=True)
 
@@ -215,6 +215,7 @@ def train_one_epoch(model: nn.Module, objective: ExitEnsembleObjective, loader, 
     images = 0
     task = progress.add_task(f"epoch {epoch}", total=steps, completed=skip_steps, info="") if progress else None
     started = time.perf_counter()
+    clock = RefreshClock()
     step = skip_steps
     for step_index, (inputs, target) in enumerate(loader):
         if step_index < skip_steps:  # resuming mid-epoch: same order, already trained on
@@ -241,14 +242,17 @@ def train_one_epoch(model: nn.Module, objective: ExitEnsembleObjective, loader, 
         correct += batch_correct(output.logits, target)
         images += target.shape[0]
         step = step_index + 1
-        if progress is not None and (step % 10 == 0 or step == steps):
+        if progress is not None and (clock.due() or step == steps):
+            # Rendered here, between steps (see eed.progress); loss.item() waits for the
+            # device, so it too runs only this often.
             rate = images / max(time.perf_counter() - started, 1e-9)
-            progress.update(task, completed=step, info=f"loss {loss.item():.3f} · {rate:,.0f} img/s")
+            progress.update(task, completed=step, info=f"loss {loss.item():.3f} · {rate:,.0f} img/s", refresh=True)
         if should_stop():
             break
     seconds = time.perf_counter() - started
     if progress is not None:
         progress.remove_task(task)
+        progress.refresh()
     run_steps = max(step - skip_steps, 1)
     totals = torch.stack([term_sums[k] for k in term_sums]) if term_sums else torch.zeros(0)
     counts = torch.cat([correct.float(), torch.tensor([float(images)], device=runtime.device)])
@@ -408,7 +412,7 @@ def train(config: Config, out_dir: str | Path, *, resume: str | Path | bool = "a
     val_split = "val" if has_val else "test"
     epoch = start_epoch
     try:
-        with GracefulStop() as stop, _progress(runtime.is_main) as progress:
+        with GracefulStop() as stop, progress_bar(console, runtime.is_main) as progress:
             for epoch in range(start_epoch + 1, config.train.epochs + 1):
                 train_loader.set_epoch(epoch)
                 stats = train_one_epoch(train_model, objective, train_loader, optimizer, scheduler, runtime,
@@ -508,17 +512,6 @@ def _epoch_line(epoch: int, epochs: int, metrics: dict[str, float], split: str) 
     accs = " ".join(f"{k.split('acc_')[1]} {v:.3f}" for k, v in metrics.items() if k.startswith(f"{split}/acc_"))
     return (f"epoch {epoch}/{epochs}  loss {metrics['train/loss']:.3f}  {split}: {accs}  "
             f"({metrics['epoch_time_s']:.0f} s, {metrics['throughput_img_s']:,.0f} img/s)")
-
-
-@contextlib.contextmanager
-def _progress(enabled: bool) -> Iterator[Progress | None]:
-    if not enabled:
-        yield None
-        return
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("{task.fields[info]}"), TimeRemainingColumn())
-    with Progress(*columns, console=console, transient=True) as progress:
-        yield progress
 
 
 class _RunLogger:

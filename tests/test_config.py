@@ -117,3 +117,19 @@ def test_data_root_env_wins_and_relative_roots_follow_the_project(monkeypatch, t
     monkeypatch.delenv("EED_DATA_ROOT")
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))  # what `dvc exp run` sets in its temp copy
     assert config.data.resolved_root() == tmp_path / "data" / "raw"
+
+
+def test_loader_workers_default_to_one_beside_cpu_training_and_to_the_cores_otherwise(monkeypatch):
+    data = load_config(PARAMS).data
+    assert data.num_workers is None  # params.yaml leaves it to the rule below
+    assert data.workers(compute_on_cpu=True) == 1
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: set(range(16)), raising=False)
+    monkeypatch.delenv("LOCAL_WORLD_SIZE", raising=False)
+    assert data.workers(compute_on_cpu=False) == 16
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "4")  # torchrun: 4 ranks share the machine's cores
+    assert data.workers(compute_on_cpu=False) == 4
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "32")
+    assert data.workers(compute_on_cpu=False) == 1
+    for explicit, used in ((3, 3), (0, 1)):  # an explicit count wins; 0 still runs one loader thread
+        chosen = load_config(PARAMS, [f"data.num_workers={explicit}"]).data
+        assert chosen.workers(compute_on_cpu=True) == chosen.workers(compute_on_cpu=False) == used

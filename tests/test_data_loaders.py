@@ -335,6 +335,18 @@ def test_channels_last_and_dtype_options(cifar100_prepared):
         make_loader(cifar_config(cifar100_prepared), "val", train=False, image_dtype=torch.bfloat16)
 
 
+
+def test_ffcv_loader_threads_follow_data_num_workers(cifar100_prepared):
+    def threads(workers: str) -> int:
+        config = load_config(None, [f"data.prepared_dir={cifar100_prepared}", f"data.num_workers={workers}",
+                                    "train.device=cpu"])
+        return make_loader(config, "val", train=False).ffcv_loader.num_workers
+
+    # null: one thread beside a model training on the CPU (more only take cores from torch)
+    assert threads("null") == 1
+    assert threads("2") == 2
+
+
 # --------------------------------------------------------------------------- translate / flip
 
 

@@ -1,6 +1,6 @@
 """The DVC pipeline end to end on a tiny synthetic configuration, in a fresh git+DVC repo:
 `dvc repro`, a no-op second repro, `dvc exp run -S method=…` in the workspace and through
-the queue (which runs in a copy under .dvc/tmp/exps/), `dvc exp show`, the MLflow runs,
+the queue and with --temp (both run in a copy under .dvc/tmp/exps/), `dvc exp show`, the MLflow runs,
 and a misspelled `-S` key."""
 
 from __future__ import annotations
@@ -51,7 +51,7 @@ def repo(tmp_path_factory) -> Path:
     run(["git", "config", "user.email", "ci@example.org"], repo)
     run(["git", "config", "user.name", "ci"], repo)
     run(["dvc", "init", "-q"], repo)
-    run(["dvc", "config", "core.analytics", "false"], repo)
+    shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")  # the project's own DVC settings
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "tiny pipeline"], repo)
     return repo
@@ -115,6 +115,9 @@ def test_dvc_repro_then_experiments(repo: Path):
     run(["dvc", "queue", "start", "--jobs", "1"], repo)
     _wait_for_queue(repo)
     assert {r.data.tags["method"] for r in runs(repo)} == {"eed", "branchynet", "distill"}
+    # So does a --temp one (a relative core.site_cache_dir once broke it: no such folder in the copy).
+    run(["dvc", "exp", "run", "--temp", "-S", "method=baseline"], repo)
+    assert {r.data.tags["method"] for r in runs(repo)} == {"eed", "branchynet", "distill", "baseline"}
     assert not (repo / ".dvc" / "tmp" / "exps" / "mlflow.db").exists()
 
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)

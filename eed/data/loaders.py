@@ -30,6 +30,8 @@ Backends (``data.backend``):
   FFCV also sets torch's thread count (to 1 on import, to ``num_workers`` in its loader);
   the data layer puts it back (:mod:`eed.data.ffcv_import`). Measured on 2 CPU cores,
   batch 256, 2 workers, CIFAR training batches: ~110k img/s (NCHW), ~125k (channels_last).
+  When the model also runs on the CPU, ``data.num_workers: null`` means 1 thread: numba's
+  TBB team of 2 took ~7 % of a training step from torch's threads, 1 thread ~3 %.
 * ``tensor``: the whole split as uint8 in memory (on the GPU when training there, read
   from the ``.beton`` by :func:`eed.data.memory.read_split`), augmented per batch with
   vectorised torch ops of the same semantics (:mod:`eed.data.augment`). Bit-reproducible:
@@ -138,7 +140,8 @@ def make_loader(config: Config, split: Split, *, train: bool, device: torch.devi
         loader = FFCVEpochLoader(
             str(path), info, normalization, sample_ids, batch_size=batch_size, train=train, seed=config.seed,
             epoch=epoch, device=device, channels_last=channels_last, image_dtype=image_dtype,
-            num_workers=config.data.num_workers, distributed=distributed, class_names=manifest.class_names)
+            num_workers=config.data.workers(compute_on_cpu=device.type == "cpu"), distributed=distributed,
+            class_names=manifest.class_names)
     if len(loader) == 0:
         raise DataError(f"the {split} split has {loader.num_samples} samples for this process, not one full batch "
                         f"of {batch_size}; lower train.batch_size")

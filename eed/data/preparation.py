@@ -146,7 +146,7 @@ def _write_beton(path: Path, images: ImageSet, indices: np.ndarray, config: Conf
                                jpeg_quality=settings["jpeg_quality"] or 90),
         "label": IntField(),
     }
-    workers = 1 if settings["write_mode"] == "raw" else max(1, config.data.num_workers)
+    workers = 1 if settings["write_mode"] == "raw" else config.data.workers(compute_on_cpu=False)  # JPEG encoding
     largest_image = int(np.prod(images.images.shape[1:])) if isinstance(images, ImageArrays) else \
         3 * config.data.max_resolution ** 2
     page_size = _page_size(largest_image)

@@ -1,0 +1,89 @@
+"""Progress bars without a refresh thread: the loops render them, between steps."""
+
+import io
+import threading
+
+import pytest
+import torch
+from rich.console import Console
+
+import eed.progress
+import eed.train as T
+from eed.config import load_config
+from eed.models.registry import create_model
+from eed.objectives import ExitEnsembleObjective
+from eed.progress import RefreshClock, progress_bar, tracked
+
+
+def terminal() -> tuple[Console, io.StringIO]:
+    out = io.StringIO()
+    return Console(file=out, force_terminal=True, width=120), out
+
+
+def rich_refresh_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if type(t).__name__ == "_RefreshThread" and t.is_alive()]
+
+
+def test_bar_has_no_refresh_thread_and_renders_when_told():
+    console, out = terminal()
+    with progress_bar(console) as progress:
+        assert not rich_refresh_threads()
+        task = progress.add_task("epoch 1", total=10, info="")
+        progress.update(task, completed=3, info="loss 4.321")
+        assert "loss 4.321" not in out.getvalue()  # nothing renders behind the loop's back
+        progress.update(task, completed=4, info="loss 1.234", refresh=True)
+        assert "loss 1.234" in out.getvalue() and "4/10" in out.getvalue()
+    with progress_bar(console, enabled=False) as progress:
+        assert progress is None
+
+
+def test_refresh_clock():
+    clock = RefreshClock(interval=3600)
+    assert not clock.due()
+    clock = RefreshClock(interval=0)
+    assert clock.due() and clock.due()
+
+
+def test_tracked_yields_everything_and_closes_an_abandoned_source(monkeypatch):
+    monkeypatch.setattr(eed.progress, "REFRESH_S", 0.0)
+    console, out = terminal()
+    closed = []
+
+    def source():
+        try:
+            yield from range(5)
+        finally:
+            closed.append(True)
+
+    with progress_bar(console) as progress:
+        assert list(tracked(source(), progress, "evaluating on test", 5)) == list(range(5))
+        assert closed == [True] and not progress.tasks  # the task is gone when the loop ends
+        for item in tracked(source(), progress, "evaluating on val", 5):
+            if item == 1:
+                break
+        assert closed == [True, True]
+    assert "evaluating on test" in out.getvalue()
+    assert list(tracked(range(3), None, "no bar", 3)) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("refresh_s", [0.0, 3600.0])
+def test_training_epoch_renders_its_bar_between_steps(monkeypatch, refresh_s):
+    monkeypatch.setattr(eed.progress, "REFRESH_S", refresh_s)
+    config = load_config(None, ["train.device=cpu", "data.dataset=synthetic", "model.arch=resnet18", "model.width=4"])
+    torch.manual_seed(0)
+    model = create_model("resnet18", 10, 4, exits=True)
+    objective = ExitEnsembleObjective("eed", config.loss, model.num_classifiers)
+    optimizer = T.build_optimizer(model, config.train)
+    batches = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))) for _ in range(3)]
+    scheduler = T.build_scheduler(optimizer, config.train, len(batches))
+    runtime = T.setup_runtime(config.train)
+    console, out = terminal()
+    with progress_bar(console) as progress:
+        stats = T.train_one_epoch(model, objective, batches, optimizer, scheduler, runtime, epoch=1,
+                                  classifier_names=model.classifier_names(), progress=progress)
+        assert not progress.tasks
+    assert stats.completed and stats.images == 12
+    rendered = out.getvalue()
+    # Every step renders when due at once; otherwise only the last step does: always "3/3".
+    assert "3/3" in rendered and "img/s" in rendered
+    assert ("1/3" in rendered) == (refresh_s == 0.0)
