@@ -174,6 +174,11 @@ class ComparisonRow:
         return len(self.run_ids)
 
     @property
+    def repeated_seeds(self) -> list[str]:
+        """Seeds that more than one run of this row used: its ± then spans reruns, not seeds."""
+        return sorted({seed for seed in self.seeds if self.seeds.count(seed) > 1}, key=_seed_order)
+
+    @property
     def label(self) -> str:
         settings = [f"{KEY_TITLES[f]}={self.key[f]}" for f in ("output", "alpha", "beta")
                     if self.key[f] != NOT_APPLICABLE]
@@ -207,8 +212,14 @@ class ComparisonTable:
         cell = row.cells.get(column)
         return "-" if cell is None else cell.format()
 
+    def warnings(self) -> list[str]:
+        """What a reader of the table must know: rows whose runs repeat a seed."""
+        return [f"{row.label}: {row.n} runs but seed {', '.join(row.repeated_seeds)} more than once, so n counts "
+                f"reruns and ± is not over seeds; pick runs with --run-id or --tag" for row in self.rows
+                if row.repeated_seeds]
+
     def to_markdown(self) -> str:
-        """Markdown table; the best main accuracy of each network/dataset in bold."""
+        """Markdown table; the best main accuracy of each network/dataset in bold; warnings below."""
         fields = self.shown_key_fields()
         header = [KEY_TITLES[f] for f in fields] + ["n"] + [self.column_title(c) for c in self.columns]
         alignment = ["---"] * len(fields) + ["--:"] * (1 + len(self.columns))  # numbers right-aligned
@@ -219,6 +230,9 @@ class ComparisonTable:
                 i = self.columns.index("main")
                 cells[i] = f"**{cells[i]}**"
             lines.append("| " + " | ".join([row.key[f] for f in fields] + [str(row.n)] + cells) + " |")
+        warnings = self.warnings()
+        if warnings:
+            lines += [""] + [f"Note: {warning}." for warning in warnings]
         return "\n".join(lines) + "\n"
 
     def write_csv(self, path: str | Path) -> Path:

@@ -142,3 +142,18 @@ def test_compare_help():
     app.command()(compare)
     result = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "120"})
     assert result.exit_code == 0 and "--tag" in result.output and "--run-id" in result.output
+
+
+def test_runs_repeating_a_seed_are_flagged():
+    from eed.compare import RunRecord
+
+    def record(run_id: str, seed: str, main: float) -> RunRecord:
+        return RunRecord(run_id, {"method": "eed", "seed": seed, "model.arch": "resnet18",
+                                  "data.dataset": "cifar100"}, {}, {"test/acc_main": main})
+
+    distinct = build_table([record("a", "0", 0.5), record("b", "1", 0.6)])
+    assert distinct.warnings() == [] and "Note:" not in distinct.to_markdown()
+    rerun = build_table([record("a", "0", 0.5), record("b", "0", 0.6), record("c", "1", 0.7)])
+    (warning,) = rerun.warnings()
+    assert "3 runs but seed 0 more than once" in warning and rerun.rows[0].repeated_seeds == ["0"]
+    assert f"Note: {warning}." in rerun.to_markdown()

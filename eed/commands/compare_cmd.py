@@ -48,6 +48,8 @@ def compare(
         fail(str(error))
     console = Console()
     console.print(table.rich_table())
+    for warning in table.warnings():
+        console.print(f"[yellow]note:[/] {warning}")
     if table.skipped:
         console.print(f"[yellow]note:[/] skipped {len(table.skipped)} runs without {split}/acc_main "
                       f"(unfinished or failed)")
