@@ -1,8 +1,8 @@
-"""5. Early-exit inference: ``eed.anytime.predict`` at the threshold that keeps accuracy within
+"""5. Early-exit inference: ``eed.engine.early_exit.predict`` at the threshold that keeps accuracy within
 1 point of the main output, vs the full network.
 
 The model: ``--checkpoint PATH`` (an eed checkpoint, e.g. ``outputs/train/checkpoints/best.pt``
-after ``dvc repro``), else one trained here by ``eed.train.train`` with params.yaml's
+after ``dvc repro``), else one trained here by ``eed.engine.trainer.train`` with params.yaml's
 settings, i.e. the model ``dvc repro`` trains (resnet18 width 16, method eed, 20,000 real
 CIFAR-100 training images, 4 epochs, one-cycle), on the tensor backend with MLflow off;
 ``--train-subset``/``--epochs`` shorten it. It is cached in bench/results/early_exit/ and
@@ -12,7 +12,7 @@ chosen threshold degenerates to 0.)
 
 Threshold: on the validation split, the cheapest tau of ``threshold_grid(101)`` whose
 early-exit accuracy is at least the main output's accuracy minus 1 point (``anytime.sweep``
-over the collected logits, anytime costs from ``eed.flops.profile_model``). Reported on the
+over the collected logits, anytime costs from ``eed.metrics.flops.profile_model``). Reported on the
 test split: accuracy and average GFLOPs per sample at tau, from the same sweep.
 
 Timing, on the test split in batches of 128, all under ``torch.inference_mode()`` in eval
@@ -50,8 +50,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _trained_model(args: argparse.Namespace, prepared: Path, cfg):
-    from eed.checkpoint import load_checkpoint, model_from_checkpoint
-    from eed.train import train
+    from eed.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from eed.engine.trainer import train
 
     if args.checkpoint:
         checkpoint = load_checkpoint(args.checkpoint)
@@ -75,10 +75,11 @@ def _throughput(sizes: list[int], seconds: list[float]) -> common.Stat:
 
 
 def run(args: argparse.Namespace) -> common.Result:
-    from eed.anytime import ClassifierCosts, predict, sweep, threshold_grid
     from eed.data import make_loader
-    from eed.evaluation import collect_outputs
-    from eed.flops import profile_model
+    from eed.engine.early_exit import predict
+    from eed.engine.loops import collect_outputs
+    from eed.metrics.anytime import ClassifierCosts, sweep, threshold_grid
+    from eed.metrics.flops import profile_model
 
     started = common.now()
     prepared = common.ensure_prepared(args.prepared_dir)

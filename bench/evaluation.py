@@ -6,8 +6,8 @@ of batches, so both variants see identical tensors and no loading cost.
 
 * ``forward``: ``model.eval()``; under ``torch.inference_mode()``, ``model(x)`` for every
   batch (the multi-exit network's one pass: all exits and the main output), outputs dropped;
-* ``evaluate``: ``eed.evaluation.collect_outputs(model, batches, "cpu")`` (the same pass,
-  keeping every classifier's logits and the labels) + ``eed.evaluation.summarize`` (top-1,
+* ``evaluate``: ``eed.engine.loops.collect_outputs(model, batches, "cpu")`` (the same pass,
+  keeping every classifier's logits and the labels) + ``eed.metrics.summary.summarize`` (top-1,
   top-5 and ECE of each classifier, the ensemble and the running ensembles, and the
   exit/main agreement counts).
 
@@ -38,7 +38,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> common.Result:
     from eed.data import make_loader
-    from eed.evaluation import collect_outputs, summarize
+    from eed.engine.loops import collect_outputs
+    from eed.metrics.summary import summarize
     from eed.models.registry import create_model
 
     started = common.now()

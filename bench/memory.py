@@ -9,15 +9,15 @@ RUSAGE_CHILDREN in the parent) keeps the high-water mark of the process image re
 and FFCV), which then hides any child that stays below it. ``ru_maxrss`` is recorded in the
 JSON for reference. Variants:
 
-* ``imports + model``: Python, torch, eed.train and eed.data imported, the model, objective
+* ``imports + model``: Python, torch, eed.engine and eed.data imported, the model, objective
   and SGD optimizer built; no data, no step: the floor every variant stands on;
 * ``steps (ffcv)``: plus the FFCV train loader (JIT-compiled), ``--steps`` training steps
-  through ``eed.train.train_one_epoch``, then the rest of the epoch's batches drained without
+  through ``eed.engine.loops.train_one_epoch``, then the rest of the epoch's batches drained without
   training, so that every page of the memory-mapped ``.beton`` an epoch touches is resident
   (the file's pages count in RSS once read);
 * ``steps (tensor)``: the same with ``data.backend=tensor`` (the whole train split read into
   memory as uint8, then the subset taken);
-* ``eed.train.train (1 epoch)``: the whole trainer for one epoch of ``--steps`` steps: FFCV
+* ``eed.engine.trainer.train (1 epoch)``: the whole trainer for one epoch of ``--steps`` steps: FFCV
   loaders, validation (5,000 images), checkpoints, the final test pass (10,000) and the
   MLflow run with ``log_model`` (sqlite store under bench/results/memory/); run once
   (``--no-full`` skips it).
@@ -34,7 +34,7 @@ import tempfile
 from pathlib import Path
 
 VARIANTS = ("imports + model", "steps (ffcv)", "steps (tensor)")
-FULL = "eed.train.train (1 epoch)"
+FULL = "eed.engine.trainer.train (1 epoch)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -67,7 +67,10 @@ def child(variant: str, prepared: str, steps: int, threads: int) -> dict:
     import torch
 
     torch.set_num_threads(threads)
-    import eed.train as T
+    import eed.engine.trainer as trainer
+    from eed.engine.loops import train_one_epoch
+    from eed.engine.optim import build_optimizer, build_scheduler
+    from eed.engine.runtime import setup_runtime
     from bench import common
     from eed.data import make_loader
     from eed.models.registry import create_model
@@ -79,19 +82,19 @@ def child(variant: str, prepared: str, steps: int, threads: int) -> dict:
         out = Path(tempfile.mkdtemp(prefix="full-", dir=common.RESULTS / "memory"))
         cfg = common.config(prepared, f"data.train_subset={steps * batch}", "train.epochs=1", "tracking.enabled=true",
                             f"tracking.uri=sqlite:///{out / 'mlflow.db'}", "tracking.experiment=bench-memory")
-        T.train(cfg, out / "train", resume=False)
+        trainer.train(cfg, out / "train", resume=False)
         return {"variant": variant, **_peaks(), "threads": torch.get_num_threads()}
 
     backend = "tensor" if "tensor" in variant else "ffcv"
     cfg = common.config(prepared, f"data.backend={backend}")
     model = create_model(cfg.model.arch, 100, cfg.model.width, exits=True)
     objective = ExitEnsembleObjective(cfg.method, cfg.loss, model.num_classifiers)
-    optimizer = T.build_optimizer(model, cfg.train)
+    optimizer = build_optimizer(model, cfg.train)
     if variant != "imports + model":
-        runtime = T.setup_runtime(cfg.train)
+        runtime = setup_runtime(cfg.train)
         loader = make_loader(cfg, "train", train=True, device=runtime.device)
         torch.set_num_threads(threads)
-        scheduler = T.build_scheduler(optimizer, cfg.train, len(loader))
+        scheduler = build_scheduler(optimizer, cfg.train, len(loader))
         loader.warmup(show_status=False)
         done = []
 
@@ -100,7 +103,7 @@ def child(variant: str, prepared: str, steps: int, threads: int) -> dict:
             return len(done) >= steps
 
         loader.set_epoch(1)
-        T.train_one_epoch(model, objective, loader, optimizer, scheduler, runtime, epoch=1,
+        train_one_epoch(model, objective, loader, optimizer, scheduler, runtime, epoch=1,
                           classifier_names=model.classifier_names(), should_stop=stop_after_steps)
         extra["rss_after_steps_mib"] = _rss_mib()
         for _ in loader:  # the rest of an epoch's data, not trained on: every page an epoch reads

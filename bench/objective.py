@@ -35,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> common.Result:
-    import eed.train as T
+    from eed.engine.optim import build_optimizer
     from eed.data import make_loader
     from eed.models.registry import create_model
     from eed.objectives import ExitEnsembleObjective
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> common.Result:
 
     torch.manual_seed(cfg.seed)
     model = create_model(cfg.model.arch, loader.num_classes, cfg.model.width, exits=True).train()
-    optimizer = T.build_optimizer(model, cfg.train)
+    optimizer = build_optimizer(model, cfg.train)
     objectives = {method: ExitEnsembleObjective(method, cfg.loss, model.num_classifiers) for method in METHODS}
 
     def step(method: str) -> float:

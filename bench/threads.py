@@ -1,7 +1,7 @@
 """Diagnostic (not one of the published benchmarks): why the training loop falls behind a bare
 step on a 2-core CPU. ``python bench/run.py threads``.
 
-The same measurement as ``train_overhead`` (``eed.train.train_one_epoch`` on the real loader
+The same measurement as ``train_overhead`` (``eed.engine.loops.train_one_epoch`` on the real loader
 vs a bare forward+loss+backward+SGD step, ``--steps`` steps each) in several configurations
 that can only differ between processes (thread counts and threading-layer environment
 variables are read when torch / numba start). One worker process per configuration is
@@ -48,7 +48,9 @@ def worker(spec: dict, prepared: str, steps: int) -> None:
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import eed.train as T
+    from eed.engine.loops import train_one_epoch
+    from eed.engine.optim import build_optimizer, build_scheduler
+    from eed.engine.runtime import setup_runtime
     from bench import common
     from eed.data import make_loader
     from eed.models.registry import create_model
@@ -63,9 +65,9 @@ def worker(spec: dict, prepared: str, steps: int) -> None:
     model = create_model(cfg.model.arch, loader.num_classes, cfg.model.width, exits=True)
     bare_model = copy.deepcopy(model)
     objective = ExitEnsembleObjective(cfg.method, cfg.loss, model.num_classifiers)
-    runtime = T.setup_runtime(cfg.train)
-    optimizer, bare_optimizer = T.build_optimizer(model, cfg.train), T.build_optimizer(bare_model, cfg.train)
-    scheduler = T.build_scheduler(optimizer, cfg.train, len(loader))
+    runtime = setup_runtime(cfg.train)
+    optimizer, bare_optimizer = build_optimizer(model, cfg.train), build_optimizer(bare_model, cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train, len(loader))
     x, y = next(iter(loader))
     x, y = x.clone(), y.clone()
     names = model.classifier_names()
@@ -78,7 +80,7 @@ def worker(spec: dict, prepared: str, steps: int) -> None:
             return False
 
         loader.set_epoch(epoch)
-        T.train_one_epoch(model, objective, loader, optimizer, scheduler, runtime, epoch=epoch,
+        train_one_epoch(model, objective, loader, optimizer, scheduler, runtime, epoch=epoch,
                           classifier_names=names, should_stop=after_step)
         return time.perf_counter() - marks[0], [b - a for a, b in zip(marks[1:-1], marks[2:])]
 

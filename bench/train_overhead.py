@@ -1,11 +1,11 @@
 """2. Training-loop overhead: the project's training loop vs a bare step, same model and batch.
 
-``project`` is one epoch of ``eed.train.train`` minus its validation, made of the project's
-own functions: ``loader.set_epoch``, ``eed.train.train_one_epoch`` (the real FFCV train
+``project`` is one epoch of ``eed.engine.trainer.train`` minus its validation, made of the project's
+own functions: ``loader.set_epoch``, ``eed.engine.loops.train_one_epoch`` (the real FFCV train
 loader of params.yaml, ``ExitEnsembleObjective``, the non-finite check, SGD + the LR
 schedule, per-step loss terms and per-classifier accuracy, the progress bar rendered as on a
 terminal every ``eed.progress.REFRESH_S``, into /dev/null), then ``_epoch_metrics``, the MLflow
-``log_batch`` (``_RunLogger.log_epoch``, sqlite store under bench/results/) and the
+``log_batch`` (``MlflowLogger.log_metrics``, sqlite store under bench/results/) and the
 ``last.pt`` checkpoint write. An epoch has the length of a real epoch of params.yaml (156 steps
 of 128 at the cpu preset) unless ``--steps`` asks for fewer (``data.train_subset`` = steps x
 128); shorter epochs spread the per-epoch costs over fewer steps, a lower bound.
@@ -62,7 +62,7 @@ def _loop_pieces(model, objective, loader, scheduler, x, y, names, runtime, step
     forward, loss, backward and optimizer step (see the module docstring)."""
     import time
 
-    import eed.train as T
+    from eed.engine.loops import batch_correct
 
     with torch.no_grad():
         output = model(x)
@@ -87,7 +87,7 @@ def _loop_pieces(model, objective, loader, scheduler, x, y, names, runtime, step
     correct = torch.zeros(len(names) + 1, dtype=torch.long)
 
     def count() -> None:
-        correct.add_(T.batch_correct(output.logits, y))
+        correct.add_(batch_correct(output.logits, y))
 
     def finite() -> None:
         if not torch.isfinite(loss):
@@ -127,8 +127,11 @@ def _loop_pieces(model, objective, loader, scheduler, x, y, names, runtime, step
 def run(args: argparse.Namespace) -> common.Result:
     from rich.console import Console
 
-    import eed.train as T
-    from eed.checkpoint import save_checkpoint
+    import eed.engine.trainer as trainer
+    from eed.engine.loops import train_one_epoch
+    from eed.engine.optim import build_optimizer, build_scheduler
+    from eed.engine.runtime import rng_state, seed_everything, setup_runtime
+    from eed.engine.checkpoint import save_checkpoint
     from eed.data import make_loader
     from eed.models.registry import create_model
     from eed.objectives import ExitEnsembleObjective
@@ -147,24 +150,24 @@ def run(args: argparse.Namespace) -> common.Result:
                      f"tracking.uri=sqlite:///{mlflow_dir / 'mlflow.db'}", "tracking.experiment=bench")
     cfg = common.config(prepared, *cfg_overrides)
 
-    runtime = T.setup_runtime(cfg.train)
-    T.seed_everything(cfg.seed, cfg.train.deterministic)
+    runtime = setup_runtime(cfg.train)
+    seed_everything(cfg.seed, cfg.train.deterministic)
     loader = make_loader(cfg, "train", train=True, device=runtime.device)
     torch.set_num_threads(threads)
     assert len(loader) == steps, (len(loader), steps)
     model = create_model(cfg.model.arch, loader.num_classes, cfg.model.width, exits=True)
     names = model.classifier_names()
     objective = ExitEnsembleObjective(cfg.method, cfg.loss, model.num_classifiers)
-    optimizer = T.build_optimizer(model, cfg.train)
-    scheduler = T.build_scheduler(optimizer, cfg.train, len(loader))
+    optimizer = build_optimizer(model, cfg.train)
+    scheduler = build_scheduler(optimizer, cfg.train, len(loader))
     from eed import tracking
 
     tracking_uri = tracking.resolve_tracking_uri(cfg)
     tracking.check_tracking_uri(tracking_uri)
-    logger = T._RunLogger(cfg, tracking_uri, None)
+    logger = tracking.MlflowLogger.for_training(cfg, tracking_uri)
     last_path = common.RESULTS / "train_overhead" / "last.pt"
     # The progress bar as on a terminal (rendered and refreshed), written to /dev/null.
-    T.console = Console(file=open(os.devnull, "w"), force_terminal=True, width=120)  # noqa: SIM115
+    trainer.console = Console(file=open(os.devnull, "w"), force_terminal=True, width=120)  # noqa: SIM115
 
     loader.warmup(show_status=False)
     loader_before = None
@@ -187,15 +190,15 @@ def run(args: argparse.Namespace) -> common.Result:
             return False
 
         epoch_loader.set_epoch(epoch)
-        stats = T.train_one_epoch(model, objective, epoch_loader, optimizer, scheduler, runtime, epoch=epoch,
+        stats = train_one_epoch(model, objective, epoch_loader, optimizer, scheduler, runtime, epoch=epoch,
                                   classifier_names=names, should_stop=after_step, progress=bar or progress)
         t0 = common.now()
-        metrics = T._epoch_metrics(stats, {}, "val", optimizer)
-        logger.log_epoch(metrics, epoch)
+        metrics = trainer._epoch_metrics(stats, {}, "val", optimizer)
+        logger.log_metrics(metrics, epoch)
         t1 = common.now()
         save_checkpoint({"arch": cfg.model.arch, "epoch": epoch, "step_in_epoch": 0, "model": model.state_dict(),
                          "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "rng": T.rng_state(), "metrics": metrics}, last_path)
+                         "rng": rng_state(), "metrics": metrics}, last_path)
         t2 = common.now()
         if epoch > 0:
             step_times[record] += [b - a for a, b in zip(marks[1:-1], marks[2:])]  # steady steps
@@ -206,7 +209,7 @@ def run(args: argparse.Namespace) -> common.Result:
     def project_before(epoch: int) -> None:
         from rich.progress import Progress
 
-        with Progress(*progress.columns, console=T.console, transient=True) as thread_bar:  # auto-refresh thread
+        with Progress(*progress.columns, console=trainer.console, transient=True) as thread_bar:  # auto-refresh thread
             project(epoch, BEFORE, loader_before, thread_bar)
 
     def bare(record: str | None, thread_count: int) -> None:
@@ -233,7 +236,7 @@ def run(args: argparse.Namespace) -> common.Result:
         variants["bare@default threads"] = common.TORCH_DEFAULT_THREADS
 
     seconds: dict[str, list[float]] = {name: [] for name in variants}
-    with progress_bar(T.console) as progress:
+    with progress_bar(trainer.console) as progress:
         project(0)  # warm-up epoch: allocator, first MLflow write, page faults
         if args.compare_before:
             project_before(0)

@@ -1,4 +1,5 @@
-"""The ``eed`` command line: each command parses its options and calls the library."""
+"""The ``eed`` command line: each command (``eed/commands/``) parses its options and calls its
+entry function in :mod:`eed.stages`, inside the one error boundary (:func:`eed.errors.guarded`)."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
 for command in (models, flops, prepare, train, evaluate, rdm, compare):
     app.command()(command)
 

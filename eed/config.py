@@ -11,20 +11,18 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, Union, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from eed.errors import ConfigError
+
 Method = Literal["baseline", "branchynet", "distill", "byot", "eed"]
-METHODS: tuple[str, ...] = ("baseline", "branchynet", "distill", "byot", "eed")
+METHODS: tuple[str, ...] = get_args(Method)
 Scale = Literal["cpu", "paper"]
 
 DATA_ROOT_ENV = "EED_DATA_ROOT"
-
-
-class ConfigError(ValueError):
-    """A configuration value or key is invalid; the message names the key."""
 
 
 class _Section(BaseModel):
@@ -93,7 +91,7 @@ class ModelConfig(_Section):
     @field_validator("arch")
     @classmethod
     def _known_arch(cls, arch: str) -> str:
-        from eed.models import registry  # late import: models import config types
+        from eed.models import registry  # late: the registry imports every model module
 
         if arch not in registry.list_backbones():
             raise ValueError(f"unknown architecture {arch!r}; allowed: {', '.join(registry.list_backbones())}")
@@ -111,6 +109,7 @@ class LossConfig(_Section):
     beta: float = Field(1.0, ge=0)
     temperature: float = Field(3.0, gt=0)
     # EED teacher ensemble: classifier indices 1..k-1 and/or "main"; null = all classifiers.
+    # Checked against the network's k (range, the same classifier twice) by the objective.
     teacher: list[TeacherMember] | None = None
 
     @field_validator("teacher")
@@ -120,12 +119,17 @@ class LossConfig(_Section):
             return None
         if not teacher:
             raise ValueError("teacher must name at least one classifier (1..k-1 or 'main'), or be null for all")
-        if len(set(map(str, teacher))) != len(teacher):
-            raise ValueError(f"teacher lists a classifier twice: {teacher}")
         for member in teacher:
             if isinstance(member, int) and member < 1:
                 raise ValueError(f"teacher index {member} out of range; exits are numbered from 1, or use 'main'")
         return teacher
+
+
+def check_method_loss(method: str, loss: LossConfig) -> None:
+    """Loss settings a method cannot train with (the config and the objective both ask)."""
+    if method == "byot" and loss.beta <= 0:
+        raise ConfigError("loss.beta: method 'byot' adds the feature loss and needs beta > 0; "
+                          "use method 'distill' for beta = 0")
 
 
 class TrainConfig(_Section):
@@ -177,7 +181,8 @@ class EvalConfig(_Section):
 
 class TrackingConfig(_Section):
     enabled: bool = True
-    # null = sqlite database `mlflow.db` + artifact folder `mlartifacts/` at the project root.
+    # null = the default store at the project root (see eed/tracking.py: a sqlite database and an
+    # artifact folder).
     # $MLFLOW_TRACKING_URI wins over this.
     uri: str | None = None
     experiment: str = "eed"
@@ -202,9 +207,7 @@ class Config(_Section):
 
     @model_validator(mode="after")
     def _consistent(self) -> "Config":
-        if self.method == "byot" and self.loss.beta <= 0:
-            raise ValueError("loss.beta: method 'byot' adds the feature loss and needs beta > 0; "
-                             "use method 'distill' for beta = 0")
+        check_method_loss(self.method, self.loss)
         from eed.models.registry import get_spec
 
         family = get_spec(self.model.arch).family
@@ -278,7 +281,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     key = key.strip()
     if not key:
         raise ConfigError(f"override {text!r} has no key")
-    return key.split("."), yaml.safe_load(raw) if raw.strip() else None
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"--set {text}: the value is not valid YAML ({str(error).splitlines()[0]})") from None
+    return key.split("."), value
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

@@ -31,18 +31,14 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from eed.config import METHODS, Config, ConfigError, LossConfig, TeacherMember
-from eed.models.multi_exit import MultiExitOutput
+from eed.config import METHODS, Config, LossConfig, TeacherMember, check_method_loss
+from eed.errors import ConfigError
+from eed.models.multi_exit import MultiExitOutput, classifier_names
 
 OutputLoss = Literal["kl", "mse"]
 
 # Methods whose teacher is the main output alone (eq. 4); eed's teacher is configurable (eq. 8).
 _MAIN_TEACHER_METHODS = ("distill", "byot")
-
-
-def classifier_names(num_classifiers: int) -> tuple[str, ...]:
-    """``("exit1", ..., "exit{k-1}", "main")``."""
-    return tuple(f"exit{i}" for i in range(1, num_classifiers)) + ("main",)
 
 
 # ---------------------------------------------------------------------------------------
@@ -111,9 +107,7 @@ def plan_for(method: str, loss: LossConfig, num_classifiers: int) -> ObjectivePl
         raise ConfigError(f"loss.teacher: only method 'eed' takes a teacher ensemble ({method!r} "
                           f"{'uses the main output' if method in _MAIN_TEACHER_METHODS else 'has no teacher'}); "
                           f"set loss.teacher to null (got {loss.teacher!r})")
-    if method == "byot" and loss.beta <= 0:
-        raise ConfigError("loss.beta: method 'byot' adds the feature loss and needs beta > 0 "
-                          f"(got {loss.beta}); use method 'distill' for beta = 0")
+    check_method_loss(method, loss)
 
     names = classifier_names(k)
     main = k - 1

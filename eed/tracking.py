@@ -1,4 +1,11 @@
-"""MLflow tracking: where the store is, checking it is usable, and the run's tags.
+"""MLflow, spoken in one place: where the store is, one logger object for writing runs, and
+the few reads the project needs (metric history, checkpoint download, run search).
+
+No other module imports MLflow. Writes go through :class:`MlflowLogger` (in the spirit of
+Lightning's ``MLFlowLogger``): training, evaluation and the RDMs create one each, and
+evaluation and the RDMs nest a child run under the training run. Everything goes through
+``MlflowClient``, except ``log_model``, which MLflow 3 offers only through its fluent API
+(the model becomes a LoggedModel of the run).
 
 The store defaults to MLflow's embedded kind — a sqlite database (``mlflow.db``) and an
 artifact folder (``mlartifacts/``) — at the project root, as absolute paths. The project
@@ -10,21 +17,37 @@ runs land in the same store as workspace runs. ``$MLFLOW_TRACKING_URI`` wins ove
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
+import re
 import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 from urllib.parse import urlparse
 
-from eed.config import Config
+from eed.config import Config, flatten, to_yaml
+from eed.errors import SourceError, TrackingError
 from eed.paths import project_root
+
+if TYPE_CHECKING:
+    from torch import nn
 
 DEFAULT_DB = "mlflow.db"
 DEFAULT_ARTIFACTS = "mlartifacts"
+# MLflow's own tag that nests a run under its parent in the UI.
+PARENT_TAG = "mlflow.parentRunId"
+# The tag marking a stage's child run (evaluate, rdm): not a training run.
+STAGE_TAG = "eed.stage"
+# Tags a child run copies from its training run, so the same filters find both.
+INHERITED_TAGS = ("method", "arch", "dataset", "scale", "seed", "dvc_exp")
+RUN_ID = re.compile(r"[0-9a-f]{32}")
+PARAM_VALUE_LIMIT = 6000
 
 
-class TrackingError(RuntimeError):
-    """The MLflow tracking store cannot be used."""
+# --------------------------------------------------------------------------- the store
 
 
 def resolve_tracking_uri(config: Config) -> str:
@@ -44,10 +67,17 @@ def default_artifact_location(tracking_uri: str) -> str | None:
     return None
 
 
-def check_tracking_uri(tracking_uri: str) -> None:
-    """Fail fast, before any training, if the store cannot be reached or written."""
+def _client(tracking_uri: str):
     from mlflow.tracking import MlflowClient
 
+    # A new sqlite store announces its schema creation at INFO on stderr: not the user's news.
+    for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return MlflowClient(tracking_uri)
+
+
+def check_tracking_uri(tracking_uri: str) -> None:
+    """Fail fast, before any training, if the store cannot be reached or written."""
     parsed = urlparse(tracking_uri)
     if parsed.scheme == "sqlite":
         database = Path(tracking_uri.removeprefix("sqlite:///"))
@@ -60,7 +90,7 @@ def check_tracking_uri(tracking_uri: str) -> None:
     elif parsed.scheme not in ("file", "", "databricks", "postgresql", "mysql", "mssql"):
         raise TrackingError(f"MLflow tracking URI {tracking_uri!r}: unsupported scheme {parsed.scheme!r}")
     try:
-        MlflowClient(tracking_uri).search_experiments(max_results=1)
+        _client(tracking_uri).search_experiments(max_results=1)
     except Exception as error:  # MLflow raises many types; all mean "unusable"
         raise TrackingError(f"MLflow tracking store {tracking_uri!r} is not reachable: "
                             f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
@@ -85,9 +115,7 @@ def using_tracking_uri(tracking_uri: str) -> Iterator[None]:
 
 def ensure_experiment(name: str, tracking_uri: str) -> str:
     """The experiment's id, creating it with an absolute artifact location if needed."""
-    from mlflow.tracking import MlflowClient
-
-    client = MlflowClient(tracking_uri)
+    client = _client(tracking_uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
@@ -118,25 +146,225 @@ def run_tags(config: Config) -> dict[str, str]:
     return tags
 
 
-def log_model(run_id: str, model, config: Config, tracking_uri: str, input_size: int | None = None) -> None:
-    """Log the network with ``mlflow.pytorch.log_model`` (pt2 / torch.export format): it takes
-    normalized images ``(B, 3, H, W)`` and returns every classifier's logits ``(B, k, classes)``."""
-    import copy
+def flatten_metrics(metrics: Mapping[str, Any], prefix: str = "") -> dict[str, float]:
+    """``{"test": {"acc_main": 0.7}}`` -> ``{"test/acc_main": 0.7}``; None values dropped."""
+    flat: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}/{key}" if prefix else key
+        if isinstance(value, Mapping):
+            flat.update(flatten_metrics(value, name))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            flat[name] = float(value)
+    return flat
 
-    import mlflow
-    import numpy as np
-    import torch
-    from mlflow.models import infer_signature
 
-    from eed.models.export import AllClassifierLogits
-    from eed.models.registry import get_spec
+# --------------------------------------------------------------------------- the logger
 
-    size = input_size or get_spec(config.model.arch).input_size
-    wrapper = AllClassifierLogits(copy.deepcopy(model).cpu().float().eval())
-    example = np.random.default_rng(0).standard_normal((2, 3, size, size)).astype(np.float32)
-    with torch.no_grad():
-        output = wrapper(torch.from_numpy(example)).numpy()
-    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}", "numpy"]
-    with using_tracking_uri(tracking_uri), mlflow.start_run(run_id=run_id, log_system_metrics=False):
-        mlflow.pytorch.log_model(wrapper, name="model", input_example=example,
-                                 signature=infer_signature(example, output), pip_requirements=requirements)
+
+class MlflowLogger:
+    """One MLflow run: params, per-step metrics, artifacts, the model, child runs, the end.
+
+    Make one with :meth:`start` (a new run), :meth:`resume` (continue a run, e.g. a resumed
+    training) or :meth:`child_run` (a stage's run nested under this one).
+    """
+
+    def __init__(self, tracking_uri: str, run_id: str):
+        self.tracking_uri = tracking_uri
+        self.run_id = run_id
+        self.client = _client(tracking_uri)
+
+    @classmethod
+    def start(cls, tracking_uri: str, experiment: str, *, run_name: str, tags: Mapping[str, str]) -> "MlflowLogger":
+        experiment_id = ensure_experiment(experiment, tracking_uri)
+        run = _client(tracking_uri).create_run(experiment_id, tags=dict(tags), run_name=run_name)
+        return cls(tracking_uri, run.info.run_id)
+
+    @classmethod
+    def for_training(cls, config: Config, tracking_uri: str, run_id: str | None = None) -> "MlflowLogger":
+        """The training run of ``config``: a new one with its params, tags and config.yaml,
+        or ``run_id`` continued (status back to RUNNING)."""
+        if run_id is not None:
+            logger = cls(tracking_uri, run_id)
+            logger.client.update_run(run_id, status="RUNNING")
+            return logger
+        logger = cls.start(tracking_uri, config.tracking.experiment, tags=run_tags(config),
+                           run_name=f"{config.method}-{config.model.arch}-s{config.seed}")
+        logger.log_params(flatten(config))
+        logger.log_text(to_yaml(config), "config.yaml")
+        return logger
+
+    def child_run(self, name: str, tags: Mapping[str, str] | None = None) -> "MlflowLogger":
+        """A run nested under this one (same experiment, the parent's identifying tags)."""
+        parent = self.client.get_run(self.run_id)
+        inherited = {k: v for k, v in parent.data.tags.items() if k in INHERITED_TAGS}
+        run = self.client.create_run(parent.info.experiment_id, run_name=name,
+                                     tags={**inherited, PARENT_TAG: self.run_id, STAGE_TAG: name, **(tags or {})})
+        return MlflowLogger(self.tracking_uri, run.info.run_id)
+
+    @classmethod
+    def for_stage(cls, tracking_uri: str, name: str, *, parent_run_id: str | None, experiment: str,
+                  tags: Mapping[str, str]) -> "MlflowLogger":
+        """The run of a stage (evaluate, rdm): nested under the training run that made its
+        checkpoint, or stand-alone in ``experiment`` when that run is not known."""
+        if parent_run_id is not None:
+            return cls(tracking_uri, parent_run_id).child_run(name, tags)
+        return cls.start(tracking_uri, experiment, run_name=name, tags={STAGE_TAG: name, **tags})
+
+    def log_params(self, params: Mapping[str, str]) -> None:
+        from mlflow.entities import Param
+
+        self.client.log_batch(self.run_id, params=[Param(k, str(v)[:PARAM_VALUE_LIMIT]) for k, v in params.items()])
+
+    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
+        """Numbers at ``step``; nested dicts are flattened with ``/`` (``test/acc_main``)."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step)
+                                                    for k, v in flatten_metrics(metrics).items()])
+
+    def log_text(self, text: str, path: str) -> None:
+        self.client.log_text(self.run_id, text, path)
+
+    def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
+        self.client.log_artifact(self.run_id, str(path), folder)
+
+    def log_artifacts(self, files: Sequence[str | Path], root: str | Path) -> None:
+        """Each file under the artifact folder its path has relative to ``root``."""
+        for path in files:
+            folder = Path(path).relative_to(root).parent
+            self.log_artifact(path, None if folder == Path(".") else folder.as_posix())
+
+    def log_model(self, model: "nn.Module", example: Any, requirements: Sequence[str]) -> None:
+        """Log ``model`` (tensor in, tensor out) with ``mlflow.pytorch.log_model`` in the pt2
+        (torch.export) format, its signature inferred from ``example``."""
+        import mlflow
+        import torch
+        from mlflow.models import infer_signature
+
+        with torch.no_grad():
+            output = model(torch.from_numpy(example)).numpy()
+        with using_tracking_uri(self.tracking_uri), mlflow.start_run(run_id=self.run_id, log_system_metrics=False):
+            mlflow.pytorch.log_model(model, name="model", input_example=example,
+                                     signature=infer_signature(example, output),
+                                     pip_requirements=[*requirements, f"mlflow=={mlflow.__version__}"])
+
+    def history(self, prefixes: Sequence[str] = ()) -> dict[str, list[tuple[int, float]]]:
+        """The run's metric history ``{name: [(step, value), ...]}`` sorted by step (only names
+        starting with one of ``prefixes``, when given); a step logged twice keeps its last value."""
+        run = self.client.get_run(self.run_id)
+        history = {}
+        for name in run.data.metrics:
+            if not prefixes or name.startswith(tuple(prefixes)):
+                points = sorted(self.client.get_metric_history(self.run_id, name), key=lambda m: (m.step, m.timestamp))
+                history[name] = sorted({m.step: m.value for m in points}.items())
+        return history
+
+    def finish(self, status: str = "FINISHED") -> None:
+        """End the run: FINISHED, FAILED or KILLED."""
+        self.client.set_terminated(self.run_id, status=status)
+
+
+@contextlib.contextmanager
+def logged_run(logger: MlflowLogger) -> Iterator[MlflowLogger]:
+    """``logger``'s run ends FINISHED when the block completes, FAILED when it raises."""
+    try:
+        yield logger
+    except BaseException:
+        logger.finish("FAILED")
+        raise
+    logger.finish("FINISHED")
+
+
+# --------------------------------------------------------------------------- reading runs
+
+
+def looks_like_run_id(text: str) -> bool:
+    return RUN_ID.fullmatch(text) is not None
+
+
+@contextlib.contextmanager
+def downloaded_checkpoint(tracking_uri: str, run_id: str, which: str = "best") -> Iterator[tuple[Path, str]]:
+    """The run's ``checkpoints/{which}.pt`` (else the other of best/last) in a temporary
+    folder, for the block: ``(local path, artifact name)``. :class:`SourceError` when the run
+    or its checkpoints are missing."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(tracking_uri)
+    try:
+        client.get_run(run_id)
+    except MlflowException:
+        raise SourceError(f"{run_id!r} is neither a checkpoint file nor a run in the MLflow store "
+                          f"{client.tracking_uri}") from None
+    available = {Path(a.path).name for a in client.list_artifacts(run_id, "checkpoints")}
+    preferred = [f"{which}.pt"] + [name for name in ("best.pt", "last.pt") if name != f"{which}.pt"]
+    names = [name for name in preferred if name in available]
+    if not names:
+        raise SourceError(f"MLflow run {run_id} has no checkpoints/best.pt or checkpoints/last.pt artifact "
+                          f"(did its training finish?)")
+    # A progress bar for one local file is noise on the console.
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with tempfile.TemporaryDirectory(prefix="eed-checkpoint-") as tmp:
+        yield Path(client.download_artifacts(run_id, f"checkpoints/{names[0]}", tmp)), names[0]
+
+
+@dataclass
+class RunRecord:
+    """A logged run as the comparison tables read it."""
+
+    run_id: str
+    params: dict[str, str]
+    tags: dict[str, str]
+    metrics: dict[str, float]  # last logged value of each metric
+
+
+def _filter_string(tags: Mapping[str, str]) -> str:
+    clauses = []
+    for key, value in tags.items():
+        escaped = str(value).replace("'", "\\'")
+        clauses.append(f"tags.`{key}` = '{escaped}'")
+    return " and ".join(clauses)
+
+
+def find_runs(tracking_uri: str, *, experiments: Sequence[str] = (), tags: Mapping[str, str] | None = None,
+              run_ids: Sequence[str] = ()) -> list[RunRecord]:
+    """Runs given by id, else every run of ``experiments`` (all experiments when none are
+    named) that carries all of ``tags``. Nested stage runs (``evaluate``, ``rdm``) are left
+    out unless asked for by id: they are not training runs."""
+    from mlflow.exceptions import MlflowException
+
+    client = _client(tracking_uri)
+
+    def record(run: Any) -> RunRecord:
+        return RunRecord(run.info.run_id, dict(run.data.params), dict(run.data.tags), dict(run.data.metrics))
+
+    tags = dict(tags or {})
+    if run_ids:
+        records = []
+        for run_id in run_ids:
+            try:
+                records.append(record(client.get_run(run_id)))
+            except MlflowException:
+                raise TrackingError(f"no MLflow run {run_id!r} in {client.tracking_uri}") from None
+        return [r for r in records if all(r.tags.get(k) == v for k, v in tags.items())]
+
+    if experiments:
+        experiment_ids = []
+        for name in experiments:
+            experiment = client.get_experiment_by_name(name)
+            if experiment is None:
+                known = ", ".join(e.name for e in client.search_experiments()) or "none"
+                raise TrackingError(f"no MLflow experiment {name!r} in {client.tracking_uri} (known: {known})")
+            experiment_ids.append(experiment.experiment_id)
+    else:
+        experiment_ids = [e.experiment_id for e in client.search_experiments()]
+
+    records, page_token = [], None
+    while True:
+        page = client.search_runs(experiment_ids, filter_string=_filter_string(tags), max_results=1000,
+                                  page_token=page_token)
+        records.extend(record(run) for run in page)
+        page_token = page.token
+        if not page_token:
+            break
+    return [r for r in records if STAGE_TAG not in r.tags and PARENT_TAG not in r.tags]

@@ -1,12 +1,8 @@
-"""DVC `flops` stage: GFLOPs and parameters per output of the configured network."""
+"""DVC `flops` stage: `eed flops` of the configured network with the prepared dataset's
+classes, into <paths.out_dir>/flops."""
 
-from pathlib import Path
-
-from eed.commands.flops_cmd import flops
-from eed.config import load_config
-from eed.data import load_manifest
+from eed.stages import run_stage
+from eed.stages.flops import flops_stage
 
 if __name__ == "__main__":
-    config = load_config("params.yaml")
-    flops(config.model.arch, width=config.model.width, num_classes=load_manifest(config).num_classes,
-          out=Path(config.paths.out_dir) / "flops")
+    run_stage(flops_stage)

@@ -1,7 +1,7 @@
-"""DVC `prepare` stage: FFCV .beton files + manifest.json into data.prepared_dir."""
+"""DVC `prepare` stage: `eed prepare` on params.yaml (FFCV .beton files + manifest.json)."""
 
-from eed.config import load_config
-from eed.data import prepare
+from eed.stages import run_stage
+from eed.stages.prepare import prepare
 
 if __name__ == "__main__":
-    prepare(load_config("params.yaml"))
+    run_stage(prepare)

@@ -1,14 +1,8 @@
-"""DVC `train` stage: train on params.yaml, writing outputs/train/ (see dvc.yaml)."""
+"""DVC `train` stage: `eed train` on params.yaml, into <paths.out_dir>/train (see dvc.yaml).
+With train.nproc > 1, torchrun re-runs this script as that many processes."""
 
-import sys
-
-from eed.config import load_config
-from eed.train import TrainingInterrupted, relaunch_under_torchrun, train
+from eed.stages import run_stage
+from eed.stages.train import train
 
 if __name__ == "__main__":
-    config = load_config("params.yaml")
-    relaunch_under_torchrun(config.train.nproc, [sys.executable, __file__])
-    try:
-        train(config, f"{config.paths.out_dir}/train", resume="auto")
-    except TrainingInterrupted as interrupted:
-        sys.exit(interrupted.exit_code)
+    run_stage(train)

@@ -11,9 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eed.anytime import (ABOVE_ONE, AnytimeCurve, ClassifierCosts, analyze, exit_indices, fit_budgets, predict,
-                         sweep, threshold_grid)
-from eed.evaluation import collect_outputs
+from eed.engine.early_exit import predict
+from eed.engine.loops import collect_outputs
+from eed.metrics.anytime import (ABOVE_ONE, AnytimeCurve, ClassifierCosts, analyze, exit_indices, fit_budgets, sweep,
+                                 threshold_grid)
 from eed.models.backbone import Backbone
 from eed.models.multi_exit import MultiExitNet, conv_bn_relu
 
@@ -26,7 +27,7 @@ def test_classifier_costs_count_the_trunk_once():
     assert COSTS.standalone == pytest.approx([0.15, 0.34, 0.61])  # paper Table III: stages..i + head i
     assert COSTS.anytime == pytest.approx([0.15, 0.39, 0.70])  # + every exit head passed on the way
 
-    class Profile:  # the shape of eed.flops.FlopsProfile
+    class Profile:  # the shape of eed.metrics.flops.FlopsProfile
         stage_gflops, exit_gflops, main_head_gflops = [0.10, 0.20, 0.30], [0.05, 0.04], 0.01
 
     assert ClassifierCosts.from_profile(Profile()) == COSTS
@@ -194,7 +195,7 @@ def test_predict_endpoints(trained):
 def test_anytime_figure_is_a_png(tmp_path, trained):
     import matplotlib.image
 
-    from eed.plots import plot_anytime
+    from eed.reporting.figures import plot_anytime
 
     net, images, labels = trained
     collected = collect_outputs(net, [(images[:128], labels[:128])], "cpu")

@@ -37,3 +37,15 @@ def test_bad_override_names_the_key(command, tmp_path):
     assert "loss.alpah" in result.output and "alpha" in result.output
     result = runner.invoke(app, [command, "--params", str(tmp_path / "missing.yaml")])
     assert result.exit_code == 2 and "not found" in result.output
+
+
+def test_torchrun_reruns_the_same_command():
+    """`train.nproc > 1` re-runs this very command under torchrun: the `eed` script and
+    `python -m eed.cli` as the module, a pipeline stage as its script (arguments after the
+    interpreter, as torchrun takes them)."""
+    from eed.engine.runtime import torchrun_command
+
+    assert torchrun_command([str(Path(sys.executable).parent / "eed"), "train", "--set", "train.nproc=2"]) == [
+        "-m", "eed.cli", "train", "--set", "train.nproc=2"]
+    assert torchrun_command([str(ROOT / "eed" / "cli.py"), "train"]) == ["-m", "eed.cli", "train"]
+    assert torchrun_command(["pipeline/train.py"]) == ["pipeline/train.py"]

@@ -11,7 +11,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from eed.compare import Cell, CompareError, build_table, find_runs, parse_tags
+from eed.errors import ConfigError
+from eed.reporting.comparison import Cell, build_table, parse_tags
+from eed.tracking import RunRecord, find_runs
 
 CLASSIFIERS = ["exit1", "exit2", "exit3", "main", "ensemble"]
 # method -> seed -> accuracies (fractions) of exit1, exit2, exit3, main, ensemble
@@ -101,15 +103,12 @@ def test_compare_prints_mean_and_sample_std(store, tmp_path, monkeypatch):
 
 
 def test_selection_by_tag_and_run_id(store, tmp_path, monkeypatch):
-    from mlflow.tracking import MlflowClient
-
     uri, run_ids = store
-    client = MlflowClient(uri)
-    only_eed = build_table(find_runs(client, experiments=["cmp"], tags={"method": "eed"}))
+    only_eed = build_table(find_runs(uri, experiments=["cmp"], tags={"method": "eed"}))
     assert [row.key["method"] for row in only_eed.rows] == ["eed"] and only_eed.rows[0].n == 3
-    two = build_table(find_runs(client, run_ids=run_ids["branchynet"][:2]))
+    two = build_table(find_runs(uri, run_ids=run_ids["branchynet"][:2]))
     assert two.rows[0].n == 2
-    val = build_table(find_runs(client, experiments=["cmp"]), split="val")  # the last epoch's val metrics
+    val = build_table(find_runs(uri, experiments=["cmp"]), split="val")  # the last epoch's val metrics
     assert val.rows[0].cells["main"].mean == pytest.approx(statistics.mean(
         RESULTS["branchynet"][s][3] - 0.01 for s in range(3)))
     result = invoke_compare(uri, ["--tag", "method=branchynet"], tmp_path, monkeypatch)
@@ -120,12 +119,12 @@ def test_selection_by_tag_and_run_id(store, tmp_path, monkeypatch):
 def test_clear_errors(store, tmp_path, monkeypatch):
     uri, _ = store
     result = invoke_compare(uri, ["no-such-experiment"], tmp_path, monkeypatch)
-    assert result.exit_code == 2 and "no MLflow experiment 'no-such-experiment'" in result.output
+    assert result.exit_code == 5 and "no MLflow experiment 'no-such-experiment'" in result.output
     result = invoke_compare(uri, ["--run-id", "0" * 32], tmp_path, monkeypatch)
-    assert result.exit_code == 2 and "no MLflow run" in result.output
+    assert result.exit_code == 5 and "no MLflow run" in result.output
     result = invoke_compare(uri, ["--tag", "method=byot"], tmp_path, monkeypatch)
-    assert result.exit_code == 2 and "no finished training runs" in result.output
-    with pytest.raises(CompareError, match="key=value"):
+    assert result.exit_code == 5 and "no finished training runs" in result.output
+    with pytest.raises(ConfigError, match="key=value"):
         parse_tags(["method"])
 
 
@@ -145,8 +144,6 @@ def test_compare_help():
 
 
 def test_runs_repeating_a_seed_are_flagged():
-    from eed.compare import RunRecord
-
     def record(run_id: str, seed: str, main: float) -> RunRecord:
         return RunRecord(run_id, {"method": "eed", "seed": seed, "model.arch": "resnet18",
                                   "data.dataset": "cifar100"}, {}, {"test/acc_main": main})

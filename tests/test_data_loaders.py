@@ -17,7 +17,7 @@ from rich.console import Console
 
 from eed.config import load_config
 from eed.data import DataError, make_loader, prepare, read_split
-from eed.data.augment import Normalizer, random_translate_flip, translate_flip
+from eed.data.augment import Normalizer, draw_translate_flip, translate_flip
 from eed.data.catalog import CIFAR100_NORMALIZATION, dataset_info
 from eed.data.loaders import FFCVEpochLoader, TensorEpochLoader, _ffcv_pipelines
 from eed.data.sources import read_cifar
@@ -364,8 +364,12 @@ def test_translate_flip_matches_a_naive_reference():
             expected = expected.flip(-1)
         assert torch.equal(result[b], expected)
     assert torch.equal(result[5], images[5])  # offset == padding and no flip: unchanged
-    same = random_translate_flip(images, 2, torch.Generator().manual_seed(1))
-    assert torch.equal(same, random_translate_flip(images, 2, torch.Generator().manual_seed(1)))
+
+    def random_translate_flip(seed: int) -> torch.Tensor:
+        return translate_flip(images, *draw_translate_flip(len(images), 2, torch.Generator().manual_seed(seed)),
+                              padding=2)
+
+    assert torch.equal(random_translate_flip(1), random_translate_flip(1))
 
 
 # --------------------------------------------------------------------------- other datasets

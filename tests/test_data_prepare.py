@@ -170,7 +170,7 @@ def test_prepare_command_line(tmp_path, monkeypatch):
     assert second.exit_code == 0 and "up to date" in second.output
     missing = runner.invoke(app, ["prepare", "--set", "data.dataset=cifar10", "--set", f"data.root={tmp_path / 'none'}",
                                   "--set", f"data.prepared_dir={tmp_path / 'p2'}"])
-    assert missing.exit_code == 1 and "CIFAR-10 not found" in missing.output
+    assert missing.exit_code == 3 and "CIFAR-10 not found" in missing.output
     assert "network is unreachable" in missing.output
 
 

@@ -12,11 +12,16 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from eed.checkpoint import CheckpointError
-from eed.evaluation import (Collected, EvaluationError, agreement_counts, check_classes, collect_outputs,
-                            ensemble_logits, expected_calibration_error, flatten_metrics, log_child_run,
-                            metric_history, report_tables, resolve_source, running_ensemble_logits, summarize,
-                            top1_accuracy, topk_accuracy, write_outputs)
+from eed.engine.checkpoint import check_classes, resolve_source
+from eed.engine.loops import Collected, collect_outputs
+from eed.errors import CheckpointError, SourceError
+from eed.metrics.classification import (agreement_counts, ensemble_logits, expected_calibration_error,
+                                        running_ensemble_logits, top1_accuracy, topk_accuracy)
+from eed.metrics.summary import summarize
+from eed.reporting.figures import plot_training_curves
+from eed.reporting.files import write_evaluation_outputs
+from eed.reporting.tables import evaluation_tables
+from eed.tracking import MlflowLogger, flatten_metrics, logged_run
 from eed.models.backbone import Backbone
 from eed.models.multi_exit import MultiExitNet, conv_bn_relu
 
@@ -124,7 +129,7 @@ def test_summary_metrics_json_shape(logits_labels):
     assert sum(metrics["agreement"]["exit2"].values()) == N
     flat = flatten_metrics(metrics)
     assert flat["test/acc_main"] == metrics["test"]["acc_main"] and "agreement/exit1/both_correct" in flat
-    assert len(report_tables(report)) == 2
+    assert len(evaluation_tables(report)) == 2
 
 
 def test_baseline_without_exits(tmp_path, logits_labels):
@@ -132,8 +137,8 @@ def test_baseline_without_exits(tmp_path, logits_labels):
     report = summarize(Collected(logits[-1:], labels), ["main"], "test")
     metrics = report.metrics()
     assert metrics["test"]["acc_main"] == metrics["test"]["acc_ensemble"] and metrics["agreement"] == {}
-    assert [f.name for f in write_outputs(report, tmp_path)] == ["metrics.json"]
-    assert len(report_tables(report)) == 1
+    assert [f.name for f in write_evaluation_outputs(report, tmp_path)] == ["metrics.json"]
+    assert len(evaluation_tables(report)) == 1
 
 
 # --------------------------------------------------------------------------- one pass over a loader
@@ -171,7 +176,8 @@ def test_write_outputs_files_and_figures(tmp_path, logits_labels):
     report = summarize(Collected(logits, labels), NAMES, "test")
     history = {f"{split}/acc_{name}": [(epoch, 0.1 * epoch + 0.01 * i) for epoch in range(1, 5)]
                for split in ("train", "val") for i, name in enumerate(NAMES + ["ensemble"])}
-    files = write_outputs(report, tmp_path, history)
+    # The training curves are the trainer's figures; evaluation draws its own.
+    files = write_evaluation_outputs(report, tmp_path) + plot_training_curves(history, tmp_path / "figures")
     names = {f.name for f in files}
     assert names == {"metrics.json", "agreement.png", "training_curves.png", "stability.png"}
     assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads(json.dumps(report.metrics()))
@@ -190,14 +196,14 @@ def tracking_uri(tmp_path_factory) -> str:
 
 
 def test_unknown_run_id_and_missing_checkpoint_are_clear_errors(tracking_uri, tmp_path):
-    with pytest.raises(EvaluationError, match="neither a checkpoint file nor a run"):
+    with pytest.raises(SourceError, match="neither a checkpoint file nor a run"):
         resolve_source("0123456789abcdef0123456789abcdef", tracking_uri)
     with pytest.raises(CheckpointError, match="not found"):
         resolve_source(str(tmp_path / "missing.pt"), tracking_uri)
 
 
 def test_checkpoint_of_other_architecture_or_classes_is_rejected():
-    from eed.checkpoint import model_from_checkpoint
+    from eed.engine.checkpoint import model_from_checkpoint
 
     checkpoint = {"arch": "vgg19", "num_classes": 100, "class_names": [f"c{i}" for i in range(100)]}
     with pytest.raises(CheckpointError, match="'vgg19' model, expected 'resnet18'"):
@@ -219,15 +225,19 @@ def test_log_child_run_nests_under_the_training_run(tracking_uri, tmp_path, logi
         client.log_metric(parent, "val/acc_main", 0.3 * epoch, step=epoch)
     logits, labels = logits_labels
     report = summarize(Collected(logits, labels), NAMES, "test")
-    history = metric_history(client, parent)
+    history = MlflowLogger(tracking_uri, parent).history()
     assert history == {"val/acc_main": [(1, 0.3), (2, 0.6)]}
-    files = write_outputs(report, tmp_path / "out", history)
-    child = log_child_run(files, tmp_path / "out", report.metrics(), stage="evaluate", tracking_uri=tracking_uri,
-                          parent_run_id=parent, experiment="unused", split="test", source="test")
-    run = client.get_run(child)
+    files = write_evaluation_outputs(report, tmp_path / "out")
+    stage_run = MlflowLogger.for_stage(tracking_uri, "evaluate", parent_run_id=parent, experiment="unused",
+                                       tags={"split": "test", "source": "test"})
+    with logged_run(stage_run):
+        stage_run.log_metrics(report.metrics(), step=0)
+        stage_run.log_artifacts(files, tmp_path / "out")
+    run = client.get_run(stage_run.run_id)
     assert run.data.tags["mlflow.parentRunId"] == parent and run.data.tags["method"] == "eed"
     assert run.info.run_name == "evaluate" and run.info.status == "FINISHED"
     assert run.data.metrics["test/acc_main"] == pytest.approx(report.metrics()["test"]["acc_main"])
+    child = stage_run.run_id
     logged = {a.path for a in client.list_artifacts(child)} | {a.path for a in client.list_artifacts(child, "figures")}
     assert {"metrics.json", "figures/agreement.png"} <= logged
 
@@ -256,7 +266,6 @@ def fake_data(monkeypatch):
     from types import SimpleNamespace
 
     import eed.data
-    import eed.data.manifest
 
     generator = torch.Generator().manual_seed(5)
     splits = {split: (torch.randn(n, 3, 32, 32, generator=generator), torch.randint(0, 10, (n,), generator=generator))
@@ -266,8 +275,8 @@ def fake_data(monkeypatch):
         images, labels = splits[split]
         return [(images[i:i + 32], labels[i:i + 32]) for i in range(0, len(labels), 32)]
 
-    monkeypatch.setattr(eed.data.manifest, "load_manifest",
-                        lambda config: SimpleNamespace(num_classes=10, class_names=list(CLASS_NAMES)))
+    monkeypatch.setattr(eed.data, "load_manifest",
+                        lambda config: SimpleNamespace(num_classes=10, class_names=list(CLASS_NAMES)), raising=False)
     monkeypatch.setattr(eed.data, "make_loader", make_loader, raising=False)
     return splits
 
@@ -283,9 +292,9 @@ def e2e_config(*overrides: str):
 def test_run_evaluation_end_to_end(tmp_path, tracking_uri, fake_data, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from eed.checkpoint import save_checkpoint
-    from eed.evaluation import run_evaluation
+    from eed.engine.checkpoint import save_checkpoint
     from eed.models.registry import create_model
+    from eed.stages.evaluate import evaluate
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_uri)
     config = e2e_config()
@@ -300,10 +309,10 @@ def test_run_evaluation_end_to_end(tmp_path, tracking_uri, fake_data, monkeypatc
     model = create_model("resnet18", 10, 4).eval()
     checkpoint = save_checkpoint({"arch": "resnet18", "num_classes": 10, "width": 4, "exits": True,
                                   "class_names": CLASS_NAMES, "config": config.model_dump(), "epoch": 2,
-                                  "model": model.state_dict(), "mlflow_run_id": parent}, tmp_path / "best.pt")
+                                  "model": model.state_dict(), "run_id": parent}, tmp_path / "best.pt")
     client.log_artifact(parent, str(checkpoint), "checkpoints")
 
-    result = run_evaluation(str(checkpoint), config, tmp_path / "out", log=True)
+    result = evaluate(config, str(checkpoint), out=tmp_path / "out", log=True)
     images, labels = fake_data["test"]
     with torch.no_grad():
         logits = torch.stack(model(images).logits)
@@ -314,16 +323,16 @@ def test_run_evaluation_end_to_end(tmp_path, tracking_uri, fake_data, monkeypatc
     assert infeasible["threshold"] is None and loose["threshold"] is not None and loose["gflops"] <= 1.0
     assert result.report.anytime.fit_split == "val"
     written = {path.name for path in result.files}
-    assert {"metrics.json", "anytime.csv", "agreement.png", "anytime.png", "training_curves.png"} <= written
-    child = client.get_run(result.mlflow_run_id)
+    assert {"metrics.json", "anytime.csv", "agreement.png", "anytime.png"} <= written
+    child = client.get_run(result.run_id)
     assert child.data.tags["mlflow.parentRunId"] == parent and child.info.run_name == "evaluate"
 
     # The same model by run id: its checkpoints/best.pt artifact is downloaded.
-    by_run = run_evaluation(parent, config, tmp_path / "by-run", log=False)
-    assert by_run.report.metrics()["test"] == metrics["test"] and by_run.mlflow_run_id is None
+    by_run = evaluate(config, parent, out=tmp_path / "by-run", log=False)
+    assert by_run.report.metrics()["test"] == metrics["test"] and by_run.run_id is None
 
     with pytest.raises(CheckpointError, match="expected 'vgg19'"):
-        run_evaluation(str(checkpoint), e2e_config("model.arch=vgg19"), tmp_path / "bad", log=False)
+        evaluate(e2e_config("model.arch=vgg19"), str(checkpoint), out=tmp_path / "bad", log=False)
 
 
 def test_evaluate_command_reports_bad_sources(tmp_path, tracking_uri, monkeypatch):
@@ -338,7 +347,7 @@ def test_evaluate_command_reports_bad_sources(tmp_path, tracking_uri, monkeypatc
     params.write_text("model:\n  arch: resnet18\n")
     result = CliRunner().invoke(app, ["0123456789abcdef0123456789abcdef", "--params", str(params)],
                                 env={"COLUMNS": "200"})
-    assert result.exit_code == 2 and "neither a checkpoint file nor a run" in result.output
+    assert result.exit_code == 4 and "neither a checkpoint file nor a run" in result.output
     result = CliRunner().invoke(app, [str(tmp_path / "nope.pt"), "--params", str(params), "--no-log"],
                                 env={"COLUMNS": "200"})
-    assert result.exit_code == 2 and "checkpoint not found" in result.output
+    assert result.exit_code == 4 and "checkpoint not found" in result.output

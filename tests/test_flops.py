@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from eed.commands.flops_cmd import flops
 from eed.commands.models_cmd import models
-from eed.flops import arch_profile, profile_arch, profile_model, profile_outputs
+from eed.metrics.flops import arch_profile, profile_model
 from eed.models import count_parameters, create_model, main_path_parameters
 
 # Table III: GFLOPs to obtain exit 1, exit 2, exit 3 and the main output (CIFAR-100, 32x32).
@@ -31,7 +31,7 @@ def close_to_paper(measured: float, paper: float) -> bool:
 
 @pytest.mark.parametrize("arch", TABLE_III)
 def test_table_iii_at_full_width(arch: str) -> None:
-    costs = profile_arch(arch, num_classes=100)
+    costs = arch_profile(arch, num_classes=100).outputs
     assert [cost.name for cost in costs] == ["exit1", "exit2", "exit3", "main"]
     for cost, paper in zip(costs, TABLE_III[arch]):
         if arch == "vgg19" and cost.name != "main":
@@ -44,7 +44,7 @@ def test_vgg19_exits_follow_the_papers_rule() -> None:
     # one stride-2 conv per later stage, which the ResNet rows confirm: no split of VGG-19
     # into 4 stages does (see eed/models/cifar_vgg.py). These are the rule's values with
     # the stages split at the max-pools.
-    costs = profile_arch("vgg19", num_classes=100)
+    costs = arch_profile("vgg19", num_classes=100).outputs
     assert [round(cost.gflops, 3) for cost in costs[:3]] == [0.107, 0.211, 0.466]
 
 
@@ -83,7 +83,7 @@ def test_outputs_are_the_sum_of_stages_and_their_classifier() -> None:
 
 
 def test_baseline_profile_has_only_the_main_output() -> None:
-    costs = profile_outputs(create_model("vgg19", 10, width=8, exits=False), 32)
+    costs = profile_model(create_model("vgg19", 10, width=8, exits=False), 32).outputs
     assert [cost.name for cost in costs] == ["main"]
 
 

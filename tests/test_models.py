@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from eed.errors import ConfigError
 from eed.models import (
     MultiExitNet,
     count_parameters,
@@ -134,7 +135,7 @@ def test_width_scales_every_stage() -> None:
 
 
 def test_unknown_arch_names_the_allowed_ones() -> None:
-    with pytest.raises(KeyError, match="allowed: .*resnet18"):
+    with pytest.raises(ConfigError, match="allowed: .*resnet18"):
         create_model("resnet19", 10)
 
 

@@ -1,6 +1,6 @@
 """The DVC pipeline end to end on a tiny synthetic configuration, in a fresh git+DVC repo:
-`dvc repro`, a no-op second repro, `dvc exp run -S method=…` in the workspace and through
-the queue and with --temp (both run in a copy under .dvc/tmp/exps/), `dvc exp show`, the MLflow runs,
+`dvc repro`, a no-op second repro, `dvc exp run -S method=…` in the workspace (with
+`train.nproc: 2`) and through the queue and with --temp (both run in a copy under .dvc/tmp/exps/), `dvc exp show`, the MLflow runs,
 and a misspelled `-S` key."""
 
 from __future__ import annotations
@@ -102,13 +102,15 @@ def test_dvc_repro_then_experiments(repo: Path):
 
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "baseline run"], repo)
-    experiment = run(["dvc", "exp", "run", "-S", "method=branchynet"], repo)
+    # Two processes (DDP through torchrun, gloo): the train stage relaunches itself; one run is logged.
+    experiment = run(["dvc", "exp", "run", "-S", "method=branchynet", "-S", "train.nproc=2"], repo)
     assert "Running stage 'prepare'" not in experiment.stdout
     assert "Running stage 'train'" in experiment.stdout
     after = runs(repo)
     assert len(after) == 2
     branchynet = next(r for r in after if r.data.tags["method"] == "branchynet")
     assert branchynet.data.tags.get("dvc_exp"), branchynet.data.tags
+    assert branchynet.info.status == "FINISHED" and branchynet.data.params["train.nproc"] == "2"
 
     # A queued experiment runs in a copy under .dvc/tmp/exps/ and must log to the same store.
     run(["dvc", "exp", "run", "--queue", "-S", "method=distill"], repo)

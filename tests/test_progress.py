@@ -8,8 +8,10 @@ import torch
 from rich.console import Console
 
 import eed.progress
-import eed.train as T
 from eed.config import load_config
+from eed.engine.loops import train_one_epoch
+from eed.engine.optim import build_optimizer, build_scheduler
+from eed.engine.runtime import setup_runtime
 from eed.models.registry import create_model
 from eed.objectives import ExitEnsembleObjective
 from eed.progress import RefreshClock, progress_bar, tracked
@@ -73,13 +75,13 @@ def test_training_epoch_renders_its_bar_between_steps(monkeypatch, refresh_s):
     torch.manual_seed(0)
     model = create_model("resnet18", 10, 4, exits=True)
     objective = ExitEnsembleObjective("eed", config.loss, model.num_classifiers)
-    optimizer = T.build_optimizer(model, config.train)
+    optimizer = build_optimizer(model, config.train)
     batches = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))) for _ in range(3)]
-    scheduler = T.build_scheduler(optimizer, config.train, len(batches))
-    runtime = T.setup_runtime(config.train)
+    scheduler = build_scheduler(optimizer, config.train, len(batches))
+    runtime = setup_runtime(config.train)
     console, out = terminal()
     with progress_bar(console) as progress:
-        stats = T.train_one_epoch(model, objective, batches, optimizer, scheduler, runtime, epoch=1,
+        stats = train_one_epoch(model, objective, batches, optimizer, scheduler, runtime, epoch=1,
                                   classifier_names=model.classifier_names(), progress=progress)
         assert not progress.tasks
     assert stats.completed and stats.images == 12

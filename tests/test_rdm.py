@@ -12,11 +12,12 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from eed.evaluation import collect_outputs
+from eed.engine.loops import collect_outputs
+from eed.metrics.rdm import (compute_rdms, correlation_distance, layer_activations, select_classes, select_samples,
+                             summarize_rdm)
 from eed.models.backbone import Backbone
 from eed.models.multi_exit import MultiExitNet, conv_bn_relu
-from eed.rdm import (compute_rdms, correlation_distance, layer_activations, select_classes, select_samples,
-                     summarize_rdm, write_rdm_outputs)
+from eed.reporting.files import write_rdm_outputs
 
 
 def test_correlation_distance_is_one_minus_pearson():
@@ -115,34 +116,34 @@ def test_run_rdm_end_to_end(tmp_path, monkeypatch):
     """The whole `eed rdm` on a checkpoint, with the data layer faked at its seam."""
     from types import SimpleNamespace
 
-    import eed.data.manifest
-    import eed.rdm
-    from eed.checkpoint import save_checkpoint
+    import eed.data
     from eed.config import load_config
     from eed.data.catalog import Normalization
+    from eed.engine.checkpoint import save_checkpoint
     from eed.models.registry import create_model
+    from eed.stages.rdm import rdm
 
     class_names = [f"class_{i:03d}" for i in range(10)]
     generator = torch.Generator().manual_seed(6)
     split_labels = torch.randint(0, 10, (300,), generator=generator)
     split_images = torch.randint(0, 256, (300, 3, 32, 32), generator=generator, dtype=torch.uint8)
 
-    def read_samples(config, split, count, seed):
-        indices = select_samples(split_labels, count, seed)
+    def read_split(config, split, indices):
         return SimpleNamespace(images=split_images[indices], labels=split_labels[indices],
-                               normalization=Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))), indices
+                               normalization=Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
 
-    monkeypatch.setattr(eed.data.manifest, "load_manifest",
-                        lambda config: SimpleNamespace(num_classes=10, class_names=class_names))
-    monkeypatch.setattr(eed.rdm, "read_samples", read_samples)
+    manifest = SimpleNamespace(num_classes=10, class_names=class_names, split_path=lambda split: f"{split}.beton")
+    monkeypatch.setattr(eed.data, "load_manifest", lambda config: manifest, raising=False)
+    monkeypatch.setattr(eed.data, "read_labels", lambda path: split_labels.numpy(), raising=False)
+    monkeypatch.setattr(eed.data, "read_split", read_split, raising=False)
     config = load_config(None, ["model.arch=resnet18", "model.width=4", "data.dataset=synthetic",
                                 "train.device=cpu", "eval.rdm_samples=120", "eval.rdm_classes=4"])
     torch.manual_seed(0)
     model = create_model("resnet18", 10, 4)
     checkpoint = save_checkpoint({"arch": "resnet18", "num_classes": 10, "width": 4, "exits": True,
                                   "class_names": class_names, "config": config.model_dump(), "epoch": 1,
-                                  "model": model.state_dict(), "mlflow_run_id": None}, tmp_path / "best.pt")
-    run = eed.rdm.run_rdm(str(checkpoint), config, tmp_path / "out", classifiers=["main", "exit2"], log=False)
+                                  "model": model.state_dict(), "run_id": None}, tmp_path / "best.pt")
+    run = rdm(config, str(checkpoint), out=tmp_path / "out", classifiers=["main", "exit2"], log=False)
     result = run.result
     assert torch.equal(result.sample_indices, select_samples(split_labels, 120, 0))
     assert torch.equal(result.labels, split_labels[result.sample_indices])

@@ -17,10 +17,11 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from eed.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
 from eed.config import METHODS, load_config
+from eed.engine.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from eed.engine.trainer import train
+from eed.errors import NonFiniteLossError
 from eed.tracking import using_tracking_uri
-from eed.train import NonFiniteLossError, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -79,7 +80,7 @@ def test_every_method_trains_two_epochs_and_logs_a_complete_run(tmp_path, method
     assert summary["epochs"] == 2 and "acc_main" in summary["test"]
     checkpoint = load_checkpoint(result.last_checkpoint)
     assert checkpoint["epoch"] == 2 and checkpoint["exits"] == (method != "baseline")
-    assert checkpoint["mlflow_run_id"] == result.run_id
+    assert checkpoint["run_id"] == result.run_id
 
     if method in ("baseline", "eed"):  # exporting is slow: check the logged model on two methods
         model_uri = f"runs:/{result.run_id}/model"
@@ -104,7 +105,7 @@ def test_deterministic_runs_repeat_exactly(tmp_path):
 
 RUNNER = textwrap.dedent("""
     import os, signal, sys
-    import eed.train as T
+    import eed.engine.trainer as T
     from eed.config import load_config
     mode, out, *overrides = sys.argv[1:]
     config = load_config(None, overrides)
@@ -155,8 +156,8 @@ def test_resume_after_kill_minus_9_matches_a_straight_run(tmp_path):
     assert final["epoch"] == 2
     assert state_allclose(final["model"], load_checkpoint(straight.last_checkpoint)["model"])
     client = MlflowClient(config.tracking.uri)
-    run_id = final["mlflow_run_id"]
-    assert run_id == load_checkpoint(out / "checkpoints" / "best.pt")["mlflow_run_id"]
+    run_id = final["run_id"]
+    assert run_id == load_checkpoint(out / "checkpoints" / "best.pt")["run_id"]
     assert [m.step for m in client.get_metric_history(run_id, "val/acc_main")] == [1, 2]
     assert client.get_run(run_id).info.status == "FINISHED"
     # The straight run and the resumed run are the only two runs in the store.
@@ -175,18 +176,18 @@ def test_sigterm_checkpoints_mid_epoch_ends_run_killed_and_resumes_exactly(tmp_p
     checkpoint = load_checkpoint(out / "checkpoints" / "last.pt")
     assert (checkpoint["epoch"], checkpoint["step_in_epoch"]) == (1, 3)
     client = MlflowClient(config.tracking.uri)
-    assert client.get_run(checkpoint["mlflow_run_id"]).info.status == "KILLED"
+    assert client.get_run(checkpoint["run_id"]).info.status == "KILLED"
 
     resumed = run_runner("plain", out, overrides)
     assert resumed.returncode == 0, resumed.stderr
     final = load_checkpoint(out / "checkpoints" / "last.pt")
-    assert final["mlflow_run_id"] == checkpoint["mlflow_run_id"]
+    assert final["run_id"] == checkpoint["run_id"]
     assert state_allclose(final["model"], load_checkpoint(straight.last_checkpoint)["model"])
-    assert client.get_run(final["mlflow_run_id"]).info.status == "FINISHED"
+    assert client.get_run(final["run_id"]).info.status == "FINISHED"
 
 
 def test_non_finite_loss_stops_with_epoch_step_and_terms_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    import eed.train as T
+    import eed.engine.trainer as T
 
     config = synthetic_config(tmp_path)
     original, steps = T.ExitEnsembleObjective.forward, []
@@ -205,7 +206,7 @@ def test_non_finite_loss_stops_with_epoch_step_and_terms_and_keeps_the_last_chec
     kept = load_checkpoint(out / "checkpoints" / "last.pt")
     assert kept["epoch"] == 1 and all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
     client = MlflowClient(config.tracking.uri)
-    assert client.get_run(kept["mlflow_run_id"]).info.status == "FAILED"
+    assert client.get_run(kept["run_id"]).info.status == "FAILED"
 
 
 def test_bad_checkpoints_give_clear_errors(tmp_path):
@@ -258,7 +259,7 @@ def test_unreachable_tracking_store_fails_before_training(tmp_path):
 
 DDP_RUNNER = textwrap.dedent("""
     import os, sys, torch
-    import eed.train as T
+    import eed.engine.trainer as T
     from eed.config import load_config
     out, *overrides = sys.argv[1:]
     result = T.train(load_config(None, overrides), out, resume="never")

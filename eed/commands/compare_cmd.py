@@ -1,4 +1,4 @@
-"""`eed compare`: parse, call :func:`eed.compare.run_compare`, print the table."""
+"""`eed compare`: parse, call :func:`eed.stages.compare.compare`."""
 
 from __future__ import annotations
 
@@ -6,11 +6,12 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
-from eed.commands.common import OverridesOption, ParamsOption, fail, load
+from eed.commands.common import OverridesOption, ParamsOption, load
+from eed.errors import guarded
 
 
+@guarded
 def compare(
     experiment: Annotated[Optional[list[str]], typer.Argument(
         help="MLflow experiment name(s) to read runs from (default: tracking.experiment).")] = None,
@@ -33,24 +34,6 @@ def compare(
     and ensemble; cells are mean ± sample std over the runs (seeds) sharing a configuration,
     n shown, best main accuracy marked. Writes comparison.md, comparison.csv and a figure.
     """
-    from eed.compare import CompareError, parse_tags, run_compare
-    from eed.tracking import resolve_tracking_uri
+    from eed.stages import compare as stage
 
-    config = load(params, set_)
-    if split not in ("test", "val"):
-        fail(f"--split must be test or val, got {split!r}")
-    experiments = [] if run_id else (experiment or [config.tracking.experiment])
-    out_dir = out or Path(config.paths.out_dir) / "compare"
-    try:
-        table, files = run_compare(resolve_tracking_uri(config), out_dir, experiments=experiments,
-                                   tags=parse_tags(tag or []), run_ids=run_id or [], split=split)
-    except CompareError as error:
-        fail(str(error))
-    console = Console()
-    console.print(table.rich_table())
-    for warning in table.warnings():
-        console.print(f"[yellow]note:[/] {warning}")
-    if table.skipped:
-        console.print(f"[yellow]note:[/] skipped {len(table.skipped)} runs without {split}/acc_main "
-                      f"(unfinished or failed)")
-    console.print(f"Wrote {', '.join(str(f) for f in files)}")
+    stage.compare(load(params, set_), experiment or [], tags=tag or [], run_ids=run_id or [], split=split, out=out)

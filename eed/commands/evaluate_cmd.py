@@ -1,4 +1,4 @@
-"""`eed evaluate`: parse, call :func:`eed.evaluation.run_evaluation`, print the tables."""
+"""`eed evaluate`: parse, call :func:`eed.stages.evaluate.evaluate`."""
 
 from __future__ import annotations
 
@@ -6,14 +6,12 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
 
-from eed.commands.common import OverridesOption, ParamsOption, fail, load
-
-SPLITS = ("test", "val")
-WHICH = ("best", "last")
+from eed.commands.common import OverridesOption, ParamsOption, load
+from eed.errors import guarded
 
 
+@guarded
 def evaluate(
     source: Annotated[str, typer.Argument(
         help="What to evaluate: a checkpoint file (e.g. outputs/train/checkpoints/best.pt) or the "
@@ -40,27 +38,6 @@ def evaluate(
     sweep of confidence thresholds, with thresholds fitted to eval.budgets on val. Writes
     metrics.json, anytime.csv and figures/, and logs them as a child run of the training run.
     """
-    from eed.checkpoint import CheckpointError
-    from eed.data.errors import DataError
-    from eed.evaluation import EvaluationError, report_tables, run_evaluation
-    from eed.tracking import TrackingError
+    from eed.stages import evaluate as stage
 
-    config = load(params, set_)
-    if split is not None and split not in SPLITS:
-        fail(f"--split must be one of {', '.join(SPLITS)}, got {split!r}")
-    if checkpoint not in WHICH:
-        fail(f"--checkpoint must be one of {', '.join(WHICH)}, got {checkpoint!r}")
-    out_dir = out or Path(config.paths.out_dir) / "evaluate"
-    try:
-        result = run_evaluation(source, config, out_dir, split=split, log=log and config.tracking.enabled,
-                                which=checkpoint)
-    except (CheckpointError, DataError, EvaluationError, TrackingError, FileNotFoundError) as error:
-        fail(str(error))
-    console = Console()
-    for table in report_tables(result.report):
-        console.print(table)
-    for note in result.report.notes:
-        console.print(f"[yellow]note:[/] {note}")
-    console.print(f"Wrote {len(result.files)} files to {out_dir}")
-    if result.mlflow_run_id:
-        console.print(f"MLflow run: {result.mlflow_run_id}")
+    stage.evaluate(load(params, set_), source, split=split, out=out, which=checkpoint, log=log)

@@ -1,12 +1,14 @@
-"""`eed prepare`: parse, call :func:`eed.data.prepare`, report."""
+"""`eed prepare`: parse, call :func:`eed.stages.prepare.prepare`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from eed.commands.common import OverridesOption, ParamsOption, err_console, fail, load
+from eed.commands.common import OverridesOption, ParamsOption, load
+from eed.errors import guarded
 
 
+@guarded
 def prepare(
     params: ParamsOption = Path("params.yaml"),
     set_: OverridesOption = None,
@@ -16,12 +18,6 @@ def prepare(
     Reads the raw dataset from data.root ($EED_DATA_ROOT wins), downloading CIFAR if it is
     missing. Does nothing when the prepared files are already up to date.
     """
-    from eed.data import DataError, prepare as prepare_data
+    from eed.stages import prepare as stage
 
-    config = load(params, set_)
-    try:
-        result = prepare_data(config, console=err_console)
-    except DataError as error:
-        fail(str(error), code=1)
-    if not result.up_to_date:
-        err_console.print(f"[green]Wrote {len(result.files)} .beton files and the manifest to {result.directory}")
+    stage.prepare(load(params, set_))

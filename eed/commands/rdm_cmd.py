@@ -1,4 +1,4 @@
-"""`eed rdm`: parse, call :func:`eed.rdm.run_rdm`, print the summary."""
+"""`eed rdm`: parse, call :func:`eed.stages.rdm.rdm`."""
 
 from __future__ import annotations
 
@@ -6,12 +6,12 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
-from eed.commands.common import OverridesOption, ParamsOption, fail, load
+from eed.commands.common import OverridesOption, ParamsOption, load
+from eed.errors import guarded
 
 
+@guarded
 def rdm(
     source: Annotated[str, typer.Argument(
         help="A checkpoint file or the MLflow run id of a training run.")],
@@ -37,32 +37,7 @@ def rdm(
     eval.rdm_classes seeded classes; rdm.json holds the within-class and between-class means
     and their ratio, so runs compare by number.
     """
-    from eed.checkpoint import CheckpointError
-    from eed.data.errors import DataError
-    from eed.evaluation import EvaluationError
-    from eed.rdm import run_rdm
-    from eed.tracking import TrackingError
+    from eed.stages import rdm as stage
 
-    config = load(params, set_)
-    if split not in ("test", "val"):
-        fail(f"--split must be test or val, got {split!r}")
-    classifiers = ["main", *[c for c in (classifier or []) if c != "main"]]
-    out_dir = out or Path(config.paths.out_dir) / "rdm"
-    try:
-        run = run_rdm(source, config, out_dir, split=split, classifiers=classifiers, seed=seed,
-                      log=log and config.tracking.enabled, which=checkpoint)
-    except (CheckpointError, DataError, EvaluationError, TrackingError, FileNotFoundError, ValueError) as error:
-        fail(str(error))
-    table = Table(title=f"RDMs of {len(run.result.labels)} {split} samples (1 - Pearson r)",
-                  caption="ratio = between / within: higher = more class-specific representations")
-    for column in ("layer", "samples", "within", "between", "ratio"):
-        table.add_column(column, justify="left" if column in ("layer", "samples") else "right")
-    for scope, summaries in (("all", run.result.summaries), ("subset", run.result.subset_summaries)):
-        for layer, summary in summaries.items():
-            table.add_row(layer, scope, *("—" if v is None else f"{v:.4f}"
-                                          for v in (summary.within, summary.between, summary.ratio)))
-    console = Console()
-    console.print(table)
-    console.print(f"Wrote {', '.join(str(f) for f in run.files)}")
-    if run.mlflow_run_id:
-        console.print(f"MLflow run: {run.mlflow_run_id}")
+    stage.rdm(load(params, set_), source, split=split, classifiers=classifier or [], seed=seed, out=out,
+               which=checkpoint, log=log)

@@ -1,4 +1,4 @@
-"""`eed train`: parse, call :func:`eed.train.train`, report."""
+"""`eed train`: parse, call :func:`eed.stages.train.train`."""
 
 from __future__ import annotations
 
@@ -7,9 +7,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from eed.commands.common import OverridesOption, ParamsOption, fail, load
+from eed.commands.common import OverridesOption, ParamsOption, load
+from eed.errors import guarded
 
 
+@guarded
 def train(
     params: ParamsOption = Path("params.yaml"),
     set_: OverridesOption = None,
@@ -19,18 +21,6 @@ def train(
              "'never': start fresh; or a checkpoint path to continue.")] = "auto",
 ) -> None:
     """Train the configured multi-exit network with the configured method; log to MLflow."""
-    import sys
+    from eed.stages import train as stage
 
-    from eed.train import TrainingInterrupted, relaunch_under_torchrun, train as run_training
-
-    config = load(params, set_)
-    relaunch_under_torchrun(config.train.nproc, ["-m", "eed.cli", *sys.argv[1:]])
-    out_dir = out or Path(config.paths.out_dir) / "train"
-    try:
-        result = run_training(config, out_dir, resume=resume)
-    except TrainingInterrupted as interrupted:
-        fail(str(interrupted), code=interrupted.exit_code)
-    for name, value in result.test_metrics.items():
-        typer.echo(f"{name}: {value:.4f}")
-    if result.run_id:
-        typer.echo(f"MLflow run: {result.run_id}")
+    stage.train(load(params, set_), out=out, resume=resume)

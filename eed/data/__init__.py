@@ -27,17 +27,17 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from eed.data.errors import DataError
+from eed.errors import DataError
 
 # name -> submodule defining it; loaded on first access (PEP 562).
 _EXPORTS = {
     "prepare": "preparation", "PrepareResult": "preparation",
     "make_loader": "loaders", "EpochLoader": "loaders", "FFCVEpochLoader": "loaders",
-    "TensorEpochLoader": "loaders", "resolve_device": "loaders",
+    "TensorEpochLoader": "loaders",
     "Manifest": "manifest", "load_manifest": "manifest", "read_manifest": "manifest",
     "dataset_dir": "manifest", "num_classes": "manifest", "class_names": "manifest",
     "read_split": "memory", "read_labels": "memory", "SplitTensors": "memory",
-    "Normalization": "catalog", "normalization_for": "catalog", "SPLITS": "catalog",
+    "Normalization": "catalog", "SPLITS": "catalog",
     "Normalizer": "augment",
     "RawDataset": "sources", "load_raw_dataset": "sources", "read_cifar": "sources",
     "read_image_folders": "sources", "make_synthetic": "sources",
@@ -48,8 +48,8 @@ __all__ = ["DataError", *_EXPORTS]
 
 if TYPE_CHECKING:
     from eed.data.augment import Normalizer
-    from eed.data.catalog import SPLITS, Normalization, normalization_for
-    from eed.data.loaders import EpochLoader, FFCVEpochLoader, TensorEpochLoader, make_loader, resolve_device
+    from eed.data.catalog import SPLITS, Normalization
+    from eed.data.loaders import EpochLoader, FFCVEpochLoader, TensorEpochLoader, make_loader
     from eed.data.manifest import Manifest, class_names, dataset_dir, load_manifest, num_classes, read_manifest
     from eed.data.memory import SplitTensors, read_labels, read_split
     from eed.data.preparation import PrepareResult, prepare

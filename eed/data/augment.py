@@ -50,11 +50,6 @@ def translate_flip(images: torch.Tensor, shift_y: torch.Tensor, shift_x: torch.T
     return gathered.reshape(batch, channels, height, width)
 
 
-def random_translate_flip(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
-    """:func:`translate_flip` with offsets and flips drawn from ``generator``."""
-    return translate_flip(images, *draw_translate_flip(len(images), padding, generator), padding=padding)
-
-
 class Normalizer:
     """uint8 B x 3 x H x W -> normalized floats of ``dtype`` (computed in float32), in the
     requested memory format. Holds the constants on ``device`` so a batch costs no copy."""

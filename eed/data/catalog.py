@@ -92,8 +92,3 @@ def dataset_info(name: str) -> DatasetInfo:
         return DATASETS[name]
     except KeyError:
         raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}") from None
-
-
-def normalization_for(name: str) -> Normalization:
-    """The normalization every loader of dataset ``name`` applies."""
-    return dataset_info(name).normalization

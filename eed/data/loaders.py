@@ -61,11 +61,12 @@ from eed.data.catalog import (
     IMAGENET_EVAL_CROP_RATIO, IMAGENET_EVAL_RESOLUTION, IMAGENET_TRAIN_RESOLUTION, TRANSLATE_PADDING, DatasetInfo,
     Normalization, dataset_info,
 )
-from eed.data.errors import DataError
 from eed.data.ffcv_import import import_ffcv, keep_torch_threads
 from eed.data.manifest import load_manifest
 from eed.data.memory import read_labels, read_split
 from eed.data.splits import stratified_sample
+from eed.engine.runtime import resolve_device, uses_channels_last
+from eed.errors import DataError
 
 Split = Literal["train", "val", "test"]
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -113,8 +114,7 @@ def make_loader(config: Config, split: Split, *, train: bool, device: torch.devi
     device = resolve_device(device)
     if image_dtype != torch.float32 and device.type != "cuda":
         raise ValueError(f"image_dtype {image_dtype} is for CUDA; on {device} the loaders produce float32")
-    channels_last = config.train.channels_last == "on" or (config.train.channels_last == "auto"
-                                                           and device.type == "cuda")
+    channels_last = uses_channels_last(config.train.channels_last, device)
     batch_size = batch_size or config.train.batch_size
     info = dataset_info(manifest.dataset)
     normalization = Normalization(tuple(manifest.normalization["mean"]), tuple(manifest.normalization["std"]))
@@ -146,12 +146,6 @@ def make_loader(config: Config, split: Split, *, train: bool, device: torch.devi
         raise DataError(f"the {split} split has {loader.num_samples} samples for this process, not one full batch "
                         f"of {batch_size}; lower train.batch_size")
     return loader
-
-
-def resolve_device(device: torch.device | str) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def _subset(labels: np.ndarray, split: str, train_subset: int, seed: int) -> np.ndarray:

@@ -20,7 +20,7 @@ from typing import Any
 
 from eed.config import Config
 from eed.data.catalog import dataset_info
-from eed.data.errors import DataError
+from eed.errors import DataError
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "eed-prepared-data"

@@ -18,9 +18,9 @@ import torch
 
 from eed.config import Config
 from eed.data.catalog import IMAGENET_EVAL_CROP_RATIO, IMAGENET_EVAL_RESOLUTION, Normalization
-from eed.data.errors import DataError
 from eed.data.ffcv_import import import_ffcv
 from eed.data.manifest import RERUN_HINT, Manifest, load_manifest, read_manifest
+from eed.errors import DataError
 
 _RAW_MODE = 1  # FFCV's RGBImageField mode ids: 0 = jpg, 1 = raw
 

@@ -38,7 +38,6 @@ from rich.table import Table
 
 from eed.config import Config
 from eed.data.catalog import dataset_info
-from eed.data.errors import DataError
 from eed.data.ffcv_import import import_ffcv
 from eed.data.manifest import (
     MANIFEST_NAME, Manifest, SplitRecord, dataset_dir, default_file_mode, expected_params, image_field_settings,
@@ -46,6 +45,7 @@ from eed.data.manifest import (
 )
 from eed.data.sources import ImageArrays, ImageFiles, ImageSet, RawDataset, load_raw_dataset
 from eed.data.splits import split_off
+from eed.errors import DataError
 
 
 @dataclass

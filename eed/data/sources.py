@@ -36,7 +36,7 @@ from rich.console import Console
 
 from eed.config import DATA_ROOT_ENV, Config
 from eed.data.catalog import CIFAR10_CLASSES, CIFAR100_CLASSES
-from eed.data.errors import DataError
+from eed.errors import DataError
 
 CIFAR_IMAGE_SIZE = 32
 

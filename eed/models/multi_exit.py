@@ -16,14 +16,34 @@ widths). A builder states such widths in ``Backbone.conv_widths``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from itertools import islice
 from typing import Iterator
 
-import torch
 from torch import Tensor, nn
 
 from eed.models.backbone import Backbone
+
+
+def classifier_names(num_classifiers: int) -> tuple[str, ...]:
+    """``("exit1", ..., "exit{k-1}", "main")``: the one naming of a network's classifiers,
+    used by the objective's terms, every metric name, table and figure."""
+    return tuple(f"exit{i}" for i in range(1, num_classifiers)) + ("main",)
+
+
+# A classifier's name, or the ensemble of all of them, as metric names spell them.
+OUTPUT_NAME = re.compile(r"exit(\d+)|main|ensemble")
+
+
+def output_order(name: str) -> tuple[int, int] | None:
+    """Sort key exit1 < exit2 < ... < main < ensemble; None for a name that is none of them."""
+    match = OUTPUT_NAME.fullmatch(name)
+    if match is None:
+        return None
+    if match.group(1):
+        return (0, int(match.group(1)))
+    return (1, 0) if name == "main" else (2, 0)
 
 
 @dataclass
@@ -98,7 +118,11 @@ class MultiExitNet(nn.Module):
         return self.fc.out_features
 
     def classifier_names(self) -> list[str]:
-        return [f"exit{i + 1}" for i in range(len(self.exits))] + ["main"]
+        return list(classifier_names(self.num_classifiers))
+
+    def classifier_after_stage(self, stage_index: int) -> int | None:
+        """The classifier that reads stage ``stage_index``'s output (0-based), if any."""
+        return self.classifier_stages.index(stage_index) if stage_index in self.classifier_stages else None
 
     def stage_outputs(self, x: Tensor) -> Iterator[Tensor]:
         """Run the trunk lazily, yielding each stage's output (later stages only if consumed)."""
@@ -139,7 +163,6 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-@torch.no_grad()
 def main_path_parameters(net: MultiExitNet) -> int:
     """Parameters of the main path (what the baseline has)."""
     return count_parameters(net) - sum(count_parameters(e) for e in net.exits)

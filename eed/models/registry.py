@@ -1,14 +1,19 @@
 """Backbone registry: ``@register_backbone`` maps a name to a builder, the way timm's
 ``@register_model`` does. A builder returns a :class:`~eed.models.backbone.Backbone`
 (stem, ordered stages, head); :func:`create_model` wraps it in a
-:class:`~eed.models.multi_exit.MultiExitNet`, attaching exits between its stages."""
+:class:`~eed.models.multi_exit.MultiExitNet`, attaching exits between its stages.
+
+As in timm, the model modules import the registry and ``eed/models/__init__.py`` imports
+every model module, so any import of ``eed.models…`` has registered them all."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Callable
 
+from eed.errors import ConfigError
 from eed.models.backbone import Backbone
+from eed.models.multi_exit import MultiExitNet
 
 BackboneBuilder = Callable[..., Backbone]
 
@@ -39,20 +44,13 @@ def register_backbone(name: str, *, input_size: int, default_width: int, family:
     return decorate
 
 
-def _ensure_loaded() -> None:
-    # Importing the modules runs their @register_backbone decorators.
-    from eed.models import cifar_resnet, cifar_vgg, imagenet  # noqa: F401
-
-
 def list_backbones() -> list[str]:
-    _ensure_loaded()
     return sorted(_REGISTRY)
 
 
 def get_spec(name: str) -> BackboneSpec:
-    _ensure_loaded()
     if name not in _REGISTRY:
-        raise KeyError(f"unknown architecture {name!r}; allowed: {', '.join(sorted(_REGISTRY))}")
+        raise ConfigError(f"model.arch: unknown architecture {name!r}; allowed: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 
 
@@ -61,8 +59,6 @@ def create_backbone(name: str, num_classes: int, width: int | None = None) -> Ba
     return spec.builder(num_classes=num_classes, width=width or spec.default_width)
 
 
-def create_model(name: str, num_classes: int, width: int | None = None, exits: bool = True):
+def create_model(name: str, num_classes: int, width: int | None = None, exits: bool = True) -> MultiExitNet:
     """The multi-exit network (``exits=True``) or the plain backbone with the same main path."""
-    from eed.models.multi_exit import MultiExitNet
-
     return MultiExitNet(create_backbone(name, num_classes, width), exits=exits)

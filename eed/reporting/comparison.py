@@ -1,6 +1,6 @@
-"""``eed compare``: the paper's Tables I/II from MLflow training runs.
+"""The paper's Tables I/II from tracked training runs (``eed compare``).
 
-Runs are selected by experiment, by tags (``--tag method=eed``) or by id, then grouped by
+Runs (:class:`eed.tracking.RunRecord`, selected by experiment, tag or id) are grouped by
 configuration: network, dataset, method, output loss l_z, alpha and beta. Runs that share a
 configuration (different seeds) become one row whose cells are ``mean ± std`` over the
 runs (sample standard deviation, n shown); a row with one run shows just the value. The
@@ -19,14 +19,18 @@ from __future__ import annotations
 
 import csv
 import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from rich.table import Table
 
 from eed.config import METHODS
+from eed.errors import ConfigError
+from eed.models.multi_exit import output_order
+
+if TYPE_CHECKING:
+    from eed.tracking import RunRecord
 
 # Configuration fields that define a row, and their column titles.
 KEY_FIELDS: tuple[str, ...] = ("arch", "dataset", "method", "output", "alpha", "beta")
@@ -34,72 +38,6 @@ KEY_TITLES = {"arch": "Network", "dataset": "Dataset", "method": "Method", "outp
               "alpha": "α", "beta": "β"}
 NOT_APPLICABLE = "—"
 PERCENT = 100.0
-
-
-class CompareError(RuntimeError):
-    """The runs cannot be found or compared; the message says which."""
-
-
-# --------------------------------------------------------------------------- reading MLflow
-
-
-@dataclass
-class RunRecord:
-    run_id: str
-    params: dict[str, str]
-    tags: dict[str, str]
-    metrics: dict[str, float]  # last logged value of each metric
-
-    @classmethod
-    def from_mlflow(cls, run: Any) -> "RunRecord":
-        return cls(run.info.run_id, dict(run.data.params), dict(run.data.tags), dict(run.data.metrics))
-
-
-def _filter_string(tags: Mapping[str, str]) -> str:
-    clauses = []
-    for key, value in tags.items():
-        escaped = str(value).replace("'", "\\'")
-        clauses.append(f"tags.`{key}` = '{escaped}'")
-    return " and ".join(clauses)
-
-
-def find_runs(client: Any, *, experiments: Sequence[str] = (), tags: Mapping[str, str] | None = None,
-              run_ids: Sequence[str] = ()) -> list[RunRecord]:
-    """Runs given by id, else every run of ``experiments`` (all experiments when none are
-    named) that carries all of ``tags``. Nested stage runs (``evaluate``, ``rdm``) are left
-    out unless asked for by id: they are not training runs."""
-    from mlflow.exceptions import MlflowException
-
-    tags = dict(tags or {})
-    if run_ids:
-        records = []
-        for run_id in run_ids:
-            try:
-                records.append(RunRecord.from_mlflow(client.get_run(run_id)))
-            except MlflowException:
-                raise CompareError(f"no MLflow run {run_id!r} in {client.tracking_uri}") from None
-        return [r for r in records if all(r.tags.get(k) == v for k, v in tags.items())]
-
-    if experiments:
-        experiment_ids = []
-        for name in experiments:
-            experiment = client.get_experiment_by_name(name)
-            if experiment is None:
-                known = ", ".join(e.name for e in client.search_experiments()) or "none"
-                raise CompareError(f"no MLflow experiment {name!r} in {client.tracking_uri} (known: {known})")
-            experiment_ids.append(experiment.experiment_id)
-    else:
-        experiment_ids = [e.experiment_id for e in client.search_experiments()]
-
-    records, page_token = [], None
-    while True:
-        page = client.search_runs(experiment_ids, filter_string=_filter_string(tags), max_results=1000,
-                                  page_token=page_token)
-        records.extend(RunRecord.from_mlflow(run) for run in page)
-        page_token = page.token
-        if not page_token:
-            break
-    return [r for r in records if "eed.stage" not in r.tags and "mlflow.parentRunId" not in r.tags]
 
 
 # --------------------------------------------------------------------------- grouping
@@ -183,13 +121,6 @@ class ComparisonRow:
         settings = [f"{KEY_TITLES[f]}={self.key[f]}" for f in ("output", "alpha", "beta")
                     if self.key[f] != NOT_APPLICABLE]
         return self.key["method"] + (f" ({', '.join(settings)})" if settings else "")
-
-
-def _column_order(column: str) -> tuple[int, int]:
-    match = re.fullmatch(r"exit(\d+)", column)
-    if match:
-        return (0, int(match.group(1)))
-    return (1, 0) if column == "main" else (2, 0)
 
 
 @dataclass
@@ -276,12 +207,13 @@ def _seed_order(seed: str) -> tuple[int, str]:
 
 def build_table(runs: Iterable[RunRecord], split: str = "test") -> ComparisonTable:
     """Group runs by :func:`config_key` and aggregate their ``<split>/acc_*`` metrics."""
-    pattern = re.compile(rf"{re.escape(split)}/acc_(exit\d+|main|ensemble)")
+    prefix = f"{split}/acc_"
     groups: dict[tuple[str, ...], ComparisonRow] = {}
     columns: set[str] = set()
     skipped = []
     for run in runs:
-        accuracies = {m.group(1): value for name, value in run.metrics.items() if (m := pattern.fullmatch(name))}
+        accuracies = {name[len(prefix):]: value for name, value in run.metrics.items()
+                      if name.startswith(prefix) and output_order(name[len(prefix):]) is not None}
         if "main" not in accuracies:
             skipped.append(run.run_id)  # unfinished, failed, or not a training run
             continue
@@ -311,36 +243,7 @@ def build_table(runs: Iterable[RunRecord], split: str = "test") -> ComparisonTab
         best[group] = max(best.get(group, -math.inf), row.cells["main"].mean)
     for row in rows:
         row.best_main = row.cells["main"].mean == best[(row.key["arch"], row.key["dataset"])]
-    return ComparisonTable(split, sorted(columns, key=_column_order), rows, skipped)
-
-
-# --------------------------------------------------------------------------- the whole command
-
-
-def run_compare(tracking_uri: str, out_dir: str | Path, *, experiments: Sequence[str] = (),
-                tags: Mapping[str, str] | None = None, run_ids: Sequence[str] = (),
-                split: str = "test") -> tuple[ComparisonTable, list[Path]]:
-    """``eed compare``: find the runs, build the table, write ``comparison.md``,
-    ``comparison.csv`` and ``figures/comparison.png`` into ``out_dir``."""
-    from mlflow.tracking import MlflowClient
-
-    from eed.plots import plot_comparison
-
-    client = MlflowClient(tracking_uri)
-    runs = find_runs(client, experiments=experiments, tags=tags, run_ids=run_ids)
-    table = build_table(runs, split)
-    if not table.rows:
-        selection = (f"run ids {', '.join(run_ids)}" if run_ids else
-                     f"experiments {', '.join(experiments) or '(all)'}" + (f" with tags {dict(tags)}" if tags else ""))
-        raise CompareError(f"no finished training runs with {split}/acc_main metrics among {selection} "
-                           f"({len(runs)} runs found)")
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    markdown = out_dir / "comparison.md"
-    markdown.write_text(table.to_markdown())
-    files = [markdown, table.write_csv(out_dir / "comparison.csv"),
-             plot_comparison(table, out_dir / "figures" / "comparison.png")]
-    return table, files
+    return ComparisonTable(split, sorted(columns, key=output_order), rows, skipped)
 
 
 def parse_tags(pairs: Sequence[str]) -> dict[str, str]:
@@ -349,6 +252,6 @@ def parse_tags(pairs: Sequence[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
-            raise CompareError(f"--tag {pair!r} must look like key=value, e.g. --tag method=eed")
+            raise ConfigError(f"--tag {pair!r} must look like key=value, e.g. --tag method=eed")
         tags[key.strip()] = value.strip()
     return tags

@@ -17,9 +17,9 @@ paper's Table III (stages 1..i + exit i alone: what a network truncated at exit 
 Two views of the same rule, which give the same predictions:
 
 * :func:`sweep` works on logits already collected for every classifier (one pass over a
-  split, :func:`eed.evaluation.collect_outputs`) and evaluates many thresholds at once;
-* :func:`predict` runs the network on a batch and really stops: samples that have left are
-  removed from the batch before the next stage runs.
+  split, :func:`eed.engine.loops.collect_outputs`) and evaluates many thresholds at once;
+* :func:`eed.engine.early_exit.predict` runs the network on a batch and really stops:
+  samples that have left are removed from the batch before the next stage runs.
 
 :func:`fit_budgets` picks, on the validation split, the threshold with the best accuracy
 whose average cost fits a GFLOPs budget; :func:`evaluate_threshold` reports it on test.
@@ -33,7 +33,9 @@ from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
+
+from eed.models.multi_exit import classifier_names
 
 # A threshold just above 1: no confidence reaches it, so every sample takes the main output.
 ABOVE_ONE = math.nextafter(1.0, 2.0)
@@ -69,7 +71,7 @@ class ClassifierCosts:
 
     @classmethod
     def from_profile(cls, profile: Any) -> "ClassifierCosts":
-        """From an :class:`eed.flops.FlopsProfile` (whose ``stage_gflops[0]`` includes the stem)."""
+        """From an :class:`eed.metrics.flops.FlopsProfile` (whose ``stage_gflops[0]`` includes the stem)."""
         return cls.from_parts(profile.stage_gflops, profile.exit_gflops, profile.main_head_gflops)
 
 
@@ -90,7 +92,7 @@ def confidences(logits: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def leaves(confidence: Tensor, threshold: float | Tensor) -> Tensor:
-    """The exit rule, shared by :func:`sweep` and :func:`predict`: confidence >= tau.
+    """The exit rule, shared by :func:`sweep` and :func:`eed.engine.early_exit.predict`: confidence >= tau.
     Compared in float64 so that a threshold just above 1 is not rounded down to 1."""
     return confidence.double() >= threshold
 
@@ -140,7 +142,7 @@ def sweep(logits: Tensor, labels: Tensor, costs: Sequence[float], thresholds: Te
     k, n, _ = logits.shape
     if len(costs) != k:
         raise ValueError(f"{len(costs)} costs for {k} classifiers")
-    names = list(names) if names is not None else [f"exit{i + 1}" for i in range(k - 1)] + ["main"]
+    names = list(names) if names is not None else list(classifier_names(k))
     thresholds = torch.as_tensor(thresholds, dtype=torch.float64)
     chosen = exit_indices(logits, thresholds)                               # (T, N)
     correct = (logits.argmax(dim=-1) == labels[None]).double()             # (k, N)
@@ -239,79 +241,3 @@ def analyze(logits: Tensor, labels: Tensor, costs: ClassifierCosts, thresholds: 
         fit_curve = sweep(fit_logits, fit_labels, costs.anytime, thresholds, names)
         report.budgets = report_budgets(fit_budgets(fit_curve, budgets), logits, labels, costs.anytime)
     return report
-
-
-# --------------------------------------------------------------------------- inference
-
-
-@dataclass
-class Prediction:
-    """Per sample: predicted class, classifier it left at (0-based; k-1 = main), confidence."""
-
-    classes: Tensor
-    exit_index: Tensor
-    confidence: Tensor
-    # With ``count_stages=True``: how many samples each trunk stage processed.
-    stage_samples: list[int] | None = None
-
-    @property
-    def stages_run(self) -> int | None:
-        """Stage evaluations summed over samples (N x num_stages for a full forward pass)."""
-        return None if self.stage_samples is None else sum(self.stage_samples)
-
-
-def _classifier_after_stage(stage_index: int, num_stages: int, num_classifiers: int) -> int | None:
-    """Which classifier reads stage ``stage_index``'s output (as in ``MultiExitNet.forward``)."""
-    if stage_index < num_classifiers - 1:
-        return stage_index
-    if stage_index == num_stages - 1:
-        return num_classifiers - 1
-    return None
-
-
-def predict(model: nn.Module, x: Tensor, threshold: float, *, count_stages: bool = False) -> Prediction:
-    """Early-exit inference on a batch that really stops computing.
-
-    After each exit, samples whose confidence reaches ``threshold`` are removed from the
-    batch; the next stage runs only on the rest, and the loop ends when none are left.
-    ``count_stages`` records, with forward hooks, how many samples each stage processed.
-    """
-    n = x.shape[0]
-    device = x.device
-    classes = torch.empty(n, dtype=torch.long, device=device)
-    exit_index = torch.empty(n, dtype=torch.long, device=device)
-    confidence = torch.empty(n, dtype=torch.float32, device=device)
-    stage_samples = [0] * len(model.stages)
-    hooks = []
-    if count_stages:
-        for i, stage in enumerate(model.stages):
-            def count(module, inputs, output, i=i):
-                stage_samples[i] += inputs[0].shape[0]
-            hooks.append(stage.register_forward_hook(count))
-    was_training = model.training
-    model.eval()  # BatchNorm must use running statistics: the batch shrinks as samples leave
-    try:
-        with torch.inference_mode():
-            remaining = torch.arange(n, device=device)  # original positions still in the batch
-            hidden = model.stem(x)
-            k, num_stages = model.num_classifiers, len(model.stages)
-            for stage_index, stage in enumerate(model.stages):
-                hidden = stage(hidden)
-                classifier = _classifier_after_stage(stage_index, num_stages, k)
-                if classifier is None:
-                    continue
-                _, logits = model.classify(classifier, hidden)
-                conf, predicted = confidences(logits)
-                done = leaves(conf, threshold) if classifier < k - 1 else torch.ones_like(conf, dtype=torch.bool)
-                leaving = remaining[done]
-                classes[leaving] = predicted[done]
-                confidence[leaving] = conf[done]
-                exit_index[leaving] = classifier
-                remaining, hidden = remaining[~done], hidden[~done]
-                if remaining.numel() == 0:
-                    break
-    finally:
-        model.train(was_training)
-        for hook in hooks:
-            hook.remove()
-    return Prediction(classes, exit_index, confidence, stage_samples if count_stages else None)

@@ -10,9 +10,7 @@ where shapes flow but nothing is computed, so even ResNet-152 is profiled instan
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Any, Callable
 
 import torch
@@ -110,11 +108,6 @@ def profile_model(model: MultiExitNet, input_size: int, batch: int = 1) -> Flops
     return FlopsProfile(outputs, stage_gflops, exit_gflops, main_head_gflops, count_parameters(model), input_size)
 
 
-def profile_outputs(model: MultiExitNet, input_size: int, batch: int = 1) -> list[OutputCost]:
-    """Table III for ``model``: the cost of each output (exit1..exitK-1, main)."""
-    return profile_model(model, input_size, batch).outputs
-
-
 def arch_profile(arch: str, num_classes: int | None = None, width: int | None = None) -> FlopsProfile:
     """The full profile of a registered architecture at its input size (built on ``meta``);
     ``num_classes`` defaults to its family's dataset."""
@@ -125,11 +118,6 @@ def arch_profile(arch: str, num_classes: int | None = None, width: int | None = 
     profile = profile_model(model, spec.input_size)
     profile.arch, profile.width, profile.num_classes = arch, width or spec.default_width, num_classes
     return profile
-
-
-def profile_arch(arch: str, num_classes: int, width: int | None = None) -> list[OutputCost]:
-    """Table III for a registered architecture: the cost of each output at its input size."""
-    return arch_profile(arch, num_classes, width).outputs
 
 
 @dataclass(frozen=True)
@@ -161,25 +149,3 @@ def summarize_backbones(width: int | None = None) -> list[BackboneSummary]:
         rows.append(BackboneSummary(name, spec.family, spec.input_size, len(profile.outputs) - 1, row_width,
                                     profile.total_params, profile.main.gflops))
     return rows
-
-
-def write_flops_json(profile: FlopsProfile, path: Path) -> None:
-    path.write_text(json.dumps(profile.to_dict(), indent=2) + "\n")
-
-
-def save_flops_figure(profile: FlopsProfile, path: Path) -> None:
-    """Bar chart of the GFLOPs needed for each output, labelled with % of the main output."""
-    # The object-oriented API renders with Agg without touching pyplot's global backend.
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    figure = Figure(figsize=(5, 3.5), layout="constrained")
-    FigureCanvasAgg(figure)
-    axes = figure.add_subplot()
-    names = [output.name for output in profile.outputs]
-    bars = axes.bar(names, [output.gflops for output in profile.outputs], color="tab:blue")
-    axes.bar_label(bars, labels=[f"{percent:.0f}%" for percent in profile.percent_of_main()])
-    axes.set_ylabel("GFLOPs per image")
-    axes.set_title(f"{profile.arch or 'model'}: cost of each output ({profile.input_size}x{profile.input_size})")
-    axes.margins(y=0.15)
-    figure.savefig(path, dpi=120)

@@ -17,15 +17,14 @@ never on the model, so every run is measured on the same images.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 from torch import Tensor
 
-from eed.evaluation import round_floats
+from eed.errors import ConfigError
+from eed.metrics import round_floats
 
 # --------------------------------------------------------------------------- choosing samples
 
@@ -33,7 +32,7 @@ from eed.evaluation import round_floats
 def select_samples(labels: Tensor, count: int, seed: int) -> Tensor:
     """Indices of ``count`` seeded random samples, sorted by class (then by index)."""
     if count > len(labels):
-        raise ValueError(f"asked for {count} samples, the split has {len(labels)}")
+        raise ConfigError(f"eval.rdm_samples: asked for {count} samples, the split has {len(labels)}")
     generator = torch.Generator().manual_seed(seed)
     chosen = torch.randperm(len(labels), generator=generator)[:count].sort().values
     return chosen[torch.sort(labels[chosen], stable=True).indices]
@@ -128,91 +127,14 @@ def compute_rdms(activations: dict[str, Tensor], labels: Tensor, sample_indices:
 def layer_activations(collected: Any, names: Sequence[str], indices: Tensor,
                       classifiers: Sequence[str] = ("main",)) -> dict[str, Tensor]:
     """``{"F_<name>": features, "Z_<name>": logits}`` of the chosen samples for each listed
-    classifier, from a :class:`~eed.evaluation.Collected` gathered ``with_features=True``."""
+    classifier, from a :class:`~eed.engine.loops.Collected` gathered ``with_features=True``."""
     if collected.features is None:
         raise ValueError("collect the outputs with with_features=True to compute RDMs")
     activations = {}
     for name in classifiers:
         if name not in names:
-            raise ValueError(f"unknown classifier {name!r}; this network has {', '.join(names)}")
+            raise ConfigError(f"unknown classifier {name!r}; this network has {', '.join(names)}")
         i = list(names).index(name)
         activations[f"F_{name}"] = collected.features[i][indices]
         activations[f"Z_{name}"] = collected.logits[i][indices]
     return activations
-
-
-# --------------------------------------------------------------------------- the whole command
-
-
-@dataclass
-class RdmRun:
-    result: RdmResult
-    files: list[Path]
-    mlflow_run_id: str | None = None
-
-
-def write_rdm_outputs(result: RdmResult, out_dir: str | Path) -> list[Path]:
-    """``rdm.json`` (summaries) and ``figures/rdm.png`` into ``out_dir``."""
-    from eed.plots import plot_rdms
-
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    metrics_path = out_dir / "rdm.json"
-    metrics_path.write_text(json.dumps(result.metrics(), indent=2) + "\n")
-    return [metrics_path, plot_rdms(result, out_dir / "figures" / "rdm.png")]
-
-
-def read_samples(config: Any, split: str, count: int, seed: int) -> tuple[Any, Tensor]:
-    """The seeded sample of a prepared split, read straight from its ``.beton`` file: only
-    the labels of the whole split, then only the chosen images (as uint8, with the
-    normalization the loaders apply). Returns the :class:`~eed.data.memory.SplitTensors`
-    and the chosen indices."""
-    from eed.data.manifest import load_manifest
-    from eed.data.memory import read_labels, read_split
-
-    labels = torch.from_numpy(read_labels(load_manifest(config).split_path(split)))
-    indices = select_samples(labels, min(count, len(labels)), seed)
-    samples = read_split(config, split, indices=indices.numpy())
-    return samples, indices
-
-
-def run_rdm(source: str, config: Any, out_dir: str | Path, *, split: str = "test",
-            classifiers: Sequence[str] = ("main",), seed: int = 0, log: bool = True,
-            which: str = "best", batch_size: int = 250) -> RdmRun:
-    """``eed rdm``: RDMs of a checkpoint (file or MLflow run id) on ``config.eval.rdm_samples``
-    samples of ``split``, zoomed on ``config.eval.rdm_classes`` classes.
-
-    Only the sampled images are read and run through the network, in float32 (no autocast:
-    correlations of a few hundred samples are cheap, and should not carry bf16 rounding).
-    """
-    from eed.checkpoint import model_from_checkpoint
-    from eed.data.augment import Normalizer
-    from eed.data.manifest import load_manifest
-    from eed.evaluation import check_classes, collect_outputs, log_child_run, resolve_source
-    from eed.tracking import check_tracking_uri, resolve_tracking_uri
-    from eed.train import setup_runtime
-
-    tracking_uri = resolve_tracking_uri(config) if (log or not Path(source).is_file()) else None
-    if log:
-        check_tracking_uri(tracking_uri)
-    resolved = resolve_source(source, tracking_uri, which)
-    manifest = load_manifest(config)
-    check_classes(resolved.checkpoint, manifest.class_names, config.data.dataset)
-    model = model_from_checkpoint(resolved.checkpoint, arch=config.model.arch, num_classes=manifest.num_classes)
-    device = setup_runtime(config.train).device
-    model = model.to(device)
-
-    samples, indices = read_samples(config, split, config.eval.rdm_samples, seed)
-    normalize = Normalizer(samples.normalization, device=device)
-    batches = ((normalize(samples.images[start:start + batch_size].to(device)),
-                samples.labels[start:start + batch_size]) for start in range(0, len(indices), batch_size))
-    collected = collect_outputs(model, batches, device, with_features=True)
-    activations = layer_activations(collected, model.classifier_names(), torch.arange(len(indices)), classifiers)
-    result = compute_rdms(activations, collected.labels, indices, config.eval.rdm_classes, seed)
-    files = write_rdm_outputs(result, out_dir)
-    run_id = None
-    if log:
-        run_id = log_child_run(files, Path(out_dir), {"rdm": result.metrics()}, stage="rdm",
-                               tracking_uri=tracking_uri, parent_run_id=resolved.run_id,
-                               experiment=config.tracking.experiment, split=split, source=resolved.description)
-    return RdmRun(result, files, run_id)

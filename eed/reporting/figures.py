@@ -5,31 +5,35 @@ canvas: no pyplot, so no global state, no display and nothing to close by hand, 
 them safe to draw from a training process or a test.
 
 * :func:`plot_training_curves` — paper Figs. 3 and 5 from a run's metric history
-  (``{"train/acc_main": [(epoch, value), ...], ...}``: what the trainer keeps, or what
-  :func:`eed.evaluation.metric_history` fetches from MLflow);
+  (``{"train/acc_main": [(epoch, value), ...], ...}``, what the trainer keeps);
 * :func:`plot_agreement` — Fig. 2, exit vs main correct/incorrect counts;
 * :func:`plot_anytime` — the early-exit accuracy/GFLOPs curve;
 * :func:`plot_rdms` — Fig. 4, representational dissimilarity matrices;
-* :func:`plot_comparison` — the ``eed compare`` table as accuracy per classifier.
+* :func:`plot_comparison` — the ``eed compare`` table as accuracy per classifier;
+* :func:`plot_flops` — Table III as bars, the cost of each output.
+
+A new figure goes here, drawn from a result object (never recomputing metrics).
 
 Accuracies arrive as fractions and are drawn in percent, like the paper's figures.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from eed.models.multi_exit import output_order
+
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from eed.anytime import AnytimeReport
-    from eed.compare import ComparisonTable
-    from eed.rdm import RdmResult
+    from eed.metrics.anytime import AnytimeReport
+    from eed.metrics.flops import FlopsProfile
+    from eed.metrics.rdm import RdmResult
+    from eed.reporting.comparison import ComparisonTable
 
 History = dict[str, list[tuple[int, float]]]
 
@@ -52,19 +56,12 @@ def save_figure(figure: Figure, path: str | Path) -> Path:
 # --------------------------------------------------------------------------- training curves
 
 
-def _classifier_order(name: str) -> tuple[int, int]:
-    """exit1 < exit2 < ... < main < ensemble."""
-    match = re.fullmatch(r"exit(\d+)", name)
-    if match:
-        return (0, int(match.group(1)))
-    return (1, 0) if name == "main" else (2, 0)
-
-
 def _accuracy_series(history: History, split: str) -> dict[str, tuple[list[int], list[float]]]:
     """``{classifier: (epochs, accuracies in %)}`` for the ``<split>/acc_<classifier>`` metrics."""
     series = {}
     prefix = f"{split}/acc_"
-    for key in sorted((k for k in history if k.startswith(prefix)), key=lambda k: _classifier_order(k[len(prefix):])):
+    keys = [k for k in history if k.startswith(prefix) and output_order(k[len(prefix):]) is not None]
+    for key in sorted(keys, key=lambda k: output_order(k[len(prefix):])):
         points = sorted(history[key])
         if points:
             series[key[len(prefix):]] = ([step for step, _ in points], [100 * value for _, value in points])
@@ -217,4 +214,17 @@ def plot_comparison(table: "ComparisonTable", path: str | Path) -> Path:
     axes.set(ylabel=f"{table.split} accuracy (%)", title="Accuracy per classifier (mean ± std over seeds)")
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
+    return save_figure(figure, path)
+
+
+def plot_flops(profile: "FlopsProfile", path: str | Path) -> Path:
+    """Bar chart of the GFLOPs needed for each output, labelled with % of the main output."""
+    figure = new_figure(5, 3.5)
+    axes = figure.subplots()
+    names = [output.name for output in profile.outputs]
+    bars = axes.bar(names, [output.gflops for output in profile.outputs], color="tab:blue")
+    axes.bar_label(bars, labels=[f"{percent:.0f}%" for percent in profile.percent_of_main()])
+    axes.set_ylabel("GFLOPs per image")
+    axes.set_title(f"{profile.arch or 'model'}: cost of each output ({profile.input_size}x{profile.input_size})")
+    axes.margins(y=0.15)
     return save_figure(figure, path)

@@ -1,0 +1,142 @@
+"""One checkpoint dict (as torchvision's references do), written atomically, loaded safely;
+when a run resumes from one; and what ``eed evaluate``/``eed rdm`` read a network from.
+
+Keys: ``format`` ("eed-checkpoint"), ``version``, ``arch``, ``num_classes``, ``width``,
+``exits`` (False for the baseline), ``class_names``, ``config`` (the resolved config as a
+plain dict), ``epoch`` (epochs completed), ``step_in_epoch``, ``model``, ``optimizer``,
+``scheduler``, ``rng`` (Python, numpy and torch generator states), ``metrics`` (last
+epoch's), ``best_metric`` and ``run_id`` (the tracking run that made it).
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from eed import tracking
+from eed.config import Config
+from eed.errors import CheckpointError
+from eed.models.multi_exit import MultiExitNet
+from eed.models.registry import create_model
+
+FORMAT = "eed-checkpoint"
+# 2: the tracking run id is stored under ``run_id``.
+VERSION = 2
+
+
+def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
+    """Write to a temporary file in the same folder, then rename: never a half-written file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    checkpoint = {"format": FORMAT, "version": VERSION, **checkpoint}
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(checkpoint, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load with ``weights_only=True`` and check that it is an eed checkpoint."""
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as error:  # torch's unpickler raises many types on garbage or truncation
+        raise CheckpointError(f"{path} is not a readable eed checkpoint ({type(error).__name__}: "
+                              f"{str(error).splitlines()[0] if str(error) else ''})") from None
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not an eed checkpoint (no 'format: {FORMAT}' entry)")
+    if checkpoint.get("version") != VERSION:
+        raise CheckpointError(f"{path}: checkpoint version {checkpoint.get('version')} is not supported "
+                              f"(this eed reads version {VERSION})")
+    return checkpoint
+
+
+def model_from_checkpoint(checkpoint: dict[str, Any], *, arch: str | None = None,
+                          num_classes: int | None = None) -> MultiExitNet:
+    """Rebuild the network a checkpoint holds and load its weights.
+
+    ``arch``/``num_classes``, when given, must match: a checkpoint of another architecture or
+    class count is a clear error rather than a shape mismatch deep inside ``load_state_dict``.
+    """
+    if arch is not None and checkpoint["arch"] != arch:
+        raise CheckpointError(f"checkpoint is a {checkpoint['arch']!r} model, expected {arch!r}")
+    if num_classes is not None and checkpoint["num_classes"] != num_classes:
+        raise CheckpointError(f"checkpoint predicts {checkpoint['num_classes']} classes, "
+                              f"but the data has {num_classes}")
+    model = create_model(checkpoint["arch"], checkpoint["num_classes"], checkpoint["width"],
+                         exits=checkpoint["exits"])
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:
+        raise CheckpointError(f"checkpoint weights do not fit {checkpoint['arch']}: "
+                              f"{str(error).splitlines()[0]}") from None
+    return model
+
+
+def check_classes(checkpoint: dict[str, Any], class_names: Sequence[str], dataset: str) -> None:
+    """A checkpoint trained on other classes must not be scored against these labels."""
+    trained = list(checkpoint.get("class_names") or [])
+    # (A different class count alone is caught by model_from_checkpoint's num_classes check.)
+    if trained and trained != list(class_names):
+        differing = next((i for i, (a, b) in enumerate(zip(trained, class_names)) if a != b), None)
+        detail = (f"class {differing} is {trained[differing]!r} in the checkpoint, {class_names[differing]!r} here"
+                  if differing is not None else f"{len(trained)} classes in the checkpoint, {len(class_names)} here")
+        raise CheckpointError(f"the checkpoint was trained on other classes than dataset {dataset!r} ({detail})")
+
+
+# --------------------------------------------------------------------------- resuming
+
+
+def resume_checkpoint(resume: str | Path | bool, last_path: Path, config: Config) -> dict[str, Any] | None:
+    """What a training run continues from. ``resume``: True/"auto" continues ``last_path``
+    when it holds an unfinished run of the same config; a path continues that checkpoint;
+    False/"never" starts fresh."""
+    if resume is False or resume == "never":
+        return None
+    if resume not in (True, "auto"):
+        return load_checkpoint(resume)
+    if not last_path.is_file():
+        return None
+    checkpoint = load_checkpoint(last_path)
+    same = checkpoint["config"] == config.model_dump()
+    unfinished = checkpoint["epoch"] < config.train.epochs or checkpoint.get("step_in_epoch", 0) > 0
+    if resume is True and not same:
+        raise CheckpointError(f"{last_path} was made with another configuration; cannot resume it")
+    return checkpoint if same and unfinished else None
+
+
+# --------------------------------------------------------------------------- sources to evaluate
+
+
+@dataclass
+class ResolvedSource:
+    checkpoint: dict[str, Any]
+    run_id: str | None      # the tracking run that made the checkpoint, if known
+    description: str        # for messages: the file, or "run <id> (checkpoints/best.pt)"
+
+
+def resolve_source(source: str, tracking_uri: str | None, which: str = "best") -> ResolvedSource:
+    """A checkpoint file, or the id of a tracked run whose ``checkpoints/{which}.pt`` (else
+    the other of best/last) is downloaded. Unknown run ids are a :class:`SourceError`."""
+    path = Path(source)
+    looks_like_path = path.suffix == ".pt" or "/" in source or "\\" in source
+    if path.is_file() or (looks_like_path and not tracking.looks_like_run_id(source)) or tracking_uri is None:
+        checkpoint = load_checkpoint(path)  # CheckpointError when missing or not ours
+        return ResolvedSource(checkpoint, checkpoint.get("run_id"), str(path))
+    with tracking.downloaded_checkpoint(tracking_uri, source, which) as (local, name):
+        checkpoint = load_checkpoint(local)
+    return ResolvedSource(checkpoint, source, f"run {source} (checkpoints/{name})")

@@ -1,0 +1,185 @@
+"""The two loops over data, side by side as in torchvision's references: one training epoch
+(:func:`train_one_epoch`) and one pass that keeps every classifier's outputs
+(:func:`collect_outputs`, which validation, evaluation and the RDMs share).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass
+from typing import Callable, ContextManager, Iterable
+
+import torch
+import torch.distributed as dist
+from rich.progress import Progress
+from torch import Tensor, nn
+
+from eed.engine.runtime import Runtime, unwrap
+from eed.errors import NonFiniteLossError
+from eed.metrics.classification import top1_accuracy
+from eed.objectives import ExitEnsembleObjective
+from eed.progress import RefreshClock
+
+
+# --------------------------------------------------------------------------- training
+
+
+@dataclass
+class EpochStats:
+    """Means over the steps run in one epoch (a resumed epoch counts only its remaining steps)."""
+
+    loss_terms: dict[str, float]
+    accuracy: dict[str, float]  # per classifier and "ensemble", on the augmented training batches
+    images: int
+    seconds: float
+    steps_done: int
+    completed: bool
+
+    @property
+    def throughput(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+
+def batch_correct(logits: list[Tensor], target: Tensor) -> Tensor:
+    """Correct predictions of each classifier and of the ensemble (mean logits): shape (k+1,)."""
+    stacked = torch.stack([z.detach().float() for z in logits])
+    ensemble = stacked.mean(0, keepdim=True)
+    predictions = torch.cat([stacked, ensemble]).argmax(-1)
+    return (predictions == target).sum(1)
+
+
+def train_one_epoch(model: nn.Module, objective: ExitEnsembleObjective, loader, optimizer, scheduler,
+                    runtime: Runtime, *, epoch: int, classifier_names: list[str], skip_steps: int = 0,
+                    should_stop: Callable[[], bool] = lambda: False,
+                    progress: Progress | None = None) -> EpochStats:
+    model.train()
+    steps = len(loader)
+    term_sums: dict[str, Tensor] = {}
+    correct = torch.zeros(len(classifier_names) + 1, dtype=torch.long, device=runtime.device)
+    images = 0
+    task = progress.add_task(f"epoch {epoch}", total=steps, completed=skip_steps, info="") if progress else None
+    started = time.perf_counter()
+    clock = RefreshClock()
+    step = skip_steps
+    for step_index, (inputs, target) in enumerate(loader):
+        if step_index < skip_steps:  # resuming mid-epoch: same order, already trained on
+            continue
+        inputs = inputs.to(runtime.device, non_blocking=True)
+        target = target.to(runtime.device, non_blocking=True)
+        if runtime.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        with runtime.autocast():
+            output = model(inputs)
+            result = objective(output, target)
+        loss = result.total
+        if not torch.isfinite(loss):
+            terms = ", ".join(f"{k}={v.item():.4g}" for k, v in result.terms.items())
+            raise NonFiniteLossError(f"non-finite loss {loss.item()} at epoch {epoch}, step {step_index + 1}/{steps} "
+                                     f"({terms}); the last good checkpoint is kept")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        for name, value in result.terms.items():
+            term_sums[name] = term_sums.get(name, 0) + value.detach()
+        term_sums["loss"] = term_sums.get("loss", 0) + loss.detach()
+        correct += batch_correct(output.logits, target)
+        images += target.shape[0]
+        step = step_index + 1
+        if progress is not None and (clock.due() or step == steps):
+            # Rendered here, between steps (see eed.progress); loss.item() waits for the
+            # device, so it too runs only this often.
+            rate = images / max(time.perf_counter() - started, 1e-9)
+            progress.update(task, completed=step, info=f"loss {loss.item():.3f} · {rate:,.0f} img/s", refresh=True)
+        if should_stop():
+            break
+    seconds = time.perf_counter() - started
+    if progress is not None:
+        progress.remove_task(task)
+        progress.refresh()
+    run_steps = max(step - skip_steps, 1)
+    totals = torch.stack([term_sums[k] for k in term_sums]) if term_sums else torch.zeros(0)
+    counts = torch.cat([correct.float(), torch.tensor([float(images)], device=runtime.device)])
+    if runtime.distributed:  # sums over ranks: every rank saw its own shard
+        totals = totals.to(runtime.device)
+        dist.all_reduce(totals)
+        dist.all_reduce(counts)
+        totals /= runtime.world_size
+    all_images = int(counts[-1].item())
+    names = classifier_names + ["ensemble"]
+    return EpochStats(
+        loss_terms={k: float(v) / run_steps for k, v in zip(term_sums, totals.tolist())},
+        accuracy={n: float(c) / max(all_images, 1) for n, c in zip(names, counts[:-1].tolist())},
+        images=all_images, seconds=seconds, steps_done=step, completed=step == steps,
+    )
+
+
+# --------------------------------------------------------------------------- one pass, every output
+
+
+@dataclass
+class Collected:
+    """Every classifier's outputs over a split, on the CPU."""
+
+    logits: Tensor                        # (k, N, C) float32; index -1 = main
+    labels: Tensor                        # (N,) int64
+    features: list[Tensor] | None = None  # F_1..F_k, each (N, D), only when asked for
+    input_shape: tuple[int, ...] = ()     # one image's shape (C, H, W)
+
+    @property
+    def num_classifiers(self) -> int:
+        return self.logits.shape[0]
+
+    @property
+    def num_samples(self) -> int:
+        return self.logits.shape[1]
+
+
+def collect_outputs(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], device: torch.device | str, *,
+                    with_features: bool = False, autocast: Callable[[], ContextManager] | None = None,
+                    channels_last: bool = False) -> Collected:
+    """One forward pass per batch; logits (and features) of every classifier for every sample.
+
+    Outputs stay on ``device`` until the end (no per-batch synchronisation); labels are
+    copied because some loaders reuse their label buffer. ``autocast`` is a callable
+    returning a context manager (e.g. ``Runtime.autocast``); logits are kept in float32.
+    """
+    was_training = model.training
+    model.eval()
+    logit_batches: list[Tensor] = []
+    label_batches: list[Tensor] = []
+    feature_batches: list[list[Tensor]] = []
+    input_shape: tuple[int, ...] = ()
+    try:
+        # no_grad, not inference_mode: FFCV's worker threads write into batch buffers that
+        # would become inference tensors here, and in-place writes to those fail outside it.
+        with torch.no_grad(), (autocast() if autocast else contextlib.nullcontext()):
+            for images, labels in loader:
+                images = images.to(device, non_blocking=True)
+                if channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                input_shape = tuple(images.shape[1:])
+                output = model(images)
+                logit_batches.append(torch.stack(output.logits).float())
+                label_batches.append(labels.to(device, non_blocking=True, copy=True))
+                if with_features:
+                    feature_batches.append([f.float() for f in output.features])
+    finally:
+        model.train(was_training)
+    if not logit_batches:
+        raise ValueError("the loader yielded no batches")
+    features = None
+    if with_features:
+        features = [torch.cat(per_classifier).cpu() for per_classifier in zip(*feature_batches)]
+    return Collected(logits=torch.cat(logit_batches, dim=1).cpu(),
+                     labels=torch.cat(label_batches).long().cpu(),
+                     features=features, input_shape=input_shape)
+
+
+def validate(model: nn.Module, loader, runtime: Runtime, classifier_names: list[str]) -> dict[str, float]:
+    """Top-1 of every classifier and of the ensemble of all of them (mean logits)."""
+    collected = collect_outputs(unwrap(model), loader, runtime.device, autocast=runtime.autocast,
+                                channels_last=runtime.channels_last)
+    accuracies = top1_accuracy(collected.logits, collected.labels)
+    return {name: float(acc) for name, acc in zip(classifier_names + ["ensemble"], accuracies)}

@@ -1,0 +1,206 @@
+"""Training orchestration: ``train(config, out_dir)`` builds the model, loaders and objective
+from the typed config, runs SGD epochs (:func:`eed.engine.loops.train_one_epoch`), validates
+every classifier and their ensemble after each epoch, logs all of it to one MLflow run, and
+writes ``last.pt`` (every ``checkpoint_every`` epochs) and ``best.pt`` (best main-output
+accuracy on the validation split; test accuracy is only reported). The same code runs on CPU
+and CUDA; on CUDA it adds bf16 autocast and channels_last. Under ``torchrun`` it trains with
+DistributedDataParallel.
+"""
+
+from __future__ import annotations
+
+import signal
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from rich.console import Console
+from torch import nn
+
+from eed import data as eed_data
+from eed import tracking
+from eed.config import Config
+from eed.engine.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, resume_checkpoint,
+                                   save_checkpoint)
+from eed.engine.loops import EpochStats, train_one_epoch, validate
+from eed.engine.optim import build_optimizer, build_scheduler
+from eed.engine.runtime import Runtime, restore_rng_state, rng_state, seed_everything, setup_runtime
+from eed.engine.signals import GracefulStop
+from eed.errors import EXIT_CODE_SIGNAL, TrainingInterrupted
+from eed.models.export import servable
+from eed.models.multi_exit import MultiExitNet
+from eed.models.registry import create_model, get_spec
+from eed.objectives import ExitEnsembleObjective
+from eed.progress import progress_bar
+from eed.reporting.figures import plot_training_curves
+from eed.reporting.files import write_training_summary
+
+console = Console(stderr=True)
+
+
+@dataclass
+class TrainResult:
+    run_id: str | None
+    out_dir: Path
+    last_checkpoint: Path
+    best_checkpoint: Path
+    epochs_completed: int
+    history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)
+    test_metrics: dict[str, float] = field(default_factory=dict)
+    model: MultiExitNet | None = None  # the trained network (final weights), for API users
+
+
+def train(config: Config, out_dir: str | Path, *, resume: str | Path | bool = "auto") -> TrainResult:
+    """Train ``config`` and write checkpoints/figures to ``out_dir``; see the module docstring."""
+    out_dir = Path(out_dir)
+    runtime = setup_runtime(config.train)
+    checkpoint_dir = out_dir / "checkpoints"
+    last_path, best_path = checkpoint_dir / "last.pt", checkpoint_dir / "best.pt"
+    resumed = resume_checkpoint(resume, last_path, config)
+
+    tracking_uri = None
+    if config.tracking.enabled and runtime.is_main:
+        tracking_uri = tracking.resolve_tracking_uri(config)
+        tracking.check_tracking_uri(tracking_uri)  # before any expensive work
+    if runtime.is_main:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)  # an unusable folder fails now, not after an epoch
+
+    seed_everything(config.seed + runtime.rank, config.train.deterministic)
+    manifest = eed_data.load_manifest(config)
+    has_val = config.data.val_size > 0
+    train_loader = eed_data.make_loader(config, "train", train=True, device=runtime.device,
+                                        distributed=runtime.distributed)
+    val_loader = eed_data.make_loader(config, "val" if has_val else "test", train=False, device=runtime.device)
+    exits = config.method != "baseline"
+    model = create_model(config.model.arch, manifest.num_classes, config.model.width, exits=exits).to(runtime.device)
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    classifier_names = model.classifier_names()
+    objective = ExitEnsembleObjective(config.method, config.loss, model.num_classifiers)
+    optimizer = build_optimizer(model, config.train)
+    scheduler = build_scheduler(optimizer, config.train, len(train_loader))
+
+    start_epoch, skip_steps, best_metric, run_id = 0, 0, -1.0, None
+    if resumed is not None:
+        if resumed["arch"] != config.model.arch or resumed["num_classes"] != manifest.num_classes:
+            raise CheckpointError(f"cannot resume a {resumed['arch']} checkpoint with {resumed['num_classes']} "
+                                  f"classes into {config.model.arch} with {manifest.num_classes}")
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        restore_rng_state(resumed["rng"])
+        start_epoch, skip_steps = resumed["epoch"], resumed.get("step_in_epoch", 0)
+        best_metric, run_id = resumed.get("best_metric", -1.0), resumed.get("run_id")
+        console.print(f"[cyan]Resuming from epoch {start_epoch}"
+                      + (f", step {skip_steps}" if skip_steps else "") + f" ({last_path})")
+
+    train_model: nn.Module = model
+    if runtime.distributed:
+        train_model = nn.parallel.DistributedDataParallel(
+            model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
+    if config.train.compile:
+        train_model = torch.compile(train_model)
+
+    logger = tracking.MlflowLogger.for_training(config, tracking_uri, run_id) if tracking_uri else None
+    history: dict[str, list[tuple[int, float]]] = logger.history() if logger else {}
+
+    def checkpoint_dict(epoch: int, step_in_epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
+        return {
+            "arch": config.model.arch, "num_classes": manifest.num_classes, "width": config.model.width,
+            "exits": exits, "class_names": list(manifest.class_names), "config": config.model_dump(),
+            "epoch": epoch, "step_in_epoch": step_in_epoch, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
+            "metrics": metrics, "best_metric": best_metric, "run_id": logger.run_id if logger else None,
+        }
+
+    train_loader.warmup(console=console)  # FFCV's one-off JIT compile, kept out of epoch timings
+    val_split = "val" if has_val else "test"
+    epoch = start_epoch
+    try:
+        with GracefulStop(console) as stop, progress_bar(console, runtime.is_main) as progress:
+            for epoch in range(start_epoch + 1, config.train.epochs + 1):
+                train_loader.set_epoch(epoch)
+                stats = train_one_epoch(train_model, objective, train_loader, optimizer, scheduler, runtime,
+                                        epoch=epoch, classifier_names=classifier_names,
+                                        skip_steps=skip_steps if epoch == start_epoch + 1 else 0,
+                                        should_stop=stop.requested, progress=progress)
+                if not stats.completed:  # a signal arrived mid-epoch
+                    if runtime.is_main:
+                        save_checkpoint(checkpoint_dict(epoch - 1, stats.steps_done, {}), last_path)
+                    if logger:
+                        logger.finish("KILLED")
+                    name = signal.Signals(stop.signal).name
+                    raise TrainingInterrupted(f"{name} at epoch {epoch}, step {stats.steps_done}: checkpoint "
+                                              f"written to {last_path}; re-run to resume", EXIT_CODE_SIGNAL[stop.signal])
+                if runtime.distributed:  # BN statistics drift per rank after the last step: take rank 0's
+                    for buffer in model.buffers():
+                        dist.broadcast(buffer, src=0)
+                val = validate(train_model, val_loader, runtime, classifier_names)
+                metrics = _epoch_metrics(stats, val, val_split, optimizer)
+                if logger:
+                    logger.log_metrics(metrics, epoch)
+                for name, value in metrics.items():
+                    history.setdefault(name, []).append((epoch, value))
+                if runtime.is_main:
+                    console.print(_epoch_line(epoch, config.train.epochs, metrics, val_split))
+                    # Select on the validation split only; without one, the last epoch is "best".
+                    if not has_val or val["main"] > best_metric:
+                        best_metric = val["main"]
+                        save_checkpoint(checkpoint_dict(epoch, 0, metrics), best_path)
+                    if epoch % config.train.checkpoint_every == 0 or epoch == config.train.epochs:
+                        save_checkpoint(checkpoint_dict(epoch, 0, metrics), last_path)
+        result = TrainResult(logger.run_id if logger else None, out_dir, last_path, best_path, epoch, history,
+                             model=model)
+        if runtime.is_main:
+            result.test_metrics = _final_test(config, runtime, best_path, classifier_names)
+            write_training_summary(result.history, result.test_metrics, result.epochs_completed, out_dir)
+            figures = plot_training_curves(result.history, out_dir / "figures")
+            if logger:
+                _log_results(logger, result, figures, config)
+        return result
+    except TrainingInterrupted:
+        raise  # the run already ended KILLED
+    except BaseException:
+        if logger:
+            logger.finish("FAILED")
+        raise
+    finally:
+        if runtime.distributed and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _final_test(config: Config, runtime: Runtime, best_path: Path, names: list[str]) -> dict[str, float]:
+    """Test accuracy of the selected (best-on-validation) weights; reported, never used to choose."""
+    model = model_from_checkpoint(load_checkpoint(best_path)).to(runtime.device)
+    test_loader = eed_data.make_loader(config, "test", train=False, device=runtime.device)
+    accuracy = validate(model, test_loader, runtime, names)
+    return {f"test/acc_{name}": value for name, value in accuracy.items()}
+
+
+def _log_results(logger: tracking.MlflowLogger, result: TrainResult, figures: list[Path], config: Config) -> None:
+    """The end of a training run: test metrics, figures, checkpoints, the model; FINISHED."""
+    logger.log_metrics(result.test_metrics, result.epochs_completed)
+    for figure in figures:
+        logger.log_artifact(figure, "figures")
+    for checkpoint in (result.last_checkpoint, result.best_checkpoint):
+        logger.log_artifact(checkpoint, "checkpoints")
+    logger.log_model(*servable(result.model, get_spec(config.model.arch).input_size))
+    logger.finish("FINISHED")
+
+
+def _epoch_metrics(stats: EpochStats, val: dict[str, float], split: str, optimizer) -> dict[str, float]:
+    metrics = {f"train/{'loss' if k == 'loss' else 'loss_' + k}": v for k, v in stats.loss_terms.items()}
+    metrics.update({f"train/acc_{k}": v for k, v in stats.accuracy.items()})
+    metrics.update({f"{split}/acc_{k}": v for k, v in val.items()})
+    metrics["lr"] = optimizer.param_groups[0]["lr"]
+    metrics["epoch_time_s"] = stats.seconds
+    metrics["throughput_img_s"] = stats.throughput
+    return metrics
+
+
+def _epoch_line(epoch: int, epochs: int, metrics: dict[str, float], split: str) -> str:
+    accs = " ".join(f"{k.split('acc_')[1]} {v:.3f}" for k, v in metrics.items() if k.startswith(f"{split}/acc_"))
+    return (f"epoch {epoch}/{epochs}  loss {metrics['train/loss']:.3f}  {split}: {accs}  "
+            f"({metrics['epoch_time_s']:.0f} s, {metrics['throughput_img_s']:,.0f} img/s)")

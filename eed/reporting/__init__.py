@@ -1,0 +1,1 @@
+"""What people read: figures, Rich tables, the files DVC shows, the comparison tables."""

@@ -1,0 +1,85 @@
+"""The files the stages write for DVC and people: ``metrics.json`` (DVC metrics),
+``history.csv`` and ``anytime.csv`` (DVC plots), ``flops.json``, ``rdm.json`` and the
+figures beside them. Each writer takes a result object and returns the paths it wrote."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from eed.reporting.figures import plot_agreement, plot_anytime, plot_flops, plot_rdms
+
+if TYPE_CHECKING:
+    from eed.metrics.anytime import AnytimeReport
+    from eed.metrics.flops import FlopsProfile
+    from eed.metrics.rdm import RdmResult
+    from eed.metrics.summary import EvaluationReport
+
+History = dict[str, list[tuple[int, float]]]
+
+
+def write_json(data: Any, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+    return path
+
+
+def write_training_summary(history: History, test_metrics: dict[str, float], epochs: int, out_dir: Path) -> list[Path]:
+    """``metrics.json`` (final test accuracy of the selected weights, last epoch's values) and
+    ``history.csv`` (one row per epoch), the files DVC shows as metrics and plots."""
+    last = {name: points[-1][1] for name, points in history.items() if points}
+    summary = {"test": {k.split("/", 1)[1]: v for k, v in test_metrics.items()},
+               "last_epoch": {k.replace("/", "_"): v for k, v in last.items()},
+               "epochs": epochs}
+    metrics_path = write_json(summary, out_dir / "metrics.json")
+    all_epochs = sorted({step for points in history.values() for step, _ in points})
+    columns = sorted(history)
+    history_path = out_dir / "history.csv"
+    with open(history_path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["epoch", *[c.replace("/", "_") for c in columns]])
+        values = {c: dict(history[c]) for c in columns}
+        for epoch in all_epochs:
+            writer.writerow([epoch, *[values[c].get(epoch, "") for c in columns]])
+    return [metrics_path, history_path]
+
+
+def write_anytime_csv(report: "AnytimeReport", path: Path) -> Path:
+    """One row per threshold: threshold, gflops, accuracy, frac_<classifier>... (for ``dvc plots``)."""
+    rows = report.curve.rows()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
+        writer.writeheader()
+        for row in rows:
+            writer.writerow({key: f"{value:.6g}" for key, value in row.items()})
+    return path
+
+
+def write_evaluation_outputs(report: "EvaluationReport", out_dir: str | Path) -> list[Path]:
+    """``metrics.json``, ``anytime.csv`` and ``figures/*.png`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    figures = out_dir / "figures"
+    written = [write_json(report.metrics(), out_dir / "metrics.json")]
+    if len(report.names) > 1:
+        written.append(plot_agreement(report.agreement, report.names[:-1], figures / "agreement.png"))
+    if report.anytime is not None:
+        written.append(write_anytime_csv(report.anytime, out_dir / "anytime.csv"))
+        written.append(plot_anytime(report.anytime, figures / "anytime.png"))
+    return written
+
+
+def write_flops_outputs(profile: "FlopsProfile", out_dir: str | Path) -> list[Path]:
+    """``flops.json`` (every output's cost and the per-module parts) and ``flops.png``."""
+    out_dir = Path(out_dir)
+    return [write_json(profile.to_dict(), out_dir / "flops.json"), plot_flops(profile, out_dir / "flops.png")]
+
+
+def write_rdm_outputs(result: "RdmResult", out_dir: str | Path) -> list[Path]:
+    """``rdm.json`` (summaries) and ``figures/rdm.png`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    return [write_json(result.metrics(), out_dir / "rdm.json"),
+            plot_rdms(result, out_dir / "figures" / "rdm.png")]

@@ -1,0 +1,92 @@
+"""The Rich tables the commands print: an evaluation report, Table III of one architecture,
+the backbone registry and the RDM summaries (the comparison table draws itself,
+:meth:`eed.reporting.comparison.ComparisonTable.rich_table`). Accuracies show in percent."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from eed.metrics.flops import BackboneSummary, FlopsProfile
+    from eed.metrics.rdm import RdmResult
+    from eed.metrics.summary import EvaluationReport
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.2f}"
+
+
+def evaluation_tables(report: "EvaluationReport") -> list[Table]:
+    """Rich tables: per-output metrics, exit/main agreement, early-exit budgets."""
+    costs = report.anytime.costs.standalone if report.anytime else None
+    outputs = Table(title=f"{report.split} split: {report.num_samples} samples (accuracy, ECE in %)")
+    for column in ("output", "top-1", "top-5", "ECE", "running ens. top-1", "GFLOPs"):
+        outputs.add_column(column, justify="left" if column == "output" else "right")
+    best = max(o.top1 for o in report.outputs)
+    for i, output in enumerate(report.outputs):
+        running = _pct(report.running[i].top1) if i < len(report.running) else ""
+        gflops = f"{costs[i]:.4f}" if costs and i < len(costs) else ""
+        top1 = _pct(output.top1)
+        outputs.add_row(output.name, f"[bold]{top1}[/]" if output.top1 == best else top1, _pct(output.top5),
+                        _pct(output.ece), running, gflops)
+    tables = [outputs]
+    if len(report.names) > 1:
+        agreement = Table(title="Exit vs main (Fig. 2): sample counts")
+        for column in ("exit", "both correct", "exit only", "main only", "both wrong"):
+            agreement.add_column(column, justify="left" if column == "exit" else "right")
+        for name, matrix in zip(report.names, report.agreement.tolist()):
+            agreement.add_row(name, *(str(v) for v in (matrix[0][0], matrix[0][1], matrix[1][0], matrix[1][1])))
+        tables.append(agreement)
+    if report.anytime is not None and report.anytime.budgets:
+        fit_split = report.anytime.fit_split
+        budgets = Table(title=f"Early exit within a budget (threshold fitted on {fit_split})")
+        columns = ["budget GFLOPs", "threshold", f"{report.split} GFLOPs", f"{report.split} top-1"]
+        show_fit = fit_split != report.split  # the fitting split's accuracy, when it is another one
+        for column in columns + ([f"{fit_split} top-1"] if show_fit else []):
+            budgets.add_column(column, justify="right")
+        for fit in report.anytime.budgets:
+            row = [f"{fit.budget:g}", "infeasible" if fit.threshold is None else f"{fit.threshold:.3f}",
+                   "—" if fit.gflops is None else f"{fit.gflops:.4f}", _pct(fit.accuracy)]
+            budgets.add_row(*row, *([_pct(fit.fit_accuracy)] if show_fit else []))
+        tables.append(budgets)
+    return tables
+
+
+def flops_table(profile: "FlopsProfile") -> Table:
+    """Table III for one architecture: GFLOPs, parameters and share of the main output."""
+    size = profile.input_size
+    table = Table(title=f"{profile.arch}: width {profile.width}, {profile.num_classes} classes, {size}x{size} input")
+    for column in ("output", "GFLOPs", "params (M)", "% of main"):
+        table.add_column(column, justify="left" if column == "output" else "right")
+    for output, percent in zip(profile.outputs, profile.percent_of_main()):
+        table.add_row(output.name, f"{output.gflops:.3f}", f"{output.params / 1e6:.2f}", f"{percent:.1f}")
+    return table
+
+
+def backbones_table(rows: Sequence["BackboneSummary"]) -> Table:
+    """``eed models``: one row per registered backbone."""
+    table = Table(title="Registered backbones (params include the exits; CIFAR: 100 classes, ImageNet: 1000)")
+    for column in ("name", "family", "input", "exits", "width", "params (M)", "main GFLOPs"):
+        table.add_column(column, justify="left" if column in ("name", "family") else "right")
+    for row in rows:
+        if row.error:
+            table.add_row(row.name, row.family, str(row.input_size), "-", str(row.width), "-", f"[red]{row.error}[/]")
+        else:
+            table.add_row(row.name, row.family, str(row.input_size), str(row.num_exits), str(row.width),
+                          f"{row.params / 1e6:.2f}", f"{row.main_gflops:.3f}")
+    return table
+
+
+def rdm_table(result: "RdmResult", split: str) -> Table:
+    """Within-class, between-class dissimilarity and their ratio, per layer."""
+    table = Table(title=f"RDMs of {len(result.labels)} {split} samples (1 - Pearson r)",
+                  caption="ratio = between / within: higher = more class-specific representations")
+    for column in ("layer", "samples", "within", "between", "ratio"):
+        table.add_column(column, justify="left" if column in ("layer", "samples") else "right")
+    for scope, summaries in (("all", result.summaries), ("subset", result.subset_summaries)):
+        for layer, summary in summaries.items():
+            table.add_row(layer, scope, *("—" if v is None else f"{v:.4f}"
+                                          for v in (summary.within, summary.between, summary.ratio)))
+    return table

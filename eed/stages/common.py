@@ -1,0 +1,67 @@
+"""What several stages share: option checks, the default source, a checkpoint's network."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+from rich.console import Console
+
+from eed import data as eed_data
+from eed import tracking
+from eed.config import Config
+from eed.engine.checkpoint import ResolvedSource, check_classes, model_from_checkpoint, resolve_source
+from eed.errors import ConfigError
+from eed.models.multi_exit import MultiExitNet
+
+SPLITS = ("test", "val")
+CHECKPOINTS = ("best", "last")
+
+
+# soft_wrap: a message holding a path is never broken across lines (tables still fit the width).
+def stdout() -> Console:
+    return Console(soft_wrap=True)
+
+
+def stderr() -> Console:
+    return Console(stderr=True, soft_wrap=True)
+
+
+def choice(option: str, value: str, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise ConfigError(f"{option} must be one of {', '.join(allowed)}, got {value!r}")
+    return value
+
+
+def default_source(config: Config) -> str:
+    """The train stage's selected checkpoint."""
+    return str(Path(config.paths.out_dir) / "train" / "checkpoints" / "best.pt")
+
+
+def source_model(source: str, config: Config, log: bool, which: str) -> tuple[str | None, ResolvedSource,
+                                                                               MultiExitNet]:
+    """The tracking URI (checked before any pass over data when logging), the resolved
+    source and its network, checked against the configured network and dataset."""
+    choice("--checkpoint", which, CHECKPOINTS)
+    tracking_uri = tracking.resolve_tracking_uri(config) if (log or not Path(source).is_file()) else None
+    if log:
+        tracking.check_tracking_uri(tracking_uri)
+    resolved = resolve_source(source, tracking_uri, which)
+    manifest = eed_data.load_manifest(config)
+    check_classes(resolved.checkpoint, manifest.class_names, config.data.dataset)
+    model = model_from_checkpoint(resolved.checkpoint, arch=config.model.arch, num_classes=manifest.num_classes)
+    return tracking_uri, resolved, model
+
+
+def log_stage_run(name: str, tracking_uri: str, config: Config, source: ResolvedSource, split: str,
+                  metrics: Mapping[str, Any], files: Sequence[Path], out_dir: Path) -> str:
+    """A stage's results as the run ``name``, nested under the training run that made the
+    checkpoint (stand-alone in the configured experiment when that run is unknown): the
+    metrics at step 0 and every file, kept at its path relative to ``out_dir``."""
+    stage_run = tracking.MlflowLogger.for_stage(tracking_uri, name, parent_run_id=source.run_id,
+                                                experiment=config.tracking.experiment,
+                                                tags={"split": split, "source": source.description})
+    with tracking.logged_run(stage_run):
+        stage_run.log_metrics(metrics, step=0)
+        stage_run.log_artifacts(files, out_dir)
+    return stage_run.run_id

@@ -1,0 +1,48 @@
+"""``eed compare``: tracked training runs as the paper's Tables I/II."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+from eed import tracking
+from eed.config import Config
+from eed.errors import TrackingError
+from eed.reporting.comparison import ComparisonTable, build_table, parse_tags
+from eed.reporting.figures import plot_comparison
+from eed.stages.common import SPLITS, choice, stdout
+
+
+def compare(config: Config, experiments: Sequence[str] = (), *, tags: Sequence[str] = (),
+            run_ids: Sequence[str] = (), split: str = "test",
+            out: Path | None = None) -> tuple[ComparisonTable, list[Path]]:
+    """``eed compare``: tracked training runs as the paper's Tables I/II, printed and written
+    to ``comparison.md``, ``comparison.csv`` and ``figures/comparison.png`` in ``out``."""
+    split = choice("--split", split, SPLITS)
+    tag_filter = parse_tags(tags)
+    experiments = [] if run_ids else list(experiments or [config.tracking.experiment])
+    tracking_uri = tracking.resolve_tracking_uri(config)
+    runs = tracking.find_runs(tracking_uri, experiments=experiments, tags=tag_filter, run_ids=run_ids)
+    table = build_table(runs, split)
+    if not table.rows:
+        selection = (f"run ids {', '.join(run_ids)}" if run_ids else
+                     f"experiments {', '.join(experiments) or '(all)'}"
+                     + (f" with tags {tag_filter}" if tag_filter else ""))
+        raise TrackingError(f"no finished training runs with {split}/acc_main metrics among {selection} "
+                                     f"({len(runs)} runs found)")
+    out_dir = Path(out or Path(config.paths.out_dir) / "compare")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    markdown = out_dir / "comparison.md"
+    markdown.write_text(table.to_markdown())
+    files = [markdown, table.write_csv(out_dir / "comparison.csv"),
+             plot_comparison(table, out_dir / "figures" / "comparison.png")]
+
+    console = stdout()
+    console.print(table.rich_table())
+    for warning in table.warnings():
+        console.print(f"[yellow]note:[/] {warning}")
+    if table.skipped:
+        console.print(f"[yellow]note:[/] skipped {len(table.skipped)} runs without {split}/acc_main "
+                      f"(unfinished or failed)")
+    console.print(f"Wrote {', '.join(str(f) for f in files)}")
+    return table, files

@@ -1,0 +1,97 @@
+"""``eed evaluate`` and the evaluate stage: every exit, the ensembles, calibration,
+agreement and the early-exit curve of a checkpoint."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from eed import data as eed_data
+from eed.config import Config
+from eed.engine.checkpoint import ResolvedSource
+from eed.engine.loops import Collected, collect_outputs
+from eed.engine.runtime import setup_runtime
+from eed.metrics.anytime import AnytimeReport, ClassifierCosts, analyze, threshold_grid
+from eed.metrics.flops import profile_model
+from eed.metrics.summary import EvaluationReport, summarize
+from eed.models.multi_exit import MultiExitNet
+from eed.progress import progress_bar, tracked
+from eed.reporting import tables
+from eed.reporting.files import write_evaluation_outputs
+from eed.stages.common import SPLITS, choice, default_source, log_stage_run, source_model, stderr, stdout
+
+
+@dataclass
+class EvaluationResult:
+    report: EvaluationReport
+    files: list[Path]
+    source: ResolvedSource
+    run_id: str | None = None  # the evaluate run, when logged
+
+
+def evaluate(config: Config, source: str | None = None, *, split: str | None = None, out: Path | None = None,
+             which: str = "best", log: bool = True) -> EvaluationResult:
+    """``eed evaluate`` and the evaluate stage: score a checkpoint (file or MLflow run id) on
+    a split of the configured dataset, write the outputs to ``out`` and (``log``) log them as
+    a child run of the training run."""
+    source = source or default_source(config)
+    split = choice("--split", split or config.eval.split, SPLITS)
+    out_dir = Path(out or Path(config.paths.out_dir) / "evaluate")
+    log = log and config.tracking.enabled
+    out_dir.mkdir(parents=True, exist_ok=True)  # an unusable folder fails now, not after the pass
+    tracking_uri, resolved, model = source_model(source, config, log, which)
+    runtime = setup_runtime(config.train)
+    model = model.to(runtime.device)
+    if runtime.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    names = model.classifier_names()
+    console = stderr()
+
+    def collect(name: str) -> Collected:
+        loader = eed_data.make_loader(config, name, train=False, device=runtime.device)
+        with progress_bar(console) as progress:
+            batches = tracked(loader, progress, f"evaluating on {name}", len(loader))
+            return collect_outputs(model, batches, runtime.device, autocast=runtime.autocast,
+                                   channels_last=runtime.channels_last)
+
+    collected = collect(split)
+    report = summarize(collected, names, split, config.eval.ece_bins)
+    # A baseline's curve is the main output alone: one point, but the same files for DVC.
+    report.anytime = _anytime(model, collected, names, config, split, collect, report.notes)
+    if model.num_classifiers == 1:
+        report.notes.append("no exits (baseline): no agreement matrices; the early-exit curve is one point")
+    files = write_evaluation_outputs(report, out_dir)
+
+    run_id = None
+    if log:
+        run_id = log_stage_run("evaluate", tracking_uri, config, resolved, split, report.metrics(), files, out_dir)
+
+    printer = stdout()
+    for table in tables.evaluation_tables(report):
+        printer.print(table)
+    for note in report.notes:
+        printer.print(f"[yellow]note:[/] {note}")
+    printer.print(f"Wrote {len(files)} files to {out_dir}")
+    if run_id:
+        printer.print(f"MLflow run: {run_id}", highlight=False)
+    return EvaluationResult(report, files, resolved, run_id)
+
+
+def _anytime(model: MultiExitNet, collected: Collected, names: list[str], config: Config, split: str,
+             collect: Callable[[str], Collected], notes: list[str]) -> AnytimeReport:
+    """Early-exit curve on ``split``; budget thresholds fitted on the validation split."""
+    costs = ClassifierCosts.from_profile(profile_model(model, collected.input_shape[-1]))
+    fit_logits = fit_labels = fit_split = None
+    if config.eval.budgets:
+        if split == "val":
+            fit_logits, fit_labels, fit_split = collected.logits, collected.labels, "val"
+        elif config.data.val_size > 0:
+            validation = collect("val")
+            fit_logits, fit_labels, fit_split = validation.logits, validation.labels, "val"
+        else:
+            notes.append("budgets not fitted: data.val_size is 0, so there is no validation split to fit on")
+    return analyze(collected.logits, collected.labels, costs, threshold_grid(config.eval.thresholds), names,
+                   config.eval.budgets, fit_logits, fit_labels, fit_split)

@@ -1,0 +1,70 @@
+"""``eed rdm`` and the rdm stage: representational dissimilarity matrices (paper Fig. 4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import torch
+
+from eed import data as eed_data
+from eed.config import Config
+from eed.data.augment import Normalizer
+from eed.engine.loops import collect_outputs
+from eed.engine.runtime import setup_runtime
+from eed.metrics.rdm import RdmResult, compute_rdms, layer_activations, select_samples
+from eed.reporting import tables
+from eed.reporting.files import write_rdm_outputs
+from eed.stages.common import SPLITS, choice, default_source, log_stage_run, source_model, stdout
+
+
+@dataclass
+class RdmRun:
+    result: RdmResult
+    files: list[Path]
+    run_id: str | None = None
+
+
+def rdm(config: Config, source: str | None = None, *, split: str = "test", classifiers: Sequence[str] = ("main",),
+        seed: int = 0, out: Path | None = None, which: str = "best", log: bool = True,
+        batch_size: int = 250) -> RdmRun:
+    """``eed rdm`` and the rdm stage: RDMs of a checkpoint (file or MLflow run id) on
+    ``eval.rdm_samples`` samples of ``split``, zoomed on ``eval.rdm_classes`` classes.
+
+    Only the sampled images are read and run through the network, in float32 (no autocast:
+    correlations of a few hundred samples are cheap, and should not carry bf16 rounding).
+    The samples' seed stays fixed (not the run's ``seed``), so every run is compared on the
+    same images.
+    """
+    source = source or default_source(config)
+    split = choice("--split", split, SPLITS)
+    classifiers = ["main", *[c for c in classifiers if c != "main"]]
+    out_dir = Path(out or Path(config.paths.out_dir) / "rdm")
+    log = log and config.tracking.enabled
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tracking_uri, resolved, model = source_model(source, config, log, which)
+    device = setup_runtime(config.train).device
+    model = model.to(device)
+
+    labels = torch.from_numpy(eed_data.read_labels(eed_data.load_manifest(config).split_path(split)))
+    indices = select_samples(labels, min(config.eval.rdm_samples, len(labels)), seed)
+    samples = eed_data.read_split(config, split, indices=indices.numpy())
+    normalize = Normalizer(samples.normalization, device=device)
+    batches = ((normalize(samples.images[start:start + batch_size].to(device)),
+                samples.labels[start:start + batch_size]) for start in range(0, len(indices), batch_size))
+    collected = collect_outputs(model, batches, device, with_features=True)
+    activations = layer_activations(collected, model.classifier_names(), torch.arange(len(indices)), classifiers)
+    result = compute_rdms(activations, collected.labels, indices, config.eval.rdm_classes, seed)
+    files = write_rdm_outputs(result, out_dir)
+
+    run_id = None
+    if log:
+        run_id = log_stage_run("rdm", tracking_uri, config, resolved, split, {"rdm": result.metrics()}, files, out_dir)
+
+    console = stdout()
+    console.print(tables.rdm_table(result, split))
+    console.print(f"Wrote {', '.join(str(f) for f in files)}")
+    if run_id:
+        console.print(f"MLflow run: {run_id}", highlight=False)
+    return RdmRun(result, files, run_id)

@@ -1,0 +1,26 @@
+"""``eed train`` and the train stage."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from eed.config import Config
+from eed.engine.runtime import relaunch_under_torchrun
+from eed.engine.trainer import TrainResult
+from eed.engine.trainer import train as run_training
+from eed.stages.common import stdout
+
+
+def train(config: Config, *, out: Path | None = None, resume: str = "auto",
+          argv: list[str] | None = None) -> TrainResult:
+    """``eed train`` and the train stage. With ``train.nproc > 1`` outside torchrun, this
+    process is replaced by torchrun running the same command (``argv``, default sys.argv)."""
+    relaunch_under_torchrun(config.train.nproc, argv)
+    result = run_training(config, out or Path(config.paths.out_dir) / "train", resume=resume)
+    if result.test_metrics:  # only the main process reports
+        console = stdout()
+        for name, value in result.test_metrics.items():
+            console.print(f"{name}: {value:.4f}", highlight=False)
+        if result.run_id:
+            console.print(f"MLflow run: {result.run_id}", highlight=False)
+    return result
