@@ -252,7 +252,7 @@ def run(args: argparse.Namespace) -> common.Result:
                 else:
                     elapsed, _ = common.timed(lambda: bare(name, variants[name]))
                 seconds[name].append(elapsed)
-    logger.end("FINISHED")
+    logger.finish("FINISHED")
 
     images = steps * batch
     ratio = [b / p for b, p in zip(seconds["bare"], seconds["project"])]

@@ -333,8 +333,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         raise ConfigError(_format_validation_error(error, source)) from None
 
 
-def flatten(config: Config) -> dict[str, str]:
-    """``{"train.lr": "0.1", ...}``: the form MLflow params take."""
+def flatten(config: Config | dict[str, Any]) -> dict[str, str]:
+    """``{"train.lr": "0.1", ...}``: the form MLflow params take (also of a ``model_dump()``)."""
     flat: dict[str, str] = {}
 
     def walk(prefix: str, value: Any) -> None:
@@ -344,8 +344,31 @@ def flatten(config: Config) -> dict[str, str]:
         else:
             flat[prefix] = "null" if value is None else str(value)
 
-    walk("", config.model_dump())
+    walk("", config if isinstance(config, dict) else config.model_dump())
     return flat
+
+
+# Keys (or whole sections) that cannot change the weights a training run ends with, nor the
+# metrics it reports; every other key shapes the training trajectory.
+NON_TRAINING_KEYS: dict[str, str] = {
+    "data.root": "where the raw files are read from; the manifest checks what they hold",
+    "data.prepared_dir": "where the .beton files are kept",
+    "data.num_workers": "loader threads deliver the same batches",
+    "train.checkpoint_every": "how often last.pt is written",
+    "eval": "read by the evaluate and rdm stages, after training",
+    "tracking": "where the run is logged",
+    "paths": "where the outputs are written",
+}
+
+
+def is_training_key(key: str) -> bool:
+    """Whether a flattened key (``train.lr``) can change what training produces."""
+    return not any(key == k or key.startswith(k + ".") for k in NON_TRAINING_KEYS)
+
+
+def training_settings(config: Config | dict[str, Any]) -> dict[str, str]:
+    """The flattened keys of ``config`` that shape the training trajectory."""
+    return {key: value for key, value in flatten(config).items() if is_training_key(key)}
 
 
 def to_yaml(config: Config) -> str:

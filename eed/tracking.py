@@ -235,9 +235,11 @@ class MlflowLogger:
             folder = Path(path).relative_to(root).parent
             self.log_artifact(path, None if folder == Path(".") else folder.as_posix())
 
-    def log_model(self, model: "nn.Module", example: Any, requirements: Sequence[str]) -> None:
+    def log_model(self, model: "nn.Module", example: Any, requirements: Sequence[str],
+                  metadata: Mapping[str, Any] | None = None) -> None:
         """Log ``model`` (tensor in, tensor out) with ``mlflow.pytorch.log_model`` in the pt2
-        (torch.export) format, its signature inferred from ``example``."""
+        (torch.export) format, its signature inferred from ``example``; ``metadata`` goes into
+        the model's MLmodel file (e.g. which checkpoint and epoch the weights are)."""
         import mlflow
         import torch
         from mlflow.models import infer_signature
@@ -246,7 +248,7 @@ class MlflowLogger:
             output = model(torch.from_numpy(example)).numpy()
         with using_tracking_uri(self.tracking_uri), mlflow.start_run(run_id=self.run_id, log_system_metrics=False):
             mlflow.pytorch.log_model(model, name="model", input_example=example,
-                                     signature=infer_signature(example, output),
+                                     signature=infer_signature(example, output), metadata=dict(metadata or {}),
                                      pip_requirements=[*requirements, f"mlflow=={mlflow.__version__}"])
 
     def history(self, prefixes: Sequence[str] = ()) -> dict[str, list[tuple[int, float]]]:
@@ -316,6 +318,7 @@ class RunRecord:
     params: dict[str, str]
     tags: dict[str, str]
     metrics: dict[str, float]  # last logged value of each metric
+    status: str = "FINISHED"  # MLflow's RUNNING, SCHEDULED, FINISHED, FAILED or KILLED
 
 
 def _filter_string(tags: Mapping[str, str]) -> str:
@@ -336,7 +339,8 @@ def find_runs(tracking_uri: str, *, experiments: Sequence[str] = (), tags: Mappi
     client = _client(tracking_uri)
 
     def record(run: Any) -> RunRecord:
-        return RunRecord(run.info.run_id, dict(run.data.params), dict(run.data.tags), dict(run.data.metrics))
+        return RunRecord(run.info.run_id, dict(run.data.params), dict(run.data.tags), dict(run.data.metrics),
+                         run.info.status)
 
     tags = dict(tags or {})
     if run_ids:

@@ -8,6 +8,7 @@ import ast
 from pathlib import Path
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "eed"
@@ -18,14 +19,32 @@ def module_name(path: Path, root: Path) -> str:
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
-def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
+def _type_checking_only(tree: ast.AST) -> set[int]:
+    """ids of the nodes under ``if TYPE_CHECKING:``: imports that never run."""
+    skipped: set[int] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+            skipped |= {id(child) for statement in node.body for child in ast.walk(statement)}
+    return skipped
+
+
+def import_graph(package: Path = PACKAGE, *, runtime: bool = False) -> dict[str, set[str]]:
     """``{module: {modules of the package it imports}}``, from every import statement anywhere
-    in each file (module level, inside functions, under ``if TYPE_CHECKING``)."""
+    in each file (module level, inside functions, under ``if TYPE_CHECKING``). ``runtime``: only
+    the imports that run, and a package with a lazy ``__getattr__`` (PEP 562) counts as
+    importing all of its submodules."""
     modules = {module_name(path, package.parent): path for path in package.rglob("*.py")}
     graph: dict[str, set[str]] = {name: set() for name in modules}
     for name, path in modules.items():
         is_package = path.name == "__init__.py"
-        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        tree = ast.parse(path.read_text(), str(path))
+        skipped = _type_checking_only(tree) if runtime else set()
+        if runtime and is_package and any(isinstance(node, ast.FunctionDef) and node.name == "__getattr__"
+                                          for node in tree.body):
+            graph[name] |= {m for m in modules if m.rsplit(".", 1)[0] == name}
+        for node in ast.walk(tree):
+            if id(node) in skipped:
+                continue
             targets: list[str] = []
             if isinstance(node, ast.Import):
                 targets = [alias.name for alias in node.names]
@@ -82,6 +101,11 @@ def test_the_cycle_finder_finds_cycles(tmp_path):
     assert find_cycle(graph) == ["eed.a", "eed.sub.b", "eed.sub.c", "eed.a"]
     (package / "sub" / "c.py").write_text("import os\n")
     assert find_cycle(import_graph(package)) is None
+    # At run time, a TYPE_CHECKING import does not run; a lazy package imports its submodules.
+    (package / "a.py").write_text("from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    from eed.sub import b\n")
+    (package / "sub" / "__init__.py").write_text("def __getattr__(name):\n    pass\n")
+    assert import_graph(package)["eed.a"] == {"eed.sub.b"} and import_graph(package, runtime=True)["eed.a"] == set()
+    assert import_graph(package, runtime=True)["eed.sub"] == {"eed.sub.b", "eed.sub.c"}
 
 
 def test_eed_has_no_import_cycles():
@@ -110,3 +134,49 @@ def test_pipeline_stages_are_thin_shells_over_eed_stages(stage):
     assert [(call.func.id, [arg.id for arg in call.args]) for call in calls] == [("run_stage", [entry])]
     command = (ROOT / "eed" / "commands" / f"{stage}_cmd.py").read_text()
     assert f"from eed.stages import {stage} as stage" in command
+
+
+# --------------------------------------------------------------------------- DVC stage dependencies
+
+
+def stage_closure(stage: str, graph: dict[str, set[str]]) -> set[Path]:
+    """The files of ``eed/`` that ``pipeline/<stage>.py`` runs: the modules it imports, theirs,
+    and every package ``__init__`` on the way (Python executes those too)."""
+    script = ROOT / "pipeline" / f"{stage}.py"
+    start = set()
+    for node in ast.walk(ast.parse(script.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            start |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in graph else node.module
+                      for a in node.names}
+        elif isinstance(node, ast.Import):
+            start |= {a.name for a in node.names}
+    seen: set[str] = set()
+    todo = [m for m in start if m in graph]
+    while todo:
+        module = todo.pop()
+        if module not in seen:
+            seen.add(module)
+            parts = module.split(".")
+            todo += [*graph[module], *(".".join(parts[:i]) for i in range(1, len(parts)))]
+    files = set()
+    for module in seen:
+        path = ROOT.joinpath(*module.split("."))
+        files.add((path / "__init__.py" if path.is_dir() else path.with_suffix(".py")).relative_to(ROOT))
+    return files | {script.relative_to(ROOT)}
+
+
+def test_stage_closure_follows_function_level_imports():
+    closure = stage_closure("prepare", import_graph(runtime=True))
+    assert Path("eed/data/preparation.py") in closure  # through eed.data's lazy exports
+    assert Path("eed/models/cifar_resnet.py") in closure  # config imports the registry inside a validator
+    assert Path("eed/__init__.py") in closure
+
+
+@pytest.mark.parametrize("stage", ["prepare", "train", "evaluate", "flops", "rdm"])
+def test_every_module_a_stage_runs_is_one_of_its_dvc_deps(stage):
+    """Otherwise a code change leaves a cached result that the new code would not produce."""
+    deps = [Path(dep) for dep in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]["deps"]
+            if not dep.startswith("$")]
+    uncovered = sorted(str(path) for path in stage_closure(stage, import_graph(runtime=True))
+                       if not any(path == dep or dep in path.parents for dep in deps))
+    assert not uncovered, f"dvc.yaml: stage {stage} runs {uncovered} but does not depend on them"

@@ -1,5 +1,6 @@
 """`eed compare` on runs logged in the test to a temporary sqlite MLflow store: three seeds of
-two methods, plus runs that must be left out (unfinished, a nested evaluate run)."""
+two methods, plus runs that must be left out (unfinished, killed, a nested evaluate run); and
+the grouping on records built here: every training setting but the seed splits rows."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
+from eed.config import flatten, load_config
 from eed.errors import ConfigError
 from eed.reporting.comparison import Cell, build_table, parse_tags
 from eed.tracking import RunRecord, find_runs
@@ -47,9 +49,17 @@ def store(tmp_path_factory) -> tuple[str, dict[str, list[str]]]:
             client.log_batch(run.info.run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
             client.set_terminated(run.info.run_id)
             run_ids.setdefault(method, []).append(run.info.run_id)
-    # Left out: a run that never finished its test, and an evaluate child run with test metrics.
+    # Left out: a run that never finished its test, a killed run that had logged the best accuracies
+    # (it must not count), and an evaluate child run with test metrics.
     unfinished = client.create_run(experiment_id, tags={"method": "eed"}).info.run_id
     client.log_param(unfinished, "method", "eed")
+    killed = client.create_run(experiment_id, tags={"method": "eed", "arch": "resnet18", "dataset": "cifar100"})
+    params = {"method": "eed", "seed": "3", "model.arch": "resnet18", "data.dataset": "cifar100",
+              "loss.output": "mse", "loss.alpha": "1.0", "loss.beta": "1.0"}
+    metrics = [Metric(f"{split}/acc_{name}", 0.99, 0, 2) for split in ("val", "test") for name in CLASSIFIERS]
+    client.log_batch(killed.info.run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
+    client.set_terminated(killed.info.run_id, status="KILLED")
+    run_ids["killed"] = [killed.info.run_id]
     child = client.create_run(experiment_id, run_name="evaluate",
                               tags={"mlflow.parentRunId": run_ids["eed"][0], "eed.stage": "evaluate", "method": "eed"})
     client.log_metric(child.info.run_id, "test/acc_main", 0.99)
@@ -81,9 +91,13 @@ def test_compare_prints_mean_and_sample_std(store, tmp_path, monkeypatch):
         for column in CLASSIFIERS:
             assert expected_cell(method, column) in result.output
     assert "skipped 1 runs" in result.output  # the unfinished one; the child run is not a training run
+    left_out = f"left out 1 runs that did not finish (KILLED: {run_ids['killed'][0]})"
+    assert left_out in result.output and "99.00" not in result.output
 
     markdown = (tmp_path / "out" / "comparison.md").read_text().splitlines()
-    assert markdown[0].startswith("| Method | l_z | α | β | n | Exit 1 | Exit 2 | Exit 3 | Main | Ensemble |")
+    assert markdown[0] == "Common to all rows: Network=resnet18, Dataset=cifar100"  # shared settings once, above
+    assert markdown[2].startswith("| Method | l_z | α | β | n | Exit 1 | Exit 2 | Exit 3 | Main | Ensemble |")
+    assert f"Note: {left_out}." in markdown
     eed_row = next(line for line in markdown if line.startswith("| eed"))
     assert f"**{expected_cell('eed', 'main')}**" in eed_row and "| 3 |" in eed_row  # best main marked
     assert "**" not in next(line for line in markdown if line.startswith("| branchynet"))
@@ -154,3 +168,129 @@ def test_runs_repeating_a_seed_are_flagged():
     (warning,) = rerun.warnings()
     assert "3 runs but seed 0 more than once" in warning and rerun.rows[0].repeated_seeds == ["0"]
     assert f"Note: {warning}." in rerun.to_markdown()
+
+
+# --------------------------------------------------------------------------- grouping
+
+BASE = flatten(load_config())  # the params a training run with the default configuration logs
+
+
+def training_run(run_id: str, changes: dict[str, str] | None = None, main: float = 0.5,
+                 status: str = "FINISHED") -> RunRecord:
+    return RunRecord(run_id, {**BASE, **(changes or {})}, {}, {"test/acc_main": main}, status=status)
+
+
+# (setting, another value, what both runs set so that the setting applies)
+SPLITTING = [
+    ("scale", "paper", {}),
+    ("model.arch", "resnet34", {}),
+    ("model.width", "64", {}),
+    ("data.dataset", "cifar10", {}),
+    ("data.train_subset", "0", {}),
+    ("data.val_size", "0", {}),
+    ("data.split_seed", "1", {}),
+    ("data.backend", "tensor", {}),
+    ("data.jpeg_quality", "75", {"data.dataset": "imagenet", "model.arch": "imagenet_resnet18"}),
+    ("data.synthetic.num_train", "500", {"data.dataset": "synthetic"}),
+    ("train.epochs", "200", {}),
+    ("train.schedule", "cosine", {}),
+    ("train.lr", "0.05", {}),
+    ("train.batch_size", "256", {}),
+    ("train.milestones", "[60, 120, 160]", {"train.schedule": "step"}),
+    ("train.device", "cuda", {}),
+    ("train.precision", "bf16", {}),
+    ("train.channels_last", "on", {}),
+    ("train.compile", "True", {}),
+    ("train.deterministic", "True", {}),
+    ("train.nproc", "2", {}),
+    ("loss.output", "kl", {}),
+    ("loss.alpha", "0.5", {}),
+    ("loss.beta", "0.5", {}),
+    ("loss.temperature", "4.0", {"loss.output": "kl"}),
+    ("loss.teacher", "[1, 3, 'main']", {}),
+]
+
+
+@pytest.mark.parametrize(("setting", "value", "shared"), SPLITTING, ids=[s[0] for s in SPLITTING])
+def test_runs_differing_in_a_training_setting_are_different_rows(setting, value, shared):
+    runs = [training_run(f"a{seed}", {**shared, "seed": str(seed)}) for seed in (0, 1)]
+    runs += [training_run(f"b{seed}", {**shared, "seed": str(seed), setting: value}, main=0.6) for seed in (0, 1)]
+    table = build_table(runs)
+    assert sorted(row.run_ids for row in table.rows) == [["a0", "a1"], ["b0", "b1"]]
+    assert {"method", setting} <= set(table.varying) and setting not in table.constant  # l_z=kl brings in T
+    # Another training setup has its own best main accuracy; another loss setting competes for it.
+    assert sum(row.best_main for row in table.rows) == (1 if setting.startswith("loss.") else 2)
+
+
+# (param, another value, what both runs set): params that cannot change training, settings a run ignores
+NOT_SPLITTING = [
+    ("data.root", "/mnt/raw", {}),
+    ("data.prepared_dir", "/mnt/prepared", {}),
+    ("data.num_workers", "4", {}),
+    ("train.checkpoint_every", "10", {}),
+    ("eval.thresholds", "11", {}),
+    ("tracking.experiment", "other", {}),
+    ("paths.out_dir", "elsewhere", {}),
+    ("loss.alpha", "0.5", {"method": "branchynet"}),
+    ("loss.temperature", "4.0", {"method": "baseline"}),
+    ("loss.beta", "0.5", {"method": "distill"}),
+    ("loss.teacher", "[1, 'main']", {"method": "byot"}),
+    ("loss.temperature", "4.0", {"loss.output": "mse"}),
+    ("train.milestones", "[10, 20]", {"train.schedule": "onecycle"}),
+    ("data.jpeg_quality", "75", {"data.dataset": "cifar100"}),
+    ("data.synthetic.num_train", "500", {"data.dataset": "cifar100"}),
+    ("loss.alpha", "1", {"loss.alpha": "1.0"}),  # the same number written differently
+]
+
+
+@pytest.mark.parametrize(("param", "value", "shared"), NOT_SPLITTING,
+                         ids=[f"{p}-{'-'.join(shared.values()) or 'default'}" for p, _, shared in NOT_SPLITTING])
+def test_runs_differing_in_what_training_does_not_read_are_one_row(param, value, shared):
+    table = build_table([training_run("a", shared), training_run("b", {**shared, "seed": "1", param: value})])
+    (row,) = table.rows
+    assert row.run_ids == ["a", "b"] and param not in table.varying and table.warnings() == []
+
+
+def test_seeds_of_one_configuration_are_one_row():
+    table = build_table([training_run(f"r{seed}", {"seed": str(seed)}, main=main)
+                         for seed, main in ((2, 0.7), (0, 0.5), (1, 0.6))])
+    (row,) = table.rows
+    assert row.seeds == ["0", "1", "2"] and row.run_ids == ["r0", "r1", "r2"] and "seed" not in table.settings
+    assert row.cells["main"].mean == pytest.approx(0.6) and row.cells["main"].std == pytest.approx(0.1)
+
+
+@pytest.mark.parametrize("status", ["KILLED", "FAILED", "RUNNING"])
+def test_runs_that_did_not_finish_are_left_out_and_listed(status):
+    finished = [training_run(f"r{seed}", {"seed": str(seed)}, main=0.5 + seed / 10) for seed in (0, 1)]
+    cut_short = training_run("cut", {"seed": "2"}, main=0.99, status=status)
+    table = build_table([*finished, cut_short])
+    (row,) = table.rows
+    assert row.run_ids == ["r0", "r1"] and row.cells["main"].mean == pytest.approx(0.55)
+    assert table.excluded == [("cut", status)] and table.skipped == []
+    note = f"left out 1 runs that did not finish ({status}: cut)"
+    assert note in table.warnings() and f"Note: {note}." in table.to_markdown()
+    assert build_table([cut_short]).rows == []
+
+
+def test_shared_settings_once_above_the_table_varying_ones_as_columns(tmp_path):
+    table = build_table([training_run("narrow"), training_run("wide", {"model.width": "64"}, main=0.6),
+                         training_run("ce", {"method": "branchynet"}, main=0.4)])
+    markdown = table.to_markdown()
+    lines = markdown.splitlines()
+    assert lines[0].startswith("Common to all rows: Network=resnet18, Dataset=cifar100, Scale=cpu, data.backend=ffcv")
+    assert "train.epochs=4" in lines[0] and markdown.count("train.epochs") == 1 and "model.width" not in lines[0]
+    assert lines[1] == "" and lines[2] == "| Method | l_z | α | β | Teacher | model.width | n | Main |"
+    assert lines[4:] == ["| branchynet | — | — | — | — | 16 | 1 | 40.00 |",
+                         "| eed | mse | 1 | 1 | all | 16 | 1 | **50.00** |",  # the best of width 16
+                         "| eed | mse | 1 | 1 | all | 64 | 1 | **60.00** |"]
+    for hidden in (" seed=", "tracking.", "paths.", "eval.", "data.root", "data.num_workers", "checkpoint_every", "T="):
+        assert hidden not in markdown  # not grouping, or used by no run (T with the mse loss)
+    assert [row.label for row in table.rows] == ["branchynet (model.width=16)",
+                                                 "eed (l_z=mse, α=1, β=1, Teacher=all, model.width=16)",
+                                                 "eed (l_z=mse, α=1, β=1, Teacher=all, model.width=64)"]
+    assert table.rich_table().caption == lines[0]
+
+    with table.write_csv(tmp_path / "comparison.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(row["method"], row["model.width"], row["train.epochs"], row["loss.alpha"]) for row in rows] == [
+        ("branchynet", "16", "4", "—"), ("eed", "16", "4", "1"), ("eed", "64", "4", "1")]

@@ -34,18 +34,18 @@ def test_table_iii_at_full_width(arch: str) -> None:
     costs = arch_profile(arch, num_classes=100).outputs
     assert [cost.name for cost in costs] == ["exit1", "exit2", "exit3", "main"]
     for cost, paper in zip(costs, TABLE_III[arch]):
-        if arch == "vgg19" and cost.name != "main":
-            continue  # see test_vgg19_exits_follow_the_papers_rule
         assert close_to_paper(cost.gflops, paper), f"{arch} {cost.name}: {cost.gflops:.3f} GFLOPs, paper {paper}"
 
 
-def test_vgg19_exits_follow_the_papers_rule() -> None:
-    # VGG-19's exits cannot reach Table III (0.14 / 0.24 / 0.50) with the paper's exit rule,
-    # one stride-2 conv per later stage, which the ResNet rows confirm: no split of VGG-19
-    # into 4 stages does (see eed/models/cifar_vgg.py). These are the rule's values with
-    # the stages split at the max-pools.
-    costs = arch_profile("vgg19", num_classes=100).outputs
-    assert [round(cost.gflops, 3) for cost in costs[:3]] == [0.107, 0.211, 0.466]
+def test_vgg19_exits_are_derived_from_table_iii() -> None:
+    # vgg19's exits end at 4x4 (last conv stride 1), the design Table III's GFLOPs imply;
+    # vgg19_strict keeps the paper's stated rule, all stride 2, which misses the exits by 7-23%.
+    # See eed/models/cifar_vgg.py. Both share the main path.
+    table_iii = arch_profile("vgg19", num_classes=100).outputs
+    strict = arch_profile("vgg19_strict", num_classes=100).outputs
+    assert [round(cost.gflops, 3) for cost in table_iii] == [0.136, 0.240, 0.494, 0.796]
+    assert [round(cost.gflops, 3) for cost in strict] == [0.107, 0.211, 0.466, 0.796]
+    assert not any(close_to_paper(cost.gflops, paper) for cost, paper in zip(strict[:3], TABLE_III["vgg19"]))
 
 
 def test_meta_profile_equals_a_real_run_and_is_per_image() -> None:

@@ -36,8 +36,8 @@ def small_images(arch: str, batch: int = 2) -> torch.Tensor:
 
 def test_registry_lists_the_papers_architectures() -> None:
     assert set(list_backbones()) == {
-        "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg19", "resnext29", "wrn28_10",
-        "pyramidnet110_270", "imagenet_resnet18", "imagenet_resnet50",
+        "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg19", "vgg19_strict", "resnext29",
+        "wrn28_10", "pyramidnet110_270", "imagenet_resnet18", "imagenet_resnet50",
     }
 
 
@@ -122,6 +122,32 @@ def test_bottleneck_exit_convs_use_the_stage_conv_width() -> None:
         [(512, 256), (256, 2048)],
         [(1024, 2048)],
     ]
+
+
+def exit_resolutions(model: MultiExitNet, size: int = 32) -> list[int]:
+    """Spatial size each exit's last conv outputs, at a ``size`` x ``size`` input."""
+    sizes: list[int] = []
+    for branch in model.exits:
+        branch.convs.register_forward_hook(lambda module, inputs, output: sizes.append(output.shape[-1]))
+    with torch.no_grad():
+        model.eval()(torch.zeros(1, 3, size, size, device="meta"))
+    return sizes
+
+
+@pytest.mark.parametrize(("arch", "last_stride", "resolution"), [("vgg19", 1, 4), ("vgg19_strict", 2, 2)])
+def test_vgg19_exit_convs(arch: str, last_stride: int, resolution: int) -> None:
+    # vgg19: Table III's design, the exits' last conv at stride 1 so they end at 4x4;
+    # vgg19_strict: the paper's stated rule, every conv stride 2, ending at 2x2 like the main path.
+    with torch.device("meta"):
+        model = create_model(arch, 100)
+    assert exit_conv_shapes(model) == [
+        [(64, 128), (128, 256), (256, 512)],
+        [(128, 256), (256, 512)],
+        [(256, 512)],
+    ]
+    strides = [[conv.stride[0] for conv in branch.modules() if isinstance(conv, nn.Conv2d)] for branch in model.exits]
+    assert strides == [[2, 2, last_stride], [2, last_stride], [last_stride]]
+    assert exit_resolutions(model) == [resolution] * 3
 
 
 def test_width_scales_every_stage() -> None:

@@ -89,3 +89,26 @@ def test_training_epoch_renders_its_bar_between_steps(monkeypatch, refresh_s):
     # Every step renders when due at once; otherwise only the last step does: always "3/3".
     assert "3/3" in rendered and "img/s" in rendered
     assert ("1/3" in rendered) == (refresh_s == 0.0)
+
+
+def test_training_steps_read_nothing_back_from_the_device_between_renders(monkeypatch):
+    """The finite-loss check and the bar's loss are read (a host sync on a GPU) at the render
+    interval only: with no render due, a 6-step epoch reads the loss flag once, at its end."""
+    monkeypatch.setattr(eed.progress, "REFRESH_S", 3600.0)
+    config = load_config(None, ["train.device=cpu", "data.dataset=synthetic", "model.arch=resnet18", "model.width=4"])
+    torch.manual_seed(0)
+    model = create_model("resnet18", 10, 4, exits=True)
+    objective = ExitEnsembleObjective("eed", config.loss, model.num_classifiers)
+    optimizer = build_optimizer(model, config.train)
+    batches = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))) for _ in range(6)]
+    scheduler = build_scheduler(optimizer, config.train, len(batches))
+    reads = []
+    original_bool, original_item = torch.Tensor.__bool__, torch.Tensor.item
+    monkeypatch.setattr(torch.Tensor, "__bool__", lambda t: reads.append("bool") or original_bool(t))
+    monkeypatch.setattr(torch.Tensor, "item", lambda t: reads.append("item") or original_item(t))
+    steps = []
+    train_one_epoch(model, objective, batches, optimizer, scheduler, setup_runtime(config.train), epoch=1,
+                    classifier_names=model.classifier_names(),
+                    should_stop=lambda: steps.append(list(reads)) and False)
+    assert all(seen == [] for seen in steps[:-1])  # steps 1-5: nothing read back
+    assert steps[-1] == ["bool"]  # step 6 ends the epoch: the finite check, once

@@ -4,7 +4,7 @@ signals, kill -9, NaN, bad checkpoints, DDP with gloo, and a real-data smoke run
 from __future__ import annotations
 
 import json
-import os
+import re
 import signal
 import subprocess
 import sys
@@ -90,8 +90,35 @@ def test_every_method_trains_two_epochs_and_logs_a_complete_run(tmp_path, method
         logits = loaded(images)
         k = 1 if method == "baseline" else 4
         assert tuple(logits.shape) == (3, k, 10)
-        expected = torch.stack(result.model.eval()(images).logits, dim=1)
+        selected = model_from_checkpoint(load_checkpoint(result.best_checkpoint)).eval()
+        expected = torch.stack(selected(images).logits, dim=1)
         assert torch.allclose(logits, expected, atol=1e-4)
+
+
+def test_the_logged_model_is_the_selected_checkpoint_not_the_last_epoch(tmp_path, monkeypatch):
+    import eed.engine.trainer as T
+
+    config = synthetic_config(tmp_path, **{"train.deterministic": False})
+    original, calls = T.validate, []
+
+    def validate(*args, **kwargs):  # validation peaks at epoch 1, so best.pt is epoch 1's
+        accuracy = original(*args, **kwargs)
+        calls.append(1)
+        return {**accuracy, "main": 0.9} if len(calls) == 1 else accuracy if len(calls) > 2 else {**accuracy, "main": 0.1}
+
+    monkeypatch.setattr(T, "validate", validate)
+    result = train(config, tmp_path / "out" / "train")
+    best, last = load_checkpoint(result.best_checkpoint), load_checkpoint(result.last_checkpoint)
+    assert (best["epoch"], last["epoch"]) == (1, 2)
+    with using_tracking_uri(config.tracking.uri):
+        loaded = mlflow.pytorch.load_model(f"runs:/{result.run_id}/model")
+        info = mlflow.models.get_model_info(f"runs:/{result.run_id}/model")
+    images = torch.randn(3, 3, 32, 32)
+    logged = loaded(images)
+    for checkpoint, same in ((best, True), (last, False)):
+        expected = torch.stack(model_from_checkpoint(checkpoint).eval()(images).logits, dim=1)
+        assert torch.allclose(logged, expected, atol=1e-4) == same
+    assert info.metadata == {"checkpoint": "best.pt", "epoch": 1, "selected_on": "val"}
 
 
 def test_deterministic_runs_repeat_exactly(tmp_path):
@@ -201,8 +228,10 @@ def test_non_finite_loss_stops_with_epoch_step_and_terms_and_keeps_the_last_chec
 
     monkeypatch.setattr(T.ExitEnsembleObjective, "forward", poisoned)
     out = tmp_path / "nan"
-    with pytest.raises(NonFiniteLossError, match=r"epoch 2, step 2/5 \(ce_exit1=.*ce_main="):
+    with pytest.raises(NonFiniteLossError, match=r"epoch 2, in steps \d-\d of 5 \(at step \d: ce_exit1=.*ce_main=") as error:
         train(config, out)
+    first, last = map(int, re.search(r"steps (\d)-(\d)", str(error.value)).groups())
+    assert first <= 2 <= last  # the poisoned step lies in the range the message names
     kept = load_checkpoint(out / "checkpoints" / "last.pt")
     assert kept["epoch"] == 1 and all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
     client = MlflowClient(config.tracking.uri)
@@ -284,7 +313,14 @@ def test_two_process_gloo_ddp_keeps_ranks_identical_and_logs_one_run(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("eed").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     # Only rank 0 writes checkpoints.
-    assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 1
+    ddp = load_checkpoint(out / "checkpoints" / "last.pt")
+    assert ddp["epoch"] == 1
+    # train.batch_size is the global batch: two processes take as many optimizer steps per
+    # epoch as one (each with half the batch), at the same learning rate.
+    single = train(load_config(None, synthetic_overrides(tmp_path, **{"train.epochs": 1, "tracking.enabled": False})),
+                   tmp_path / "single")
+    steps = load_checkpoint(single.last_checkpoint)["scheduler"]["last_epoch"]
+    assert steps == 320 // 64 and ddp["scheduler"]["last_epoch"] == steps
 
 
 @pytest.mark.slow
@@ -298,3 +334,24 @@ def test_real_cifar100_smoke_learns_beyond_chance(tmp_path, cifar100_prepared):
     ]
     result = train(load_config(None, overrides), tmp_path / "smoke")
     assert result.test_metrics["test/acc_main"] >= 0.05, result.test_metrics
+
+
+def test_resume_compares_only_the_settings_that_shape_training(tmp_path):
+    """An interrupted run resumes after evaluation, tracking, output or loader-thread settings
+    change; another learning rate (any key that shapes training) is refused, naming the key,
+    rather than starting over on top of the unfinished run; --resume never starts over."""
+    from eed.engine.checkpoint import resume_checkpoint
+
+    config = load_config(None, synthetic_overrides(tmp_path))
+    last = save_checkpoint({"config": config.model_dump(), "epoch": 1, "step_in_epoch": 0}, tmp_path / "last.pt")
+    harmless = load_config(None, synthetic_overrides(tmp_path, **{
+        "eval.thresholds": 11, "tracking.uri": f"sqlite:///{tmp_path / 'other.db'}", "data.num_workers": 2,
+        "paths.out_dir": str(tmp_path / "elsewhere"), "train.checkpoint_every": 2}))
+    assert resume_checkpoint("auto", last, harmless)["epoch"] == 1
+    other_lr = load_config(None, synthetic_overrides(tmp_path, **{"train.lr": 0.01}))
+    with pytest.raises(CheckpointError, match=r"other training settings \(train.lr: 0.05 -> 0.01\).*--resume never"):
+        resume_checkpoint("auto", last, other_lr)
+    assert resume_checkpoint("never", last, other_lr) is None
+    # A finished run is never resumed: a run with any settings starts afresh.
+    finished = save_checkpoint({"config": config.model_dump(), "epoch": 2, "step_in_epoch": 0}, tmp_path / "done.pt")
+    assert resume_checkpoint("auto", finished, other_lr) is None and resume_checkpoint("auto", finished, config) is None

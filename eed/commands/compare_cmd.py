@@ -30,9 +30,12 @@ def compare(
 ) -> None:
     """Tabulate MLflow training runs in the shape of the paper's Tables I/II.
 
-    One row per method and loss setting (output loss, alpha, beta), columns exit 1..k-1, main
-    and ensemble; cells are mean ± sample std over the runs (seeds) sharing a configuration,
-    n shown, best main accuracy marked. Writes comparison.md, comparison.csv and a figure.
+    One row per configuration: runs that differ in any training setting but the seed (scale,
+    width, epochs, schedule, subset, loss settings, teacher, ...) are different rows. Settings
+    that vary are columns, the shared ones are listed once above the table. Columns exit
+    1..k-1, main and ensemble; cells are mean ± sample std over the runs (seeds) of a row,
+    n shown, best main accuracy per setup marked. Runs that did not end FINISHED are left
+    out and listed. Writes comparison.md, comparison.csv and a figure.
     """
     from eed.stages import compare as stage
 

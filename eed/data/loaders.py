@@ -66,7 +66,7 @@ from eed.data.manifest import load_manifest
 from eed.data.memory import read_labels, read_split
 from eed.data.splits import stratified_sample
 from eed.engine.runtime import resolve_device, uses_channels_last
-from eed.errors import DataError
+from eed.errors import ConfigError, DataError
 
 Split = Literal["train", "val", "test"]
 Batch = tuple[torch.Tensor, torch.Tensor]
@@ -102,7 +102,7 @@ def make_loader(config: Config, split: Split, *, train: bool, device: torch.devi
 
     ``train``: shuffle, augment and drop the last incomplete batch. ``device``: where batches
     land ("auto" = CUDA when available). ``distributed``: shard the samples over the ranks of
-    the initialized process group. ``epoch``: the epoch the first iteration runs.
+    the initialized process group, each taking its share of the (global) batch. ``epoch``: the epoch the first iteration runs.
     ``batch_size``: default ``config.train.batch_size``. ``image_dtype``: float32, or
     bfloat16/float16 on CUDA. ``data.train_subset`` applies to the train split (stratified,
     seeded by ``data.split_seed``). Order and tensor-backend augmentation are seeded by
@@ -116,6 +116,12 @@ def make_loader(config: Config, split: Split, *, train: bool, device: torch.devi
         raise ValueError(f"image_dtype {image_dtype} is for CUDA; on {device} the loaders produce float32")
     channels_last = uses_channels_last(config.train.channels_last, device)
     batch_size = batch_size or config.train.batch_size
+    if distributed:  # train.batch_size is the global batch: the ranks share it, at the same lr
+        world_size = _rank_and_world_size(distributed)[1]
+        if batch_size % world_size:
+            raise ConfigError(f"train.batch_size: the global batch of {batch_size} must divide among the "
+                              f"{world_size} processes (train.nproc)")
+        batch_size //= world_size
     info = dataset_info(manifest.dataset)
     normalization = Normalization(tuple(manifest.normalization["mean"]), tuple(manifest.normalization["std"]))
     subset = config.data.train_subset or 0

@@ -19,7 +19,7 @@ from typing import Any, Sequence
 import torch
 
 from eed import tracking
-from eed.config import Config
+from eed.config import Config, training_settings
 from eed.errors import CheckpointError
 from eed.models.multi_exit import MultiExitNet
 from eed.models.registry import create_model
@@ -103,8 +103,11 @@ def check_classes(checkpoint: dict[str, Any], class_names: Sequence[str], datase
 
 def resume_checkpoint(resume: str | Path | bool, last_path: Path, config: Config) -> dict[str, Any] | None:
     """What a training run continues from. ``resume``: True/"auto" continues ``last_path``
-    when it holds an unfinished run of the same config; a path continues that checkpoint;
-    False/"never" starts fresh."""
+    when it holds an unfinished run; a path continues that checkpoint; False/"never" starts
+    fresh. Only the keys that shape the training trajectory must match
+    (:func:`eed.config.training_settings`): evaluation, tracking and output settings may
+    change between the interrupted run and the one that resumes it. An unfinished run with
+    other training settings is refused rather than overwritten."""
     if resume is False or resume == "never":
         return None
     if resume not in (True, "auto"):
@@ -112,11 +115,17 @@ def resume_checkpoint(resume: str | Path | bool, last_path: Path, config: Config
     if not last_path.is_file():
         return None
     checkpoint = load_checkpoint(last_path)
-    same = checkpoint["config"] == config.model_dump()
     unfinished = checkpoint["epoch"] < config.train.epochs or checkpoint.get("step_in_epoch", 0) > 0
-    if resume is True and not same:
-        raise CheckpointError(f"{last_path} was made with another configuration; cannot resume it")
-    return checkpoint if same and unfinished else None
+    if not unfinished and resume == "auto":
+        return None  # a finished run: this one starts afresh
+    before, now = training_settings(checkpoint["config"]), training_settings(config)
+    differing = sorted(key for key in before.keys() | now.keys() if before.get(key) != now.get(key))
+    if differing:
+        changes = ", ".join(f"{key}: {before.get(key)} -> {now.get(key)}" for key in differing)
+        raise CheckpointError(f"{last_path} holds an unfinished run with other training settings ({changes}); "
+                              f"re-run with its settings to resume it, or start over with `eed train --resume never` "
+                              f"(or delete {last_path.name})")
+    return checkpoint if unfinished else None
 
 
 # --------------------------------------------------------------------------- sources to evaluate

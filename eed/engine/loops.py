@@ -62,6 +62,20 @@ def train_one_epoch(model: nn.Module, objective: ExitEnsembleObjective, loader, 
     started = time.perf_counter()
     clock = RefreshClock()
     step = skip_steps
+    # Whether every loss since the last check was finite, kept on the device: reading it is a
+    # host sync, so it is read only at the render interval (and before the epoch ends).
+    finite = torch.ones((), dtype=torch.bool, device=runtime.device)
+    checked = skip_steps  # steps known to have had finite losses
+    result = None
+
+    def check_finite() -> None:
+        nonlocal checked
+        if step > checked and not bool(finite):
+            terms = ", ".join(f"{k}={v.item():.4g}" for k, v in result.terms.items())
+            raise NonFiniteLossError(f"non-finite loss at epoch {epoch}, in steps {checked + 1}-{step} of {steps} "
+                                     f"(at step {step}: {terms}); the checkpoint of the last finished epoch is kept")
+        checked = step
+
     for step_index, (inputs, target) in enumerate(loader):
         if step_index < skip_steps:  # resuming mid-epoch: same order, already trained on
             continue
@@ -73,10 +87,7 @@ def train_one_epoch(model: nn.Module, objective: ExitEnsembleObjective, loader, 
             output = model(inputs)
             result = objective(output, target)
         loss = result.total
-        if not torch.isfinite(loss):
-            terms = ", ".join(f"{k}={v.item():.4g}" for k, v in result.terms.items())
-            raise NonFiniteLossError(f"non-finite loss {loss.item()} at epoch {epoch}, step {step_index + 1}/{steps} "
-                                     f"({terms}); the last good checkpoint is kept")
+        finite &= torch.isfinite(loss.detach())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -87,13 +98,17 @@ def train_one_epoch(model: nn.Module, objective: ExitEnsembleObjective, loader, 
         correct += batch_correct(output.logits, target)
         images += target.shape[0]
         step = step_index + 1
-        if progress is not None and (clock.due() or step == steps):
-            # Rendered here, between steps (see eed.progress); loss.item() waits for the
-            # device, so it too runs only this often.
-            rate = images / max(time.perf_counter() - started, 1e-9)
-            progress.update(task, completed=step, info=f"loss {loss.item():.3f} · {rate:,.0f} img/s", refresh=True)
+        if clock.due() or step == steps:
+            # Rendered here, between steps (see eed.progress): like the finite check,
+            # loss.item() waits for the device, so both run only this often.
+            check_finite()
+            if progress is not None:
+                rate = images / max(time.perf_counter() - started, 1e-9)
+                progress.update(task, completed=step, info=f"loss {loss.item():.3f} · {rate:,.0f} img/s",
+                                refresh=True)
         if should_stop():
             break
+    check_finite()  # a stop mid-epoch must not checkpoint weights a non-finite loss updated
     seconds = time.perf_counter() - started
     if progress is not None:
         progress.remove_task(task)

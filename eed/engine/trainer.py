@@ -154,11 +154,13 @@ def train(config: Config, out_dir: str | Path, *, resume: str | Path | bool = "a
         result = TrainResult(logger.run_id if logger else None, out_dir, last_path, best_path, epoch, history,
                              model=model)
         if runtime.is_main:
-            result.test_metrics = _final_test(config, runtime, best_path, classifier_names)
+            selected = load_checkpoint(best_path)
+            selected_model = model_from_checkpoint(selected).to(runtime.device)
+            result.test_metrics = _final_test(config, runtime, selected_model, classifier_names)
             write_training_summary(result.history, result.test_metrics, result.epochs_completed, out_dir)
             figures = plot_training_curves(result.history, out_dir / "figures")
             if logger:
-                _log_results(logger, result, figures, config)
+                _log_results(logger, result, figures, config, selected_model, selected["epoch"])
         return result
     except TrainingInterrupted:
         raise  # the run already ended KILLED
@@ -171,22 +173,25 @@ def train(config: Config, out_dir: str | Path, *, resume: str | Path | bool = "a
             dist.destroy_process_group()
 
 
-def _final_test(config: Config, runtime: Runtime, best_path: Path, names: list[str]) -> dict[str, float]:
+def _final_test(config: Config, runtime: Runtime, selected: MultiExitNet, names: list[str]) -> dict[str, float]:
     """Test accuracy of the selected (best-on-validation) weights; reported, never used to choose."""
-    model = model_from_checkpoint(load_checkpoint(best_path)).to(runtime.device)
     test_loader = eed_data.make_loader(config, "test", train=False, device=runtime.device)
-    accuracy = validate(model, test_loader, runtime, names)
+    accuracy = validate(selected, test_loader, runtime, names)
     return {f"test/acc_{name}": value for name, value in accuracy.items()}
 
 
-def _log_results(logger: tracking.MlflowLogger, result: TrainResult, figures: list[Path], config: Config) -> None:
-    """The end of a training run: test metrics, figures, checkpoints, the model; FINISHED."""
+def _log_results(logger: tracking.MlflowLogger, result: TrainResult, figures: list[Path], config: Config,
+                 selected: MultiExitNet, selected_epoch: int) -> None:
+    """The end of a training run: test metrics, figures, checkpoints, and as the model the
+    weights those test metrics are of (best.pt, not the last epoch's); FINISHED."""
     logger.log_metrics(result.test_metrics, result.epochs_completed)
     for figure in figures:
         logger.log_artifact(figure, "figures")
     for checkpoint in (result.last_checkpoint, result.best_checkpoint):
         logger.log_artifact(checkpoint, "checkpoints")
-    logger.log_model(*servable(result.model, get_spec(config.model.arch).input_size))
+    logger.log_model(*servable(selected, get_spec(config.model.arch).input_size),
+                     metadata={"checkpoint": "best.pt", "epoch": selected_epoch,
+                               "selected_on": "val" if config.data.val_size > 0 else "last epoch"})
     logger.finish("FINISHED")
 
 

@@ -11,7 +11,8 @@ A stage's convolution width is the width of its 3x3 convolutions. It equals the
 channels the stage outputs except in bottleneck stages, whose 1x1 expansion makes
 the output 4x wider: the CIFAR ResNet-50's exit 1 is 256->128->256->2048, the only
 reading that gives the paper's Table III FLOPs (0.78 GFLOPs; 2.25 with the output
-widths). A builder states such widths in ``Backbone.conv_widths``.
+widths). A builder states such widths in ``Backbone.conv_widths``, and exit conv
+strides other than 2 (VGG-19's Table III exits) in ``Backbone.exit_strides``.
 """
 
 from __future__ import annotations
@@ -71,13 +72,14 @@ def conv_bn_relu(in_channels: int, out_channels: int, stride: int) -> nn.Sequent
 
 
 class ExitBranch(nn.Module):
-    """Auxiliary classifier c_i: stride-2 convs down to the final resolution, GAP, linear."""
+    """Auxiliary classifier c_i: 3x3 convs (stride 2 unless ``strides`` says otherwise), GAP, linear."""
 
-    def __init__(self, in_channels: int, conv_channels: list[int], num_classes: int):
+    def __init__(self, in_channels: int, conv_channels: list[int], num_classes: int, strides: list[int] | None = None):
         super().__init__()
+        strides = strides or [2] * len(conv_channels)
         layers, channels = [], in_channels
-        for out_channels in conv_channels:
-            layers.append(conv_bn_relu(channels, out_channels, stride=2))
+        for out_channels, stride in zip(conv_channels, strides, strict=True):
+            layers.append(conv_bn_relu(channels, out_channels, stride=stride))
             channels = out_channels
         self.convs = nn.Sequential(*layers)
         self.pool = nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten())
@@ -100,12 +102,13 @@ class MultiExitNet(nn.Module):
         self.stage_channels = list(backbone.stage_channels)
         self.exits = nn.ModuleList()
         if exits:
-            conv_widths = backbone.exit_widths
+            conv_widths, conv_strides = backbone.exit_widths, backbone.exit_conv_strides
             for i in range(len(self.stages) - 1):
                 # One conv per later stage, widths of those stages; the last matches F_k.
                 widths = conv_widths[i + 1:]
                 widths[-1] = backbone.feature_dim
-                self.exits.append(ExitBranch(self.stage_channels[i], widths, backbone.num_classes))
+                self.exits.append(ExitBranch(self.stage_channels[i], widths, backbone.num_classes,
+                                             strides=conv_strides[i + 1:]))
         # The stage each classifier reads: exit i reads stage i, the main head the last stage.
         self.classifier_stages = list(range(len(self.exits))) + [len(self.stages) - 1]
 

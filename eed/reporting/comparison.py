@@ -1,16 +1,23 @@
 """The paper's Tables I/II from tracked training runs (``eed compare``).
 
 Runs (:class:`eed.tracking.RunRecord`, selected by experiment, tag or id) are grouped by
-configuration: network, dataset, method, output loss l_z, alpha and beta. Runs that share a
-configuration (different seeds) become one row whose cells are ``mean ± std`` over the
-runs (sample standard deviation, n shown); a row with one run shows just the value. The
+configuration: every logged param that can change the trained weights or the metrics
+(:func:`eed.config.is_training_key`; :data:`eed.config.NON_TRAINING_KEYS` lists the few that
+cannot, each with why) except the seed. Runs that share a configuration (different seeds)
+become one row whose cells are ``mean ± std`` over the runs (sample standard deviation, n
+shown); a row with one run shows just the value. The
 columns are exit 1..k-1, main and the ensemble of all classifiers, read from the final
 ``test/acc_*`` metrics the trainer logs (``--split val`` reads ``val/acc_*``, the last
-logged epoch). In each network/dataset group the best mean main accuracy is marked, as the
-paper marks it in red.
+logged epoch). Settings that vary across the table are columns; those shared by every row
+are shown once above it. Within each training setup (all settings but the method and its
+loss) the best mean main accuracy is marked, as the paper marks it in red.
 
-Loss settings a method ignores are shown as "—" and do not split rows: baseline and
-branchynet train with cross entropy only, and distill ignores beta.
+Settings a run's training never reads (:func:`ignored_settings`) are shown as "—" and do
+not split rows: baseline and branchynet train with cross entropy only, distill ignores
+beta, only eed takes a teacher ensemble, and so on.
+
+Only runs that ended FINISHED enter a mean: a killed, failed or still running run is listed
+apart (:attr:`ComparisonTable.excluded`), whatever metrics it logged before it stopped.
 
 Metrics are logged as fractions; tables and the figure show percent.
 """
@@ -25,51 +32,96 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 from rich.table import Table
 
-from eed.config import METHODS
+from eed.config import METHODS, is_training_key
 from eed.errors import ConfigError
 from eed.models.multi_exit import output_order
 
 if TYPE_CHECKING:
     from eed.tracking import RunRecord
 
-# Configuration fields that define a row, and their column titles.
-KEY_FIELDS: tuple[str, ...] = ("arch", "dataset", "method", "output", "alpha", "beta")
-KEY_TITLES = {"arch": "Network", "dataset": "Dataset", "method": "Method", "output": "l_z",
-              "alpha": "α", "beta": "β"}
+# Params the trainer also writes as tags, for runs logged without the param.
+TAG_FALLBACK = {"method": "method", "model.arch": "arch", "data.dataset": "dataset", "scale": "scale"}
+# Settings shown first, in the paper's order and with its names; any other by its params.yaml name.
+TITLES = {"model.arch": "Network", "data.dataset": "Dataset", "scale": "Scale", "method": "Method",
+          "loss.output": "l_z", "loss.alpha": "α", "loss.beta": "β", "loss.temperature": "T",
+          "loss.teacher": "Teacher"}
 NOT_APPLICABLE = "—"
+MISSING = "?"  # a setting other runs of the table recorded and this one did not
 PERCENT = 100.0
+STATUS_FINISHED = "FINISHED"
 
 
 # --------------------------------------------------------------------------- grouping
 
 
-def _number(text: str | None) -> str:
-    """``"1.0"`` and ``"1"`` are the same alpha: compare formatted floats."""
-    if text is None or text in ("", "None", "null"):
-        return NOT_APPLICABLE
+def is_grouped(param: str) -> bool:
+    """Whether runs that differ in ``param`` belong to different rows: every training setting but the
+    seed, which a row's mean and std are over. A param the config does not know counts as a setting."""
+    return param != "seed" and is_training_key(param)
+
+
+def title(setting: str) -> str:
+    """How a setting is named in a table: the paper's name, else its params.yaml key."""
+    return TITLES.get(setting, setting)
+
+
+def _canonical(text: str) -> str:
+    """``"1.0"`` and ``"1"`` are the same alpha: numbers compare by value, other text as logged."""
     try:
-        return f"{float(text):g}"
+        number = float(text)
     except ValueError:
         return text
+    return str(int(number)) if number.is_integer() else repr(number)
 
 
-def config_key(run: RunRecord) -> dict[str, str]:
-    """The configuration a run belongs to, with settings its method ignores as "—"."""
-    p, t = run.params, run.tags
-    method = p.get("method") or t.get("method") or "unknown"
-    key = {
-        "arch": p.get("model.arch") or t.get("arch") or "unknown",
-        "dataset": p.get("data.dataset") or t.get("dataset") or "unknown",
-        "method": method,
-        "output": p.get("loss.output", NOT_APPLICABLE),
-        "alpha": _number(p.get("loss.alpha")),
-        "beta": _number(p.get("loss.beta")),
-    }
-    if method in ("baseline", "branchynet"):
-        key.update(output=NOT_APPLICABLE, alpha=NOT_APPLICABLE, beta=NOT_APPLICABLE)
-    elif method == "distill":
-        key["beta"] = NOT_APPLICABLE
+def run_settings(run: RunRecord) -> dict[str, str]:
+    """The run's grouping params (canonical text), with the trainer's tags for params it lacks."""
+    found = {name: _canonical(value) for name, value in run.params.items() if is_grouped(name)}
+    for name, tag in TAG_FALLBACK.items():
+        if name not in found and tag in run.tags:
+            found[name] = _canonical(run.tags[tag])
+    return found
+
+
+def ignored_settings(key: dict[str, str]) -> set[str]:
+    """The settings of ``key`` that the run's training never read."""
+    method = key.get("method")
+    ignored = set()
+    if method in ("baseline", "branchynet"):  # cross entropy only
+        ignored |= {name for name in key if name.startswith("loss.")}
+    elif method == "distill":  # eq. 4 with beta = 0, the main output as teacher
+        ignored |= {"loss.beta", "loss.teacher"}
+    elif method == "byot":  # the main output as teacher
+        ignored.add("loss.teacher")
+    if key.get("loss.output") != "kl":  # T only softens the probabilities of the KL loss
+        ignored.add("loss.temperature")
+    if key.get("train.schedule") != "step":
+        ignored |= {"train.milestones", "train.gamma"}
+    if key.get("data.dataset") != "imagenet":  # only ImageNet is stored as JPEG
+        ignored |= {"data.max_resolution", "data.jpeg_quality"}
+    if key.get("data.dataset") != "synthetic":
+        ignored |= {name for name in key if name.startswith("data.synthetic.")}
+    return ignored & key.keys()
+
+
+def config_key(run: RunRecord, names: Sequence[str]) -> dict[str, str]:
+    """The run's value of each setting in ``names``: "—" where its training ignores it, "?" where
+    it did not record it."""
+    found = run_settings(run)
+    key = {name: found.get(name, MISSING) for name in names}
+    if key.get("loss.teacher") == "null":  # no teacher subset: the ensemble of all classifiers
+        key["loss.teacher"] = "all"
+    key.update(dict.fromkeys(ignored_settings(key), NOT_APPLICABLE))
     return key
+
+
+def _display_order(names: Iterable[str]) -> list[str]:
+    return sorted(names, key=lambda name: (list(TITLES).index(name) if name in TITLES else len(TITLES), name))
+
+
+def _is_setup(name: str) -> bool:
+    """Part of the training setup the methods are compared under (not the method or its loss)."""
+    return name != "method" and not name.startswith("loss.")
 
 
 @dataclass
@@ -101,11 +153,12 @@ class Cell:
 
 @dataclass
 class ComparisonRow:
-    key: dict[str, str]
+    key: dict[str, str]           # setting -> value, every setting of the table
     cells: dict[str, Cell]        # column -> cell; a column the runs lack is absent
     run_ids: list[str]
     seeds: list[str]
     best_main: bool = False
+    label: str = ""               # the method and its values of the table's varying settings
 
     @property
     def n(self) -> int:
@@ -116,63 +169,83 @@ class ComparisonRow:
         """Seeds that more than one run of this row used: its ± then spans reruns, not seeds."""
         return sorted({seed for seed in self.seeds if self.seeds.count(seed) > 1}, key=_seed_order)
 
-    @property
-    def label(self) -> str:
-        settings = [f"{KEY_TITLES[f]}={self.key[f]}" for f in ("output", "alpha", "beta")
-                    if self.key[f] != NOT_APPLICABLE]
-        return self.key["method"] + (f" ({', '.join(settings)})" if settings else "")
-
 
 @dataclass
 class ComparisonTable:
     split: str
     columns: list[str]                 # "exit1", ..., "main", "ensemble"
     rows: list[ComparisonRow]
+    settings: list[str] = field(default_factory=list)  # every grouping setting, in display order
     skipped: list[str] = field(default_factory=list)  # run ids without the split's metrics
+    excluded: list[tuple[str, str]] = field(default_factory=list)  # (run id, status) of runs not FINISHED
 
     @staticmethod
     def column_title(column: str) -> str:
         return f"Exit {column[4:]}" if column.startswith("exit") else column.capitalize()
 
-    def shown_key_fields(self) -> list[str]:
-        """Network and dataset only when they vary; the loss settings always (paper layout)."""
-        varying = [f for f in ("arch", "dataset") if len({row.key[f] for row in self.rows}) > 1]
-        return varying + ["method", "output", "alpha", "beta"]
+    @property
+    def varying(self) -> list[str]:
+        """Settings shown as columns: those that differ between rows, and the method, which names a row."""
+        return [name for name in self.settings
+                if name == "method" or len({row.key[name] for row in self.rows}) > 1]
+
+    @property
+    def constant(self) -> dict[str, str]:
+        """Settings every row shares, shown once above the table; one that no row uses ("—") says nothing."""
+        varying = self.varying
+        return {name: self.rows[0].key[name] for name in self.settings
+                if name not in varying and self.rows[0].key[name] != NOT_APPLICABLE}
+
+    def constant_line(self) -> str:
+        return "Common to all rows: " + ", ".join(f"{title(name)}={value}" for name, value in self.constant.items())
 
     def cell_text(self, row: ComparisonRow, column: str) -> str:
         cell = row.cells.get(column)
         return "-" if cell is None else cell.format()
 
     def warnings(self) -> list[str]:
-        """What a reader of the table must know: rows whose runs repeat a seed."""
-        return [f"{row.label}: {row.n} runs but seed {', '.join(row.repeated_seeds)} more than once, so n counts "
-                f"reruns and ± is not over seeds; pick runs with --run-id or --tag" for row in self.rows
-                if row.repeated_seeds]
+        """What a reader of the table must know: rows whose runs repeat a seed, runs left out unfinished."""
+        notes = [f"{row.label}: {row.n} runs but seed {', '.join(row.repeated_seeds)} more than once, so n counts "
+                 f"reruns and ± is not over seeds; pick runs with --run-id or --tag" for row in self.rows
+                 if row.repeated_seeds]
+        if self.excluded:
+            by_status: dict[str, list[str]] = {}
+            for run_id, status in self.excluded:
+                by_status.setdefault(status, []).append(run_id)
+            listed = "; ".join(f"{status}: {', '.join(ids)}" for status, ids in sorted(by_status.items()))
+            notes.append(f"left out {len(self.excluded)} runs that did not finish ({listed})")
+        return notes
+
+    def _cells(self, row: ComparisonRow, mark: str) -> list[str]:
+        """The row's accuracy cells, a best main one formatted through ``mark``."""
+        cells = [self.cell_text(row, c) for c in self.columns]
+        if row.best_main and "main" in self.columns:
+            i = self.columns.index("main")
+            cells[i] = mark.format(cells[i])
+        return cells
 
     def to_markdown(self) -> str:
-        """Markdown table; the best main accuracy of each network/dataset in bold; warnings below."""
-        fields = self.shown_key_fields()
-        header = [KEY_TITLES[f] for f in fields] + ["n"] + [self.column_title(c) for c in self.columns]
-        alignment = ["---"] * len(fields) + ["--:"] * (1 + len(self.columns))  # numbers right-aligned
-        lines = ["| " + " | ".join(header) + " |", "|" + "|".join(alignment) + "|"]
+        """The shared settings, then the table (the best main accuracy of each setup in bold), then notes."""
+        varying = self.varying
+        header = [title(name) for name in varying] + ["n"] + [self.column_title(c) for c in self.columns]
+        alignment = ["---"] * len(varying) + ["--:"] * (1 + len(self.columns))  # numbers right-aligned
+        lines = [self.constant_line(), ""] if self.constant else []
+        lines += ["| " + " | ".join(header) + " |", "|" + "|".join(alignment) + "|"]
         for row in self.rows:
-            cells = [self.cell_text(row, c) for c in self.columns]
-            if row.best_main and "main" in self.columns:
-                i = self.columns.index("main")
-                cells[i] = f"**{cells[i]}**"
-            lines.append("| " + " | ".join([row.key[f] for f in fields] + [str(row.n)] + cells) + " |")
+            values = [row.key[name] for name in varying] + [str(row.n)] + self._cells(row, "**{}**")
+            lines.append("| " + " | ".join(values) + " |")
         warnings = self.warnings()
         if warnings:
             lines += [""] + [f"Note: {warning}." for warning in warnings]
         return "\n".join(lines) + "\n"
 
     def write_csv(self, path: str | Path) -> Path:
-        """One row per configuration: key fields, n, seeds, run ids, mean/std (%) per column."""
+        """One row per configuration: every setting, n, seeds, run ids, mean/std (%) per column."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow([*KEY_FIELDS, "n", "seeds", "run_ids", "best_main",
+            writer.writerow([*self.settings, "n", "seeds", "run_ids", "best_main",
                              *(f"{c}_{stat}" for c in self.columns for stat in ("mean", "std"))])
             for row in self.rows:
                 stats = []
@@ -180,24 +253,21 @@ class ComparisonTable:
                     cell = row.cells.get(column)
                     stats += ["", ""] if cell is None else [
                         f"{PERCENT * cell.mean:.6g}", "" if cell.std is None else f"{PERCENT * cell.std:.6g}"]
-                writer.writerow([*(row.key[f] for f in KEY_FIELDS), row.n, " ".join(row.seeds),
+                writer.writerow([*(row.key[name] for name in self.settings), row.n, " ".join(row.seeds),
                                  " ".join(row.run_ids), int(row.best_main), *stats])
         return path
 
     def rich_table(self) -> Table:
-        table = Table(title=f"{self.split} accuracy (%): mean ± sample std over seeds; best main per network in red")
-        fields = self.shown_key_fields()
-        for f in fields:
-            table.add_column(KEY_TITLES[f])
+        table = Table(title=f"{self.split} accuracy (%): mean ± sample std over seeds; best main per setup in red",
+                      caption=self.constant_line() if self.constant else None)
+        varying = self.varying
+        for name in varying:
+            table.add_column(title(name))
         table.add_column("n", justify="right")
         for column in self.columns:
             table.add_column(self.column_title(column), justify="right")
         for row in self.rows:
-            cells = [self.cell_text(row, c) for c in self.columns]
-            if row.best_main and "main" in self.columns:
-                i = self.columns.index("main")
-                cells[i] = f"[bold red]{cells[i]}[/]"
-            table.add_row(*(row.key[f] for f in fields), str(row.n), *cells)
+            table.add_row(*(row.key[name] for name in varying), str(row.n), *self._cells(row, "[bold red]{}[/]"))
         return table
 
 
@@ -205,22 +275,37 @@ def _seed_order(seed: str) -> tuple[int, str]:
     return (int(seed), "") if seed.isdigit() else (1 << 62, seed)
 
 
+def _value_order(value: str) -> tuple[int, float, str]:
+    """Numbers by value (2 before 10), then text."""
+    try:
+        return 0, float(value), ""
+    except ValueError:
+        return 1, 0.0, value
+
+
 def build_table(runs: Iterable[RunRecord], split: str = "test") -> ComparisonTable:
-    """Group runs by :func:`config_key` and aggregate their ``<split>/acc_*`` metrics."""
+    """Group the FINISHED runs by :func:`config_key` and aggregate their ``<split>/acc_*`` metrics."""
     prefix = f"{split}/acc_"
-    groups: dict[tuple[str, ...], ComparisonRow] = {}
-    columns: set[str] = set()
-    skipped = []
+    measured: list[tuple[RunRecord, dict[str, float]]] = []
+    skipped, excluded = [], []
     for run in runs:
         accuracies = {name[len(prefix):]: value for name, value in run.metrics.items()
                       if name.startswith(prefix) and output_order(name[len(prefix):]) is not None}
         if "main" not in accuracies:
             skipped.append(run.run_id)  # unfinished, failed, or not a training run
-            continue
-        key = config_key(run)
-        row = groups.setdefault(tuple(key[f] for f in KEY_FIELDS), ComparisonRow(key, {}, [], []))
+        elif run.status != STATUS_FINISHED:
+            excluded.append((run.run_id, run.status))  # its metrics are those of a training cut short or still going
+        else:
+            measured.append((run, accuracies))
+
+    names = _display_order({name for run, _ in measured for name in run_settings(run)})
+    groups: dict[tuple[str, ...], ComparisonRow] = {}
+    columns: set[str] = set()
+    for run, accuracies in measured:
+        key = config_key(run, names)
+        row = groups.setdefault(tuple(key.values()), ComparisonRow(key, {}, [], []))
         row.run_ids.append(run.run_id)
-        row.seeds.append(run.params.get("seed") or run.tags.get("seed") or "?")
+        row.seeds.append(run.params.get("seed") or run.tags.get("seed") or MISSING)
         for column, value in accuracies.items():
             row.cells.setdefault(column, Cell([])).values.append(float(value))
             columns.add(column)
@@ -232,18 +317,30 @@ def build_table(runs: Iterable[RunRecord], split: str = "test") -> ComparisonTab
             if len(cell.values) == row.n:
                 cell.values = [cell.values[i] for i in order]
 
+    setup = [name for name in names if _is_setup(name)]
+    loss = [name for name in names if name.startswith("loss.")]
     method_rank = {m: i for i, m in enumerate(METHODS)}
-    rows = sorted(groups.values(), key=lambda r: (r.key["arch"], r.key["dataset"],
-                                                  method_rank.get(r.key["method"], len(METHODS)),
-                                                  r.key["method"], r.key["output"], r.key["alpha"], r.key["beta"]))
-    # The best main accuracy within each network/dataset, as the paper marks per network.
-    best: dict[tuple[str, str], float] = {}
+
+    def position(row: ComparisonRow) -> tuple:  # by setup, then as the paper orders methods
+        method = row.key.get("method", MISSING)
+        return (*(_value_order(row.key[name]) for name in setup), method_rank.get(method, len(METHODS)), method,
+                *(_value_order(row.key[name]) for name in loss))
+
+    rows = sorted(groups.values(), key=position)
+    # The best main accuracy within each training setup, as the paper marks it per network.
+    best: dict[tuple[str, ...], float] = {}
     for row in rows:
-        group = (row.key["arch"], row.key["dataset"])
+        group = tuple(row.key[name] for name in setup)
         best[group] = max(best.get(group, -math.inf), row.cells["main"].mean)
     for row in rows:
-        row.best_main = row.cells["main"].mean == best[(row.key["arch"], row.key["dataset"])]
-    return ComparisonTable(split, sorted(columns, key=output_order), rows, skipped)
+        row.best_main = row.cells["main"].mean == best[tuple(row.key[name] for name in setup)]
+    table = ComparisonTable(split, sorted(columns, key=output_order), rows, settings=names, skipped=skipped,
+                            excluded=excluded)
+    shown = [name for name in table.varying if name != "method"]
+    for row in rows:
+        applied = [f"{title(name)}={row.key[name]}" for name in shown if row.key[name] != NOT_APPLICABLE]
+        row.label = row.key.get("method", MISSING) + (f" ({', '.join(applied)})" if applied else "")
+    return table
 
 
 def parse_tags(pairs: Sequence[str]) -> dict[str, str]:

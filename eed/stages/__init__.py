@@ -13,10 +13,21 @@ from __future__ import annotations
 
 from typing import Callable
 
+from rich.console import Console
+
 from eed.config import Config, load_config
 from eed.errors import error_boundary
 
 PARAMS_FILE = "params.yaml"
+
+
+# soft_wrap: a message holding a path is never broken across lines (tables still fit the width).
+def stdout() -> Console:
+    return Console(soft_wrap=True)
+
+
+def stderr() -> Console:
+    return Console(stderr=True, soft_wrap=True)
 
 
 def run_stage(stage: Callable[[Config], object], params: str = PARAMS_FILE) -> None:

@@ -1,11 +1,10 @@
-"""What several stages share: option checks, the default source, a checkpoint's network."""
+"""What the stages that read a checkpoint share: option checks, the default source, the
+checkpoint's network, and their child run."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Mapping, Sequence
-
-from rich.console import Console
 
 from eed import data as eed_data
 from eed import tracking
@@ -16,15 +15,6 @@ from eed.models.multi_exit import MultiExitNet
 
 SPLITS = ("test", "val")
 CHECKPOINTS = ("best", "last")
-
-
-# soft_wrap: a message holding a path is never broken across lines (tables still fit the width).
-def stdout() -> Console:
-    return Console(soft_wrap=True)
-
-
-def stderr() -> Console:
-    return Console(stderr=True, soft_wrap=True)
 
 
 def choice(option: str, value: str, allowed: Sequence[str]) -> str:

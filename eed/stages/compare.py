@@ -10,7 +10,8 @@ from eed.config import Config
 from eed.errors import TrackingError
 from eed.reporting.comparison import ComparisonTable, build_table, parse_tags
 from eed.reporting.figures import plot_comparison
-from eed.stages.common import SPLITS, choice, stdout
+from eed.stages import stdout
+from eed.stages.common import SPLITS, choice
 
 
 def compare(config: Config, experiments: Sequence[str] = (), *, tags: Sequence[str] = (),
@@ -29,7 +30,7 @@ def compare(config: Config, experiments: Sequence[str] = (), *, tags: Sequence[s
                      f"experiments {', '.join(experiments) or '(all)'}"
                      + (f" with tags {tag_filter}" if tag_filter else ""))
         raise TrackingError(f"no finished training runs with {split}/acc_main metrics among {selection} "
-                                     f"({len(runs)} runs found)")
+                            f"({len(runs)} runs found, {len(table.excluded)} of them with metrics but not FINISHED)")
     out_dir = Path(out or Path(config.paths.out_dir) / "compare")
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = out_dir / "comparison.md"

@@ -21,7 +21,8 @@ from eed.models.multi_exit import MultiExitNet
 from eed.progress import progress_bar, tracked
 from eed.reporting import tables
 from eed.reporting.files import write_evaluation_outputs
-from eed.stages.common import SPLITS, choice, default_source, log_stage_run, source_model, stderr, stdout
+from eed.stages import stderr, stdout
+from eed.stages.common import SPLITS, choice, default_source, log_stage_run, source_model
 
 
 @dataclass

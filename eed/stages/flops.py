@@ -9,7 +9,7 @@ from eed.config import Config
 from eed.metrics.flops import FlopsProfile, arch_profile, summarize_backbones
 from eed.reporting import tables
 from eed.reporting.files import write_flops_outputs
-from eed.stages.common import stdout
+from eed.stages import stdout
 
 
 def models(width: int | None = None) -> None:

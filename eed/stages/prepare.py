@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from eed import data as eed_data
 from eed.config import Config
-from eed.stages.common import stderr
+from eed.stages import stderr
 
 
 def prepare(config: Config):

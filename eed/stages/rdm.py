@@ -16,7 +16,8 @@ from eed.engine.runtime import setup_runtime
 from eed.metrics.rdm import RdmResult, compute_rdms, layer_activations, select_samples
 from eed.reporting import tables
 from eed.reporting.files import write_rdm_outputs
-from eed.stages.common import SPLITS, choice, default_source, log_stage_run, source_model, stdout
+from eed.stages import stdout
+from eed.stages.common import SPLITS, choice, default_source, log_stage_run, source_model
 
 
 @dataclass

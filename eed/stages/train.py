@@ -8,7 +8,7 @@ from eed.config import Config
 from eed.engine.runtime import relaunch_under_torchrun
 from eed.engine.trainer import TrainResult
 from eed.engine.trainer import train as run_training
-from eed.stages.common import stdout
+from eed.stages import stdout
 
 
 def train(config: Config, *, out: Path | None = None, resume: str = "auto",
