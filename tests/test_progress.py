@@ -68,17 +68,22 @@ def test_tracked_yields_everything_and_closes_an_abandoned_source(monkeypatch):
     assert list(tracked(range(3), None, "no bar", 3)) == [0, 1, 2]
 
 
-@pytest.mark.parametrize("refresh_s", [0.0, 3600.0])
-def test_training_epoch_renders_its_bar_between_steps(monkeypatch, refresh_s):
-    monkeypatch.setattr(eed.progress, "REFRESH_S", refresh_s)
+def tiny_epoch(steps: int):
+    """The pieces ``train_one_epoch`` takes, for a tiny eed network and ``steps`` random batches."""
     config = load_config(None, ["train.device=cpu", "data.dataset=synthetic", "model.arch=resnet18", "model.width=4"])
     torch.manual_seed(0)
     model = create_model("resnet18", 10, 4, exits=True)
     objective = ExitEnsembleObjective("eed", config.loss, model.num_classifiers)
     optimizer = build_optimizer(model, config.train)
-    batches = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))) for _ in range(3)]
+    batches = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))) for _ in range(steps)]
     scheduler = build_scheduler(optimizer, config.train, len(batches))
-    runtime = setup_runtime(config.train)
+    return model, objective, batches, optimizer, scheduler, setup_runtime(config.train)
+
+
+@pytest.mark.parametrize("refresh_s", [0.0, 3600.0])
+def test_training_epoch_renders_its_bar_between_steps(monkeypatch, refresh_s):
+    monkeypatch.setattr(eed.progress, "REFRESH_S", refresh_s)
+    model, objective, batches, optimizer, scheduler, runtime = tiny_epoch(3)
     console, out = terminal()
     with progress_bar(console) as progress:
         stats = train_one_epoch(model, objective, batches, optimizer, scheduler, runtime, epoch=1,
@@ -95,19 +100,13 @@ def test_training_steps_read_nothing_back_from_the_device_between_renders(monkey
     """The finite-loss check and the bar's loss are read (a host sync on a GPU) at the render
     interval only: with no render due, a 6-step epoch reads the loss flag once, at its end."""
     monkeypatch.setattr(eed.progress, "REFRESH_S", 3600.0)
-    config = load_config(None, ["train.device=cpu", "data.dataset=synthetic", "model.arch=resnet18", "model.width=4"])
-    torch.manual_seed(0)
-    model = create_model("resnet18", 10, 4, exits=True)
-    objective = ExitEnsembleObjective("eed", config.loss, model.num_classifiers)
-    optimizer = build_optimizer(model, config.train)
-    batches = [(torch.randn(4, 3, 32, 32), torch.randint(0, 10, (4,))) for _ in range(6)]
-    scheduler = build_scheduler(optimizer, config.train, len(batches))
+    model, objective, batches, optimizer, scheduler, runtime = tiny_epoch(6)
     reads = []
     original_bool, original_item = torch.Tensor.__bool__, torch.Tensor.item
     monkeypatch.setattr(torch.Tensor, "__bool__", lambda t: reads.append("bool") or original_bool(t))
     monkeypatch.setattr(torch.Tensor, "item", lambda t: reads.append("item") or original_item(t))
     steps = []
-    train_one_epoch(model, objective, batches, optimizer, scheduler, setup_runtime(config.train), epoch=1,
+    train_one_epoch(model, objective, batches, optimizer, scheduler, runtime, epoch=1,
                     classifier_names=model.classifier_names(),
                     should_stop=lambda: steps.append(list(reads)) and False)
     assert all(seen == [] for seen in steps[:-1])  # steps 1-5: nothing read back
