@@ -21,6 +21,9 @@ from eed.errors import ConfigError
 Method = Literal["baseline", "branchynet", "distill", "byot", "eed"]
 METHODS: tuple[str, ...] = get_args(Method)
 Scale = Literal["cpu", "paper"]
+# default: eed's own choices; official: the paper's official release (hjdw2/Exit-Ensemble-
+# Distillation) where it differs, see OFFICIAL_RELEASE.
+Reference = Literal["default", "official"]
 
 DATA_ROOT_ENV = "EED_DATA_ROOT"
 
@@ -46,8 +49,9 @@ class DataConfig(_Section):
     # Where `eed prepare` writes the .beton files and their manifest.
     prepared_dir: str = "data/prepared"
     backend: Literal["ffcv", "tensor"] = "ffcv"
-    # Images carved from the training set (stratified, seeded) for model selection; 0 = none.
-    val_size: int = Field(5000, ge=0)
+    # Images carved from the training set (stratified, seeded) for model selection; 0 = none
+    # (the paper's protocol: train on all of it); null = preset (cpu 5000, paper 0).
+    val_size: int | None = Field(None, ge=0)
     # Seed of the validation split and of the training subset, kept apart from `seed` so that
     # runs with different seeds train and select on the same images.
     split_seed: int = Field(0, ge=0)
@@ -97,6 +101,15 @@ class ModelConfig(_Section):
             raise ValueError(f"unknown architecture {arch!r}; allowed: {', '.join(registry.list_backbones())}")
         return arch
 
+    # Weight initialisation (eed/models/initialization.py): he_fan_out = He-normal fan-out convs,
+    # BN weight 1 / bias 0 (the official release, torchvision, timm); pytorch = each layer's
+    # own default (what eed did before it initialised weights).
+    init: Literal["he_fan_out", "pytorch"] = "he_fan_out"
+    # ReLU in the stem: null = the architecture's own stem (conv-BN-ReLU for the CIFAR ResNets and
+    # VGG), except under reference: official, whose CIFAR ResNet has no ReLU after the stem's BN;
+    # false = the stem without its ReLU.
+    stem_relu: bool | None = None
+
 
 TeacherMember = Union[int, Literal["main"]]
 
@@ -104,7 +117,9 @@ TeacherMember = Union[int, Literal["main"]]
 class LossConfig(_Section):
     # Output distillation loss l_z: KL on softened probabilities (scaled by T^2) or MSE on logits.
     output: Literal["kl", "mse"] = "mse"
-    alpha: float = Field(1.0, ge=0)
+    # Weight of l_z. null = 1 (the paper's text), except with reference: official and output kl:
+    # 0.1, the official release's weight of its KL loss (its MSE loss has weight 1).
+    alpha: float | None = Field(None, ge=0)
     # Feature distillation weight; ignored by baseline/branchynet/distill.
     beta: float = Field(1.0, ge=0)
     temperature: float = Field(3.0, gt=0)
@@ -153,6 +168,20 @@ class TrainConfig(_Section):
     checkpoint_every: int = Field(1, ge=1)
     # Processes for DistributedDataParallel (launched through torchrun when > 1).
     nproc: int = Field(1, ge=1)
+    # Machines taking part, nproc processes each: train.batch_size is shared by all
+    # nnodes x nproc ranks, so it changes how the batch is split (a training key, like nproc).
+    nnodes: int = Field(1, ge=1)
+    # This machine's index, 0..nnodes-1; machine 0 runs the global rank 0, which alone logs to
+    # MLflow and writes checkpoints and outputs. Differs per machine: pass it on the command line
+    # (`eed train --set train.node_rank=1`, `dvc exp run -S train.node_rank=1`).
+    node_rank: int = Field(0, ge=0)
+    # "host:port" where the machines meet (machine 0's address and a free port, e.g.
+    # host0:29400); required when nnodes > 1, passed like node_rank.
+    rdzv_endpoint: str | None = None
+    # How the machines meet: static keeps node_rank, so machine 0 runs rank 0 (and DVC's outputs
+    # are where `dvc exp run` ran); c10d is torchrun's elastic rendezvous, which ignores node_rank
+    # and numbers the machines itself, so rank 0 and the outputs may land on any machine.
+    rdzv_backend: Literal["static", "c10d"] = "static"
 
     @field_validator("channels_last", mode="before")
     @classmethod
@@ -166,6 +195,33 @@ class TrainConfig(_Section):
         if any(m < 1 for m in milestones) or milestones != sorted(set(milestones)):
             raise ValueError(f"milestones must be strictly increasing positive epochs, got {milestones}")
         return milestones
+
+    @field_validator("rdzv_endpoint")
+    @classmethod
+    def _host_and_port(cls, endpoint: str | None) -> str | None:
+        # Checked here, not by torchrun minutes later on another machine.
+        import re
+
+        if endpoint is None:
+            return None
+        # A host name or address (IPv6 in brackets), a colon, a port.
+        match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9_.-]*):(?P<port>[0-9]{1,5})",
+                             endpoint.strip())
+        if not match or not 1 <= int(match["port"]) <= 65535:
+            raise ValueError("must look like host:port, machine 0's address and a free port "
+                             "(e.g. host0:29400 or 10.0.0.5:29400)")
+        return endpoint.strip()
+
+    @model_validator(mode="after")
+    def _nodes(self) -> "TrainConfig":
+        if self.node_rank >= self.nnodes:
+            raise ValueError(f"train.node_rank={self.node_rank} must be below train.nnodes={self.nnodes} "
+                             f"(machines are numbered 0..{self.nnodes - 1})")
+        if self.nnodes > 1 and self.rdzv_endpoint is None:
+            raise ValueError(f"train.rdzv_endpoint is required with train.nnodes={self.nnodes}: host:port "
+                             "where the machines meet, machine 0's address and a free port "
+                             "(e.g. --set train.rdzv_endpoint=host0:29400)")
+        return self
 
 
 class EvalConfig(_Section):
@@ -197,6 +253,7 @@ class Config(_Section):
     seed: int = Field(0, ge=0)
     method: Method = "eed"
     scale: Scale = "cpu"
+    reference: Reference = "default"
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     loss: LossConfig = LossConfig()
@@ -228,15 +285,29 @@ class Config(_Section):
                 data[section][key] = value
         if data["model"]["width"] is None:
             data["model"]["width"] = preset_width(self.model.arch, self.scale)
+        # The reference decides what the model and the loss are where the user left it open.
+        official = self.reference == "official"
+        if data["model"]["stem_relu"] is None:
+            data["model"]["stem_relu"] = not official
+        if data["loss"]["alpha"] is None:
+            data["loss"]["alpha"] = OFFICIAL_KL_ALPHA if official and self.loss.output == "kl" else PAPER_ALPHA
         return Config.model_validate(data)
 
 
 # Values used where params.yaml leaves the key null. `paper` is the paper's protocol
 # (the official release's 200-epoch step schedule at the architecture's own width).
 PRESETS: dict[str, dict[str, Any]] = {
-    "cpu": {"train.epochs": 4, "train.schedule": "onecycle", "data.train_subset": 20000},
-    "paper": {"train.epochs": 200, "train.schedule": "step", "data.train_subset": 0},
+    "cpu": {"train.epochs": 4, "train.schedule": "onecycle", "data.train_subset": 20000, "data.val_size": 5000},
+    # All 50,000 training images, no validation split: the paper reports test accuracy.
+    "paper": {"train.epochs": 200, "train.schedule": "step", "data.train_subset": 0, "data.val_size": 0},
 }
+
+# loss.alpha when left null: the weight the paper's text gives l_z.
+PAPER_ALPHA = 1.0
+# What `reference: official` changes where the key is left null: the official release's CIFAR
+# ResNet stem has no ReLU after its BN, and it weighs its KL output loss by 0.1 (its MSE by 1).
+# Its He-normal fan-out initialisation is eed's default (model.init) either way.
+OFFICIAL_KL_ALPHA = 0.1
 # The cpu preset narrows CIFAR networks to a quarter of their width (ResNet-18: 64 -> 16),
 # keeping the topology; the ImageNet networks come from torchvision at their own width.
 CPU_WIDTH_DIVISOR = 4
@@ -355,6 +426,9 @@ NON_TRAINING_KEYS: dict[str, str] = {
     "data.prepared_dir": "where the .beton files are kept",
     "data.num_workers": "loader threads deliver the same batches",
     "train.checkpoint_every": "how often last.pt is written",
+    "train.node_rank": "which machine this is; all machines together run the same ranks",
+    "train.rdzv_endpoint": "where the machines meet to form the process group",
+    "train.rdzv_backend": "how the machines meet; the same ranks train either way",
     "eval": "read by the evaluate and rdm stages, after training",
     "tracking": "where the run is logged",
     "paths": "where the outputs are written",

@@ -18,7 +18,13 @@ and :class:`ExitEnsembleObjective` evaluates any row with the same code.
 
 l_z is ``T^2 * KL(softmax(G/T) || softmax(Z/T))`` (batchmean) or the MSE on logits; l_f is
 the "partial L2" of the paper's ref. [8]: the squared error where the student or the
-teacher feature is positive, summed and divided by B*D. Teacher targets are detached, as in
+teacher feature is positive, summed and divided by B*D.
+
+The official release weighs its KL l_z by 0.1 (its MSE l_z by 1) where the paper's text says
+alpha = 1: ``reference: official`` makes alpha 0.1 for the KL loss (eed/config.py). It also
+computes the KL as the soft cross entropy -sum(p_G log p_Z), which exceeds the KL by the
+teacher's entropy: a constant of each step, so the gradients are the same
+(tests/test_official.py checks both). Teacher targets are detached, as in
 the official release: a classifier learns from the ensemble, it is not pulled by it.
 """
 
@@ -31,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from eed.config import METHODS, Config, LossConfig, TeacherMember, check_method_loss
+from eed.config import METHODS, PAPER_ALPHA, Config, LossConfig, TeacherMember, check_method_loss
 from eed.errors import ConfigError
 from eed.models.multi_exit import MultiExitOutput, classifier_names
 
@@ -111,6 +117,8 @@ def plan_for(method: str, loss: LossConfig, num_classifiers: int) -> ObjectivePl
 
     names = classifier_names(k)
     main = k - 1
+    # A loss config used without Config.resolved() (e.g. built directly) leaves alpha null.
+    alpha = PAPER_ALPHA if loss.alpha is None else loss.alpha
     all_ce = (1.0,) * k
     no_distillation = dict(students=(), teachers=(), alpha=0.0, beta=0.0)
     if method == "baseline":
@@ -121,11 +129,11 @@ def plan_for(method: str, loss: LossConfig, num_classifiers: int) -> ObjectivePl
         # eq. 4: the exits learn from the main output; distill is the beta = 0 case.
         beta = loss.beta if method == "byot" else 0.0
         shape = dict(ce_weights=all_ce, students=tuple(range(main)), teachers=(main,),
-                     alpha=loss.alpha, beta=beta)
+                     alpha=alpha, beta=beta)
     else:  # eed, eq. 8: every classifier, main included, learns from the ensemble.
         teachers = tuple(range(k)) if loss.teacher is None else _resolve_teacher(loss.teacher, k)
         shape = dict(ce_weights=all_ce, students=tuple(range(k)), teachers=teachers,
-                     alpha=loss.alpha, beta=loss.beta)
+                     alpha=alpha, beta=loss.beta)
     return ObjectivePlan(method=method, classifier_names=names, output_loss=loss.output,
                          temperature=loss.temperature, **shape)
 

@@ -223,6 +223,11 @@ class MlflowLogger:
         self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step)
                                                     for k, v in flatten_metrics(metrics).items()])
 
+    def set_tags(self, tags: Mapping[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+
     def log_text(self, text: str, path: str) -> None:
         self.client.log_text(self.run_id, text, path)
 

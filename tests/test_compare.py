@@ -46,6 +46,8 @@ def store(tmp_path_factory) -> tuple[str, dict[str, list[str]]]:
             metrics = [Metric(f"val/acc_{name}", value - 0.01, 0, epoch)
                        for epoch in (1, 2) for name, value in zip(CLASSIFIERS, accuracies)]
             metrics += [Metric(f"test/acc_{name}", value, 0, 2) for name, value in zip(CLASSIFIERS, accuracies)]
+            metrics += [Metric(f"test/max_acc_{name}", value + 0.02, 0, 2) for name, value in zip(CLASSIFIERS, accuracies)]
+            metrics += [Metric(f"test/max_acc_epoch_{name}", 1, 0, 2) for name in CLASSIFIERS]
             client.log_batch(run.info.run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
             client.set_terminated(run.info.run_id)
             run_ids.setdefault(method, []).append(run.info.run_id)
@@ -94,7 +96,7 @@ def test_compare_prints_mean_and_sample_std(store, tmp_path, monkeypatch):
     left_out = f"left out 1 runs that did not finish (KILLED: {run_ids['killed'][0]})"
     assert left_out in result.output and "99.00" not in result.output
 
-    markdown = (tmp_path / "out" / "comparison.md").read_text().splitlines()
+    markdown = (tmp_path / "out" / "comparison.md").read_text().splitlines()[2:]  # after what the numbers are
     assert markdown[0] == "Common to all rows: Network=resnet18, Dataset=cifar100"  # shared settings once, above
     assert markdown[2].startswith("| Method | l_z | α | β | n | Exit 1 | Exit 2 | Exit 3 | Main | Ensemble |")
     assert f"Note: {left_out}." in markdown
@@ -128,6 +130,21 @@ def test_selection_by_tag_and_run_id(store, tmp_path, monkeypatch):
     result = invoke_compare(uri, ["--tag", "method=branchynet"], tmp_path, monkeypatch)
     assert result.exit_code == 0 and expected_cell("branchynet", "main") in result.output
     assert expected_cell("eed", "main") not in result.output
+
+
+def test_the_papers_max_over_epochs_is_tabulated_under_its_name(store, tmp_path, monkeypatch):
+    """--split test_max reads test/max_acc_* (not the per-output epochs) and says what they are."""
+    uri, _ = store
+    table = build_table(find_runs(uri, experiments=["cmp"]), split="test_max")
+    assert table.columns == list(CLASSIFIERS)  # test/max_acc_epoch_* are not outputs
+    assert table.rows[0].cells["main"].mean == pytest.approx(statistics.mean(
+        RESULTS["branchynet"][s][3] + 0.02 for s in range(3)))
+    meaning = "max over epochs, as in the paper; selected on test, optimistic"
+    assert meaning in table.to_markdown().splitlines()[0]
+    result = invoke_compare(uri, ["--split", "test_max"], tmp_path, monkeypatch)
+    assert result.exit_code == 0 and "max over epochs" in " ".join(result.output.split())
+    with pytest.raises(ConfigError, match="allowed: test, val, test_max"):
+        build_table([], split="max")
 
 
 def test_clear_errors(store, tmp_path, monkeypatch):
@@ -276,7 +293,9 @@ def test_shared_settings_once_above_the_table_varying_ones_as_columns(tmp_path):
     table = build_table([training_run("narrow"), training_run("wide", {"model.width": "64"}, main=0.6),
                          training_run("ce", {"method": "branchynet"}, main=0.4)])
     markdown = table.to_markdown()
-    lines = markdown.splitlines()
+    # First what the numbers are, then the shared settings.
+    assert markdown.splitlines()[:2] == ["Test accuracy of best.pt (selected on validation; last epoch without one), %.", ""]
+    lines = markdown.splitlines()[2:]
     assert lines[0].startswith("Common to all rows: Network=resnet18, Dataset=cifar100, Scale=cpu, data.backend=ffcv")
     assert "train.epochs=4" in lines[0] and markdown.count("train.epochs") == 1 and "model.width" not in lines[0]
     assert lines[1] == "" and lines[2] == "| Method | l_z | α | β | Teacher | model.width | n | Main |"

@@ -363,9 +363,9 @@ def test_finite_and_backward_through_network(method: str, output_loss: str) -> N
 
 def test_low_precision_logits_are_lifted_to_float32() -> None:
     output, y = make_output(seed=13, dtype=torch.bfloat16)
-    result = ExitEnsembleObjective("eed", LossConfig(output="kl"), K)(output, y)
+    result = ExitEnsembleObjective("eed", LossConfig(output="kl", alpha=1.0), K)(output, y)
     assert result.total.dtype == torch.float32
     lifted = MultiExitOutput(logits=[t.detach().double() for t in output.logits],
                              features=[t.detach().double() for t in output.features])
-    reference, _ = expected("eed", lifted, y, LossConfig(output="kl"))
+    reference, _ = expected("eed", lifted, y, LossConfig(output="kl", alpha=1.0))
     torch.testing.assert_close(result.total.double(), reference, rtol=1e-5, atol=1e-5)

@@ -3,6 +3,7 @@ signals, kill -9, NaN, bad checkpoints, DDP with gloo, and a real-data smoke run
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import signal
@@ -81,7 +82,7 @@ def test_every_method_trains_two_epochs_and_logs_a_complete_run(tmp_path, method
     checkpoint = load_checkpoint(result.last_checkpoint)
     assert checkpoint["epoch"] == 2 and checkpoint["exits"] == (method != "baseline")
     assert checkpoint["run_id"] == result.run_id
-
+    assert_test_accuracy_per_epoch_and_its_max(client, run, names, tmp_path / "out" / "train")
     if method in ("baseline", "eed"):  # exporting is slow: check the logged model on two methods
         model_uri = f"runs:/{result.run_id}/model"
         with using_tracking_uri(config.tracking.uri):
@@ -95,17 +96,60 @@ def test_every_method_trains_two_epochs_and_logs_a_complete_run(tmp_path, method
         assert torch.allclose(logits, expected, atol=1e-4)
 
 
+def assert_test_accuracy_per_epoch_and_its_max(client, run, names, out_dir):
+    """Every epoch's test accuracy is logged; test/max_acc_* is its maximum over the epochs, the
+    paper's number, labelled as such in the run's tags and metrics.json."""
+    summary = json.loads((out_dir / "metrics.json").read_text())
+    rows = list(csv.DictReader((out_dir / "accuracy.csv").open()))
+    for name in names:
+        per_epoch = client.get_metric_history(run.info.run_id, f"test/epoch_acc_{name}")
+        assert [m.step for m in per_epoch] == [1, 2]
+        best = max(per_epoch, key=lambda m: (m.value, -m.step))
+        assert run.data.metrics[f"test/max_acc_{name}"] == pytest.approx(best.value)
+        assert run.data.metrics[f"test/max_acc_epoch_{name}"] == best.step
+        assert summary["test_max_over_epochs"][f"acc_{name}"] == pytest.approx(best.value)
+        tested = [float(r["accuracy"]) for r in rows if r["split"] == "test" and r["classifier"] == name]
+        assert tested == pytest.approx([round(100 * m.value, 2) for m in per_epoch], abs=0.006)
+    assert run.data.tags["eed.meaning.test/max_acc"] == "max over epochs, as in the paper; selected on test, optimistic"
+    assert "selected on validation" in run.data.tags["eed.meaning.test/acc"]
+
+
+def test_without_a_validation_split_the_last_epoch_is_selected_and_labelled_so(tmp_path):
+    """val_size 0 (the paper's protocol): no val/acc_*, best.pt is the last epoch, and test/acc_*
+    are that epoch's test accuracies (the max over epochs is logged apart)."""
+    config = synthetic_config(tmp_path, **{"data.val_size": 0})
+    result = train(config, tmp_path / "out" / "train")
+    client = MlflowClient(config.tracking.uri)
+    run = client.get_run(result.run_id)
+    assert not any(name.startswith("val/") for name in run.data.metrics)
+    assert load_checkpoint(result.best_checkpoint)["epoch"] == 2
+    last_epoch = client.get_metric_history(result.run_id, "test/epoch_acc_main")[-1].value
+    assert run.data.metrics["test/acc_main"] == pytest.approx(last_epoch)
+    assert "last epoch" in run.data.tags["eed.meaning.test/acc"]
+    assert_test_accuracy_per_epoch_and_its_max(client, run, ["exit1", "main", "ensemble"], tmp_path / "out" / "train")
+
+
 def test_the_logged_model_is_the_selected_checkpoint_not_the_last_epoch(tmp_path, monkeypatch):
     import eed.engine.trainer as T
 
     config = synthetic_config(tmp_path, **{"train.deterministic": False})
-    original, calls = T.validate, []
+    original_loader, split_of = T.eed_data.make_loader, {}
 
-    def validate(*args, **kwargs):  # validation peaks at epoch 1, so best.pt is epoch 1's
-        accuracy = original(*args, **kwargs)
-        calls.append(1)
-        return {**accuracy, "main": 0.9} if len(calls) == 1 else accuracy if len(calls) > 2 else {**accuracy, "main": 0.1}
+    def make_loader(config, split, **options):  # remember which loader is the validation split's
+        loader = original_loader(config, split, **options)
+        split_of[id(loader)] = split
+        return loader
 
+    original, val_calls = T.validate, []
+
+    def validate(model, loader, *args, **kwargs):  # validation peaks at epoch 1, so best.pt is epoch 1's
+        accuracy = original(model, loader, *args, **kwargs)
+        if split_of.get(id(loader)) != "val":
+            return accuracy
+        val_calls.append(1)
+        return {**accuracy, "main": 0.9 if len(val_calls) == 1 else 0.1}
+
+    monkeypatch.setattr(T.eed_data, "make_loader", make_loader)
     monkeypatch.setattr(T, "validate", validate)
     result = train(config, tmp_path / "out" / "train")
     best, last = load_checkpoint(result.best_checkpoint), load_checkpoint(result.last_checkpoint)
@@ -137,11 +181,10 @@ RUNNER = textwrap.dedent("""
     mode, out, *overrides = sys.argv[1:]
     config = load_config(None, overrides)
     if mode == "kill9-after-epoch-1":
-        # Dies abruptly while validating epoch 2, i.e. after epoch 1's checkpoint was written.
-        original, calls = T.validate, []
+        # Dies abruptly in the first evaluation after epoch 1's checkpoint was written (epoch 2's).
+        original = T.validate
         def validate(*args, **kwargs):
-            calls.append(1)
-            if len(calls) == 2:
+            if os.path.exists(os.path.join(out, "checkpoints", "last.pt")):
                 os.kill(os.getpid(), signal.SIGKILL)
             return original(*args, **kwargs)
         T.validate = validate

@@ -21,7 +21,9 @@ def compare(
     run_id: Annotated[Optional[list[str]], typer.Option(
         "--run-id", help="Compare exactly these runs instead of searching experiments (repeatable).")] = None,
     split: Annotated[str, typer.Option(
-        help="Metrics to tabulate: test (final test/acc_*) or val (last val/acc_*).")] = "test",
+        help="Metrics to tabulate: test (test/acc_*: best.pt, selected on validation), val (last "
+             "val/acc_*) or test_max (test/max_acc_*: max over epochs, as in the paper; selected on test, "
+             "optimistic).")] = "test",
     out: Annotated[Optional[Path], typer.Option(
         help="Output folder for comparison.md, comparison.csv and figures/comparison.png "
              "(default: <paths.out_dir>/compare).")] = None,

@@ -120,7 +120,7 @@ def make_loader(config: Config, split: Split, *, train: bool, device: torch.devi
         world_size = _rank_and_world_size(distributed)[1]
         if batch_size % world_size:
             raise ConfigError(f"train.batch_size: the global batch of {batch_size} must divide among the "
-                              f"{world_size} processes (train.nproc)")
+                              f"{world_size} processes (train.nproc x train.nnodes)")
         batch_size //= world_size
     info = dataset_info(manifest.dataset)
     normalization = Normalization(tuple(manifest.normalization["mean"]), tuple(manifest.normalization["std"]))

@@ -2,10 +2,12 @@
 when a run resumes from one; and what ``eed evaluate``/``eed rdm`` read a network from.
 
 Keys: ``format`` ("eed-checkpoint"), ``version``, ``arch``, ``num_classes``, ``width``,
-``exits`` (False for the baseline), ``class_names``, ``config`` (the resolved config as a
+``exits`` (False for the baseline), ``stem_relu`` (False: the stem without its ReLU; absent in
+checkpoints written before the option, which had it), ``class_names``, ``config`` (the resolved config as a
 plain dict), ``epoch`` (epochs completed), ``step_in_epoch``, ``model``, ``optimizer``,
 ``scheduler``, ``rng`` (Python, numpy and torch generator states), ``metrics`` (last
-epoch's), ``best_metric`` and ``run_id`` (the tracking run that made it).
+epoch's), ``best_metric``, ``test_max`` (each output's best test accuracy so far and its epoch)
+and ``run_id`` (the tracking run that made it).
 """
 
 from __future__ import annotations
@@ -77,8 +79,9 @@ def model_from_checkpoint(checkpoint: dict[str, Any], *, arch: str | None = None
     if num_classes is not None and checkpoint["num_classes"] != num_classes:
         raise CheckpointError(f"checkpoint predicts {checkpoint['num_classes']} classes, "
                               f"but the data has {num_classes}")
+    # The weights are overwritten next, so they are not initialised (init="pytorch").
     model = create_model(checkpoint["arch"], checkpoint["num_classes"], checkpoint["width"],
-                         exits=checkpoint["exits"])
+                         exits=checkpoint["exits"], stem_relu=checkpoint.get("stem_relu", True), init="pytorch")
     try:
         model.load_state_dict(checkpoint["model"])
     except RuntimeError as error:

@@ -130,14 +130,32 @@ def torchrun_command(argv: list[str]) -> list[str]:
     return ["-m", "eed.cli", *argv[1:]]
 
 
-def relaunch_under_torchrun(nproc: int, argv: list[str] | None = None) -> None:
-    """With ``nproc > 1`` outside torchrun, replace this process by torchrun running the same
-    command (``argv``, default ``sys.argv``) as ``nproc`` processes on this machine."""
-    if nproc <= 1 or "LOCAL_RANK" in os.environ:
+# The rendezvous id every machine of a run passes to torchrun: one constant, as a machine
+# takes part in one training run at a time (the endpoint's port tells runs apart).
+RDZV_ID = "eed"
+
+
+def torchrun_options(cfg: TrainConfig) -> list[str]:
+    """torchrun's options for ``cfg``: ``--standalone`` on one machine; across ``nnodes``
+    machines a rendezvous at ``rdzv_endpoint``. The default static backend keeps ``node_rank``:
+    machine ``node_rank`` runs the global ranks ``node_rank * nproc ...``, so machine 0 runs
+    rank 0, which alone logs and writes outputs. torchrun's c10d backend ignores
+    ``--node_rank`` (it is not passed) and numbers the machines itself."""
+    if cfg.nnodes == 1:
+        return ["--standalone", f"--nproc_per_node={cfg.nproc}"]
+    node_rank = [f"--node_rank={cfg.node_rank}"] if cfg.rdzv_backend == "static" else []
+    return [f"--nnodes={cfg.nnodes}", *node_rank, f"--rdzv_backend={cfg.rdzv_backend}",
+            f"--rdzv_endpoint={cfg.rdzv_endpoint}", f"--rdzv_id={RDZV_ID}", f"--nproc_per_node={cfg.nproc}"]
+
+
+def relaunch_under_torchrun(cfg: TrainConfig, argv: list[str] | None = None) -> None:
+    """With ``nproc x nnodes > 1`` outside torchrun, replace this process by torchrun running
+    the same command (``argv``, default ``sys.argv``) as ``cfg.nproc`` processes on this
+    machine, joined with the other machines' when ``cfg.nnodes > 1`` (:func:`torchrun_options`)."""
+    if cfg.nproc * cfg.nnodes <= 1 or "LOCAL_RANK" in os.environ:
         return
     command = torchrun_command(list(argv if argv is not None else sys.argv))
-    os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                              f"--nproc_per_node={nproc}", *command])
+    os.execv(sys.executable, [sys.executable, "-m", "torch.distributed.run", *torchrun_options(cfg), *command])
 
 
 def unwrap(model: torch.nn.Module) -> torch.nn.Module:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from torch import nn
 
@@ -56,3 +56,13 @@ class Backbone:
     @property
     def num_classes(self) -> int:
         return self.fc.out_features
+
+    def without_stem_relu(self) -> "Backbone":
+        """This backbone with every ReLU directly in its stem replaced by an identity (the
+        official release's CIFAR ResNet stem is conv-BN). Layer indices, hence parameter
+        names, stay the same, so a checkpoint loads into either; a stem without a ReLU is
+        returned unchanged."""
+        if not isinstance(self.stem, nn.Sequential) or not any(isinstance(m, nn.ReLU) for m in self.stem):
+            return self
+        stem = nn.Sequential(*(nn.Identity() if isinstance(m, nn.ReLU) else m for m in self.stem))
+        return replace(self, stem=stem)

@@ -13,6 +13,7 @@ from typing import Callable
 
 from eed.errors import ConfigError
 from eed.models.backbone import Backbone
+from eed.models.initialization import InitScheme, init_weights
 from eed.models.multi_exit import MultiExitNet
 
 BackboneBuilder = Callable[..., Backbone]
@@ -54,11 +55,16 @@ def get_spec(name: str) -> BackboneSpec:
     return _REGISTRY[name]
 
 
-def create_backbone(name: str, num_classes: int, width: int | None = None) -> Backbone:
+def create_backbone(name: str, num_classes: int, width: int | None = None, *, stem_relu: bool = True) -> Backbone:
+    """``stem_relu=False`` removes the ReLUs of the stem (the official release's CIFAR ResNet)."""
     spec = get_spec(name)
-    return spec.builder(num_classes=num_classes, width=width or spec.default_width)
+    backbone = spec.builder(num_classes=num_classes, width=width or spec.default_width)
+    return backbone if stem_relu else backbone.without_stem_relu()
 
 
-def create_model(name: str, num_classes: int, width: int | None = None, exits: bool = True) -> MultiExitNet:
-    """The multi-exit network (``exits=True``) or the plain backbone with the same main path."""
-    return MultiExitNet(create_backbone(name, num_classes, width), exits=exits)
+def create_model(name: str, num_classes: int, width: int | None = None, exits: bool = True, *,
+                 stem_relu: bool = True, init: InitScheme = "he_fan_out") -> MultiExitNet:
+    """The multi-exit network (``exits=True``) or the plain backbone with the same main path,
+    initialised by ``init`` (:func:`eed.models.initialization.init_weights`)."""
+    net = MultiExitNet(create_backbone(name, num_classes, width, stem_relu=stem_relu), exits=exits)
+    return init_weights(net, init)

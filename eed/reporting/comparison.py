@@ -6,9 +6,10 @@ configuration: every logged param that can change the trained weights or the met
 cannot, each with why) except the seed. Runs that share a configuration (different seeds)
 become one row whose cells are ``mean ± std`` over the runs (sample standard deviation, n
 shown); a row with one run shows just the value. The
-columns are exit 1..k-1, main and the ensemble of all classifiers, read from the final
-``test/acc_*`` metrics the trainer logs (``--split val`` reads ``val/acc_*``, the last
-logged epoch). Settings that vary across the table are columns; those shared by every row
+columns are exit 1..k-1, main and the ensemble of all classifiers, read from the metrics of
+:data:`TABLE_SPLITS`: the final ``test/acc_*`` (the weights selected on validation),
+``val/acc_*`` (the last logged epoch) or ``test/max_acc_*`` (each output's maximum over the
+epochs, as the paper reports it: selected on test, optimistic); the table's title says which. Settings that vary across the table are columns; those shared by every row
 are shown once above it. Within each training setup (all settings but the method and its
 loss) the best mean main accuracy is marked, as the paper marks it in red.
 
@@ -49,6 +50,13 @@ NOT_APPLICABLE = "—"
 MISSING = "?"  # a setting other runs of the table recorded and this one did not
 PERCENT = 100.0
 STATUS_FINISHED = "FINISHED"
+
+# --split: the metrics a table reads, and what its title says they are.
+TABLE_SPLITS: dict[str, tuple[str, str]] = {
+    "test": ("test/acc_", "test accuracy of best.pt (selected on validation; last epoch without one)"),
+    "val": ("val/acc_", "validation accuracy, last epoch"),
+    "test_max": ("test/max_acc_", "test accuracy, max over epochs, as in the paper; selected on test, optimistic"),
+}
 
 
 # --------------------------------------------------------------------------- grouping
@@ -179,6 +187,11 @@ class ComparisonTable:
     skipped: list[str] = field(default_factory=list)  # run ids without the split's metrics
     excluded: list[tuple[str, str]] = field(default_factory=list)  # (run id, status) of runs not FINISHED
 
+    @property
+    def meaning(self) -> str:
+        """What the numbers are, e.g. "test accuracy, max over epochs, as in the paper; ..."."""
+        return TABLE_SPLITS[self.split][1]
+
     @staticmethod
     def column_title(column: str) -> str:
         return f"Exit {column[4:]}" if column.startswith("exit") else column.capitalize()
@@ -229,7 +242,8 @@ class ComparisonTable:
         varying = self.varying
         header = [title(name) for name in varying] + ["n"] + [self.column_title(c) for c in self.columns]
         alignment = ["---"] * len(varying) + ["--:"] * (1 + len(self.columns))  # numbers right-aligned
-        lines = [self.constant_line(), ""] if self.constant else []
+        lines = [f"{self.meaning[0].upper()}{self.meaning[1:]}, %.", ""]
+        lines += [self.constant_line(), ""] if self.constant else []
         lines += ["| " + " | ".join(header) + " |", "|" + "|".join(alignment) + "|"]
         for row in self.rows:
             values = [row.key[name] for name in varying] + [str(row.n)] + self._cells(row, "**{}**")
@@ -258,7 +272,7 @@ class ComparisonTable:
         return path
 
     def rich_table(self) -> Table:
-        table = Table(title=f"{self.split} accuracy (%): mean ± sample std over seeds; best main per setup in red",
+        table = Table(title=f"{self.meaning}, % (mean ± sample std over seeds; best main per setup in red)",
                       caption=self.constant_line() if self.constant else None)
         varying = self.varying
         for name in varying:
@@ -284,8 +298,11 @@ def _value_order(value: str) -> tuple[int, float, str]:
 
 
 def build_table(runs: Iterable[RunRecord], split: str = "test") -> ComparisonTable:
-    """Group the FINISHED runs by :func:`config_key` and aggregate their ``<split>/acc_*`` metrics."""
-    prefix = f"{split}/acc_"
+    """Group the FINISHED runs by :func:`config_key` and aggregate the metrics ``split`` names
+    (:data:`TABLE_SPLITS`)."""
+    if split not in TABLE_SPLITS:
+        raise ConfigError(f"--split: unknown split {split!r}; allowed: {', '.join(TABLE_SPLITS)}")
+    prefix = TABLE_SPLITS[split][0]
     measured: list[tuple[RunRecord, dict[str, float]]] = []
     skipped, excluded = [], []
     for run in runs:

@@ -56,10 +56,14 @@ def save_figure(figure: Figure, path: str | Path) -> Path:
 # --------------------------------------------------------------------------- training curves
 
 
+# The per-epoch accuracy metrics of each split (the final test/acc_* are not per epoch).
+EPOCH_ACCURACY_PREFIX = {"train": "train/acc_", "val": "val/acc_", "test": "test/epoch_acc_"}
+
+
 def _accuracy_series(history: History, split: str) -> dict[str, tuple[list[int], list[float]]]:
-    """``{classifier: (epochs, accuracies in %)}`` for the ``<split>/acc_<classifier>`` metrics."""
+    """``{classifier: (epochs, accuracies in %)}`` of ``split``'s per-epoch accuracy metrics."""
     series = {}
-    prefix = f"{split}/acc_"
+    prefix = EPOCH_ACCURACY_PREFIX[split]
     keys = [k for k in history if k.startswith(prefix) and output_order(k[len(prefix):]) is not None]
     for key in sorted(keys, key=lambda k: output_order(k[len(prefix):])):
         points = sorted(history[key])
@@ -96,7 +100,7 @@ def plot_main_vs_ensemble(history: History, path: str | Path) -> Path | None:
 
 def plot_stability(history: History, path: str | Path) -> Path | None:
     """Fig. 5: per-epoch accuracy of every classifier, one panel per split."""
-    splits = [s for s in ("train", evaluation_split(history)) if _accuracy_series(history, s)]
+    splits = [s for s in EPOCH_ACCURACY_PREFIX if _accuracy_series(history, s)]
     if not splits:
         return None
     figure = new_figure(5.2 * len(splits), 4.2)
@@ -211,7 +215,7 @@ def plot_comparison(table: "ComparisonTable", path: str | Path) -> Path:
                 stds.append(100 * (cell.std or 0.0))
         axes.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=row.label)
     axes.set_xticks(positions, [table.column_title(column) for column in table.columns])
-    axes.set(ylabel=f"{table.split} accuracy (%)", title="Accuracy per classifier (mean ± std over seeds)")
+    axes.set(ylabel="accuracy (%)", title=f"{table.meaning}\n(mean ± std over seeds)")
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small")
     return save_figure(figure, path)

@@ -1,6 +1,7 @@
 """The files the stages write for DVC and people: ``metrics.json`` (DVC metrics),
-``history.csv`` and ``anytime.csv`` (DVC plots), ``flops.json``, ``rdm.json`` and the
-figures beside them. Each writer takes a result object and returns the paths it wrote."""
+``history.csv`` (every per-epoch metric), ``accuracy.csv`` and ``anytime.csv`` (what dvc.yaml's
+plots draw), ``flops.json``, ``rdm.json`` and the figures beside them. Each writer takes a
+result object and returns the paths it wrote."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from eed.reporting.figures import plot_agreement, plot_anytime, plot_flops, plot_rdms
+from eed.models.multi_exit import output_order
+from eed.reporting.figures import EPOCH_ACCURACY_PREFIX, plot_agreement, plot_anytime, plot_flops, plot_rdms
 
 if TYPE_CHECKING:
     from eed.metrics.anytime import AnytimeReport
@@ -28,10 +30,16 @@ def write_json(data: Any, path: str | Path) -> Path:
 
 
 def write_training_summary(history: History, test_metrics: dict[str, float], epochs: int, out_dir: Path) -> list[Path]:
-    """``metrics.json`` (final test accuracy of the selected weights, last epoch's values) and
-    ``history.csv`` (one row per epoch), the files DVC shows as metrics and plots."""
+    """``metrics.json`` (final test accuracy of the selected weights and the max over epochs,
+    last epoch's values), ``history.csv`` (one row per epoch, every metric) and ``accuracy.csv``
+    (one row per epoch, split and classifier: the long form dvc.yaml's per-classifier plot
+    draws, whatever the number of exits)."""
     last = {name: points[-1][1] for name, points in history.items() if points}
-    summary = {"test": {k.split("/", 1)[1]: v for k, v in test_metrics.items()},
+    selected = {k.removeprefix("test/"): v for k, v in test_metrics.items() if k.startswith("test/acc_")}
+    # max over epochs, as in the paper: selected on test, optimistic (eed.engine.trainer.METRIC_MEANINGS)
+    max_over_epochs = {k.removeprefix("test/max_").replace("acc_epoch_", "epoch_"): v
+                       for k, v in test_metrics.items() if k.startswith("test/max_")}
+    summary = {"test": selected, "test_max_over_epochs": max_over_epochs,
                "last_epoch": {k.replace("/", "_"): v for k, v in last.items()},
                "epochs": epochs}
     metrics_path = write_json(summary, out_dir / "metrics.json")
@@ -44,7 +52,23 @@ def write_training_summary(history: History, test_metrics: dict[str, float], epo
         values = {c: dict(history[c]) for c in columns}
         for epoch in all_epochs:
             writer.writerow([epoch, *[values[c].get(epoch, "") for c in columns]])
-    return [metrics_path, history_path]
+    return [metrics_path, history_path, write_accuracy_csv(history, out_dir / "accuracy.csv")]
+
+
+def write_accuracy_csv(history: History, path: Path) -> Path:
+    """``epoch,split,classifier,accuracy`` (accuracy in %) for every per-epoch accuracy metric."""
+    rows = []
+    for split, prefix in EPOCH_ACCURACY_PREFIX.items():
+        for name, points in history.items():
+            classifier = name[len(prefix):] if name.startswith(prefix) else None
+            if classifier is not None and output_order(classifier) is not None:
+                rows += [(epoch, split, classifier, value) for epoch, value in points]
+    rows.sort(key=lambda row: (row[0], list(EPOCH_ACCURACY_PREFIX).index(row[1]), output_order(row[2])))
+    with open(path, "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["epoch", "split", "classifier", "accuracy"])
+        writer.writerows((epoch, split, classifier, f"{100 * value:.2f}") for epoch, split, classifier, value in rows)
+    return path
 
 
 def write_anytime_csv(report: "AnytimeReport", path: Path) -> Path:

@@ -8,10 +8,10 @@ from typing import Sequence
 from eed import tracking
 from eed.config import Config
 from eed.errors import TrackingError
-from eed.reporting.comparison import ComparisonTable, build_table, parse_tags
+from eed.reporting.comparison import TABLE_SPLITS, ComparisonTable, build_table, parse_tags
 from eed.reporting.figures import plot_comparison
 from eed.stages import stdout
-from eed.stages.common import SPLITS, choice
+from eed.stages.common import choice
 
 
 def compare(config: Config, experiments: Sequence[str] = (), *, tags: Sequence[str] = (),
@@ -19,7 +19,7 @@ def compare(config: Config, experiments: Sequence[str] = (), *, tags: Sequence[s
             out: Path | None = None) -> tuple[ComparisonTable, list[Path]]:
     """``eed compare``: tracked training runs as the paper's Tables I/II, printed and written
     to ``comparison.md``, ``comparison.csv`` and ``figures/comparison.png`` in ``out``."""
-    split = choice("--split", split, SPLITS)
+    split = choice("--split", split, tuple(TABLE_SPLITS))
     tag_filter = parse_tags(tags)
     experiments = [] if run_ids else list(experiments or [config.tracking.experiment])
     tracking_uri = tracking.resolve_tracking_uri(config)
@@ -29,7 +29,7 @@ def compare(config: Config, experiments: Sequence[str] = (), *, tags: Sequence[s
         selection = (f"run ids {', '.join(run_ids)}" if run_ids else
                      f"experiments {', '.join(experiments) or '(all)'}"
                      + (f" with tags {tag_filter}" if tag_filter else ""))
-        raise TrackingError(f"no finished training runs with {split}/acc_main metrics among {selection} "
+        raise TrackingError(f"no finished training runs with {TABLE_SPLITS[split][0]}main metrics among {selection} "
                             f"({len(runs)} runs found, {len(table.excluded)} of them with metrics but not FINISHED)")
     out_dir = Path(out or Path(config.paths.out_dir) / "compare")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -43,7 +43,7 @@ def compare(config: Config, experiments: Sequence[str] = (), *, tags: Sequence[s
     for warning in table.warnings():
         console.print(f"[yellow]note:[/] {warning}")
     if table.skipped:
-        console.print(f"[yellow]note:[/] skipped {len(table.skipped)} runs without {split}/acc_main "
+        console.print(f"[yellow]note:[/] skipped {len(table.skipped)} runs without {TABLE_SPLITS[split][0]}main "
                       f"(unfinished or failed)")
     console.print(f"Wrote {', '.join(str(f) for f in files)}")
     return table, files

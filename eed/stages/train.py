@@ -13,9 +13,10 @@ from eed.stages import stdout
 
 def train(config: Config, *, out: Path | None = None, resume: str = "auto",
           argv: list[str] | None = None) -> TrainResult:
-    """``eed train`` and the train stage. With ``train.nproc > 1`` outside torchrun, this
-    process is replaced by torchrun running the same command (``argv``, default sys.argv)."""
-    relaunch_under_torchrun(config.train.nproc, argv)
+    """``eed train`` and the train stage. With ``train.nproc > 1`` or ``train.nnodes > 1``
+    outside torchrun, this process is replaced by torchrun running the same command (``argv``,
+    default sys.argv); with ``nnodes > 1`` each machine runs it with its own ``train.node_rank``."""
+    relaunch_under_torchrun(config.train, argv)
     result = run_training(config, out or Path(config.paths.out_dir) / "train", resume=resume)
     if result.test_metrics:  # only the main process reports
         console = stdout()
