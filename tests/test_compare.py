@@ -46,7 +46,8 @@ def store(tmp_path_factory) -> tuple[str, dict[str, list[str]]]:
             metrics = [Metric(f"val/acc_{name}", value - 0.01, 0, epoch)
                        for epoch in (1, 2) for name, value in zip(CLASSIFIERS, accuracies)]
             metrics += [Metric(f"test/acc_{name}", value, 0, 2) for name, value in zip(CLASSIFIERS, accuracies)]
-            metrics += [Metric(f"test/max_acc_{name}", value + 0.02, 0, 2) for name, value in zip(CLASSIFIERS, accuracies)]
+            metrics += [Metric(f"test/max_acc_{name}", value + 0.02, 0, 2)
+                        for name, value in zip(CLASSIFIERS, accuracies)]
             metrics += [Metric(f"test/max_acc_epoch_{name}", 1, 0, 2) for name in CLASSIFIERS]
             client.log_batch(run.info.run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
             client.set_terminated(run.info.run_id)

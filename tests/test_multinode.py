@@ -107,7 +107,8 @@ def free_port() -> int:
 
 def start_node(params: Path, node_rank: int, endpoint: str, out: Path, log: Path, backend: str) -> subprocess.Popen:
     command = [sys.executable, "-m", "eed.cli", "train", "--params", str(params),
-               "--set", "train.nnodes=2", "--set", f"train.node_rank={node_rank}", "--set", f"train.rdzv_backend={backend}",
+               "--set", "train.nnodes=2", "--set", f"train.node_rank={node_rank}",
+               "--set", f"train.rdzv_backend={backend}",
                "--set", f"train.rdzv_endpoint={endpoint}", "--set", f"paths.out_dir={out}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two machines share this one's cores
     with open(log, "w") as handle:

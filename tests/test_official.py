@@ -286,5 +286,6 @@ def test_reference_official_fills_only_what_is_left_open():
 
 def test_paper_scale_trains_on_all_training_images():
     paper = load_config(None, ["scale=paper"])
-    assert (paper.data.val_size, paper.data.train_subset, paper.train.epochs, paper.train.schedule) == (0, 0, 200, "step")
+    settings = (paper.data.val_size, paper.data.train_subset, paper.train.epochs, paper.train.schedule)
+    assert settings == (0, 0, 200, "step")
     assert load_config(None).data.val_size == 5000

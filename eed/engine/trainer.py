@@ -118,7 +118,8 @@ def train(config: Config, out_dir: str | Path, *, resume: str | Path | bool = "a
     def checkpoint_dict(epoch: int, step_in_epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
         return {
             "arch": config.model.arch, "num_classes": manifest.num_classes, "width": config.model.width,
-            "exits": exits, "stem_relu": config.model.stem_relu, "class_names": list(manifest.class_names), "config": config.model_dump(),
+            "exits": exits, "stem_relu": config.model.stem_relu, "class_names": list(manifest.class_names),
+            "config": config.model_dump(),
             "epoch": epoch, "step_in_epoch": step_in_epoch, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
             "metrics": metrics, "best_metric": best_metric, "test_max": test_max,

@@ -9,8 +9,9 @@ shown); a row with one run shows just the value. The
 columns are exit 1..k-1, main and the ensemble of all classifiers, read from the metrics of
 :data:`TABLE_SPLITS`: the final ``test/acc_*`` (the weights selected on validation),
 ``val/acc_*`` (the last logged epoch) or ``test/max_acc_*`` (each output's maximum over the
-epochs, as the paper reports it: selected on test, optimistic); the table's title says which. Settings that vary across the table are columns; those shared by every row
-are shown once above it. Within each training setup (all settings but the method and its
+epochs, as the paper reports it: selected on test, optimistic); the table's title says which.
+Settings that vary across the table are columns; those shared by every row are shown once
+above it. Within each training setup (all settings but the method and its
 loss) the best mean main accuracy is marked, as the paper marks it in red.
 
 Settings a run's training never reads (:func:`ignored_settings`) are shown as "—" and do
