@@ -62,6 +62,9 @@ class DataConfig(_Section):
     # ImageNet only: JPEG settings of the .beton files.
     max_resolution: int = Field(256, ge=32)
     jpeg_quality: int = Field(90, ge=1, le=100)
+    # How train/evaluate check the prepared files against their manifest before reading them:
+    # sha256 (size and hash, each file hashed once per process) or size (for huge ImageNet files).
+    verify: Literal["sha256", "size"] = "sha256"
     synthetic: SyntheticConfig = SyntheticConfig()
 
     def workers(self, *, compute_on_cpu: bool) -> int:
@@ -425,6 +428,7 @@ NON_TRAINING_KEYS: dict[str, str] = {
     "data.root": "where the raw files are read from; the manifest checks what they hold",
     "data.prepared_dir": "where the .beton files are kept",
     "data.num_workers": "loader threads deliver the same batches",
+    "data.verify": "how the prepared files are checked before use; the files that pass are read the same",
     "train.checkpoint_every": "how often last.pt is written",
     "train.node_rank": "which machine this is; all machines together run the same ranks",
     "train.rdzv_endpoint": "where the machines meet to form the process group",

@@ -12,11 +12,17 @@ artifact folder (``mlartifacts/``) — at the project root, as absolute paths. T
 root is ``$DVC_ROOT`` when DVC runs the stage: ``dvc exp run --queue/--temp`` executes in
 a copy under ``.dvc/tmp/exps/`` but sets ``DVC_ROOT`` to the real repository, so those
 runs land in the same store as workspace runs. ``$MLFLOW_TRACKING_URI`` wins over both.
+
+Several processes may start on one store at once (a DVC queue, parallel tests): opening a
+sqlite store is serialised by a lock file beside it (``mlflow.db.lock``), and an experiment
+another process has just created is used, not created again. A store that stops answering
+(a tracking server gone) is a :class:`TrackingError` of one line naming the URI.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import re
@@ -67,13 +73,87 @@ def default_artifact_location(tracking_uri: str) -> str | None:
     return None
 
 
+def _sqlite_database(tracking_uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for other stores and in-memory sqlite)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    path = tracking_uri.removeprefix("sqlite:///").split("?", 1)[0]
+    return Path(path) if path and path != ":memory:" else None
+
+
+@contextlib.contextmanager
+def _store_lock(database: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``<database>.lock``, between processes. Without a lock file we
+    can create (missing or read-only folder) the block runs unlocked: MLflow then reports the
+    real problem itself."""
+    try:
+        handle = open(f"{database}.lock", "a")
+    except OSError:
+        yield
+        return
+    with handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # released when the handle closes
+        yield
+
+
+# sqlite URIs whose store this process has already opened (MLflow caches the store per URI).
+_opened_stores: set[str] = set()
+
+
 def _client(tracking_uri: str):
     from mlflow.tracking import MlflowClient
 
     # A new sqlite store announces its schema creation at INFO on stderr: not the user's news.
     for name in ("mlflow.store.db.utils", "alembic.runtime.migration"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    return MlflowClient(tracking_uri)
+    database = _sqlite_database(tracking_uri)
+    if database is None or tracking_uri in _opened_stores:
+        return MlflowClient(tracking_uri)
+    # The first client of a sqlite URI in a process opens the store, and MLflow then creates
+    # or migrates the tables and inserts the Default experiment when they are missing — with
+    # no lock of its own. Processes opening a new store together (a DVC queue, DDP ranks,
+    # parallel tests) would each run the migrations and all but one would fail ("table
+    # experiments already exists", "duplicate column name: step"): one at a time instead.
+    with _store_lock(database):
+        client = MlflowClient(tracking_uri)
+    _opened_stores.add(tracking_uri)
+    return client
+
+
+def _unreachable(error: BaseException) -> str | None:
+    """Why the store could not be reached ("Connection refused", "no answer within 10 s"),
+    when that is what ``error`` is; None for every other error. MLflow wraps the network
+    error of a request (requests' ConnectionError/Timeout, urllib3's, the socket's) in an
+    MlflowException whose message is a page of URLs and reprs; the chain keeps the cause."""
+    import requests
+
+    chain, link = [], error
+    while link is not None and link not in chain and len(chain) < 20:
+        chain.append(link)
+        link = link.__cause__ or link.__context__
+    network = (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError, TimeoutError)
+    if not any(isinstance(link, network) for link in chain):
+        return None
+    if any(isinstance(link, (requests.exceptions.Timeout, TimeoutError)) for link in chain):
+        return f"no answer within {os.environ.get('MLFLOW_HTTP_REQUEST_TIMEOUT', '120')} s"
+    reasons = [link.strerror for link in chain if isinstance(link, OSError) and link.strerror]
+    return reasons[-1] if reasons else type(chain[-1]).__name__
+
+
+@contextlib.contextmanager
+def _reaching(tracking_uri: str, doing: str) -> Iterator[None]:
+    """A lost connection to the store while ``doing`` becomes ONE line (a TrackingError naming
+    the URI), not MLflow's chained tracebacks; any other error passes unchanged."""
+    try:
+        yield
+    except TrackingError:
+        raise
+    except Exception as error:
+        reason = _unreachable(error)
+        if reason is None:
+            raise
+        raise TrackingError(f"MLflow tracking store {tracking_uri} is not reachable ({reason}) "
+                            f"while {doing}") from error
 
 
 def check_tracking_uri(tracking_uri: str) -> None:
@@ -92,8 +172,10 @@ def check_tracking_uri(tracking_uri: str) -> None:
     try:
         _client(tracking_uri).search_experiments(max_results=1)
     except Exception as error:  # MLflow raises many types; all mean "unusable"
-        raise TrackingError(f"MLflow tracking store {tracking_uri!r} is not reachable: "
-                            f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}") from None
+        reason = _unreachable(error)
+        if reason is None:
+            reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
+        raise TrackingError(f"MLflow tracking store {tracking_uri!r} is not reachable: {reason}") from None
 
 
 @contextlib.contextmanager
@@ -115,11 +197,25 @@ def using_tracking_uri(tracking_uri: str) -> Iterator[None]:
 
 def ensure_experiment(name: str, tracking_uri: str) -> str:
     """The experiment's id, creating it with an absolute artifact location if needed."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
+
     client = _client(tracking_uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
         return experiment.experiment_id
-    return client.create_experiment(name, artifact_location=default_artifact_location(tracking_uri))
+    try:
+        return client.create_experiment(name, artifact_location=default_artifact_location(tracking_uri))
+    except MlflowException as error:
+        # Another process created it between our look-up and our create (several runs
+        # starting at once): theirs is ours. Same code from a sqlite store and a server.
+        if error.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise TrackingError(f"MLflow store {tracking_uri} says experiment {name!r} already exists "
+                                f"but does not return it") from None
+        return experiment.experiment_id
 
 
 def git_commit(cwd: Path | None = None) -> str:
@@ -173,10 +269,14 @@ class MlflowLogger:
         self.run_id = run_id
         self.client = _client(tracking_uri)
 
+    def _reaching_store(self, doing: str) -> contextlib.AbstractContextManager[None]:
+        return _reaching(self.tracking_uri, f"{doing} (run {self.run_id})")
+
     @classmethod
     def start(cls, tracking_uri: str, experiment: str, *, run_name: str, tags: Mapping[str, str]) -> "MlflowLogger":
-        experiment_id = ensure_experiment(experiment, tracking_uri)
-        run = _client(tracking_uri).create_run(experiment_id, tags=dict(tags), run_name=run_name)
+        with _reaching(tracking_uri, f"starting a run in experiment {experiment!r}"):
+            experiment_id = ensure_experiment(experiment, tracking_uri)
+            run = _client(tracking_uri).create_run(experiment_id, tags=dict(tags), run_name=run_name)
         return cls(tracking_uri, run.info.run_id)
 
     @classmethod
@@ -185,7 +285,8 @@ class MlflowLogger:
         or ``run_id`` continued (status back to RUNNING)."""
         if run_id is not None:
             logger = cls(tracking_uri, run_id)
-            logger.client.update_run(run_id, status="RUNNING")
+            with logger._reaching_store("marking the run RUNNING again"):
+                logger.client.update_run(run_id, status="RUNNING")
             return logger
         logger = cls.start(tracking_uri, config.tracking.experiment, tags=run_tags(config),
                            run_name=f"{config.method}-{config.model.arch}-s{config.seed}")
@@ -195,10 +296,11 @@ class MlflowLogger:
 
     def child_run(self, name: str, tags: Mapping[str, str] | None = None) -> "MlflowLogger":
         """A run nested under this one (same experiment, the parent's identifying tags)."""
-        parent = self.client.get_run(self.run_id)
-        inherited = {k: v for k, v in parent.data.tags.items() if k in INHERITED_TAGS}
-        run = self.client.create_run(parent.info.experiment_id, run_name=name,
-                                     tags={**inherited, PARENT_TAG: self.run_id, STAGE_TAG: name, **(tags or {})})
+        with self._reaching_store(f"starting its child run {name!r}"):
+            parent = self.client.get_run(self.run_id)
+            inherited = {k: v for k, v in parent.data.tags.items() if k in INHERITED_TAGS}
+            run = self.client.create_run(parent.info.experiment_id, run_name=name,
+                                         tags={**inherited, PARENT_TAG: self.run_id, STAGE_TAG: name, **(tags or {})})
         return MlflowLogger(self.tracking_uri, run.info.run_id)
 
     @classmethod
@@ -213,26 +315,31 @@ class MlflowLogger:
     def log_params(self, params: Mapping[str, str]) -> None:
         from mlflow.entities import Param
 
-        self.client.log_batch(self.run_id, params=[Param(k, str(v)[:PARAM_VALUE_LIMIT]) for k, v in params.items()])
+        with self._reaching_store("logging params"):
+            self.client.log_batch(self.run_id, params=[Param(k, str(v)[:PARAM_VALUE_LIMIT]) for k, v in params.items()])
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
         """Numbers at ``step``; nested dicts are flattened with ``/`` (``test/acc_main``)."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step)
-                                                    for k, v in flatten_metrics(metrics).items()])
+        with self._reaching_store(f"logging metrics of step {step}"):
+            self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step)
+                                                        for k, v in flatten_metrics(metrics).items()])
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
 
-        self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        with self._reaching_store("setting tags"):
+            self.client.log_batch(self.run_id, tags=[RunTag(k, str(v)) for k, v in tags.items()])
 
     def log_text(self, text: str, path: str) -> None:
-        self.client.log_text(self.run_id, text, path)
+        with self._reaching_store(f"uploading {path}"):
+            self.client.log_text(self.run_id, text, path)
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
-        self.client.log_artifact(self.run_id, str(path), folder)
+        with self._reaching_store(f"uploading {Path(path).name}"):
+            self.client.log_artifact(self.run_id, str(path), folder)
 
     def log_artifacts(self, files: Sequence[str | Path], root: str | Path) -> None:
         """Each file under the artifact folder its path has relative to ``root``."""
@@ -251,7 +358,8 @@ class MlflowLogger:
 
         with torch.no_grad():
             output = model(torch.from_numpy(example)).numpy()
-        with using_tracking_uri(self.tracking_uri), mlflow.start_run(run_id=self.run_id, log_system_metrics=False):
+        with self._reaching_store("logging the model"), using_tracking_uri(self.tracking_uri), \
+                mlflow.start_run(run_id=self.run_id, log_system_metrics=False):
             mlflow.pytorch.log_model(model, name="model", input_example=example,
                                      signature=infer_signature(example, output), metadata=dict(metadata or {}),
                                      pip_requirements=[*requirements, f"mlflow=={mlflow.__version__}"])
@@ -259,17 +367,26 @@ class MlflowLogger:
     def history(self, prefixes: Sequence[str] = ()) -> dict[str, list[tuple[int, float]]]:
         """The run's metric history ``{name: [(step, value), ...]}`` sorted by step (only names
         starting with one of ``prefixes``, when given); a step logged twice keeps its last value."""
-        run = self.client.get_run(self.run_id)
-        history = {}
-        for name in run.data.metrics:
-            if not prefixes or name.startswith(tuple(prefixes)):
-                points = sorted(self.client.get_metric_history(self.run_id, name), key=lambda m: (m.step, m.timestamp))
-                history[name] = sorted({m.step: m.value for m in points}.items())
+        with self._reaching_store("reading its metric history"):
+            run = self.client.get_run(self.run_id)
+            history = {}
+            for name in run.data.metrics:
+                if not prefixes or name.startswith(tuple(prefixes)):
+                    points = sorted(self.client.get_metric_history(self.run_id, name),
+                                    key=lambda m: (m.step, m.timestamp))
+                    history[name] = sorted({m.step: m.value for m in points}.items())
         return history
 
     def finish(self, status: str = "FINISHED") -> None:
-        """End the run: FINISHED, FAILED or KILLED."""
-        self.client.set_terminated(self.run_id, status=status)
+        """End the run: FINISHED, FAILED or KILLED. FAILED and KILLED are said on the way out of
+        an error or a signal, which is what the user must see: when the store cannot be reached
+        then, the run stays RUNNING there (a re-run continues it) and nothing is raised here."""
+        try:
+            with self._reaching_store(f"ending the run {status}"):
+                self.client.set_terminated(self.run_id, status=status)
+        except TrackingError:
+            if status == "FINISHED":
+                raise
 
 
 @contextlib.contextmanager
@@ -297,13 +414,16 @@ def downloaded_checkpoint(tracking_uri: str, run_id: str, which: str = "best") -
     or its checkpoints are missing."""
     from mlflow.exceptions import MlflowException
 
-    client = _client(tracking_uri)
-    try:
-        client.get_run(run_id)
-    except MlflowException:
-        raise SourceError(f"{run_id!r} is neither a checkpoint file nor a run in the MLflow store "
-                          f"{client.tracking_uri}") from None
-    available = {Path(a.path).name for a in client.list_artifacts(run_id, "checkpoints")}
+    with _reaching(tracking_uri, f"reading run {run_id}"):
+        client = _client(tracking_uri)
+        try:
+            client.get_run(run_id)
+        except MlflowException as error:
+            if _unreachable(error):
+                raise  # a store that is down, not a run that is missing
+            raise SourceError(f"{run_id!r} is neither a checkpoint file nor a run in the MLflow store "
+                              f"{client.tracking_uri}") from None
+        available = {Path(a.path).name for a in client.list_artifacts(run_id, "checkpoints")}
     preferred = [f"{which}.pt"] + [name for name in ("best.pt", "last.pt") if name != f"{which}.pt"]
     names = [name for name in preferred if name in available]
     if not names:
@@ -312,7 +432,9 @@ def downloaded_checkpoint(tracking_uri: str, run_id: str, which: str = "best") -
     # A progress bar for one local file is noise on the console.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory(prefix="eed-checkpoint-") as tmp:
-        yield Path(client.download_artifacts(run_id, f"checkpoints/{names[0]}", tmp)), names[0]
+        with _reaching(tracking_uri, f"downloading checkpoints/{names[0]} of run {run_id}"):
+            path = Path(client.download_artifacts(run_id, f"checkpoints/{names[0]}", tmp))
+        yield path, names[0]
 
 
 @dataclass
@@ -339,6 +461,12 @@ def find_runs(tracking_uri: str, *, experiments: Sequence[str] = (), tags: Mappi
     """Runs given by id, else every run of ``experiments`` (all experiments when none are
     named) that carries all of ``tags``. Nested stage runs (``evaluate``, ``rdm``) are left
     out unless asked for by id: they are not training runs."""
+    with _reaching(tracking_uri, "searching its runs"):
+        return _find_runs(tracking_uri, experiments, dict(tags or {}), run_ids)
+
+
+def _find_runs(tracking_uri: str, experiments: Sequence[str], tags: dict[str, str],
+               run_ids: Sequence[str]) -> list[RunRecord]:
     from mlflow.exceptions import MlflowException
 
     client = _client(tracking_uri)
@@ -347,13 +475,14 @@ def find_runs(tracking_uri: str, *, experiments: Sequence[str] = (), tags: Mappi
         return RunRecord(run.info.run_id, dict(run.data.params), dict(run.data.tags), dict(run.data.metrics),
                          run.info.status)
 
-    tags = dict(tags or {})
     if run_ids:
         records = []
         for run_id in run_ids:
             try:
                 records.append(record(client.get_run(run_id)))
-            except MlflowException:
+            except MlflowException as error:
+                if _unreachable(error):
+                    raise  # a store that is down, not a run that is missing
                 raise TrackingError(f"no MLflow run {run_id!r} in {client.tracking_uri}") from None
         return [r for r in records if all(r.tags.get(k) == v for k, v in tags.items())]
 

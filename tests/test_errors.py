@@ -46,6 +46,7 @@ def project(tmp_path_factory) -> Path:
     overrides = [*TINY, f"data.prepared_dir={folder / 'prepared'}", f"tracking.uri=sqlite:///{folder / 'mlflow.db'}",
                  f"paths.out_dir={folder / 'outputs'}"]
     prepare(load_config(None, overrides))
+    (folder / "params.yaml").write_text("{}\n")  # a project (eed refuses to run outside one): the defaults
     (folder / "a-file").write_text("not a folder")
     (folder / "garbage.pt").write_bytes(b"\x00not a checkpoint" * 40)
     (folder / "overrides.txt").write_text("\n".join(overrides))

@@ -8,14 +8,32 @@ from typing import Annotated, Optional
 import typer
 
 from eed.config import Config, load_config
+from eed.errors import ConfigError
+from eed.paths import PARAMS_FILE, find_workspace
 
-ParamsOption = Annotated[Path, typer.Option("--params", "-p", help="params.yaml to read (validated).")]
+ParamsOption = Annotated[Optional[Path], typer.Option(
+    "--params", "-p", show_default=False,
+    help="params.yaml to read (validated). Default: the project's, found from the current folder upward "
+         "(the first folder holding params.yaml or .dvc/).")]
 OverridesOption = Annotated[Optional[list[str]], typer.Option(
     "--set", "-s", help="Override a key, e.g. --set train.lr=0.05 --set method=branchynet (repeatable).")]
 
 
+def params_file(params: Path | None) -> Path | None:
+    """The params file a command reads: ``--params`` when given (it must exist), else the
+    project's ``params.yaml`` (None: a project with ``.dvc/`` but no params.yaml runs on the
+    built-in defaults). Outside any project without ``--params``: a ConfigError, so that no
+    command runs on defaults, or creates a tracking store, in an unrelated folder."""
+    if params is not None:
+        return params
+    root = find_workspace()
+    if root is None:
+        raise ConfigError(f"{Path.cwd().resolve()} is not inside an eed project (no {PARAMS_FILE} or .dvc/ in it "
+                          f"or any folder above); run eed inside the project, or pass --params FILE")
+    path = root / PARAMS_FILE
+    return path if path.is_file() else None
+
+
 def load(params: Path | None, overrides: list[str] | None) -> Config:
     """The validated config; a bad key or value raises a ConfigError naming it."""
-    # A missing default params.yaml means "built-in defaults"; a missing named file is an error.
-    path = None if params == Path("params.yaml") and not params.exists() else params
-    return load_config(path, overrides or [])
+    return load_config(params_file(params), overrides or [])

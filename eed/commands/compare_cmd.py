@@ -27,7 +27,7 @@ def compare(
     out: Annotated[Optional[Path], typer.Option(
         help="Output folder for comparison.md, comparison.csv and figures/comparison.png "
              "(default: <paths.out_dir>/compare).")] = None,
-    params: ParamsOption = Path("params.yaml"),
+    params: ParamsOption = None,
     set_: OverridesOption = None,
 ) -> None:
     """Tabulate MLflow training runs in the shape of the paper's Tables I/II.

@@ -16,7 +16,7 @@ def evaluate(
     source: Annotated[str, typer.Argument(
         help="What to evaluate: a checkpoint file (e.g. outputs/train/checkpoints/best.pt) or the "
              "MLflow run id of a training run (its checkpoints/ artifact is downloaded).")],
-    params: ParamsOption = Path("params.yaml"),
+    params: ParamsOption = None,
     set_: OverridesOption = None,
     split: Annotated[Optional[str], typer.Option(
         help="Split to report: test | val (default: eval.split). Early-exit budget thresholds "

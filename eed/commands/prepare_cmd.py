@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from eed.commands.common import OverridesOption, ParamsOption, load
 from eed.errors import guarded
 
 
 @guarded
 def prepare(
-    params: ParamsOption = Path("params.yaml"),
+    params: ParamsOption = None,
     set_: OverridesOption = None,
 ) -> None:
     """Write the dataset's FFCV .beton files (train / val / test) and manifest to data.prepared_dir.

@@ -15,7 +15,7 @@ from eed.errors import guarded
 def rdm(
     source: Annotated[str, typer.Argument(
         help="A checkpoint file or the MLflow run id of a training run.")],
-    params: ParamsOption = Path("params.yaml"),
+    params: ParamsOption = None,
     set_: OverridesOption = None,
     split: Annotated[str, typer.Option(help="Split the samples are drawn from: test | val.")] = "test",
     classifier: Annotated[Optional[list[str]], typer.Option(

@@ -13,7 +13,7 @@ from eed.errors import guarded
 
 @guarded
 def train(
-    params: ParamsOption = Path("params.yaml"),
+    params: ParamsOption = None,
     set_: OverridesOption = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: <paths.out_dir>/train).")] = None,
     resume: Annotated[str, typer.Option(

@@ -3,7 +3,11 @@
 ``eed prepare`` writes it last, after every ``.beton`` is complete, and deletes the old
 one before it starts writing: a folder with a manifest is a finished preparation. Later
 stages call :func:`load_manifest`, which checks that the prepared data was made with the
-current params (dataset, split_seed, val_size, image settings) and that its files are all there.
+current params (dataset, split_seed, val_size, image settings) and that its files are all there
+with their recorded sizes. A split's file is handed out by :meth:`Manifest.split_path`, the one
+way loaders and readers reach it, which (``data.verify: sha256``, the default) first checks its
+sha256 against the manifest: same-size corruption never trains or evaluates silently. Each file
+is hashed once per process (cached by path, size and modification time).
 
 Layout of a prepared dataset: ``<data.prepared_dir>/<dataset>/{train,val,test}.beton``
 and ``manifest.json`` (no ``val.beton`` when ``val_size`` is 0).
@@ -11,6 +15,7 @@ and ``manifest.json`` (no ``val.beton`` when ``val_size`` is 0).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -21,6 +26,7 @@ from typing import Any
 from eed.config import Config
 from eed.data.catalog import dataset_info
 from eed.errors import DataError
+from eed.paths import in_workspace
 
 MANIFEST_NAME = "manifest.json"
 FORMAT = "eed-prepared-data"
@@ -31,8 +37,9 @@ RERUN_HINT = "re-run `eed prepare` (or `dvc repro prepare`)"
 
 
 def dataset_dir(config: Config) -> Path:
-    """Folder of the prepared files of the configured dataset."""
-    return Path(config.data.prepared_dir).expanduser() / config.data.dataset
+    """Folder of the prepared files of the configured dataset; a relative ``data.prepared_dir``
+    is taken from the project folder (in a DVC temporary copy: the copy, where the stage's outputs are)."""
+    return in_workspace(config.data.prepared_dir) / config.data.dataset
 
 
 def image_field_settings(config: Config) -> dict[str, Any]:
@@ -88,6 +95,8 @@ class Manifest:
     format_version: int = FORMAT_VERSION
     # Set when read from disk: the folder holding the manifest and the .beton files.
     directory: Path | None = field(default=None, compare=False)
+    # Set by load_manifest (data.verify): "sha256" makes split_path check a file's hash first.
+    verify: str | None = field(default=None, compare=False)
 
     @property
     def num_classes(self) -> int:
@@ -100,7 +109,15 @@ class Manifest:
                                 "use the test split, or set data.val_size > 0 and " + RERUN_HINT)
             raise DataError(f"unknown split {split!r}; prepared: {', '.join(self.splits)}")
         assert self.directory is not None, "split_path needs a manifest read from disk"
-        return self.directory / self.splits[split].file
+        record = self.splits[split]
+        path = self.directory / record.file
+        if self.verify == "sha256" and record.sha256:
+            if not path.is_file():
+                raise DataError(f"{path} is missing (the {split} split of {MANIFEST_NAME}); {RERUN_HINT}")
+            if file_sha256(path) != record.sha256:
+                raise DataError(f"{path} is corrupt: its sha256 differs from the one {MANIFEST_NAME} recorded "
+                                f"when it was prepared (the {split} split); {RERUN_HINT}")
+        return path
 
     def same_content(self, other: Manifest) -> bool:
         """Equal in what matters for the data: ignores the written files' sizes and hashes,
@@ -120,6 +137,7 @@ class Manifest:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data.pop("directory")
+        data.pop("verify")
         return data
 
     @classmethod
@@ -127,6 +145,28 @@ class Manifest:
         data = dict(data)
         data["splits"] = {name: SplitRecord(**record) for name, record in data["splits"].items()}
         return cls(**data, directory=directory)
+
+
+_DIGESTS: dict[tuple[str, int, int, int], str] = {}
+
+
+def _hash_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 22), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
+
+
+def file_sha256(path: str | Path) -> str:
+    """``sha256:<hex>`` of a file, as the manifest records it; computed once per process for the
+    same file (path, size, modification time, inode), so a run's several loaders hash it once."""
+    path = Path(path).resolve()
+    stat = path.stat()
+    key = (str(path), stat.st_size, stat.st_mtime_ns, stat.st_ino)
+    if key not in _DIGESTS:
+        _DIGESTS[key] = _hash_file(path)
+    return _DIGESTS[key]
 
 
 def read_manifest(directory: str | Path) -> Manifest | None:
@@ -179,6 +219,7 @@ def load_manifest(config: Config) -> Manifest:
 
     Raises :class:`DataError` telling to re-run ``eed prepare`` when the data is missing,
     was prepared with other params, or a ``.beton`` file is missing or has another size.
+    With ``data.verify: sha256`` its :meth:`~Manifest.split_path` also checks the file's hash.
     """
     directory = dataset_dir(config)
     manifest = read_manifest(directory)
@@ -194,6 +235,7 @@ def load_manifest(config: Config) -> Manifest:
         if not path.is_file() or path.stat().st_size != record.bytes:
             state = "is missing" if not path.is_file() else f"has {path.stat().st_size} bytes, not {record.bytes}"
             raise DataError(f"{path} {state} (the {split} split of {MANIFEST_NAME}); {RERUN_HINT}")
+    manifest.verify = config.data.verify
     return manifest
 
 

@@ -40,8 +40,8 @@ from eed.config import Config
 from eed.data.catalog import dataset_info
 from eed.data.ffcv_import import import_ffcv
 from eed.data.manifest import (
-    MANIFEST_NAME, Manifest, SplitRecord, dataset_dir, default_file_mode, expected_params, image_field_settings,
-    read_manifest, write_manifest,
+    MANIFEST_NAME, Manifest, SplitRecord, dataset_dir, default_file_mode, expected_params, file_sha256,
+    image_field_settings, read_manifest, write_manifest,
 )
 from eed.data.sources import ImageArrays, ImageFiles, ImageSet, RawDataset, load_raw_dataset
 from eed.data.splits import split_off
@@ -165,7 +165,7 @@ def _write_beton(path: Path, images: ImageSet, indices: np.ndarray, config: Conf
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path.stat().st_size, _sha256(path)
+    return path.stat().st_size, file_sha256(path)
 
 
 def _page_size(largest_sample: int) -> int:
@@ -214,18 +214,10 @@ def _exclusive_lock(directory: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return f"sha256:{digest.hexdigest()}"
-
-
 def _files_intact(manifest: Manifest, directory: Path) -> bool:
     for record in manifest.splits.values():
         path = directory / record.file
-        if not path.is_file() or path.stat().st_size != record.bytes or _sha256(path) != record.sha256:
+        if not path.is_file() or path.stat().st_size != record.bytes or file_sha256(path) != record.sha256:
             return False
     return True
 

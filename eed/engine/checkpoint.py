@@ -6,13 +6,17 @@ Keys: ``format`` ("eed-checkpoint"), ``version``, ``arch``, ``num_classes``, ``w
 checkpoints written before the option, which had it), ``class_names``, ``config`` (the resolved config as a
 plain dict), ``epoch`` (epochs completed), ``step_in_epoch``, ``model``, ``optimizer``,
 ``scheduler``, ``rng`` (Python, numpy and torch generator states), ``metrics`` (last
-epoch's), ``best_metric``, ``test_max`` (each output's best test accuracy so far and its epoch)
-and ``run_id`` (the tracking run that made it).
+epoch's), ``best_metric`` and ``best_epoch``, ``test_max`` (each output's best test accuracy
+so far and its epoch), ``history`` (every finished epoch's metrics), ``phase`` (:data:`PHASES`),
+``partial_epoch`` (when interrupted mid-epoch: the metrics of the steps done) and ``run_id``
+(the tracking run that made it).
 """
 
 from __future__ import annotations
 
+import errno
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +47,14 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
+    except RuntimeError as error:  # torch's writer reports a full disk as "enforce fail at inline_container.cc"
+        Path(tmp).unlink(missing_ok=True)
+        if "inline_container" not in str(error) and "PytorchStreamWriter" not in str(error):
+            raise
+        free = shutil.disk_usage(path.parent).free
+        raise OSError(errno.ENOSPC if free < 2**20 else errno.EIO,
+                      f"Could not write the checkpoint ({free / 2**20:,.0f} MiB free; is the disk full?)",
+                      str(path)) from error
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -57,8 +69,23 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch's unpickler raises many types on garbage or truncation
+        import re
+
+        # torch's weights-only unpickler advises loading with weights_only=False, which runs any
+        # code the file holds: advice never to pass on. Say what it refused instead.
+        text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+        foreign = re.search(r"Unsupported global: GLOBAL (\S+)", text)
+        refused = re.search(r"WeightsUnpickler error:\s*(\S.*)", text)
+        if foreign:
+            raise CheckpointError(f"{path} is not an eed checkpoint: it holds a {foreign.group(1).rstrip('.')} "
+                                  "object, and eed reads only tensors, numbers, strings and containers of them "
+                                  "(a file written by another tool?)") from None
+        if "weights_only" in text:
+            reason = refused.group(1).strip() if refused else type(error).__name__
+            raise CheckpointError(f"{path} is not a readable eed checkpoint (damaged, or not a torch file: "
+                                  f"{reason})") from None
         raise CheckpointError(f"{path} is not a readable eed checkpoint ({type(error).__name__}: "
-                              f"{str(error).splitlines()[0] if str(error) else ''})") from None
+                              f"{text.splitlines()[0] if text else ''})") from None
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not an eed checkpoint (no 'format: {FORMAT}' entry)")
     if checkpoint.get("version") != VERSION:
@@ -74,11 +101,16 @@ def model_from_checkpoint(checkpoint: dict[str, Any], *, arch: str | None = None
     ``arch``/``num_classes``, when given, must match: a checkpoint of another architecture or
     class count is a clear error rather than a shape mismatch deep inside ``load_state_dict``.
     """
-    if arch is not None and checkpoint["arch"] != arch:
+    # What it is for first (another network is the clearer message), then whether it is whole.
+    if arch is not None and "arch" in checkpoint and checkpoint["arch"] != arch:
         raise CheckpointError(f"checkpoint is a {checkpoint['arch']!r} model, expected {arch!r}")
-    if num_classes is not None and checkpoint["num_classes"] != num_classes:
+    if num_classes is not None and "num_classes" in checkpoint and checkpoint["num_classes"] != num_classes:
         raise CheckpointError(f"checkpoint predicts {checkpoint['num_classes']} classes, "
                               f"but the data has {num_classes}")
+    missing = [key for key in ("arch", "num_classes", "width", "exits", "model") if key not in checkpoint]
+    if missing:
+        raise CheckpointError(f"the checkpoint lacks {', '.join(missing)}: not a complete eed checkpoint "
+                              "(written by another tool, or by hand?)")
     # The weights are overwritten next, so they are not initialised (init="pytorch").
     model = create_model(checkpoint["arch"], checkpoint["num_classes"], checkpoint["width"],
                          exits=checkpoint["exits"], stem_relu=checkpoint.get("stem_relu", True), init="pytorch")
@@ -104,6 +136,20 @@ def check_classes(checkpoint: dict[str, Any], class_names: Sequence[str], datase
 # --------------------------------------------------------------------------- resuming
 
 
+# Where a run is, recorded in last.pt: "epochs" (training), "final" (every epoch done, the final
+# test, artifacts and model not yet), "done". A re-run continues from the phase it was in.
+PHASES = ("epochs", "final", "done")
+
+
+def checkpoint_phase(checkpoint: dict[str, Any], epochs: int) -> str:
+    """The checkpoint's phase; a checkpoint written before phases were recorded is "done" once
+    it holds every epoch."""
+    if "phase" in checkpoint:
+        return checkpoint["phase"]
+    finished = checkpoint["epoch"] >= epochs and checkpoint.get("step_in_epoch", 0) == 0
+    return "done" if finished else "epochs"
+
+
 def resume_checkpoint(resume: str | Path | bool, last_path: Path, config: Config) -> dict[str, Any] | None:
     """What a training run continues from. ``resume``: True/"auto" continues ``last_path``
     when it holds an unfinished run; a path continues that checkpoint; False/"never" starts
@@ -118,7 +164,7 @@ def resume_checkpoint(resume: str | Path | bool, last_path: Path, config: Config
     if not last_path.is_file():
         return None
     checkpoint = load_checkpoint(last_path)
-    unfinished = checkpoint["epoch"] < config.train.epochs or checkpoint.get("step_in_epoch", 0) > 0
+    unfinished = checkpoint_phase(checkpoint, config.train.epochs) != "done"
     if not unfinished and resume == "auto":
         return None  # a finished run: this one starts afresh
     before, now = training_settings(checkpoint["config"]), training_settings(config)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, ContextManager, Iterable
 
 import torch
@@ -27,14 +28,16 @@ from eed.progress import RefreshClock
 
 @dataclass
 class EpochStats:
-    """Means over the steps run in one epoch (a resumed epoch counts only its remaining steps)."""
+    """Means over the steps run in one call (the trainer joins the parts of an epoch interrupted
+    and resumed mid-way)."""
 
     loss_terms: dict[str, float]
     accuracy: dict[str, float]  # per classifier and "ensemble", on the augmented training batches
     images: int
     seconds: float
-    steps_done: int
+    steps_done: int  # the epoch's steps done, counting those skipped when resuming mid-epoch
     completed: bool
+    steps_run: int = 0  # steps this call trained (the means are over these)
 
     @property
     def throughput(self) -> float:
@@ -49,10 +52,23 @@ def batch_correct(logits: list[Tensor], target: Tensor) -> Tensor:
     return (predictions == target).sum(1)
 
 
+def _what_is_kept(last_checkpoint: Path | None) -> str:
+    """What a non-finite loss leaves on disk, claiming a kept checkpoint only when it exists."""
+    unsaved = "the weights it changed are not saved"
+    if last_checkpoint is None:
+        return f"{unsaved}; an earlier checkpoint, if one was written, is left as it was"
+    if Path(last_checkpoint).is_file():
+        return f"{unsaved}; {last_checkpoint} is kept"
+    return f"{unsaved}, and no checkpoint was written before ({last_checkpoint} does not exist)"
+
+
 def train_one_epoch(model: nn.Module, objective: ExitEnsembleObjective, loader, optimizer, scheduler,
                     runtime: Runtime, *, epoch: int, classifier_names: list[str], skip_steps: int = 0,
                     should_stop: Callable[[], bool] = lambda: False,
-                    progress: Progress | None = None) -> EpochStats:
+                    progress: Progress | None = None, last_checkpoint: Path | None = None) -> EpochStats:
+    """One epoch of SGD steps. A non-finite loss raises :class:`NonFiniteLossError` before any
+    checkpoint is written from the weights it changed; ``last_checkpoint`` (the run's last.pt)
+    lets the message say whether an earlier checkpoint is there to keep."""
     model.train()
     steps = len(loader)
     term_sums: dict[str, Tensor] = {}
@@ -73,7 +89,7 @@ def train_one_epoch(model: nn.Module, objective: ExitEnsembleObjective, loader, 
         if step > checked and not bool(finite):
             terms = ", ".join(f"{k}={v.item():.4g}" for k, v in result.terms.items())
             raise NonFiniteLossError(f"non-finite loss at epoch {epoch}, in steps {checked + 1}-{step} of {steps} "
-                                     f"(at step {step}: {terms}); the checkpoint of the last finished epoch is kept")
+                                     f"(at step {step}: {terms}); {_what_is_kept(last_checkpoint)}")
         checked = step
 
     for step_index, (inputs, target) in enumerate(loader):
@@ -126,7 +142,7 @@ def train_one_epoch(model: nn.Module, objective: ExitEnsembleObjective, loader, 
     return EpochStats(
         loss_terms={k: float(v) / run_steps for k, v in zip(term_sums, totals.tolist())},
         accuracy={n: float(c) / max(all_images, 1) for n, c in zip(names, counts[:-1].tolist())},
-        images=all_images, seconds=seconds, steps_done=step, completed=step == steps,
+        images=all_images, seconds=seconds, steps_done=step, completed=step == steps, steps_run=step - skip_steps,
     )
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 import torch.distributed as dist
@@ -26,9 +26,9 @@ from torch import nn
 
 from eed import data as eed_data
 from eed import tracking
-from eed.config import Config
-from eed.engine.checkpoint import (CheckpointError, load_checkpoint, model_from_checkpoint, resume_checkpoint,
-                                   save_checkpoint)
+from eed.config import Config, flatten
+from eed.engine.checkpoint import (CheckpointError, checkpoint_phase, load_checkpoint, model_from_checkpoint,
+                                   resume_checkpoint, save_checkpoint)
 from eed.engine.loops import EpochStats, train_one_epoch, validate
 from eed.engine.optim import build_optimizer, build_scheduler
 from eed.engine.runtime import Runtime, restore_rng_state, rng_state, seed_everything, setup_runtime
@@ -38,6 +38,7 @@ from eed.models.export import servable
 from eed.models.multi_exit import MultiExitNet
 from eed.models.registry import create_model, get_spec
 from eed.objectives import ExitEnsembleObjective
+from eed.paths import ensure_free_space, ensure_writable
 from eed.progress import progress_bar
 from eed.reporting.figures import plot_training_curves
 from eed.reporting.files import write_training_summary
@@ -69,8 +70,9 @@ def train(config: Config, out_dir: str | Path, *, resume: str | Path | bool = "a
     if config.tracking.enabled and runtime.is_main:
         tracking_uri = tracking.resolve_tracking_uri(config)
         tracking.check_tracking_uri(tracking_uri)  # before any expensive work
-    if runtime.is_main:
-        checkpoint_dir.mkdir(parents=True, exist_ok=True)  # an unusable folder fails now, not after an epoch
+    if runtime.is_main:  # an unusable folder fails now, not after an epoch
+        for folder in (checkpoint_dir, out_dir / "figures"):
+            ensure_writable(folder)
 
     seed_everything(config.seed + runtime.rank, config.train.deterministic)
     manifest = eed_data.load_manifest(config)
@@ -88,6 +90,9 @@ def train(config: Config, out_dir: str | Path, *, resume: str | Path | bool = "a
     objective = ExitEnsembleObjective(config.method, config.loss, model.num_classifiers)
     optimizer = build_optimizer(model, config.train)
     scheduler = build_scheduler(optimizer, config.train, len(train_loader))
+
+    if runtime.is_main:  # last.pt and best.pt (+ best.pt.pending while it is replaced)
+        ensure_free_space(checkpoint_dir, 3 * _checkpoint_bytes(model, optimizer), "three checkpoints")
 
     start_epoch, skip_steps, best_metric, run_id = 0, 0, -1.0, None
     test_max: dict[str, list[float]] = {}  # output -> [max test accuracy so far, its epoch]
@@ -112,38 +117,100 @@ def train(config: Config, out_dir: str | Path, *, resume: str | Path | bool = "a
     if config.train.compile:
         train_model = torch.compile(train_model)
 
+    adopted = False
+    if tracking_uri and run_id is None:  # a run killed before its first checkpoint: continue it
+        run_id = _orphan_run(tracking_uri, last_path)
+        adopted = run_id is not None
     logger = tracking.MlflowLogger.for_training(config, tracking_uri, run_id) if tracking_uri else None
-    history: dict[str, list[tuple[int, float]]] = logger.history() if logger else {}
+    if logger and run_id is None:
+        logger.set_tags({CHECKPOINT_TAG: str(last_path.resolve())})
+    elif logger and adopted:
+        logger.log_params(flatten(config))  # in case the kill came before they were logged (same values)
+    # The checkpoint's history is the record of every finished epoch (it matches its weights);
+    # the store gets an epoch only once its checkpoint is on disk, and only the steps it lacks
+    # (a kill between the two leaves them out, the re-run adds them: every step exactly once).
+    in_store = logger.history() if logger else {}
+    stored = {name: {step for step, _ in points} for name, points in in_store.items()}
+    history: dict[str, list[tuple[int, float]]] = (
+        {name: [tuple(point) for point in points] for name, points in resumed["history"].items()}
+        if resumed is not None and "history" in resumed else in_store)  # (checkpoints before eed kept it)
+    phase = _phase_of(resumed, config) if resumed is not None else "epochs"
+    best_epoch = (resumed or {}).get("best_epoch", 0)
+    partial = (resumed or {}).get("partial_epoch")  # the trained part of an interrupted epoch
+    pending_best = checkpoint_dir / "best.pt.pending"
+    if runtime.is_main:
+        _settle_pending_best(pending_best, best_path, best_epoch if resumed is not None else None)
 
-    def checkpoint_dict(epoch: int, step_in_epoch: int, metrics: dict[str, float]) -> dict[str, Any]:
+    def checkpoint_dict(epoch: int, step_in_epoch: int, metrics: dict[str, float], **extra: Any) -> dict[str, Any]:
         return {
             "arch": config.model.arch, "num_classes": manifest.num_classes, "width": config.model.width,
             "exits": exits, "stem_relu": config.model.stem_relu, "class_names": list(manifest.class_names),
             "config": config.model_dump(),
             "epoch": epoch, "step_in_epoch": step_in_epoch, "model": model.state_dict(),
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "rng": rng_state(),
-            "metrics": metrics, "best_metric": best_metric, "test_max": test_max,
-            "run_id": logger.run_id if logger else None,
+            "metrics": metrics, "best_metric": best_metric, "best_epoch": best_epoch, "test_max": test_max,
+            "history": history, "phase": phase, "run_id": logger.run_id if logger else None, **extra,
         }
 
-    train_loader.warmup(console=console)  # FFCV's one-off JIT compile, kept out of epoch timings
+    def metrics_of(epoch: int) -> dict[str, float]:
+        return {name: value for name, points in history.items() for step, value in points if step == epoch}
+
+    def sync_store() -> None:
+        """Log every history point the store lacks, in step order."""
+        if logger is None:
+            return
+        for step in sorted({step for points in history.values() for step, _ in points}):
+            fresh = {name: value for name, value in metrics_of(step).items() if step not in stored.get(name, set())}
+            if fresh:
+                logger.log_metrics(fresh, step)
+                for name in fresh:
+                    stored.setdefault(name, set()).add(step)
+
+    def commit(epoch: int) -> None:
+        """last.pt, then best.pt (promoted from pending: it is only "best" once last.pt knows it),
+        then the store: an interruption anywhere in between leaves a state the re-run completes."""
+        if runtime.is_main:
+            save_checkpoint(checkpoint_dict(epoch, 0, metrics_of(epoch)), last_path)
+            if pending_best.is_file():
+                pending_best.replace(best_path)
+        sync_store()
+
     epoch = start_epoch
     try:
         with GracefulStop(console) as stop, progress_bar(console, runtime.is_main) as progress:
-            for epoch in range(start_epoch + 1, config.train.epochs + 1):
+
+            def stop_if_requested(where: str, epoch_done: int, steps_done: int = 0, **extra: Any) -> None:
+                """A signal arrived: checkpoint where we are, end the run KILLED, exit 143/130."""
+                if not stop.requested():
+                    return
+                if runtime.is_main:
+                    save_checkpoint(checkpoint_dict(epoch_done, steps_done, metrics_of(epoch_done), **extra),
+                                    last_path)
+                sync_store()
+                if logger:
+                    logger.finish("KILLED")
+                name = signal.Signals(stop.signal).name
+                raise TrainingInterrupted(f"{name} {where}: checkpoint written to {last_path}; re-run to resume",
+                                          EXIT_CODE_SIGNAL[stop.signal])
+
+            if resumed is None and runtime.is_main:  # the run id on disk before anything can be lost
+                save_checkpoint(checkpoint_dict(0, 0, {}), last_path)
+            sync_store()  # epochs the checkpoint holds that a kill kept from the store
+            if phase == "epochs":
+                train_loader.warmup(console=console)  # FFCV's one-off JIT compile, kept out of epoch timings
+                stop_if_requested("during the loader warm-up", start_epoch, skip_steps, partial_epoch=partial)
+            for epoch in range(start_epoch + 1, config.train.epochs + 1) if phase == "epochs" else ():
                 train_loader.set_epoch(epoch)
+                resuming_mid_epoch = epoch == start_epoch + 1 and skip_steps > 0
                 stats = train_one_epoch(train_model, objective, train_loader, optimizer, scheduler, runtime,
                                         epoch=epoch, classifier_names=classifier_names,
-                                        skip_steps=skip_steps if epoch == start_epoch + 1 else 0,
-                                        should_stop=stop.requested, progress=progress)
+                                        skip_steps=skip_steps if resuming_mid_epoch else 0,
+                                        should_stop=stop.requested, progress=progress, last_checkpoint=last_path)
+                if resuming_mid_epoch and partial is not None:
+                    stats = _whole_epoch(partial, stats)  # the epoch's metrics over all of its steps
                 if not stats.completed:  # a signal arrived mid-epoch
-                    if runtime.is_main:
-                        save_checkpoint(checkpoint_dict(epoch - 1, stats.steps_done, {}), last_path)
-                    if logger:
-                        logger.finish("KILLED")
-                    name = signal.Signals(stop.signal).name
-                    raise TrainingInterrupted(f"{name} at epoch {epoch}, step {stats.steps_done}: checkpoint "
-                                              f"written to {last_path}; re-run to resume", EXIT_CODE_SIGNAL[stop.signal])
+                    stop_if_requested(f"at epoch {epoch}, step {stats.steps_done}", epoch - 1, stats.steps_done,
+                                      partial_epoch=_partial_record(stats))
                 if runtime.distributed:  # BN statistics drift per rank after the last step: take rank 0's
                     for buffer in model.buffers():
                         dist.broadcast(buffer, src=0)
@@ -153,8 +220,6 @@ def train(config: Config, out_dir: str | Path, *, resume: str | Path | bool = "a
                     if name not in test_max or value > test_max[name][0]:
                         test_max[name] = [value, epoch]
                 metrics = _epoch_metrics(stats, val, test, optimizer)
-                if logger:
-                    logger.log_metrics(metrics, epoch)
                 for name, value in metrics.items():
                     history.setdefault(name, []).append((epoch, value))
                 if runtime.is_main:
@@ -162,19 +227,32 @@ def train(config: Config, out_dir: str | Path, *, resume: str | Path | bool = "a
                     # Select on the validation split only; without one, the last epoch is "best".
                     if val is None or val["main"] > best_metric:
                         best_metric = val["main"] if val is not None else test["main"]
-                        save_checkpoint(checkpoint_dict(epoch, 0, metrics), best_path)
-                    if epoch % config.train.checkpoint_every == 0 or epoch == config.train.epochs:
-                        save_checkpoint(checkpoint_dict(epoch, 0, metrics), last_path)
-        result = TrainResult(logger.run_id if logger else None, out_dir, last_path, best_path, epoch, history,
-                             model=model)
-        if runtime.is_main:
-            selected = load_checkpoint(best_path)
-            selected_model = model_from_checkpoint(selected).to(runtime.device)
-            result.test_metrics = _final_test(test_loader, runtime, selected_model, classifier_names, test_max)
-            write_training_summary(result.history, result.test_metrics, result.epochs_completed, out_dir)
-            figures = plot_training_curves(result.history, out_dir / "figures")
-            if logger:
-                _log_results(logger, result, figures, config, selected_model, selected["epoch"])
+                        best_epoch = epoch
+                        save_checkpoint(checkpoint_dict(epoch, 0, metrics), pending_best)
+                if epoch == config.train.epochs:
+                    phase = "final"
+                if epoch % config.train.checkpoint_every == 0 or epoch == config.train.epochs:
+                    commit(epoch)
+                elif stop.requested():  # checkpoint_every > 1: keep this epoch rather than lose it
+                    commit(epoch)
+                stop_if_requested(f"after epoch {epoch}", epoch)
+            epoch = config.train.epochs
+            result = TrainResult(logger.run_id if logger else None, out_dir, last_path, best_path, epoch, history,
+                                 model=model)
+            if runtime.is_main:
+                selected = load_checkpoint(best_path)
+                selected_model = model_from_checkpoint(selected).to(runtime.device)
+                result.test_metrics = _final_test(test_loader, runtime, selected_model, classifier_names, test_max)
+                stop_if_requested("during the final test", epoch)
+                write_training_summary(result.history, result.test_metrics, result.epochs_completed, out_dir)
+                figures = plot_training_curves(result.history, out_dir / "figures")
+                if logger:
+                    _log_results(logger, result, figures, config, selected_model, selected["epoch"], stored,
+                                 lambda: stop_if_requested("while logging the results", epoch))
+                if logger:  # FINISHED before last.pt says "done": a kill in between re-runs the final phase
+                    logger.finish("FINISHED")
+                phase = "done"
+                save_checkpoint(checkpoint_dict(epoch, 0, metrics_of(epoch)), last_path)
         return result
     except TrainingInterrupted:
         raise  # the run already ended KILLED
@@ -209,10 +287,14 @@ def _final_test(test_loader, runtime: Runtime, selected: MultiExitNet, names: li
 
 
 def _log_results(logger: tracking.MlflowLogger, result: TrainResult, figures: list[Path], config: Config,
-                 selected: MultiExitNet, selected_epoch: int) -> None:
-    """The end of a training run: test metrics, figures, checkpoints, and as the model the
-    weights those test metrics are of (best.pt, not the last epoch's); FINISHED."""
-    logger.log_metrics(result.test_metrics, result.epochs_completed)
+                 selected: MultiExitNet, selected_epoch: int, stored: dict[str, set[int]],
+                 stop_if_requested: Callable[[], None]) -> None:
+    """The end of a training run: test metrics (those the store lacks: a re-run after an
+    interruption here logs none twice), figures, checkpoints, and as the model the weights
+    those test metrics are of (best.pt, not the last epoch's). A signal stops between them."""
+    step = result.epochs_completed
+    logger.log_metrics({k: v for k, v in result.test_metrics.items() if step not in stored.get(k, set())}, step)
+    stop_if_requested()
     selected_on = f"validation, epoch {selected_epoch}" if config.data.val_size > 0 else "last epoch"
     logger.set_tags({f"eed.meaning.{name.removesuffix('_*')}": meaning.replace("best.pt", f"best.pt ({selected_on})")
                      for name, meaning in METRIC_MEANINGS.items()})
@@ -220,10 +302,68 @@ def _log_results(logger: tracking.MlflowLogger, result: TrainResult, figures: li
         logger.log_artifact(figure, "figures")
     for checkpoint in (result.last_checkpoint, result.best_checkpoint):
         logger.log_artifact(checkpoint, "checkpoints")
+    stop_if_requested()
     logger.log_model(*servable(selected, get_spec(config.model.arch).input_size),
                      metadata={"checkpoint": "best.pt", "epoch": selected_epoch,
                                "selected_on": "val" if config.data.val_size > 0 else "last epoch"})
-    logger.finish("FINISHED")
+
+
+def _checkpoint_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
+    """About the size of one checkpoint: the weights and buffers, SGD's momentum of every
+    parameter, and 1 MiB for the rest."""
+    tensors = [*model.state_dict().values(), *model.parameters()]
+    return sum(t.numel() * t.element_size() for t in tensors) + 2**20
+
+
+# Tags a training run with the last.pt it writes: a run killed before that file existed is
+# found by it and continued, rather than left RUNNING beside a new one.
+CHECKPOINT_TAG = "eed.checkpoint"
+
+
+def _orphan_run(tracking_uri: str, last_path: Path) -> str | None:
+    """The RUNNING training run that was to write ``last_path`` (none exists yet), if any."""
+    runs = tracking.find_runs(tracking_uri, tags={CHECKPOINT_TAG: str(last_path.resolve())})
+    running = [run.run_id for run in runs if run.status == "RUNNING"]
+    return running[0] if running else None
+
+
+def _phase_of(checkpoint: dict[str, Any], config: Config) -> str:
+    """Where the run of ``checkpoint`` was: "epochs", "final" (every epoch done; the final test,
+    artifacts and model not yet) or "done" (checkpoints written before phases: from the epoch)."""
+    return checkpoint_phase(checkpoint, config.train.epochs)
+
+
+def _settle_pending_best(pending: Path, best_path: Path, resumed_best_epoch: int | None) -> None:
+    """A best.pt.pending left by an interruption: promote it when the resumed checkpoint counts
+    its epoch as the best, else drop it (its epoch was lost and is trained again)."""
+    if not pending.is_file():
+        return
+    if resumed_best_epoch is not None and load_checkpoint(pending)["epoch"] == resumed_best_epoch:
+        pending.replace(best_path)
+    else:
+        pending.unlink()
+
+
+def _partial_record(stats: EpochStats) -> dict[str, Any]:
+    """What a checkpoint keeps of an interrupted epoch, so that the resumed epoch reports all of it."""
+    return {"loss_terms": stats.loss_terms, "accuracy": stats.accuracy, "images": stats.images,
+            "seconds": stats.seconds, "steps": stats.steps_run}
+
+
+def _whole_epoch(partial: dict[str, Any], rest: EpochStats) -> EpochStats:
+    """An epoch trained in two (or more) parts as one: losses weighted by steps, accuracies by
+    images, the time of both parts."""
+    steps = partial["steps"] + rest.steps_run
+    images = partial["images"] + rest.images
+
+    def mean(before: dict[str, float], after: dict[str, float], weight_before: float, weight_after: float):
+        total = max(weight_before + weight_after, 1e-12)
+        return {k: (before.get(k, 0.0) * weight_before + after[k] * weight_after) / total for k in after}
+
+    return EpochStats(loss_terms=mean(partial["loss_terms"], rest.loss_terms, partial["steps"], rest.steps_run),
+                      accuracy=mean(partial["accuracy"], rest.accuracy, partial["images"], rest.images),
+                      images=images, seconds=partial["seconds"] + rest.seconds, steps_done=rest.steps_done,
+                      completed=rest.completed, steps_run=steps)
 
 
 def _epoch_metrics(stats: EpochStats, val: dict[str, float] | None, test: dict[str, float],

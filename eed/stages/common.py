@@ -12,6 +12,7 @@ from eed.config import Config
 from eed.engine.checkpoint import ResolvedSource, check_classes, model_from_checkpoint, resolve_source
 from eed.errors import ConfigError
 from eed.models.multi_exit import MultiExitNet
+from eed.paths import in_workspace
 
 SPLITS = ("test", "val")
 CHECKPOINTS = ("best", "last")
@@ -25,7 +26,7 @@ def choice(option: str, value: str, allowed: Sequence[str]) -> str:
 
 def default_source(config: Config) -> str:
     """The train stage's selected checkpoint."""
-    return str(Path(config.paths.out_dir) / "train" / "checkpoints" / "best.pt")
+    return str(in_workspace(config.paths.out_dir) / "train" / "checkpoints" / "best.pt")
 
 
 def source_model(source: str, config: Config, log: bool, which: str) -> tuple[str | None, ResolvedSource,

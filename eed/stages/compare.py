@@ -8,6 +8,7 @@ from typing import Sequence
 from eed import tracking
 from eed.config import Config
 from eed.errors import TrackingError
+from eed.paths import in_workspace
 from eed.reporting.comparison import TABLE_SPLITS, ComparisonTable, build_table, parse_tags
 from eed.reporting.figures import plot_comparison
 from eed.stages import stdout
@@ -31,7 +32,7 @@ def compare(config: Config, experiments: Sequence[str] = (), *, tags: Sequence[s
                      + (f" with tags {tag_filter}" if tag_filter else ""))
         raise TrackingError(f"no finished training runs with {TABLE_SPLITS[split][0]}main metrics among {selection} "
                             f"({len(runs)} runs found, {len(table.excluded)} of them with metrics but not FINISHED)")
-    out_dir = Path(out or Path(config.paths.out_dir) / "compare")
+    out_dir = Path(out or in_workspace(config.paths.out_dir) / "compare")
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = out_dir / "comparison.md"
     markdown.write_text(table.to_markdown())

@@ -18,6 +18,7 @@ from eed.metrics.anytime import AnytimeReport, ClassifierCosts, analyze, thresho
 from eed.metrics.flops import profile_model
 from eed.metrics.summary import EvaluationReport, summarize
 from eed.models.multi_exit import MultiExitNet
+from eed.paths import ensure_writable, in_workspace
 from eed.progress import progress_bar, tracked
 from eed.reporting import tables
 from eed.reporting.files import write_evaluation_outputs
@@ -40,9 +41,10 @@ def evaluate(config: Config, source: str | None = None, *, split: str | None = N
     a child run of the training run."""
     source = source or default_source(config)
     split = choice("--split", split or config.eval.split, SPLITS)
-    out_dir = Path(out or Path(config.paths.out_dir) / "evaluate")
+    out_dir = Path(out or in_workspace(config.paths.out_dir) / "evaluate")
     log = log and config.tracking.enabled
-    out_dir.mkdir(parents=True, exist_ok=True)  # an unusable folder fails now, not after the pass
+    for folder in (out_dir, out_dir / "figures"):  # an unusable folder fails now, not after the pass
+        ensure_writable(folder)
     tracking_uri, resolved, model = source_model(source, config, log, which)
     runtime = setup_runtime(config.train)
     model = model.to(runtime.device)

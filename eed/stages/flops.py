@@ -7,6 +7,7 @@ from pathlib import Path
 from eed import data as eed_data
 from eed.config import Config
 from eed.metrics.flops import FlopsProfile, arch_profile, summarize_backbones
+from eed.paths import in_workspace
 from eed.reporting import tables
 from eed.reporting.files import write_flops_outputs
 from eed.stages import stdout
@@ -33,4 +34,4 @@ def flops(arch: str, *, width: int | None = None, num_classes: int | None = None
 def flops_stage(config: Config) -> FlopsProfile:
     """The flops stage: the configured network, with the prepared dataset's class count."""
     return flops(config.model.arch, width=config.model.width, num_classes=eed_data.load_manifest(config).num_classes,
-                 out=Path(config.paths.out_dir) / "flops")
+                 out=in_workspace(config.paths.out_dir) / "flops")

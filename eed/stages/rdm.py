@@ -14,6 +14,7 @@ from eed.data.augment import Normalizer
 from eed.engine.loops import collect_outputs
 from eed.engine.runtime import setup_runtime
 from eed.metrics.rdm import RdmResult, compute_rdms, layer_activations, select_samples
+from eed.paths import ensure_writable, in_workspace
 from eed.reporting import tables
 from eed.reporting.files import write_rdm_outputs
 from eed.stages import stdout
@@ -41,9 +42,10 @@ def rdm(config: Config, source: str | None = None, *, split: str = "test", class
     source = source or default_source(config)
     split = choice("--split", split, SPLITS)
     classifiers = ["main", *[c for c in classifiers if c != "main"]]
-    out_dir = Path(out or Path(config.paths.out_dir) / "rdm")
+    out_dir = Path(out or in_workspace(config.paths.out_dir) / "rdm")
     log = log and config.tracking.enabled
-    out_dir.mkdir(parents=True, exist_ok=True)
+    for folder in (out_dir, out_dir / "figures"):  # an unusable folder fails now, not after the pass
+        ensure_writable(folder)
     tracking_uri, resolved, model = source_model(source, config, log, which)
     device = setup_runtime(config.train).device
     model = model.to(device)

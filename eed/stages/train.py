@@ -8,6 +8,7 @@ from eed.config import Config
 from eed.engine.runtime import relaunch_under_torchrun
 from eed.engine.trainer import TrainResult
 from eed.engine.trainer import train as run_training
+from eed.paths import in_workspace
 from eed.stages import stdout
 
 
@@ -17,7 +18,7 @@ def train(config: Config, *, out: Path | None = None, resume: str = "auto",
     outside torchrun, this process is replaced by torchrun running the same command (``argv``,
     default sys.argv); with ``nnodes > 1`` each machine runs it with its own ``train.node_rank``."""
     relaunch_under_torchrun(config.train, argv)
-    result = run_training(config, out or Path(config.paths.out_dir) / "train", resume=resume)
+    result = run_training(config, out or in_workspace(config.paths.out_dir) / "train", resume=resume)
     if result.test_metrics:  # only the main process reports
         console = stdout()
         for name, value in result.test_metrics.items():
