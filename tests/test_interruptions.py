@@ -31,17 +31,17 @@ from eed.data.loaders import TensorEpochLoader
 from eed.engine.checkpoint import load_checkpoint
 from eed.errors import TrainingInterrupted
 
-EPOCHS = 4
+EPOCHS = 3
 
 
-def tiny_overrides(run_dir: Path, prepared: Path, **extra: object) -> list[str]:
+def tiny_overrides(run_dir: Path, prepared: Path, store: str, experiment: str, **extra: object) -> list[str]:
     values = {
         "data.dataset": "synthetic", "data.backend": "tensor", "data.val_size": 32, "data.num_workers": 1,
         "data.prepared_dir": str(prepared), "data.synthetic.num_train": 160,
         "data.synthetic.num_test": 32, "data.synthetic.num_classes": 4, "data.train_subset": 0,
         "model.width": 4, "train.epochs": EPOCHS, "train.batch_size": 32, "train.lr": 0.05,
         "train.deterministic": True, "train.device": "cpu",
-        "tracking.uri": f"sqlite:///{run_dir / 'mlflow.db'}", "paths.out_dir": str(run_dir / "out"),
+        "tracking.uri": store, "tracking.experiment": experiment, "paths.out_dir": str(run_dir / "out"),
     }
     values.update(extra)
     return [f"{key}={value}" for key, value in values.items()]
@@ -127,18 +127,18 @@ def until_done(overrides: list[str], out: Path, attempts: int = 5) -> None:
     raise AssertionError(f"training did not finish in {attempts} re-runs")
 
 
-def assert_one_complete_run(run_dir: Path, weights: dict[str, torch.Tensor]) -> None:
+def assert_one_complete_run(attempt: Attempt, weights: dict[str, torch.Tensor]) -> None:
     """One MLflow run, FINISHED; every metric's steps exactly once; checkpoints loadable and of
     that run; the final weights those of the uninterrupted run."""
-    client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
-    runs = client.search_runs([client.get_experiment_by_name("eed").experiment_id])
+    client = MlflowClient(attempt.store)
+    runs = client.search_runs([client.get_experiment_by_name(attempt.experiment).experiment_id])
     assert [run.info.status for run in runs] == ["FINISHED"], [(r.info.run_id, r.info.status) for r in runs]
     run = runs[0]
     for name in run.data.metrics:
         steps = [m.step for m in client.get_metric_history(run.info.run_id, name)]
         expected = [EPOCHS] if name.startswith(("test/acc_", "test/max_acc")) else list(range(1, EPOCHS + 1))
         assert steps == expected, f"{name}: steps {steps}"
-    checkpoints = run_dir / "out" / "train" / "checkpoints"
+    checkpoints = attempt.out / "checkpoints"
     last, best = load_checkpoint(checkpoints / "last.pt"), load_checkpoint(checkpoints / "best.pt")
     assert last["phase"] == "done" and last["run_id"] == best["run_id"] == run.info.run_id
     assert not (checkpoints / "best.pt.pending").exists()
@@ -149,26 +149,38 @@ def assert_one_complete_run(run_dir: Path, weights: dict[str, torch.Tensor]) -> 
 @dataclass
 class Straight:
     prepared: Path
+    store: str  # one sqlite store for every attempt of the module, an experiment each
     weights: dict[str, torch.Tensor]
     events: int  # events of an uninterrupted run
+
+
+@dataclass
+class Attempt:
+    overrides: list[str]
+    out: Path  # the train stage's folder
+    store: str
+    experiment: str
 
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory) -> Straight:
     """The uninterrupted run (in a child, like every attempt): its weights and event count."""
     base = tmp_path_factory.mktemp("straight")
-    prepared = base / "prepared"
-    prepare(load_config(None, tiny_overrides(base, prepared)))
+    prepared, store = base / "prepared", f"sqlite:///{base / 'mlflow.db'}"
+    overrides = tiny_overrides(base, prepared, store, "straight")
+    prepare(load_config(None, overrides))
     out = base / "out" / "train"
-    assert in_child(tiny_overrides(base, prepared), out) == 0
+    assert in_child(overrides, out) == 0
     events = len((out.parent / "events.txt").read_text().split("\n"))
-    return Straight(prepared, load_checkpoint(out / "checkpoints" / "last.pt")["model"], events)
+    return Straight(prepared, store, load_checkpoint(out / "checkpoints" / "last.pt")["model"], events)
 
 
-def attempt_dir(tmp_path: Path, name: str, straight: Straight, *extra: str) -> tuple[list[str], Path, Path]:
+def new_attempt(tmp_path: Path, name: str, straight: Straight, *extra: str) -> Attempt:
     run_dir = tmp_path / name
     run_dir.mkdir()
-    return tiny_overrides(run_dir, straight.prepared) + list(extra), run_dir / "out" / "train", run_dir
+    experiment = f"{tmp_path.name}-{name}"
+    overrides = tiny_overrides(run_dir, straight.prepared, straight.store, experiment) + list(extra)
+    return Attempt(overrides, run_dir / "out" / "train", straight.store, experiment)
 
 
 # --------------------------------------------------------------------------- one fault per phase
@@ -180,28 +192,27 @@ def attempt_dir(tmp_path: Path, name: str, straight: Straight, *extra: str) -> t
     (("set_tags", 2), sigterm, 143),           # SIGTERM while the results are logged (1: the run's own tag)
     (("log_artifact", 1), sigint, 130),        # SIGINT while the artifacts are logged
     (("log_model", 1), kill9, -9),             # kill -9 while the model is logged
-    (("train_one_epoch", 4), kill9, -9),       # kill -9 at the start of the last epoch
+    (("train_one_epoch", EPOCHS), kill9, -9),  # kill -9 at the start of the last epoch
 ], ids=["sigterm-warmup", "kill9-final-test", "sigterm-results", "sigint-artifacts", "kill9-model",
         "kill9-last-epoch"])
 def test_an_interrupt_in_any_phase_continues_the_same_run(tmp_path, straight, where, fault, status):
-    overrides, out, run_dir = attempt_dir(tmp_path, "run", straight)
-    assert in_child(overrides, out, fault, where=where) == status
+    attempt = new_attempt(tmp_path, "run", straight)
+    assert in_child(attempt.overrides, attempt.out, fault, where=where) == status
     if status > 0:  # a signal: the run ended KILLED (not FAILED, not RUNNING)
-        client = MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
-        run_id = load_checkpoint(out / "checkpoints" / "last.pt")["run_id"]
-        assert client.get_run(run_id).info.status == "KILLED"
-    until_done(overrides, out)
-    assert_one_complete_run(run_dir, straight.weights)
+        run_id = load_checkpoint(attempt.out / "checkpoints" / "last.pt")["run_id"]
+        assert MlflowClient(attempt.store).get_run(run_id).info.status == "KILLED"
+    until_done(attempt.overrides, attempt.out)
+    assert_one_complete_run(attempt, straight.weights)
 
 
 def test_an_epoch_between_checkpoints_is_logged_once(tmp_path, straight):
-    """checkpoint_every 2, killed at the start of epoch 4: epoch 3 (evaluated, not checkpointed)
+    """checkpoint_every 2, killed at the start of epoch 2: epoch 1 (evaluated, not checkpointed)
     is trained again by the re-run, and its metrics reach the store once, with its checkpoint."""
-    overrides, out, run_dir = attempt_dir(tmp_path, "run", straight, "train.checkpoint_every=2")
-    assert in_child(overrides, out, kill9, where=("train_one_epoch", 4)) == -9
-    assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 2
-    until_done(overrides, out)
-    assert_one_complete_run(run_dir, straight.weights)
+    attempt = new_attempt(tmp_path, "run", straight, "train.checkpoint_every=2")
+    assert in_child(attempt.overrides, attempt.out, kill9, where=("train_one_epoch", 2)) == -9
+    assert load_checkpoint(attempt.out / "checkpoints" / "last.pt")["epoch"] == 0  # the one before any epoch
+    until_done(attempt.overrides, attempt.out)
+    assert_one_complete_run(attempt, straight.weights)
 
 
 # --------------------------------------------------------------------------- fault injection
@@ -215,12 +226,12 @@ def test_fault_injection_kill9_at_random_moments(tmp_path, straight):
     re-runs, each killed again at a random event with probability 1/2, until one finishes."""
     for trial in range(TRIALS):
         rng = random.Random(trial)
-        overrides, out, run_dir = attempt_dir(tmp_path, f"trial{trial}", straight)
-        assert in_child(overrides, out, kill9, at=rng.randint(1, straight.events)) in (-9, 0)
-        while rng.random() < 0.5 and not finished(out):
-            in_child(overrides, out, kill9, at=rng.randint(1, straight.events))
-        until_done(overrides, out)
-        assert_one_complete_run(run_dir, straight.weights)
+        attempt = new_attempt(tmp_path, f"trial{trial}", straight)
+        assert in_child(attempt.overrides, attempt.out, kill9, at=rng.randint(1, straight.events)) in (-9, 0)
+        while rng.random() < 0.5 and not finished(attempt.out):
+            in_child(attempt.overrides, attempt.out, kill9, at=rng.randint(1, straight.events))
+        until_done(attempt.overrides, attempt.out)
+        assert_one_complete_run(attempt, straight.weights)
 
 
 # --------------------------------------------------------------------------- failing fast
@@ -235,8 +246,8 @@ def test_unusable_output_folders_and_a_full_disk_fail_before_the_first_step(tmp_
 
     steps: list[int] = []
     monkeypatch.setattr(T, "train_one_epoch", lambda *args, **kwargs: steps.append(1))
-    overrides, _, run_dir = attempt_dir(tmp_path, "run", straight)
-    config = load_config(None, overrides)
+    attempt = new_attempt(tmp_path, "run", straight)
+    config = load_config(None, attempt.overrides)
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     with pytest.raises(OSError) as unwritable:
@@ -246,7 +257,7 @@ def test_unusable_output_folders_and_a_full_disk_fail_before_the_first_step(tmp_
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=4096))
     with pytest.raises(OSError, match="No space left for three checkpoints: 0 MiB free") as full:
-        T.train(config, run_dir / "out" / "train")
+        T.train(config, attempt.out)
     assert "\n" not in one_line(full.value) and exit_code(full.value) == 7
     assert steps == []
 
