@@ -10,6 +10,10 @@ maximum over the epochs, which is what the paper and the official release report
 on test, hence optimistic; :data:`METRIC_MEANINGS`). The same code runs on CPU
 and CUDA; on CUDA it adds bf16 autocast and channels_last. Under ``torchrun`` it trains with
 DistributedDataParallel.
+
+A run goes through phases recorded in ``last.pt`` (epochs, final, done): a re-run continues
+the phase it was in, into the same MLflow run; an epoch reaches the store only once its
+checkpoint is on disk, and only the steps the store lacks are logged (README, "Reliability").
 """
 
 from __future__ import annotations
@@ -156,15 +160,19 @@ def train(config: Config, out_dir: str | Path, *, resume: str | Path | bool = "a
         return {name: value for name, points in history.items() for step, value in points if step == epoch}
 
     def sync_store() -> None:
-        """Log every history point the store lacks, in step order."""
+        """Log every history point the store lacks, in step order (one pass over the history)."""
         if logger is None:
             return
-        for step in sorted({step for points in history.values() for step, _ in points}):
-            fresh = {name: value for name, value in metrics_of(step).items() if step not in stored.get(name, set())}
-            if fresh:
-                logger.log_metrics(fresh, step)
-                for name in fresh:
-                    stored.setdefault(name, set()).add(step)
+        missing: dict[int, dict[str, float]] = {}
+        for name, points in history.items():
+            logged = stored.get(name, set())
+            for step, value in points:
+                if step not in logged:
+                    missing.setdefault(step, {})[name] = value
+        for step in sorted(missing):
+            logger.log_metrics(missing[step], step)
+            for name in missing[step]:
+                stored.setdefault(name, set()).add(step)
 
     def commit(epoch: int) -> None:
         """last.pt, then best.pt (promoted from pending: it is only "best" once last.pt knows it),
