@@ -297,6 +297,22 @@ class Config(_Section):
         return Config.model_validate(data)
 
 
+# The keys params.yaml may leave null for the preset or the reference to fill.
+PRESET_KEYS = ("train.epochs", "train.schedule", "data.train_subset", "data.val_size", "model.width",
+               "model.stem_relu", "loss.alpha")
+
+
+def preset_values(config: Config) -> dict[str, dict[str, Any]]:
+    """The values a (resolved) config gives the keys of :data:`PRESET_KEYS`, as nested
+    sections (``{"train": {"epochs": 4, ...}, ...}``): what a run used where params.yaml says
+    null, for the resolve stage to show DVC."""
+    values: dict[str, dict[str, Any]] = {}
+    for dotted in PRESET_KEYS:
+        section, key = dotted.split(".")
+        values.setdefault(section, {})[key] = getattr(getattr(config, section), key)
+    return values
+
+
 # Values used where params.yaml leaves the key null. `paper` is the paper's protocol
 # (the official release's 200-epoch step schedule at the architecture's own width).
 PRESETS: dict[str, dict[str, Any]] = {

@@ -61,6 +61,10 @@ def ensure_writable(folder: str | Path) -> Path:
     import tempfile
 
     folder = Path(folder)
+    if folder.exists() and not folder.is_dir():  # mkdir would say "File exists", which reads as a refusal
+        import errno
+
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(folder))
     folder.mkdir(parents=True, exist_ok=True)
     with tempfile.NamedTemporaryFile(dir=folder, prefix=".eed-write-check-"):
         pass

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import json
 import logging
 import os
 import re
@@ -49,6 +50,15 @@ PARENT_TAG = "mlflow.parentRunId"
 STAGE_TAG = "eed.stage"
 # Tags a child run copies from its training run, so the same filters find both.
 INHERITED_TAGS = ("method", "arch", "dataset", "scale", "seed", "dvc_exp")
+# MLflow's own tags: the run's description (the UI's "Description"), where the run came from,
+# and the experiment's kind, which makes MLflow 3's UI open it in its "Model training" view
+# (not the GenAI one).
+NOTE_TAG = "mlflow.note.content"
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+EXPERIMENT_NOTE = ("Multi-exit CNNs trained with the objectives of Exit-Ensemble Distillation (eed). Training runs "
+                   "are named <method>-<arch>-s<seed>; their evaluate and rdm runs are nested under them.")
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 PARAM_VALUE_LIMIT = 6000
 
@@ -203,9 +213,13 @@ def ensure_experiment(name: str, tracking_uri: str) -> str:
     client = _client(tracking_uri)
     experiment = client.get_experiment_by_name(name)
     if experiment is not None:
+        _check_artifact_location(experiment, tracking_uri)
+        if EXPERIMENT_KIND_TAG not in experiment.tags:  # made before eed set it
+            client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return experiment.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=default_artifact_location(tracking_uri))
+        return client.create_experiment(name, artifact_location=default_artifact_location(tracking_uri),
+                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, NOTE_TAG: EXPERIMENT_NOTE})
     except MlflowException as error:
         # Another process created it between our look-up and our create (several runs
         # starting at once): theirs is ours. Same code from a sqlite store and a server.
@@ -218,6 +232,22 @@ def ensure_experiment(name: str, tracking_uri: str) -> str:
         return experiment.experiment_id
 
 
+def _check_artifact_location(experiment: Any, tracking_uri: str) -> None:
+    """A sqlite store's experiments keep their artifact folder as an absolute path. A store
+    copied with its checkout (``cp -r``) or moved would write the new runs' artifacts into the
+    original's ``mlartifacts/`` (or a folder that is gone): refuse, saying what to do."""
+    expected = default_artifact_location(tracking_uri)
+    location = experiment.artifact_location or ""
+    if expected is None or location == expected or not location.rstrip("/").endswith("/" + DEFAULT_ARTIFACTS):
+        return  # not a store eed laid out, or laid out here
+    database = _sqlite_database(tracking_uri)
+    raise TrackingError(
+        f"MLflow store {database} was made at another path: its experiment {experiment.name!r} keeps artifacts in "
+        f"{location.removeprefix('file://')}, not beside it in {expected.removeprefix('file://')} (a copied or moved "
+        f"checkout). Start a store of its own here (mv {database.name} {database.name}.copied; mv {DEFAULT_ARTIFACTS} "
+        f"{DEFAULT_ARTIFACTS}.copied), or set tracking.uri to the original store")
+
+
 def git_commit(cwd: Path | None = None) -> str:
     try:
         result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or project_root(),
@@ -227,14 +257,35 @@ def git_commit(cwd: Path | None = None) -> str:
     return result.stdout.strip() if result.returncode == 0 else "unknown"
 
 
+def source_tags() -> dict[str, str]:
+    """MLflow's standard tags of where a run comes from (``mlflow.user``, ``mlflow.source.name``,
+    ``mlflow.source.type``, ``mlflow.source.git.commit``), which runs created with the client
+    do not get by themselves: MLflow's own context providers, plus the project's commit."""
+    import sys
+
+    from mlflow.tracking.context.registry import resolve_tags
+
+    tags = dict(resolve_tags())
+    program = Path(sys.argv[0]) if sys.argv and sys.argv[0] else None
+    if program is not None and program.name == "eed":  # the CLI: say which command
+        tags["mlflow.source.name"] = " ".join(["eed", *sys.argv[1:2]])
+    elif program is not None and program.suffix == ".py":  # a DVC stage: the script, from the project
+        with contextlib.suppress(ValueError):
+            tags["mlflow.source.name"] = program.resolve().relative_to(project_root()).as_posix()
+    commit = git_commit()
+    if commit != "unknown":
+        tags[GIT_COMMIT_TAG] = commit
+    return tags
+
+
 def run_tags(config: Config) -> dict[str, str]:
     tags = {
+        **source_tags(),
         "method": config.method,
         "arch": config.model.arch,
         "dataset": config.data.dataset,
         "scale": config.scale,
         "seed": str(config.seed),
-        "git_commit": git_commit(),
     }
     # DVC sets DVC_EXP_NAME for `dvc exp run`; the MLflow UI can then group runs by experiment.
     if os.environ.get("DVC_EXP_NAME"):
@@ -273,44 +324,60 @@ class MlflowLogger:
         return _reaching(self.tracking_uri, f"{doing} (run {self.run_id})")
 
     @classmethod
-    def start(cls, tracking_uri: str, experiment: str, *, run_name: str, tags: Mapping[str, str]) -> "MlflowLogger":
+    def start(cls, tracking_uri: str, experiment: str, *, run_name: str, tags: Mapping[str, str],
+              start_time: float | None = None) -> "MlflowLogger":
+        """A new run; ``start_time`` (``time.time()`` seconds) when the work began earlier."""
         with _reaching(tracking_uri, f"starting a run in experiment {experiment!r}"):
             experiment_id = ensure_experiment(experiment, tracking_uri)
-            run = _client(tracking_uri).create_run(experiment_id, tags=dict(tags), run_name=run_name)
+            run = _client(tracking_uri).create_run(experiment_id, tags=dict(tags), run_name=run_name,
+                                                   start_time=_millis(start_time))
         return cls(tracking_uri, run.info.run_id)
 
     @classmethod
-    def for_training(cls, config: Config, tracking_uri: str, run_id: str | None = None) -> "MlflowLogger":
-        """The training run of ``config``: a new one with its params, tags and config.yaml,
-        or ``run_id`` continued (status back to RUNNING)."""
+    def for_training(cls, config: Config, tracking_uri: str, run_id: str | None = None,
+                     description: str = "") -> "MlflowLogger":
+        """The training run of ``config``: a new one with its params, tags (MLflow's source tags
+        and ``description`` among them) and config.yaml, or ``run_id`` continued (status back
+        to RUNNING)."""
         if run_id is not None:
             logger = cls(tracking_uri, run_id)
             with logger._reaching_store("marking the run RUNNING again"):
                 logger.client.update_run(run_id, status="RUNNING")
             return logger
-        logger = cls.start(tracking_uri, config.tracking.experiment, tags=run_tags(config),
+        tags = {**run_tags(config), **({NOTE_TAG: description} if description else {})}
+        logger = cls.start(tracking_uri, config.tracking.experiment, tags=tags,
                            run_name=f"{config.method}-{config.model.arch}-s{config.seed}")
         logger.log_params(flatten(config))
         logger.log_text(to_yaml(config), "config.yaml")
         return logger
 
-    def child_run(self, name: str, tags: Mapping[str, str] | None = None) -> "MlflowLogger":
-        """A run nested under this one (same experiment, the parent's identifying tags)."""
+    def child_run(self, name: str, stage: str, tags: Mapping[str, str] | None = None,
+                  start_time: float | None = None) -> "MlflowLogger":
+        """A run ``name`` of ``stage`` nested under this one (same experiment, the parent's
+        identifying tags and MLflow's source tags)."""
         with self._reaching_store(f"starting its child run {name!r}"):
             parent = self.client.get_run(self.run_id)
             inherited = {k: v for k, v in parent.data.tags.items() if k in INHERITED_TAGS}
-            run = self.client.create_run(parent.info.experiment_id, run_name=name,
-                                         tags={**inherited, PARENT_TAG: self.run_id, STAGE_TAG: name, **(tags or {})})
+            run = self.client.create_run(parent.info.experiment_id, run_name=name, start_time=_millis(start_time),
+                                         tags={**source_tags(), **inherited, PARENT_TAG: self.run_id,
+                                               STAGE_TAG: stage, **(tags or {})})
         return MlflowLogger(self.tracking_uri, run.info.run_id)
 
     @classmethod
-    def for_stage(cls, tracking_uri: str, name: str, *, parent_run_id: str | None, experiment: str,
-                  tags: Mapping[str, str]) -> "MlflowLogger":
-        """The run of a stage (evaluate, rdm): nested under the training run that made its
-        checkpoint, or stand-alone in ``experiment`` when that run is not known."""
+    def for_stage(cls, tracking_uri: str, name: str, *, stage: str, parent_run_id: str | None, experiment: str,
+                  tags: Mapping[str, str], start_time: float | None = None) -> "MlflowLogger":
+        """The run ``name`` of a stage (evaluate, rdm): nested under the training run that made
+        its checkpoint, or stand-alone in ``experiment`` when that run is not known."""
         if parent_run_id is not None:
-            return cls(tracking_uri, parent_run_id).child_run(name, tags)
-        return cls.start(tracking_uri, experiment, run_name=name, tags={STAGE_TAG: name, **tags})
+            return cls(tracking_uri, parent_run_id).child_run(name, stage, tags, start_time)
+        return cls.start(tracking_uri, experiment, run_name=name, start_time=start_time,
+                         tags={**source_tags(), STAGE_TAG: stage, **tags})
+
+    def parent_metrics(self) -> dict[str, float]:
+        """The latest metric values of this run's parent (none for a top-level run)."""
+        with self._reaching_store("reading its parent's metrics"):
+            parent_id = self.client.get_run(self.run_id).data.tags.get(PARENT_TAG)
+            return dict(self.client.get_run(parent_id).data.metrics) if parent_id else {}
 
     def log_params(self, params: Mapping[str, str]) -> None:
         from mlflow.entities import Param
@@ -318,14 +385,53 @@ class MlflowLogger:
         with self._reaching_store("logging params"):
             self.client.log_batch(self.run_id, params=[Param(k, str(v)[:PARAM_VALUE_LIMIT]) for k, v in params.items()])
 
-    def log_metrics(self, metrics: Mapping[str, Any], step: int) -> None:
-        """Numbers at ``step``; nested dicts are flattened with ``/`` (``test/acc_main``)."""
+    def log_metrics(self, metrics: Mapping[str, Any], step: int, *, model_id: str | None = None,
+                    dataset: "DatasetRecord | None" = None) -> None:
+        """Numbers at ``step``; nested dicts are flattened with ``/`` (``test/acc_main``). With
+        ``model_id`` and ``dataset`` (one logged with :meth:`log_datasets`) they are also the
+        logged model's metrics on that dataset: the UI's Models page shows them."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
+        name, digest = (dataset.name, dataset.digest) if dataset is not None else (None, None)
         with self._reaching_store(f"logging metrics of step {step}"):
-            self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step)
-                                                        for k, v in flatten_metrics(metrics).items()])
+            self.client.log_batch(self.run_id, metrics=[
+                Metric(k, v, now, step, model_id=model_id, dataset_name=name, dataset_digest=digest)
+                for k, v in flatten_metrics(metrics).items()])
+
+    def log_datasets(self, datasets: Sequence["DatasetRecord"]) -> None:
+        """The run's inputs (the UI's Datasets column), each with its context (training,
+        validation, test); a continued run that already has them logs none again."""
+        from mlflow.entities import Dataset, DatasetInput, InputTag
+
+        with self._reaching_store("logging its datasets"):
+            logged = {(d.dataset.name, d.dataset.digest) for d in self.client.get_run(self.run_id).inputs.dataset_inputs}
+            inputs = [DatasetInput(Dataset(d.name, d.digest, "local", json.dumps({"uri": d.source}),
+                                           profile=json.dumps(d.profile)),
+                                   [InputTag("mlflow.data.context", d.context)])
+                      for d in datasets if (d.name, d.digest) not in logged]
+            if inputs:
+                self.client.log_inputs(self.run_id, datasets=inputs)
+
+    @contextlib.contextmanager
+    def system_metrics(self, enabled: bool = True) -> Iterator[None]:
+        """MLflow's system metrics (``system/cpu_utilization_percentage``, memory, disk,
+        network; GPU ones where ``pynvml`` is installed) sampled every 10 s during the block
+        ($MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL changes it), continuing their steps in a
+        resumed run."""
+        if not enabled:
+            yield
+            return
+        from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
+
+        logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)  # its start/stop INFO lines
+        with self._reaching_store("starting its system metrics"):
+            monitor = SystemMetricsMonitor(self.run_id, resume_logging=True, tracking_uri=self.tracking_uri)
+        monitor.start()
+        try:
+            yield
+        finally:
+            monitor.finish()
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -348,10 +454,11 @@ class MlflowLogger:
             self.log_artifact(path, None if folder == Path(".") else folder.as_posix())
 
     def log_model(self, model: "nn.Module", example: Any, requirements: Sequence[str],
-                  metadata: Mapping[str, Any] | None = None) -> None:
+                  metadata: Mapping[str, Any] | None = None) -> str:
         """Log ``model`` (tensor in, tensor out) with ``mlflow.pytorch.log_model`` in the pt2
         (torch.export) format, its signature inferred from ``example``; ``metadata`` goes into
-        the model's MLmodel file (e.g. which checkpoint and epoch the weights are)."""
+        the model's MLmodel file (e.g. which checkpoint and epoch the weights are). Returns the
+        logged model's id (for :meth:`log_metrics`)."""
         import mlflow
         import torch
         from mlflow.models import infer_signature
@@ -360,9 +467,10 @@ class MlflowLogger:
             output = model(torch.from_numpy(example)).numpy()
         with self._reaching_store("logging the model"), using_tracking_uri(self.tracking_uri), \
                 mlflow.start_run(run_id=self.run_id, log_system_metrics=False):
-            mlflow.pytorch.log_model(model, name="model", input_example=example,
-                                     signature=infer_signature(example, output), metadata=dict(metadata or {}),
-                                     pip_requirements=[*requirements, f"mlflow=={mlflow.__version__}"])
+            info = mlflow.pytorch.log_model(model, name="model", input_example=example,
+                                            signature=infer_signature(example, output), metadata=dict(metadata or {}),
+                                            pip_requirements=[*requirements, f"mlflow=={mlflow.__version__}"])
+        return info.model_id
 
     def history(self, prefixes: Sequence[str] = ()) -> dict[str, list[tuple[int, float]]]:
         """The run's metric history ``{name: [(step, value), ...]}`` sorted by step (only names
@@ -377,16 +485,32 @@ class MlflowLogger:
                     history[name] = sorted({m.step: m.value for m in points}.items())
         return history
 
-    def finish(self, status: str = "FINISHED") -> None:
+    def finish(self, status: str = "FINISHED", end_time: float | None = None) -> None:
         """End the run: FINISHED, FAILED or KILLED. FAILED and KILLED are said on the way out of
         an error or a signal, which is what the user must see: when the store cannot be reached
         then, the run stays RUNNING there (a re-run continues it) and nothing is raised here."""
         try:
             with self._reaching_store(f"ending the run {status}"):
-                self.client.set_terminated(self.run_id, status=status)
+                self.client.set_terminated(self.run_id, status=status, end_time=_millis(end_time))
         except TrackingError:
             if status == "FINISHED":
                 raise
+
+
+def _millis(seconds: float | None) -> int | None:
+    return None if seconds is None else int(seconds * 1000)
+
+
+@dataclass(frozen=True)
+class DatasetRecord:
+    """A dataset a run reads, as MLflow records it: ``digest`` at most 36 characters (MLflow's
+    limit), ``source`` a URI, ``profile`` its sizes, ``context`` training/validation/test."""
+
+    name: str
+    digest: str
+    source: str
+    context: str
+    profile: dict[str, Any]
 
 
 @contextlib.contextmanager

@@ -121,7 +121,7 @@ def test_mlflow_is_spoken_only_in_the_tracking_module():
     assert speakers == ["eed/tracking.py"]
 
 
-@pytest.mark.parametrize("stage", ["prepare", "train", "evaluate", "flops", "rdm"])
+@pytest.mark.parametrize("stage", ["resolve", "prepare", "train", "evaluate", "flops", "rdm", "report"])
 def test_pipeline_stages_are_thin_shells_over_eed_stages(stage):
     """Each stage script runs, inside the error boundary, a function of eed.stages.<stage>,
     the module its `eed` command calls too."""
@@ -172,7 +172,7 @@ def test_stage_closure_follows_function_level_imports():
     assert Path("eed/__init__.py") in closure
 
 
-@pytest.mark.parametrize("stage", ["prepare", "train", "evaluate", "flops", "rdm"])
+@pytest.mark.parametrize("stage", ["resolve", "prepare", "train", "evaluate", "flops", "rdm", "report"])
 def test_every_module_a_stage_runs_is_one_of_its_dvc_deps(stage):
     """Otherwise a code change leaves a cached result that the new code would not produce."""
     deps = [Path(dep) for dep in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]["deps"]

@@ -1,6 +1,7 @@
 """The `eed` command line: every command is registered, documents itself, and rejects bad
 configuration with a message naming the key (exit code 2, nothing run)."""
 
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +50,71 @@ def test_torchrun_reruns_the_same_command():
         "-m", "eed.cli", "train", "--set", "train.nproc=2"]
     assert torchrun_command([str(ROOT / "eed" / "cli.py"), "train"]) == ["-m", "eed.cli", "train"]
     assert torchrun_command(["pipeline/train.py"]) == ["pipeline/train.py"]
+
+
+# --------------------------------------------------------------------------- at 80 columns
+
+
+def help_at_80(*args: str) -> str:
+    result = runner.invoke(app, [*args, "--help"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    return result.output
+
+
+def test_models_shows_every_name_whole_at_80_columns():
+    """The name column is the value users type after --set model.arch=: never cut."""
+    from eed.models.registry import list_backbones
+
+    result = runner.invoke(app, ["models"], env={"COLUMNS": "80"})
+    assert result.exit_code == 0, result.output
+    assert max(len(line) for line in result.output.splitlines()) <= 80
+    for name in list_backbones():
+        assert re.search(rf"^│ {re.escape(name)} +│", result.output, re.MULTILINE), (name, result.output)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_paragraphs_reflow_to_the_terminal(command):
+    """The docstring's own line breaks are not kept: each paragraph fills the 80 columns, so only
+    its last line may be short (a kept break shows as 'missing.' alone on a line)."""
+    lines = help_at_80(command).splitlines()
+    start = next(i for i, line in enumerate(lines) if "Usage:" in line) + 1
+    end = next(i for i, line in enumerate(lines) if line.startswith("╭"))
+    paragraphs = " ".join(line.strip() or "\n" for line in lines[start:end]).split("\n")
+    body = [line.strip() for line in lines[start:end]]
+    for i, line in enumerate(body[:-1]):
+        if line and body[i + 1]:  # not the last line of its paragraph
+            assert len(line) >= 60, (command, line, paragraphs)
+
+
+def test_help_lists_the_choices_and_no_type_placeholders():
+    evaluate, rdm, compare = help_at_80("evaluate"), help_at_80("rdm"), help_at_80("compare")
+    for text in (evaluate, rdm):
+        assert "test|val" in text and "best|last" in text
+    assert "test|val|test_max" in compare
+    for text in (evaluate, rdm, compare, help_at_80("train"), help_at_80("prepare"), help_at_80()):
+        assert "<bool>" not in text and "<str>" not in text.partition("Options")[2]
+        assert "<list[str]>" not in text.partition("Options")[2]
+    assert "KEY=VALUE" in help_at_80("prepare")
+
+
+def test_choices_are_the_stages_own():
+    from eed.commands.common import Checkpoint, Split, TableSplit
+    from eed.reporting.comparison import TABLE_SPLITS
+    from eed.stages.common import CHECKPOINTS, SPLITS
+
+    assert [c.value for c in Split] == list(SPLITS) and [c.value for c in Checkpoint] == list(CHECKPOINTS)
+    assert [c.value for c in TableSplit] == list(TABLE_SPLITS)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["evaluate", "x.pt", "--split", "dev"], "error: --split must be one of test, val, got 'dev'"),
+    (["evaluate", "x.pt", "--checkpoint", "latest"], "error: --checkpoint must be one of best, last, got 'latest'"),
+    (["rdm", "x.pt", "--split", "train"], "error: --split must be one of test, val, got 'train'"),
+    (["rdm", "x.pt", "--checkpoint", "latest"], "error: --checkpoint must be one of best, last, got 'latest'"),
+    (["compare", "--split", "max"], "error: --split must be one of test, val, test_max, got 'max'"),
+])
+def test_a_bad_choice_is_one_line_naming_the_choices(args, message, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # outside any project: the choice is checked before anything else
+    result = runner.invoke(app, args, env={"COLUMNS": "80"})
+    assert result.exit_code == 2, result.output
+    assert [line for line in result.stderr.splitlines() if line.strip()] == [message]

@@ -314,3 +314,17 @@ def test_shared_settings_once_above_the_table_varying_ones_as_columns(tmp_path):
         rows = list(csv.DictReader(handle))
     assert [(row["method"], row["model.width"], row["train.epochs"], row["loss.alpha"]) for row in rows] == [
         ("branchynet", "16", "4", "—"), ("eed", "16", "4", "1"), ("eed", "64", "4", "1")]
+
+
+def test_the_best_main_cell_is_bold_not_only_coloured():
+    """The mark must survive a terminal without colour, or a reader who cannot tell red."""
+    from rich.console import Console
+
+    table = build_table([training_run("low", main=0.4), training_run("high", {"seed": "1"}, main=0.6),
+                         training_run("ce", {"method": "branchynet"}, main=0.45)])
+    console = Console(force_terminal=True, width=120, color_system="standard")
+    styles = {segment.text.strip(): segment.style for segment in console.render(table.rich_table())
+              if segment.text.strip() in ("50.00 ± 14.14", "45.00")}  # eed (two seeds), best; branchynet
+    assert styles["50.00 ± 14.14"] is not None and styles["50.00 ± 14.14"].bold
+    assert styles["45.00"] is None or not styles["45.00"].bold
+    assert "bold" in table.rich_table().title  # the title says how the best is marked

@@ -95,6 +95,12 @@ COMMAND_CASES = {
             ("checkpoint", ["{project}/missing.pt", "{tiny}", "--no-log"], 4, "checkpoint not found"),
             ("tracking", [RUN_ID, "{tiny}", "--set", "tracking.uri=sqlite:///{project}/missing/db.sqlite"], 5,
              "does not exist")],
+    "resolve": [("config", ["--set", "train.epochs=0"], 2, "train.epochs"),
+                ("os", ["{tiny}", "--out", "{project}/a-file/resolved.yaml"], 7, "Not a directory")],
+    "report": [("config", ["--set", "scale=gpu"], 2, "scale"),
+               ("data", ["{tiny}", "--set", "paths.out_dir={project}/nothing"], 3,
+                "metrics.json is missing: run the evaluate stage first"),
+               ("os", ["{tiny}", "--out", "{project}/a-file/results.json"], 7, "Not a directory")],
     "compare": [("config", ["--tag", "method", "{tiny}"], 2, "--tag 'method' must look like key=value"),
                 ("tracking", ["no-such-experiment", "{tiny}"], 5, "no MLflow experiment 'no-such-experiment'")],
 }

@@ -179,7 +179,8 @@ def test_write_outputs_files_and_figures(tmp_path, logits_labels):
     # The training curves are the trainer's figures; evaluation draws its own.
     files = write_evaluation_outputs(report, tmp_path) + plot_training_curves(history, tmp_path / "figures")
     names = {f.name for f in files}
-    assert names == {"metrics.json", "agreement.png", "training_curves.png", "stability.png"}
+    assert names == {"metrics.json", "agreement.png", "training_curves.png", "stability.png",
+                     "agreement.svg", "training_curves.svg", "stability.svg"}
     assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads(json.dumps(report.metrics()))
     for path in files:
         if path.suffix == ".png":
@@ -228,14 +229,15 @@ def test_log_child_run_nests_under_the_training_run(tracking_uri, tmp_path, logi
     history = MlflowLogger(tracking_uri, parent).history()
     assert history == {"val/acc_main": [(1, 0.3), (2, 0.6)]}
     files = write_evaluation_outputs(report, tmp_path / "out")
-    stage_run = MlflowLogger.for_stage(tracking_uri, "evaluate", parent_run_id=parent, experiment="unused",
-                                       tags={"split": "test", "source": "test"})
+    stage_run = MlflowLogger.for_stage(tracking_uri, "evaluate test best.pt", stage="evaluate", parent_run_id=parent,
+                                       experiment="unused", tags={"split": "test", "source": "test"})
     with logged_run(stage_run):
         stage_run.log_metrics(report.metrics(), step=0)
         stage_run.log_artifacts(files, tmp_path / "out")
     run = client.get_run(stage_run.run_id)
     assert run.data.tags["mlflow.parentRunId"] == parent and run.data.tags["method"] == "eed"
-    assert run.info.run_name == "evaluate" and run.info.status == "FINISHED"
+    assert run.info.run_name == "evaluate test best.pt" and run.info.status == "FINISHED"
+    assert run.data.tags["eed.stage"] == "evaluate"
     assert run.data.metrics["test/acc_main"] == pytest.approx(report.metrics()["test"]["acc_main"])
     child = stage_run.run_id
     logged = {a.path for a in client.list_artifacts(child)} | {a.path for a in client.list_artifacts(child, "figures")}
@@ -271,9 +273,15 @@ def fake_data(monkeypatch):
     splits = {split: (torch.randn(n, 3, 32, 32, generator=generator), torch.randint(0, 10, (n,), generator=generator))
               for split, n in (("test", 96), ("val", 64))}
 
+    class Loader(list):
+        warmed_up = False
+
+        def warmup(self, console=None, show_status=True):  # what the FFCV loader compiles first
+            self.warmed_up = True
+
     def make_loader(config, split, train=False, device=None):
         images, labels = splits[split]
-        return [(images[i:i + 32], labels[i:i + 32]) for i in range(0, len(labels), 32)]
+        return Loader((images[i:i + 32], labels[i:i + 32]) for i in range(0, len(labels), 32))
 
     monkeypatch.setattr(eed.data, "load_manifest",
                         lambda config: SimpleNamespace(num_classes=10, class_names=list(CLASS_NAMES)), raising=False)
@@ -325,7 +333,7 @@ def test_run_evaluation_end_to_end(tmp_path, tracking_uri, fake_data, monkeypatc
     written = {path.name for path in result.files}
     assert {"metrics.json", "anytime.csv", "agreement.png", "anytime.png"} <= written
     child = client.get_run(result.run_id)
-    assert child.data.tags["mlflow.parentRunId"] == parent and child.info.run_name == "evaluate"
+    assert child.data.tags["mlflow.parentRunId"] == parent and child.info.run_name == "evaluate test best.pt"
 
     # The same model by run id: its checkpoints/best.pt artifact is downloaded.
     by_run = evaluate(config, parent, out=tmp_path / "by-run", log=False)

@@ -52,6 +52,7 @@ def repo(tmp_path_factory) -> Path:
     run(["git", "config", "user.name", "ci"], repo)
     run(["dvc", "init", "-q"], repo)
     shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")  # the project's own DVC settings
+    shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots", dirs_exist_ok=True)  # and plot templates
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "tiny pipeline"], repo)
     return repo
@@ -83,7 +84,7 @@ def runs(repo: Path) -> list:
 
 @pytest.mark.slow
 def test_dvc_repro_then_experiments(repo: Path):
-    run(["dvc", "repro"], repo)
+    first = run(["dvc", "repro"], repo)
     out = repo / "outputs"
     for path in ("train/checkpoints/best.pt", "train/checkpoints/last.pt", "train/metrics.json",
                  "train/history.csv", "evaluate/metrics.json", "evaluate/anytime.csv",
@@ -92,6 +93,8 @@ def test_dvc_repro_then_experiments(repo: Path):
         assert (out / path).exists(), path
     evaluation = json.loads((out / "evaluate" / "metrics.json").read_text())
     assert {"acc_exit1", "acc_main", "acc_ensemble"} <= set(evaluation["test"])
+    assert_repro_ends_with_the_results(first.stdout, out, evaluation)
+    assert_only_the_intended_plots(repo)
     training_runs = runs(repo)
     assert len(training_runs) == 1 and training_runs[0].data.tags["method"] == "eed"
     assert training_runs[0].info.status == "FINISHED"
@@ -109,6 +112,7 @@ def test_dvc_repro_then_experiments(repo: Path):
     after = runs(repo)
     assert len(after) == 2
     branchynet = next(r for r in after if r.data.tags["method"] == "branchynet")
+    assert_exp_show_fits_120_columns(repo)
     assert branchynet.data.tags.get("dvc_exp"), branchynet.data.tags
     assert branchynet.info.status == "FINISHED" and branchynet.data.params["train.nproc"] == "2"
 
@@ -124,7 +128,7 @@ def test_dvc_repro_then_experiments(repo: Path):
 
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
     text = json.dumps(shown)
-    assert "acc_exit1" in text and "acc_main" in text and "branchynet" in text
+    assert "results.json" in text and "\"exit1\"" in text and "branchynet" in text and "resolved.yaml" in text
 
     typo = run(["dvc", "exp", "run", "-S", "metohd=eed"], repo, check=False)
     assert typo.returncode != 0 and "metohd" in typo.stderr + typo.stdout
@@ -146,3 +150,67 @@ def _wait_for_queue(repo: Path, timeout: float = 600) -> None:
             return
         time.sleep(3)
     raise AssertionError("queued experiment did not finish")
+
+
+def readme_exp_show_command() -> list[str]:
+    """The `dvc exp show` command README.md gives for per-exit accuracies side by side."""
+    import shlex
+
+    readme = (ROOT / "README.md").read_text()
+    (line,) = [line for line in readme.splitlines() if line.startswith("dvc exp show --drop")]
+    return shlex.split(line, comments=True)
+
+
+def assert_repro_ends_with_the_results(stdout: str, out: Path, evaluation: dict) -> None:
+    """`dvc repro` ends with the report stage's table; results.json holds the headline numbers
+    under short, unique keys and is the only metrics file; resolved.yaml the preset's values."""
+    tail = stdout[stdout.rindex("Running stage 'report'"):]
+    assert "Results on test" in tail and "early exit" in tail and "ensemble" in tail
+    results = json.loads((out / "results.json").read_text())
+    assert results["test"]["main"] == round(100 * evaluation["test"]["acc_main"], 2)
+    assert set(results["test"]) == {"exit1", "exit2", "exit3", "main", "ens"}
+    assert set(results["gflops"]) == {"exit1", "exit2", "exit3", "main"}
+    assert set(results["early_exit"]) == {"0_001gf"}
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    assert [name for name, stage in stages.items() if "metrics" in stage] == ["report"]
+    resolved = yaml.safe_load((out / "resolved.yaml").read_text())["resolved"]
+    assert resolved["train"] == {"epochs": 1, "schedule": "onecycle"}  # epochs set, schedule from the cpu preset
+    assert resolved["model"]["width"] == 4 and resolved["loss"]["alpha"] == 1.0
+
+
+def assert_only_the_intended_plots(repo: Path) -> None:
+    """`dvc plots show` renders the per-classifier accuracy per epoch (colour = classifier,
+    panel = split) and the early-exit curve, titled and labelled, and nothing else."""
+    shown = json.loads(run(["dvc", "plots", "show", "--json"], repo).stdout)
+    plots = shown.get("data", shown)
+    assert sorted(plots) == ["outputs/evaluate/anytime.csv", "outputs/train/accuracy.csv"], sorted(plots)
+    for name, title in (("outputs/train/accuracy.csv", "Accuracy of every classifier per epoch"),
+                        ("outputs/evaluate/anytime.csv", "Early-exit accuracy vs GFLOPs")):
+        (plot,) = plots[name]
+        assert plot["type"] == "vega"
+        text = json.dumps(plot["content"])
+        assert title in text
+    spec = plots["outputs/train/accuracy.csv"][0]["content"]["spec"]
+    assert spec["encoding"]["color"]["field"] == "classifier" and spec["encoding"]["x"]["axis"]["format"] == "d"
+    assert spec["encoding"]["y"]["title"] == "accuracy (%)"
+    values = plots["outputs/train/accuracy.csv"][0]["content"]["data"]["values"]
+    assert {row["classifier"] for row in values} == {"exit1", "exit2", "exit3", "main", "ensemble"}
+    assert all(float(row["epoch"]).is_integer() for row in values)
+
+
+def assert_exp_show_fits_120_columns(repo: Path) -> None:
+    """README's command shows every experiment's per-output test accuracies within 120 columns."""
+    command = readme_exp_show_command()
+    completed = subprocess.run([*command, "--no-pager"], cwd=repo, env={**env(), "COLUMNS": "120"},
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.rstrip().splitlines()
+    assert max(len(line) for line in lines) <= 120, completed.stdout
+    header = next(line for line in lines if "Experiment" in line).split()
+    assert header == ["Experiment", "test.exit1", "test.exit2", "test.exit3", "test.main", "test.ens", "method"]
+    committed = json.loads(run(["git", "show", "HEAD:outputs/results.json"], repo).stdout)["test"]
+    experiment = json.loads((repo / "outputs" / "results.json").read_text())["test"]  # the workspace: branchynet
+    rows = {cells[-1]: cells[-6:-1] for cells in (line.split() for line in lines[3:]) if len(cells) >= 7}
+    for method, values in (("eed", committed), ("branchynet", experiment)):
+        assert rows[method] == [f"{values[k]:g}" for k in ("exit1", "exit2", "exit3", "main", "ens")], (
+            method, completed.stdout)

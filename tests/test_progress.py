@@ -111,3 +111,29 @@ def test_training_steps_read_nothing_back_from_the_device_between_renders(monkey
                     should_stop=lambda: steps.append(list(reads)) and False)
     assert all(seen == [] for seen in steps[:-1])  # steps 1-5: nothing read back
     assert steps[-1] == ["bool"]  # step 6 ends the epoch: the finite check, once
+
+
+def test_epoch_lines_fit_80_columns_in_percent_under_a_header():
+    """One line per epoch within 80 columns for every registered network, accuracies in %,
+    aligned under the header printed once."""
+    from eed.engine.trainer import _epoch_header, _epoch_line
+    from eed.models.registry import get_spec, list_backbones
+
+    for arch in list_backbones():
+        names = create_model(arch, 10, 8 if get_spec(arch).family == "cifar" else None).classifier_names()
+        for has_val, prefix in ((True, "val/acc_"), (False, "test/epoch_acc_")):
+            metrics = {"train/loss": 12.3456, "epoch_time_s": 1234.5, "throughput_img_s": 123456.0,
+                       **{f"{prefix}{name}": 0.999 for name in [*names, "ensemble"]}}
+            header, line = _epoch_header(names, has_val), _epoch_line(200, 200, metrics, has_val)
+            assert len(header) <= 80 and len(line) <= 80, (arch, header, line)
+            assert line.count("99.9") == len(names) + 1 and "0.999" not in line
+            # Each accuracy ends where its classifier's (right-aligned) column name ends.
+            ends = [i + len(c) for i, c in _words(header) if c in {"e1", "e2", "e3", "main", "ens"}]
+            number_ends = [i + len(w) for i, w in _words(line) if w == "99.9"]
+            assert number_ends == ends, (header, line)
+
+
+def _words(text: str) -> list[tuple[int, str]]:
+    import re
+
+    return [(m.start(), m.group()) for m in re.finditer(r"\S+", text)]

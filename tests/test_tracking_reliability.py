@@ -226,7 +226,7 @@ def test_train_and_evaluate_through_a_real_tracking_server(tmp_path, mlflow_serv
     artifacts = {a.path for a in client.list_artifacts(result.run_id)}
     assert {"checkpoints", "figures", "config.yaml"} <= artifacts
     figures = [a.path for a in client.list_artifacts(result.run_id, "figures")]
-    assert figures and all(p.endswith(".png") for p in figures)
+    assert figures and {Path(p).suffix for p in figures} == {".png", ".svg"}
     # Proxied: the files are in the server's artifact folder, and come back through HTTP.
     assert list((mlflow_server.root / "artifacts").rglob("best.pt"))
     downloads = tmp_path / "downloads"
@@ -234,14 +234,18 @@ def test_train_and_evaluate_through_a_real_tracking_server(tmp_path, mlflow_serv
     best = Path(client.download_artifacts(result.run_id, "checkpoints/best.pt", str(downloads)))
     assert load_checkpoint(best)["run_id"] == result.run_id
     assert "remote" in Path(client.download_artifacts(result.run_id, "config.yaml", str(downloads))).read_text()
-    assert Path(client.download_artifacts(result.run_id, figures[0], str(downloads))).read_bytes()[:4] == b"\x89PNG"
+    png = next(p for p in figures if p.endswith(".png"))
+    assert Path(client.download_artifacts(result.run_id, png, str(downloads))).read_bytes()[:4] == b"\x89PNG"
 
     evaluated = evaluate(config, result.run_id, out=tmp_path / "out" / "evaluate", log=True)
     child = client.get_run(evaluated.run_id)
-    assert child.info.status == "FINISHED" and child.info.run_name == "evaluate"
+    assert child.info.status == "FINISHED" and child.info.run_name == "evaluate test best.pt"
     assert child.data.tags["mlflow.parentRunId"] == result.run_id
-    assert {"test/acc_main", "test/acc_ensemble"} <= set(child.data.metrics)
-    assert child.data.metrics["test/acc_main"] == pytest.approx(evaluated.report.metrics()["test"]["acc_main"])
+    # The child logs what it adds: a value its training run holds already (same name, same value) is left out.
+    parent_metrics = client.get_run(result.run_id).data.metrics
+    assert {"test/top5_main", "test/ece_main"} <= set(child.data.metrics)
+    assert child.data.metrics.get("test/acc_main", parent_metrics["test/acc_main"]) == pytest.approx(
+        evaluated.report.metrics()["test"]["acc_main"])
     assert "metrics.json" in {a.path for a in client.list_artifacts(evaluated.run_id)}
 
 

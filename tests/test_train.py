@@ -76,7 +76,8 @@ def test_every_method_trains_two_epochs_and_logs_a_complete_run(tmp_path, method
     checkpoints = {a.path for a in client.list_artifacts(result.run_id, "checkpoints")}
     assert checkpoints == {"checkpoints/last.pt", "checkpoints/best.pt"}
     figures = [a.path for a in client.list_artifacts(result.run_id, "figures")]
-    assert figures and all(p.endswith(".png") for p in figures)
+    assert figures and {Path(p).suffix for p in figures} == {".png", ".svg"}
+    assert {Path(p).stem for p in figures if p.endswith(".png")} == {Path(p).stem for p in figures if p.endswith(".svg")}
     summary = json.loads((tmp_path / "out" / "train" / "metrics.json").read_text())
     assert summary["epochs"] == 2 and "acc_main" in summary["test"]
     checkpoint = load_checkpoint(result.last_checkpoint)
@@ -162,7 +163,8 @@ def test_the_logged_model_is_the_selected_checkpoint_not_the_last_epoch(tmp_path
     for checkpoint, same in ((best, True), (last, False)):
         expected = torch.stack(model_from_checkpoint(checkpoint).eval()(images).logits, dim=1)
         assert torch.allclose(logged, expected, atol=1e-4) == same
-    assert info.metadata == {"checkpoint": "best.pt", "epoch": 1, "selected_on": "val"}
+    assert {k: info.metadata[k] for k in ("checkpoint", "epoch", "selected_on")} == {
+        "checkpoint": "best.pt", "epoch": 1, "selected_on": "val"}
 
 
 def test_deterministic_runs_repeat_exactly(tmp_path):

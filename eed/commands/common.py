@@ -1,7 +1,9 @@
-"""Options every command shares: the params file and ``--set key=value`` overrides."""
+"""Options every command shares: the params file and ``--set key=value`` overrides; the fixed choices
+of ``--split`` and ``--checkpoint``, as Enums so that help lists them."""
 
 from __future__ import annotations
 
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -16,7 +18,25 @@ ParamsOption = Annotated[Optional[Path], typer.Option(
     help="params.yaml to read (validated). Default: the project's, found from the current folder upward "
          "(the first folder holding params.yaml or .dvc/).")]
 OverridesOption = Annotated[Optional[list[str]], typer.Option(
-    "--set", "-s", help="Override a key, e.g. --set train.lr=0.05 --set method=branchynet (repeatable).")]
+    "--set", "-s", metavar="KEY=VALUE", help="Override a key, e.g. --set train.lr=0.05 --set method=branchynet (repeatable).")]
+
+
+# The stages' own lists (eed.stages.common.SPLITS and CHECKPOINTS, eed.reporting.comparison.TABLE_SPLITS),
+# repeated here so that `eed --help` need not import torch; tests/test_cli.py checks they agree.
+class Split(str, Enum):
+    test = "test"
+    val = "val"
+
+
+class Checkpoint(str, Enum):
+    best = "best"
+    last = "last"
+
+
+class TableSplit(str, Enum):
+    test = "test"
+    val = "val"
+    test_max = "test_max"
 
 
 def params_file(params: Path | None) -> Path | None:

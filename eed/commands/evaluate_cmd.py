@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from eed.commands.common import OverridesOption, ParamsOption, load
+from eed.commands.common import Checkpoint, OverridesOption, ParamsOption, Split, load
 from eed.errors import guarded
 
 
@@ -18,14 +18,14 @@ def evaluate(
              "MLflow run id of a training run (its checkpoints/ artifact is downloaded).")],
     params: ParamsOption = None,
     set_: OverridesOption = None,
-    split: Annotated[Optional[str], typer.Option(
-        help="Split to report: test | val (default: eval.split). Early-exit budget thresholds "
+    split: Annotated[Optional[Split], typer.Option(
+        help="Split to report (default: eval.split). Early-exit budget thresholds "
              "are always fitted on val.")] = None,
     out: Annotated[Optional[Path], typer.Option(
         help="Output folder for metrics.json, anytime.csv and figures/ "
              "(default: <paths.out_dir>/evaluate).")] = None,
-    checkpoint: Annotated[str, typer.Option(
-        help="With a run id: which checkpoint to download, best | last.")] = "best",
+    checkpoint: Annotated[Checkpoint, typer.Option(
+        help="With a run id: which checkpoint to download.")] = Checkpoint.best,
     log: Annotated[bool, typer.Option(
         "--log/--no-log",
         help="Log the results as a child run 'evaluate' of the checkpoint's MLflow run.")] = True,
@@ -40,4 +40,5 @@ def evaluate(
     """
     from eed.stages import evaluate as stage
 
-    stage.evaluate(load(params, set_), source, split=split, out=out, which=checkpoint, log=log)
+    stage.evaluate(load(params, set_), source, split=split.value if split else None, out=out,
+                   which=checkpoint.value, log=log)

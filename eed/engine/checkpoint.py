@@ -185,6 +185,7 @@ class ResolvedSource:
     checkpoint: dict[str, Any]
     run_id: str | None      # the tracking run that made the checkpoint, if known
     description: str        # for messages: the file, or "run <id> (checkpoints/best.pt)"
+    file_name: str = ""     # the checkpoint's file name (best.pt, last.pt, ...)
 
 
 def resolve_source(source: str, tracking_uri: str | None, which: str = "best") -> ResolvedSource:
@@ -194,7 +195,7 @@ def resolve_source(source: str, tracking_uri: str | None, which: str = "best") -
     looks_like_path = path.suffix == ".pt" or "/" in source or "\\" in source
     if path.is_file() or (looks_like_path and not tracking.looks_like_run_id(source)) or tracking_uri is None:
         checkpoint = load_checkpoint(path)  # CheckpointError when missing or not ours
-        return ResolvedSource(checkpoint, checkpoint.get("run_id"), str(path))
+        return ResolvedSource(checkpoint, checkpoint.get("run_id"), str(path), path.name)
     with tracking.downloaded_checkpoint(tracking_uri, source, which) as (local, name):
         checkpoint = load_checkpoint(local)
-    return ResolvedSource(checkpoint, source, f"run {source} (checkpoints/{name})")
+    return ResolvedSource(checkpoint, source, f"run {source} (checkpoints/{name})", name)

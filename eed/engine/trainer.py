@@ -18,6 +18,7 @@ checkpoint is on disk, and only the steps the store lacks are logged (README, "R
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,7 +46,7 @@ from eed.objectives import ExitEnsembleObjective
 from eed.paths import ensure_free_space, ensure_writable
 from eed.progress import progress_bar
 from eed.reporting.figures import plot_training_curves
-from eed.reporting.files import write_training_summary
+from eed.reporting.files import figure_caption, write_training_summary
 
 console = Console(stderr=True)
 
@@ -125,11 +126,16 @@ def train(config: Config, out_dir: str | Path, *, resume: str | Path | bool = "a
     if tracking_uri and run_id is None:  # a run killed before its first checkpoint: continue it
         run_id = _orphan_run(tracking_uri, last_path)
         adopted = run_id is not None
-    logger = tracking.MlflowLogger.for_training(config, tracking_uri, run_id) if tracking_uri else None
+    logger = (tracking.MlflowLogger.for_training(config, tracking_uri, run_id,
+                                                 description=_run_description(config, objective))
+              if tracking_uri else None)
     if logger and run_id is None:
         logger.set_tags({CHECKPOINT_TAG: str(last_path.resolve())})
     elif logger and adopted:
         logger.log_params(flatten(config))  # in case the kill came before they were logged (same values)
+    datasets = _dataset_records(config, manifest, train_loader.num_samples)
+    if logger:
+        logger.log_datasets(list(datasets.values()))
     # The checkpoint's history is the record of every finished epoch (it matches its weights);
     # the store gets an epoch only once its checkpoint is on disk, and only the steps it lacks
     # (a kill between the two leaves them out, the re-run adds them: every step exactly once).
@@ -185,7 +191,8 @@ def train(config: Config, out_dir: str | Path, *, resume: str | Path | bool = "a
 
     epoch = start_epoch
     try:
-        with GracefulStop(console) as stop, progress_bar(console, runtime.is_main) as progress:
+        with GracefulStop(console) as stop, progress_bar(console, runtime.is_main) as progress, \
+                (logger.system_metrics() if logger else contextlib.nullcontext()):
 
             def stop_if_requested(where: str, epoch_done: int, steps_done: int = 0, **extra: Any) -> None:
                 """A signal arrived: checkpoint where we are, end the run KILLED, exit 143/130."""
@@ -231,7 +238,9 @@ def train(config: Config, out_dir: str | Path, *, resume: str | Path | bool = "a
                 for name, value in metrics.items():
                     history.setdefault(name, []).append((epoch, value))
                 if runtime.is_main:
-                    console.print(_epoch_line(epoch, config.train.epochs, metrics, has_val))
+                    if epoch == start_epoch + 1:
+                        console.print(_epoch_header(classifier_names, has_val), highlight=False)
+                    console.print(_epoch_line(epoch, config.train.epochs, metrics, has_val), highlight=False)
                     # Select on the validation split only; without one, the last epoch is "best".
                     if val is None or val["main"] > best_metric:
                         best_metric = val["main"] if val is not None else test["main"]
@@ -253,10 +262,11 @@ def train(config: Config, out_dir: str | Path, *, resume: str | Path | bool = "a
                 result.test_metrics = _final_test(test_loader, runtime, selected_model, classifier_names, test_max)
                 stop_if_requested("during the final test", epoch)
                 write_training_summary(result.history, result.test_metrics, result.epochs_completed, out_dir)
-                figures = plot_training_curves(result.history, out_dir / "figures")
+                figures = plot_training_curves(result.history, out_dir / "figures", caption=figure_caption(config))
                 if logger:
                     _log_results(logger, result, figures, config, selected_model, selected["epoch"], stored,
-                                 lambda: stop_if_requested("while logging the results", epoch))
+                                 lambda: stop_if_requested("while logging the results", epoch), manifest,
+                                 datasets["test"])
                 if logger:  # FINISHED before last.pt says "done": a kill in between re-runs the final phase
                     logger.finish("FINISHED")
                 phase = "done"
@@ -296,13 +306,11 @@ def _final_test(test_loader, runtime: Runtime, selected: MultiExitNet, names: li
 
 def _log_results(logger: tracking.MlflowLogger, result: TrainResult, figures: list[Path], config: Config,
                  selected: MultiExitNet, selected_epoch: int, stored: dict[str, set[int]],
-                 stop_if_requested: Callable[[], None]) -> None:
-    """The end of a training run: test metrics (those the store lacks: a re-run after an
-    interruption here logs none twice), figures, checkpoints, and as the model the weights
-    those test metrics are of (best.pt, not the last epoch's). A signal stops between them."""
-    step = result.epochs_completed
-    logger.log_metrics({k: v for k, v in result.test_metrics.items() if step not in stored.get(k, set())}, step)
-    stop_if_requested()
+                 stop_if_requested: Callable[[], None], manifest: Any, test_set: tracking.DatasetRecord) -> None:
+    """The end of a training run: figures, checkpoints, as the model the weights the test
+    metrics are of (best.pt, not the last epoch's), then the test metrics, linked to that model
+    and to the test set (those the store lacks: a re-run after an interruption here logs none
+    twice). A signal stops between them."""
     selected_on = f"validation, epoch {selected_epoch}" if config.data.val_size > 0 else "last epoch"
     logger.set_tags({f"eed.meaning.{name.removesuffix('_*')}": meaning.replace("best.pt", f"best.pt ({selected_on})")
                      for name, meaning in METRIC_MEANINGS.items()})
@@ -311,9 +319,67 @@ def _log_results(logger: tracking.MlflowLogger, result: TrainResult, figures: li
     for checkpoint in (result.last_checkpoint, result.best_checkpoint):
         logger.log_artifact(checkpoint, "checkpoints")
     stop_if_requested()
-    logger.log_model(*servable(selected, get_spec(config.model.arch).input_size),
-                     metadata={"checkpoint": "best.pt", "epoch": selected_epoch,
-                               "selected_on": "val" if config.data.val_size > 0 else "last epoch"})
+    step = result.epochs_completed
+    missing = {k: v for k, v in result.test_metrics.items() if step not in stored.get(k, set())}
+    model_id = None
+    if missing:  # the model and its metrics go together: a re-run that lacks none logs no second model
+        model_id = logger.log_model(*servable(selected, _example_images(config, manifest)),
+                                    metadata=_model_metadata(config, manifest, selected, selected_epoch))
+        stop_if_requested()
+    logger.log_metrics(missing, step, model_id=model_id, dataset=test_set)
+
+
+def _example_images(config: Config, manifest: Any, count: int = 2) -> Any:
+    """The first ``count`` test images, normalized as the loaders do: the model's input example."""
+    samples = eed_data.read_split(config, "test", indices=list(range(count)))
+    return eed_data.Normalizer(samples.normalization)(samples.images).numpy()
+
+
+def _model_metadata(config: Config, manifest: Any, model: MultiExitNet, epoch: int) -> dict[str, Any]:
+    """What a user of the logged model needs besides the weights: what its input is, what its
+    output axes are, and which weights these are."""
+    return {
+        "checkpoint": "best.pt", "epoch": epoch,
+        "selected_on": "val" if config.data.val_size > 0 else "last epoch",
+        "input": "float32 N x 3 x H x W, (pixel / 255 - mean) / std per channel",
+        "normalization": dict(manifest.normalization),
+        "output": "float32 N x classifiers x classes: logits, classifiers in network order",
+        "classifiers": model.classifier_names(),
+        "class_names": list(manifest.class_names),
+        "arch": config.model.arch, "width": config.model.width, "method": config.method,
+        "dataset": config.data.dataset,
+    }
+
+
+def _run_description(config: Config, objective: ExitEnsembleObjective) -> str:
+    """The run's one-paragraph description (MLflow's Description field)."""
+    return (f"{objective.describe()}. {config.model.arch} width {config.model.width} on {config.data.dataset}, "
+            f"{config.train.epochs} epochs ({config.train.schedule} schedule), batch {config.train.batch_size}, "
+            f"seed {config.seed}, {config.scale} scale, {config.reference} reference.")
+
+
+def _dataset_records(config: Config, manifest: Any, train_images: int) -> dict[str, tracking.DatasetRecord]:
+    """The prepared splits a run reads, for MLflow's Datasets: digests from the manifest's
+    sha256 (the training set's also from the subset it draws, which changes what is read)."""
+    import hashlib
+
+    used = {"train": train_images}
+    contexts = {"train": "training", "val": "validation", "test": "test"}
+    records = {}
+    for split, context in contexts.items():
+        record = manifest.splits.get(split)
+        if record is None or (split == "val" and config.data.val_size == 0):
+            continue
+        digest = record.sha256.removeprefix("sha256:") or f"{record.bytes:x}"
+        count = used.get(split, record.num_samples)
+        if count != record.num_samples:  # a stratified subset, seeded by data.split_seed
+            digest = hashlib.sha256(f"{digest}:{count}:{config.data.split_seed}".encode()).hexdigest()
+        path = (manifest.directory / record.file).resolve() if manifest.directory else Path(record.file)
+        records[split] = tracking.DatasetRecord(
+            name=f"{config.data.dataset}-{split}", digest=digest[:32], source=path.as_uri(), context=context,
+            profile={"num_samples": count, "num_samples_in_file": record.num_samples,
+                     "num_classes": manifest.num_classes, "sha256": record.sha256, "bytes": record.bytes})
+    return records
 
 
 def _checkpoint_bytes(model: nn.Module, optimizer: torch.optim.Optimizer) -> int:
@@ -386,8 +452,21 @@ def _epoch_metrics(stats: EpochStats, val: dict[str, float] | None, test: dict[s
     return metrics
 
 
+def _epoch_header(classifier_names: list[str], has_val: bool) -> str:
+    """The column names above the epoch lines (printed once)."""
+    split = "val" if has_val else "test"
+    names = " ".join(f"{_short(name):>5}" for name in [*classifier_names, "ensemble"])
+    return f"{'epoch':>7}  {'loss':>6}  {split} top-1 %: {names}  {'time':>5} {'img/s':>6}"
+
+
+def _short(name: str) -> str:
+    return {"ensemble": "ens"}.get(name, name.replace("exit", "e"))
+
+
 def _epoch_line(epoch: int, epochs: int, metrics: dict[str, float], has_val: bool) -> str:
+    """One line per epoch under :func:`_epoch_header`, accuracies in %: within 80 columns for
+    up to 5 classifiers and the ensemble."""
     prefix, split = ("val/acc_", "val") if has_val else ("test/epoch_acc_", "test")
-    accs = " ".join(f"{k[len(prefix):]} {v:.3f}" for k, v in metrics.items() if k.startswith(prefix))
-    return (f"epoch {epoch}/{epochs}  loss {metrics['train/loss']:.3f}  {split}: {accs}  "
-            f"({metrics['epoch_time_s']:.0f} s, {metrics['throughput_img_s']:,.0f} img/s)")
+    accs = " ".join(f"{100 * v:5.1f}" for k, v in metrics.items() if k.startswith(prefix))
+    return (f"{f'{epoch}/{epochs}':>7}  {metrics['train/loss']:6.3f}  {' ' * len(f'{split} top-1 %: ')}{accs}  "
+            f"{metrics['epoch_time_s']:4.0f}s {metrics['throughput_img_s']:6,.0f}")

@@ -25,9 +25,10 @@ class AllClassifierLogits(nn.Module):
         return torch.stack(self.net(images).logits, dim=1)
 
 
-def servable(net: MultiExitNet, input_size: int) -> tuple[AllClassifierLogits, np.ndarray, list[str]]:
-    """A float32 CPU copy of ``net`` as :class:`AllClassifierLogits`, an input example of two
-    normalized ``input_size`` images, and the pip requirements to load it."""
+def servable(net: MultiExitNet, example: np.ndarray) -> tuple[AllClassifierLogits, np.ndarray, list[str]]:
+    """A float32 CPU copy of ``net`` as :class:`AllClassifierLogits`, ``example`` (normalized
+    float32 images, N x 3 x H x W: real ones, so the logged example shows what the model takes)
+    and the pip requirements to load it."""
     wrapper = AllClassifierLogits(copy.deepcopy(net).cpu().float().eval())
-    example = np.random.default_rng(0).standard_normal((2, 3, input_size, input_size)).astype(np.float32)
-    return wrapper, example, [f"torch=={torch.__version__.split('+')[0]}", "numpy"]
+    return wrapper, np.ascontiguousarray(example, dtype=np.float32), [f"torch=={torch.__version__.split('+')[0]}",
+                                                                      "numpy"]

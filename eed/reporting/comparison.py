@@ -273,7 +273,7 @@ class ComparisonTable:
         return path
 
     def rich_table(self) -> Table:
-        table = Table(title=f"{self.meaning}, % (mean ± sample std over seeds; best main per setup in red)",
+        table = Table(title=f"{self.meaning}, % (mean ± sample std over seeds; best main per setup in bold red)",
                       caption=self.constant_line() if self.constant else None)
         varying = self.varying
         for name in varying:
@@ -282,7 +282,7 @@ class ComparisonTable:
         for column in self.columns:
             table.add_column(self.column_title(column), justify="right")
         for row in self.rows:
-            table.add_row(*(row.key[name] for name in varying), str(row.n), *self._cells(row, "[bold red]{}[/]"))
+            table.add_row(*(row.key[name] for name in varying), str(row.n), *self._cells(row, "[bold red]{}[/]"))  # bold too: not by colour alone
         return table
 
 

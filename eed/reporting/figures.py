@@ -1,4 +1,5 @@
-"""Every figure the project draws, as PNG files.
+"""Every figure the project draws, each as a PNG (raster, :data:`DPI`) and an SVG (vector)
+with the same stem.
 
 Figures are built on :class:`matplotlib.figure.Figure` directly and saved through the Agg
 canvas: no pyplot, so no global state, no display and nothing to close by hand, which keeps
@@ -6,11 +7,15 @@ them safe to draw from a training process or a test.
 
 * :func:`plot_training_curves` — paper Figs. 3 and 5 from a run's metric history
   (``{"train/acc_main": [(epoch, value), ...], ...}``, what the trainer keeps);
-* :func:`plot_agreement` — Fig. 2, exit vs main correct/incorrect counts;
+* :func:`plot_agreement` — Fig. 2, exit vs main correct/incorrect, in % of each row;
 * :func:`plot_anytime` — the early-exit accuracy/GFLOPs curve;
 * :func:`plot_rdms` — Fig. 4, representational dissimilarity matrices;
-* :func:`plot_comparison` — the ``eed compare`` table as accuracy per classifier;
+* :func:`plot_comparison` — the ``eed compare`` table as grouped bars per classifier;
 * :func:`plot_flops` — Table III as bars, the cost of each output.
+
+Each ``plot_*`` function has a ``_build_*`` twin that returns the :class:`Figure` unsaved
+(for tests); ``plot_*`` saves it and returns the PNG path. Every figure has a title, labelled
+axes and, with ``caption=``, a second title line naming the run's configuration.
 
 A new figure goes here, drawn from a result object (never recomputing metrics).
 
@@ -19,15 +24,19 @@ Accuracies arrive as fractions and are drawn in percent, like the paper's figure
 
 from __future__ import annotations
 
+from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+import matplotlib
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from eed.models.multi_exit import output_order
 
 if TYPE_CHECKING:
+    from matplotlib.axes import Axes
     from torch import Tensor
 
     from eed.metrics.anytime import AnytimeReport
@@ -37,7 +46,13 @@ if TYPE_CHECKING:
 
 History = dict[str, list[tuple[int, float]]]
 
-DPI = 120
+# Print resolution: a 6.4 in wide figure is 1280 px.
+DPI = 200
+# The SVG backend derives clip-path and glyph ids from this salt (default: random per save), and
+# writes the date unless told not to: fixed, the same figure gives the same bytes, so DVC sees
+# no change when a stage reruns on the same data.
+SVG_HASHSALT = "eed"
+SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
 
 
 def new_figure(width: float, height: float) -> Figure:
@@ -46,11 +61,44 @@ def new_figure(width: float, height: float) -> Figure:
     return figure
 
 
+def svg_path(png: str | Path) -> Path:
+    return Path(png).with_suffix(".svg")
+
+
+def save_figure_files(figure: Figure, path: str | Path) -> list[Path]:
+    """Write ``path`` (PNG at :data:`DPI`) and the SVG beside it; returns ``[svg, png]``, the PNG
+    last so that ``files[-1]`` stays the image to show."""
+    png = Path(path)
+    png.parent.mkdir(parents=True, exist_ok=True)
+    with matplotlib.rc_context({"svg.hashsalt": SVG_HASHSALT}):
+        figure.savefig(png, dpi=DPI, format="png")
+        figure.savefig(svg_path(png), format="svg", metadata={"Date": None})
+    return [svg_path(png), png]
+
+
 def save_figure(figure: Figure, path: str | Path) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    figure.savefig(path, dpi=DPI, format="png")
-    return path
+    """Write the PNG and the SVG of ``figure``; returns the PNG path."""
+    return save_figure_files(figure, path)[-1]
+
+
+def saved_files(png: Path | None) -> list[Path]:
+    """Every file :func:`save_figure` wrote for the PNG path it returned (none for None)."""
+    return [] if png is None else [svg_path(png), png]
+
+
+def _title(figure: Figure, title: str, caption: str = "") -> None:
+    """The figure's title, with the configuration caption as a second line."""
+    figure.suptitle(f"{title}\n{caption}" if caption else title)
+
+
+def _split_name(split: str) -> str:
+    return SPLIT_NAMES.get(split, split)
+
+
+def _integer_epochs(axes: "Axes") -> None:
+    """Epochs are whole numbers: no 1.5 ticks on a short run."""
+    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes.set_xlabel("epoch")
 
 
 # --------------------------------------------------------------------------- training curves
@@ -77,10 +125,9 @@ def evaluation_split(history: History) -> str:
     return "val" if any(key.startswith("val/acc_") for key in history) else "test"
 
 
-def plot_main_vs_ensemble(history: History, path: str | Path) -> Path | None:
-    """Fig. 3: train and held-out accuracy of the main output and of the ensemble per epoch."""
+def _build_main_vs_ensemble(history: History, *, caption: str = "") -> Figure | None:
     held_out = evaluation_split(history)
-    figure = new_figure(6.4, 4.2)
+    figure = new_figure(6.4, 4.4)
     axes = figure.subplots()
     drawn = False
     for split, style in (("train", "-"), (held_out, "--")):
@@ -88,102 +135,179 @@ def plot_main_vs_ensemble(history: History, path: str | Path) -> Path | None:
         for name, color in (("main", "tab:blue"), ("ensemble", "tab:red")):
             if name in series:
                 epochs, values = series[name]
-                axes.plot(epochs, values, style, color=color, marker="o", markersize=3, label=f"{split} {name}")
+                axes.plot(epochs, values, style, color=color, marker="o", markersize=3,
+                          label=f"{_split_name(split)}: {name}")
                 drawn = True
     if not drawn:
         return None
-    axes.set(xlabel="epoch", ylabel="accuracy (%)", title="Main output vs. ensemble of all classifiers")
+    _integer_epochs(axes)
+    axes.set_ylabel("top-1 accuracy (%)")
+    axes.set_title(f"solid: training split, dashed: {_split_name(held_out)} split", fontsize="medium")
     axes.grid(alpha=0.3)
-    axes.legend()
-    return save_figure(figure, path)
+    axes.legend(fontsize="small")
+    _title(figure, "Main output vs. ensemble of all classifiers (Fig. 3)", caption)
+    return figure
 
 
-def plot_stability(history: History, path: str | Path) -> Path | None:
-    """Fig. 5: per-epoch accuracy of every classifier, one panel per split."""
+def plot_main_vs_ensemble(history: History, path: str | Path, *, caption: str = "") -> Path | None:
+    """Fig. 3: train and held-out accuracy of the main output and of the ensemble per epoch."""
+    figure = _build_main_vs_ensemble(history, caption=caption)
+    return None if figure is None else save_figure(figure, path)
+
+
+def _build_stability(history: History, *, caption: str = "") -> Figure | None:
     splits = [s for s in EPOCH_ACCURACY_PREFIX if _accuracy_series(history, s)]
     if not splits:
         return None
-    figure = new_figure(5.2 * len(splits), 4.2)
+    figure = new_figure(4.8 * len(splits), 4.4)
     panels = figure.subplots(1, len(splits), squeeze=False)[0]
     for axes, split in zip(panels, splits):
         for name, (epochs, values) in _accuracy_series(history, split).items():
-            if name != "ensemble":
+            if name != "ensemble":  # Fig. 3 draws the ensemble; Fig. 5 is about each classifier
                 axes.plot(epochs, values, marker="o", markersize=3, label=name)
-        axes.set(xlabel="epoch", ylabel="accuracy (%)", title=f"{split}: every classifier")
+        _integer_epochs(axes)
+        axes.set_ylabel("top-1 accuracy (%)")
+        axes.set_title(f"{_split_name(split)} split", fontsize="medium")
         axes.grid(alpha=0.3)
-        axes.legend()
-    return save_figure(figure, path)
+        axes.legend(fontsize="small")
+    _title(figure, "Per-epoch accuracy of every classifier (Fig. 5): how stable each exit trains", caption)
+    return figure
 
 
-def plot_training_curves(history: History, out_dir: str | Path) -> list[Path]:
-    """Write ``training_curves.png`` (Fig. 3) and ``stability.png`` (Fig. 5) into ``out_dir``;
-    returns the files written (none when the history has no accuracy metrics)."""
+def plot_stability(history: History, path: str | Path, *, caption: str = "") -> Path | None:
+    """Fig. 5: per-epoch accuracy of every classifier, one panel per split."""
+    figure = _build_stability(history, caption=caption)
+    return None if figure is None else save_figure(figure, path)
+
+
+def plot_training_curves(history: History, out_dir: str | Path, *, caption: str = "") -> list[Path]:
+    """Write ``training_curves`` (Fig. 3) and ``stability`` (Fig. 5), PNG and SVG, into
+    ``out_dir``; returns the files written (none when the history has no accuracy metrics)."""
     out_dir = Path(out_dir)
-    written = [plot_main_vs_ensemble(history, out_dir / "training_curves.png"),
-               plot_stability(history, out_dir / "stability.png")]
-    return [path for path in written if path is not None]
+    written = [plot_main_vs_ensemble(history, out_dir / "training_curves.png", caption=caption),
+               plot_stability(history, out_dir / "stability.png", caption=caption)]
+    return [file for png in written for file in saved_files(png)]
 
 
 # --------------------------------------------------------------------------- evaluation figures
 
 
-def plot_agreement(agreement: "Tensor", names: Sequence[str], path: str | Path) -> Path:
-    """Fig. 2: for each exit, counts of (exit correct/incorrect) x (main correct/incorrect).
+def agreement_percent(matrix: Sequence[Sequence[float]]) -> list[list[float | None]]:
+    """A 2x2 count matrix in % of each row (None for a row without images)."""
+    return [[100.0 * value / sum(row) if sum(row) else None for value in row] for row in matrix]
 
-    ``agreement``: (k-1, 2, 2), rows = exit correct/incorrect, columns = main correct/incorrect.
-    """
-    count = agreement.shape[0]
-    figure = new_figure(3.2 * max(count, 1), 3.2)
-    panels = figure.subplots(1, max(count, 1), squeeze=False)[0]
-    for axes, matrix, name in zip(panels, agreement.tolist(), names):
-        axes.imshow(matrix, cmap="Blues")
-        peak = max(max(row) for row in matrix) or 1
+
+def _build_agreement(agreement: "Tensor", names: Sequence[str], *, split: str = "",
+                     caption: str = "") -> Figure:
+    count = max(agreement.shape[0], 1)
+    figure = new_figure(3.0 * count + 1.0, 3.6)
+    panels = figure.subplots(1, count, squeeze=False)[0]
+    image = None
+    matrices = agreement.tolist()
+    for axes, matrix, name in zip(panels, matrices, names):
+        percent = agreement_percent(matrix)
+        # Row %, not counts: the large "both wrong" cell of a weak exit would wash out the scale.
+        shown = [[float("nan") if value is None else value for value in row] for row in percent]
+        image = axes.imshow(shown, cmap="Blues", vmin=0.0, vmax=100.0)
         for row in range(2):
             for column in range(2):
-                value = matrix[row][column]
-                axes.text(column, row, f"{value}", ha="center", va="center",
-                          color="white" if value > peak / 2 else "black")
+                value = percent[row][column]
+                text = "no images" if value is None else f"{value:.1f}%\n({matrix[row][column]:,})"
+                axes.text(column, row, text, ha="center", va="center",
+                          color="white" if value is not None and value > 50 else "black")
         axes.set_xticks([0, 1], ["correct", "incorrect"])
         axes.set_yticks([0, 1], ["correct", "incorrect"])
-        axes.set(xlabel="main", ylabel=name, title=f"{name} vs main")
-    return save_figure(figure, path)
+        axes.set(xlabel="main output", ylabel=name)
+        axes.set_title(f"{name} vs main", fontsize="medium")
+    if image is not None:
+        figure.colorbar(image, ax=panels, shrink=0.8, label=f"% of the row ({names[0] if len(names) == 1 else 'exit'} "
+                                                             "correct / incorrect)")
+    total = int(sum(sum(row) for row in matrices[0])) if matrices else 0
+    where = f"{_split_name(split)} split, {total:,} images" if split else f"{total:,} images"
+    _title(figure, f"Exit vs. main output agreement (Fig. 2): {where}; cell: % of row (count)", caption)
+    return figure
 
 
-def plot_anytime(report: "AnytimeReport", path: str | Path) -> Path:
-    """Early-exit accuracy against average GFLOPs per sample, each classifier alone as a point,
-    budget thresholds (fitted on validation, reported here) as stars."""
+def plot_agreement(agreement: "Tensor", names: Sequence[str], path: str | Path, *, split: str = "",
+                   caption: str = "") -> Path:
+    """Fig. 2: for each exit, (exit correct/incorrect) x (main correct/incorrect) in % of each
+    row (each row sums to 100%), the count under each percentage.
+
+    ``agreement``: (k-1, 2, 2) counts, rows = exit correct/incorrect, columns = main correct/incorrect.
+    """
+    return save_figure(_build_agreement(agreement, names, split=split, caption=caption), path)
+
+
+def _build_anytime(report: "AnytimeReport", *, split: str = "", caption: str = "") -> Figure:
     curve = report.curve
-    figure = new_figure(6.4, 4.2)
+    figure = new_figure(6.4, 4.6)
     axes = figure.subplots()
     order = curve.gflops.argsort()
     axes.plot(curve.gflops[order].tolist(), (100 * curve.accuracy[order]).tolist(), "-", color="tab:blue",
-              label="early exit (threshold sweep)")
-    for name, cost, accuracy in zip(curve.names, report.costs.standalone, report.classifier_accuracy):
-        axes.scatter([cost], [100 * accuracy], color="black", zorder=3)
-        axes.annotate(name, (cost, 100 * accuracy), textcoords="offset points", xytext=(4, -10))
-    for fit in report.budgets:
-        axes.axvline(fit.budget, color="gray", linestyle=":", linewidth=1)
+              label="early exit (confidence threshold sweep)")
+    costs = list(report.costs.standalone)
+    middle = (min(costs) + max(costs)) / 2 if costs else 0.0
+    for index, (name, cost, accuracy) in enumerate(zip(curve.names, costs, report.classifier_accuracy)):
+        axes.scatter([cost], [100 * accuracy], color="black", s=18, zorder=3,
+                     label="each classifier alone" if index == 0 else None)
+        # Away from the point, towards the inside of the axes; unclipped so a label near the edge shows whole.
+        right_half = cost > middle
+        axes.annotate(name, (cost, 100 * accuracy), textcoords="offset points",
+                      xytext=(-7, 7) if right_half else (7, 7), ha="right" if right_half else "left",
+                      va="bottom", fontsize="small", clip_on=False, annotation_clip=False,
+                      bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
+    for index, fit in enumerate(report.budgets):
+        axes.axvline(fit.budget, color="gray", linestyle=":", linewidth=1,
+                     label="GFLOPs budget" if index == 0 else None)
         if fit.feasible and fit.gflops is not None:
             axes.scatter([fit.gflops], [100 * fit.accuracy], marker="*", s=120, color="tab:red", zorder=4,
-                         label=f"budget {fit.budget:g}: tau={fit.threshold:.2f}")
-    axes.set(xlabel="GFLOPs per sample", ylabel="accuracy (%)", title="Anytime prediction")
+                         label=f"budget {fit.budget:g} GFLOPs: tau={fit.threshold:.2f}")
+    axes.margins(x=0.12, y=0.15)
+    axes.set(xlabel="average GFLOPs per image", ylabel="top-1 accuracy (%)")
+    notes = [f"{_split_name(split)} split" if split else "",
+             f"thresholds fitted on the {_split_name(report.fit_split)} split" if report.budgets and report.fit_split
+             else ""]
+    if any(notes):
+        axes.set_title("; ".join(note for note in notes if note), fontsize="medium")
     axes.grid(alpha=0.3)
-    axes.legend(fontsize="small")
-    return save_figure(figure, path)
+    axes.legend(fontsize="small", loc="lower right")
+    _title(figure, "Anytime prediction: early-exit accuracy vs. cost", caption)
+    return figure
 
 
-def plot_rdms(result: "RdmResult", path: str | Path) -> Path:
-    """Fig. 4: one column per layer; top row all samples, bottom row the class subset.
-    Samples are sorted by class, so same-class blocks sit on the diagonal."""
+def plot_anytime(report: "AnytimeReport", path: str | Path, *, split: str = "", caption: str = "") -> Path:
+    """Early-exit accuracy against average GFLOPs per sample, each classifier alone as a point,
+    budget thresholds (fitted on validation, reported here) as stars."""
+    return save_figure(_build_anytime(report, split=split, caption=caption), path)
+
+
+def describe_layer(layer: str) -> str:
+    """``"Z_main"`` -> ``"main output logits (Z_main)"``; the keys of
+    :func:`eed.metrics.rdm.layer_activations`: F_ = pooled features before the FC layer, Z_ = logits."""
+    kind, _, name = layer.partition("_")
+    what = {"F": "features before the FC layer", "Z": "logits"}.get(kind)
+    if what is None or not name:
+        return layer
+    owner = "main output" if name == "main" else (f"exit {name[4:]}" if name.startswith("exit") else name)
+    return f"{owner} {what} ({layer})"
+
+
+def _ratio_text(summary: object) -> str:
+    ratio = getattr(summary, "ratio", None)
+    return "between/within = n/a" if ratio is None else f"between/within = {ratio:.2f}"
+
+
+def _build_rdms(result: "RdmResult", *, class_names: Sequence[str] | None = None, split: str = "",
+                caption: str = "") -> Figure:
     layers = list(result.rdms)
-    figure = new_figure(3.6 * len(layers) + 0.8, 7.0)
+    figure = new_figure(4.0 * len(layers) + 1.0, 8.4)
     panels = figure.subplots(2, len(layers), squeeze=False)
     image = None
     for column, layer in enumerate(layers):
-        for row, (rdm, labels, title) in enumerate((
-                (result.rdms[layer], result.labels, f"{layer}: {len(result.labels)} samples"),
-                (result.subset_rdms[layer], result.subset_labels,
-                 f"{layer}: {len(result.subset_classes)} classes"))):
+        for row, (rdm, labels, summary, what) in enumerate((
+                (result.rdms[layer], result.labels, result.summaries.get(layer), f"{len(result.labels)} samples"),
+                (result.subset_rdms[layer], result.subset_labels, result.subset_summaries.get(layer),
+                 f"{len(result.subset_classes)} classes, {len(result.subset_labels)} samples"))):
             axes = panels[row][column]
             image = axes.imshow(rdm.numpy(), cmap="viridis", vmin=0.0, vmax=2.0, interpolation="nearest")
             # Thin lines where the class changes show the blocks.
@@ -192,43 +316,117 @@ def plot_rdms(result: "RdmResult", path: str | Path) -> Path:
                 for boundary in boundaries:
                     axes.axhline(boundary + 0.5, color="white", linewidth=0.4)
                     axes.axvline(boundary + 0.5, color="white", linewidth=0.4)
-            axes.set_title(title, fontsize="medium")
+            axes.set_title(f"{describe_layer(layer)}\n{what}; {_ratio_text(summary)}", fontsize="medium")
+            axes.set(xlabel="samples, sorted by class", ylabel="samples, sorted by class")
             axes.set_xticks([])
             axes.set_yticks([])
+            if row == 1 and class_names is not None and len(labels):
+                # One tick at the middle of each class block, named.
+                edges = [0, *[b + 1 for b in boundaries], len(labels)]
+                centers = [(start + end - 1) / 2 for start, end in pairwise(edges)]
+                names = [class_names[int(labels[start])] if int(labels[start]) < len(class_names)
+                         else str(int(labels[start])) for start in edges[:-1]]
+                axes.set_xticks(centers, names, rotation=90, fontsize="small")
+                axes.set_yticks(centers, names, fontsize="small")
     if image is not None:
-        figure.colorbar(image, ax=panels, shrink=0.8, label="1 - Pearson r")
-    return save_figure(figure, path)
+        figure.colorbar(image, ax=panels, shrink=0.8, label="dissimilarity: 1 - Pearson r")
+    where = f", {_split_name(split)} split" if split else ""
+    _title(figure, f"Representational dissimilarity matrices (Fig. 4{where}): top all samples, bottom a class "
+                   "subset;\ndark diagonal blocks = class-specific; between/within = mean between-class / "
+                   "within-class dissimilarity", caption)
+    return figure
 
 
-def plot_comparison(table: "ComparisonTable", path: str | Path) -> Path:
-    """Accuracy of each classifier (mean, error bars = sample std over seeds), one line per row."""
-    figure = new_figure(max(6.4, 1.2 * len(table.columns) + 3), 4.4)
+def plot_rdms(result: "RdmResult", path: str | Path, *, class_names: Sequence[str] | None = None,
+              split: str = "", caption: str = "") -> Path:
+    """Fig. 4: one column per layer; top row all samples, bottom row the class subset (class
+    names as ticks when given). Samples are sorted by class, so same-class blocks sit on the
+    diagonal; each title gives the summary's between/within ratio."""
+    return save_figure(_build_rdms(result, class_names=class_names, split=split, caption=caption), path)
+
+
+def _build_comparison(table: "ComparisonTable", *, caption: str = "") -> Figure:
+    columns, rows = table.columns, table.rows
+    figure = new_figure(max(6.4, 1.1 * len(columns) + 3.5), 4.8)
     axes = figure.subplots()
-    positions = list(range(len(table.columns)))
-    for row in table.rows:
-        xs, means, stds = [], [], []
-        for x, column in zip(positions, table.columns):
+    width = 0.8 / max(len(rows), 1)
+    for index, row in enumerate(rows):
+        offset = (index - (len(rows) - 1) / 2) * width
+        xs, means, error_xs, error_means, errors = [], [], [], [], []
+        for position, column in enumerate(columns):
             cell = row.cells.get(column)
-            if cell is not None:
-                xs.append(x)
-                means.append(100 * cell.mean)
-                stds.append(100 * (cell.std or 0.0))
-        axes.errorbar(xs, means, yerr=stds, marker="o", capsize=3, label=row.label)
-    axes.set_xticks(positions, [table.column_title(column) for column in table.columns])
-    axes.set(ylabel="accuracy (%)", title=f"{table.meaning}\n(mean ± std over seeds)")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize="small")
-    return save_figure(figure, path)
+            if cell is None:
+                continue
+            xs.append(position + offset)
+            means.append(100 * cell.mean)
+            if cell.std is not None:  # a sample std needs n >= 2
+                error_xs.append(position + offset)
+                error_means.append(100 * cell.mean)
+                errors.append(100 * cell.std)
+        axes.bar(xs, means, width=width * 0.95, label=f"{row.label or 'run'} (n={row.n})")
+        if errors:
+            axes.errorbar(error_xs, error_means, yerr=errors, fmt="none", ecolor="black", elinewidth=1, capsize=3)
+    axes.set_xticks(list(range(len(columns))), [table.column_title(column) for column in columns])
+    axes.set(xlabel="classifier", ylabel="top-1 accuracy (%)")
+    axes.set_ylim(0, min(100.0, axes.get_ylim()[1] * 1.05))
+    axes.grid(axis="y", alpha=0.3)
+    axes.set_axisbelow(True)
+    figure.legend(loc="outside right upper", fontsize="small")
+    counts = sorted({row.n for row in rows})
+    if counts and counts[-1] >= 2:
+        spread = (f"mean ± sample std over {counts[0]} seeds" if len(counts) == 1
+                  else "mean ± sample std over n seeds (n per row in the legend; none for n = 1)")
+    else:
+        spread = "one run per row, no error bars"
+    lines = [f"{table.meaning[0].upper()}{table.meaning[1:]}", spread]
+    if table.constant:
+        lines.append(table.constant_line())
+    axes.set_title("\n".join(lines), fontsize="small")
+    _title(figure, "Accuracy of each classifier per configuration", caption)
+    return figure
 
 
-def plot_flops(profile: "FlopsProfile", path: str | Path) -> Path:
-    """Bar chart of the GFLOPs needed for each output, labelled with % of the main output."""
-    figure = new_figure(5, 3.5)
+def plot_comparison(table: "ComparisonTable", path: str | Path, *, caption: str = "") -> Path:
+    """Grouped bars: one group per classifier column, one bar per table row (mean; error bars =
+    sample std over seeds, only where n >= 2)."""
+    return save_figure(_build_comparison(table, caption=caption), path)
+
+
+def _own_width(arch: str | None) -> int | None:
+    if arch is None:
+        return None
+    from eed.models.registry import get_spec  # late: the registry imports every model module
+
+    try:
+        return get_spec(arch).default_width
+    except (KeyError, ValueError):
+        return None
+
+
+def _build_flops(profile: "FlopsProfile", *, caption: str = "") -> Figure:
+    figure = new_figure(7.2, 4.4)
     axes = figure.subplots()
     names = [output.name for output in profile.outputs]
     bars = axes.bar(names, [output.gflops for output in profile.outputs], color="tab:blue")
-    axes.bar_label(bars, labels=[f"{percent:.0f}%" for percent in profile.percent_of_main()])
-    axes.set_ylabel("GFLOPs per image")
-    axes.set_title(f"{profile.arch or 'model'}: cost of each output ({profile.input_size}x{profile.input_size})")
-    axes.margins(y=0.15)
-    return save_figure(figure, path)
+    axes.bar_label(bars, padding=2, fontsize="small",
+                   labels=[f"{output.gflops:.3g} GFLOPs\n{percent:.0f}% of main"
+                           for output, percent in zip(profile.outputs, profile.percent_of_main())])
+    axes.set(xlabel="output", ylabel="GFLOPs per image")
+    axes.margins(y=0.2)
+    width = "own width" if profile.width is None else f"width {profile.width}"
+    details = [f"{profile.num_classes} classes"] if profile.num_classes is not None else []
+    details.append(f"{profile.total_params / 1e6:.2f} M parameters")
+    own = _own_width(profile.arch)
+    if profile.width is not None and own is not None and own != profile.width:
+        # Without it, 0.07 GFLOPs at width 16 looks wrong next to the paper's 1.11 at width 64.
+        details.append(f"its own width is {own}; GFLOPs grow about as width²")
+    axes.set_title(", ".join(details), fontsize="medium")
+    _title(figure, f"Cost of each output (Table III): {profile.arch or 'model'}, {width}, "
+                   f"{profile.input_size}x{profile.input_size} input", caption)
+    return figure
+
+
+def plot_flops(profile: "FlopsProfile", path: str | Path, *, caption: str = "") -> Path:
+    """Bar chart of the GFLOPs needed for each output, each bar labelled with its GFLOPs and % of
+    the main output's; the title gives the architecture, width and input size."""
+    return save_figure(_build_flops(profile, caption=caption), path)

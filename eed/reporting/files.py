@@ -1,25 +1,44 @@
 """The files the stages write for DVC and people: ``metrics.json`` (DVC metrics),
 ``history.csv`` (every per-epoch metric), ``accuracy.csv`` and ``anytime.csv`` (what dvc.yaml's
-plots draw), ``flops.json``, ``rdm.json`` and the figures beside them. Each writer takes a
-result object and returns the paths it wrote."""
+plots draw), ``flops.json``, ``rdm.json`` and the figures beside them (PNG and SVG). Each writer
+takes a result object and returns the paths it wrote; ``caption=`` (see :func:`figure_caption`)
+is passed to every figure it draws."""
 
 from __future__ import annotations
 
 import csv
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Sequence
 
 from eed.models.multi_exit import output_order
-from eed.reporting.figures import EPOCH_ACCURACY_PREFIX, plot_agreement, plot_anytime, plot_flops, plot_rdms
+from eed.reporting.figures import (
+    EPOCH_ACCURACY_PREFIX,
+    plot_agreement,
+    plot_anytime,
+    plot_flops,
+    plot_rdms,
+    saved_files,
+)
 
 if TYPE_CHECKING:
+    from eed.config import Config
     from eed.metrics.anytime import AnytimeReport
     from eed.metrics.flops import FlopsProfile
     from eed.metrics.rdm import RdmResult
     from eed.metrics.summary import EvaluationReport
 
 History = dict[str, list[tuple[int, float]]]
+
+
+def figure_caption(cfg: "Config") -> str:
+    """The one-line configuration under each figure's title, e.g.
+    ``"eed · resnet18 width 16 · cifar100 · seed 0 · cpu scale"``."""
+    width = cfg.model.width
+    if width is None:  # left to the scale preset: the width the run actually trains at
+        width = cfg.resolved().model.width
+    network = f"{cfg.model.arch} width {width}" if width is not None else f"{cfg.model.arch} own width"
+    return " · ".join([cfg.method, network, cfg.data.dataset, f"seed {cfg.seed}", f"{cfg.scale} scale"])
 
 
 def write_json(data: Any, path: str | Path) -> Path:
@@ -83,27 +102,33 @@ def write_anytime_csv(report: "AnytimeReport", path: Path) -> Path:
     return path
 
 
-def write_evaluation_outputs(report: "EvaluationReport", out_dir: str | Path) -> list[Path]:
-    """``metrics.json``, ``anytime.csv`` and ``figures/*.png`` into ``out_dir``."""
+def write_evaluation_outputs(report: "EvaluationReport", out_dir: str | Path, *, caption: str = "") -> list[Path]:
+    """``metrics.json``, ``anytime.csv`` and ``figures/*.png`` + ``*.svg`` into ``out_dir``."""
     out_dir = Path(out_dir)
     figures = out_dir / "figures"
     written = [write_json(report.metrics(), out_dir / "metrics.json")]
     if len(report.names) > 1:
-        written.append(plot_agreement(report.agreement, report.names[:-1], figures / "agreement.png"))
+        written += saved_files(plot_agreement(report.agreement, report.names[:-1], figures / "agreement.png",
+                                              split=report.split, caption=caption))
     if report.anytime is not None:
         written.append(write_anytime_csv(report.anytime, out_dir / "anytime.csv"))
-        written.append(plot_anytime(report.anytime, figures / "anytime.png"))
+        written += saved_files(plot_anytime(report.anytime, figures / "anytime.png", split=report.split,
+                                            caption=caption))
     return written
 
 
-def write_flops_outputs(profile: "FlopsProfile", out_dir: str | Path) -> list[Path]:
-    """``flops.json`` (every output's cost and the per-module parts) and ``flops.png``."""
+def write_flops_outputs(profile: "FlopsProfile", out_dir: str | Path, *, caption: str = "") -> list[Path]:
+    """``flops.json`` (every output's cost and the per-module parts), ``flops.png`` and ``flops.svg``."""
     out_dir = Path(out_dir)
-    return [write_json(profile.to_dict(), out_dir / "flops.json"), plot_flops(profile, out_dir / "flops.png")]
+    return [write_json(profile.to_dict(), out_dir / "flops.json"),
+            *saved_files(plot_flops(profile, out_dir / "flops.png", caption=caption))]
 
 
-def write_rdm_outputs(result: "RdmResult", out_dir: str | Path) -> list[Path]:
-    """``rdm.json`` (summaries) and ``figures/rdm.png`` into ``out_dir``."""
+def write_rdm_outputs(result: "RdmResult", out_dir: str | Path, *, caption: str = "",
+                      class_names: Sequence[str] | None = None, split: str = "") -> list[Path]:
+    """``rdm.json`` (summaries) and ``figures/rdm.png`` + ``rdm.svg`` into ``out_dir`` (the PNG last);
+    ``class_names`` (indexed by label) name the class-subset ticks, ``split`` goes in the title."""
     out_dir = Path(out_dir)
     return [write_json(result.metrics(), out_dir / "rdm.json"),
-            plot_rdms(result, out_dir / "figures" / "rdm.png")]
+            *saved_files(plot_rdms(result, out_dir / "figures" / "rdm.png", class_names=class_names, split=split,
+                                   caption=caption))]

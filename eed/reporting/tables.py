@@ -67,9 +67,11 @@ def flops_table(profile: "FlopsProfile") -> Table:
 
 def backbones_table(rows: Sequence["BackboneSummary"]) -> Table:
     """``eed models``: one row per registered backbone."""
-    table = Table(title="Registered backbones (params include the exits; CIFAR: 100 classes, ImageNet: 1000)")
-    for column in ("name", "family", "input", "exits", "width", "params (M)", "main GFLOPs"):
-        table.add_column(column, justify="left" if column in ("name", "family") else "right")
+    table = Table(title="Registered backbones", caption="params include the exits; CIFAR: 100 classes, ImageNet: 1000")
+    # The name is what users type (--set model.arch=...): never cut or wrapped; the other columns give way.
+    table.add_column("name", no_wrap=True, min_width=max((len(row.name) for row in rows), default=4))
+    for column in ("family", "input", "exits", "width", "params (M)", "main GFLOPs"):
+        table.add_column(column, justify="left" if column == "family" else "right")
     for row in rows:
         if row.error:
             table.add_row(row.name, row.family, str(row.input_size), "-", str(row.width), "-", f"[red]{row.error}[/]")

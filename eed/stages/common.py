@@ -8,7 +8,7 @@ from typing import Any, Mapping, Sequence
 
 from eed import data as eed_data
 from eed import tracking
-from eed.config import Config
+from eed.config import Config, flatten
 from eed.engine.checkpoint import ResolvedSource, check_classes, model_from_checkpoint, resolve_source
 from eed.errors import ConfigError
 from eed.models.multi_exit import MultiExitNet
@@ -44,15 +44,32 @@ def source_model(source: str, config: Config, log: bool, which: str) -> tuple[st
     return tracking_uri, resolved, model
 
 
-def log_stage_run(name: str, tracking_uri: str, config: Config, source: ResolvedSource, split: str,
-                  metrics: Mapping[str, Any], files: Sequence[Path], out_dir: Path) -> str:
-    """A stage's results as the run ``name``, nested under the training run that made the
-    checkpoint (stand-alone in the configured experiment when that run is unknown): the
-    metrics at step 0 and every file, kept at its path relative to ``out_dir``."""
-    stage_run = tracking.MlflowLogger.for_stage(tracking_uri, name, parent_run_id=source.run_id,
-                                                experiment=config.tracking.experiment,
-                                                tags={"split": split, "source": source.description})
+def log_stage_run(stage: str, tracking_uri: str, config: Config, source: ResolvedSource, split: str,
+                  metrics: Mapping[str, Any], files: Sequence[Path], out_dir: Path, *, started: float,
+                  params: Mapping[str, Any]) -> str:
+    """A stage's results as a run named by what it did (``evaluate test best.pt``), nested under
+    the training run that made the checkpoint (stand-alone in the configured experiment when
+    that run is unknown), lasting from ``started`` (``time.time()``) to now: its ``params``, the
+    metrics at step 0 that the training run does not already hold with the same value, and
+    every file, kept at its path relative to ``out_dir``."""
+    epoch = source.checkpoint.get("epoch")
+    name = f"{stage} {split} {source.file_name or 'checkpoint'}"
+    stage_run = tracking.MlflowLogger.for_stage(
+        tracking_uri, name, stage=stage, parent_run_id=source.run_id, experiment=config.tracking.experiment,
+        tags={"split": split, "source": source.description,
+              tracking.NOTE_TAG: f"{stage} of {source.description} (epoch {epoch}) on the {split} split"},
+        start_time=started)
     with tracking.logged_run(stage_run):
-        stage_run.log_metrics(metrics, step=0)
+        stage_run.log_params({"split": split, "checkpoint": source.file_name, "checkpoint_epoch": epoch,
+                              "source": source.description, **params})
+        known = stage_run.parent_metrics()
+        flat = tracking.flatten_metrics(metrics)
+        stage_run.log_metrics({key: value for key, value in flat.items() if known.get(key) != value}, step=0)
         stage_run.log_artifacts(files, out_dir)
     return stage_run.run_id
+
+
+def stage_params(config: Config, keys: Sequence[str]) -> dict[str, str]:
+    """The flattened ``config`` keys a stage reads (``eval.thresholds`` ...), as run params."""
+    flat = flatten(config)
+    return {key: value for key, value in flat.items() if any(key == k or key.startswith(k + ".") for k in keys)}

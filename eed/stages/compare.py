@@ -10,7 +10,7 @@ from eed.config import Config
 from eed.errors import TrackingError
 from eed.paths import in_workspace
 from eed.reporting.comparison import TABLE_SPLITS, ComparisonTable, build_table, parse_tags
-from eed.reporting.figures import plot_comparison
+from eed.reporting.figures import plot_comparison, saved_files
 from eed.stages import stdout
 from eed.stages.common import choice
 
@@ -37,7 +37,7 @@ def compare(config: Config, experiments: Sequence[str] = (), *, tags: Sequence[s
     markdown = out_dir / "comparison.md"
     markdown.write_text(table.to_markdown())
     files = [markdown, table.write_csv(out_dir / "comparison.csv"),
-             plot_comparison(table, out_dir / "figures" / "comparison.png")]
+             *saved_files(plot_comparison(table, out_dir / "figures" / "comparison.png"))]
 
     console = stdout()
     console.print(table.rich_table())

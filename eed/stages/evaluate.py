@@ -3,6 +3,7 @@ agreement and the early-exit curve of a checkpoint."""
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -21,9 +22,12 @@ from eed.models.multi_exit import MultiExitNet
 from eed.paths import ensure_writable, in_workspace
 from eed.progress import progress_bar, tracked
 from eed.reporting import tables
-from eed.reporting.files import write_evaluation_outputs
+from eed.reporting.files import figure_caption, write_evaluation_outputs
 from eed.stages import stderr, stdout
-from eed.stages.common import SPLITS, choice, default_source, log_stage_run, source_model
+from eed.stages.common import SPLITS, choice, default_source, log_stage_run, source_model, stage_params
+
+# The params the evaluate stage reads (dvc.yaml), logged with its run.
+EVAL_KEYS = ("eval.ece_bins", "eval.thresholds", "eval.budgets", "data.val_size")
 
 
 @dataclass
@@ -39,6 +43,7 @@ def evaluate(config: Config, source: str | None = None, *, split: str | None = N
     """``eed evaluate`` and the evaluate stage: score a checkpoint (file or MLflow run id) on
     a split of the configured dataset, write the outputs to ``out`` and (``log``) log them as
     a child run of the training run."""
+    started = time.time()
     source = source or default_source(config)
     split = choice("--split", split or config.eval.split, SPLITS)
     out_dir = Path(out or in_workspace(config.paths.out_dir) / "evaluate")
@@ -55,6 +60,7 @@ def evaluate(config: Config, source: str | None = None, *, split: str | None = N
 
     def collect(name: str) -> Collected:
         loader = eed_data.make_loader(config, name, train=False, device=runtime.device)
+        loader.warmup(console=console)  # FFCV compiles its pipeline first (~10 s): say so, not a blank screen
         with progress_bar(console) as progress:
             batches = tracked(loader, progress, f"evaluating on {name}", len(loader))
             return collect_outputs(model, batches, runtime.device, autocast=runtime.autocast,
@@ -66,11 +72,12 @@ def evaluate(config: Config, source: str | None = None, *, split: str | None = N
     report.anytime = _anytime(model, collected, names, config, split, collect, report.notes)
     if model.num_classifiers == 1:
         report.notes.append("no exits (baseline): no agreement matrices; the early-exit curve is one point")
-    files = write_evaluation_outputs(report, out_dir)
+    files = write_evaluation_outputs(report, out_dir, caption=figure_caption(config))
 
     run_id = None
     if log:
-        run_id = log_stage_run("evaluate", tracking_uri, config, resolved, split, report.metrics(), files, out_dir)
+        run_id = log_stage_run("evaluate", tracking_uri, config, resolved, split, report.metrics(), files, out_dir,
+                               started=started, params=stage_params(config, EVAL_KEYS))
 
     printer = stdout()
     for table in tables.evaluation_tables(report):

@@ -9,7 +9,7 @@ from eed.config import Config
 from eed.metrics.flops import FlopsProfile, arch_profile, summarize_backbones
 from eed.paths import in_workspace
 from eed.reporting import tables
-from eed.reporting.files import write_flops_outputs
+from eed.reporting.files import figure_caption, write_flops_outputs
 from eed.stages import stdout
 
 
@@ -19,14 +19,14 @@ def models(width: int | None = None) -> None:
 
 
 def flops(arch: str, *, width: int | None = None, num_classes: int | None = None,
-          out: Path | None = None) -> FlopsProfile:
+          out: Path | None = None, caption: str = "") -> FlopsProfile:
     """``eed flops`` and the flops stage: Table III of ``arch``; with ``out``, also
     ``flops.json`` and ``flops.png`` there."""
     profile = arch_profile(arch, num_classes, width)
     console = stdout()
     console.print(tables.flops_table(profile))
     if out is not None:
-        files = write_flops_outputs(profile, out)
+        files = write_flops_outputs(profile, out, caption=caption)
         console.print(f"wrote {' and '.join(str(f) for f in files)}")
     return profile
 
@@ -34,4 +34,4 @@ def flops(arch: str, *, width: int | None = None, num_classes: int | None = None
 def flops_stage(config: Config) -> FlopsProfile:
     """The flops stage: the configured network, with the prepared dataset's class count."""
     return flops(config.model.arch, width=config.model.width, num_classes=eed_data.load_manifest(config).num_classes,
-                 out=in_workspace(config.paths.out_dir) / "flops")
+                 out=in_workspace(config.paths.out_dir) / "flops", caption=figure_caption(config))

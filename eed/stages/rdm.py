@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -16,9 +17,9 @@ from eed.engine.runtime import setup_runtime
 from eed.metrics.rdm import RdmResult, compute_rdms, layer_activations, select_samples
 from eed.paths import ensure_writable, in_workspace
 from eed.reporting import tables
-from eed.reporting.files import write_rdm_outputs
+from eed.reporting.files import figure_caption, write_rdm_outputs
 from eed.stages import stdout
-from eed.stages.common import SPLITS, choice, default_source, log_stage_run, source_model
+from eed.stages.common import SPLITS, choice, default_source, log_stage_run, source_model, stage_params
 
 
 @dataclass
@@ -39,6 +40,7 @@ def rdm(config: Config, source: str | None = None, *, split: str = "test", class
     The samples' seed stays fixed (not the run's ``seed``), so every run is compared on the
     same images.
     """
+    started = time.time()
     source = source or default_source(config)
     split = choice("--split", split, SPLITS)
     classifiers = ["main", *[c for c in classifiers if c != "main"]]
@@ -59,11 +61,14 @@ def rdm(config: Config, source: str | None = None, *, split: str = "test", class
     collected = collect_outputs(model, batches, device, with_features=True)
     activations = layer_activations(collected, model.classifier_names(), torch.arange(len(indices)), classifiers)
     result = compute_rdms(activations, collected.labels, indices, config.eval.rdm_classes, seed)
-    files = write_rdm_outputs(result, out_dir)
+    files = write_rdm_outputs(result, out_dir, caption=figure_caption(config), split=split,
+                              class_names=eed_data.load_manifest(config).class_names)
 
     run_id = None
     if log:
-        run_id = log_stage_run("rdm", tracking_uri, config, resolved, split, {"rdm": result.metrics()}, files, out_dir)
+        run_id = log_stage_run("rdm", tracking_uri, config, resolved, split, {"rdm": result.metrics()}, files, out_dir,
+                               started=started, params={**stage_params(config, ("eval.rdm_samples", "eval.rdm_classes")),
+                                                        "classifiers": ",".join(classifiers), "sample_seed": seed})
 
     console = stdout()
     console.print(tables.rdm_table(result, split))
