@@ -234,6 +234,13 @@ class EvalConfig(_Section):
     thresholds: int = Field(101, ge=2)
     # Early-exit budgets (GFLOPs per sample) whose thresholds are fitted on the validation split.
     budgets: list[float] = []
+    # Temperature scaling per classifier, fitted on val (always reported); true: the early-exit
+    # sweep and thresholds use the calibrated confidences.
+    calibrate: bool = False
+    # A threshold with a guarantee: top-1 lost vs the main output at most max_drop (a fraction),
+    # with probability >= 1 - delta over the validation draw; null: none fitted.
+    max_drop: float | None = Field(0.01, ge=0.0, le=1.0)
+    delta: float = Field(0.1, gt=0.0, lt=1.0)
     rdm_samples: int = Field(500, ge=2)
     rdm_classes: int = Field(10, ge=2)
 

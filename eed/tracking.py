@@ -30,6 +30,7 @@ import re
 import subprocess
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
@@ -630,3 +631,116 @@ def _find_runs(tracking_uri: str, experiments: Sequence[str], tags: dict[str, st
         if not page_token:
             break
     return [r for r in records if STAGE_TAG not in r.tags and PARENT_TAG not in r.tags]
+
+
+# --------------------------------------------------------------------------- the served early-exit model
+
+from collections.abc import Callable  # this section's own import (the imports above are unchanged)
+
+# Artifacts of the served model: the checkpoint and the serving settings (JSON).
+SERVED_CHECKPOINT = "checkpoint"
+SERVED_SETTINGS = "settings"
+_served_class: type | None = None
+
+
+def _early_exit_pyfunc() -> type:
+    """The ``mlflow.pyfunc.PythonModel`` subclass, built on first use so that importing this
+    module does not import MLflow. Reached as ``eed.tracking.EarlyExitPyfunc`` (module
+    ``__getattr__``), which is also how a pickled instance finds its class again.
+
+    It knows nothing of networks: ``loader(checkpoint_path, settings)`` (a module-level
+    function, pickled by reference, e.g. :func:`eed.serving.load_served`) builds the object
+    whose ``answer(images, threshold=, budget=, use_max_drop=, calibrated=, return_logits=)``
+    returns the columns; this module depends on no model code."""
+    global _served_class
+    if _served_class is not None:
+        return _served_class
+    import mlflow.pyfunc
+
+    class EarlyExitPyfunc(mlflow.pyfunc.PythonModel):
+        """Early exit served: uint8 images (N, H, W, 3) in, one row per image out. Params:
+        threshold, budget (a named threshold), max_drop, calibrated, return_logits."""
+
+        def __init__(self, loader: Callable[[Path, dict[str, Any]], Any]):
+            self.loader = loader
+
+        def load_context(self, context):
+            settings = json.loads(Path(context.artifacts[SERVED_SETTINGS]).read_text())
+            self.served = self.loader(Path(context.artifacts[SERVED_CHECKPOINT]), settings)
+
+        def predict(self, context, model_input, params=None):
+            import numpy as np
+            import pandas as pd
+
+            params = params or {}
+            answer = self.served.answer(np.asarray(model_input), threshold=params.get("threshold"),
+                                        budget=params.get("budget"), use_max_drop=bool(params.get("max_drop")),
+                                        calibrated=bool(params.get("calibrated")),
+                                        return_logits=bool(params.get("return_logits")))
+            return pd.DataFrame(answer)
+
+    EarlyExitPyfunc.__module__ = __name__
+    EarlyExitPyfunc.__qualname__ = "EarlyExitPyfunc"
+    _served_class = EarlyExitPyfunc
+    return EarlyExitPyfunc
+
+
+def __getattr__(name: str) -> Any:
+    if name == "EarlyExitPyfunc":
+        return _early_exit_pyfunc()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def log_served_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path, settings: Mapping[str, Any],
+                     example_images: Any, *, loader: Callable[[Path, dict[str, Any]], Any]) -> str:
+    """Log the checkpoint at ``checkpoint_path`` as a servable early-exit model (``served``) of
+    run ``run_id``, with ``settings`` (JSON-able) beside it; ``loader(checkpoint_path,
+    settings)`` builds the answering object where the model is loaded (and once here, to
+    refuse bad settings before anything is logged). ``example_images``: a few uint8
+    (N, H, W, 3) images, the input example. The ``eed`` package travels with the model
+    (``code_paths``), so a server needs torch, numpy and pandas but not this project.
+    Returns the logged model's id (load it as ``models:/<id>``)."""
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    import torch
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+
+    example_images = np.asarray(example_images)
+    if example_images.dtype != np.uint8 or example_images.ndim != 4 or example_images.shape[-1] != 3:
+        raise ValueError(f"example images must be uint8 (N, H, W, 3), got {example_images.dtype} "
+                         f"{tuple(example_images.shape)}")
+    settings = json.loads(json.dumps(dict(settings)))  # JSON-able, and what load_context will see
+    loader(Path(checkpoint_path), settings).answer(example_images)  # bad settings or images fail here
+    _, height, width, _ = example_images.shape
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, height, width, 3))]),
+        outputs=Schema([ColSpec("long", "class"), ColSpec("string", "class_name"), ColSpec("double", "confidence"),
+                        ColSpec("string", "exit"), ColSpec("long", "exit_index"), ColSpec("double", "gflops"),
+                        ColSpec(Array(Array("double")), "logits", required=False)]),
+        params=ParamSchema([ParamSpec("threshold", "double", None), ParamSpec("budget", "string", None),
+                            ParamSpec("max_drop", "boolean", False), ParamSpec("calibrated", "boolean", False),
+                            ParamSpec("return_logits", "boolean", False)]))
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}",
+                    f"pandas=={pd.__version__}", f"mlflow=={mlflow.__version__}"]
+    client = _client(tracking_uri)  # opens a new sqlite store under the lock (see _client)
+    with _reaching(tracking_uri, f"reading run {run_id}"):
+        before = client.get_run(run_id).info
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+        # MLflow's advice on type hints and on models as code does not apply to a wrapped network.
+        warnings.filterwarnings("ignore", message=".*type hints.*")
+        warnings.filterwarnings("ignore", message=".*python_model.*")
+        settings_path = Path(folder) / "settings.json"
+        settings_path.write_text(json.dumps(settings, indent=2))
+        with _reaching(tracking_uri, "logging the served model"), using_tracking_uri(tracking_uri), \
+                mlflow.start_run(run_id=run_id, log_system_metrics=False):
+            info = mlflow.pyfunc.log_model(
+                name="served", python_model=_early_exit_pyfunc()(loader),
+                artifacts={SERVED_CHECKPOINT: str(checkpoint_path), SERVED_SETTINGS: str(settings_path)},
+                code_paths=[str(Path(__file__).parent)],  # the eed package: the loader's code
+                signature=signature, input_example=example_images, pip_requirements=requirements)
+    if before.status != "RUNNING":  # start_run re-opened a finished run: give it back its end and status
+        with _reaching(tracking_uri, f"restoring the end of run {run_id}"):
+            client.set_terminated(run_id, status=before.status, end_time=before.end_time)
+    return info.model_id

@@ -359,3 +359,56 @@ def test_evaluate_command_reports_bad_sources(tmp_path, tracking_uri, monkeypatc
     result = CliRunner().invoke(app, [str(tmp_path / "nope.pt"), "--params", str(params), "--no-log"],
                                 env={"COLUMNS": "200"})
     assert result.exit_code == 4 and "checkpoint not found" in result.output
+
+
+@pytest.mark.parametrize("calibrated", [False, True])
+def test_evaluate_reports_calibration_and_a_guaranteed_threshold_fitted_on_val(tmp_path, fake_data, calibrated):
+    """Temperatures are fitted on val and reported on test (before/after); with eval.calibrate
+    the early-exit curve and thresholds use the scaled confidences; the guaranteed threshold is
+    the one fixed-sequence testing picks on val, checked on test."""
+    from eed.engine.checkpoint import save_checkpoint
+    from eed.metrics.anytime import ClassifierCosts, sweep, threshold_grid
+    from eed.metrics.calibration import apply_temperatures, fit_temperatures
+    from eed.metrics.flops import profile_model
+    from eed.metrics.guarantee import check_guarantee, fit_guaranteed_threshold
+    from eed.models.registry import create_model
+    from eed.stages.evaluate import evaluate
+
+    config = e2e_config(f"eval.calibrate={str(calibrated).lower()}", "eval.max_drop=0.2", "eval.delta=0.2",
+                        "tracking.enabled=false")
+    torch.manual_seed(0)
+    model = create_model("resnet18", 10, 4).eval()
+    checkpoint = save_checkpoint({"arch": "resnet18", "num_classes": 10, "width": 4, "exits": True,
+                                  "class_names": CLASS_NAMES, "config": config.model_dump(), "epoch": 2,
+                                  "model": model.state_dict()}, tmp_path / "best.pt")
+    result = evaluate(config, str(checkpoint), out=tmp_path / "out", log=False)
+    with torch.no_grad():
+        test_logits, val_logits = (torch.stack(model(fake_data[split][0]).logits) for split in ("test", "val"))
+    temperatures = fit_temperatures(val_logits, fake_data["val"][1])
+    report = result.report
+    assert report.calibration.temperatures == pytest.approx(temperatures.tolist(), rel=1e-5)
+    metrics = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    assert metrics["calibration"]["temperature_main"] == pytest.approx(float(temperatures[-1]), rel=1e-3)
+    assert {"ece_before_exit1", "ece_after_exit1", "nll_before_main", "nll_after_main"} <= set(metrics["calibration"])
+
+    used_test, used_val = test_logits, val_logits
+    if calibrated:
+        used_test = apply_temperatures(test_logits.double(), temperatures)
+        used_val = apply_temperatures(val_logits.double(), temperatures)
+    costs = ClassifierCosts.from_profile(profile_model(model, 32))
+    grid = threshold_grid(config.eval.thresholds)
+    curve = sweep(used_test, fake_data["test"][1], costs.anytime, grid)
+    assert report.anytime.curve.accuracy.tolist() == pytest.approx(curve.accuracy.tolist())
+    assert report.anytime.curve.gflops.tolist() == pytest.approx(curve.gflops.tolist())
+    if calibrated:  # the scaled confidences give another curve here, so the check above can tell them apart
+        raw = sweep(test_logits, fake_data["test"][1], costs.anytime, grid)
+        assert raw.gflops.tolist() != pytest.approx(curve.gflops.tolist())
+    fit = fit_guaranteed_threshold(used_val, fake_data["val"][1], grid, 0.2, 0.2, costs.anytime)
+    expected = check_guarantee(fit, used_test, fake_data["test"][1], costs.anytime)
+    guaranteed = metrics["guaranteed"]
+    assert guaranteed["feasible"] == int(fit.feasible) and guaranteed["held"] == int(expected["held"])
+    assert guaranteed["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-4)
+    assert guaranteed["calibrated"] == int(calibrated)
+    titles = [table.title for table in evaluation_tables(report)]
+    assert any(title.startswith("Calibration") for title in titles)
+    assert any(title.startswith("Guaranteed early exit") for title in titles)

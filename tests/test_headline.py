@@ -15,6 +15,9 @@ EVALUATION = {
                 "gflops_main": 0.070116352,
                 "budget_0_035": {"threshold": 0.05, "accuracy": 0.1681, "gflops": 0.03481, "fit_accuracy": 0.16},
                 "budget_0_0001": {"threshold": None, "accuracy": None, "gflops": None, "fit_accuracy": None}},
+    "guaranteed": {"max_drop": 0.01, "delta": 0.1, "feasible": 1, "threshold": 0.43, "calibrated": 0, "val_drop": 0.002,
+                   "val_bound": 0.0095, "accuracy": 0.1931, "main_accuracy": 0.1999, "drop": 0.0068, "held": 1,
+                   "gflops": 0.0512},
 }
 TRAINING = {"test_max_over_epochs": {"acc_exit1": 0.1652, "acc_main": 0.2011}}
 
@@ -24,7 +27,8 @@ def test_results_json_has_short_unique_keys_in_percent():
     assert results["test"] == {"exit1": 16.52, "exit2": 17.11, "exit3": 17.94, "main": 19.99, "ens": 18.39}
     assert results["gflops"] == {"exit1": 0.02686, "exit2": 0.04128, "exit3": 0.0557, "main": 0.07012}
     assert results["early_exit"] == {"0_035gf": {"test": 16.81, "gflops": 0.03481},
-                                     "0_0001gf": {"test": None, "gflops": None}}
+                                     "0_0001gf": {"test": None, "gflops": None},
+                                     "guaranteed": {"test": 19.31, "gflops": 0.0512, "drop": 0.68, "held": 1}}
     assert budget_key(0.05) == "0_05gf" and "." not in budget_key(0.035)
     val = headline({"val": EVALUATION["test"], "anytime": {}, "num_samples": 5000})
     assert set(val) == {"val", "gflops"}  # the split names the keys: never "test" for validation numbers
@@ -36,4 +40,5 @@ def test_results_table_fits_80_columns_whole():
     text = console.export_text()
     assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80, text
     assert "19.99" in text and "20.11" in text and "≤ 0.0001 GF: no τ fits" in text and "≤ 0.035 GF, τ 0.05" in text
+    assert "drop ≤ 1 pt, τ 0.43: held" in text and "19.31" in text
     assert "Results on test (10000 images, best.pt)" in text

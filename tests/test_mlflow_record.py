@@ -33,8 +33,10 @@ def record(tmp_path_factory):
     timings = {}
     for name, stage in (("evaluate", evaluate), ("rdm", rdm)):
         start = time.time()
-        run_id = stage(config, log=True).run_id
-        timings[name] = (run_id, 1000 * (time.time() - start))
+        outcome = stage(config, log=True)
+        timings[name] = (outcome.run_id, 1000 * (time.time() - start))
+        if name == "evaluate":
+            result.served_model_id = outcome.served_model_id
     return config, result, timings
 
 
@@ -132,3 +134,28 @@ def test_a_store_copied_with_its_checkout_is_refused_not_written_into_the_origin
     message = str(error.value)
     assert "\n" not in message and str(original / "mlartifacts") in message and "tracking.uri" in message
     assert not (original / "mlartifacts").exists() or not any((original / "mlartifacts").iterdir())
+
+
+def test_evaluate_logs_a_served_early_exit_model_with_its_fitted_thresholds(record):
+    """The evaluate stage logs the network as a served model of the training run: raw uint8
+    images in, per image the class, its name, the exit taken and the GFLOPs spent."""
+    config, result, _ = record
+    client = MlflowClient(config.tracking.uri)
+    logged = client.get_logged_model(result.served_model_id)
+    assert logged.source_run_id == result.run_id and logged.name == "served"
+    training = client.get_run(result.run_id).info  # logging into it later leaves its end as it was
+    assert training.status == "FINISHED" and training.end_time < client.get_run(timings_of(record)).info.start_time
+    samples = eed_data.read_split(config, "test", indices=list(range(8)))
+    raw = samples.images.permute(0, 2, 3, 1).numpy()
+    with using_tracking_uri(config.tracking.uri):
+        served = mlflow.pyfunc.load_model(f"models:/{result.served_model_id}")
+    everything = served.predict(raw, params={"threshold": 1.5})  # above every confidence: the main output
+    assert list(everything["exit"]) == ["main"] * 8
+    assert set(everything["class_name"]) <= set(samples.class_names)
+    earliest = served.predict(raw, params={"threshold": 0.0})
+    assert list(earliest["exit"]) == ["exit1"] * 8 and (earliest["gflops"] < everything["gflops"]).all()
+
+
+def timings_of(record) -> str:
+    """The evaluate run's id."""
+    return record[2]["evaluate"][0]

@@ -14,8 +14,10 @@ from torch import Tensor
 
 from eed.metrics import round_floats
 from eed.metrics.anytime import AnytimeReport
+from eed.metrics.calibration import CalibrationReport
 from eed.metrics.classification import (agreement_counts, ensemble_logits, expected_calibration_error,
                                         running_ensemble_logits, topk_accuracy)
+from eed.metrics.guarantee import GuaranteedThreshold
 
 if TYPE_CHECKING:
     from eed.engine.loops import Collected
@@ -40,6 +42,8 @@ class EvaluationReport:
     running: list[OutputMetrics]       # "upto_exit1" .. "upto_main": ensemble of the first j
     agreement: Tensor                  # (k-1, 2, 2), see agreement_counts
     anytime: AnytimeReport | None = None
+    calibration: CalibrationReport | None = None  # temperatures fitted on val, ECE/NLL on this split
+    guaranteed: GuaranteedResult | None = None    # the threshold with a guaranteed drop, checked here
     notes: list[str] = field(default_factory=list)  # what was skipped and why
 
     def metrics(self) -> dict[str, Any]:
@@ -59,7 +63,30 @@ class EvaluationReport:
                                "num_samples": self.num_samples}
         if self.anytime is not None:
             out["anytime"] = self.anytime.metrics()
+        if self.calibration is not None:
+            out["calibration"] = self.calibration.metrics()
+        if self.guaranteed is not None:
+            out["guaranteed"] = self.guaranteed.metrics()
         return round_floats(out)
+
+
+@dataclass
+class GuaranteedResult:
+    """A guaranteed threshold: fitted on ``fit`` 's split, checked on the report's split."""
+
+    fit: GuaranteedThreshold
+    check: dict[str, Any]  # guarantee.check_guarantee on the report's split
+    calibrated: bool       # fitted on temperature-scaled confidences
+
+    def metrics(self) -> dict[str, Any]:
+        fit, check = self.fit, self.check
+        out = {"max_drop": fit.max_drop, "delta": fit.delta, "feasible": int(fit.feasible),
+               "threshold": fit.threshold if fit.feasible else None, "calibrated": int(self.calibrated),
+               "val_drop": fit.val_drop, "val_bound": fit.val_bound, "accuracy": check["accuracy"],
+               "main_accuracy": check["main_accuracy"], "drop": check["drop"], "held": int(check["held"])}
+        if "gflops" in check:
+            out["gflops"] = check["gflops"]
+        return out
 
 
 def summarize(collected: Collected, names: Sequence[str], split: str, ece_bins: int = 15) -> EvaluationReport:

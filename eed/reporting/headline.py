@@ -9,7 +9,9 @@
 * ``gflops.exit1`` ... ``gflops.main``: GFLOPs per image to obtain each output;
 * ``early_exit.<budget>gf.test`` and ``.gflops``: early-exit top-1 (%) and the GFLOPs per
   image spent, at each budget of ``eval.budgets`` (threshold fitted on val), ``0_035gf``
-  for 0.035 GFLOPs (DVC splits keys at dots).
+  for 0.035 GFLOPs (DVC splits keys at dots);
+* ``early_exit.guaranteed.test``, ``.gflops``, ``.drop`` (points vs the main output) and
+  ``.held`` (1 when the drop stayed within ``eval.max_drop``): the guaranteed threshold.
 """
 
 from __future__ import annotations
@@ -56,6 +58,10 @@ def headline(evaluation: Mapping[str, Any]) -> dict[str, Any]:
             early_exit[budget_key(budget)] = {
                 split: None if fit.get("accuracy") is None else round(100 * fit["accuracy"], 2),
                 "gflops": None if fit.get("gflops") is None else float(f"{fit['gflops']:.4g}")}
+    guaranteed = evaluation.get("guaranteed")
+    if guaranteed:
+        early_exit["guaranteed"] = {split: round(100 * guaranteed["accuracy"], 2), "gflops": guaranteed.get("gflops"),
+                                    "drop": round(100 * guaranteed["drop"], 2), "held": guaranteed["held"]}
     results: dict[str, Any] = {split: accuracy, "gflops": gflops}
     if early_exit:
         results["early_exit"] = early_exit
@@ -96,7 +102,8 @@ def results_table(evaluation: Mapping[str, Any], training: Mapping[str, Any] | N
         table.add_row(*row)
     budgets = [(key.removeprefix("budget_").replace("_", "."), fit) for key, fit in anytime.items()
                if key.startswith("budget_") and isinstance(fit, Mapping)]
-    if budgets:  # one row per budget under a heading row, so that the table stays within 80 columns
+    guaranteed = evaluation.get("guaranteed")
+    if budgets or guaranteed:  # one row per budget under a heading row, so that the table stays within 80 columns
         table.rows[-1].end_section = True
         table.add_row("early exit (τ from val)", *[""] * (len(table.columns) - 1))
     for budget, fit in budgets:
@@ -106,4 +113,12 @@ def results_table(evaluation: Mapping[str, Any], training: Mapping[str, Any] | N
                _pct(fit.get("accuracy")), "", "—" if cost is None else f"{cost:.4f}",
                "—" if cost is None or not main_gflops else f"{100 * cost / main_gflops:.0f}"]
         table.add_row(*row, *([""] if maximum else []))
+    if guaranteed:
+        cost = guaranteed.get("gflops")
+        threshold = f", τ {guaranteed['threshold']:.2f}" if guaranteed.get("threshold") is not None else ": main"
+        outcome = "held" if guaranteed["held"] else "[bold]failed[/]"
+        table.add_row(f"  drop ≤ {100 * guaranteed['max_drop']:g} pt{threshold}: {outcome}",
+                      _pct(guaranteed["accuracy"]), "", "—" if cost is None else f"{cost:.4f}",
+                      "—" if cost is None or not main_gflops else f"{100 * cost / main_gflops:.0f}",
+                      *([""] if maximum else []))
     return table

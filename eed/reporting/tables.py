@@ -51,7 +51,43 @@ def evaluation_tables(report: "EvaluationReport") -> list[Table]:
                    "—" if fit.gflops is None else f"{fit.gflops:.4f}", _pct(fit.accuracy)]
             budgets.add_row(*row, *([_pct(fit.fit_accuracy)] if show_fit else []))
         tables.append(budgets)
+    if report.calibration is not None:
+        tables.append(calibration_table(report))
+    if report.guaranteed is not None:
+        tables.append(guaranteed_table(report))
     return tables
+
+
+def calibration_table(report: "EvaluationReport") -> Table:
+    """Temperature scaling per classifier: T fitted on val, ECE (%) and NLL before and after."""
+    calibration = report.calibration
+    table = Table(title=f"Calibration: temperature fitted on {calibration.fit_split}, "
+                        f"ECE (%) and NLL on {calibration.report_split}")
+    for column in ("classifier", "T", "ECE before", "ECE after", "NLL before", "NLL after"):
+        table.add_column(column, justify="left" if column == "classifier" else "right")
+    for i, name in enumerate(calibration.names):
+        table.add_row(name, f"{calibration.temperatures[i]:.3f}", _pct(calibration.ece_before[i]),
+                      _pct(calibration.ece_after[i]), f"{calibration.nll_before[i]:.4f}",
+                      f"{calibration.nll_after[i]:.4f}")
+    return table
+
+
+def guaranteed_table(report: "EvaluationReport") -> Table:
+    """The threshold whose accuracy drop vs the main output is guaranteed, and how it did."""
+    guaranteed = report.guaranteed
+    fit, check = guaranteed.fit, guaranteed.check
+    confidence = "calibrated" if guaranteed.calibrated else "raw"
+    table = Table(title=f"Guaranteed early exit: drop ≤ {100 * fit.max_drop:g} points with probability ≥ "
+                        f"{1 - fit.delta:g} (fitted on val, {confidence} confidences)")
+    for column in ("threshold", "val drop (bound)", f"{report.split} top-1", f"{report.split} drop",
+                   "GFLOPs", "held"):
+        table.add_column(column, justify="right")
+    threshold = f"{fit.threshold:.3f}" if fit.feasible else "none (main only)"
+    gflops = check.get("gflops")
+    table.add_row(threshold, f"{100 * fit.val_drop:.2f} ({100 * fit.val_bound:.2f})", _pct(check["accuracy"]),
+                  f"{100 * check['drop']:.2f}", "—" if gflops is None else f"{gflops:.4f}",
+                  "yes" if check["held"] else "[bold red]no[/]")
+    return table
 
 
 def flops_table(profile: "FlopsProfile") -> Table:

@@ -3,6 +3,7 @@ agreement and the early-exit curve of a checkpoint."""
 
 from __future__ import annotations
 
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,13 +12,16 @@ from typing import Callable
 import torch
 
 from eed import data as eed_data
+from eed import serving, tracking
 from eed.config import Config
-from eed.engine.checkpoint import ResolvedSource
+from eed.engine.checkpoint import ResolvedSource, save_checkpoint
 from eed.engine.loops import Collected, collect_outputs
 from eed.engine.runtime import setup_runtime
-from eed.metrics.anytime import AnytimeReport, ClassifierCosts, analyze, threshold_grid
+from eed.metrics.anytime import ABOVE_ONE, ClassifierCosts, analyze, threshold_grid
+from eed.metrics.calibration import apply_temperatures, calibrate
 from eed.metrics.flops import profile_model
-from eed.metrics.summary import EvaluationReport, summarize
+from eed.metrics.guarantee import check_guarantee, fit_guaranteed_threshold
+from eed.metrics.summary import EvaluationReport, GuaranteedResult, summarize
 from eed.models.multi_exit import MultiExitNet
 from eed.paths import ensure_writable, in_workspace
 from eed.progress import progress_bar, tracked
@@ -36,6 +40,7 @@ class EvaluationResult:
     files: list[Path]
     source: ResolvedSource
     run_id: str | None = None  # the evaluate run, when logged
+    served_model_id: str | None = None  # the served early-exit model logged with the training run
 
 
 def evaluate(config: Config, source: str | None = None, *, split: str | None = None, out: Path | None = None,
@@ -69,15 +74,17 @@ def evaluate(config: Config, source: str | None = None, *, split: str | None = N
     collected = collect(split)
     report = summarize(collected, names, split, config.eval.ece_bins)
     # A baseline's curve is the main output alone: one point, but the same files for DVC.
-    report.anytime = _anytime(model, collected, names, config, split, collect, report.notes)
+    _early_exit(model, collected, names, config, split, collect, report)
     if model.num_classifiers == 1:
         report.notes.append("no exits (baseline): no agreement matrices; the early-exit curve is one point")
     files = write_evaluation_outputs(report, out_dir, caption=figure_caption(config))
 
-    run_id = None
+    run_id = served_id = None
     if log:
         run_id = log_stage_run("evaluate", tracking_uri, config, resolved, split, report.metrics(), files, out_dir,
                                started=started, params=stage_params(config, EVAL_KEYS))
+        if model.num_classifiers > 1:  # the network with its fitted thresholds, servable, in the training run
+            served_id = _log_served_model(tracking_uri, resolved.run_id or run_id, resolved, report, config, split)
 
     printer = stdout()
     for table in tables.evaluation_tables(report):
@@ -87,21 +94,67 @@ def evaluate(config: Config, source: str | None = None, *, split: str | None = N
     printer.print(f"Wrote {len(files)} files to {out_dir}")
     if run_id:
         printer.print(f"MLflow run: {run_id}", highlight=False)
-    return EvaluationResult(report, files, resolved, run_id)
+    if served_id:
+        printer.print(f"Served early-exit model: models:/{served_id} (README, \"Deploy\")", highlight=False)
+    return EvaluationResult(report, files, resolved, run_id, served_id)
 
 
-def _anytime(model: MultiExitNet, collected: Collected, names: list[str], config: Config, split: str,
-             collect: Callable[[str], Collected], notes: list[str]) -> AnytimeReport:
-    """Early-exit curve on ``split``; budget thresholds fitted on the validation split."""
+# Checkpoint entries a served model does not need (the optimizer's state is as large as the weights).
+TRAINING_STATE = ("optimizer", "scheduler", "rng", "history", "partial_epoch")
+
+
+def _log_served_model(tracking_uri: str, run_id: str, source: ResolvedSource, report: EvaluationReport,
+                      config: Config, split: str) -> str:
+    """Log the evaluated network as a served early-exit model of ``run_id``, with the
+    thresholds fitted on val (budgets and the guaranteed one, the default when it exists),
+    the temperatures and the normalization; the input example is two raw images of ``split``."""
+    thresholds = {f"budget_{fit.budget:g}": fit.threshold for fit in (report.anytime.budgets if report.anytime else [])
+                  if fit.threshold is not None}
+    guaranteed = report.guaranteed
+    if guaranteed is not None and guaranteed.fit.feasible:
+        thresholds["max_drop"] = guaranteed.fit.threshold
+    samples = eed_data.read_split(config, split, indices=[0, 1])
+    settings = {"normalization": {"mean": list(samples.normalization.mean), "std": list(samples.normalization.std)},
+                "thresholds": thresholds, "class_names": list(samples.class_names),
+                "temperatures": report.calibration.temperatures if report.calibration else None,
+                # Without a guaranteed threshold, the main output for every image: nothing lost by default.
+                "default": "max_drop" if "max_drop" in thresholds else ABOVE_ONE}
+    weights = {key: value for key, value in source.checkpoint.items() if key not in TRAINING_STATE}
+    with tempfile.TemporaryDirectory(prefix="eed-served-") as folder:
+        checkpoint = save_checkpoint(weights, Path(folder) / "model.pt")
+        return tracking.log_served_model(tracking_uri, run_id, checkpoint, settings,
+                                         samples.images.permute(0, 2, 3, 1).numpy(), loader=serving.load_served)
+
+
+def _early_exit(model: MultiExitNet, collected: Collected, names: list[str], config: Config, split: str,
+                collect: Callable[[str], Collected], report: EvaluationReport) -> None:
+    """Calibration, the early-exit curve on ``split``, the budget thresholds and the guaranteed
+    threshold, all fitted on the validation split, into ``report``."""
     costs = ClassifierCosts.from_profile(profile_model(model, collected.input_shape[-1]))
-    fit_logits = fit_labels = fit_split = None
-    if config.eval.budgets:
-        if split == "val":
-            fit_logits, fit_labels, fit_split = collected.logits, collected.labels, "val"
-        elif config.data.val_size > 0:
-            validation = collect("val")
-            fit_logits, fit_labels, fit_split = validation.logits, validation.labels, "val"
-        else:
-            notes.append("budgets not fitted: data.val_size is 0, so there is no validation split to fit on")
-    return analyze(collected.logits, collected.labels, costs, threshold_grid(config.eval.thresholds), names,
-                   config.eval.budgets, fit_logits, fit_labels, fit_split)
+    settings = config.eval
+    fit = None  # the validation split's (logits, labels)
+    if split == "val":
+        fit = collected.logits, collected.labels
+        report.notes.append("evaluated on val, the split the thresholds and temperatures are fitted on: "
+                            "the guarantee and the calibration are not tested on held-out data")
+    elif config.data.val_size > 0:
+        validation = collect("val")
+        fit = validation.logits, validation.labels
+    else:
+        report.notes.append("budgets not fitted, no temperatures, no guaranteed threshold: data.val_size is 0, "
+                            "so there is no validation split to fit them on")
+    logits, fit_logits = collected.logits, fit[0] if fit else None
+    if fit is not None:
+        report.calibration = calibrate(*fit, collected.logits, collected.labels, names, settings.ece_bins,
+                                       fit_split="val", report_split=split)
+        if settings.calibrate:  # early exit on calibrated confidences (the argmax, so accuracy, is unchanged)
+            temperatures = torch.tensor(report.calibration.temperatures, dtype=torch.float64)
+            logits = apply_temperatures(logits.double(), temperatures)
+            fit_logits = apply_temperatures(fit_logits.double(), temperatures)
+    grid = threshold_grid(settings.thresholds)
+    report.anytime = analyze(logits, collected.labels, costs, grid, names, settings.budgets,
+                             fit_logits, fit[1] if fit else None, "val" if fit else None)
+    if fit is not None and settings.max_drop is not None and model.num_classifiers > 1:
+        chosen = fit_guaranteed_threshold(fit_logits, fit[1], grid, settings.max_drop, settings.delta, costs.anytime)
+        report.guaranteed = GuaranteedResult(chosen, check_guarantee(chosen, logits, collected.labels, costs.anytime),
+                                             calibrated=settings.calibrate)

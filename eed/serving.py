@@ -1,0 +1,195 @@
+"""A trained multi-exit network as a service: raw images in, one answer per image out.
+
+:class:`ServedModel` holds the network of a checkpoint with what serving needs besides the
+weights: the class names, the normalization the network was trained with, the named
+thresholds (the validation-fitted ones of ``eed evaluate``: ``budget_<gflops>``, ``max_drop``),
+optional per-classifier temperatures and the anytime cost of leaving at each classifier.
+:meth:`ServedModel.answer` runs early exit for real (:func:`eed.engine.early_exit.predict`):
+a sample that has left is not computed further. The tracking module wraps it as a logged,
+servable model (:mod:`eed.tracking`, "the served early-exit model"), built where it is
+loaded by :func:`load_served`.
+
+Pure torch/numpy: nothing here knows about the tracking store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from eed.data.augment import Normalizer
+from eed.data.catalog import Normalization
+from eed.engine.checkpoint import load_checkpoint, model_from_checkpoint
+from eed.engine.early_exit import Prediction, predict
+from eed.metrics.anytime import ClassifierCosts, confidences, leaves
+from eed.metrics.flops import profile_model
+from eed.models.multi_exit import MultiExitNet
+from eed.models.registry import get_spec
+
+# The answer's columns, in order (``logits`` only with ``return_logits``).
+COLUMNS = ("class", "class_name", "confidence", "exit", "exit_index", "gflops")
+
+
+@dataclass
+class CalibratedPrediction(Prediction):
+    """:class:`Prediction` plus, per sample, the logits of the classifiers it went through."""
+
+    logits: list[list[Tensor]] | None = None
+
+
+def predict_calibrated(model: MultiExitNet, x: Tensor, threshold: float, temperatures: Tensor | None = None,
+                       *, keep_logits: bool = False) -> CalibratedPrediction:
+    """:func:`eed.engine.early_exit.predict` with the exit rule on ``logits / T_i`` at classifier i
+    (temperature scaling: the classes are unchanged, the confidences are calibrated). With
+    ``keep_logits``, each sample's raw logits of every classifier it was evaluated by."""
+    n, k = x.shape[0], model.num_classifiers
+    temperatures = torch.ones(k) if temperatures is None else torch.as_tensor(temperatures, dtype=torch.float32)
+    classes = torch.empty(n, dtype=torch.long, device=x.device)
+    exit_index = torch.empty(n, dtype=torch.long, device=x.device)
+    confidence = torch.empty(n, dtype=torch.float32, device=x.device)
+    kept: list[list[Tensor]] = [[] for _ in range(n)]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.inference_mode():
+            remaining = torch.arange(n, device=x.device)
+            hidden = model.stem(x)
+            for stage_index, stage in enumerate(model.stages):
+                hidden = stage(hidden)
+                classifier = model.classifier_after_stage(stage_index)
+                if classifier is None:
+                    continue
+                _, logits = model.classify(classifier, hidden)
+                if keep_logits:
+                    for position, row in zip(remaining.tolist(), logits.float().cpu()):
+                        kept[position].append(row)
+                conf, predicted = confidences(logits / float(temperatures[classifier]))
+                done = leaves(conf, threshold) if classifier < k - 1 else torch.ones_like(conf, dtype=torch.bool)
+                leaving = remaining[done]
+                classes[leaving], confidence[leaving], exit_index[leaving] = predicted[done], conf[done], classifier
+                remaining, hidden = remaining[~done], hidden[~done]
+                if remaining.numel() == 0:
+                    break
+    finally:
+        model.train(was_training)
+    return CalibratedPrediction(classes, exit_index, confidence, None, kept if keep_logits else None)
+
+
+class ServedModel:
+    """A checkpoint's network, ready to answer images with early exit."""
+
+    def __init__(self, checkpoint: Mapping[str, Any], *, normalization: Normalization | Mapping[str, Sequence[float]],
+                 thresholds: Mapping[str, float] | None = None, temperatures: Sequence[float] | None = None,
+                 class_names: Sequence[str] | None = None, default: str | float | None = None,
+                 image_size: int | None = None, device: str | torch.device = "cpu"):
+        self.model = model_from_checkpoint(dict(checkpoint)).to(device).eval()
+        self.device = torch.device(device)
+        k = self.model.num_classifiers
+        self.names = self.model.classifier_names()
+        self.class_names = list(class_names if class_names is not None else checkpoint.get("class_names") or
+                                [str(i) for i in range(checkpoint["num_classes"])])
+        if len(self.class_names) != checkpoint["num_classes"]:
+            raise ValueError(f"{len(self.class_names)} class names for {checkpoint['num_classes']} classes")
+        if not isinstance(normalization, Normalization):
+            normalization = Normalization(mean=tuple(normalization["mean"]), std=tuple(normalization["std"]))
+        self.normalization = normalization
+        self.normalizer = Normalizer(normalization, device=self.device)
+        self.thresholds = {str(name): float(value) for name, value in (thresholds or {}).items()}
+        if temperatures is not None:
+            temperatures = [float(t) for t in temperatures]
+            if len(temperatures) != k or not all(np.isfinite(t) and t > 0 for t in temperatures):
+                raise ValueError(f"need {k} finite temperatures > 0 (one per classifier), got {temperatures}")
+        self.temperatures = temperatures
+        if isinstance(default, str) and default not in self.thresholds:
+            raise ValueError(f"default threshold {default!r} is not one of {sorted(self.thresholds)}")
+        self.default = default
+        self.image_size = int(image_size or get_spec(checkpoint["arch"]).input_size)
+        self.costs = ClassifierCosts.from_profile(profile_model(self.model, self.image_size))
+
+    # ------------------------------------------------------------------ inputs
+
+    def _batch(self, images: Any) -> Tensor:
+        """uint8 N x H x W x 3 (raw pixels) or float32 N x 3 x H x W (normalized) -> network input."""
+        size = self.image_size
+        expected = (f"uint8 raw pixels of shape (N, {size}, {size}, 3) or float32 normalized images of shape "
+                    f"(N, 3, {size}, {size})")
+        if not isinstance(images, np.ndarray):
+            raise ValueError(f"images must be a numpy array: {expected}; got {type(images).__name__}")
+        if images.dtype == np.uint8 and images.ndim == 4 and images.shape[1:] == (size, size, 3):
+            pixels = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2)
+            return self.normalizer(pixels)
+        if images.dtype == np.float32 and images.ndim == 4 and images.shape[1:] == (3, size, size):
+            if not np.isfinite(images).all():
+                raise ValueError("float32 images hold NaN or infinite values")
+            return torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
+        raise ValueError(f"images must be {expected}; got {images.dtype} of shape {tuple(images.shape)}")
+
+    def resolve_threshold(self, threshold: float | None = None, budget: str | None = None,
+                          use_max_drop: bool = False) -> float:
+        """An explicit threshold, a named one (``budget``), the ``max_drop`` one, else the default."""
+        chosen = [name for name, given in (("threshold", threshold is not None), ("budget", budget is not None),
+                                           ("max_drop", bool(use_max_drop))) if given]
+        if len(chosen) > 1:
+            raise ValueError(f"give one of threshold, budget and max_drop, not {' and '.join(chosen)}")
+        if threshold is not None:
+            threshold = float(threshold)
+            if not np.isfinite(threshold) or threshold < 0:
+                raise ValueError(f"threshold must be a number >= 0, got {threshold}")
+            return threshold
+        name = budget if budget is not None else "max_drop" if use_max_drop else self.default
+        if name is None:
+            raise ValueError(f"no threshold given and no default: pass threshold, or budget (one of "
+                             f"{sorted(self.thresholds)})")
+        if not isinstance(name, str):
+            return float(name)
+        if name not in self.thresholds:
+            raise ValueError(f"no threshold named {name!r}; known: {sorted(self.thresholds)}")
+        return self.thresholds[name]
+
+    # ------------------------------------------------------------------ answers
+
+    def answer(self, images: np.ndarray, threshold: float | None = None, budget: str | None = None,
+               use_max_drop: bool = False, calibrated: bool = False, return_logits: bool = False) -> dict[str, list]:
+        """One answer per image, as columns (:data:`COLUMNS`, plus ``logits`` with ``return_logits``:
+        per sample, the raw logits of each classifier it was evaluated by, exit1 first)."""
+        x = self._batch(images)
+        tau = self.resolve_threshold(threshold, budget, use_max_drop)
+        if calibrated and self.temperatures is None:
+            raise ValueError("calibrated answers need temperatures, and this model has none")
+        if calibrated or return_logits:
+            temperatures = torch.tensor(self.temperatures) if calibrated else None
+            result: Prediction = predict_calibrated(self.model, x, tau, temperatures, keep_logits=return_logits)
+        else:
+            result = predict(self.model, x, tau)
+        classes, exits = result.classes.cpu().tolist(), result.exit_index.cpu().tolist()
+        columns: dict[str, list] = {
+            "class": classes,
+            "class_name": [self.class_names[c] for c in classes],
+            "confidence": result.confidence.cpu().double().tolist(),
+            "exit": [self.names[e] for e in exits],
+            "exit_index": exits,
+            "gflops": [self.costs.anytime[e] for e in exits],
+        }
+        if return_logits:
+            columns["logits"] = [[row.tolist() for row in rows] for rows in result.logits]
+        return columns
+
+
+# Settings a served model takes (JSON, beside its checkpoint): the keyword arguments of ServedModel.
+SETTING_KEYS = ("normalization", "thresholds", "temperatures", "class_names", "default", "image_size")
+
+
+def load_served(checkpoint_path: str | Path, settings: Mapping[str, Any]) -> ServedModel:
+    """The served model of a checkpoint file and its settings (:data:`SETTING_KEYS`;
+    ``normalization`` required): what a logged served model is built from where it is loaded."""
+    unknown = sorted(set(settings) - set(SETTING_KEYS))
+    if unknown or "normalization" not in settings:
+        raise ValueError(f"served-model settings take {', '.join(SETTING_KEYS)} (normalization required); "
+                         f"got {sorted(settings)}")
+    arguments = {key: value for key, value in settings.items() if value is not None}
+    return ServedModel(load_checkpoint(checkpoint_path), **arguments)

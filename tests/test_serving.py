@@ -1,0 +1,297 @@
+"""The served early-exit model: ServedModel in process, the logged pyfunc model, the real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from eed.data.augment import Normalizer
+from eed.data.catalog import CIFAR10_NORMALIZATION
+from eed.engine.checkpoint import load_checkpoint, save_checkpoint
+from eed.engine.early_exit import predict
+from eed.metrics.anytime import ABOVE_ONE
+from eed.models.registry import create_model
+from eed.serving import ServedModel, load_served, predict_calibrated
+
+CLASS_NAMES = [f"class{i}" for i in range(10)]
+NORMALIZATION = {"mean": list(CIFAR10_NORMALIZATION.mean), "std": list(CIFAR10_NORMALIZATION.std)}
+THRESHOLDS = {"budget_0.035": 0.05, "max_drop": 0.43}
+TEMPERATURES = [1.7, 1.3, 0.8, 1.1]
+SETTINGS = {"normalization": NORMALIZATION, "thresholds": THRESHOLDS, "temperatures": TEMPERATURES,
+            "default": "max_drop"}
+
+
+@pytest.fixture(scope="module")
+def checkpoint_path(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    model = create_model("resnet18", 10, 4)
+    checkpoint = {"arch": "resnet18", "num_classes": 10, "width": 4, "exits": True, "class_names": CLASS_NAMES,
+                  "config": {}, "epoch": 0, "model": model.state_dict()}
+    return save_checkpoint(checkpoint, tmp_path_factory.mktemp("ckpt") / "best.pt")
+
+
+@pytest.fixture(scope="module")
+def served(checkpoint_path) -> ServedModel:
+    return ServedModel(load_checkpoint(checkpoint_path), **SETTINGS)
+
+
+@pytest.fixture(scope="module")
+def images() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, size=(12, 32, 32, 3), dtype=np.uint8)
+
+
+def normalized(images: np.ndarray) -> torch.Tensor:
+    return Normalizer(CIFAR10_NORMALIZATION)(torch.from_numpy(images).permute(0, 3, 1, 2))
+
+
+def middle_threshold(served: ServedModel, images: np.ndarray) -> float:
+    """A threshold at which the samples do not all leave at the same classifier."""
+    for tau in np.linspace(0.1, 0.3, 41):
+        if len(set(served.answer(images, threshold=float(tau))["exit_index"])) > 1:
+            return float(tau)
+    pytest.fail("no threshold splits the samples over several exits")
+
+
+# --------------------------------------------------------------------------- in process
+
+
+def test_answer_equals_predict_on_normalized_images(served, images):
+    tau = middle_threshold(served, images)
+    answer = served.answer(images, threshold=tau)
+    reference = predict(served.model, normalized(images), tau)
+    assert answer["class"] == reference.classes.tolist()
+    assert answer["exit_index"] == reference.exit_index.tolist()
+    assert answer["confidence"] == reference.confidence.double().tolist()
+    assert answer["class_name"] == [CLASS_NAMES[c] for c in answer["class"]]
+    assert answer["exit"] == [served.names[e] for e in answer["exit_index"]]
+    assert list(answer) == ["class", "class_name", "confidence", "exit", "exit_index", "gflops"]
+    # uint8 pixels and the same images already normalized give the same answers
+    assert served.answer(normalized(images).numpy(), threshold=tau) == answer
+
+
+def test_thresholds_gflops_and_named_thresholds(served, images):
+    k = served.model.num_classifiers
+    assert served.answer(images, threshold=0.0)["exit"] == ["exit1"] * len(images)
+    assert served.answer(images, threshold=ABOVE_ONE)["exit"] == ["main"] * len(images)
+    assert served.answer(images, threshold=1.5)["exit_index"] == [k - 1] * len(images)
+    answer = served.answer(images, threshold=middle_threshold(served, images))
+    assert answer["gflops"] == [served.costs.anytime[e] for e in answer["exit_index"]]
+    assert served.costs.anytime == sorted(served.costs.anytime) and served.costs.anytime[0] > 0
+    assert served.answer(images, budget="budget_0.035") == served.answer(images, threshold=0.05)
+    assert served.answer(images, use_max_drop=True) == served.answer(images, threshold=0.43)
+    assert served.answer(images) == served.answer(images, threshold=0.43)  # the default: max_drop
+
+
+def test_predict_calibrated_with_unit_temperatures_is_predict(served, images):
+    x = normalized(images)
+    tau = middle_threshold(served, images)
+    mine = predict_calibrated(served.model, x, tau, torch.ones(4), keep_logits=True)
+    reference = predict(served.model, x, tau)
+    for name in ("classes", "exit_index", "confidence"):
+        assert torch.equal(getattr(mine, name), getattr(reference, name)), name
+    # the logits kept are those of the classifiers each sample went through
+    served.model.eval()
+    with torch.inference_mode():
+        full = served.model(x).logits
+    assert [len(rows) for rows in mine.logits] == [e + 1 for e in mine.exit_index.tolist()]
+    for i, rows in enumerate(mine.logits):
+        for j, row in enumerate(rows):
+            torch.testing.assert_close(row, full[j][i].float(), rtol=1e-4, atol=1e-5)
+
+
+def test_calibrated_answers_use_the_temperatures(served, images):
+    tau = middle_threshold(served, images)
+    plain, calibrated = served.answer(images, threshold=tau), served.answer(images, threshold=tau, calibrated=True)
+    reference = predict_calibrated(served.model, normalized(images), tau, torch.tensor(TEMPERATURES))
+    assert calibrated["exit_index"] == reference.exit_index.tolist()
+    assert calibrated["confidence"] == reference.confidence.double().tolist()
+    assert calibrated["confidence"] != plain["confidence"]
+    with_logits = served.answer(images, threshold=tau, return_logits=True)
+    assert {key: with_logits[key] for key in plain} == plain
+    assert [len(rows) for rows in with_logits["logits"]] == [e + 1 for e in plain["exit_index"]]
+    assert all(len(row) == 10 for rows in with_logits["logits"] for row in rows)
+
+
+@pytest.mark.parametrize("bad", [
+    np.zeros((2, 3, 32, 32), dtype=np.uint8),      # uint8 must be N x H x W x 3
+    np.zeros((2, 32, 32, 3), dtype=np.float32),    # floats must be N x 3 x H x W
+    np.zeros((32, 32, 3), dtype=np.uint8),         # one image without its batch dimension
+    np.zeros((2, 16, 16, 3), dtype=np.uint8),      # the wrong size
+    np.zeros((2, 3, 32, 32), dtype=np.float64),    # float64
+    [[0, 1, 2]],                                   # not an array
+])
+def test_bad_inputs_are_a_clear_value_error(served, bad):
+    with pytest.raises(ValueError, match=r"uint8 raw pixels of shape \(N, 32, 32, 3\) or float32 normalized"):
+        served.answer(bad, threshold=0.5)
+
+
+def test_bad_threshold_choices(served, images):
+    with pytest.raises(ValueError, match="no threshold named 'budget_9'"):
+        served.answer(images, budget="budget_9")
+    with pytest.raises(ValueError, match="not threshold and budget"):
+        served.answer(images, threshold=0.3, budget="max_drop")
+    with pytest.raises(ValueError, match=">= 0"):
+        served.answer(images, threshold=-1.0)
+    no_temperatures = ServedModel(served_checkpoint(served), normalization=NORMALIZATION)
+    with pytest.raises(ValueError, match="need temperatures"):
+        no_temperatures.answer(images, threshold=0.3, calibrated=True)
+    with pytest.raises(ValueError, match="no threshold given and no default"):
+        no_temperatures.answer(images)
+
+
+def served_checkpoint(served: ServedModel) -> dict:
+    return {"arch": "resnet18", "num_classes": 10, "width": 4, "exits": True, "class_names": CLASS_NAMES,
+            "model": served.model.state_dict()}
+
+
+# --------------------------------------------------------------------------- logged and served
+
+
+@pytest.fixture(scope="module")
+def logged(tmp_path_factory, checkpoint_path, images) -> tuple[str, str]:
+    from mlflow.tracking import MlflowClient
+
+    from eed.tracking import log_served_model
+
+    store = tmp_path_factory.mktemp("store")
+    uri = f"sqlite:///{store / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    experiment = client.create_experiment("serving", artifact_location=(store / "artifacts").as_uri())
+    run = client.create_run(experiment)
+    model_id = log_served_model(uri, run.info.run_id, checkpoint_path, SETTINGS, images[:2], loader=load_served)
+    client.set_terminated(run.info.run_id)
+    return uri, model_id
+
+
+def as_columns(frame) -> dict[str, list]:
+    return {column: frame[column].tolist() for column in frame.columns}
+
+
+def test_logged_model_answers_like_the_served_model(logged, served, images):
+    import mlflow.pyfunc
+
+    from eed.tracking import using_tracking_uri
+
+    uri, model_id = logged
+    with using_tracking_uri(uri):
+        model = mlflow.pyfunc.load_model(f"models:/{model_id}")
+    params = model.metadata.get_params_schema()
+    assert [p.name for p in params.params] == ["threshold", "budget", "max_drop", "calibrated", "return_logits"]
+    assert as_columns(model.predict(images, params={"threshold": 0.2})) == served.answer(images, threshold=0.2)
+    assert as_columns(model.predict(images)) == served.answer(images)
+    assert as_columns(model.predict(images, params={"budget": "budget_0.035", "calibrated": True})) == \
+        served.answer(images, budget="budget_0.035", calibrated=True)
+    assert as_columns(model.predict(images, params={"max_drop": True})) == served.answer(images, use_max_drop=True)
+    with_logits = model.predict(images[:3], params={"threshold": 0.2, "return_logits": True})
+    assert as_columns(with_logits)["logits"] == served.answer(images[:3], threshold=0.2, return_logits=True)["logits"]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(logged, tmp_path_factory):
+    uri, model_id = logged
+    port = free_port()
+    log = (tmp_path_factory.mktemp("server") / "server.log").open("w")
+    mlflow_cli = Path(sys.executable).with_name("mlflow")
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    process = subprocess.Popen([str(mlflow_cli), "models", "serve", "-m", f"models:/{model_id}", "--env-manager",
+                                "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            if process.poll() is not None:
+                pytest.fail(f"the server exited ({process.returncode}): {Path(log.name).read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{base}/ping", timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"the server did not answer /ping in 120 s: {Path(log.name).read_text()[-3000:]}")
+            time.sleep(1)
+        yield base
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, 15)  # the server's own process group (it starts workers)
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, 9)
+                process.wait()
+        log.close()
+
+
+def invoke(base: str, body: dict) -> tuple[int, dict]:
+    request = urllib.request.Request(f"{base}/invocations", data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read() or b"{}")
+
+
+def test_the_real_server_answers_like_the_served_model(server, served, images):
+    status, reply = invoke(server, {"inputs": images.tolist(), "params": {"threshold": 0.2}})
+    assert status == 200, reply
+    expected = served.answer(images, threshold=0.2)
+    rows = reply["predictions"]
+    assert {key: [row[key] for row in rows] for key in expected} == expected
+    status, reply = invoke(server, {"inputs": images[:2].tolist(), "params": {"budget": "budget_9"}})
+    assert status >= 400 and "budget_9" in json.dumps(reply)
+
+
+NO_EDITABLE_EED = """
+import sys
+# Drop the editable install's finder: eed must come from the model's own code copy.
+sys.meta_path[:] = [f for f in sys.meta_path if "editable" not in str(getattr(f, "__module__", ""))]
+try:
+    import eed
+    sys.exit("eed importable without the model: " + eed.__file__)
+except ImportError:
+    pass
+import json, mlflow.pyfunc, numpy as np
+mlflow.set_tracking_uri(sys.argv[1])
+model = mlflow.pyfunc.load_model("models:/" + sys.argv[2])
+import eed
+images = np.asarray(json.loads(sys.argv[3]), dtype=np.uint8)
+print(json.dumps({"eed": eed.__file__, "answer": model.predict(images, params={"threshold": 0.2}).to_dict("list")}))
+"""
+
+
+def test_the_logged_model_brings_its_own_eed(logged, served, images, tmp_path):
+    uri, model_id = logged
+    done = subprocess.run([sys.executable, "-c", NO_EDITABLE_EED, uri, model_id, json.dumps(images[:3].tolist())],
+                          check=False, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    reply = json.loads(done.stdout.strip().splitlines()[-1])
+    assert f"{model_id}/artifacts/code/eed/" in reply["eed"]
+    assert reply["answer"] == served.answer(images[:3], threshold=0.2)
+
+
+def test_load_served_checks_its_settings(checkpoint_path, images):
+    assert load_served(checkpoint_path, SETTINGS).answer(images, threshold=0.2) == \
+        ServedModel(load_checkpoint(checkpoint_path), **SETTINGS).answer(images, threshold=0.2)
+    with pytest.raises(ValueError, match="normalization required"):
+        load_served(checkpoint_path, {"thresholds": THRESHOLDS})
+    with pytest.raises(ValueError, match="got \\['normalization', 'treshold'\\]"):
+        load_served(checkpoint_path, {"normalization": NORMALIZATION, "treshold": 0.3})
