@@ -14,7 +14,6 @@ Pure torch/numpy: nothing here knows about the tracking store.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -25,59 +24,13 @@ from torch import Tensor
 from eed.data.augment import Normalizer
 from eed.data.catalog import Normalization
 from eed.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from eed.engine.early_exit import Prediction, predict
-from eed.metrics.anytime import ClassifierCosts, confidences, leaves
+from eed.engine.early_exit import predict
+from eed.metrics.anytime import ClassifierCosts
 from eed.metrics.flops import profile_model
-from eed.models.multi_exit import MultiExitNet
 from eed.models.registry import get_spec
 
 # The answer's columns, in order (``logits`` only with ``return_logits``).
 COLUMNS = ("class", "class_name", "confidence", "exit", "exit_index", "gflops")
-
-
-@dataclass
-class CalibratedPrediction(Prediction):
-    """:class:`Prediction` plus, per sample, the logits of the classifiers it went through."""
-
-    logits: list[list[Tensor]] | None = None
-
-
-def predict_calibrated(model: MultiExitNet, x: Tensor, threshold: float, temperatures: Tensor | None = None,
-                       *, keep_logits: bool = False) -> CalibratedPrediction:
-    """:func:`eed.engine.early_exit.predict` with the exit rule on ``logits / T_i`` at classifier i
-    (temperature scaling: the classes are unchanged, the confidences are calibrated). With
-    ``keep_logits``, each sample's raw logits of every classifier it was evaluated by."""
-    n, k = x.shape[0], model.num_classifiers
-    temperatures = torch.ones(k) if temperatures is None else torch.as_tensor(temperatures, dtype=torch.float32)
-    classes = torch.empty(n, dtype=torch.long, device=x.device)
-    exit_index = torch.empty(n, dtype=torch.long, device=x.device)
-    confidence = torch.empty(n, dtype=torch.float32, device=x.device)
-    kept: list[list[Tensor]] = [[] for _ in range(n)]
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            remaining = torch.arange(n, device=x.device)
-            hidden = model.stem(x)
-            for stage_index, stage in enumerate(model.stages):
-                hidden = stage(hidden)
-                classifier = model.classifier_after_stage(stage_index)
-                if classifier is None:
-                    continue
-                _, logits = model.classify(classifier, hidden)
-                if keep_logits:
-                    for position, row in zip(remaining.tolist(), logits.float().cpu()):
-                        kept[position].append(row)
-                conf, predicted = confidences(logits / float(temperatures[classifier]))
-                done = leaves(conf, threshold) if classifier < k - 1 else torch.ones_like(conf, dtype=torch.bool)
-                leaving = remaining[done]
-                classes[leaving], confidence[leaving], exit_index[leaving] = predicted[done], conf[done], classifier
-                remaining, hidden = remaining[~done], hidden[~done]
-                if remaining.numel() == 0:
-                    break
-    finally:
-        model.train(was_training)
-    return CalibratedPrediction(classes, exit_index, confidence, None, kept if keep_logits else None)
 
 
 class ServedModel:
@@ -161,11 +114,8 @@ class ServedModel:
         tau = self.resolve_threshold(threshold, budget, use_max_drop)
         if calibrated and self.temperatures is None:
             raise ValueError("calibrated answers need temperatures, and this model has none")
-        if calibrated or return_logits:
-            temperatures = torch.tensor(self.temperatures) if calibrated else None
-            result: Prediction = predict_calibrated(self.model, x, tau, temperatures, keep_logits=return_logits)
-        else:
-            result = predict(self.model, x, tau)
+        result = predict(self.model, x, tau, temperatures=self.temperatures if calibrated else None,
+                         keep_logits=return_logits)
         classes, exits = result.classes.cpu().tolist(), result.exit_index.cpu().tolist()
         columns: dict[str, list] = {
             "class": classes,

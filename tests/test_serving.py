@@ -22,7 +22,7 @@ from eed.engine.checkpoint import load_checkpoint, save_checkpoint
 from eed.engine.early_exit import predict
 from eed.metrics.anytime import ABOVE_ONE
 from eed.models.registry import create_model
-from eed.serving import ServedModel, load_served, predict_calibrated
+from eed.serving import ServedModel, load_served
 
 CLASS_NAMES = [f"class{i}" for i in range(10)]
 NORMALIZATION = {"mean": list(CIFAR10_NORMALIZATION.mean), "std": list(CIFAR10_NORMALIZATION.std)}
@@ -93,10 +93,10 @@ def test_thresholds_gflops_and_named_thresholds(served, images):
     assert served.answer(images) == served.answer(images, threshold=0.43)  # the default: max_drop
 
 
-def test_predict_calibrated_with_unit_temperatures_is_predict(served, images):
+def test_predict_with_unit_temperatures_is_predict_and_keeps_the_logits(served, images):
     x = normalized(images)
     tau = middle_threshold(served, images)
-    mine = predict_calibrated(served.model, x, tau, torch.ones(4), keep_logits=True)
+    mine = predict(served.model, x, tau, temperatures=torch.ones(4), keep_logits=True)
     reference = predict(served.model, x, tau)
     for name in ("classes", "exit_index", "confidence"):
         assert torch.equal(getattr(mine, name), getattr(reference, name)), name
@@ -113,7 +113,7 @@ def test_predict_calibrated_with_unit_temperatures_is_predict(served, images):
 def test_calibrated_answers_use_the_temperatures(served, images):
     tau = middle_threshold(served, images)
     plain, calibrated = served.answer(images, threshold=tau), served.answer(images, threshold=tau, calibrated=True)
-    reference = predict_calibrated(served.model, normalized(images), tau, torch.tensor(TEMPERATURES))
+    reference = predict(served.model, normalized(images), tau, temperatures=TEMPERATURES)
     assert calibrated["exit_index"] == reference.exit_index.tolist()
     assert calibrated["confidence"] == reference.confidence.double().tolist()
     assert calibrated["confidence"] != plain["confidence"]
@@ -209,7 +209,9 @@ def server(logged, tmp_path_factory):
     port = free_port()
     log = (tmp_path_factory.mktemp("server") / "server.log").open("w")
     mlflow_cli = Path(sys.executable).with_name("mlflow")
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri}
+    # The server execs `uvicorn` from PATH: the venv's bin folder first, as when it is activated.
+    env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
+           "PATH": f"{mlflow_cli.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
     process = subprocess.Popen([str(mlflow_cli), "models", "serve", "-m", f"models:/{model_id}", "--env-manager",
                                 "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)

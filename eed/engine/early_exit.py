@@ -8,6 +8,7 @@ the samples that have left from the batch before the next stage runs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 from torch import Tensor
@@ -25,6 +26,8 @@ class Prediction:
     confidence: Tensor
     # With ``count_stages=True``: how many samples each trunk stage processed.
     stage_samples: list[int] | None = None
+    # With ``keep_logits=True``: per sample, the raw logits of every classifier it was evaluated by.
+    logits: list[list[Tensor]] | None = None
 
     @property
     def stages_run(self) -> int | None:
@@ -32,18 +35,24 @@ class Prediction:
         return None if self.stage_samples is None else sum(self.stage_samples)
 
 
-def predict(model: MultiExitNet, x: Tensor, threshold: float, *, count_stages: bool = False) -> Prediction:
+def predict(model: MultiExitNet, x: Tensor, threshold: float, *, count_stages: bool = False,
+            temperatures: Sequence[float] | Tensor | None = None, keep_logits: bool = False) -> Prediction:
     """Early-exit inference on a batch that really stops computing.
 
     After each exit, samples whose confidence reaches ``threshold`` are removed from the
     batch; the next stage runs only on the rest, and the loop ends when none are left.
     ``count_stages`` records, with forward hooks, how many samples each stage processed.
+    ``temperatures`` (one per classifier): the rule judges the confidence of ``logits / T_i``
+    (temperature scaling; the predicted classes are unchanged). ``keep_logits`` keeps each
+    sample's raw logits of every classifier it went through.
     """
     n = x.shape[0]
     device = x.device
     classes = torch.empty(n, dtype=torch.long, device=device)
     exit_index = torch.empty(n, dtype=torch.long, device=device)
     confidence = torch.empty(n, dtype=torch.float32, device=device)
+    scale = None if temperatures is None else [float(t) for t in temperatures]
+    kept: list[list[Tensor]] = [[] for _ in range(n)]
     stage_samples = [0] * len(model.stages)
     hooks = []
     if count_stages:
@@ -64,7 +73,10 @@ def predict(model: MultiExitNet, x: Tensor, threshold: float, *, count_stages: b
                 if classifier is None:
                     continue
                 _, logits = model.classify(classifier, hidden)
-                conf, predicted = confidences(logits)
+                if keep_logits:
+                    for position, row in zip(remaining.tolist(), logits.float().cpu()):
+                        kept[position].append(row)
+                conf, predicted = confidences(logits if scale is None else logits / scale[classifier])
                 done = leaves(conf, threshold) if classifier < k - 1 else torch.ones_like(conf, dtype=torch.bool)
                 leaving = remaining[done]
                 classes[leaving] = predicted[done]
@@ -77,4 +89,5 @@ def predict(model: MultiExitNet, x: Tensor, threshold: float, *, count_stages: b
         model.train(was_training)
         for hook in hooks:
             hook.remove()
-    return Prediction(classes, exit_index, confidence, stage_samples if count_stages else None)
+    return Prediction(classes, exit_index, confidence, stage_samples if count_stages else None,
+                      kept if keep_logits else None)
