@@ -133,7 +133,7 @@ def train(config: Config, out_dir: str | Path, *, resume: str | Path | bool = "a
         logger.set_tags({CHECKPOINT_TAG: str(last_path.resolve())})
     elif logger and adopted:
         logger.log_params(flatten(config))  # in case the kill came before they were logged (same values)
-    datasets = _dataset_records(config, manifest, train_loader.num_samples)
+    datasets = _dataset_records(config, manifest)
     if logger:
         logger.log_datasets(list(datasets.values()))
     # The checkpoint's history is the record of every finished epoch (it matches its weights);
@@ -358,12 +358,14 @@ def _run_description(config: Config, objective: ExitEnsembleObjective) -> str:
             f"seed {config.seed}, {config.scale} scale, {config.reference} reference.")
 
 
-def _dataset_records(config: Config, manifest: Any, train_images: int) -> dict[str, tracking.DatasetRecord]:
+def _dataset_records(config: Config, manifest: Any) -> dict[str, tracking.DatasetRecord]:
     """The prepared splits a run reads, for MLflow's Datasets: digests from the manifest's
     sha256 (the training set's also from the subset it draws, which changes what is read)."""
     import hashlib
 
-    used = {"train": train_images}
+    # The images all processes together read (a loader's count is its process's share under DDP).
+    used = {"train": min(config.data.train_subset or manifest.splits["train"].num_samples,
+                         manifest.splits["train"].num_samples)}
     contexts = {"train": "training", "val": "validation", "test": "test"}
     records = {}
     for split, context in contexts.items():
