@@ -286,6 +286,14 @@ def fake_data(monkeypatch):
     monkeypatch.setattr(eed.data, "load_manifest",
                         lambda config: SimpleNamespace(num_classes=10, class_names=list(CLASS_NAMES)), raising=False)
     monkeypatch.setattr(eed.data, "make_loader", make_loader, raising=False)
+
+    def read_split(config, split, indices=None):  # the raw pixels (the served model's input example)
+        chosen = list(range(len(splits[split][1]))) if indices is None else list(indices)
+        pixels = torch.randint(0, 256, (len(chosen), 3, 32, 32), dtype=torch.uint8, generator=generator)
+        return SimpleNamespace(images=pixels, labels=splits[split][1][chosen], class_names=list(CLASS_NAMES),
+                               normalization=SimpleNamespace(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)))
+
+    monkeypatch.setattr(eed.data, "read_split", read_split, raising=False)
     return splits
 
 

@@ -170,7 +170,8 @@ def assert_repro_ends_with_the_results(stdout: str, out: Path, evaluation: dict)
     assert results["test"]["main"] == round(100 * evaluation["test"]["acc_main"], 2)
     assert set(results["test"]) == {"exit1", "exit2", "exit3", "main", "ens"}
     assert set(results["gflops"]) == {"exit1", "exit2", "exit3", "main"}
-    assert set(results["early_exit"]) == {"0_001gf"}
+    assert set(results["early_exit"]) == {"0_001gf", "guaranteed"}
+    assert set(results["early_exit"]["guaranteed"]) == {"test", "gflops", "drop", "held"}
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     assert [name for name, stage in stages.items() if "metrics" in stage] == ["report"]
     resolved = yaml.safe_load((out / "resolved.yaml").read_text())["resolved"]

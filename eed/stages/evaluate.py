@@ -81,10 +81,15 @@ def evaluate(config: Config, source: str | None = None, *, split: str | None = N
 
     run_id = served_id = None
     if log:
+        # The network with its fitted thresholds, servable, in the training run (first: the evaluate
+        # run then spans all of the stage's work); a stand-alone evaluation keeps it in its own run.
+        serve = model.num_classifiers > 1
+        if serve and resolved.run_id:
+            served_id = _log_served_model(tracking_uri, resolved.run_id, resolved, report, config, split)
         run_id = log_stage_run("evaluate", tracking_uri, config, resolved, split, report.metrics(), files, out_dir,
                                started=started, params=stage_params(config, EVAL_KEYS))
-        if model.num_classifiers > 1:  # the network with its fitted thresholds, servable, in the training run
-            served_id = _log_served_model(tracking_uri, resolved.run_id or run_id, resolved, report, config, split)
+        if serve and not resolved.run_id:
+            served_id = _log_served_model(tracking_uri, run_id, resolved, report, config, split)
 
     printer = stdout()
     for table in tables.evaluation_tables(report):
