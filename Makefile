@@ -21,15 +21,22 @@ run: export EED_DATA_ROOT := $(abspath ../shared/data)
 endif
 endif
 
-.PHONY: run test setup system-deps
+.PHONY: run test setup system-deps gpu-check
 
 run: setup
 	dvc repro
 
+# Two pytest-xdist workers: the suite waits on subprocesses (dvc, torchrun, servers) a good part of
+# its time, so two workers fill the two cores of a CI machine. PYTEST_WORKERS=0 runs in one process.
+PYTEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS)
 
 setup: $(STAMP)
+
+# On a GPU machine: set up, CUDA tests, timed race, grid throughput (bench/gpu_check.sh; issue 16).
+gpu-check:
+	bench/gpu_check.sh
 
 system-deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

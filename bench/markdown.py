@@ -7,7 +7,7 @@ import json
 
 from bench import common
 
-ORDER = ("loaders", "train_overhead", "objective", "evaluation", "early_exit", "memory")
+ORDER = ("loaders", "train_overhead", "objective", "evaluation", "early_exit", "memory", "serving")
 
 
 def rows() -> list[str]:

@@ -11,6 +11,7 @@ from typer.core import TyperCommand, TyperGroup
 
 from eed.commands.compare_cmd import compare
 from eed.commands.evaluate_cmd import evaluate
+from eed.commands.export_cmd import export, register
 from eed.commands.flops_cmd import flops
 from eed.commands.models_cmd import models
 from eed.commands.prepare_cmd import prepare
@@ -81,7 +82,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-for command in (models, flops, resolve, prepare, train, evaluate, rdm, report, compare):
+for command in (models, flops, resolve, prepare, train, evaluate, export, register, rdm, report, compare):
     app.command(cls=Command)(command)
 
 if __name__ == "__main__":

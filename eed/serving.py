@@ -39,7 +39,7 @@ class ServedModel:
     def __init__(self, checkpoint: Mapping[str, Any], *, normalization: Normalization | Mapping[str, Sequence[float]],
                  thresholds: Mapping[str, float] | None = None, temperatures: Sequence[float] | None = None,
                  class_names: Sequence[str] | None = None, default: str | float | None = None,
-                 image_size: int | None = None, device: str | torch.device = "cpu"):
+                 image_size: int | None = None, calibrated: bool = False, device: str | torch.device = "cpu"):
         self.model = model_from_checkpoint(dict(checkpoint)).to(device).eval()
         self.device = torch.device(device)
         k = self.model.num_classifiers
@@ -58,6 +58,10 @@ class ServedModel:
             if len(temperatures) != k or not all(np.isfinite(t) and t > 0 for t in temperatures):
                 raise ValueError(f"need {k} finite temperatures > 0 (one per classifier), got {temperatures}")
         self.temperatures = temperatures
+        # The named thresholds were fitted on calibrated confidences (eval.calibrate): they hold only on those.
+        self.calibrated = bool(calibrated)
+        if self.calibrated and temperatures is None:
+            raise ValueError("thresholds fitted on calibrated confidences need the temperatures")
         if isinstance(default, str) and default not in self.thresholds:
             raise ValueError(f"default threshold {default!r} is not one of {sorted(self.thresholds)}")
         self.default = default
@@ -85,6 +89,10 @@ class ServedModel:
     def resolve_threshold(self, threshold: float | None = None, budget: str | None = None,
                           use_max_drop: bool = False) -> float:
         """An explicit threshold, a named one (``budget``), the ``max_drop`` one, else the default."""
+        return self._choose(threshold, budget, use_max_drop)[1]
+
+    def _choose(self, threshold: float | None, budget: str | None, use_max_drop: bool) -> tuple[str | None, float]:
+        """(the name of the chosen threshold, None for an explicit number; its value)."""
         chosen = [name for name, given in (("threshold", threshold is not None), ("budget", budget is not None),
                                            ("max_drop", bool(use_max_drop))) if given]
         if len(chosen) > 1:
@@ -93,25 +101,36 @@ class ServedModel:
             threshold = float(threshold)
             if not np.isfinite(threshold) or threshold < 0:
                 raise ValueError(f"threshold must be a number >= 0, got {threshold}")
-            return threshold
+            return None, threshold
         name = budget if budget is not None else "max_drop" if use_max_drop else self.default
         if name is None:
             raise ValueError(f"no threshold given and no default: pass threshold, or budget (one of "
                              f"{sorted(self.thresholds)})")
         if not isinstance(name, str):
-            return float(name)
+            return None, float(name)
         if name not in self.thresholds:
             raise ValueError(f"no threshold named {name!r}; known: {sorted(self.thresholds)}")
-        return self.thresholds[name]
+        return name, self.thresholds[name]
 
     # ------------------------------------------------------------------ answers
 
     def answer(self, images: np.ndarray, threshold: float | None = None, budget: str | None = None,
-               use_max_drop: bool = False, calibrated: bool = False, return_logits: bool = False) -> dict[str, list]:
+               use_max_drop: bool = False, calibrated: bool | None = None,
+               return_logits: bool = False) -> dict[str, list]:
         """One answer per image, as columns (:data:`COLUMNS`, plus ``logits`` with ``return_logits``:
-        per sample, the raw logits of each classifier it was evaluated by, exit1 first)."""
+        per sample, the raw logits of each classifier it was evaluated by, exit1 first).
+
+        ``calibrated``: judge the temperature-scaled confidences. Unset, a named threshold uses
+        the confidences it was fitted on and an explicit one the raw confidences; a named
+        threshold asked for on the other kind is refused (its fit, and guarantee, do not hold there).
+        """
         x = self._batch(images)
-        tau = self.resolve_threshold(threshold, budget, use_max_drop)
+        name, tau = self._choose(threshold, budget, use_max_drop)
+        if name is not None and calibrated is not None and bool(calibrated) != self.calibrated:
+            fitted = "calibrated" if self.calibrated else "raw"
+            raise ValueError(f"threshold {name!r} was fitted on {fitted} confidences: leave calibrated unset "
+                             f"or set it to {str(self.calibrated).lower()}")
+        calibrated = self.calibrated if calibrated is None and name is not None else bool(calibrated)
         if calibrated and self.temperatures is None:
             raise ValueError("calibrated answers need temperatures, and this model has none")
         result = predict(self.model, x, tau, temperatures=self.temperatures if calibrated else None,
@@ -131,7 +150,7 @@ class ServedModel:
 
 
 # Settings a served model takes (JSON, beside its checkpoint): the keyword arguments of ServedModel.
-SETTING_KEYS = ("normalization", "thresholds", "temperatures", "class_names", "default", "image_size")
+SETTING_KEYS = ("normalization", "thresholds", "temperatures", "class_names", "default", "image_size", "calibrated")
 
 
 def load_served(checkpoint_path: str | Path, settings: Mapping[str, Any]) -> ServedModel:

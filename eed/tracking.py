@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 from urllib.parse import urlparse
 
 from eed.config import Config, flatten, to_yaml
-from eed.errors import SourceError, TrackingError
+from eed.errors import ConfigError, SourceError, TrackingError
 from eed.paths import project_root
 
 if TYPE_CHECKING:
@@ -637,9 +637,12 @@ def _find_runs(tracking_uri: str, experiments: Sequence[str], tags: dict[str, st
 
 from collections.abc import Callable  # this section's own import (the imports above are unchanged)
 
-# Artifacts of the served model: the checkpoint and the serving settings (JSON).
+# The served model's name in its run, and its artifacts: the checkpoint, the serving settings (JSON),
+# the exported programs.
+SERVED_NAME = "served"
 SERVED_CHECKPOINT = "checkpoint"
 SERVED_SETTINGS = "settings"
+SERVED_PROGRAMS = "programs"
 _served_class: type | None = None
 
 
@@ -675,7 +678,7 @@ def _early_exit_pyfunc() -> type:
             params = params or {}
             answer = self.served.answer(np.asarray(model_input), threshold=params.get("threshold"),
                                         budget=params.get("budget"), use_max_drop=bool(params.get("max_drop")),
-                                        calibrated=bool(params.get("calibrated")),
+                                        calibrated=params.get("calibrated"),  # None: as fitted
                                         return_logits=bool(params.get("return_logits")))
             return pd.DataFrame(answer)
 
@@ -692,14 +695,16 @@ def __getattr__(name: str) -> Any:
 
 
 def log_served_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path, settings: Mapping[str, Any],
-                     example_images: Any, *, loader: Callable[[Path, dict[str, Any]], Any]) -> str:
+                     example_images: Any, *, loader: Callable[[Path, dict[str, Any]], Any],
+                     programs: str | Path | None = None) -> str:
     """Log the checkpoint at ``checkpoint_path`` as a servable early-exit model (``served``) of
     run ``run_id``, with ``settings`` (JSON-able) beside it; ``loader(checkpoint_path,
     settings)`` builds the answering object where the model is loaded (and once here, to
     refuse bad settings before anything is logged). ``example_images``: a few uint8
     (N, H, W, 3) images, the input example. The ``eed`` package travels with the model
     (``code_paths``), so a server needs torch, numpy and pandas but not this project.
-    Returns the logged model's id (load it as ``models:/<id>``)."""
+    ``programs``: a folder logged with the model as its ``programs`` artifact (the exported
+    programs of :mod:`eed.engine.programs`). Returns the logged model's id (load it as ``models:/<id>``)."""
     import mlflow
     import numpy as np
     import pandas as pd
@@ -720,7 +725,7 @@ def log_served_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path
                         ColSpec("string", "exit"), ColSpec("long", "exit_index"), ColSpec("double", "gflops"),
                         ColSpec(Array(Array("double")), "logits", required=False)]),
         params=ParamSchema([ParamSpec("threshold", "double", None), ParamSpec("budget", "string", None),
-                            ParamSpec("max_drop", "boolean", False), ParamSpec("calibrated", "boolean", False),
+                            ParamSpec("max_drop", "boolean", False), ParamSpec("calibrated", "boolean", None),
                             ParamSpec("return_logits", "boolean", False)]))
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}",
                     f"pandas=={pd.__version__}", f"mlflow=={mlflow.__version__}"]
@@ -736,11 +741,67 @@ def log_served_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path
         with _reaching(tracking_uri, "logging the served model"), using_tracking_uri(tracking_uri), \
                 mlflow.start_run(run_id=run_id, log_system_metrics=False):
             info = mlflow.pyfunc.log_model(
-                name="served", python_model=_early_exit_pyfunc()(loader),
-                artifacts={SERVED_CHECKPOINT: str(checkpoint_path), SERVED_SETTINGS: str(settings_path)},
+                name=SERVED_NAME, python_model=_early_exit_pyfunc()(loader),
+                artifacts={SERVED_CHECKPOINT: str(checkpoint_path), SERVED_SETTINGS: str(settings_path),
+                           **({SERVED_PROGRAMS: str(programs)} if programs is not None else {})},
                 code_paths=[str(Path(__file__).parent)],  # the eed package: the loader's code
                 signature=signature, input_example=example_images, pip_requirements=requirements)
     if before.status != "RUNNING":  # start_run re-opened a finished run: give it back its end and status
         with _reaching(tracking_uri, f"restoring the end of run {run_id}"):
             client.set_terminated(run_id, status=before.status, end_time=before.end_time)
     return info.model_id
+
+
+def served_model_of(tracking_uri: str, run_id: str) -> str:
+    """The id of run ``run_id``'s latest served model; a TrackingError when it has none."""
+    client = _client(tracking_uri)
+    with _reaching(tracking_uri, f"searching the models of run {run_id}"):
+        try:
+            experiment_id = client.get_run(run_id).info.experiment_id
+        except Exception as error:
+            if _unreachable(error):
+                raise
+            raise TrackingError(f"no MLflow run {run_id!r} in {tracking_uri}") from None
+        found = client.search_logged_models(
+            [experiment_id], filter_string=f"source_run_id = '{run_id}' AND name = '{SERVED_NAME}'",
+            order_by=[{"field_name": "creation_time", "ascending": False}], max_results=1)
+    if not found:
+        raise TrackingError(f"run {run_id} has no served model: `eed export {run_id}` logs one "
+                            f"(the evaluate stage does too)")
+    return found[0].model_id
+
+
+def register_served_model(tracking_uri: str, run_id: str, name: str, alias: str) -> tuple[str, str]:
+    """Register run ``run_id``'s latest served model as a new version of the registered model
+    ``name`` and point ``alias`` at it (MLflow's aliases, not its deprecated stages). Returns
+    (the model id, the version). A name or alias MLflow refuses is a ConfigError naming it,
+    and leaves the registry as it was."""
+    from mlflow.exceptions import MlflowException
+
+    model_id = served_model_of(tracking_uri, run_id)
+    client = _client(tracking_uri)
+
+    def refused(error: MlflowException, option: str, value: str) -> ConfigError:
+        if _unreachable(error) or error.error_code != "INVALID_PARAMETER_VALUE":
+            raise error
+        return ConfigError(f"{option} {value!r}: {str(error).splitlines()[0]}")
+
+    with _reaching(tracking_uri, f"registering model {name!r}"):
+        created = False
+        try:
+            client.create_registered_model(name)
+            created = True
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise refused(error, "--name", name) from None
+        version = str(client.create_model_version(name, f"models:/{model_id}", run_id=run_id,
+                                                  model_id=model_id).version)
+        try:
+            client.set_registered_model_alias(name, alias, version)
+        except MlflowException as error:
+            problem = refused(error, "--alias", alias)
+            client.delete_model_version(name, version)
+            if created:
+                client.delete_registered_model(name)
+            raise problem from None
+    return model_id, version

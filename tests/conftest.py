@@ -9,6 +9,7 @@ keyed by the archive's sha256. ``$EED_TEST_CIFAR100`` overrides the source: a
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import os
@@ -25,6 +26,12 @@ import pytest
 # The project's machines keep the real CIFAR-100 in shared/ beside the repository.
 SHARED_CIFAR100_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-100-python.tar.gz"
 CIFAR100_ENV = "EED_TEST_CIFAR100"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The slow tests first (stable order otherwise): under `make test`'s two pytest-xdist
+    workers, a long test started last would leave one core idle while it finishes."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 @pytest.fixture(autouse=True)
@@ -114,7 +121,10 @@ def cifar100_prepared(cifar100_source: tuple[Path, str]) -> Path:
                                 "data.split_seed=0", "data.val_size=5000"])
     saved_root = os.environ.pop(DATA_ROOT_ENV, None)  # the test data, not the developer's
     try:
-        prepare(config, console=Console(stderr=True, quiet=True))
+        # One writer at a time: pytest-xdist workers (and parallel sessions) share the cache.
+        with open(_cache_dir() / f"{prepared_dir.name}.lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            prepare(config, console=Console(stderr=True, quiet=True))
     finally:
         if saved_root is not None:
             os.environ[DATA_ROOT_ENV] = saved_root

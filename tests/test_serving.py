@@ -150,6 +150,26 @@ def test_bad_threshold_choices(served, images):
         no_temperatures.answer(images)
 
 
+def test_named_thresholds_keep_the_confidences_they_were_fitted_on(served, images):
+    """A threshold fitted on calibrated confidences (eval.calibrate) is applied to those, and
+    one fitted on raw ones to those: asking for the other kind is refused, not silently wrong."""
+    tau = middle_threshold(served, images)
+    raw = ServedModel(served_checkpoint(served), **{**SETTINGS, "thresholds": {"fit": tau}, "default": None})
+    scaled = ServedModel(served_checkpoint(served), **{**SETTINGS, "thresholds": {"fit": tau}, "default": None, "calibrated": True})
+    assert served.answer(images, threshold=tau, calibrated=True) != served.answer(images, threshold=tau)
+    assert scaled.answer(images, budget="fit") == served.answer(images, threshold=tau, calibrated=True)
+    assert raw.answer(images, budget="fit") == served.answer(images, threshold=tau)
+    assert scaled.answer(images, budget="fit", calibrated=True) == scaled.answer(images, budget="fit")
+    # An explicit threshold judges the raw confidences unless told otherwise, whatever the fit.
+    assert scaled.answer(images, threshold=tau) == served.answer(images, threshold=tau)
+    with pytest.raises(ValueError, match="'fit' was fitted on calibrated confidences: .* set it to true"):
+        scaled.answer(images, budget="fit", calibrated=False)
+    with pytest.raises(ValueError, match="'fit' was fitted on raw confidences"):
+        raw.answer(images, budget="fit", calibrated=True)
+    with pytest.raises(ValueError, match="fitted on calibrated confidences need the temperatures"):
+        ServedModel(served_checkpoint(served), normalization=NORMALIZATION, calibrated=True)
+
+
 def served_checkpoint(served: ServedModel) -> dict:
     return {"arch": "resnet18", "num_classes": 10, "width": 4, "exits": True, "class_names": CLASS_NAMES,
             "model": served.model.state_dict()}
@@ -190,8 +210,10 @@ def test_logged_model_answers_like_the_served_model(logged, served, images):
     assert [p.name for p in params.params] == ["threshold", "budget", "max_drop", "calibrated", "return_logits"]
     assert as_columns(model.predict(images, params={"threshold": 0.2})) == served.answer(images, threshold=0.2)
     assert as_columns(model.predict(images)) == served.answer(images)
-    assert as_columns(model.predict(images, params={"budget": "budget_0.035", "calibrated": True})) == \
-        served.answer(images, budget="budget_0.035", calibrated=True)
+    assert as_columns(model.predict(images, params={"threshold": 0.2, "calibrated": True})) == \
+        served.answer(images, threshold=0.2, calibrated=True)
+    assert as_columns(model.predict(images, params={"budget": "budget_0.035"})) == \
+        served.answer(images, budget="budget_0.035")
     assert as_columns(model.predict(images, params={"max_drop": True})) == served.answer(images, use_max_drop=True)
     with_logits = model.predict(images[:3], params={"threshold": 0.2, "return_logits": True})
     assert as_columns(with_logits)["logits"] == served.answer(images[:3], threshold=0.2, return_logits=True)["logits"]

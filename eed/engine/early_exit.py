@@ -1,20 +1,26 @@
 """Early-exit (anytime) inference that really stops computing.
 
 The exit rule and its costs live in :mod:`eed.metrics.anytime`, which evaluates them on
-collected logits; :func:`predict` applies the same rule while running the network, removing
-the samples that have left from the batch before the next stage runs.
+collected logits; :func:`cascade` applies the same rule while running a network cut into
+segments (:func:`segments`: the stages up to and including one classifier's), removing the
+samples that have left from the batch before the next segment runs. :func:`predict` cascades
+a :class:`MultiExitNet`; :mod:`eed.engine.programs` cascades the same segments exported with
+``torch.export``.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from eed.metrics.anytime import confidences, leaves
 from eed.models.multi_exit import MultiExitNet
+
+# hidden -> (hidden, logits of the segment's classifier): one piece of the cascade.
+SegmentFn = Callable[[Tensor], tuple[Tensor, Tensor]]
 
 
 @dataclass
@@ -35,24 +41,75 @@ class Prediction:
         return None if self.stage_samples is None else sum(self.stage_samples)
 
 
-def predict(model: MultiExitNet, x: Tensor, threshold: float, *, count_stages: bool = False,
-            temperatures: Sequence[float] | Tensor | None = None, keep_logits: bool = False) -> Prediction:
-    """Early-exit inference on a batch that really stops computing.
+class Segment(nn.Module):
+    """The part of a network between two classifiers: (the stem, for the first,) the stages
+    from the one after the previous classifier's stage up to this classifier's, then the
+    classifier. Maps that hidden state to (its own output hidden state, the logits)."""
 
-    After each exit, samples whose confidence reaches ``threshold`` are removed from the
-    batch; the next stage runs only on the rest, and the loop ends when none are left.
-    ``count_stages`` records, with forward hooks, how many samples each stage processed.
-    ``temperatures`` (one per classifier): the rule judges the confidence of ``logits / T_i``
-    (temperature scaling; the predicted classes are unchanged). ``keep_logits`` keeps each
-    sample's raw logits of every classifier it went through.
+    def __init__(self, model: MultiExitNet, classifier: int):
+        super().__init__()
+        first = 0 if classifier == 0 else model.classifier_stages[classifier - 1] + 1
+        last = model.classifier_stages[classifier]
+        self.model, self.classifier, self.stage_indices = model, classifier, list(range(first, last + 1))
+
+    def forward(self, hidden: Tensor) -> tuple[Tensor, Tensor]:
+        if self.classifier == 0:
+            hidden = self.model.stem(hidden)
+        for index in self.stage_indices:
+            hidden = self.model.stages[index](hidden)
+        _, logits = self.model.classify(self.classifier, hidden)
+        return hidden, logits
+
+
+def segments(model: MultiExitNet) -> list[Segment]:
+    """The network as k segments, one per classifier (exit1 first, main last); the first takes images."""
+    return [Segment(model, classifier) for classifier in range(model.num_classifiers)]
+
+
+def cascade(pieces: Sequence[SegmentFn], x: Tensor, threshold: float, *,
+            temperatures: Sequence[float] | Tensor | None = None, keep_logits: bool = False) -> Prediction:
+    """Early exit over ``pieces`` (k segments, :func:`segments` or their exported programs).
+
+    After each segment, samples whose confidence reaches ``threshold`` leave; the next segment
+    runs only on the rest, and the loop ends when none are left. ``temperatures`` (one per
+    classifier): the rule judges the confidence of ``logits / T_i`` (temperature scaling; the
+    predicted classes are unchanged). ``keep_logits`` keeps each sample's raw logits of every
+    classifier it went through.
     """
-    n = x.shape[0]
-    device = x.device
+    n, device, k = x.shape[0], x.device, len(pieces)
     classes = torch.empty(n, dtype=torch.long, device=device)
     exit_index = torch.empty(n, dtype=torch.long, device=device)
     confidence = torch.empty(n, dtype=torch.float32, device=device)
     scale = None if temperatures is None else [float(t) for t in temperatures]
+    if scale is not None and len(scale) != k:
+        raise ValueError(f"{len(scale)} temperatures for {k} classifiers")
     kept: list[list[Tensor]] = [[] for _ in range(n)]
+    with torch.inference_mode():
+        remaining = torch.arange(n, device=device)  # original positions still in the batch
+        hidden = x
+        for classifier, piece in enumerate(pieces):
+            hidden, logits = piece(hidden)
+            if keep_logits:
+                for position, row in zip(remaining.tolist(), logits.float().cpu()):
+                    kept[position].append(row)
+            conf, predicted = confidences(logits if scale is None else logits / scale[classifier])
+            done = leaves(conf, threshold) if classifier < k - 1 else torch.ones_like(conf, dtype=torch.bool)
+            leaving = remaining[done]
+            classes[leaving] = predicted[done]
+            confidence[leaving] = conf[done]
+            exit_index[leaving] = classifier
+            remaining, hidden = remaining[~done], hidden[~done]
+            if remaining.numel() == 0:
+                break
+    return Prediction(classes, exit_index, confidence, logits=kept if keep_logits else None)
+
+
+def predict(model: MultiExitNet, x: Tensor, threshold: float, *, count_stages: bool = False,
+            temperatures: Sequence[float] | Tensor | None = None, keep_logits: bool = False) -> Prediction:
+    """Early-exit inference on a batch that really stops computing: :func:`cascade` over the
+    network's segments, in eval mode (BatchNorm must use running statistics: the batch shrinks
+    as samples leave). ``count_stages`` records, with forward hooks, how many samples each
+    stage processed."""
     stage_samples = [0] * len(model.stages)
     hooks = []
     if count_stages:
@@ -61,33 +118,13 @@ def predict(model: MultiExitNet, x: Tensor, threshold: float, *, count_stages: b
                 stage_samples[i] += inputs[0].shape[0]
             hooks.append(stage.register_forward_hook(count))
     was_training = model.training
-    model.eval()  # BatchNorm must use running statistics: the batch shrinks as samples leave
+    model.eval()
     try:
-        with torch.inference_mode():
-            remaining = torch.arange(n, device=device)  # original positions still in the batch
-            hidden = model.stem(x)
-            k = model.num_classifiers
-            for stage_index, stage in enumerate(model.stages):
-                hidden = stage(hidden)
-                classifier = model.classifier_after_stage(stage_index)
-                if classifier is None:
-                    continue
-                _, logits = model.classify(classifier, hidden)
-                if keep_logits:
-                    for position, row in zip(remaining.tolist(), logits.float().cpu()):
-                        kept[position].append(row)
-                conf, predicted = confidences(logits if scale is None else logits / scale[classifier])
-                done = leaves(conf, threshold) if classifier < k - 1 else torch.ones_like(conf, dtype=torch.bool)
-                leaving = remaining[done]
-                classes[leaving] = predicted[done]
-                confidence[leaving] = conf[done]
-                exit_index[leaving] = classifier
-                remaining, hidden = remaining[~done], hidden[~done]
-                if remaining.numel() == 0:
-                    break
+        result = cascade(segments(model), x, threshold, temperatures=temperatures, keep_logits=keep_logits)
     finally:
         model.train(was_training)
         for hook in hooks:
             hook.remove()
-    return Prediction(classes, exit_index, confidence, stage_samples if count_stages else None,
-                      kept if keep_logits else None)
+    if count_stages:
+        result.stage_samples = stage_samples
+    return result

@@ -90,6 +90,25 @@ def guaranteed_table(report: "EvaluationReport") -> Table:
     return table
 
 
+def served_table(report: "EvaluationReport", settings: dict) -> Table:
+    """The named thresholds a served model carries, with how they did on val, where they were fitted."""
+    confidence = "calibrated" if settings.get("calibrated") else "raw"
+    table = Table(title=f"Served model: thresholds fitted on val ({confidence} confidences)")
+    for column in ("name", "threshold", "val top-1", "val GFLOPs", "default"):
+        table.add_column(column, justify="left" if column == "name" else "right")
+    fitted = {f"budget_{fit.budget:g}": (fit.fit_accuracy, fit.fit_gflops)
+              for fit in (report.anytime.budgets if report.anytime else [])}
+    if report.guaranteed is not None:
+        fitted["max_drop"] = (report.guaranteed.fit.val_accuracy, report.guaranteed.fit.val_gflops)
+    for name, threshold in settings["thresholds"].items():
+        accuracy, gflops = fitted.get(name, (None, None))
+        table.add_row(name, f"{threshold:.3f}", _pct(accuracy), "—" if gflops is None else f"{gflops:.4f}",
+                      "yes" if settings.get("default") == name else "")
+    if not isinstance(settings.get("default"), str):
+        table.add_row("(default)", "main output", "", "", "yes")
+    return table
+
+
 def flops_table(profile: "FlopsProfile") -> Table:
     """Table III for one architecture: GFLOPs, parameters and share of the main output."""
     size = profile.input_size

@@ -3,7 +3,6 @@ agreement and the early-exit curve of a checkpoint."""
 
 from __future__ import annotations
 
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,12 +11,11 @@ from typing import Callable
 import torch
 
 from eed import data as eed_data
-from eed import serving, tracking
 from eed.config import Config
-from eed.engine.checkpoint import ResolvedSource, save_checkpoint
+from eed.engine.checkpoint import ResolvedSource
 from eed.engine.loops import Collected, collect_outputs
 from eed.engine.runtime import setup_runtime
-from eed.metrics.anytime import ABOVE_ONE, ClassifierCosts, analyze, threshold_grid
+from eed.metrics.anytime import ClassifierCosts, analyze, threshold_grid
 from eed.metrics.calibration import apply_temperatures, calibrate
 from eed.metrics.flops import profile_model
 from eed.metrics.guarantee import check_guarantee, fit_guaranteed_threshold
@@ -27,7 +25,7 @@ from eed.paths import ensure_writable, in_workspace
 from eed.progress import progress_bar, tracked
 from eed.reporting import tables
 from eed.reporting.files import figure_caption, write_evaluation_outputs
-from eed.stages import stderr, stdout
+from eed.stages import serve, stderr, stdout
 from eed.stages.common import SPLITS, choice, default_source, log_stage_run, source_model, stage_params
 
 # The params the evaluate stage reads (dvc.yaml), logged with its run.
@@ -74,7 +72,7 @@ def evaluate(config: Config, source: str | None = None, *, split: str | None = N
     collected = collect(split)
     report = summarize(collected, names, split, config.eval.ece_bins)
     # A baseline's curve is the main output alone: one point, but the same files for DVC.
-    _early_exit(model, collected, names, config, split, collect, report)
+    fit_early_exit(model, collected, names, config, split, collect, report)
     if model.num_classifiers == 1:
         report.notes.append("no exits (baseline): no agreement matrices; the early-exit curve is one point")
     files = write_evaluation_outputs(report, out_dir, caption=figure_caption(config))
@@ -83,13 +81,13 @@ def evaluate(config: Config, source: str | None = None, *, split: str | None = N
     if log:
         # The network with its fitted thresholds, servable, in the training run (first: the evaluate
         # run then spans all of the stage's work); a stand-alone evaluation keeps it in its own run.
-        serve = model.num_classifiers > 1
-        if serve and resolved.run_id:
-            served_id = _log_served_model(tracking_uri, resolved.run_id, resolved, report, config, split)
+        servable = model.num_classifiers > 1
+        if servable and resolved.run_id:
+            served_id = serve.log_served_model(tracking_uri, resolved.run_id, resolved, report, config, split)
         run_id = log_stage_run("evaluate", tracking_uri, config, resolved, split, report.metrics(), files, out_dir,
                                started=started, params=stage_params(config, EVAL_KEYS))
-        if serve and not resolved.run_id:
-            served_id = _log_served_model(tracking_uri, run_id, resolved, report, config, split)
+        if servable and not resolved.run_id:
+            served_id = serve.log_served_model(tracking_uri, run_id, resolved, report, config, split)
 
     printer = stdout()
     for table in tables.evaluation_tables(report):
@@ -104,35 +102,8 @@ def evaluate(config: Config, source: str | None = None, *, split: str | None = N
     return EvaluationResult(report, files, resolved, run_id, served_id)
 
 
-# Checkpoint entries a served model does not need (the optimizer's state is as large as the weights).
-TRAINING_STATE = ("optimizer", "scheduler", "rng", "history", "partial_epoch")
-
-
-def _log_served_model(tracking_uri: str, run_id: str, source: ResolvedSource, report: EvaluationReport,
-                      config: Config, split: str) -> str:
-    """Log the evaluated network as a served early-exit model of ``run_id``, with the
-    thresholds fitted on val (budgets and the guaranteed one, the default when it exists),
-    the temperatures and the normalization; the input example is two raw images of ``split``."""
-    thresholds = {f"budget_{fit.budget:g}": fit.threshold for fit in (report.anytime.budgets if report.anytime else [])
-                  if fit.threshold is not None}
-    guaranteed = report.guaranteed
-    if guaranteed is not None and guaranteed.fit.feasible:
-        thresholds["max_drop"] = guaranteed.fit.threshold
-    samples = eed_data.read_split(config, split, indices=[0, 1])
-    settings = {"normalization": {"mean": list(samples.normalization.mean), "std": list(samples.normalization.std)},
-                "thresholds": thresholds, "class_names": list(samples.class_names),
-                "temperatures": report.calibration.temperatures if report.calibration else None,
-                # Without a guaranteed threshold, the main output for every image: nothing lost by default.
-                "default": "max_drop" if "max_drop" in thresholds else ABOVE_ONE}
-    weights = {key: value for key, value in source.checkpoint.items() if key not in TRAINING_STATE}
-    with tempfile.TemporaryDirectory(prefix="eed-served-") as folder:
-        checkpoint = save_checkpoint(weights, Path(folder) / "model.pt")
-        return tracking.log_served_model(tracking_uri, run_id, checkpoint, settings,
-                                         samples.images.permute(0, 2, 3, 1).numpy(), loader=serving.load_served)
-
-
-def _early_exit(model: MultiExitNet, collected: Collected, names: list[str], config: Config, split: str,
-                collect: Callable[[str], Collected], report: EvaluationReport) -> None:
+def fit_early_exit(model: MultiExitNet, collected: Collected, names: list[str], config: Config, split: str,
+                   collect: Callable[[str], Collected], report: EvaluationReport) -> None:
     """Calibration, the early-exit curve on ``split``, the budget thresholds and the guaranteed
     threshold, all fitted on the validation split, into ``report``."""
     costs = ClassifierCosts.from_profile(profile_model(model, collected.input_shape[-1]))
