@@ -32,7 +32,9 @@ early-exit GFLOPs at tau) is the speed-up the cost model predicts.
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -70,6 +72,34 @@ def _trained_model(args: argparse.Namespace, prepared: Path, cfg):
                                                          "test_metrics": result.test_metrics}
 
 
+@dataclass
+class TrainedModel:
+    """The benchmarked model and what it was trained or loaded with (also bench/serving.py's)."""
+
+    prepared: Path
+    threads: int
+    subset: int
+    epochs: int
+    cfg: Any
+    model: Any
+    source: dict[str, Any]
+
+
+def trained_model(args: argparse.Namespace) -> TrainedModel:
+    """The ``dvc repro`` model (trained once and cached, or ``--checkpoint``), in eval mode, with
+    torch at the benchmark's thread count."""
+    prepared = common.ensure_prepared(args.prepared_dir)
+    threads = common.resolve_threads(args.threads, prepared)
+    preset = common.config(prepared)
+    subset = args.train_subset or (2000 if args.quick else preset.data.train_subset)
+    epochs = args.epochs or (1 if args.quick else preset.train.epochs)
+    cfg = common.config(prepared, "data.backend=tensor", f"data.train_subset={subset}", f"train.epochs={epochs}",
+                        "method=eed", "train.device=cpu")
+    model, source = _trained_model(args, prepared, cfg)
+    torch.set_num_threads(threads)
+    return TrainedModel(prepared, threads, subset, epochs, cfg, model.eval(), source)
+
+
 def _throughput(sizes: list[int], seconds: list[float]) -> common.Stat:
     return common.Stat([n / s for n, s in zip(sizes, seconds)])
 
@@ -82,16 +112,9 @@ def run(args: argparse.Namespace) -> common.Result:
     from eed.metrics.flops import profile_model
 
     started = common.now()
-    prepared = common.ensure_prepared(args.prepared_dir)
-    threads = common.resolve_threads(args.threads, prepared)
-    preset = common.config(prepared)
-    subset = args.train_subset or (2000 if args.quick else preset.data.train_subset)
-    epochs = args.epochs or (1 if args.quick else preset.train.epochs)
-    cfg = common.config(prepared, "data.backend=tensor", f"data.train_subset={subset}", f"train.epochs={epochs}",
-                        "method=eed", "train.device=cpu")
-    model, source = _trained_model(args, prepared, cfg)
-    torch.set_num_threads(threads)
-    model.eval()
+    trained = trained_model(args)
+    threads, subset, epochs, cfg, model, source = (trained.threads, trained.subset, trained.epochs, trained.cfg,
+                                                   trained.model, trained.source)
     names = model.classifier_names()
     costs = ClassifierCosts.from_profile(profile_model(model, 32))
 

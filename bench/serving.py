@@ -34,7 +34,7 @@ import numpy as np
 import torch
 
 from bench import common
-from bench.early_exit import _trained_model
+from bench.early_exit import trained_model
 
 BATCHES = (1, 128)
 
@@ -86,16 +86,8 @@ def run(args: argparse.Namespace) -> common.Result:
     from eed.metrics.flops import profile_model
 
     started = common.now()
-    prepared = common.ensure_prepared(args.prepared_dir)
-    threads = common.resolve_threads(args.threads, prepared)
-    preset = common.config(prepared)
-    subset = args.train_subset or (2000 if args.quick else preset.data.train_subset)
-    epochs = args.epochs or (1 if args.quick else preset.train.epochs)
-    cfg = common.config(prepared, "data.backend=tensor", f"data.train_subset={subset}", f"train.epochs={epochs}",
-                        "method=eed", "train.device=cpu")
-    model, source = _trained_model(args, prepared, cfg)
-    torch.set_num_threads(threads)
-    model.eval()
+    trained = trained_model(args)
+    threads, cfg, model, source = trained.threads, trained.cfg, trained.model, trained.source
     main_gflops = ClassifierCosts.from_profile(profile_model(model, 32)).standalone[-1]
 
     with tempfile.TemporaryDirectory(prefix="eed-bench-serving-") as folder:
@@ -178,7 +170,7 @@ def run(args: argparse.Namespace) -> common.Result:
     return common.Result(
         name="serving", command=args.command_line, rows=rows, seconds=common.now() - started, gate=gate,
         settings={"threads": threads, "rounds": args.repeats, "images_per_round": dict(zip(BATCHES, args.images)),
-                  "train_subset": subset, "epochs": epochs, "eval": cfg.eval.model_dump(), **source},
+                  "train_subset": trained.subset, "epochs": trained.epochs, "eval": cfg.eval.model_dump(), **source},
         details=details)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
 import subprocess
 import sys
 import time
@@ -51,7 +52,10 @@ def test_dry_run_writes_every_step_to_json_and_markdown(tmp_path, cifar100_root)
         assert len(race["details"]["syncs"][variant]["per_step"]) == 3  # one count after every step
         assert rows[f"host syncs per step outside the render interval, {variant}"]["target"] == "<= 0"
     epoch = rows["paper epoch (50,000 images), bf16+channels_last"]
-    assert epoch["median"] == pytest.approx(50_000 / rows["bf16+channels_last img/s"]["median"], rel=0.2)
+    # Per round 50,000 / img/s (with an even number of rounds the median of the inverses is not
+    # the inverse of the median, and on a loaded machine the two differ by far more than noise).
+    per_round = [50_000 / value for value in rows["bf16+channels_last img/s"]["values"]]
+    assert epoch["median"] == pytest.approx(statistics.median(per_round))
     assert rows["paper run (200 epochs, with test passes), bf16+channels_last"]["median"] > 200 * epoch["median"] / 60
     assert rows["bf16+channels_last ÷ fp32 img/s"]["target"] == ">= 2"
     # Grid: k = 2 real trainings each way, the ratio of their times.
