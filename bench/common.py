@@ -91,6 +91,35 @@ def resolve_threads(requested: int | None, prepared_dir: str | Path) -> int:
     return threads
 
 
+def training_setup(cfg, threads: int | None = None, runtime=None):
+    """The trainer's own set-up of ``cfg``: :func:`eed.engine.setup.build_training` (the resolved
+    config, runtime, seeds, train/test(/val) loaders, the network as configured (``model.init``,
+    ``model.stem_relu``, channels_last on CUDA), the method's objective, SGD and the schedule),
+    so that a benchmark times the network the trainer trains. Every benchmark gets its model,
+    optimizer, schedule, objective and loaders here. ``threads``: torch's intra-op thread count
+    put back afterwards (building an FFCV loader changes it)."""
+    from eed.engine.setup import build_training
+
+    setup = build_training(cfg, runtime)
+    if threads:
+        torch.set_num_threads(threads)
+    return setup
+
+
+def objective_of(setup, method: str):
+    """The objective ``build_training`` makes for ``method``, over ``setup``'s network (a method
+    that trains the same network: exits or not alike), for benchmarks that compare methods on
+    one model and optimizer."""
+    from eed.methods import get_method
+    from eed.objectives import ExitEnsembleObjective
+
+    if get_method(method).exits != setup.network.exits:
+        raise ValueError(f"method {method!r} trains another network than {setup.config.method!r}")
+    if method == setup.config.method:
+        return setup.objective
+    return ExitEnsembleObjective(method, setup.config.loss, setup.model.num_classifiers)
+
+
 # --------------------------------------------------------------------------- timing
 
 

@@ -1,4 +1,4 @@
-"""5. Early-exit inference: ``eed.engine.early_exit.predict`` at the threshold that keeps accuracy within
+"""5. Early-exit inference: ``eed.inference.early_exit.predict`` at the threshold that keeps accuracy within
 1 point of the main output, vs the full network.
 
 The model: ``--checkpoint PATH`` (an eed checkpoint, e.g. ``outputs/train/checkpoints/best.pt``
@@ -52,24 +52,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _trained_model(args: argparse.Namespace, prepared: Path, cfg):
-    from eed.engine.checkpoint import load_checkpoint, model_from_checkpoint
+    from eed.engine.checkpoint import Checkpoint
     from eed.engine.trainer import train
+    from eed.models.from_config import resolve_architecture
 
     if args.checkpoint:
-        checkpoint = load_checkpoint(args.checkpoint)
-        return model_from_checkpoint(checkpoint), {"checkpoint": str(Path(args.checkpoint).resolve()),
-                                                   "trained_here": False}
+        checkpoint = Checkpoint.load(args.checkpoint)
+        return checkpoint.model(), {"checkpoint": str(Path(args.checkpoint).resolve()), "trained_here": False}
     out_dir = common.RESULTS / "early_exit" / f"model-{cfg.data.train_subset}x{cfg.train.epochs}"
     best = out_dir / "checkpoints" / "best.pt"
     if best.is_file():
-        checkpoint = load_checkpoint(best)
-        if checkpoint["config"] == cfg.model_dump():
-            return model_from_checkpoint(checkpoint), {"checkpoint": str(best), "trained_here": True,
-                                                       "reused": True}
+        checkpoint = Checkpoint.load(best)
+        if checkpoint.config == resolve_architecture(cfg).model_dump():  # checkpoints hold the resolved config
+            return checkpoint.model(), {"checkpoint": str(best), "trained_here": True, "reused": True}
     elapsed, result = common.timed(lambda: train(cfg, out_dir, resume=False))
-    return model_from_checkpoint(load_checkpoint(best)), {"checkpoint": str(best), "trained_here": True,
-                                                         "reused": False, "train_seconds": elapsed,
-                                                         "test_metrics": result.test_metrics}
+    return Checkpoint.load(best).model(), {"checkpoint": str(best), "trained_here": True, "reused": False,
+                                           "train_seconds": elapsed, "test_metrics": result.test_metrics}
 
 
 @dataclass
@@ -106,7 +104,7 @@ def _throughput(sizes: list[int], seconds: list[float]) -> common.Stat:
 
 def run(args: argparse.Namespace) -> common.Result:
     from eed.data import make_loader
-    from eed.engine.early_exit import predict
+    from eed.inference.early_exit import predict
     from eed.engine.loops import collect_outputs
     from eed.metrics.anytime import ClassifierCosts, sweep, threshold_grid
     from eed.metrics.flops import profile_model

@@ -11,9 +11,10 @@ of batches, so both variants see identical tensors and no loading cost.
   top-5 and ECE of each classifier, the ensemble and the running ensembles, and the
   exit/main agreement counts).
 
-The network is resnet18 width 16 with exits (random weights: the cost does not depend on
-them). Each round times both variants, in alternating order, on the same chunk of
-``--chunk`` consecutive batches (default 20 = 2,560 images; the chunks walk through the
+The network is resnet18 width 16 with exits, as the trainer builds it
+(``eed.engine.setup.build_training``: params.yaml's init and stem), at its initial weights (the
+cost does not depend on them). Each round times both variants, in alternating order, on the
+same chunk of ``--chunk`` consecutive batches (default 20 = 2,560 images; the chunks walk through the
 split and wrap around), and gives one ratio = evaluate seconds / forward seconds. Short,
 many rounds keep a burst of load from other processes inside one or two rounds, which the
 median then ignores. ``summarize`` runs per chunk, so its fixed per-call costs are spread
@@ -37,18 +38,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> common.Result:
-    from eed.data import make_loader
     from eed.engine.loops import collect_outputs
     from eed.metrics.summary import summarize
-    from eed.models.registry import create_model
 
     started = common.now()
     prepared = common.ensure_prepared(args.prepared_dir)
     threads = common.resolve_threads(args.threads, prepared)
     samples = args.samples or (1000 if args.quick else 10**9)
-    cfg = common.config(prepared, "data.backend=tensor")
-    loader = make_loader(cfg, "test", train=False)
-    torch.set_num_threads(threads)
+    setup = common.training_setup(common.config(prepared, "data.backend=tensor"), threads)
+    cfg, model, loader, device = setup.config, setup.model, setup.test_loader, setup.runtime.device
     batches, count = [], 0
     for images, labels in loader:
         take = min(len(labels), samples - count)
@@ -56,9 +54,7 @@ def run(args: argparse.Namespace) -> common.Result:
         count += take
         if count >= samples:
             break
-    torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model.arch, loader.num_classes, cfg.model.width, exits=True)
-    names = model.classifier_names()
+    names = setup.classifier_names
 
     def forward(chunk) -> None:
         model.eval()
@@ -68,7 +64,7 @@ def run(args: argparse.Namespace) -> common.Result:
         model.train()
 
     def evaluate(chunk) -> None:
-        collected = collect_outputs(model, chunk, "cpu")
+        collected = collect_outputs(model, chunk, device)
         summarize(collected, names, "test")
 
     variants = {"forward": forward, "evaluate": evaluate}
@@ -86,7 +82,7 @@ def run(args: argparse.Namespace) -> common.Result:
         for name in common.rotate(list(variants), round_index):
             seconds[name].append(common.timed(lambda: variants[name](chunk))[0])
 
-    collected = collect_outputs(model, batches, "cpu")
+    collected = collect_outputs(model, batches, device)
     summarize_ms = [common.timed(lambda: summarize(collected, names, "test"))[0] * 1e3
                     for _ in range(5)]
 

@@ -9,14 +9,16 @@ time is recorded as such (with whatever it had measured) and the next one still 
 2. ``prepare``: the real CIFAR-100 through the project's ``eed.data.prepare`` (optionally a
    balanced subset of it first, ``--per-class``: what travels to a machine that lacks the archive);
 3. ``race``: ResNet-18 at the paper's width (64), batch 128, method eed, through the project's
-   own ``eed.engine.loops.train_one_epoch`` and loaders: fp32, bf16, bf16 + channels_last, and
-   that + ``torch.compile``, interleaved in one process (order rotating every round, warm-up
-   untimed; the compiled variant joins after its compile, so an over-long compile still leaves
-   the other three measured). Reported: img/s, the paper's epoch (50,000 images) and 200 epochs
+   own ``eed.engine.loops.train_one_epoch``, each variant on the set-up the trainer builds for its
+   config (``eed.engine.setup.build_training``: network with ``model.init`` and its stem, loaders,
+   objective, SGD, schedule): fp32, bf16, bf16 + channels_last, and that + ``torch.compile`` (the
+   bf16 + channels_last set-up's network compiled), interleaved in one process (order rotating
+   every round, warm-up untimed; the compiled variant joins after its compile, so an over-long
+   compile still leaves the other three measured). Reported: img/s, the paper's epoch (50,000 images) and 200 epochs
    extrapolated from it (plus one pass over the test split, as the trainer runs every epoch), GPU
    memory peak, and host-device syncs per step (``torch.cuda.set_sync_debug_mode('warn')``,
-   warnings counted per step, outside the render interval: the loop's progress clock is held so
-   that it renders only at the epoch's last step);
+   warnings counted per step, outside the render interval: the loop runs with a progress clock
+   that never falls due, ``train_one_epoch(clock=...)``, so it renders only at the last step);
 4. ``grid``: k small CIFAR trainings (the five methods, ``eed.engine.trainer.train``, tensor
    backend, width 16) as separate processes at once vs one after another; each process is
    started and ready (imports, CUDA context) before the clock starts. Ratio = sequential seconds
@@ -54,9 +56,10 @@ from typing import Any, Callable
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import common  # noqa: E402
+from eed.methods import method_names  # noqa: E402  (pure data: no torch)
 
 STEPS = ("cuda_tests", "prepare", "race", "grid")
-METHODS = ("baseline", "branchynet", "distill", "byot", "eed")
+METHODS = method_names()  # baseline, branchynet, distill, byot, eed: the paper's Table I
 VARIANTS = ("fp32", "bf16", "bf16+channels_last", "bf16+channels_last+compile")
 DEFAULT_VARIANT = "bf16+channels_last"  # what `scale=paper` trains with on CUDA (precision/channels_last auto)
 PAPER_IMAGES, PAPER_TEST_IMAGES, PAPER_EPOCHS = 50_000, 10_000, 200
@@ -308,70 +311,52 @@ def step_prepare(ctx: Context, out: str | None) -> dict[str, Any]:
 
 
 class _RenderAtEpochEnd:
-    """Stands in for the loop's RefreshClock while syncs are counted: never due, so the loop
-    renders (and reads the loss) only at the epoch's last step, and every other step is
+    """The loop's clock (``train_one_epoch(clock=...)``) while syncs are counted: never due, so
+    the loop renders (and reads the loss) only at the epoch's last step, and every other step is
     outside the render interval."""
-
-    def __init__(self, interval: float | None = None):
-        self.interval = interval
 
     def due(self) -> bool:
         return False
 
 
+# The eager variants' config overrides: each is the set-up `eed train` builds with them.
+VARIANT_OVERRIDES = {
+    "fp32": ("train.precision=fp32", "train.channels_last=off"),
+    "bf16": ("train.precision=bf16", "train.channels_last=off"),
+    "bf16+channels_last": ("train.precision=bf16", "train.channels_last=on"),
+}
+
+
 def step_race(ctx: Context, out: str | None) -> dict[str, Any]:
     import torch
 
-    from eed.data import make_loader
     from eed.engine import loops
-    from eed.engine.optim import build_optimizer, build_scheduler
-    from eed.engine.runtime import Runtime, seed_everything
-    from eed.models.registry import create_model
-    from eed.objectives import ExitEnsembleObjective
 
     s, device = ctx.sizes, ctx.device
     base = ("method=eed", f"model.width={s.width}", f"train.batch_size={s.batch}", f"data.train_subset={s.steps * s.batch}",
-            "data.backend=tensor", "train.schedule=step", f"train.epochs={PAPER_EPOCHS}")
-    configs = {layout: ctx.config(*base, f"train.channels_last={layout}") for layout in ("off", "on")}
-    cfg = configs["off"]
-    seed_everything(cfg.seed, cfg.train.deterministic)  # also cudnn.benchmark, as the trainer sets it
-    loaders = {layout: make_loader(c, "train", train=True, device=device) for layout, c in configs.items()}
-    assert len(loaders["off"]) == s.steps, (len(loaders["off"]), s.steps)
-    test_loader = make_loader(configs["on"], "test", train=False, device=device)
-    num_classes = loaders["off"].num_classes
-    half = torch.bfloat16
-
-    def network(channels_last: bool):
-        torch.manual_seed(cfg.seed)
-        model = create_model(cfg.model.arch, num_classes, s.width, exits=True).to(device)
-        return model.to(memory_format=torch.channels_last) if channels_last else model
-
-    plain, last = network(False), network(True)
-    names = plain.classifier_names()
-    objective = ExitEnsembleObjective(cfg.method, cfg.loss, plain.num_classifiers)
-    trainers = {}
-    for model in (plain, last):  # fp32 and bf16 train one network, the channels_last variants the other
-        optimizer = build_optimizer(model, cfg.train)
-        trainers[id(model)] = optimizer, build_scheduler(optimizer, cfg.train, s.steps)
-    setups: dict[str, tuple] = {
-        "fp32": (plain, Runtime(torch.device(device), None, False), loaders["off"]),
-        "bf16": (plain, Runtime(torch.device(device), half, False), loaders["off"]),
-        "bf16+channels_last": (last, Runtime(torch.device(device), half, True), loaders["on"]),
-    }
+            "data.backend=tensor", "train.schedule=step", f"train.epochs={PAPER_EPOCHS}", "train.compile=false")
+    # Each eager variant trains the trainer's own set-up (eed.engine.setup.build_training) of its
+    # config: network (model.init, stem), loaders, objective, SGD and schedule; same seed, so the
+    # same initial weights. The compiled variant compiles the bf16+channels_last set-up's network.
+    setups = {variant: common.training_setup(ctx.config(*base, *overrides))
+              for variant, overrides in VARIANT_OVERRIDES.items()}
+    for variant, setup in setups.items():
+        assert len(setup.train_loader) == s.steps, (variant, len(setup.train_loader), s.steps)
+    names = setups[DEFAULT_VARIANT].classifier_names
+    modules = {variant: setup.train_model for variant, setup in setups.items()}
     epoch = itertools.count()
     peak: dict[str, float] = {}
 
-    def run(variant: str, should_stop: Callable[[], bool] = lambda: False) -> tuple[float, int]:
-        model, runtime, loader = setups[variant]
-        module = compiled if variant.endswith("compile") else model
-        optimizer, scheduler = trainers[id(model)]
+    def run(variant: str, should_stop: Callable[[], bool] = lambda: False, clock=None) -> tuple[float, int]:
+        setup = setups[variant]
         if device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         synchronize(device)
         start = common.now()
-        loader.set_epoch(next(epoch))
-        stats = loops.train_one_epoch(module, objective, loader, optimizer, scheduler, runtime, epoch=0,
-                                      classifier_names=names, should_stop=should_stop)
+        setup.train_loader.set_epoch(next(epoch))
+        stats = loops.train_one_epoch(modules[variant], setup.objective, setup.train_loader, setup.optimizer,
+                                      setup.scheduler, setup.runtime, epoch=0, classifier_names=names,
+                                      should_stop=should_stop, clock=clock)
         synchronize(device)
         seconds = common.now() - start
         used = (torch.cuda.max_memory_allocated() if device == "cuda"
@@ -394,15 +379,15 @@ def step_race(ctx: Context, out: str | None) -> dict[str, Any]:
 
     evaluation: dict[str, float] = {}
     syncs: dict[str, Any] = {}
-    compiled = None
-    for variant in setups:  # warm-up, untimed: cudnn's algorithm search, allocator growth
+    for variant in list(setups):  # warm-up, untimed: cudnn's algorithm search, allocator growth
         warmup[variant] = run(variant)[0]
     for index in range(s.eager_rounds + s.rounds):
         if index == s.eager_rounds:  # the compiled variant joins once compiled (its warm-up = the compile)
             report("partial")
-            model, runtime, loader = setups["bf16+channels_last"]
-            compiled = torch.compile(model, backend=s.compile_backend)
-            setups["bf16+channels_last+compile"] = (model, runtime, loader)
+            # The bf16+channels_last set-up (its network, optimizer, schedule, loader), compiled with the sizes'
+            # backend (train.compile always uses inductor, which the dry run cannot build on a CPU).
+            setups["bf16+channels_last+compile"] = setups[DEFAULT_VARIANT]
+            modules["bf16+channels_last+compile"] = torch.compile(modules[DEFAULT_VARIANT], backend=s.compile_backend)
             warmup["bf16+channels_last+compile"] = run("bf16+channels_last+compile")[0]
         timings = {}
         for variant in common.rotate(list(setups), index):
@@ -413,35 +398,34 @@ def step_race(ctx: Context, out: str | None) -> dict[str, Any]:
         report("partial")
 
     # The per-epoch test pass the trainer runs (validate -> collect_outputs), at the default variant.
-    model, runtime, _ = setups[DEFAULT_VARIANT]
+    setup = setups[DEFAULT_VARIANT]
+    runtime, test_loader = setup.runtime, setup.test_loader
     batches = s.eval_batches or len(test_loader)
     for attempt in range(2):  # the first one warms up
         synchronize(device)
         start = common.now()
-        collected = loops.collect_outputs(model, itertools.islice(iter(test_loader), batches), runtime.device,
+        collected = loops.collect_outputs(setup.model, itertools.islice(iter(test_loader), batches), runtime.device,
                                           autocast=runtime.autocast, channels_last=runtime.channels_last)
         synchronize(device)
         evaluation = {"images": float(collected.num_samples), "seconds": common.now() - start}
 
     # Host-device syncs per step, one untimed epoch per variant (after the timed rounds).
     for variant in setups:
-        syncs[variant] = count_syncs(device, lambda stop: run(variant, stop), s.steps)
+        syncs[variant] = count_syncs(device, lambda stop, clock: run(variant, stop, clock), s.steps)
     return report("ok")
 
 
-def count_syncs(device: str, epoch: Callable[[Callable[[], bool]], Any], steps: int) -> dict[str, Any]:
+def count_syncs(device: str, epoch: Callable[[Callable[[], bool], Any], Any], steps: int) -> dict[str, Any]:
     """Synchronizing CUDA calls per training step, from the warnings of
-    ``torch.cuda.set_sync_debug_mode('warn')``, read after every step of one epoch. Step 1 also
-    holds the epoch's start (the loader's index transfer) and the last step the render."""
+    ``torch.cuda.set_sync_debug_mode('warn')``, read after every step of one epoch, which runs
+    with a clock that never falls due (:class:`_RenderAtEpochEnd`). Step 1 also holds the epoch's
+    start (the loader's index transfer) and the last step the render."""
     import torch
-
-    from eed.engine import loops
 
     after: list[int] = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         available = device == "cuda"
-        saved_clock, loops.RefreshClock = loops.RefreshClock, _RenderAtEpochEnd
         if available:
             torch.cuda.set_sync_debug_mode("warn")
         try:
@@ -449,11 +433,10 @@ def count_syncs(device: str, epoch: Callable[[Callable[[], bool]], Any], steps: 
                 after.append(sum("synchroniz" in str(w.message) for w in caught))
                 return False
 
-            epoch(mark)
+            epoch(mark, _RenderAtEpochEnd())
         finally:
             if available:
                 torch.cuda.set_sync_debug_mode(0)
-            loops.RefreshClock = saved_clock
         messages = sorted({str(w.message)[:200] for w in caught if "synchroniz" in str(w.message)})
     per_step = [b - a for a, b in zip([0, *after], after)]
     return {"per_step": per_step, "inner": per_step[1:-1] if len(per_step) > 2 else [],
@@ -515,6 +498,7 @@ def grid_worker(args: argparse.Namespace) -> int:
     """One small training of the grid: set up, say "ready", wait for "go" on stdin, train, and
     print its start/end times and images as one JSON line."""
     import torch
+    from rich.console import Console
 
     from eed.engine import trainer
 
@@ -530,11 +514,10 @@ def grid_worker(args: argparse.Namespace) -> int:
     if ctx.device == "cuda":
         torch.zeros(1, device="cuda")
     out = ctx.work / "grid" / method
-    trainer.console.quiet = True
     print("ready", flush=True)
     sys.stdin.readline()
     start = time.time()
-    result = trainer.train(cfg, out, resume="never")
+    result = trainer.train(cfg, out, resume="never", console=Console(stderr=True, quiet=True))
     end = time.time()
     history = result.history.get("throughput_img_s") or result.history.get("train/throughput_img_s") or []
     print(json.dumps({"method": method, "start": start, "end": end, "epochs": result.epochs_completed,

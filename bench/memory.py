@@ -9,14 +9,16 @@ RUSAGE_CHILDREN in the parent) keeps the high-water mark of the process image re
 and FFCV), which then hides any child that stays below it. ``ru_maxrss`` is recorded in the
 JSON for reference. Variants:
 
-* ``imports + model``: Python, torch, eed.engine and eed.data imported, the model, objective
-  and SGD optimizer built; no data, no step: the floor every variant stands on;
-* ``steps (ffcv)``: plus the FFCV train loader (JIT-compiled), ``--steps`` training steps
-  through ``eed.engine.loops.train_one_epoch``, then the rest of the epoch's batches drained without
-  training, so that every page of the memory-mapped ``.beton`` an epoch touches is resident
+* ``imports + model``: Python, torch, eed.engine and eed.data imported, the trainer's set-up
+  built (``eed.engine.setup.build_training``: the model as configured, objective, SGD and
+  schedule, and the FFCV train/test/val loaders made but never iterated: no batch read); no
+  step: the floor every variant stands on;
+* ``steps (ffcv)``: the same set-up, plus the FFCV train loader JIT-compiled, ``--steps`` training
+  steps through ``eed.engine.loops.train_one_epoch``, then the rest of the epoch's batches drained
+  without training, so that every page of the memory-mapped ``.beton`` an epoch touches is resident
   (the file's pages count in RSS once read);
-* ``steps (tensor)``: the same with ``data.backend=tensor`` (the whole train split read into
-  memory as uint8, then the subset taken);
+* ``steps (tensor)``: the same with ``data.backend=tensor`` (the train split read into memory as
+  uint8, then the subset taken; the test and val splits too, as the trainer's set-up holds them);
 * ``eed.engine.trainer.train (1 epoch)``: the whole trainer for one epoch of ``--steps`` steps: FFCV
   loaders, validation (5,000 images), checkpoints, the final test pass (10,000) and the
   MLflow run with ``log_model`` (sqlite store under bench/results/memory/); run once
@@ -69,12 +71,7 @@ def child(variant: str, prepared: str, steps: int, threads: int) -> dict:
     torch.set_num_threads(threads)
     import eed.engine.trainer as trainer
     from eed.engine.loops import train_one_epoch
-    from eed.engine.optim import build_optimizer, build_scheduler
-    from eed.engine.runtime import setup_runtime
     from bench import common
-    from eed.data import make_loader
-    from eed.models.registry import create_model
-    from eed.objectives import ExitEnsembleObjective
 
     batch = 128
     extra = {}
@@ -86,15 +83,9 @@ def child(variant: str, prepared: str, steps: int, threads: int) -> dict:
         return {"variant": variant, **_peaks(), "threads": torch.get_num_threads()}
 
     backend = "tensor" if "tensor" in variant else "ffcv"
-    cfg = common.config(prepared, f"data.backend={backend}")
-    model = create_model(cfg.model.arch, 100, cfg.model.width, exits=True)
-    objective = ExitEnsembleObjective(cfg.method, cfg.loss, model.num_classifiers)
-    optimizer = build_optimizer(model, cfg.train)
+    setup = common.training_setup(common.config(prepared, f"data.backend={backend}"), threads)
     if variant != "imports + model":
-        runtime = setup_runtime(cfg.train)
-        loader = make_loader(cfg, "train", train=True, device=runtime.device)
-        torch.set_num_threads(threads)
-        scheduler = build_scheduler(optimizer, cfg.train, len(loader))
+        loader = setup.train_loader
         loader.warmup(show_status=False)
         done = []
 
@@ -103,8 +94,8 @@ def child(variant: str, prepared: str, steps: int, threads: int) -> dict:
             return len(done) >= steps
 
         loader.set_epoch(1)
-        train_one_epoch(model, objective, loader, optimizer, scheduler, runtime, epoch=1,
-                          classifier_names=model.classifier_names(), should_stop=stop_after_steps)
+        train_one_epoch(setup.train_model, setup.objective, loader, setup.optimizer, setup.scheduler, setup.runtime,
+                        epoch=1, classifier_names=setup.classifier_names, should_stop=stop_after_steps)
         extra["rss_after_steps_mib"] = _rss_mib()
         for _ in loader:  # the rest of an epoch's data, not trained on: every page an epoch reads
             pass

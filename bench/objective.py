@@ -1,7 +1,8 @@
 """3. Objective overhead: one training step with method eed vs method branchynet.
 
 Both steps are ``model(x)`` -> ``ExitEnsembleObjective(method)`` -> ``zero_grad`` ->
-``backward`` -> ``SGD.step`` on the same multi-exit network and optimizer (resnet18 width 16;
+``backward`` -> ``SGD.step`` on the same multi-exit network and optimizer, as the trainer builds
+them (``eed.engine.setup.build_training``: resnet18 width 16, params.yaml's init and stem;
 one network for both methods, because two copies of one network ran up to 5 % apart in
 speed here, where each copy's memory lies) and the same batch of 128 real CIFAR-100
 training images (tensor-backend loader, in memory). params.yaml's loss settings: eed adds the
@@ -35,25 +36,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> common.Result:
-    from eed.engine.optim import build_optimizer
-    from eed.data import make_loader
-    from eed.models.registry import create_model
-    from eed.objectives import ExitEnsembleObjective
-
     started = common.now()
     prepared = common.ensure_prepared(args.prepared_dir)
     threads = common.resolve_threads(args.threads, prepared)
     steps = 2 if args.quick and args.steps_per_round == 6 else args.steps_per_round
-    cfg = common.config(prepared, "data.backend=tensor", "train.batch_size=128")
-    loader = make_loader(cfg, "train", train=True)
-    torch.set_num_threads(threads)
-    x, y = next(iter(loader))
+    # The trainer's set-up (network as configured, SGD, tensor-backend loader) of method eed; the
+    # branchynet objective over the same network (one network for both, see above).
+    setup = common.training_setup(common.config(prepared, "data.backend=tensor", "train.batch_size=128",
+                                                f"method={METHODS[0]}"), threads)
+    cfg = setup.config
+    x, y = next(iter(setup.train_loader))
     x, y = x.clone(), y.clone()
 
-    torch.manual_seed(cfg.seed)
-    model = create_model(cfg.model.arch, loader.num_classes, cfg.model.width, exits=True).train()
-    optimizer = build_optimizer(model, cfg.train)
-    objectives = {method: ExitEnsembleObjective(method, cfg.loss, model.num_classifiers) for method in METHODS}
+    model, optimizer = setup.train_model, setup.optimizer
+    model.train()
+    objectives = {method: common.objective_of(setup, method) for method in METHODS}
 
     def step(method: str) -> float:
         objective = objectives[method]

@@ -1,10 +1,11 @@
 """Diagnostic (not one of the published benchmarks): what the training progress bar costs.
 ``python bench/run.py progress``.
 
-Bare training steps (resnet18 width 16, eed, batch 128, one batch in memory), ``--steps`` per
-round, in three variants interleaved round by round: no progress bar; a Rich bar with the
-trainer's columns live on a terminal (``force_terminal``, written to /dev/null) refreshed by
-Rich's own thread (10 renders per second; what the trainer did before); the trainer's bar
+Bare training steps (the trainer's set-up, ``eed.engine.setup.build_training``: resnet18 width
+16, eed, its SGD; batch 128, one random batch in memory), ``--steps`` per round, in three
+variants interleaved round by round: no progress bar; a Rich bar with the trainer's columns
+live on a terminal (``force_terminal``, written to /dev/null) refreshed by Rich's own thread
+(10 renders per second; what the trainer did before); the trainer's bar
 (``eed.progress.progress_bar``: no refresh thread) rendered between steps whenever
 ``eed.progress.RefreshClock`` says so, as ``train_one_epoch`` does. Ratio per round =
 seconds without a bar / seconds with it.
@@ -32,19 +33,16 @@ def run(args: argparse.Namespace) -> common.Result:
 
     from eed.progress import RefreshClock, progress_bar
 
-    from eed.models.registry import create_model
-    from eed.objectives import ExitEnsembleObjective
-
     started = common.now()
     prepared = common.ensure_prepared(args.prepared_dir)
     threads = common.resolve_threads(args.threads, prepared)
     steps = 2 if args.quick and args.steps == 10 else args.steps
-    cfg = common.config(prepared)
-    torch.manual_seed(0)
-    model = create_model(cfg.model.arch, 100, cfg.model.width, exits=True)
-    objective = ExitEnsembleObjective(cfg.method, cfg.loss, model.num_classifiers)
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    x, y = torch.randn(128, 3, 32, 32), torch.randint(0, 100, (128,))
+    setup = common.training_setup(common.config(prepared), threads)
+    model, objective, optimizer = setup.train_model, setup.objective, setup.optimizer
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(128, 3, 32, 32, generator=generator).to(setup.runtime.device)
+    y = torch.randint(0, setup.network.num_classes, (128,), generator=generator).to(setup.runtime.device)
+    model.train()
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
                TimeRemainingColumn())
 

@@ -6,7 +6,7 @@ The model is the early_exit benchmark's (``--checkpoint PATH``, else the ``dvc r
 trained once and cached in bench/results/early_exit/). Its serving settings are fitted on val
 exactly as the evaluate stage fits them (``eed.stages.evaluate.fit_early_exit`` with
 params.yaml's ``eval``: the ``budget_<GFLOPs>`` thresholds and the guaranteed ``max_drop`` one),
-and it is logged by ``eed.stages.serve.log_served_model`` into a throw-away sqlite store, then
+and it is logged by ``eed.inference.export.log_served_model`` into a throw-away sqlite store, then
 loaded with ``mlflow.pyfunc.load_model``: the object a deployment calls.
 
 Variants, timed on the same raw uint8 test images (N × 32 × 32 × 3) in each round, order rotating:
@@ -16,7 +16,7 @@ Variants, timed on the same raw uint8 test images (N × 32 × 32 × 3) in each r
 * ``served, no exit taken``: threshold above 1, every image runs every exit and the main output;
 * ``full network``: normalization + ``model.forward_main`` + softmax max/argmax under
   ``torch.inference_mode()``: what answering without exits costs (no pyfunc, no table);
-* ``predict() <name>``: normalization + ``eed.engine.early_exit.predict`` at the same threshold,
+* ``predict() <name>``: normalization + ``eed.inference.early_exit.predict`` at the same threshold,
   without the pyfunc wrapper: how much of the gap is the cascade and how much the wrapper.
 
 Per round and threshold: realised speed-up = served img/s ÷ full-network img/s; FLOPs speed-up =
@@ -54,10 +54,10 @@ def _served(cfg, checkpoint_path: Path, model, folder: Path):
     from mlflow.tracking import MlflowClient
 
     from eed.data import make_loader
-    from eed.engine.checkpoint import ResolvedSource, load_checkpoint
+    from eed.engine.checkpoint import Checkpoint
     from eed.engine.loops import collect_outputs
+    from eed.inference.export import log_served_model
     from eed.metrics.summary import summarize
-    from eed.stages import serve
     from eed.stages.evaluate import fit_early_exit
     from eed.tracking import using_tracking_uri
 
@@ -72,8 +72,7 @@ def _served(cfg, checkpoint_path: Path, model, folder: Path):
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     client = MlflowClient(uri)
     run_id = client.create_run(client.create_experiment("bench", (folder / "artifacts").as_uri())).info.run_id
-    source = ResolvedSource(load_checkpoint(checkpoint_path), None, str(checkpoint_path), checkpoint_path.name)
-    model_id = serve.log_served_model(uri, run_id, source, report, cfg, "test")
+    model_id = log_served_model(uri, run_id, Checkpoint.load(checkpoint_path), report, cfg, "test")
     with using_tracking_uri(uri):
         return mlflow.pyfunc.load_model(f"models:/{model_id}"), report
 
@@ -81,7 +80,7 @@ def _served(cfg, checkpoint_path: Path, model, folder: Path):
 def run(args: argparse.Namespace) -> common.Result:
     from eed.data import read_split
     from eed.data.augment import Normalizer
-    from eed.engine.early_exit import predict
+    from eed.inference.early_exit import predict
     from eed.metrics.anytime import ClassifierCosts
     from eed.metrics.flops import profile_model
 
@@ -176,5 +175,5 @@ def run(args: argparse.Namespace) -> common.Result:
 
 def report_thresholds(served) -> list[tuple[str, float]]:
     """The fitted thresholds the served model carries (name, value), budgets first."""
-    answering = served.unwrap_python_model().served  # the eed.serving.ServedModel inside
+    answering = served.unwrap_python_model().served  # the eed.inference.served.ServedModel inside
     return sorted(answering.thresholds.items(), key=lambda item: (item[0] == "max_drop", item[0]))

@@ -49,28 +49,20 @@ def worker(spec: dict, prepared: str, steps: int) -> None:
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
     from eed.engine.loops import train_one_epoch
-    from eed.engine.optim import build_optimizer, build_scheduler
-    from eed.engine.runtime import setup_runtime
     from bench import common
-    from eed.data import make_loader
-    from eed.models.registry import create_model
-    from eed.objectives import ExitEnsembleObjective
 
     cfg = common.config(prepared, f"data.backend={spec['backend']}", f"data.train_subset={steps * 128}",
                         "train.epochs=1000", f"data.num_workers={spec.get('workers', 1)}")
-    loader = make_loader(cfg, "train", train=True)
-    torch.set_num_threads(spec["threads"])
+    setup = common.training_setup(cfg, spec["threads"])  # the trainer's set-up: network, loaders, SGD, schedule
+    loader, model, objective, runtime = setup.train_loader, setup.train_model, setup.objective, setup.runtime
+    optimizer, scheduler = setup.optimizer, setup.scheduler
     loader.warmup(show_status=False)
-    torch.manual_seed(0)
-    model = create_model(cfg.model.arch, loader.num_classes, cfg.model.width, exits=True)
-    bare_model = copy.deepcopy(model)
-    objective = ExitEnsembleObjective(cfg.method, cfg.loss, model.num_classifiers)
-    runtime = setup_runtime(cfg.train)
-    optimizer, bare_optimizer = build_optimizer(model, cfg.train), build_optimizer(bare_model, cfg.train)
-    scheduler = build_scheduler(optimizer, cfg.train, len(loader))
+    # The bare loop's own copy of the network and its SGD (copied together, so that the copied
+    # optimizer steps the copied parameters): same initial weights and settings.
+    bare_model, bare_optimizer = copy.deepcopy((setup.model, setup.optimizer))
     x, y = next(iter(loader))
     x, y = x.clone(), y.clone()
-    names = model.classifier_names()
+    names = setup.classifier_names
 
     def project(epoch: int) -> tuple[float, list[float]]:
         marks = [time.perf_counter()]
@@ -81,7 +73,7 @@ def worker(spec: dict, prepared: str, steps: int) -> None:
 
         loader.set_epoch(epoch)
         train_one_epoch(model, objective, loader, optimizer, scheduler, runtime, epoch=epoch,
-                          classifier_names=names, should_stop=after_step)
+                        classifier_names=names, should_stop=after_step)
         return time.perf_counter() - marks[0], [b - a for a, b in zip(marks[1:-1], marks[2:])]
 
     def bare() -> tuple[float, list[float]]:

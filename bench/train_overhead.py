@@ -4,11 +4,14 @@
 own functions: ``loader.set_epoch``, ``eed.engine.loops.train_one_epoch`` (the real FFCV train
 loader of params.yaml, ``ExitEnsembleObjective``, the non-finite check, SGD + the LR
 schedule, per-step loss terms and per-classifier accuracy, the progress bar rendered as on a
-terminal every ``eed.progress.REFRESH_S``, into /dev/null), then ``_epoch_metrics``, the MLflow
-``log_batch`` (``MlflowLogger.log_metrics``, sqlite store under bench/results/) and the
-``last.pt`` checkpoint write. An epoch has the length of a real epoch of params.yaml (156 steps
-of 128 at the cpu preset) unless ``--steps`` asks for fewer (``data.train_subset`` = steps x
-128); shorter epochs spread the per-epoch costs over fewer steps, a lower bound.
+terminal every ``eed.progress.REFRESH_S``, into /dev/null), then ``eed.engine.epochs.epoch_metrics``,
+the MLflow ``log_batch`` (``MlflowLogger.log_metrics``, sqlite store under bench/results/) and the
+``last.pt`` checkpoint write (``TrainState.to_checkpoint(...).save``, as the trainer writes it).
+Model, objective, optimizer, schedule and loader are the trainer's own set-up
+(``eed.engine.setup.build_training``: the network with params.yaml's init and stem). An epoch
+has the length of a real epoch of params.yaml (156 steps of 128 at the cpu preset) unless
+``--steps`` asks for fewer (``data.train_subset`` = steps x 128); shorter epochs spread the
+per-epoch costs over fewer steps, a lower bound.
 
 ``bare`` is ``model(x)``, the same objective (method eed) on its output, ``zero_grad``,
 ``backward``, ``SGD.step`` on one batch held in memory (taken from the same loader), for the
@@ -127,14 +130,11 @@ def _loop_pieces(model, objective, loader, scheduler, x, y, names, runtime, step
 def run(args: argparse.Namespace) -> common.Result:
     from rich.console import Console
 
-    import eed.engine.trainer as trainer
-    from eed.engine.loops import train_one_epoch
-    from eed.engine.optim import build_optimizer, build_scheduler
-    from eed.engine.runtime import rng_state, seed_everything, setup_runtime
-    from eed.engine.checkpoint import save_checkpoint
+    from eed import tracking
     from eed.data import make_loader
-    from eed.models.registry import create_model
-    from eed.objectives import ExitEnsembleObjective
+    from eed.engine.checkpoint import TrainState
+    from eed.engine.epochs import epoch_metrics
+    from eed.engine.loops import train_one_epoch
     from eed.progress import progress_bar
 
     started = common.now()
@@ -148,26 +148,19 @@ def run(args: argparse.Namespace) -> common.Result:
     cfg_overrides = (f"data.backend={args.backend}", f"data.train_subset={steps * batch}", f"train.batch_size={batch}",
                      f"train.epochs={2 * args.repeats + 2}", "tracking.enabled=true",
                      f"tracking.uri=sqlite:///{mlflow_dir / 'mlflow.db'}", "tracking.experiment=bench")
-    cfg = common.config(prepared, *cfg_overrides)
-
-    runtime = setup_runtime(cfg.train)
-    seed_everything(cfg.seed, cfg.train.deterministic)
-    loader = make_loader(cfg, "train", train=True, device=runtime.device)
-    torch.set_num_threads(threads)
+    setup = common.training_setup(common.config(prepared, *cfg_overrides), threads)
+    cfg, runtime, loader = setup.config, setup.runtime, setup.train_loader
     assert len(loader) == steps, (len(loader), steps)
-    model = create_model(cfg.model.arch, loader.num_classes, cfg.model.width, exits=True)
-    names = model.classifier_names()
-    objective = ExitEnsembleObjective(cfg.method, cfg.loss, model.num_classifiers)
-    optimizer = build_optimizer(model, cfg.train)
-    scheduler = build_scheduler(optimizer, cfg.train, len(loader))
-    from eed import tracking
+    model, objective, optimizer, scheduler = setup.train_model, setup.objective, setup.optimizer, setup.scheduler
+    names = setup.classifier_names
 
     tracking_uri = tracking.resolve_tracking_uri(cfg)
     tracking.check_tracking_uri(tracking_uri)
     logger = tracking.MlflowLogger.for_training(cfg, tracking_uri)
     last_path = common.RESULTS / "train_overhead" / "last.pt"
+    history: dict[str, list[tuple[int, float]]] = {}  # the trainer's last.pt records every epoch's metrics
     # The progress bar as on a terminal (rendered and refreshed), written to /dev/null.
-    trainer.console = Console(file=open(os.devnull, "w"), force_terminal=True, width=120)  # noqa: SIM115
+    console = Console(file=open(os.devnull, "w"), force_terminal=True, width=120)  # noqa: SIM115
 
     loader.warmup(show_status=False)
     loader_before = None
@@ -180,7 +173,7 @@ def run(args: argparse.Namespace) -> common.Result:
     x, y = x.clone(), y.clone()
 
     step_times: dict[str, list[float]] = {"project": [], "bare": [], "bare@default threads": [], BEFORE: []}
-    epoch_costs: dict[str, list[float]] = {"log_epoch": [], "save_checkpoint": []}
+    epoch_costs: dict[str, list[float]] = {"log_epoch": [], "write_last": []}
 
     def project(epoch: int, record: str = "project", epoch_loader=loader, bar=None) -> None:
         marks = [common.now()]
@@ -191,25 +184,26 @@ def run(args: argparse.Namespace) -> common.Result:
 
         epoch_loader.set_epoch(epoch)
         stats = train_one_epoch(model, objective, epoch_loader, optimizer, scheduler, runtime, epoch=epoch,
-                                  classifier_names=names, should_stop=after_step, progress=bar or progress)
+                                classifier_names=names, should_stop=after_step, progress=bar or progress)
         t0 = common.now()
-        metrics = trainer._epoch_metrics(stats, {}, "val", optimizer)
+        metrics = epoch_metrics(stats, None, {}, optimizer.param_groups[0]["lr"])
         logger.log_metrics(metrics, epoch)
         t1 = common.now()
-        save_checkpoint({"arch": cfg.model.arch, "epoch": epoch, "step_in_epoch": 0, "model": model.state_dict(),
-                         "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                         "rng": rng_state(), "metrics": metrics}, last_path)
+        for name, value in metrics.items():  # as the trainer records an epoch
+            history.setdefault(name, []).append((epoch, value))
+        TrainState(epoch=epoch, history=history).to_checkpoint(setup.network, setup.model, cfg,
+                                                               setup.resume_state()).save(last_path)
         t2 = common.now()
         if epoch > 0:
             step_times[record] += [b - a for a, b in zip(marks[1:-1], marks[2:])]  # steady steps
             if record == "project":
                 epoch_costs["log_epoch"].append(t1 - t0)
-                epoch_costs["save_checkpoint"].append(t2 - t1)
+                epoch_costs["write_last"].append(t2 - t1)
 
     def project_before(epoch: int) -> None:
         from rich.progress import Progress
 
-        with Progress(*progress.columns, console=trainer.console, transient=True) as thread_bar:  # auto-refresh thread
+        with Progress(*progress.columns, console=console, transient=True) as thread_bar:  # auto-refresh thread
             project(epoch, BEFORE, loader_before, thread_bar)
 
     def bare(record: str | None, thread_count: int) -> None:
@@ -236,7 +230,7 @@ def run(args: argparse.Namespace) -> common.Result:
         variants["bare@default threads"] = common.TORCH_DEFAULT_THREADS
 
     seconds: dict[str, list[float]] = {name: [] for name in variants}
-    with progress_bar(trainer.console) as progress:
+    with progress_bar(console) as progress:
         project(0)  # warm-up epoch: allocator, first MLflow write, page faults
         if args.compare_before:
             project_before(0)
@@ -270,7 +264,7 @@ def run(args: argparse.Namespace) -> common.Result:
         common.target_row("project ÷ bare, derived from the loop's own per-step work", [bare_step / (bare_step + intrinsic)],
                           ">=", TARGET, note=f"{1e3 * intrinsic:.2f} ms/step of loop work vs a {1e3 * bare_step:.0f} ms step"),
         common.Row("per-epoch MLflow log_epoch", common.Stat([1e3 * v for v in epoch_costs["log_epoch"]]), "ms"),
-        common.Row("per-epoch last.pt write", common.Stat([1e3 * v for v in epoch_costs["save_checkpoint"]]), "ms"),
+        common.Row("per-epoch last.pt write", common.Stat([1e3 * v for v in epoch_costs["write_last"]]), "ms"),
     ]
     if args.compare_before:
         rows[3:3] = [

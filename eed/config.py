@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Union, get_args
+from typing import Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from eed.errors import ConfigError
+from eed.methods import get_method, method_names
+from eed.paths import project_root
 
-Method = Literal["baseline", "branchynet", "distill", "byot", "eed"]
-METHODS: tuple[str, ...] = get_args(Method)
 Scale = Literal["cpu", "paper"]
 # default: eed's own choices; official: the paper's official release (hjdw2/Exit-Ensemble-
 # Distillation) where it differs, see OFFICIAL_RELEASE.
@@ -84,25 +84,17 @@ class DataConfig(_Section):
         root = Path(os.environ.get(DATA_ROOT_ENV) or self.root).expanduser()
         if root.is_absolute():
             return root
-        from eed.paths import project_root
-
         return project_root() / root
 
 
 class ModelConfig(_Section):
+    # A registered backbone (`eed models`), checked against the registry where the config meets the
+    # models (eed.models.from_config), not here: reading params.yaml imports no network code.
     arch: str = "resnet18"
     # Channels of the first stage; later stages scale with it. null = preset
-    # (cpu: a quarter of the architecture's own width, 16 for ResNet-18; paper: its own, 64).
+    # (cpu: a quarter of the architecture's own width, 16 for ResNet-18; paper: its own, 64),
+    # filled in by eed.models.from_config.resolve_architecture.
     width: int | None = Field(None, ge=1)
-
-    @field_validator("arch")
-    @classmethod
-    def _known_arch(cls, arch: str) -> str:
-        from eed.models import registry  # late: the registry imports every model module
-
-        if arch not in registry.list_backbones():
-            raise ValueError(f"unknown architecture {arch!r}; allowed: {', '.join(registry.list_backbones())}")
-        return arch
 
     # Weight initialisation (eed/models/initialization.py): he_fan_out = He-normal fan-out convs,
     # BN weight 1 / bias 0 (the official release, torchvision, timm); pytorch = each layer's
@@ -145,9 +137,15 @@ class LossConfig(_Section):
 
 def check_method_loss(method: str, loss: LossConfig) -> None:
     """Loss settings a method cannot train with (the config and the objective both ask)."""
-    if method == "byot" and loss.beta <= 0:
-        raise ConfigError("loss.beta: method 'byot' adds the feature loss and needs beta > 0; "
+    spec = get_method(method)
+    if spec.feature_loss == "required" and loss.beta <= 0:
+        raise ConfigError(f"loss.beta: method {method!r} adds the feature loss and needs beta > 0; "
                           "use method 'distill' for beta = 0")
+    if loss.teacher is not None and spec.teacher != "chosen":
+        chooser = [m for m in method_names() if get_method(m).teacher == "chosen"]
+        has = "uses the main output" if spec.teacher == "main" else "has no teacher"
+        raise ConfigError(f"loss.teacher: only method {' or '.join(repr(m) for m in chooser)} takes a teacher "
+                          f"ensemble ({method!r} {has}); set loss.teacher to null (got {loss.teacher!r})")
 
 
 class TrainConfig(_Section):
@@ -247,7 +245,7 @@ class EvalConfig(_Section):
 
 class TrackingConfig(_Section):
     enabled: bool = True
-    # null = the default store at the project root (see eed/tracking.py: a sqlite database and an
+    # null = the default store at the project root (see eed/tracking/store.py: a sqlite database and an
     # artifact folder).
     # $MLFLOW_TRACKING_URI wins over this.
     uri: str | None = None
@@ -261,7 +259,8 @@ class PathsConfig(_Section):
 
 class Config(_Section):
     seed: int = Field(0, ge=0)
-    method: Method = "eed"
+    # A row of the methods table (eed/methods.py): baseline, branchynet, distill, byot, eed.
+    method: str = "eed"
     scale: Scale = "cpu"
     reference: Reference = "default"
     data: DataConfig = DataConfig()
@@ -272,29 +271,26 @@ class Config(_Section):
     tracking: TrackingConfig = TrackingConfig()
     paths: PathsConfig = PathsConfig()
 
+    @field_validator("method")
+    @classmethod
+    def _known_method(cls, method: str) -> str:
+        get_method(method)  # a ValueError listing the methods
+        return method
+
     @model_validator(mode="after")
     def _consistent(self) -> "Config":
         check_method_loss(self.method, self.loss)
-        from eed.models.registry import get_spec
-
-        family = get_spec(self.model.arch).family
-        if self.data.dataset == "imagenet" and family != "imagenet":
-            raise ValueError(f"model.arch: {self.model.arch!r} is a CIFAR network (32x32); for ImageNet use "
-                             "imagenet_resnet18 or imagenet_resnet50")
-        if self.data.dataset in ("cifar10", "cifar100") and family != "cifar":
-            raise ValueError(f"model.arch: {self.model.arch!r} is an ImageNet network (224x224); "
-                             f"for {self.data.dataset} use a CIFAR network (see `eed models`)")
         return self
 
     def resolved(self) -> "Config":
-        """A copy with every preset-controlled ``null`` filled from :data:`PRESETS`."""
+        """A copy with every preset-controlled ``null`` filled from :data:`PRESETS`, except
+        ``model.width``, which depends on the architecture
+        (:func:`eed.models.from_config.resolve_architecture`)."""
         data = self.model_dump()
         for dotted, value in PRESETS[self.scale].items():
             section, key = dotted.split(".")
             if data[section][key] is None:
                 data[section][key] = value
-        if data["model"]["width"] is None:
-            data["model"]["width"] = preset_width(self.model.arch, self.scale)
         # The reference decides what the model and the loss are where the user left it open.
         official = self.reference == "official"
         if data["model"]["stem_relu"] is None:
@@ -334,18 +330,6 @@ PAPER_ALPHA = 1.0
 # ResNet stem has no ReLU after its BN, and it weighs its KL output loss by 0.1 (its MSE by 1).
 # Its He-normal fan-out initialisation is eed's default (model.init) either way.
 OFFICIAL_KL_ALPHA = 0.1
-# The cpu preset narrows CIFAR networks to a quarter of their width (ResNet-18: 64 -> 16),
-# keeping the topology; the ImageNet networks come from torchvision at their own width.
-CPU_WIDTH_DIVISOR = 4
-
-
-def preset_width(arch: str, scale: str) -> int:
-    from eed.models.registry import get_spec
-
-    spec = get_spec(arch)
-    if scale == "paper" or spec.family != "cifar":
-        return spec.default_width
-    return max(8, round(spec.default_width / CPU_WIDTH_DIVISOR / 8) * 8)
 
 
 def _format_validation_error(error: ValidationError, source: str) -> str:
@@ -410,7 +394,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read ``params.yaml`` (or defaults when ``path`` is None), apply ``key=value`` overrides,
-    validate, and fill preset values. Raises :class:`ConfigError` with every problem found."""
+    validate, and fill preset values. Raises :class:`ConfigError` with every problem found.
+
+    The architecture is checked, and ``model.width`` filled, where the config meets the models
+    (:func:`eed.models.from_config.resolve_architecture`): this reads no network code."""
     source = str(path) if path is not None else "defaults"
     data: dict[str, Any] = {}
     if path is not None:

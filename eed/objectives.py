@@ -4,17 +4,10 @@ With k classifiers (exits 1..k-1, then the main output k), every method is a spe
 
     L = sum_i w_i * CE(Z_i, y)  +  sum_{i in S} [ alpha * l_z(Z_i, G_z) + beta * l_f(F_i, G_f) ]
 
-where S are the students and G_z, G_f the mean logits / features of the teacher members T:
-
-    method      w_i               S            T              alpha   beta       paper
-    baseline    main only         -            -              0       0          no exits
-    branchynet  1 for all k       -            -              0       0          eq. 2  [22]
-    distill     1 for all k       exits 1..k-1 main           alpha   0          eq. 4, beta = 0  [19]
-    byot        1 for all k       exits 1..k-1 main           alpha   beta > 0   eq. 4  [28]
-    eed         1 for all k       all k        loss.teacher   alpha   beta       eq. 8  (T = all by default)
-
-:func:`plan_for` derives that table row from the method and the loss config in one place,
-and :class:`ExitEnsembleObjective` evaluates any row with the same code.
+where S are the students and G_z, G_f the mean logits / features of the teacher members T.
+Which classifiers get the CE, which are students and who teaches is each method's row of the
+methods table (:mod:`eed.methods`); :func:`plan_for` turns a row and the loss config into an
+:class:`ObjectivePlan`, and :class:`ExitEnsembleObjective` evaluates any plan with the same code.
 
 l_z is ``T^2 * KL(softmax(G/T) || softmax(Z/T))`` (batchmean) or the MSE on logits; l_f is
 the "partial L2" of the paper's ref. [8]: the squared error where the student or the
@@ -37,15 +30,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from eed.config import METHODS, PAPER_ALPHA, Config, LossConfig, TeacherMember, check_method_loss
+from eed.config import PAPER_ALPHA, Config, LossConfig, TeacherMember, check_method_loss
 from eed.errors import ConfigError
+from eed.methods import get_method, method_names
 from eed.models.multi_exit import MultiExitOutput, classifier_names
 
 OutputLoss = Literal["kl", "mse"]
-
-# Methods whose teacher is the main output alone (eq. 4); eed's teacher is configurable (eq. 8).
-_MAIN_TEACHER_METHODS = ("distill", "byot")
-
 
 # ---------------------------------------------------------------------------------------
 # The plan: which terms a method has, derived from the config in one place
@@ -94,54 +84,45 @@ class ObjectivePlan:
 
 
 def plan_for(method: str, loss: LossConfig, num_classifiers: int) -> ObjectivePlan:
-    """The :class:`ObjectivePlan` of ``method`` for a network with ``num_classifiers`` outputs.
+    """The :class:`ObjectivePlan` of ``method`` (its row of :mod:`eed.methods`) for a network with
+    ``num_classifiers`` outputs.
 
     Raises :class:`ConfigError` naming the offending key for a configuration the method
     cannot run with.
     """
-    if method not in METHODS:
-        raise ConfigError(f"method: unknown method {method!r}; allowed: {', '.join(METHODS)}")
+    try:
+        spec = get_method(method)
+    except ValueError as error:
+        raise ConfigError(f"method: {error}") from None
     if num_classifiers < 1:
         raise ValueError(f"num_classifiers must be >= 1, got {num_classifiers}")
     k = num_classifiers
-    if method == "baseline" and k != 1:
-        raise ConfigError(_baseline_message(k))
-    if method != "baseline" and k < 2:
+    if not spec.exits and k != 1:
+        raise ConfigError(_baseline_message(method, k))
+    if spec.exits and k < 2:
+        without_exits = [m for m in method_names() if not get_method(m).exits]
         raise ConfigError(f"method: method {method!r} trains a multi-exit network and needs at least "
-                          f"2 classifiers, got {k}; use method 'baseline' for a network without exits")
-    if loss.teacher is not None and method != "eed":
-        raise ConfigError(f"loss.teacher: only method 'eed' takes a teacher ensemble ({method!r} "
-                          f"{'uses the main output' if method in _MAIN_TEACHER_METHODS else 'has no teacher'}); "
-                          f"set loss.teacher to null (got {loss.teacher!r})")
+                          f"2 classifiers, got {k}; use method {' or '.join(map(repr, without_exits))} "
+                          "for a network without exits")
     check_method_loss(method, loss)
 
-    names = classifier_names(k)
     main = k - 1
+    students = {"none": (), "exits": tuple(range(main)), "all": tuple(range(k))}[spec.students]
+    teachers = {"none": (), "main": (main,),
+                "chosen": tuple(range(k)) if loss.teacher is None else _resolve_teacher(loss.teacher, k)}[spec.teacher]
     # A loss config used without Config.resolved() (e.g. built directly) leaves alpha null.
-    alpha = PAPER_ALPHA if loss.alpha is None else loss.alpha
-    all_ce = (1.0,) * k
-    no_distillation = dict(students=(), teachers=(), alpha=0.0, beta=0.0)
-    if method == "baseline":
-        shape = dict(ce_weights=(1.0,), **no_distillation)
-    elif method == "branchynet":
-        shape = dict(ce_weights=all_ce, **no_distillation)
-    elif method in _MAIN_TEACHER_METHODS:
-        # eq. 4: the exits learn from the main output; distill is the beta = 0 case.
-        beta = loss.beta if method == "byot" else 0.0
-        shape = dict(ce_weights=all_ce, students=tuple(range(main)), teachers=(main,),
-                     alpha=alpha, beta=beta)
-    else:  # eed, eq. 8: every classifier, main included, learns from the ensemble.
-        teachers = tuple(range(k)) if loss.teacher is None else _resolve_teacher(loss.teacher, k)
-        shape = dict(ce_weights=all_ce, students=tuple(range(k)), teachers=teachers,
-                     alpha=alpha, beta=loss.beta)
-    return ObjectivePlan(method=method, classifier_names=names, output_loss=loss.output,
-                         temperature=loss.temperature, **shape)
+    alpha = (PAPER_ALPHA if loss.alpha is None else loss.alpha) if spec.distills else 0.0
+    beta = loss.beta if spec.feature_loss != "unused" else 0.0
+    return ObjectivePlan(method=method, classifier_names=classifier_names(k), ce_weights=(1.0,) * k,
+                         students=students, teachers=teachers, alpha=alpha, beta=beta,
+                         output_loss=loss.output, temperature=loss.temperature)
 
 
-def _baseline_message(num_classifiers: int) -> str:
-    return (f"method: method 'baseline' trains the network without exits (1 classifier), but the network "
+def _baseline_message(method: str, num_classifiers: int) -> str:
+    multi_exit = ", ".join(m for m in method_names() if get_method(m).exits)
+    return (f"method: method {method!r} trains the network without exits (1 classifier), but the network "
             f"has {num_classifiers} classifiers; build it with exits=False, or use one of the multi-exit "
-            f"methods: {', '.join(m for m in METHODS if m != 'baseline')}")
+            f"methods: {multi_exit}")
 
 
 def _resolve_teacher(teacher: Sequence[TeacherMember], num_classifiers: int) -> tuple[int, ...]:
@@ -166,9 +147,9 @@ def _resolve_teacher(teacher: Sequence[TeacherMember], num_classifiers: int) -> 
 
 def describe_plan(plan: ObjectivePlan) -> str:
     """One line saying what the loss computes, e.g. for logging and run descriptions."""
-    k = plan.num_classifiers
-    if plan.method == "baseline":
-        return "baseline: CE on main (no exits)"
+    k, spec = plan.num_classifiers, get_method(plan.method)
+    if not spec.exits:
+        return f"{plan.method}: CE on main (no exits)"
     text = f"{plan.method}: CE on {k} classifiers"
     symbols = ["main" if i == k - 1 else str(i + 1) for i in plan.teachers]
     teacher_z, teacher_f = (
@@ -185,9 +166,9 @@ def describe_plan(plan: ObjectivePlan) -> str:
     if plan.has_output_distillation or plan.has_feature_distillation:
         students = [plan.classifier_names[i] for i in plan.students]
         text += f" for i in {students[0]}..{students[-1]}"
-    if plan.method == "distill":
-        text += "; β=0 (distill has no feature loss; loss.beta is ignored)"
-    elif plan.method == "eed" and plan.beta == 0:
+    if spec.distills and spec.feature_loss == "unused":
+        text += f"; β=0 ({plan.method} has no feature loss; loss.beta is ignored)"
+    elif spec.feature_loss == "optional" and plan.beta == 0:
         text += "; β=0"
     return text
 
@@ -311,8 +292,8 @@ class ExitEnsembleObjective(nn.Module):
         found = len(output.logits)
         if found == self.plan.num_classifiers:
             return
-        if self.plan.method == "baseline":
-            raise ConfigError(_baseline_message(found))
+        if not get_method(self.plan.method).exits:
+            raise ConfigError(_baseline_message(self.plan.method, found))
         raise ValueError(f"objective for method {self.plan.method!r} was built for "
                          f"{self.plan.num_classifiers} classifiers, but the output has {found}")
 

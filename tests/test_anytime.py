@@ -11,10 +11,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from eed.engine.early_exit import predict
 from eed.engine.loops import collect_outputs
-from eed.metrics.anytime import (ABOVE_ONE, AnytimeCurve, ClassifierCosts, analyze, exit_indices, fit_budgets, sweep,
-                                 threshold_grid)
+from eed.inference.early_exit import predict
+from eed.metrics.anytime import (
+    ABOVE_ONE,
+    AnytimeCurve,
+    ClassifierCosts,
+    analyze,
+    exit_indices,
+    fit_budgets,
+    sweep,
+    threshold_grid,
+)
 from eed.models.backbone import Backbone
 from eed.models.multi_exit import MultiExitNet, conv_bn_relu
 

@@ -1,6 +1,7 @@
 """The layout README's "Architecture" section promises: no import cycles inside ``eed/``
-(module-level, function-level and type-checking imports alike), MLflow spoken only in
-``eed/tracking.py``, and the pipeline stages as thin shells over ``eed.stages``."""
+(module-level, function-level and type-checking imports alike), every import running down the
+layers of :data:`LAYERS`, MLflow spoken only in ``eed/tracking/``, and the pipeline stages as thin
+shells over ``eed.stages`` whose DVC deps are the modules they run."""
 
 from __future__ import annotations
 
@@ -108,17 +109,85 @@ def test_the_cycle_finder_finds_cycles(tmp_path):
     assert import_graph(package, runtime=True)["eed.sub"] == {"eed.sub.b", "eed.sub.c"}
 
 
+# The layers of eed/, lowest first (README, "Architecture"). A module may import its own component
+# (the package or module named here) and anything in a lower layer; never a higher layer, nor
+# another component of its own layer.
+LAYERS: list[tuple[str, ...]] = [
+    ("eed", "eed.errors"),                                 # the error kinds and their boundary
+    ("eed.paths", "eed.methods", "eed.device", "eed.progress"),  # leaves: folders, the methods table, ...
+    ("eed.config",),                                       # params.yaml as typed classes
+    ("eed.data", "eed.models", "eed.tracking"),            # data, networks, the MLflow store
+    ("eed.metrics", "eed.objectives"),                     # maths on outputs; the loss
+    ("eed.engine",),                                       # set-up, loops, checkpoints, the trainer
+    ("eed.inference", "eed.reporting"),                    # the served model; files, figures, tables
+    ("eed.stages",),                                       # one entry function per command and stage
+    ("eed.commands",),                                     # one Typer command each: parse, call, print
+    ("eed.cli",),                                          # the `eed` application
+]
+
+
+def component(module: str) -> tuple[int, str]:
+    """(layer, component) of a module: the longest component name that is it or a package above it."""
+    found = [(len(name), layer, name) for layer, names in enumerate(LAYERS) for name in names
+             if module == name or (module.startswith(name + ".") and name != "eed")]
+    if not found:
+        raise AssertionError(f"{module} is in no layer of LAYERS: add it to one")
+    _, layer, name = max(found)
+    return layer, name
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    """``"a -> b"`` for every import of a higher layer, or of another component of the same layer."""
+    wrong = []
+    for module, targets in sorted(graph.items()):
+        layer, own = component(module)
+        for target in sorted(targets):
+            target_layer, other = component(target)
+            if target_layer > layer or (target_layer == layer and other != own):
+                wrong.append(f"{module} -> {target}")
+    return wrong
+
+
+def test_the_layer_check_finds_upward_and_sideways_imports(tmp_path):
+    package = tmp_path / "eed"
+    for folder in ("data", "engine", "models"):
+        (package / folder).mkdir(parents=True)
+        (package / folder / "__init__.py").write_text("")
+    (package / "__init__.py").write_text("")
+    (package / "config.py").write_text("from eed.errors import X\n")
+    (package / "errors.py").write_text("")
+    (package / "data" / "loaders.py").write_text("from eed.config import C\nfrom eed.data import memory\n")
+    (package / "data" / "memory.py").write_text("")
+    (package / "models" / "net.py").write_text("")
+    (package / "engine" / "trainer.py").write_text("from eed.data import loaders\n")
+    assert upward_imports(import_graph(package)) == []
+    (package / "data" / "loaders.py").write_text("def f():\n    from eed.engine import trainer\n")  # up
+    (package / "data" / "memory.py").write_text("from eed.models import net\n")  # sideways
+    assert upward_imports(import_graph(package)) == ["eed.data.loaders -> eed.engine.trainer",
+                                                     "eed.data.memory -> eed.models.net"]
+
+
+def test_every_import_runs_down_the_layers():
+    """Type-checking imports count too: a type from a higher layer means the type lives too high."""
+    wrong = upward_imports(import_graph())
+    assert not wrong, "imports against the layers of LAYERS:\n" + "\n".join(wrong)
+
+
 def test_eed_has_no_import_cycles():
     graph = import_graph()
-    assert "eed.engine.trainer" in graph and "eed.data.loaders" in graph["eed.engine.trainer"] | {
-        t for m in graph["eed.engine.trainer"] for t in graph[m]}
+    reached, todo = set(), ["eed.engine.trainer"]
+    while todo:
+        module = todo.pop()
+        reached.add(module)
+        todo += [target for target in graph[module] if target not in reached]
+    assert "eed.data.loaders" in reached  # the graph sees through the trainer to the data layer
     cycle = find_cycle(graph)
     assert cycle is None, "import cycle: " + " -> ".join(cycle)
 
 
 def test_mlflow_is_spoken_only_in_the_tracking_module():
     speakers = sorted(str(path.relative_to(ROOT)) for path in PACKAGE.rglob("*.py") if "mlflow" in path.read_text())
-    assert speakers == ["eed/tracking.py"]
+    assert speakers and all(speaker.startswith("eed/tracking/") for speaker in speakers), speakers
 
 
 @pytest.mark.parametrize("stage", ["resolve", "prepare", "train", "evaluate", "flops", "rdm", "report"])
@@ -168,8 +237,19 @@ def stage_closure(stage: str, graph: dict[str, set[str]]) -> set[Path]:
 def test_stage_closure_follows_function_level_imports():
     closure = stage_closure("prepare", import_graph(runtime=True))
     assert Path("eed/data/preparation.py") in closure  # through eed.data's lazy exports
-    assert Path("eed/models/cifar_resnet.py") in closure  # config imports the registry inside a validator
     assert Path("eed/__init__.py") in closure
+    evaluate = stage_closure("evaluate", import_graph(runtime=True))
+    assert Path("eed/models/cifar_resnet.py") in evaluate  # through eed.models' imports of its modules
+
+
+def test_stages_depend_only_on_the_code_of_their_work():
+    """A backbone is not part of preparing data, nor the engine; a figure is not part of training
+    (they are drawn by the report stage): editing one never re-runs those stages."""
+    graph = import_graph(runtime=True)
+    prepare, train = stage_closure("prepare", graph), stage_closure("train", graph)
+    assert not any(path.parts[:2] in (("eed", "models"), ("eed", "engine")) for path in prepare), sorted(prepare)
+    assert Path("eed/reporting/figures.py") not in train and Path("eed/reporting/files.py") not in train
+    assert Path("eed/reporting/figures.py") in stage_closure("report", graph)
 
 
 @pytest.mark.parametrize("stage", ["resolve", "prepare", "train", "evaluate", "flops", "rdm", "report"])

@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 
 from eed.config import flatten, load_config
 from eed.errors import ConfigError
+from eed.models.from_config import resolve_architecture
 from eed.reporting.comparison import Cell, build_table, parse_tags
 from eed.tracking import RunRecord, find_runs
 
@@ -190,7 +191,7 @@ def test_runs_repeating_a_seed_are_flagged():
 
 # --------------------------------------------------------------------------- grouping
 
-BASE = flatten(load_config())  # the params a training run with the default configuration logs
+BASE = flatten(resolve_architecture(load_config()))  # the params a training run with the default configuration logs
 
 
 def training_run(run_id: str, changes: dict[str, str] | None = None, main: float = 0.5,

@@ -5,7 +5,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from eed.config import PRESETS, Config, ConfigError, flatten, load_config
+from eed.config import PRESETS, Config, ConfigError, flatten
+from eed.config import load_config as read_params
+from eed.models.from_config import resolve_architecture
+
+
+def load_config(*args, **kwargs) -> Config:
+    """params.yaml as a network-building stage sees it: read, then resolved against the registry."""
+    return resolve_architecture(read_params(*args, **kwargs))
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"
@@ -72,6 +79,20 @@ def test_unknown_key_in_file_is_an_error_listing_allowed_keys(tmp_path):
     path = write(tmp_path, {"train": {"epochs": 2, "lrr": 0.1}})
     with pytest.raises(ConfigError, match=r"unknown key 'train.lrr'.*lr"):
         load_config(path)
+
+
+def test_reading_params_imports_no_network_code():
+    """model.arch is checked, and model.width filled, where the config meets the models: reading
+    params.yaml alone leaves both to eed.models.from_config (the prepare stage builds no network)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from eed.config import load_config; c = load_config(sys.argv[1], ['model.arch=resnet19']); "
+            "print(c.model.width, any(m.startswith('eed.models') for m in sys.modules))")
+    completed = subprocess.run([sys.executable, "-c", code, str(PARAMS)], capture_output=True, text=True, check=True)
+    assert completed.stdout.split() == ["None", "False"]
+    with pytest.raises(ConfigError, match="model.arch: unknown architecture 'resnet19'"):
+        resolve_architecture(read_params(PARAMS, ["model.arch=resnet19"]))
 
 
 def test_architecture_must_fit_the_dataset():

@@ -235,7 +235,7 @@ def separated_threshold(confidence: torch.Tensor) -> float:
 
 
 def test_predict_on_cuda_gives_the_cpu_classes_and_exits():
-    from eed.engine.early_exit import predict
+    from eed.inference.early_exit import predict
     from eed.metrics.anytime import confidences
 
     model = network().eval()
@@ -253,8 +253,8 @@ def test_predict_on_cuda_gives_the_cpu_classes_and_exits():
 
 
 def test_served_model_on_cuda_answers_as_on_the_cpu():
+    from eed.inference.served import ServedModel
     from eed.metrics.anytime import confidences
-    from eed.serving import ServedModel
 
     model = network().eval()
     checkpoint = {"arch": "resnet18", "num_classes": CLASSES, "width": WIDTH, "exits": True,

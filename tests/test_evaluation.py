@@ -12,18 +12,26 @@ import torch
 from torch import nn
 from typer.testing import CliRunner
 
-from eed.engine.checkpoint import check_classes, resolve_source
-from eed.engine.loops import Collected, collect_outputs
+from eed.engine.checkpoint import Checkpoint, NetworkSpec, TrainState
+from eed.engine.loops import collect_outputs
 from eed.errors import CheckpointError, SourceError
-from eed.metrics.classification import (agreement_counts, ensemble_logits, expected_calibration_error,
-                                        running_ensemble_logits, top1_accuracy, topk_accuracy)
+from eed.metrics.classification import (
+    agreement_counts,
+    ensemble_logits,
+    expected_calibration_error,
+    running_ensemble_logits,
+    top1_accuracy,
+    topk_accuracy,
+)
+from eed.metrics.collected import Collected
 from eed.metrics.summary import summarize
+from eed.models.backbone import Backbone
+from eed.models.multi_exit import MultiExitNet, conv_bn_relu
 from eed.reporting.figures import plot_training_curves
 from eed.reporting.files import write_evaluation_outputs
 from eed.reporting.tables import evaluation_tables
+from eed.stages.common import resolve_source
 from eed.tracking import MlflowLogger, flatten_metrics, logged_run
-from eed.models.backbone import Backbone
-from eed.models.multi_exit import MultiExitNet, conv_bn_relu
 
 K, N, C = 4, 300, 7
 NAMES = ["exit1", "exit2", "exit3", "main"]
@@ -204,16 +212,15 @@ def test_unknown_run_id_and_missing_checkpoint_are_clear_errors(tracking_uri, tm
 
 
 def test_checkpoint_of_other_architecture_or_classes_is_rejected():
-    from eed.engine.checkpoint import model_from_checkpoint
-
-    checkpoint = {"arch": "vgg19", "num_classes": 100, "class_names": [f"c{i}" for i in range(100)]}
+    network = NetworkSpec("vgg19", 100, 8, True, class_names=tuple(f"c{i}" for i in range(100)))
+    checkpoint = Checkpoint(network, {}, {}, TrainState())
     with pytest.raises(CheckpointError, match="'vgg19' model, expected 'resnet18'"):
-        model_from_checkpoint(checkpoint, arch="resnet18", num_classes=100)
+        checkpoint.model(arch="resnet18", num_classes=100)
     with pytest.raises(CheckpointError, match="other classes"):
-        check_classes(checkpoint, [f"c{i}" for i in range(10)], "cifar10")
+        checkpoint.check_classes([f"c{i}" for i in range(10)], "cifar10")
     with pytest.raises(CheckpointError, match="class 3"):
-        check_classes(checkpoint, [f"c{i}" if i != 3 else "other" for i in range(100)], "cifar100")
-    check_classes(checkpoint, [f"c{i}" for i in range(100)], "cifar100")  # same classes: fine
+        checkpoint.check_classes([f"c{i}" if i != 3 else "other" for i in range(100)], "cifar100")
+    checkpoint.check_classes([f"c{i}" for i in range(100)], "cifar100")  # same classes: fine
 
 
 def test_log_child_run_nests_under_the_training_run(tracking_uri, tmp_path, logits_labels):
@@ -308,7 +315,6 @@ def e2e_config(*overrides: str):
 def test_run_evaluation_end_to_end(tmp_path, tracking_uri, fake_data, monkeypatch):
     from mlflow.tracking import MlflowClient
 
-    from eed.engine.checkpoint import save_checkpoint
     from eed.models.registry import create_model
     from eed.stages.evaluate import evaluate
 
@@ -323,9 +329,8 @@ def test_run_evaluation_end_to_end(tmp_path, tracking_uri, fake_data, monkeypatc
             client.log_metric(parent, f"val/acc_{name}", 0.1 * epoch, step=epoch)
     torch.manual_seed(0)
     model = create_model("resnet18", 10, 4).eval()
-    checkpoint = save_checkpoint({"arch": "resnet18", "num_classes": 10, "width": 4, "exits": True,
-                                  "class_names": CLASS_NAMES, "config": config.model_dump(), "epoch": 2,
-                                  "model": model.state_dict(), "run_id": parent}, tmp_path / "best.pt")
+    checkpoint = Checkpoint(NetworkSpec("resnet18", 10, 4, True, class_names=tuple(CLASS_NAMES)), model.state_dict(),
+                            config.model_dump(), TrainState(epoch=2, run_id=parent)).save(tmp_path / "best.pt")
     client.log_artifact(parent, str(checkpoint), "checkpoints")
 
     result = evaluate(config, str(checkpoint), out=tmp_path / "out", log=True)
@@ -374,7 +379,6 @@ def test_evaluate_reports_calibration_and_a_guaranteed_threshold_fitted_on_val(t
     """Temperatures are fitted on val and reported on test (before/after); with eval.calibrate
     the early-exit curve and thresholds use the scaled confidences; the guaranteed threshold is
     the one fixed-sequence testing picks on val, checked on test."""
-    from eed.engine.checkpoint import save_checkpoint
     from eed.metrics.anytime import ClassifierCosts, sweep, threshold_grid
     from eed.metrics.calibration import apply_temperatures, fit_temperatures
     from eed.metrics.flops import profile_model
@@ -386,9 +390,8 @@ def test_evaluate_reports_calibration_and_a_guaranteed_threshold_fitted_on_val(t
                         "tracking.enabled=false")
     torch.manual_seed(0)
     model = create_model("resnet18", 10, 4).eval()
-    checkpoint = save_checkpoint({"arch": "resnet18", "num_classes": 10, "width": 4, "exits": True,
-                                  "class_names": CLASS_NAMES, "config": config.model_dump(), "epoch": 2,
-                                  "model": model.state_dict()}, tmp_path / "best.pt")
+    checkpoint = Checkpoint(NetworkSpec("resnet18", 10, 4, True, class_names=tuple(CLASS_NAMES)), model.state_dict(),
+                            config.model_dump(), TrainState(epoch=2)).save(tmp_path / "best.pt")
     result = evaluate(config, str(checkpoint), out=tmp_path / "out", log=False)
     with torch.no_grad():
         test_logits, val_logits = (torch.stack(model(fake_data[split][0]).logits) for split in ("test", "val"))

@@ -27,15 +27,14 @@ PIXELS = np.random.default_rng(0).integers(0, 256, size=(8, 32, 32, 3), dtype=np
 
 
 def make_checkpoint(path: Path, run_id: str | None = None, exits: bool = True):
-    from eed.engine.checkpoint import save_checkpoint
+    from eed.engine.checkpoint import Checkpoint, NetworkSpec, ResumeState, TrainState
     from eed.models.registry import create_model
 
     torch.manual_seed(0)
     model = create_model("resnet18", 10, 4, exits=exits).eval()
-    checkpoint = save_checkpoint({"arch": "resnet18", "num_classes": 10, "width": 4, "exits": exits,
-                                  "class_names": CLASS_NAMES, "config": e2e_config().model_dump(), "epoch": 2,
-                                  "model": model.state_dict(), "optimizer": {"state": {}, "param_groups": []},
-                                  **({"run_id": run_id} if run_id else {})}, path)
+    checkpoint = Checkpoint(NetworkSpec("resnet18", 10, 4, exits, class_names=tuple(CLASS_NAMES)), model.state_dict(),
+                            e2e_config().model_dump(), TrainState(epoch=2, run_id=run_id),
+                            ResumeState({"state": {}, "param_groups": []}, {}, {})).save(path)
     return checkpoint, model
 
 
@@ -75,8 +74,8 @@ def downloaded(uri: str, model_id: str, folder: Path) -> tuple[dict, Path]:
 def test_export_logs_the_served_model_into_the_training_run(store, training_run, tmp_path):
     import mlflow.pyfunc
 
-    from eed.engine.early_exit import cascade, predict
-    from eed.engine.programs import load_programs
+    from eed.inference.early_exit import cascade, predict
+    from eed.inference.programs import load_programs
     from eed.stages.export import export
     from eed.tracking import served_model_of, using_tracking_uri
 

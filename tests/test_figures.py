@@ -16,15 +16,16 @@ from matplotlib.lines import Line2D
 from PIL import Image
 
 from eed.config import Config
-from eed.engine.loops import Collected
 from eed.metrics.anytime import ClassifierCosts, analyze, threshold_grid
 from eed.metrics.classification import agreement_counts
+from eed.metrics.collected import Collected
 from eed.metrics.flops import arch_profile
 from eed.metrics.rdm import compute_rdms, select_samples
 from eed.metrics.summary import summarize
 from eed.reporting import figures
 from eed.reporting.comparison import Cell, ComparisonRow, ComparisonTable
-from eed.reporting.files import figure_caption, write_evaluation_outputs, write_flops_outputs, write_rdm_outputs
+from eed.reporting.files import write_evaluation_outputs, write_flops_outputs, write_rdm_outputs
+from eed.reporting.records import figure_caption
 
 NAMES = ["exit1", "exit2", "exit3", "main"]
 COLUMNS = ["exit1", "exit2", "exit3", "main", "ensemble"]

@@ -28,8 +28,9 @@ from eed import tracking
 from eed.config import load_config
 from eed.data import prepare
 from eed.data.loaders import TensorEpochLoader
-from eed.engine.checkpoint import load_checkpoint
+from eed.engine.checkpoint import Checkpoint
 from eed.errors import TrainingInterrupted
+from eed.objectives import ExitEnsembleObjective
 
 EPOCHS = 3
 
@@ -49,8 +50,8 @@ def tiny_overrides(run_dir: Path, prepared: Path, store: str, experiment: str, *
 
 # (object, attribute) of every function whose call is an event where a fault can strike.
 EVENTS = [
-    (TensorEpochLoader, "warmup"), (T, "save_checkpoint"), (T, "validate"), (T, "train_one_epoch"),
-    (T, "_final_test"), (T.ExitEnsembleObjective, "forward"),
+    (TensorEpochLoader, "warmup"), (Checkpoint, "save"), (T, "validate"), (T, "train_one_epoch"),
+    (T._Training, "final_test"), (ExitEnsembleObjective, "forward"),
     (tracking.MlflowLogger, "log_metrics"), (tracking.MlflowLogger, "log_artifact"),
     (tracking.MlflowLogger, "log_model"), (tracking.MlflowLogger, "set_tags"), (tracking.MlflowLogger, "finish"),
 ]
@@ -116,7 +117,7 @@ def in_child(overrides: list[str], out: Path, fault=None, **when) -> int:
 def finished(out: Path) -> bool:
     """Whether the training is done: last.pt says so (a kill after that is after the end)."""
     last = out / "checkpoints" / "last.pt"
-    return last.is_file() and load_checkpoint(last)["phase"] == "done"
+    return last.is_file() and Checkpoint.load(last).state.phase == "done"
 
 
 def until_done(overrides: list[str], out: Path, attempts: int = 5) -> None:
@@ -139,11 +140,11 @@ def assert_one_complete_run(attempt: Attempt, weights: dict[str, torch.Tensor]) 
         expected = [EPOCHS] if name.startswith(("test/acc_", "test/max_acc")) else list(range(1, EPOCHS + 1))
         assert steps == expected, f"{name}: steps {steps}"
     checkpoints = attempt.out / "checkpoints"
-    last, best = load_checkpoint(checkpoints / "last.pt"), load_checkpoint(checkpoints / "best.pt")
-    assert last["phase"] == "done" and last["run_id"] == best["run_id"] == run.info.run_id
+    last, best = Checkpoint.load(checkpoints / "last.pt"), Checkpoint.load(checkpoints / "best.pt")
+    assert last.state.phase == "done" and last.run_id == best.run_id == run.info.run_id
     assert not (checkpoints / "best.pt.pending").exists()
-    assert last["model"].keys() == weights.keys()
-    assert all(torch.equal(last["model"][k], weights[k]) for k in weights), "final weights differ"
+    assert last.weights.keys() == weights.keys()
+    assert all(torch.equal(last.weights[k], weights[k]) for k in weights), "final weights differ"
 
 
 @dataclass
@@ -172,7 +173,7 @@ def straight(tmp_path_factory) -> Straight:
     out = base / "out" / "train"
     assert in_child(overrides, out) == 0
     events = len((out.parent / "events.txt").read_text().split("\n"))
-    return Straight(prepared, store, load_checkpoint(out / "checkpoints" / "last.pt")["model"], events)
+    return Straight(prepared, store, Checkpoint.load(out / "checkpoints" / "last.pt").weights, events)
 
 
 def new_attempt(tmp_path: Path, name: str, straight: Straight, *extra: str) -> Attempt:
@@ -188,7 +189,7 @@ def new_attempt(tmp_path: Path, name: str, straight: Straight, *extra: str) -> A
 
 @pytest.mark.parametrize(("where", "fault", "status"), [
     (("warmup", 1), sigterm, 143),             # SIGTERM during the loader warm-up
-    (("_final_test", 1), kill9, -9),           # kill -9 during the final test
+    (("final_test", 1), kill9, -9),            # kill -9 during the final test
     (("set_tags", 2), sigterm, 143),           # SIGTERM while the results are logged (1: the run's own tag)
     (("log_artifact", 1), sigint, 130),        # SIGINT while the artifacts are logged
     (("log_model", 1), kill9, -9),             # kill -9 while the model is logged
@@ -199,7 +200,7 @@ def test_an_interrupt_in_any_phase_continues_the_same_run(tmp_path, straight, wh
     attempt = new_attempt(tmp_path, "run", straight)
     assert in_child(attempt.overrides, attempt.out, fault, where=where) == status
     if status > 0:  # a signal: the run ended KILLED (not FAILED, not RUNNING)
-        run_id = load_checkpoint(attempt.out / "checkpoints" / "last.pt")["run_id"]
+        run_id = Checkpoint.load(attempt.out / "checkpoints" / "last.pt").run_id
         assert MlflowClient(attempt.store).get_run(run_id).info.status == "KILLED"
     until_done(attempt.overrides, attempt.out)
     assert_one_complete_run(attempt, straight.weights)
@@ -210,7 +211,7 @@ def test_an_epoch_between_checkpoints_is_logged_once(tmp_path, straight):
     is trained again by the re-run, and its metrics reach the store once, with its checkpoint."""
     attempt = new_attempt(tmp_path, "run", straight, "train.checkpoint_every=2")
     assert in_child(attempt.overrides, attempt.out, kill9, where=("train_one_epoch", 2)) == -9
-    assert load_checkpoint(attempt.out / "checkpoints" / "last.pt")["epoch"] == 0  # the one before any epoch
+    assert Checkpoint.load(attempt.out / "checkpoints" / "last.pt").epoch == 0  # the one before any epoch
     until_done(attempt.overrides, attempt.out)
     assert_one_complete_run(attempt, straight.weights)
 
@@ -265,7 +266,7 @@ def test_unusable_output_folders_and_a_full_disk_fail_before_the_first_step(tmp_
 def test_a_failed_checkpoint_write_says_what_failed_not_torchs_internals(tmp_path, monkeypatch):
     import shutil
 
-    from eed.engine.checkpoint import save_checkpoint
+    from eed.engine.checkpoint import NetworkSpec, TrainState
 
     def full_disk(*args, **kwargs):
         raise RuntimeError("[enforce fail at inline_container.cc:664] . unexpected pos 128 vs 64")
@@ -274,6 +275,6 @@ def test_a_failed_checkpoint_write_says_what_failed_not_torchs_internals(tmp_pat
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=0))
     with pytest.raises(OSError, match="Could not write the checkpoint .0 MiB free; is the disk full") as error:
-        save_checkpoint({"epoch": 1}, tmp_path / "last.pt")
+        Checkpoint(NetworkSpec("resnet18", 10, 4, True), {}, {}, TrainState(epoch=1)).save(tmp_path / "last.pt")
     assert error.value.errno == 28 and "inline_container" not in str(error.value)
     assert list(tmp_path.iterdir()) == []  # no half-written file left

@@ -14,7 +14,8 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from eed import data as eed_data
-from eed.engine.checkpoint import load_checkpoint
+from eed.config import flatten
+from eed.engine.checkpoint import Checkpoint
 from eed.engine.trainer import train
 from eed.stages.evaluate import evaluate
 from eed.stages.rdm import rdm
@@ -80,7 +81,7 @@ def test_stage_runs_are_named_by_what_they_did_with_params_and_real_durations(re
         assert run.info.run_name == f"{stage} test best.pt"
         assert run.data.tags["mlflow.parentRunId"] == result.run_id and run.data.tags["eed.stage"] == stage
         assert run.data.params["split"] == "test" and run.data.params["checkpoint"] == "best.pt"
-        assert run.data.params["checkpoint_epoch"] == str(load_checkpoint(result.best_checkpoint)["epoch"])
+        assert run.data.params["checkpoint_epoch"] == str(Checkpoint.load(result.best_checkpoint).epoch)
         duration = run.info.end_time - run.info.start_time
         # The run spans the stage's work, not just the logging at its end.
         assert 0.6 * wall_ms <= duration <= wall_ms + 1000, (stage, duration, wall_ms)
@@ -88,6 +89,9 @@ def test_stage_runs_are_named_by_what_they_did_with_params_and_real_durations(re
             assert parent_metrics.get(name) != value, name
     evaluate_run = client.get_run(timings["evaluate"][0])
     assert evaluate_run.data.params["eval.thresholds"] == "11" and "test/top5_main" in evaluate_run.data.metrics
+    # Every eval key that changes what evaluate computes is a param of its run.
+    for key in ("eval.ece_bins", "eval.budgets", "eval.calibrate", "eval.max_drop", "eval.delta", "data.val_size"):
+        assert evaluate_run.data.params[key] == flatten(config)[key], key
     assert client.get_run(timings["rdm"][0]).data.params["eval.rdm_samples"] == "60"
     assert not [a for a in client.list_artifacts(timings["evaluate"][0], "figures") if "training" in a.path]
 

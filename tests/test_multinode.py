@@ -17,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from eed.config import TrainConfig, is_training_key, load_config
 from eed.engine import runtime
-from eed.engine.checkpoint import load_checkpoint
+from eed.engine.checkpoint import Checkpoint
 from eed.engine.trainer import train
 from eed.errors import ConfigError
 
@@ -167,9 +167,9 @@ def test_two_machines_train_one_run_with_the_steps_of_one_process(tmp_path, back
     assert "MLflow run:" in logs[first].read_text() and "MLflow run:" not in logs[other].read_text()
 
     # The scheduler steps once per optimizer step: its count is the run's number of steps.
-    two_machines = load_checkpoint(outs[first] / "train" / "checkpoints" / "last.pt")
-    assert two_machines["epoch"] == EPOCHS and two_machines["run_id"] == runs[0].info.run_id
+    two_machines = Checkpoint.load(outs[first] / "train" / "checkpoints" / "last.pt")
+    assert two_machines.epoch == EPOCHS and two_machines.run_id == runs[0].info.run_id
     one_process = train(load_config(params, ["tracking.enabled=false"]), tmp_path / "single", resume="never")
-    steps = load_checkpoint(one_process.last_checkpoint)["scheduler"]["last_epoch"]
+    steps = Checkpoint.load(one_process.last_checkpoint).resume.scheduler["last_epoch"]
     assert steps == EPOCHS * (320 // 64)
-    assert two_machines["scheduler"]["last_epoch"] == steps
+    assert two_machines.resume.scheduler["last_epoch"] == steps

@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from eed.config import METHODS, Config, ConfigError, LossConfig
+from eed.config import Config, ConfigError, LossConfig
+from eed.methods import method_names
 from eed.models.backbone import Backbone
 from eed.models.multi_exit import MultiExitNet, MultiExitOutput
 from eed.objectives import ExitEnsembleObjective, partial_l2, plan_for
@@ -110,7 +111,7 @@ def assert_matches(result, total: Tensor, terms: dict[str, Tensor]) -> None:
 # --- each method against the reference ------------------------------------------------------
 
 @pytest.mark.parametrize("output_loss", ["kl", "mse"])
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", method_names())
 def test_method_matches_reference(method: str, output_loss: str) -> None:
     loss = LossConfig(output=output_loss, alpha=0.7, beta=1.3, temperature=2.5)
     k = 1 if method == "baseline" else K
@@ -121,7 +122,7 @@ def test_method_matches_reference(method: str, output_loss: str) -> None:
 
 def test_term_keys_per_method() -> None:
     loss = LossConfig(beta=1.0)
-    keys = {m: ExitEnsembleObjective(m, loss, 1 if m == "baseline" else K).term_names for m in METHODS}
+    keys = {m: ExitEnsembleObjective(m, loss, 1 if m == "baseline" else K).term_names for m in method_names()}
     ce = tuple(f"ce_{n}" for n in NAMES)
     assert keys["baseline"] == ("ce_main",)
     assert keys["branchynet"] == ce
@@ -289,7 +290,7 @@ def test_describe_names_the_ensemble() -> None:
 # --- configuration errors ------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("method, loss, k, key, also", [
-    ("kd", LossConfig(), K, "method", list(METHODS)),
+    ("kd", LossConfig(), K, "method", list(method_names())),
     ("baseline", LossConfig(), K, "method 'baseline' trains the network without exits", []),
     ("eed", LossConfig(), 1, "method", ["baseline"]),
     ("distill", LossConfig(teacher=["main"]), K, "loss.teacher", []),
@@ -349,7 +350,7 @@ def tiny_net(exits: bool) -> MultiExitNet:
 
 
 @pytest.mark.parametrize("output_loss", ["kl", "mse"])
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", method_names())
 def test_finite_and_backward_through_network(method: str, output_loss: str) -> None:
     torch.manual_seed(0)
     net = tiny_net(exits=method != "baseline")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from eed.config import load_config
-from eed.engine.checkpoint import model_from_checkpoint
+from eed.engine.checkpoint import Checkpoint, NetworkSpec, TrainState
 from eed.models.initialization import init_weights
 from eed.models.multi_exit import MultiExitOutput
 from eed.models.official import convert_state_dict, eed_name, release_network
@@ -198,17 +198,20 @@ def test_the_default_stem_relu_is_a_different_network():
     assert relative_difference > 0.05
 
 
-def test_checkpoints_remember_the_stem():
+def test_checkpoints_remember_the_stem(tmp_path):
     net = release_network(10)
-    checkpoint = {"arch": "resnet18", "num_classes": 10, "width": WIDTH, "exits": True, "stem_relu": False,
-                  "model": net.state_dict()}
-    rebuilt = model_from_checkpoint(checkpoint)
+    checkpoint = Checkpoint(NetworkSpec("resnet18", 10, WIDTH, True, stem_relu=False), net.state_dict(), {},
+                            TrainState())
+    rebuilt = Checkpoint.load(checkpoint.save(tmp_path / "release.pt")).model()
     assert isinstance(rebuilt.stem[2], nn.Identity)
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt.eval()(images).main, net.eval()(images).main)
-    older = {key: value for key, value in checkpoint.items() if key != "stem_relu"}  # written before the option
-    assert isinstance(model_from_checkpoint(older).stem[2], nn.ReLU)
+    # A version-2 file written before the option: the stem it had, with its ReLU.
+    older = {"format": "eed-checkpoint", "version": 2, "arch": "resnet18", "num_classes": 10, "width": WIDTH,
+             "exits": True, "model": net.state_dict()}
+    torch.save(older, tmp_path / "older.pt")
+    assert isinstance(Checkpoint.load(tmp_path / "older.pt").model().stem[2], nn.ReLU)
 
 
 # --------------------------------------------------------------------------- the release's loss

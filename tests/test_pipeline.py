@@ -102,6 +102,7 @@ def test_dvc_repro_then_experiments(repo: Path):
     second = run(["dvc", "repro"], repo)
     assert "didn't change" in second.stdout or "Data and pipelines are up to date" in second.stdout, second.stdout
     assert len(runs(repo)) == 1
+    assert_stages_rerun_only_for_their_work(repo)
 
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "baseline run"], repo)
@@ -177,6 +178,28 @@ def assert_repro_ends_with_the_results(stdout: str, out: Path, evaluation: dict)
     resolved = yaml.safe_load((out / "resolved.yaml").read_text())["resolved"]
     assert resolved["train"] == {"epochs": 1, "schedule": "onecycle"}  # epochs set, schedule from the cpu preset
     assert resolved["model"]["width"] == 4 and resolved["loss"]["alpha"] == 1.0
+
+
+def changed_stages(repo: Path) -> set[str]:
+    return set(json.loads(run(["dvc", "status", "--json"], repo).stdout))
+
+
+def assert_stages_rerun_only_for_their_work(repo: Path) -> None:
+    """Editing a figure module leaves train and prepare up to date (the report stage draws the training
+    curves); editing a backbone leaves prepare up to date. Each edit is undone before the next."""
+    assert changed_stages(repo) == set()
+    edits = {"eed/reporting/figures.py": ({"prepare", "train"}, {"report"}),
+             "eed/models/cifar_resnet.py": ({"prepare"}, {"resolve", "train", "evaluate"})}
+    for module, (untouched, rerun) in edits.items():
+        path = repo / module
+        original = path.read_text()
+        path.write_text(original + "\n# an edit\n")
+        try:
+            changed = changed_stages(repo)
+        finally:
+            path.write_text(original)
+        assert not changed & untouched and rerun <= changed, (module, changed)
+    assert changed_stages(repo) == set()
 
 
 def assert_only_the_intended_plots(repo: Path) -> None:

@@ -9,8 +9,8 @@ import json
 import pytest
 import torch
 
-from eed.engine.early_exit import cascade, predict
-from eed.engine.programs import MANIFEST, export_programs, load_programs
+from eed.inference.early_exit import cascade, predict
+from eed.inference.programs import MANIFEST, export_programs, load_programs
 from eed.models.registry import create_model
 
 NUM_CLASSES = 10

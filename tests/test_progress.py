@@ -116,7 +116,8 @@ def test_training_steps_read_nothing_back_from_the_device_between_renders(monkey
 def test_epoch_lines_fit_80_columns_in_percent_under_a_header():
     """One line per epoch within 80 columns for every registered network, accuracies in %,
     aligned under the header printed once."""
-    from eed.engine.trainer import _epoch_header, _epoch_line
+    from eed.engine.epochs import epoch_header as _epoch_header
+    from eed.engine.epochs import epoch_line as _epoch_line
     from eed.models.registry import get_spec, list_backbones
 
     for arch in list_backbones():

@@ -13,8 +13,14 @@ from torch import nn
 from typer.testing import CliRunner
 
 from eed.engine.loops import collect_outputs
-from eed.metrics.rdm import (compute_rdms, correlation_distance, layer_activations, select_classes, select_samples,
-                             summarize_rdm)
+from eed.metrics.rdm import (
+    compute_rdms,
+    correlation_distance,
+    layer_activations,
+    select_classes,
+    select_samples,
+    summarize_rdm,
+)
 from eed.models.backbone import Backbone
 from eed.models.multi_exit import MultiExitNet, conv_bn_relu
 from eed.reporting.files import write_rdm_outputs
@@ -119,7 +125,7 @@ def test_run_rdm_end_to_end(tmp_path, monkeypatch):
     import eed.data
     from eed.config import load_config
     from eed.data.catalog import Normalization
-    from eed.engine.checkpoint import save_checkpoint
+    from eed.engine.checkpoint import Checkpoint, NetworkSpec, TrainState
     from eed.models.registry import create_model
     from eed.stages.rdm import rdm
 
@@ -140,9 +146,8 @@ def test_run_rdm_end_to_end(tmp_path, monkeypatch):
                                 "train.device=cpu", "eval.rdm_samples=120", "eval.rdm_classes=4"])
     torch.manual_seed(0)
     model = create_model("resnet18", 10, 4)
-    checkpoint = save_checkpoint({"arch": "resnet18", "num_classes": 10, "width": 4, "exits": True,
-                                  "class_names": class_names, "config": config.model_dump(), "epoch": 1,
-                                  "model": model.state_dict(), "run_id": None}, tmp_path / "best.pt")
+    checkpoint = Checkpoint(NetworkSpec("resnet18", 10, 4, True, class_names=tuple(class_names)), model.state_dict(),
+                            config.model_dump(), TrainState(epoch=1)).save(tmp_path / "best.pt")
     run = rdm(config, str(checkpoint), out=tmp_path / "out", classifiers=["main", "exit2"], log=False)
     result = run.result
     assert torch.equal(result.sample_indices, select_samples(split_labels, 120, 0))

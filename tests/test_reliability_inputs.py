@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -45,7 +46,11 @@ def capture_stage(monkeypatch: pytest.MonkeyPatch, command: str) -> list:
 
     module, name, _ = STAGES[command]
     seen: list = []
-    monkeypatch.setattr(importlib.import_module(module), name, lambda config, *a, **k: seen.append(config))
+    def stage(config, *args, **kwargs):  # a result without a rank-0 report: `eed train` draws no figures
+        seen.append(config)
+        return SimpleNamespace(test_metrics={})
+
+    monkeypatch.setattr(importlib.import_module(module), name, stage)
     return seen
 
 
@@ -220,12 +225,12 @@ class NotATensor:
 
 
 def test_a_checkpoint_holding_objects_is_refused_without_advice_to_drop_the_safety(tmp_path):
-    from eed.engine.checkpoint import load_checkpoint
+    from eed.engine.checkpoint import Checkpoint
 
     path = tmp_path / "other-tool.pt"
     torch.save({"format": "eed-checkpoint", "version": 2, "extra": NotATensor()}, path)
     with pytest.raises(CheckpointError) as error:
-        load_checkpoint(path)
+        Checkpoint.load(path)
     message = str(error.value)
     assert "weights_only" not in message and "can still be loaded" not in message and "\n" not in message
     assert str(path) in message and "not an eed checkpoint" in message and "NotATensor" in message
@@ -234,17 +239,24 @@ def test_a_checkpoint_holding_objects_is_refused_without_advice_to_drop_the_safe
     garbage = tmp_path / "garbage.pt"
     garbage.write_bytes(b"\x80\x02not a pickle at all" * 7)
     with pytest.raises(CheckpointError, match="not a readable eed checkpoint") as error:
-        load_checkpoint(garbage)
+        Checkpoint.load(garbage)
     assert "weights_only" not in str(error.value) and "\n" not in str(error.value)
 
 
-def test_a_checkpoint_missing_its_model_keys_names_them():
-    from eed.engine.checkpoint import model_from_checkpoint
+def test_a_checkpoint_missing_its_model_keys_names_them(tmp_path):
+    from eed.engine.checkpoint import Checkpoint
 
+    path = tmp_path / "partial.pt"
+    torch.save({"format": "eed-checkpoint", "version": 2}, path)
     with pytest.raises(CheckpointError, match="arch, num_classes, width, exits, model"):
-        model_from_checkpoint({"format": "eed-checkpoint", "version": 2})
+        Checkpoint.load(path)
+    torch.save({"format": "eed-checkpoint", "version": 2, "arch": "resnet18", "num_classes": 2, "width": 4,
+                "exits": True}, path)
     with pytest.raises(CheckpointError, match=r"lacks model\b"):
-        model_from_checkpoint({"arch": "resnet18", "num_classes": 2, "width": 4, "exits": True}, arch="resnet18")
+        Checkpoint.load(path)
+    torch.save({"format": "eed-checkpoint", "version": 3, "network": {"arch": "resnet18"}}, path)
+    with pytest.raises(CheckpointError, match="not a complete eed checkpoint"):
+        Checkpoint.load(path)
 
 
 def poisoned_epoch(**kwargs) -> str:
@@ -278,15 +290,17 @@ def poisoned_epoch(**kwargs) -> str:
 
 
 def test_the_non_finite_loss_message_claims_a_kept_checkpoint_only_when_there_is_one(tmp_path):
-    unknown = poisoned_epoch()
-    assert "non-finite loss at epoch 1" in unknown and "is kept" not in unknown
-    assert "not saved" in unknown
+    """The loop names the epoch, steps and terms; the trainer adds what its checkpoint files keep."""
+    from eed.engine.trainer import CheckpointFiles
 
-    last = tmp_path / "checkpoints" / "last.pt"
-    missing = poisoned_epoch(last_checkpoint=last)
-    assert str(last) in missing and "is kept" not in missing and "no checkpoint" in missing
+    message = poisoned_epoch()
+    assert "non-finite loss at epoch 1" in message and "is kept" not in message
 
-    last.parent.mkdir()
-    last.write_bytes(b"a checkpoint")
-    kept = poisoned_epoch(last_checkpoint=last)
-    assert f"{last} is kept" in kept
+    files = CheckpointFiles(tmp_path / "checkpoints", writes=True)
+    missing = files.what_is_kept()
+    assert "not saved" in missing
+    assert str(files.last) in missing and "is kept" not in missing and "no checkpoint" in missing
+
+    files.folder.mkdir()
+    files.last.write_bytes(b"a checkpoint")
+    assert f"{files.last} is kept" in files.what_is_kept()

@@ -18,11 +18,11 @@ import torch
 
 from eed.data.augment import Normalizer
 from eed.data.catalog import CIFAR10_NORMALIZATION
-from eed.engine.checkpoint import load_checkpoint, save_checkpoint
-from eed.engine.early_exit import predict
+from eed.engine.checkpoint import Checkpoint, NetworkSpec, TrainState
+from eed.inference.early_exit import predict
+from eed.inference.served import ServedModel, load_served
 from eed.metrics.anytime import ABOVE_ONE
 from eed.models.registry import create_model
-from eed.serving import ServedModel, load_served
 
 CLASS_NAMES = [f"class{i}" for i in range(10)]
 NORMALIZATION = {"mean": list(CIFAR10_NORMALIZATION.mean), "std": list(CIFAR10_NORMALIZATION.std)}
@@ -36,14 +36,14 @@ SETTINGS = {"normalization": NORMALIZATION, "thresholds": THRESHOLDS, "temperatu
 def checkpoint_path(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = create_model("resnet18", 10, 4)
-    checkpoint = {"arch": "resnet18", "num_classes": 10, "width": 4, "exits": True, "class_names": CLASS_NAMES,
-                  "config": {}, "epoch": 0, "model": model.state_dict()}
-    return save_checkpoint(checkpoint, tmp_path_factory.mktemp("ckpt") / "best.pt")
+    checkpoint = Checkpoint(NetworkSpec("resnet18", 10, 4, True, class_names=tuple(CLASS_NAMES)), model.state_dict(),
+                            {}, TrainState())
+    return checkpoint.save(tmp_path_factory.mktemp("ckpt") / "best.pt")
 
 
 @pytest.fixture(scope="module")
 def served(checkpoint_path) -> ServedModel:
-    return ServedModel(load_checkpoint(checkpoint_path), **SETTINGS)
+    return ServedModel(Checkpoint.load(checkpoint_path), **SETTINGS)
 
 
 @pytest.fixture(scope="module")
@@ -170,9 +170,9 @@ def test_named_thresholds_keep_the_confidences_they_were_fitted_on(served, image
         ServedModel(served_checkpoint(served), normalization=NORMALIZATION, calibrated=True)
 
 
-def served_checkpoint(served: ServedModel) -> dict:
-    return {"arch": "resnet18", "num_classes": 10, "width": 4, "exits": True, "class_names": CLASS_NAMES,
-            "model": served.model.state_dict()}
+def served_checkpoint(served: ServedModel) -> Checkpoint:
+    return Checkpoint(NetworkSpec("resnet18", 10, 4, True, class_names=tuple(CLASS_NAMES)),
+                      served.model.state_dict(), {}, TrainState())
 
 
 # --------------------------------------------------------------------------- logged and served
@@ -314,7 +314,7 @@ def test_the_logged_model_brings_its_own_eed(logged, served, images, tmp_path):
 
 def test_load_served_checks_its_settings(checkpoint_path, images):
     assert load_served(checkpoint_path, SETTINGS).answer(images, threshold=0.2) == \
-        ServedModel(load_checkpoint(checkpoint_path), **SETTINGS).answer(images, threshold=0.2)
+        ServedModel(Checkpoint.load(checkpoint_path), **SETTINGS).answer(images, threshold=0.2)
     with pytest.raises(ValueError, match="normalization required"):
         load_served(checkpoint_path, {"thresholds": THRESHOLDS})
     with pytest.raises(ValueError, match="got \\['normalization', 'treshold'\\]"):

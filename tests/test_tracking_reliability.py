@@ -212,12 +212,14 @@ def test_train_and_evaluate_through_a_real_tracking_server(tmp_path, mlflow_serv
     and evaluate, given the run id, downloads best.pt and logs its child run there."""
     from mlflow.tracking import MlflowClient
 
-    from eed.engine.checkpoint import load_checkpoint
+    from eed.engine.checkpoint import Checkpoint
     from eed.engine.trainer import train
     from eed.stages.evaluate import evaluate
+    from eed.stages.report import training_figures
 
     config = tiny_config(tmp_path, mlflow_server.uri)
     result = train(config, tmp_path / "out" / "train")
+    training_figures(config, tmp_path / "out" / "train")  # the report stage's figures, into the same run
     client = MlflowClient(mlflow_server.uri)
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
@@ -232,7 +234,7 @@ def test_train_and_evaluate_through_a_real_tracking_server(tmp_path, mlflow_serv
     downloads = tmp_path / "downloads"
     downloads.mkdir()
     best = Path(client.download_artifacts(result.run_id, "checkpoints/best.pt", str(downloads)))
-    assert load_checkpoint(best)["run_id"] == result.run_id
+    assert Checkpoint.load(best).run_id == result.run_id
     assert "remote" in Path(client.download_artifacts(result.run_id, "config.yaml", str(downloads))).read_text()
     png = next(p for p in figures if p.endswith(".png"))
     assert Path(client.download_artifacts(result.run_id, png, str(downloads))).read_bytes()[:4] == b"\x89PNG"
@@ -262,7 +264,7 @@ def test_a_server_stopped_mid_training_fails_in_one_line_and_the_rerun_continues
     from mlflow.tracking import MlflowClient
 
     from eed import tracking
-    from eed.engine.checkpoint import load_checkpoint
+    from eed.engine.checkpoint import Checkpoint
     from eed.engine.trainer import train
     from eed.errors import error_boundary
 
@@ -281,9 +283,9 @@ def test_a_server_stopped_mid_training_fails_in_one_line_and_the_rerun_continues
         train(config, out)
     stderr = capsys.readouterr().err
     assert stopped.value.code == 5, stderr
-    last = load_checkpoint(out / "checkpoints" / "last.pt")
-    run_id = last["run_id"]
-    assert last["epoch"] >= 1 and run_id
+    last = Checkpoint.load(out / "checkpoints" / "last.pt")
+    run_id = last.run_id
+    assert last.epoch >= 1 and run_id
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
     expected = (f"error: MLflow tracking store {mlflow_server.uri} is not reachable (Connection refused) "
                 f"while logging metrics of step 2 (run {run_id})")

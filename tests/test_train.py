@@ -4,6 +4,7 @@ signals, kill -9, NaN, bad checkpoints, DDP with gloo, and a real-data smoke run
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import re
 import signal
@@ -18,10 +19,13 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from eed.config import METHODS, load_config
-from eed.engine.checkpoint import CheckpointError, load_checkpoint, model_from_checkpoint, save_checkpoint
+from eed.config import load_config
+from eed.engine.checkpoint import Checkpoint, NetworkSpec, TrainState
 from eed.engine.trainer import train
-from eed.errors import NonFiniteLossError
+from eed.errors import CheckpointError, NonFiniteLossError
+from eed.methods import method_names
+from eed.stages.report import training_figures
+from eed.stages.train import train as train_stage
 from eed.tracking import using_tracking_uri
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,12 +56,14 @@ def state_allclose(a: dict, b: dict, atol: float = 1e-6) -> bool:
     return a.keys() == b.keys() and all(torch.allclose(a[k].float(), b[k].float(), atol=atol) for k in a)
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", method_names())
 def test_every_method_trains_two_epochs_and_logs_a_complete_run(tmp_path, method):
     # eed trains through the FFCV loader (worker threads, reused buffers), the others in memory.
     backend = "ffcv" if method == "eed" else "tensor"
     config = synthetic_config(tmp_path, method=method, **{"train.deterministic": False, "data.backend": backend})
-    result = train(config, tmp_path / "out" / "train")
+    # The train stage (its summary files), then the figures the report stage and `eed train` draw after it.
+    result = train_stage(config, out=tmp_path / "out" / "train")
+    training_figures(config, tmp_path / "out" / "train")
     client = MlflowClient(config.tracking.uri)
     run = client.get_run(result.run_id)
     assert run.info.status == "FINISHED"
@@ -80,9 +86,9 @@ def test_every_method_trains_two_epochs_and_logs_a_complete_run(tmp_path, method
     assert {Path(p).stem for p in figures if p.endswith(".png")} == {Path(p).stem for p in figures if p.endswith(".svg")}
     summary = json.loads((tmp_path / "out" / "train" / "metrics.json").read_text())
     assert summary["epochs"] == 2 and "acc_main" in summary["test"]
-    checkpoint = load_checkpoint(result.last_checkpoint)
-    assert checkpoint["epoch"] == 2 and checkpoint["exits"] == (method != "baseline")
-    assert checkpoint["run_id"] == result.run_id
+    checkpoint = Checkpoint.load(result.last_checkpoint)
+    assert checkpoint.epoch == 2 and checkpoint.network.exits == (method != "baseline")
+    assert checkpoint.run_id == result.run_id
     assert_test_accuracy_per_epoch_and_its_max(client, run, names, tmp_path / "out" / "train")
     if method in ("baseline", "eed"):  # exporting is slow: check the logged model on two methods
         model_uri = f"runs:/{result.run_id}/model"
@@ -92,7 +98,7 @@ def test_every_method_trains_two_epochs_and_logs_a_complete_run(tmp_path, method
         logits = loaded(images)
         k = 1 if method == "baseline" else 4
         assert tuple(logits.shape) == (3, k, 10)
-        selected = model_from_checkpoint(load_checkpoint(result.best_checkpoint)).eval()
+        selected = Checkpoint.load(result.best_checkpoint).model().eval()
         expected = torch.stack(selected(images).logits, dim=1)
         assert torch.allclose(logits, expected, atol=1e-4)
 
@@ -119,11 +125,11 @@ def test_without_a_validation_split_the_last_epoch_is_selected_and_labelled_so(t
     """val_size 0 (the paper's protocol): no val/acc_*, best.pt is the last epoch, and test/acc_*
     are that epoch's test accuracies (the max over epochs is logged apart)."""
     config = synthetic_config(tmp_path, **{"data.val_size": 0})
-    result = train(config, tmp_path / "out" / "train")
+    result = train_stage(config, out=tmp_path / "out" / "train")
     client = MlflowClient(config.tracking.uri)
     run = client.get_run(result.run_id)
     assert not any(name.startswith("val/") for name in run.data.metrics)
-    assert load_checkpoint(result.best_checkpoint)["epoch"] == 2
+    assert Checkpoint.load(result.best_checkpoint).epoch == 2
     last_epoch = client.get_metric_history(result.run_id, "test/epoch_acc_main")[-1].value
     assert run.data.metrics["test/acc_main"] == pytest.approx(last_epoch)
     assert "last epoch" in run.data.tags["eed.meaning.test/acc"]
@@ -134,7 +140,9 @@ def test_the_logged_model_is_the_selected_checkpoint_not_the_last_epoch(tmp_path
     import eed.engine.trainer as T
 
     config = synthetic_config(tmp_path, **{"train.deterministic": False})
-    original_loader, split_of = T.eed_data.make_loader, {}
+    import eed.data
+
+    original_loader, split_of = eed.data.make_loader, {}
 
     def make_loader(config, split, **options):  # remember which loader is the validation split's
         loader = original_loader(config, split, **options)
@@ -150,18 +158,18 @@ def test_the_logged_model_is_the_selected_checkpoint_not_the_last_epoch(tmp_path
         val_calls.append(1)
         return {**accuracy, "main": 0.9 if len(val_calls) == 1 else 0.1}
 
-    monkeypatch.setattr(T.eed_data, "make_loader", make_loader)
+    monkeypatch.setattr(eed.data, "make_loader", make_loader)
     monkeypatch.setattr(T, "validate", validate)
     result = train(config, tmp_path / "out" / "train")
-    best, last = load_checkpoint(result.best_checkpoint), load_checkpoint(result.last_checkpoint)
-    assert (best["epoch"], last["epoch"]) == (1, 2)
+    best, last = Checkpoint.load(result.best_checkpoint), Checkpoint.load(result.last_checkpoint)
+    assert (best.epoch, last.epoch) == (1, 2)
     with using_tracking_uri(config.tracking.uri):
         loaded = mlflow.pytorch.load_model(f"runs:/{result.run_id}/model")
         info = mlflow.models.get_model_info(f"runs:/{result.run_id}/model")
     images = torch.randn(3, 3, 32, 32)
     logged = loaded(images)
     for checkpoint, same in ((best, True), (last, False)):
-        expected = torch.stack(model_from_checkpoint(checkpoint).eval()(images).logits, dim=1)
+        expected = torch.stack(checkpoint.model().eval()(images).logits, dim=1)
         assert torch.allclose(logged, expected, atol=1e-4) == same
     assert {k: info.metadata[k] for k in ("checkpoint", "epoch", "selected_on")} == {
         "checkpoint": "best.pt", "epoch": 1, "selected_on": "val"}
@@ -172,8 +180,8 @@ def test_deterministic_runs_repeat_exactly(tmp_path):
     first = train(config, tmp_path / "a")
     second = train(config, tmp_path / "b")
     assert first.history["train/loss"] == second.history["train/loss"]
-    assert state_allclose(load_checkpoint(first.last_checkpoint)["model"],
-                          load_checkpoint(second.last_checkpoint)["model"], atol=0)
+    assert state_allclose(Checkpoint.load(first.last_checkpoint).weights,
+                          Checkpoint.load(second.last_checkpoint).weights, atol=0)
 
 
 RUNNER = textwrap.dedent("""
@@ -186,18 +194,19 @@ RUNNER = textwrap.dedent("""
         # Dies abruptly in the first evaluation after epoch 1's checkpoint was written (epoch 2's).
         original, last = T.validate, os.path.join(out, "checkpoints", "last.pt")
         def validate(*args, **kwargs):
-            if os.path.exists(last) and T.load_checkpoint(last)["epoch"] >= 1:
+            if os.path.exists(last) and T.Checkpoint.load(last).epoch >= 1:
                 os.kill(os.getpid(), signal.SIGKILL)
             return original(*args, **kwargs)
         T.validate = validate
     if mode == "sigterm-mid-epoch-2":
-        original_step, steps = T.ExitEnsembleObjective.forward, []
+        from eed.objectives import ExitEnsembleObjective
+        original_step, steps = ExitEnsembleObjective.forward, []
         def forward(self, output, target):
             steps.append(1)
             if len(steps) == 8:  # epoch 2 has steps 6..10 (5 steps per epoch): stop at its 3rd
                 os.kill(os.getpid(), signal.SIGTERM)
             return original_step(self, output, target)
-        T.ExitEnsembleObjective.forward = forward
+        ExitEnsembleObjective.forward = forward
     try:
         T.train(config, out, resume="auto")
     except T.TrainingInterrupted as stopped:
@@ -219,17 +228,17 @@ def test_resume_after_kill_minus_9_matches_a_straight_run(tmp_path):
     out = tmp_path / "killed"
     killed = run_runner("kill9-after-epoch-1", out, overrides)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    assert load_checkpoint(out / "checkpoints" / "last.pt")["epoch"] == 1
+    assert Checkpoint.load(out / "checkpoints" / "last.pt").epoch == 1
     resumed = run_runner("plain", out, overrides)
     assert resumed.returncode == 0, resumed.stderr
     assert "Resuming from epoch 1" in resumed.stderr
 
-    final = load_checkpoint(out / "checkpoints" / "last.pt")
-    assert final["epoch"] == 2
-    assert state_allclose(final["model"], load_checkpoint(straight.last_checkpoint)["model"])
+    final = Checkpoint.load(out / "checkpoints" / "last.pt")
+    assert final.epoch == 2
+    assert state_allclose(final.weights, Checkpoint.load(straight.last_checkpoint).weights)
     client = MlflowClient(config.tracking.uri)
-    run_id = final["run_id"]
-    assert run_id == load_checkpoint(out / "checkpoints" / "best.pt")["run_id"]
+    run_id = final.run_id
+    assert run_id == Checkpoint.load(out / "checkpoints" / "best.pt").run_id
     assert [m.step for m in client.get_metric_history(run_id, "val/acc_main")] == [1, 2]
     assert client.get_run(run_id).info.status == "FINISHED"
     # The straight run and the resumed run are the only two runs in the store.
@@ -245,31 +254,31 @@ def test_sigterm_checkpoints_mid_epoch_ends_run_killed_and_resumes_exactly(tmp_p
     stopped = run_runner("sigterm-mid-epoch-2", out, overrides)
     assert stopped.returncode == 143, stopped.stderr
     assert "SIGTERM at epoch 2" in stopped.stderr
-    checkpoint = load_checkpoint(out / "checkpoints" / "last.pt")
-    assert (checkpoint["epoch"], checkpoint["step_in_epoch"]) == (1, 3)
+    checkpoint = Checkpoint.load(out / "checkpoints" / "last.pt")
+    assert (checkpoint.epoch, checkpoint.state.step) == (1, 3)
     client = MlflowClient(config.tracking.uri)
-    assert client.get_run(checkpoint["run_id"]).info.status == "KILLED"
+    assert client.get_run(checkpoint.run_id).info.status == "KILLED"
 
     resumed = run_runner("plain", out, overrides)
     assert resumed.returncode == 0, resumed.stderr
-    final = load_checkpoint(out / "checkpoints" / "last.pt")
-    assert final["run_id"] == checkpoint["run_id"]
-    assert state_allclose(final["model"], load_checkpoint(straight.last_checkpoint)["model"])
-    assert client.get_run(final["run_id"]).info.status == "FINISHED"
+    final = Checkpoint.load(out / "checkpoints" / "last.pt")
+    assert final.run_id == checkpoint.run_id
+    assert state_allclose(final.weights, Checkpoint.load(straight.last_checkpoint).weights)
+    assert client.get_run(final.run_id).info.status == "FINISHED"
     # Epoch 2, trained in two parts, reports all of its steps: the same mean loss and accuracy
     # as the straight run's epoch 2 (deterministic steps), once.
     for name in ("train/loss", "train/acc_main"):
-        resumed_points = client.get_metric_history(final["run_id"], name)
+        resumed_points = client.get_metric_history(final.run_id, name)
         straight_points = client.get_metric_history(straight.run_id, name)
         assert [m.step for m in resumed_points] == [1, 2]
         assert resumed_points[-1].value == pytest.approx(straight_points[-1].value, rel=1e-5)
 
 
 def test_non_finite_loss_stops_with_epoch_step_and_terms_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
-    import eed.engine.trainer as T
+    from eed.objectives import ExitEnsembleObjective
 
     config = synthetic_config(tmp_path)
-    original, steps = T.ExitEnsembleObjective.forward, []
+    original, steps = ExitEnsembleObjective.forward, []
 
     def poisoned(self, output, target):
         result = original(self, output, target)
@@ -278,16 +287,16 @@ def test_non_finite_loss_stops_with_epoch_step_and_terms_and_keeps_the_last_chec
             result.total = result.total * float("nan")
         return result
 
-    monkeypatch.setattr(T.ExitEnsembleObjective, "forward", poisoned)
+    monkeypatch.setattr(ExitEnsembleObjective, "forward", poisoned)
     out = tmp_path / "nan"
     with pytest.raises(NonFiniteLossError, match=r"epoch 2, in steps \d-\d of 5 \(at step \d: ce_exit1=.*ce_main=") as error:
         train(config, out)
     first, last = map(int, re.search(r"steps (\d)-(\d)", str(error.value)).groups())
     assert first <= 2 <= last  # the poisoned step lies in the range the message names
-    kept = load_checkpoint(out / "checkpoints" / "last.pt")
-    assert kept["epoch"] == 1 and all(torch.isfinite(v).all() for v in kept["model"].values() if v.is_floating_point())
+    kept = Checkpoint.load(out / "checkpoints" / "last.pt")
+    assert kept.epoch == 1 and all(torch.isfinite(v).all() for v in kept.weights.values() if v.is_floating_point())
     client = MlflowClient(config.tracking.uri)
-    assert client.get_run(kept["run_id"]).info.status == "FAILED"
+    assert client.get_run(kept.run_id).info.status == "FAILED"
 
 
 def test_bad_checkpoints_give_clear_errors(tmp_path):
@@ -295,31 +304,30 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
         not_a_checkpoint = tmp_path / f"noise{seed}.pt"
         not_a_checkpoint.write_bytes(np.random.default_rng(seed).bytes(64 + 37 * seed))
         with pytest.raises(CheckpointError, match="not a readable eed checkpoint"):
-            load_checkpoint(not_a_checkpoint)
+            Checkpoint.load(not_a_checkpoint)
     foreign = tmp_path / "foreign.pt"
     torch.save({"state_dict": {}}, foreign)
     with pytest.raises(CheckpointError, match="not an eed checkpoint"):
-        load_checkpoint(foreign)
+        Checkpoint.load(foreign)
     with pytest.raises(CheckpointError, match="not found"):
-        load_checkpoint(tmp_path / "missing.pt")
+        Checkpoint.load(tmp_path / "missing.pt")
 
     config = synthetic_config(tmp_path, **{"train.epochs": 1, "tracking.enabled": False})
     result = train(config, tmp_path / "one")
     truncated = tmp_path / "truncated.pt"
     truncated.write_bytes(result.last_checkpoint.read_bytes()[:5000])
     with pytest.raises(CheckpointError, match="not a readable eed checkpoint"):
-        load_checkpoint(truncated)
-    checkpoint = load_checkpoint(result.last_checkpoint)
+        Checkpoint.load(truncated)
+    checkpoint = Checkpoint.load(result.last_checkpoint)
     with pytest.raises(CheckpointError, match="'resnet18' model, expected 'vgg19'"):
-        model_from_checkpoint(checkpoint, arch="vgg19")
+        checkpoint.model(arch="vgg19")
     with pytest.raises(CheckpointError, match="10 classes, but the data has 100"):
-        model_from_checkpoint(checkpoint, num_classes=100)
+        checkpoint.model(num_classes=100)
     # A checkpoint whose weights belong to another network.
-    checkpoint["width"] = 8
-    mismatched = save_checkpoint({k: v for k, v in checkpoint.items() if k not in ("format", "version")},
-                                 tmp_path / "mismatched.pt")
+    checkpoint.network = dataclasses.replace(checkpoint.network, width=8)
+    mismatched = checkpoint.save(tmp_path / "mismatched.pt")
     with pytest.raises(CheckpointError, match="do not fit resnet18"):
-        model_from_checkpoint(load_checkpoint(mismatched))
+        Checkpoint.load(mismatched).model()
     # Resuming another configuration's checkpoint explicitly is refused.
     other = load_config(None, synthetic_overrides(tmp_path, **{"model.arch": "vgg19", "tracking.enabled": False}))
     with pytest.raises(CheckpointError, match="cannot resume a resnet18"):
@@ -327,7 +335,7 @@ def test_bad_checkpoints_give_clear_errors(tmp_path):
 
 
 def test_unreachable_tracking_store_fails_before_training(tmp_path):
-    from eed.tracking import TrackingError
+    from eed.errors import TrackingError
 
     config = synthetic_config(tmp_path, **{"tracking.uri": "http://127.0.0.1:9/"})
     with pytest.raises(TrackingError, match="not reachable"):
@@ -365,14 +373,14 @@ def test_two_process_gloo_ddp_keeps_ranks_identical_and_logs_one_run(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("eed").experiment_id])
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     # Only rank 0 writes checkpoints.
-    ddp = load_checkpoint(out / "checkpoints" / "last.pt")
-    assert ddp["epoch"] == 1
+    ddp = Checkpoint.load(out / "checkpoints" / "last.pt")
+    assert ddp.epoch == 1
     # train.batch_size is the global batch: two processes take as many optimizer steps per
     # epoch as one (each with half the batch), at the same learning rate.
     single = train(load_config(None, synthetic_overrides(tmp_path, **{"train.epochs": 1, "tracking.enabled": False})),
                    tmp_path / "single")
-    steps = load_checkpoint(single.last_checkpoint)["scheduler"]["last_epoch"]
-    assert steps == 320 // 64 and ddp["scheduler"]["last_epoch"] == steps
+    steps = Checkpoint.load(single.last_checkpoint).resume.scheduler["last_epoch"]
+    assert steps == 320 // 64 and ddp.resume.scheduler["last_epoch"] == steps
 
 
 @pytest.mark.slow
@@ -395,15 +403,16 @@ def test_resume_compares_only_the_settings_that_shape_training(tmp_path):
     from eed.engine.checkpoint import resume_checkpoint
 
     config = load_config(None, synthetic_overrides(tmp_path))
-    last = save_checkpoint({"config": config.model_dump(), "epoch": 1, "step_in_epoch": 0}, tmp_path / "last.pt")
+    network = NetworkSpec("resnet18", 10, 4, True)
+    last = Checkpoint(network, {}, config.model_dump(), TrainState(epoch=1)).save(tmp_path / "last.pt")
     harmless = load_config(None, synthetic_overrides(tmp_path, **{
         "eval.thresholds": 11, "tracking.uri": f"sqlite:///{tmp_path / 'other.db'}", "data.num_workers": 2,
         "paths.out_dir": str(tmp_path / "elsewhere"), "train.checkpoint_every": 2}))
-    assert resume_checkpoint("auto", last, harmless)["epoch"] == 1
+    assert resume_checkpoint("auto", last, harmless).epoch == 1
     other_lr = load_config(None, synthetic_overrides(tmp_path, **{"train.lr": 0.01}))
     with pytest.raises(CheckpointError, match=r"other training settings \(train.lr: 0.05 -> 0.01\).*--resume never"):
         resume_checkpoint("auto", last, other_lr)
     assert resume_checkpoint("never", last, other_lr) is None
     # A finished run is never resumed: a run with any settings starts afresh.
-    finished = save_checkpoint({"config": config.model_dump(), "epoch": 2, "step_in_epoch": 0}, tmp_path / "done.pt")
+    finished = Checkpoint(network, {}, config.model_dump(), TrainState(epoch=2, phase="done")).save(tmp_path / "done.pt")
     assert resume_checkpoint("auto", finished, other_lr) is None and resume_checkpoint("auto", finished, config) is None

@@ -4,7 +4,8 @@ tiny batch, CPU): forward and backward run and the loss is finite."""
 import pytest
 import torch
 
-from eed.config import METHODS, LossConfig
+from eed.config import LossConfig
+from eed.methods import method_names
 from eed.models.registry import create_model, get_spec, list_backbones
 from eed.objectives import ExitEnsembleObjective
 
@@ -22,7 +23,7 @@ def test_one_step_of_every_method(arch):
     images, labels = torch.randn(2, 3, size, size), torch.tensor([1, 3])
     width = TEST_WIDTH.get(arch, 8) if spec.family == "cifar" else spec.default_width
     models = {exits: create_model(arch, num_classes=10, width=width, exits=exits) for exits in (False, True)}
-    for method in METHODS:
+    for method in method_names():
         model = models[method != "baseline"]
         objective = ExitEnsembleObjective(method, LossConfig(), model.num_classifiers)
         optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)

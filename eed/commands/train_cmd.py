@@ -20,7 +20,12 @@ def train(
         metavar="auto|never|PATH", help="'auto': continue last.pt if it is an unfinished run of the same config; "
              "'never': start fresh; or a checkpoint path to continue.")] = "auto",
 ) -> None:
-    """Train the configured multi-exit network with the configured method; log to MLflow."""
+    """Train the configured multi-exit network with the configured method; log to MLflow. Then draw
+    the training curves (as the pipeline's report stage does)."""
+    from eed.stages import report
     from eed.stages import train as stage
 
-    stage.train(load(params, set_), out=out, resume=resume)
+    config = load(params, set_)
+    result = stage.train(config, out=out, resume=resume)
+    if result.test_metrics:  # the main process (rank 0 under torchrun)
+        report.training_figures(config, result.out_dir)

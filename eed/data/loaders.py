@@ -58,14 +58,19 @@ from rich.console import Console
 from eed.config import Config
 from eed.data.augment import Normalizer, draw_translate_flip, translate_flip
 from eed.data.catalog import (
-    IMAGENET_EVAL_CROP_RATIO, IMAGENET_EVAL_RESOLUTION, IMAGENET_TRAIN_RESOLUTION, TRANSLATE_PADDING, DatasetInfo,
-    Normalization, dataset_info,
+    IMAGENET_EVAL_CROP_RATIO,
+    IMAGENET_EVAL_RESOLUTION,
+    IMAGENET_TRAIN_RESOLUTION,
+    TRANSLATE_PADDING,
+    DatasetInfo,
+    Normalization,
+    dataset_info,
 )
 from eed.data.ffcv_import import import_ffcv, keep_torch_threads
 from eed.data.manifest import load_manifest
 from eed.data.memory import read_labels, read_split
 from eed.data.splits import stratified_sample
-from eed.engine.runtime import resolve_device, uses_channels_last
+from eed.device import resolve_device, uses_channels_last
 from eed.errors import ConfigError, DataError
 
 Split = Literal["train", "val", "test"]
@@ -367,10 +372,19 @@ def _ffcv_pipelines(info: DatasetInfo, normalization: Normalization, *, train: b
                     device: torch.device) -> dict[str, list]:
     import_ffcv()
     from ffcv.fields.decoders import (
-        CenterCropRGBImageDecoder, IntDecoder, RandomResizedCropRGBImageDecoder, SimpleRGBImageDecoder,
+        CenterCropRGBImageDecoder,
+        IntDecoder,
+        RandomResizedCropRGBImageDecoder,
+        SimpleRGBImageDecoder,
     )
     from ffcv.transforms import (
-        NormalizeImage, RandomHorizontalFlip, RandomTranslate, Squeeze, ToDevice, ToTensor, ToTorchImage,
+        NormalizeImage,
+        RandomHorizontalFlip,
+        RandomTranslate,
+        Squeeze,
+        ToDevice,
+        ToTensor,
+        ToTorchImage,
     )
 
     if info.augmentation == "translate_flip":

@@ -40,8 +40,16 @@ from eed.config import Config
 from eed.data.catalog import dataset_info
 from eed.data.ffcv_import import import_ffcv
 from eed.data.manifest import (
-    MANIFEST_NAME, Manifest, SplitRecord, dataset_dir, default_file_mode, expected_params, file_sha256,
-    image_field_settings, read_manifest, write_manifest,
+    MANIFEST_NAME,
+    Manifest,
+    SplitRecord,
+    dataset_dir,
+    default_file_mode,
+    expected_params,
+    file_sha256,
+    image_field_settings,
+    read_manifest,
+    write_manifest,
 )
 from eed.data.sources import ImageArrays, ImageFiles, ImageSet, RawDataset, load_raw_dataset
 from eed.data.splits import split_off

@@ -1,49 +1,207 @@
-"""One checkpoint dict (as torchvision's references do), written atomically, loaded safely;
-when a run resumes from one; and what ``eed evaluate``/``eed rdm`` read a network from.
+"""The one checkpoint type: :class:`Checkpoint` alone reads and writes the file.
 
-Keys: ``format`` ("eed-checkpoint"), ``version``, ``arch``, ``num_classes``, ``width``,
-``exits`` (False for the baseline), ``stem_relu`` (False: the stem without its ReLU; absent in
-checkpoints written before the option, which had it), ``class_names``, ``config`` (the resolved config as a
-plain dict), ``epoch`` (epochs completed), ``step_in_epoch``, ``model``, ``optimizer``,
-``scheduler``, ``rng`` (Python, numpy and torch generator states), ``metrics`` (last
-epoch's), ``best_metric`` and ``best_epoch``, ``test_max`` (each output's best test accuracy
-so far and its epoch), ``history`` (every finished epoch's metrics), ``phase`` (:data:`PHASES`),
-``partial_epoch`` (when interrupted mid-epoch: the metrics of the steps done) and ``run_id``
-(the tracking run that made it).
+A checkpoint holds what rebuilds the network (:class:`NetworkSpec`), its weights, the
+resolved config it was trained with, where training was (:class:`TrainState`: epochs done,
+the run id, the history, ...) and, for resuming, the optimizer, scheduler and generator
+states (:class:`ResumeState`; none in a :meth:`~Checkpoint.deployable` one). It is written
+atomically and read with ``torch.load(weights_only=True)``: tensors, numbers, strings and
+containers only, never code.
+
+Also here: when a training run resumes from a checkpoint (:func:`resume_checkpoint`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import errno
 import os
+import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
+from torch import Tensor
 
-from eed import tracking
 from eed.config import Config, training_settings
 from eed.errors import CheckpointError
 from eed.models.multi_exit import MultiExitNet
 from eed.models.registry import create_model
 
 FORMAT = "eed-checkpoint"
-# 2: the tracking run id is stored under ``run_id``.
-VERSION = 2
+# 3: typed sections (network, weights, config, state, resume). Version 2 files (one flat dict)
+# are read and upgraded in memory (:func:`_upgrade_v2`).
+VERSION = 3
+
+# Where a run is, recorded in last.pt: "epochs" (training), "final" (every epoch done, the final
+# test, artifacts and model not yet), "done". A re-run continues from the phase it was in.
+PHASES = ("epochs", "final", "done")
+
+History = dict[str, list[tuple[int, float]]]
 
 
-def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
-    """Write to a temporary file in the same folder, then rename: never a half-written file."""
-    path = Path(path)
+@dataclass(frozen=True)
+class NetworkSpec:
+    """What rebuilds the network: a registered architecture at a width, with or without exits."""
+
+    arch: str
+    num_classes: int
+    width: int
+    exits: bool
+    stem_relu: bool = True  # False: the stem without its ReLU (reference: official)
+    class_names: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, config: Config, class_names: Sequence[str], exits: bool) -> "NetworkSpec":
+        """The network of a resolved ``config`` (:func:`eed.models.from_config.resolve_architecture`)."""
+        return cls(config.model.arch, len(class_names), config.model.width, exits,
+                   bool(config.model.stem_relu), tuple(class_names))
+
+    def build(self, init: str = "pytorch") -> MultiExitNet:
+        """The network, initialised by ``init`` (default: PyTorch's, as its weights are loaded next)."""
+        return create_model(self.arch, self.num_classes, self.width, exits=self.exits,
+                            stem_relu=self.stem_relu, init=init)
+
+
+@dataclass
+class TrainState:
+    """Where a training run is; the trainer updates it and every checkpoint records it."""
+
+    epoch: int = 0                 # epochs completed
+    step: int = 0                  # steps done of epoch ``epoch + 1`` (stopped mid-epoch), else 0
+    phase: str = "epochs"          # :data:`PHASES`
+    best_metric: float = -1.0      # the selected epoch's validation accuracy of the main output
+    best_epoch: int = 0
+    test_max: dict[str, list[float]] = field(default_factory=dict)  # output -> [max test accuracy, its epoch]
+    history: History = field(default_factory=dict)  # every finished epoch's metrics: name -> [(epoch, value)]
+    partial_epoch: dict[str, Any] | None = None  # the metrics of the steps done of an interrupted epoch
+    run_id: str | None = None      # the tracking run that made it
+
+    def metrics_of(self, epoch: int) -> dict[str, float]:
+        return {name: value for name, points in self.history.items() for step, value in points if step == epoch}
+
+    def to_checkpoint(self, network: NetworkSpec, model: torch.nn.Module, config: Config,
+                      resume: "ResumeState | None") -> "Checkpoint":
+        """A snapshot of this state (a copy: the state goes on changing) with ``model``'s weights (its
+        tensors: save the checkpoint before the next step changes them)."""
+        return Checkpoint(network, model.state_dict(), config.model_dump(), dataclasses.replace(self), resume)
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint: "Checkpoint") -> "TrainState":
+        return dataclasses.replace(checkpoint.state)
+
+
+@dataclass
+class ResumeState:
+    """What resuming needs besides the weights: the optimizer's, scheduler's and generators' states."""
+
+    optimizer: dict[str, Any]
+    scheduler: dict[str, Any]
+    rng: dict[str, Any]
+
+
+@dataclass
+class Checkpoint:
+    network: NetworkSpec
+    weights: dict[str, Tensor]
+    config: dict[str, Any]             # the resolved config, as ``Config.model_dump()``
+    state: TrainState
+    resume: ResumeState | None = None  # None in a deployable checkpoint
+
+    @property
+    def epoch(self) -> int:
+        return self.state.epoch
+
+    @property
+    def run_id(self) -> str | None:
+        return self.state.run_id
+
+    def deployable(self) -> "Checkpoint":
+        """The network and where it came from (epoch, run), without what only resuming needs:
+        the optimizer's state is as large as the weights."""
+        state = TrainState(epoch=self.state.epoch, phase="done", best_metric=self.state.best_metric,
+                           best_epoch=self.state.best_epoch, run_id=self.state.run_id)
+        return Checkpoint(self.network, self.weights, self.config, state, None)
+
+    # ------------------------------------------------------------------ the network
+
+    def model(self, *, arch: str | None = None, num_classes: int | None = None) -> MultiExitNet:
+        """The network with these weights. ``arch``/``num_classes``, when given, must match: a
+        checkpoint of another network is a clear error, not a shape mismatch in ``load_state_dict``."""
+        if arch is not None and self.network.arch != arch:
+            raise CheckpointError(f"checkpoint is a {self.network.arch!r} model, expected {arch!r}")
+        if num_classes is not None and self.network.num_classes != num_classes:
+            raise CheckpointError(f"checkpoint predicts {self.network.num_classes} classes, "
+                                  f"but the data has {num_classes}")
+        model = self.network.build()
+        try:
+            model.load_state_dict(self.weights)
+        except RuntimeError as error:
+            raise CheckpointError(f"checkpoint weights do not fit {self.network.arch}: "
+                                  f"{str(error).splitlines()[0]}") from None
+        return model
+
+    def check_classes(self, class_names: Sequence[str], dataset: str) -> None:
+        """A checkpoint trained on other classes must not be scored against these labels."""
+        trained = list(self.network.class_names)
+        # (A different class count alone is caught by model()'s num_classes check.)
+        if trained and trained != list(class_names):
+            differing = next((i for i, (a, b) in enumerate(zip(trained, class_names)) if a != b), None)
+            detail = (f"class {differing} is {trained[differing]!r} in the checkpoint, {class_names[differing]!r} here"
+                      if differing is not None else f"{len(trained)} classes in the checkpoint, {len(class_names)} here")
+            raise CheckpointError(f"the checkpoint was trained on other classes than dataset {dataset!r} ({detail})")
+
+    # ------------------------------------------------------------------ the file
+
+    def save(self, path: str | Path) -> Path:
+        """Write to a temporary file in the same folder, then rename: never a half-written file."""
+        return _write_atomically(self._to_file(), Path(path))
+
+    @classmethod
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "Checkpoint":
+        """Read an eed checkpoint safely; a :class:`CheckpointError` of one line otherwise."""
+        path = Path(path)
+        if not path.is_file():
+            raise CheckpointError(f"checkpoint not found: {path}")
+        contents = _read_weights_only(path, map_location)
+        if not isinstance(contents, dict) or contents.get("format") != FORMAT:
+            raise CheckpointError(f"{path} is not an eed checkpoint (no 'format: {FORMAT}' entry)")
+        if contents.get("version") == 2:
+            contents = _upgrade_v2(contents, path)
+        elif contents.get("version") != VERSION:
+            raise CheckpointError(f"{path}: checkpoint version {contents.get('version')} is not supported (this eed "
+                                  f"reads versions 2 and {VERSION}); use the eed release that wrote it, or retrain")
+        return cls._from_file(contents, path)
+
+    def _to_file(self) -> dict[str, Any]:
+        network = dataclasses.asdict(self.network)
+        network["class_names"] = list(self.network.class_names)
+        return {"format": FORMAT, "version": VERSION, "network": network, "weights": self.weights,
+                "config": self.config, "state": dataclasses.asdict(self.state),
+                "resume": dataclasses.asdict(self.resume) if self.resume is not None else None}
+
+    @classmethod
+    def _from_file(cls, contents: dict[str, Any], path: Path) -> "Checkpoint":
+        try:
+            network = NetworkSpec(**{**contents["network"],
+                                     "class_names": tuple(contents["network"].get("class_names") or ())})
+            state = TrainState(**contents["state"])
+            state.history = {name: [tuple(point) for point in points] for name, points in state.history.items()}
+            resume = ResumeState(**contents["resume"]) if contents.get("resume") is not None else None
+            return cls(network, contents["weights"], contents.get("config") or {}, state, resume)
+        except (KeyError, TypeError) as error:
+            raise CheckpointError(f"{path} is not a complete eed checkpoint ({type(error).__name__}: {error}; "
+                                  "written by another tool, or by hand?)") from None
+
+
+def _write_atomically(contents: dict[str, Any], path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    checkpoint = {"format": FORMAT, "version": VERSION, **checkpoint}
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
-            torch.save(checkpoint, handle)
+            torch.save(contents, handle)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
@@ -61,16 +219,10 @@ def save_checkpoint(checkpoint: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load with ``weights_only=True`` and check that it is an eed checkpoint."""
-    path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+def _read_weights_only(path: Path, map_location: str | torch.device) -> Any:
     try:
-        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+        return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch's unpickler raises many types on garbage or truncation
-        import re
-
         # torch's weights-only unpickler advises loading with weights_only=False, which runs any
         # code the file holds: advice never to pass on. Say what it refused instead.
         text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
@@ -86,71 +238,33 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
                                   f"{reason})") from None
         raise CheckpointError(f"{path} is not a readable eed checkpoint ({type(error).__name__}: "
                               f"{text.splitlines()[0] if text else ''})") from None
-    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an eed checkpoint (no 'format: {FORMAT}' entry)")
-    if checkpoint.get("version") != VERSION:
-        raise CheckpointError(f"{path}: checkpoint version {checkpoint.get('version')} is not supported "
-                              f"(this eed reads version {VERSION})")
-    return checkpoint
 
 
-def model_from_checkpoint(checkpoint: dict[str, Any], *, arch: str | None = None,
-                          num_classes: int | None = None) -> MultiExitNet:
-    """Rebuild the network a checkpoint holds and load its weights.
-
-    ``arch``/``num_classes``, when given, must match: a checkpoint of another architecture or
-    class count is a clear error rather than a shape mismatch deep inside ``load_state_dict``.
-    """
-    # What it is for first (another network is the clearer message), then whether it is whole.
-    if arch is not None and "arch" in checkpoint and checkpoint["arch"] != arch:
-        raise CheckpointError(f"checkpoint is a {checkpoint['arch']!r} model, expected {arch!r}")
-    if num_classes is not None and "num_classes" in checkpoint and checkpoint["num_classes"] != num_classes:
-        raise CheckpointError(f"checkpoint predicts {checkpoint['num_classes']} classes, "
-                              f"but the data has {num_classes}")
-    missing = [key for key in ("arch", "num_classes", "width", "exits", "model") if key not in checkpoint]
+def _upgrade_v2(old: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A version-2 checkpoint (one flat dict) in version 3's sections."""
+    missing = [key for key in ("arch", "num_classes", "width", "exits", "model") if key not in old]
     if missing:
-        raise CheckpointError(f"the checkpoint lacks {', '.join(missing)}: not a complete eed checkpoint "
+        raise CheckpointError(f"{path} lacks {', '.join(missing)}: not a complete eed checkpoint "
                               "(written by another tool, or by hand?)")
-    # The weights are overwritten next, so they are not initialised (init="pytorch").
-    model = create_model(checkpoint["arch"], checkpoint["num_classes"], checkpoint["width"],
-                         exits=checkpoint["exits"], stem_relu=checkpoint.get("stem_relu", True), init="pytorch")
-    try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as error:
-        raise CheckpointError(f"checkpoint weights do not fit {checkpoint['arch']}: "
-                              f"{str(error).splitlines()[0]}") from None
-    return model
-
-
-def check_classes(checkpoint: dict[str, Any], class_names: Sequence[str], dataset: str) -> None:
-    """A checkpoint trained on other classes must not be scored against these labels."""
-    trained = list(checkpoint.get("class_names") or [])
-    # (A different class count alone is caught by model_from_checkpoint's num_classes check.)
-    if trained and trained != list(class_names):
-        differing = next((i for i, (a, b) in enumerate(zip(trained, class_names)) if a != b), None)
-        detail = (f"class {differing} is {trained[differing]!r} in the checkpoint, {class_names[differing]!r} here"
-                  if differing is not None else f"{len(trained)} classes in the checkpoint, {len(class_names)} here")
-        raise CheckpointError(f"the checkpoint was trained on other classes than dataset {dataset!r} ({detail})")
+    epoch, step = old.get("epoch", 0), old.get("step_in_epoch", 0)
+    epochs = ((old.get("config") or {}).get("train") or {}).get("epochs") or epoch
+    phase = old.get("phase") or ("done" if epoch >= epochs and step == 0 else "epochs")
+    state = {"epoch": epoch, "step": step, "phase": phase, "best_metric": old.get("best_metric", -1.0),
+             "best_epoch": old.get("best_epoch", 0), "test_max": old.get("test_max", {}),
+             "history": old.get("history", {}), "partial_epoch": old.get("partial_epoch"),
+             "run_id": old.get("run_id")}
+    resume = ({"optimizer": old["optimizer"], "scheduler": old["scheduler"], "rng": old["rng"]}
+              if all(key in old for key in ("optimizer", "scheduler", "rng")) else None)
+    network = {"arch": old["arch"], "num_classes": old["num_classes"], "width": old["width"], "exits": old["exits"],
+               "stem_relu": old.get("stem_relu", True), "class_names": old.get("class_names") or []}
+    return {"format": FORMAT, "version": VERSION, "network": network, "weights": old["model"],
+            "config": old.get("config") or {}, "state": state, "resume": resume}
 
 
 # --------------------------------------------------------------------------- resuming
 
 
-# Where a run is, recorded in last.pt: "epochs" (training), "final" (every epoch done, the final
-# test, artifacts and model not yet), "done". A re-run continues from the phase it was in.
-PHASES = ("epochs", "final", "done")
-
-
-def checkpoint_phase(checkpoint: dict[str, Any], epochs: int) -> str:
-    """The checkpoint's phase; a checkpoint written before phases were recorded is "done" once
-    it holds every epoch."""
-    if "phase" in checkpoint:
-        return checkpoint["phase"]
-    finished = checkpoint["epoch"] >= epochs and checkpoint.get("step_in_epoch", 0) == 0
-    return "done" if finished else "epochs"
-
-
-def resume_checkpoint(resume: str | Path | bool, last_path: Path, config: Config) -> dict[str, Any] | None:
+def resume_checkpoint(resume: str | Path | bool, last_path: Path, config: Config) -> Checkpoint | None:
     """What a training run continues from. ``resume``: True/"auto" continues ``last_path``
     when it holds an unfinished run; a path continues that checkpoint; False/"never" starts
     fresh. Only the keys that shape the training trajectory must match
@@ -160,14 +274,14 @@ def resume_checkpoint(resume: str | Path | bool, last_path: Path, config: Config
     if resume is False or resume == "never":
         return None
     if resume not in (True, "auto"):
-        return load_checkpoint(resume)
+        return Checkpoint.load(resume)
     if not last_path.is_file():
         return None
-    checkpoint = load_checkpoint(last_path)
-    unfinished = checkpoint_phase(checkpoint, config.train.epochs) != "done"
+    checkpoint = Checkpoint.load(last_path)
+    unfinished = checkpoint.state.phase != "done"
     if not unfinished and resume == "auto":
         return None  # a finished run: this one starts afresh
-    before, now = training_settings(checkpoint["config"]), training_settings(config)
+    before, now = training_settings(checkpoint.config), training_settings(config)
     differing = sorted(key for key in before.keys() | now.keys() if before.get(key) != now.get(key))
     if differing:
         changes = ", ".join(f"{key}: {before.get(key)} -> {now.get(key)}" for key in differing)
@@ -175,27 +289,3 @@ def resume_checkpoint(resume: str | Path | bool, last_path: Path, config: Config
                               f"re-run with its settings to resume it, or start over with `eed train --resume never` "
                               f"(or delete {last_path.name})")
     return checkpoint if unfinished else None
-
-
-# --------------------------------------------------------------------------- sources to evaluate
-
-
-@dataclass
-class ResolvedSource:
-    checkpoint: dict[str, Any]
-    run_id: str | None      # the tracking run that made the checkpoint, if known
-    description: str        # for messages: the file, or "run <id> (checkpoints/best.pt)"
-    file_name: str = ""     # the checkpoint's file name (best.pt, last.pt, ...)
-
-
-def resolve_source(source: str, tracking_uri: str | None, which: str = "best") -> ResolvedSource:
-    """A checkpoint file, or the id of a tracked run whose ``checkpoints/{which}.pt`` (else
-    the other of best/last) is downloaded. Unknown run ids are a :class:`SourceError`."""
-    path = Path(source)
-    looks_like_path = path.suffix == ".pt" or "/" in source or "\\" in source
-    if path.is_file() or (looks_like_path and not tracking.looks_like_run_id(source)) or tracking_uri is None:
-        checkpoint = load_checkpoint(path)  # CheckpointError when missing or not ours
-        return ResolvedSource(checkpoint, checkpoint.get("run_id"), str(path), path.name)
-    with tracking.downloaded_checkpoint(tracking_uri, source, which) as (local, name):
-        checkpoint = load_checkpoint(local)
-    return ResolvedSource(checkpoint, source, f"run {source} (checkpoints/{name})", name)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import contextlib
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Callable, ContextManager, Iterable
 
 import torch
@@ -19,9 +18,9 @@ from torch import Tensor, nn
 from eed.engine.runtime import Runtime, unwrap
 from eed.errors import NonFiniteLossError
 from eed.metrics.classification import top1_accuracy
+from eed.metrics.collected import Collected
 from eed.objectives import ExitEnsembleObjective
 from eed.progress import RefreshClock
-
 
 # --------------------------------------------------------------------------- training
 
@@ -52,23 +51,15 @@ def batch_correct(logits: list[Tensor], target: Tensor) -> Tensor:
     return (predictions == target).sum(1)
 
 
-def _what_is_kept(last_checkpoint: Path | None) -> str:
-    """What a non-finite loss leaves on disk, claiming a kept checkpoint only when it exists."""
-    unsaved = "the weights it changed are not saved"
-    if last_checkpoint is None:
-        return f"{unsaved}; an earlier checkpoint, if one was written, is left as it was"
-    if Path(last_checkpoint).is_file():
-        return f"{unsaved}; {last_checkpoint} is kept"
-    return f"{unsaved}, and no checkpoint was written before ({last_checkpoint} does not exist)"
-
-
 def train_one_epoch(model: nn.Module, objective: ExitEnsembleObjective, loader, optimizer, scheduler,
                     runtime: Runtime, *, epoch: int, classifier_names: list[str], skip_steps: int = 0,
-                    should_stop: Callable[[], bool] = lambda: False,
-                    progress: Progress | None = None, last_checkpoint: Path | None = None) -> EpochStats:
-    """One epoch of SGD steps. A non-finite loss raises :class:`NonFiniteLossError` before any
-    checkpoint is written from the weights it changed; ``last_checkpoint`` (the run's last.pt)
-    lets the message say whether an earlier checkpoint is there to keep."""
+                    should_stop: Callable[[], bool] = lambda: False, progress: Progress | None = None,
+                    clock: RefreshClock | None = None) -> EpochStats:
+    """One epoch of SGD steps, from step ``skip_steps`` (a resumed epoch), until the loader ends or
+    ``should_stop()`` says so after a step. ``clock`` says when the bar is rendered and the loss
+    checked (both wait for the device); default every :data:`eed.progress.REFRESH_S`. A
+    non-finite loss raises :class:`NonFiniteLossError` naming the epoch, the steps and the terms,
+    before the caller can checkpoint the weights it changed."""
     model.train()
     steps = len(loader)
     term_sums: dict[str, Tensor] = {}
@@ -76,7 +67,7 @@ def train_one_epoch(model: nn.Module, objective: ExitEnsembleObjective, loader, 
     images = 0
     task = progress.add_task(f"epoch {epoch}", total=steps, completed=skip_steps, info="") if progress else None
     started = time.perf_counter()
-    clock = RefreshClock()
+    clock = clock or RefreshClock()
     step = skip_steps
     # Whether every loss since the last check was finite, kept on the device: reading it is a
     # host sync, so it is read only at the render interval (and before the epoch ends).
@@ -89,7 +80,7 @@ def train_one_epoch(model: nn.Module, objective: ExitEnsembleObjective, loader, 
         if step > checked and not bool(finite):
             terms = ", ".join(f"{k}={v.item():.4g}" for k, v in result.terms.items())
             raise NonFiniteLossError(f"non-finite loss at epoch {epoch}, in steps {checked + 1}-{step} of {steps} "
-                                     f"(at step {step}: {terms}); {_what_is_kept(last_checkpoint)}")
+                                     f"(at step {step}: {terms})")
         checked = step
 
     for step_index, (inputs, target) in enumerate(loader):
@@ -129,10 +120,17 @@ def train_one_epoch(model: nn.Module, objective: ExitEnsembleObjective, loader, 
     if progress is not None:
         progress.remove_task(task)
         progress.refresh()
-    run_steps = max(step - skip_steps, 1)
+    return _epoch_stats(term_sums, correct, images, runtime, classifier_names, seconds=seconds, steps_done=step,
+                        steps_run=step - skip_steps, completed=step == steps)
+
+
+def _epoch_stats(term_sums: dict[str, Tensor], correct: Tensor, images: int, runtime: Runtime,
+                 classifier_names: list[str], *, seconds: float, steps_done: int, steps_run: int,
+                 completed: bool) -> EpochStats:
+    """The epoch's means from its sums, summed over the ranks under DDP (each saw its own shard)."""
     totals = torch.stack([term_sums[k] for k in term_sums]) if term_sums else torch.zeros(0)
     counts = torch.cat([correct.float(), torch.tensor([float(images)], device=runtime.device)])
-    if runtime.distributed:  # sums over ranks: every rank saw its own shard
+    if runtime.distributed:
         totals = totals.to(runtime.device)
         dist.all_reduce(totals)
         dist.all_reduce(counts)
@@ -140,31 +138,13 @@ def train_one_epoch(model: nn.Module, objective: ExitEnsembleObjective, loader, 
     all_images = int(counts[-1].item())
     names = classifier_names + ["ensemble"]
     return EpochStats(
-        loss_terms={k: float(v) / run_steps for k, v in zip(term_sums, totals.tolist())},
+        loss_terms={k: float(v) / max(steps_run, 1) for k, v in zip(term_sums, totals.tolist())},
         accuracy={n: float(c) / max(all_images, 1) for n, c in zip(names, counts[:-1].tolist())},
-        images=all_images, seconds=seconds, steps_done=step, completed=step == steps, steps_run=step - skip_steps,
+        images=all_images, seconds=seconds, steps_done=steps_done, completed=completed, steps_run=steps_run,
     )
 
 
 # --------------------------------------------------------------------------- one pass, every output
-
-
-@dataclass
-class Collected:
-    """Every classifier's outputs over a split, on the CPU."""
-
-    logits: Tensor                        # (k, N, C) float32; index -1 = main
-    labels: Tensor                        # (N,) int64
-    features: list[Tensor] | None = None  # F_1..F_k, each (N, D), only when asked for
-    input_shape: tuple[int, ...] = ()     # one image's shape (C, H, W)
-
-    @property
-    def num_classifiers(self) -> int:
-        return self.logits.shape[0]
-
-    @property
-    def num_samples(self) -> int:
-        return self.logits.shape[1]
 
 
 def collect_outputs(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], device: torch.device | str, *,

@@ -2,8 +2,8 @@
 seeds and generator states.
 
 The loaders (``eed.data``) and the trainer resolve ``train.device`` and
-``train.channels_last`` through the same two functions here, so a batch and the model
-always agree on both.
+``train.channels_last`` through the same two functions (:mod:`eed.device`), so a batch and
+the model always agree on both.
 """
 
 from __future__ import annotations
@@ -21,21 +21,8 @@ import torch
 import torch.distributed as dist
 
 from eed.config import TrainConfig
+from eed.device import resolve_device, uses_channels_last
 from eed.errors import ConfigError
-
-
-def resolve_device(device: torch.device | str) -> torch.device:
-    """``"auto"`` = CUDA when available, else the CPU; anything else as torch reads it."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError("train.device is 'cuda' but no CUDA device is available; use 'auto' or 'cpu'")
-    return torch.device(device)
-
-
-def uses_channels_last(setting: str, device: torch.device) -> bool:
-    """``train.channels_last``: on, off, or auto = on CUDA only (where it pays off)."""
-    return setting == "on" or (setting == "auto" and device.type == "cuda")
 
 
 @dataclass
@@ -55,6 +42,12 @@ class Runtime:
     @property
     def distributed(self) -> bool:
         return self.world_size > 1
+
+    def sync_buffers(self, model: torch.nn.Module) -> None:
+        """Under DDP, BN statistics drift per rank after the last step: take rank 0's."""
+        if self.distributed:
+            for buffer in model.buffers():
+                dist.broadcast(buffer, src=0)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         if self.autocast_dtype is None:

@@ -18,7 +18,7 @@ Two views of the same rule, which give the same predictions:
 
 * :func:`sweep` works on logits already collected for every classifier (one pass over a
   split, :func:`eed.engine.loops.collect_outputs`) and evaluates many thresholds at once;
-* :func:`eed.engine.early_exit.predict` runs the network on a batch and really stops:
+* :func:`eed.inference.early_exit.predict` runs the network on a batch and really stops:
   samples that have left are removed from the batch before the next stage runs.
 
 :func:`fit_budgets` picks, on the validation split, the threshold with the best accuracy
@@ -92,7 +92,7 @@ def confidences(logits: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def leaves(confidence: Tensor, threshold: float | Tensor) -> Tensor:
-    """The exit rule, shared by :func:`sweep` and :func:`eed.engine.early_exit.predict`: confidence >= tau.
+    """The exit rule, shared by :func:`sweep` and :func:`eed.inference.early_exit.predict`: confidence >= tau.
     Compared in float64 so that a threshold just above 1 is not rounded down to 1."""
     return confidence.double() >= threshold
 

@@ -15,12 +15,17 @@ from torch import Tensor
 from eed.metrics import round_floats
 from eed.metrics.anytime import AnytimeReport
 from eed.metrics.calibration import CalibrationReport
-from eed.metrics.classification import (agreement_counts, ensemble_logits, expected_calibration_error,
-                                        running_ensemble_logits, topk_accuracy)
+from eed.metrics.classification import (
+    agreement_counts,
+    ensemble_logits,
+    expected_calibration_error,
+    running_ensemble_logits,
+    topk_accuracy,
+)
 from eed.metrics.guarantee import GuaranteedThreshold
 
 if TYPE_CHECKING:
-    from eed.engine.loops import Collected
+    from eed.metrics.collected import Collected
 
 
 @dataclass

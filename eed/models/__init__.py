@@ -6,7 +6,6 @@ decorated with ``@register_backbone``), imported below so that it registers.
 
 # The model modules register their backbones when imported (timm's layout).
 from eed.models import cifar_resnet, cifar_vgg, imagenet  # noqa: F401
-
 from eed.models.backbone import Backbone
 from eed.models.multi_exit import (
     ExitBranch,

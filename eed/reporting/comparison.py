@@ -34,8 +34,9 @@ from typing import TYPE_CHECKING, Iterable, Sequence
 
 from rich.table import Table
 
-from eed.config import METHODS, is_training_key
+from eed.config import is_training_key
 from eed.errors import ConfigError
+from eed.methods import get_method, method_names
 from eed.models.multi_exit import output_order
 
 if TYPE_CHECKING:
@@ -94,14 +95,11 @@ def run_settings(run: RunRecord) -> dict[str, str]:
 
 def ignored_settings(key: dict[str, str]) -> set[str]:
     """The settings of ``key`` that the run's training never read."""
-    method = key.get("method")
     ignored = set()
-    if method in ("baseline", "branchynet"):  # cross entropy only
-        ignored |= {name for name in key if name.startswith("loss.")}
-    elif method == "distill":  # eq. 4 with beta = 0, the main output as teacher
-        ignored |= {"loss.beta", "loss.teacher"}
-    elif method == "byot":  # the main output as teacher
-        ignored.add("loss.teacher")
+    method = key.get("method")
+    if method in method_names():  # the loss keys its row of the methods table does not read
+        read = {f"loss.{name}" for name in get_method(method).loss_keys}
+        ignored |= {name for name in key if name.startswith("loss.") and name not in read}
     if key.get("loss.output") != "kl":  # T only softens the probabilities of the KL loss
         ignored.add("loss.temperature")
     if key.get("train.schedule") != "step":
@@ -337,11 +335,12 @@ def build_table(runs: Iterable[RunRecord], split: str = "test") -> ComparisonTab
 
     setup = [name for name in names if _is_setup(name)]
     loss = [name for name in names if name.startswith("loss.")]
-    method_rank = {m: i for i, m in enumerate(METHODS)}
+    methods = method_names()
+    method_rank = {m: i for i, m in enumerate(methods)}
 
     def position(row: ComparisonRow) -> tuple:  # by setup, then as the paper orders methods
         method = row.key.get("method", MISSING)
-        return (*(_value_order(row.key[name]) for name in setup), method_rank.get(method, len(METHODS)), method,
+        return (*(_value_order(row.key[name]) for name in setup), method_rank.get(method, len(methods)), method,
                 *(_value_order(row.key[name]) for name in loss))
 
     rows = sorted(groups.values(), key=position)

@@ -34,6 +34,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from eed.models.multi_exit import output_order
+from eed.reporting.records import EPOCH_ACCURACY_PREFIX, History
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -44,7 +45,6 @@ if TYPE_CHECKING:
     from eed.metrics.rdm import RdmResult
     from eed.reporting.comparison import ComparisonTable
 
-History = dict[str, list[tuple[int, float]]]
 
 # Print resolution: a 6.4 in wide figure is 1280 px.
 DPI = 200
@@ -105,7 +105,6 @@ def _integer_epochs(axes: "Axes") -> None:
 
 
 # The per-epoch accuracy metrics of each split (the final test/acc_* are not per epoch).
-EPOCH_ACCURACY_PREFIX = {"train": "train/acc_", "val": "val/acc_", "test": "test/epoch_acc_"}
 
 
 def _accuracy_series(history: History, split: str) -> dict[str, tuple[list[int], list[float]]]:

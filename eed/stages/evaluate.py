@@ -10,26 +10,38 @@ from typing import Callable
 
 import torch
 
-from eed import data as eed_data
 from eed.config import Config
-from eed.engine.checkpoint import ResolvedSource
-from eed.engine.loops import Collected, collect_outputs
 from eed.engine.runtime import setup_runtime
+from eed.inference import export as served_export
 from eed.metrics.anytime import ClassifierCosts, analyze, threshold_grid
 from eed.metrics.calibration import apply_temperatures, calibrate
+from eed.metrics.collected import Collected
 from eed.metrics.flops import profile_model
 from eed.metrics.guarantee import check_guarantee, fit_guaranteed_threshold
 from eed.metrics.summary import EvaluationReport, GuaranteedResult, summarize
+from eed.models.from_config import resolve_architecture
 from eed.models.multi_exit import MultiExitNet
 from eed.paths import ensure_writable, in_workspace
-from eed.progress import progress_bar, tracked
 from eed.reporting import tables
-from eed.reporting.files import figure_caption, write_evaluation_outputs
-from eed.stages import serve, stderr, stdout
-from eed.stages.common import SPLITS, choice, default_source, log_stage_run, source_model, stage_params
+from eed.reporting.files import write_evaluation_outputs
+from eed.reporting.records import figure_caption
+from eed.stages import stderr, stdout
+from eed.stages.common import (
+    SPLITS,
+    ResolvedSource,
+    choice,
+    collect,
+    default_source,
+    log_stage_run,
+    on_runtime,
+    source_model,
+    stage_params,
+)
 
-# The params the evaluate stage reads (dvc.yaml), logged with its run.
-EVAL_KEYS = ("eval.ece_bins", "eval.thresholds", "eval.budgets", "data.val_size")
+# The params that change what the evaluate stage (and eed export) compute, logged with its run;
+# the split is logged as "split".
+EVAL_KEYS = ("eval.ece_bins", "eval.thresholds", "eval.budgets", "eval.calibrate", "eval.max_drop", "eval.delta",
+             "data.val_size")
 
 
 @dataclass
@@ -47,6 +59,7 @@ def evaluate(config: Config, source: str | None = None, *, split: str | None = N
     a split of the configured dataset, write the outputs to ``out`` and (``log``) log them as
     a child run of the training run."""
     started = time.time()
+    config = resolve_architecture(config)
     source = source or default_source(config)
     split = choice("--split", split or config.eval.split, SPLITS)
     out_dir = Path(out or in_workspace(config.paths.out_dir) / "evaluate")
@@ -55,24 +68,16 @@ def evaluate(config: Config, source: str | None = None, *, split: str | None = N
         ensure_writable(folder)
     tracking_uri, resolved, model = source_model(source, config, log, which)
     runtime = setup_runtime(config.train)
-    model = model.to(runtime.device)
-    if runtime.channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    names = model.classifier_names()
-    console = stderr()
+    model = on_runtime(model, runtime)
+    names, console = model.classifier_names(), stderr()
 
-    def collect(name: str) -> Collected:
-        loader = eed_data.make_loader(config, name, train=False, device=runtime.device)
-        loader.warmup(console=console)  # FFCV compiles its pipeline first (~10 s): say so, not a blank screen
-        with progress_bar(console) as progress:
-            batches = tracked(loader, progress, f"evaluating on {name}", len(loader))
-            return collect_outputs(model, batches, runtime.device, autocast=runtime.autocast,
-                                   channels_last=runtime.channels_last)
+    def collect_split(name: str) -> Collected:
+        return collect(config, model, runtime, name, console)
 
-    collected = collect(split)
+    collected = collect_split(split)
     report = summarize(collected, names, split, config.eval.ece_bins)
     # A baseline's curve is the main output alone: one point, but the same files for DVC.
-    fit_early_exit(model, collected, names, config, split, collect, report)
+    fit_early_exit(model, collected, names, config, split, collect_split, report)
     if model.num_classifiers == 1:
         report.notes.append("no exits (baseline): no agreement matrices; the early-exit curve is one point")
     files = write_evaluation_outputs(report, out_dir, caption=figure_caption(config))
@@ -83,11 +88,13 @@ def evaluate(config: Config, source: str | None = None, *, split: str | None = N
         # run then spans all of the stage's work); a stand-alone evaluation keeps it in its own run.
         servable = model.num_classifiers > 1
         if servable and resolved.run_id:
-            served_id = serve.log_served_model(tracking_uri, resolved.run_id, resolved, report, config, split)
+            served_id = served_export.log_served_model(tracking_uri, resolved.run_id, resolved.checkpoint, report,
+                                                       config, split)
         run_id = log_stage_run("evaluate", tracking_uri, config, resolved, split, report.metrics(), files, out_dir,
                                started=started, params=stage_params(config, EVAL_KEYS))
         if servable and not resolved.run_id:
-            served_id = serve.log_served_model(tracking_uri, run_id, resolved, report, config, split)
+            served_id = served_export.log_served_model(tracking_uri, run_id, resolved.checkpoint, report, config,
+                                                       split)
 
     printer = stdout()
     for table in tables.evaluation_tables(report):

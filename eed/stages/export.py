@@ -3,7 +3,7 @@
 What the evaluate stage logs with every pipeline run, for any checkpoint: one pass over the
 validation split fits the temperatures, the budget thresholds and the guaranteed threshold
 (:func:`eed.stages.evaluate.fit_early_exit`); the network, its settings and its exported
-programs are then logged as the ``served`` model of the training run (:mod:`eed.stages.serve`),
+programs are then logged as the ``served`` model of the training run (:mod:`eed.inference.export`),
 or of a stand-alone ``export`` run when the checkpoint is a file of no known run. Nothing is
 measured on test.
 
@@ -19,15 +19,22 @@ from pathlib import Path
 from eed import data as eed_data
 from eed import tracking
 from eed.config import Config
-from eed.engine.checkpoint import ResolvedSource
-from eed.engine.loops import collect_outputs
 from eed.engine.runtime import setup_runtime
 from eed.errors import ConfigError
+from eed.inference import export as served_export
 from eed.metrics.summary import summarize
-from eed.progress import progress_bar, tracked
+from eed.models.from_config import resolve_architecture
 from eed.reporting import tables
-from eed.stages import serve, stderr, stdout
-from eed.stages.common import default_source, log_stage_run, source_model, stage_params
+from eed.stages import stderr, stdout
+from eed.stages.common import (
+    ResolvedSource,
+    collect,
+    default_source,
+    log_stage_run,
+    on_runtime,
+    source_model,
+    stage_params,
+)
 from eed.stages.evaluate import EVAL_KEYS, fit_early_exit
 
 
@@ -42,6 +49,7 @@ def export(config: Config, source: str | None = None, *, which: str = "best") ->
     """Fit the serving thresholds of ``source`` (checkpoint file or MLflow run id) on val and log
     the served early-exit model."""
     started = time.time()
+    config = resolve_architecture(config)
     source = source or default_source(config)
     if not config.tracking.enabled:
         raise ConfigError("eed export logs the served model to MLflow, and tracking.enabled is false")
@@ -51,24 +59,20 @@ def export(config: Config, source: str | None = None, *, which: str = "best") ->
     if model.num_classifiers == 1:
         raise ConfigError(f"{resolved.description} has no exits (baseline): there is no early exit to serve")
     runtime = setup_runtime(config.train)
-    model = model.to(runtime.device)
+    model = on_runtime(model, runtime)
     names, console = model.classifier_names(), stderr()
 
-    def collect(name: str):
-        loader = eed_data.make_loader(config, name, train=False, device=runtime.device)
-        loader.warmup(console=console)
-        with progress_bar(console) as progress:
-            batches = tracked(loader, progress, f"fitting on {name}", len(loader))
-            return collect_outputs(model, batches, runtime.device, autocast=runtime.autocast)
+    def collect_split(name: str):
+        return collect(config, model, runtime, name, console, doing="fitting")
 
-    validation = collect("val")
+    validation = collect_split("val")
     report = summarize(validation, names, "val", config.eval.ece_bins)
-    fit_early_exit(model, validation, names, config, "val", collect, report)
+    fit_early_exit(model, validation, names, config, "val", collect_split, report)
     # A checkpoint of no known run gets a stand-alone run to hold its served model.
     run_id = resolved.run_id or log_stage_run("export", tracking_uri, config, resolved, "val", {}, [], Path("."),
                                               started=started, params=stage_params(config, EVAL_KEYS))
-    settings = serve.served_settings(report, config, eed_data.read_split(config, "val", indices=[0]))
-    served_id = serve.log_served_model(tracking_uri, run_id, resolved, report, config, "val")
+    settings = served_export.served_settings(report, config, eed_data.read_split(config, "val", indices=[0]))
+    served_id = served_export.log_served_model(tracking_uri, run_id, resolved.checkpoint, report, config, "val")
     printer = stdout()
     printer.print(tables.served_table(report, settings))
     if report.calibration is not None:

@@ -7,9 +7,11 @@ from pathlib import Path
 from eed import data as eed_data
 from eed.config import Config
 from eed.metrics.flops import FlopsProfile, arch_profile, summarize_backbones
+from eed.models.from_config import resolve_architecture
 from eed.paths import in_workspace
 from eed.reporting import tables
-from eed.reporting.files import figure_caption, write_flops_outputs
+from eed.reporting.files import write_flops_outputs
+from eed.reporting.records import figure_caption
 from eed.stages import stdout
 
 
@@ -33,5 +35,6 @@ def flops(arch: str, *, width: int | None = None, num_classes: int | None = None
 
 def flops_stage(config: Config) -> FlopsProfile:
     """The flops stage: the configured network, with the prepared dataset's class count."""
+    config = resolve_architecture(config)
     return flops(config.model.arch, width=config.model.width, num_classes=eed_data.load_manifest(config).num_classes,
                  out=in_workspace(config.paths.out_dir) / "flops", caption=figure_caption(config))

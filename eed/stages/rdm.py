@@ -11,15 +11,25 @@ import torch
 
 from eed import data as eed_data
 from eed.config import Config
-from eed.data.augment import Normalizer
-from eed.engine.loops import collect_outputs
 from eed.engine.runtime import setup_runtime
 from eed.metrics.rdm import RdmResult, compute_rdms, layer_activations, select_samples
+from eed.models.from_config import resolve_architecture
 from eed.paths import ensure_writable, in_workspace
 from eed.reporting import tables
-from eed.reporting.files import figure_caption, write_rdm_outputs
-from eed.stages import stdout
-from eed.stages.common import SPLITS, choice, default_source, log_stage_run, source_model, stage_params
+from eed.reporting.files import write_rdm_outputs
+from eed.reporting.records import figure_caption
+from eed.stages import stderr, stdout
+from eed.stages.common import (
+    SPLITS,
+    choice,
+    collect,
+    default_source,
+    in_float32,
+    log_stage_run,
+    on_runtime,
+    source_model,
+    stage_params,
+)
 
 
 @dataclass
@@ -41,6 +51,7 @@ def rdm(config: Config, source: str | None = None, *, split: str = "test", class
     same images.
     """
     started = time.time()
+    config = resolve_architecture(config)
     source = source or default_source(config)
     split = choice("--split", split, SPLITS)
     classifiers = ["main", *[c for c in classifiers if c != "main"]]
@@ -49,16 +60,13 @@ def rdm(config: Config, source: str | None = None, *, split: str = "test", class
     for folder in (out_dir, out_dir / "figures"):  # an unusable folder fails now, not after the pass
         ensure_writable(folder)
     tracking_uri, resolved, model = source_model(source, config, log, which)
-    device = setup_runtime(config.train).device
-    model = model.to(device)
+    runtime = in_float32(setup_runtime(config.train))
+    model = on_runtime(model, runtime)
 
     labels = torch.from_numpy(eed_data.read_labels(eed_data.load_manifest(config).split_path(split)))
     indices = select_samples(labels, min(config.eval.rdm_samples, len(labels)), seed)
-    samples = eed_data.read_split(config, split, indices=indices.numpy())
-    normalize = Normalizer(samples.normalization, device=device)
-    batches = ((normalize(samples.images[start:start + batch_size].to(device)),
-                samples.labels[start:start + batch_size]) for start in range(0, len(indices), batch_size))
-    collected = collect_outputs(model, batches, device, with_features=True)
+    collected = collect(config, model, runtime, split, stderr(), indices=indices, with_features=True,
+                        batch_size=batch_size)
     activations = layer_activations(collected, model.classifier_names(), torch.arange(len(indices)), classifiers)
     result = compute_rdms(activations, collected.labels, indices, config.eval.rdm_classes, seed)
     files = write_rdm_outputs(result, out_dir, caption=figure_caption(config), split=split,

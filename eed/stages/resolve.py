@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from eed.config import Config, preset_values
+from eed.models.from_config import resolve_architecture
 from eed.paths import ensure_writable, in_workspace
 from eed.stages import stdout
 
@@ -25,6 +26,7 @@ RESOLVED_SECTION = "resolved"
 def resolve(config: Config, *, out: Path | None = None) -> dict[str, Any]:
     """Write ``{resolved: {section: {key: value}}}`` to ``out`` (default
     ``<paths.out_dir>/resolved.yaml``) and print it; returns the mapping."""
+    config = resolve_architecture(config)  # model.arch checked, model.width filled
     path = Path(out or in_workspace(config.paths.out_dir) / RESOLVED_FILE)
     values = {RESOLVED_SECTION: preset_values(config)}
     text = (f"# What params.yaml's null keys resolve to (scale: {config.scale}, reference: {config.reference}); "

@@ -6,10 +6,19 @@ from pathlib import Path
 
 from eed.config import Config
 from eed.engine.runtime import relaunch_under_torchrun
-from eed.engine.trainer import TrainResult
+from eed.engine.trainer import Callback, TrainResult
 from eed.engine.trainer import train as run_training
 from eed.paths import in_workspace
+from eed.reporting.records import write_training_summary
 from eed.stages import stdout
+
+
+class TrainingFiles(Callback):
+    """``metrics.json``, ``history.csv`` and ``accuracy.csv`` beside ``checkpoints/`` (the figures
+    are drawn from the checkpoint's history by :func:`eed.stages.report.training_figures`)."""
+
+    def on_train_end(self, result: TrainResult) -> None:
+        write_training_summary(result.history, result.test_metrics, result.epochs_completed, result.out_dir)
 
 
 def train(config: Config, *, out: Path | None = None, resume: str = "auto",
@@ -18,7 +27,8 @@ def train(config: Config, *, out: Path | None = None, resume: str = "auto",
     outside torchrun, this process is replaced by torchrun running the same command (``argv``,
     default sys.argv); with ``nnodes > 1`` each machine runs it with its own ``train.node_rank``."""
     relaunch_under_torchrun(config.train, argv)
-    result = run_training(config, out or in_workspace(config.paths.out_dir) / "train", resume=resume)
+    result = run_training(config, out or in_workspace(config.paths.out_dir) / "train", resume=resume,
+                          callbacks=[TrainingFiles()])
     if result.test_metrics:  # only the main process reports
         console = stdout()
         for name, value in result.test_metrics.items():

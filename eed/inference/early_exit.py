@@ -4,7 +4,7 @@ The exit rule and its costs live in :mod:`eed.metrics.anytime`, which evaluates 
 collected logits; :func:`cascade` applies the same rule while running a network cut into
 segments (:func:`segments`: the stages up to and including one classifier's), removing the
 samples that have left from the batch before the next segment runs. :func:`predict` cascades
-a :class:`MultiExitNet`; :mod:`eed.engine.programs` cascades the same segments exported with
+a :class:`MultiExitNet`; :mod:`eed.inference.programs` cascades the same segments exported with
 ``torch.export``.
 """
 

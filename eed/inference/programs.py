@@ -2,7 +2,7 @@
 
 :func:`export_programs` writes, for a network with k classifiers,
 
-- ``segment{i}.pt2`` (i = 1..k): the cascade's pieces (:class:`eed.engine.early_exit.Segment`):
+- ``segment{i}.pt2`` (i = 1..k): the cascade's pieces (:class:`eed.inference.early_exit.Segment`):
   segment 1 maps images to (hidden state, exit-1 logits), segment i the previous hidden state
   to (its hidden state, classifier i's logits). A runtime cascades them: run segment 1, keep the
   samples whose max softmax is below the threshold, run segment 2 on them, and so on.
@@ -11,8 +11,8 @@
 - ``programs.json``: what each program takes and returns, the classifier names and the rule.
 
 Every program has a dynamic batch dimension. :func:`load_programs` loads the segments back as
-callables that :func:`eed.engine.early_exit.cascade` runs: a test checks that this equals
-:func:`eed.engine.early_exit.predict`.
+callables that :func:`eed.inference.early_exit.cascade` runs: a test checks that this equals
+:func:`eed.inference.early_exit.predict`.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from eed.engine.early_exit import SegmentFn, segments
+from eed.inference.early_exit import SegmentFn, segments
 from eed.models.multi_exit import MultiExitNet
 
 MANIFEST = "programs.json"

@@ -1,7 +1,8 @@
 """The served early-exit model of an evaluated checkpoint, as ``eed evaluate`` and ``eed export``
-log it: the network without its training state, the thresholds and temperatures fitted on val
-(from an :class:`EvaluationReport`), the normalization and class names (:mod:`eed.serving`),
-and the network's ``torch.export`` programs (:mod:`eed.engine.programs`)."""
+log it: the network without its training state (:meth:`Checkpoint.deployable`), the thresholds
+and temperatures fitted on val (from an :class:`EvaluationReport`), the normalization and class
+names (:mod:`eed.inference.served`), and the network's ``torch.export`` programs
+(:mod:`eed.inference.programs`)."""
 
 from __future__ import annotations
 
@@ -9,19 +10,17 @@ import tempfile
 from pathlib import Path
 
 from eed import data as eed_data
-from eed import serving, tracking
+from eed import tracking
 from eed.config import Config
-from eed.engine.checkpoint import ResolvedSource, model_from_checkpoint, save_checkpoint
-from eed.engine.programs import export_programs
+from eed.engine.checkpoint import Checkpoint
+from eed.inference.programs import export_programs
+from eed.inference.served import load_served
 from eed.metrics.anytime import ABOVE_ONE
 from eed.metrics.summary import EvaluationReport
 
-# Checkpoint entries a served model does not need (the optimizer's state is as large as the weights).
-TRAINING_STATE = ("optimizer", "scheduler", "rng", "history", "partial_epoch")
-
 
 def served_settings(report: EvaluationReport, config: Config, samples: eed_data.SplitTensors) -> dict:
-    """The serving settings (:data:`eed.serving.SETTING_KEYS`) of an evaluated network: the budget
+    """The serving settings (:data:`eed.inference.served.SETTING_KEYS`) of an evaluated network: the budget
     thresholds and the guaranteed one fitted on val, the default (the guaranteed threshold when
     it exists, else the main output for every image: nothing lost by default), the temperatures
     and whether the thresholds were fitted on calibrated confidences (``eval.calibrate``)."""
@@ -37,19 +36,19 @@ def served_settings(report: EvaluationReport, config: Config, samples: eed_data.
             "default": "max_drop" if "max_drop" in thresholds else ABOVE_ONE}
 
 
-def log_served_model(tracking_uri: str, run_id: str, source: ResolvedSource, report: EvaluationReport,
+def log_served_model(tracking_uri: str, run_id: str, checkpoint: Checkpoint, report: EvaluationReport,
                      config: Config, split: str) -> str:
-    """Log the network of ``source``, evaluated in ``report``, as the served early-exit model of ``run_id``,
-    with its settings (:func:`served_settings`) and exported programs; the input example is two
-    raw images of ``split``. Returns the logged model's id."""
+    """Log the network of ``checkpoint``, evaluated in ``report``, as the served early-exit model of
+    ``run_id``, with its settings (:func:`served_settings`) and exported programs; the input example
+    is two raw images of ``split``. Returns the logged model's id."""
     samples = eed_data.read_split(config, split, indices=[0, 1])
     settings = served_settings(report, config, samples)
-    weights = {key: value for key, value in source.checkpoint.items() if key not in TRAINING_STATE}
+    deployable = checkpoint.deployable()
     with tempfile.TemporaryDirectory(prefix="eed-served-") as folder:
-        checkpoint = save_checkpoint(weights, Path(folder) / "model.pt")
+        path = deployable.save(Path(folder) / "model.pt")
         # Exported from a fresh CPU copy: the evaluated network may sit on a GPU in channels_last.
         programs = Path(folder) / "programs"
-        export_programs(model_from_checkpoint(dict(weights)), samples.images.shape[-1], programs)
-        return tracking.log_served_model(tracking_uri, run_id, checkpoint, settings,
-                                         samples.images.permute(0, 2, 3, 1).numpy(), loader=serving.load_served,
+        export_programs(deployable.model(), samples.images.shape[-1], programs)
+        return tracking.log_served_model(tracking_uri, run_id, path, settings,
+                                         samples.images.permute(0, 2, 3, 1).numpy(), loader=load_served,
                                          programs=programs)

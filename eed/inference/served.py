@@ -4,10 +4,9 @@
 weights: the class names, the normalization the network was trained with, the named
 thresholds (the validation-fitted ones of ``eed evaluate``: ``budget_<gflops>``, ``max_drop``),
 optional per-classifier temperatures and the anytime cost of leaving at each classifier.
-:meth:`ServedModel.answer` runs early exit for real (:func:`eed.engine.early_exit.predict`):
-a sample that has left is not computed further. The tracking module wraps it as a logged,
-servable model (:mod:`eed.tracking`, "the served early-exit model"), built where it is
-loaded by :func:`load_served`.
+:meth:`ServedModel.answer` runs early exit for real (:func:`eed.inference.early_exit.predict`):
+a sample that has left is not computed further. The tracking package wraps it as a logged,
+servable model (:mod:`eed.tracking.served`), built where it is loaded by :func:`load_served`.
 
 Pure torch/numpy: nothing here knows about the tracking store.
 """
@@ -23,8 +22,8 @@ from torch import Tensor
 
 from eed.data.augment import Normalizer
 from eed.data.catalog import Normalization
-from eed.engine.checkpoint import load_checkpoint, model_from_checkpoint
-from eed.engine.early_exit import predict
+from eed.engine.checkpoint import Checkpoint
+from eed.inference.early_exit import predict
 from eed.metrics.anytime import ClassifierCosts
 from eed.metrics.flops import profile_model
 from eed.models.registry import get_spec
@@ -36,18 +35,18 @@ COLUMNS = ("class", "class_name", "confidence", "exit", "exit_index", "gflops")
 class ServedModel:
     """A checkpoint's network, ready to answer images with early exit."""
 
-    def __init__(self, checkpoint: Mapping[str, Any], *, normalization: Normalization | Mapping[str, Sequence[float]],
+    def __init__(self, checkpoint: Checkpoint, *, normalization: Normalization | Mapping[str, Sequence[float]],
                  thresholds: Mapping[str, float] | None = None, temperatures: Sequence[float] | None = None,
                  class_names: Sequence[str] | None = None, default: str | float | None = None,
                  image_size: int | None = None, calibrated: bool = False, device: str | torch.device = "cpu"):
-        self.model = model_from_checkpoint(dict(checkpoint)).to(device).eval()
+        self.model = checkpoint.model().to(device).eval()
         self.device = torch.device(device)
-        k = self.model.num_classifiers
+        k, num_classes = self.model.num_classifiers, checkpoint.network.num_classes
         self.names = self.model.classifier_names()
-        self.class_names = list(class_names if class_names is not None else checkpoint.get("class_names") or
-                                [str(i) for i in range(checkpoint["num_classes"])])
-        if len(self.class_names) != checkpoint["num_classes"]:
-            raise ValueError(f"{len(self.class_names)} class names for {checkpoint['num_classes']} classes")
+        self.class_names = list(class_names if class_names is not None else checkpoint.network.class_names or
+                                [str(i) for i in range(num_classes)])
+        if len(self.class_names) != num_classes:
+            raise ValueError(f"{len(self.class_names)} class names for {num_classes} classes")
         if not isinstance(normalization, Normalization):
             normalization = Normalization(mean=tuple(normalization["mean"]), std=tuple(normalization["std"]))
         self.normalization = normalization
@@ -65,7 +64,7 @@ class ServedModel:
         if isinstance(default, str) and default not in self.thresholds:
             raise ValueError(f"default threshold {default!r} is not one of {sorted(self.thresholds)}")
         self.default = default
-        self.image_size = int(image_size or get_spec(checkpoint["arch"]).input_size)
+        self.image_size = int(image_size or get_spec(checkpoint.network.arch).input_size)
         self.costs = ClassifierCosts.from_profile(profile_model(self.model, self.image_size))
 
     # ------------------------------------------------------------------ inputs
@@ -161,4 +160,4 @@ def load_served(checkpoint_path: str | Path, settings: Mapping[str, Any]) -> Ser
         raise ValueError(f"served-model settings take {', '.join(SETTING_KEYS)} (normalization required); "
                          f"got {sorted(settings)}")
     arguments = {key: value for key, value in settings.items() if value is not None}
-    return ServedModel(load_checkpoint(checkpoint_path), **arguments)
+    return ServedModel(Checkpoint.load(checkpoint_path), **arguments)

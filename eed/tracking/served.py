@@ -1,0 +1,185 @@
+"""The served early-exit model on the MLflow side: a pyfunc model wrapping whatever answering
+object a loader builds (:mod:`eed.inference` provides both), logged into a run with its
+checkpoint, settings and exported programs, found again, and registered under an alias.
+
+It knows nothing of networks, so the tracking package imports no model code.
+"""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Mapping
+
+from eed.errors import ConfigError, TrackingError
+from eed.tracking.store import client_for, reaching, unreachable_reason, using_tracking_uri
+
+SERVED_NAME = "served"
+SERVED_CHECKPOINT = "checkpoint"
+SERVED_SETTINGS = "settings"
+SERVED_PROGRAMS = "programs"
+_served_class: type | None = None
+
+
+def _early_exit_pyfunc() -> type:
+    """The ``mlflow.pyfunc.PythonModel`` subclass, built on first use so that importing this
+    module does not import MLflow. Reached as ``eed.tracking.served.EarlyExitPyfunc`` (module
+    ``__getattr__``), which is also how a pickled instance finds its class again.
+
+    It knows nothing of networks: ``loader(checkpoint_path, settings)`` (a module-level
+    function, pickled by reference, e.g. :func:`eed.inference.served.load_served`) builds the object
+    whose ``answer(images, threshold=, budget=, use_max_drop=, calibrated=, return_logits=)``
+    returns the columns; this module depends on no model code."""
+    global _served_class
+    if _served_class is not None:
+        return _served_class
+    import mlflow.pyfunc
+
+    class EarlyExitPyfunc(mlflow.pyfunc.PythonModel):
+        """Early exit served: uint8 images (N, H, W, 3) in, one row per image out. Params:
+        threshold, budget (a named threshold), max_drop, calibrated, return_logits."""
+
+        def __init__(self, loader: Callable[[Path, dict[str, Any]], Any]):
+            self.loader = loader
+
+        def load_context(self, context):
+            settings = json.loads(Path(context.artifacts[SERVED_SETTINGS]).read_text())
+            self.served = self.loader(Path(context.artifacts[SERVED_CHECKPOINT]), settings)
+
+        def predict(self, context, model_input, params=None):
+            import numpy as np
+            import pandas as pd
+
+            params = params or {}
+            answer = self.served.answer(np.asarray(model_input), threshold=params.get("threshold"),
+                                        budget=params.get("budget"), use_max_drop=bool(params.get("max_drop")),
+                                        calibrated=params.get("calibrated"),  # None: as fitted
+                                        return_logits=bool(params.get("return_logits")))
+            return pd.DataFrame(answer)
+
+    EarlyExitPyfunc.__module__ = __name__
+    EarlyExitPyfunc.__qualname__ = "EarlyExitPyfunc"
+    _served_class = EarlyExitPyfunc
+    return EarlyExitPyfunc
+
+
+def __getattr__(name: str) -> Any:
+    if name == "EarlyExitPyfunc":
+        return _early_exit_pyfunc()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def log_served_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path, settings: Mapping[str, Any],
+                     example_images: Any, *, loader: Callable[[Path, dict[str, Any]], Any],
+                     programs: str | Path | None = None) -> str:
+    """Log the checkpoint at ``checkpoint_path`` as a servable early-exit model (``served``) of
+    run ``run_id``, with ``settings`` (JSON-able) beside it; ``loader(checkpoint_path,
+    settings)`` builds the answering object where the model is loaded (and once here, to
+    refuse bad settings before anything is logged). ``example_images``: a few uint8
+    (N, H, W, 3) images, the input example. The ``eed`` package travels with the model
+    (``code_paths``), so a server needs torch, numpy and pandas but not this project.
+    ``programs``: a folder logged with the model as its ``programs`` artifact (the exported
+    programs of :mod:`eed.inference.programs`). Returns the logged model's id (load it as ``models:/<id>``)."""
+    import mlflow
+    import numpy as np
+    import pandas as pd
+    import torch
+    from mlflow.models import ModelSignature
+    from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+
+    example_images = np.asarray(example_images)
+    if example_images.dtype != np.uint8 or example_images.ndim != 4 or example_images.shape[-1] != 3:
+        raise ValueError(f"example images must be uint8 (N, H, W, 3), got {example_images.dtype} "
+                         f"{tuple(example_images.shape)}")
+    settings = json.loads(json.dumps(dict(settings)))  # JSON-able, and what load_context will see
+    loader(Path(checkpoint_path), settings).answer(example_images)  # bad settings or images fail here
+    _, height, width, _ = example_images.shape
+    signature = ModelSignature(
+        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, height, width, 3))]),
+        outputs=Schema([ColSpec("long", "class"), ColSpec("string", "class_name"), ColSpec("double", "confidence"),
+                        ColSpec("string", "exit"), ColSpec("long", "exit_index"), ColSpec("double", "gflops"),
+                        ColSpec(Array(Array("double")), "logits", required=False)]),
+        params=ParamSchema([ParamSpec("threshold", "double", None), ParamSpec("budget", "string", None),
+                            ParamSpec("max_drop", "boolean", False), ParamSpec("calibrated", "boolean", None),
+                            ParamSpec("return_logits", "boolean", False)]))
+    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}",
+                    f"pandas=={pd.__version__}", f"mlflow=={mlflow.__version__}"]
+    client = client_for(tracking_uri)  # opens a new sqlite store under the lock (see client_for)
+    with reaching(tracking_uri, f"reading run {run_id}"):
+        before = client.get_run(run_id).info
+    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+        # MLflow's advice on type hints and on models as code does not apply to a wrapped network.
+        warnings.filterwarnings("ignore", message=".*type hints.*")
+        warnings.filterwarnings("ignore", message=".*python_model.*")
+        settings_path = Path(folder) / "settings.json"
+        settings_path.write_text(json.dumps(settings, indent=2))
+        with reaching(tracking_uri, "logging the served model"), using_tracking_uri(tracking_uri), \
+                mlflow.start_run(run_id=run_id, log_system_metrics=False):
+            info = mlflow.pyfunc.log_model(
+                name=SERVED_NAME, python_model=_early_exit_pyfunc()(loader),
+                artifacts={SERVED_CHECKPOINT: str(checkpoint_path), SERVED_SETTINGS: str(settings_path),
+                           **({SERVED_PROGRAMS: str(programs)} if programs is not None else {})},
+                code_paths=[str(Path(__file__).parents[1])],  # the eed package: the loader's code
+                signature=signature, input_example=example_images, pip_requirements=requirements)
+    if before.status != "RUNNING":  # start_run re-opened a finished run: give it back its end and status
+        with reaching(tracking_uri, f"restoring the end of run {run_id}"):
+            client.set_terminated(run_id, status=before.status, end_time=before.end_time)
+    return info.model_id
+
+
+def served_model_of(tracking_uri: str, run_id: str) -> str:
+    """The id of run ``run_id``'s latest served model; a TrackingError when it has none."""
+    client = client_for(tracking_uri)
+    with reaching(tracking_uri, f"searching the models of run {run_id}"):
+        try:
+            experiment_id = client.get_run(run_id).info.experiment_id
+        except Exception as error:
+            if unreachable_reason(error):
+                raise
+            raise TrackingError(f"no MLflow run {run_id!r} in {tracking_uri}") from None
+        found = client.search_logged_models(
+            [experiment_id], filter_string=f"source_run_id = '{run_id}' AND name = '{SERVED_NAME}'",
+            order_by=[{"field_name": "creation_time", "ascending": False}], max_results=1)
+    if not found:
+        raise TrackingError(f"run {run_id} has no served model: `eed export {run_id}` logs one "
+                            f"(the evaluate stage does too)")
+    return found[0].model_id
+
+
+def register_served_model(tracking_uri: str, run_id: str, name: str, alias: str) -> tuple[str, str]:
+    """Register run ``run_id``'s latest served model as a new version of the registered model
+    ``name`` and point ``alias`` at it (MLflow's aliases, not its deprecated stages). Returns
+    (the model id, the version). A name or alias MLflow refuses is a ConfigError naming it,
+    and leaves the registry as it was."""
+    from mlflow.exceptions import MlflowException
+
+    model_id = served_model_of(tracking_uri, run_id)
+    client = client_for(tracking_uri)
+
+    def refused(error: MlflowException, option: str, value: str) -> ConfigError:
+        if unreachable_reason(error) or error.error_code != "INVALID_PARAMETER_VALUE":
+            raise error
+        return ConfigError(f"{option} {value!r}: {str(error).splitlines()[0]}")
+
+    with reaching(tracking_uri, f"registering model {name!r}"):
+        created = False
+        try:
+            client.create_registered_model(name)
+            created = True
+        except MlflowException as error:
+            if error.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise refused(error, "--name", name) from None
+        version = str(client.create_model_version(name, f"models:/{model_id}", run_id=run_id,
+                                                  model_id=model_id).version)
+        try:
+            client.set_registered_model_alias(name, alias, version)
+        except MlflowException as error:
+            problem = refused(error, "--alias", alias)
+            client.delete_model_version(name, version)
+            if created:
+                client.delete_registered_model(name)
+            raise problem from None
+    return model_id, version
