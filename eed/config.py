@@ -257,8 +257,12 @@ class PathsConfig(_Section):
     out_dir: str = "outputs"
 
 
+# numpy's and Python's generators take seeds in [0, 2**32); each DDP rank seeds with seed + rank (wrapped).
+MAX_SEED = 2**32 - 1
+
+
 class Config(_Section):
-    seed: int = Field(0, ge=0)
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     # A row of the methods table (eed/methods.py): baseline, branchynet, distill, byot, eed.
     method: str = "eed"
     scale: Scale = "cpu"
@@ -392,6 +396,64 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
     return data
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last one:
+    a second ``train:`` section would silently reset every other train key)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        first: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if key in first:
+                raise ConfigError(f"{self.name}: duplicate key {_dotted(self, key_node, key)!r} at line {line} "
+                                  f"(first at line {first[key]}); keep one")
+            first[key] = line
+        return super().construct_mapping(node, deep)
+
+
+def _dotted(loader: _UniqueKeyLoader, key_node: yaml.Node, key: Any) -> str:
+    """``train.epochs`` for the key ``epochs`` of the top-level ``train`` section."""
+    parents = [str(loader.construct_object(parent_key)) for parent_key, parent in _path_to(loader, key_node)]
+    return ".".join([*parents, str(key)])
+
+
+def _path_to(loader: _UniqueKeyLoader, target: yaml.Node) -> list[tuple[yaml.Node, yaml.Node]]:
+    """The (key, mapping) pairs from the document's root down to the mapping holding ``target``."""
+    def walk(node: yaml.Node, trail: list) -> list | None:
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value in node.value:
+                if key_node is target:
+                    return trail
+                found = walk(value, [*trail, (key_node, value)])
+                if found is not None:
+                    return found
+        return None
+
+    return walk(loader.root, []) or []
+
+
+def read_yaml(path: Path) -> Any:
+    """A YAML file's contents; one-line ConfigErrors for text that is not UTF-8, invalid YAML and
+    duplicate keys."""
+    raw = path.read_bytes()
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        line = raw.count(b"\n", 0, error.start) + 1
+        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[error.start]:02x} at offset {error.start}, line "
+                          f"{line}); save it as UTF-8") from None
+    loader = _UniqueKeyLoader(text)
+    loader.name = str(path)
+    try:
+        loader.root = loader.get_single_node()
+        return loader.construct_document(loader.root) if loader.root is not None else None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"{path}: not valid YAML: {error}") from None
+    finally:
+        loader.dispose()
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
     """Read ``params.yaml`` (or defaults when ``path`` is None), apply ``key=value`` overrides,
     validate, and fill preset values. Raises :class:`ConfigError` with every problem found.
@@ -404,10 +466,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"params file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as error:
-            raise ConfigError(f"{path}: not valid YAML: {error}") from None
+        data = read_yaml(path) or {}
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: must be a mapping of sections, got {type(data).__name__}")
     data = apply_overrides(data, list(overrides))

@@ -12,8 +12,15 @@ outputs, with ``$DVC_ROOT`` set to the repository):
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import os
+import tempfile
 from pathlib import Path
+from typing import Iterator
+
+from eed.errors import ConfigError
 
 PARAMS_FILE = "params.yaml"
 DVC_DIR = ".dvc"
@@ -56,28 +63,72 @@ def project_root() -> Path:
 
 
 def ensure_writable(folder: str | Path) -> Path:
-    """Create ``folder`` and prove a file can be written in it, before the work whose results
-    go there: an unwritable folder fails in one line now, not after an epoch or a whole pass."""
-    import tempfile
-
+    """Prove that ``folder`` can be written (it, or the nearest folder above it that exists, takes a
+    file) before the work whose results go there: an unwritable folder fails in one line now, not
+    after an epoch or a whole pass. Nothing is created: a command that fails later leaves no new
+    folder behind (the writers create it)."""
     folder = Path(folder)
-    if folder.exists() and not folder.is_dir():  # mkdir would say "File exists", which reads as a refusal
-        import errno
-
+    existing = next(parent for parent in (folder, *folder.parents) if parent.exists())
+    if not existing.is_dir():  # mkdir would say "File exists", which reads as a refusal
         raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(folder))
-    folder.mkdir(parents=True, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=folder, prefix=".eed-write-check-"):
+    with tempfile.NamedTemporaryFile(dir=existing, prefix=".eed-write-check-"):
         pass
     return folder
+
+
+LOCK_FILE = ".eed-train.lock"
+
+
+@contextlib.contextmanager
+def training_lock(folder: str | Path) -> Iterator[Path]:
+    """An exclusive lock on ``folder`` (``.eed-train.lock`` in it, holding this process's pid) for
+    the block: a second training into the same folder is refused in one line naming the holder.
+    When the block fails, the folders it created are removed again if nothing but the lock is in
+    them (a failed command leaves no new folder)."""
+    folder = Path(folder)
+    created = [parent for parent in (folder, *folder.parents) if not parent.exists()]
+    if not next(parent for parent in (folder, *folder.parents) if parent.exists()).is_dir():
+        raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(folder))
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / LOCK_FILE, "a+")
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            raise ConfigError(f"{folder} is in use by another training (pid {holder}); wait for it to end, "
+                              "or train into another --out (or paths.out_dir)") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield folder
+    except BaseException:
+        _remove_if_only_lock(created)
+        raise
+    finally:
+        handle.close()  # releases the lock
+
+
+def _remove_if_only_lock(created: list[Path]) -> None:
+    """Remove the folders a failed block created (deepest first), each only when it holds nothing
+    else than the lock file and the folders removed before it."""
+    for folder in created:
+        leftovers = [entry for entry in folder.iterdir()] if folder.is_dir() else []
+        if all(entry.name == LOCK_FILE for entry in leftovers):
+            for entry in leftovers:
+                entry.unlink()
+            folder.rmdir()
 
 
 def ensure_free_space(folder: str | Path, needed_bytes: int, what: str) -> None:
     """Raise ENOSPC (one line through the error boundary) when ``folder``'s file system has less
     than ``needed_bytes`` free for ``what``."""
-    import errno
     import shutil
 
-    free = shutil.disk_usage(folder).free
+    existing = next(parent for parent in (Path(folder), *Path(folder).parents) if parent.exists())
+    free = shutil.disk_usage(existing).free
     if free < needed_bytes:
         raise OSError(errno.ENOSPC, f"No space left for {what}: {free / 2**20:,.0f} MiB free, "
                                     f"{needed_bytes / 2**20:,.0f} MiB needed", str(folder))

@@ -136,6 +136,7 @@ def make_loader(config: Config, split: Split, *, train: bool, device: torch.devi
             raise DataError(f"the tensor backend holds fixed-size images in memory; {manifest.dataset} needs "
                             "data.backend=ffcv")
         arrays = read_split(manifest.directory, split)
+        manifest.check_labels(split, arrays.labels.numpy())
         sample_ids = _subset(arrays.labels.numpy(), split, subset, config.data.split_seed)
         images, labels = arrays.images, arrays.labels
         if len(sample_ids) != len(labels):
@@ -147,7 +148,9 @@ def make_loader(config: Config, split: Split, *, train: bool, device: torch.devi
             epoch=epoch, normalizer=Normalizer(normalization, device, image_dtype, channels_last),
             rank=rank, world_size=world_size, distributed=distributed, class_names=manifest.class_names)
     else:
-        sample_ids = _subset(read_labels(path), split, subset, config.data.split_seed)
+        labels = read_labels(path)
+        manifest.check_labels(split, labels)
+        sample_ids = _subset(labels, split, subset, config.data.split_seed)
         loader = FFCVEpochLoader(
             str(path), info, normalization, sample_ids, batch_size=batch_size, train=train, seed=config.seed,
             epoch=epoch, device=device, channels_last=channels_last, image_dtype=image_dtype,

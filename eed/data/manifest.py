@@ -23,6 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from eed.config import Config
 from eed.data.catalog import dataset_info
 from eed.errors import DataError
@@ -119,6 +121,32 @@ class Manifest:
                                 f"when it was prepared (the {split} split); {RERUN_HINT}")
         return path
 
+    def inconsistency(self) -> str | None:
+        """What in the manifest contradicts the rest of it (class names against per-class counts,
+        counts against sizes), or None."""
+        names = self.class_names
+        if not names or len(set(names)) != len(names):
+            return f"its class names are empty or repeat ({len(names)} names, {len(set(names))} distinct)"
+        for split, record in self.splits.items():
+            if len(record.class_counts) != len(names):
+                return (f"{len(names)} class names but {len(record.class_counts)} class counts in the {split} "
+                        "split")
+            if sum(record.class_counts) != record.num_samples or min(record.class_counts, default=0) < 0:
+                return (f"the {split} split's class counts sum to {sum(record.class_counts)}, "
+                        f"not its {record.num_samples} samples")
+        return None
+
+    def check_labels(self, split: str, labels: np.ndarray) -> None:
+        """The labels a .beton holds against the manifest's classes: a label past the last class
+        would fail deep inside the loss (an IndexError) after a checkpoint was written."""
+        path = (self.directory or Path(".")) / MANIFEST_NAME
+        if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
+            raise DataError(f"{path}: the {split} split holds labels up to {labels.max()} (from {labels.min()}), but "
+                            f"the manifest names {self.num_classes} classes; {RERUN_HINT}")
+        counts = np.bincount(labels, minlength=self.num_classes).tolist() if len(labels) else []
+        if split in self.splits and counts != self.splits[split].class_counts:
+            raise DataError(f"{path}: the {split} split's labels do not match its class counts; {RERUN_HINT}")
+
     def same_content(self, other: Manifest) -> bool:
         """Equal in what matters for the data: ignores the written files' sizes and hashes,
         where the source was read from (moving the data root changes nothing) and the eed
@@ -178,9 +206,13 @@ def read_manifest(directory: str | Path) -> Manifest | None:
         data = json.loads(path.read_text())
         if data.get("format") != FORMAT:
             raise ValueError(f"format is {data.get('format')!r}, not {FORMAT!r}")
-        return Manifest.from_json(data, directory=Path(directory))
+        manifest = Manifest.from_json(data, directory=Path(directory))
     except (ValueError, TypeError, KeyError, AttributeError) as error:
         raise DataError(f"{path}: not a valid manifest ({error}); {RERUN_HINT}") from None
+    problem = manifest.inconsistency()
+    if problem:
+        raise DataError(f"{path} contradicts itself: {problem}; {RERUN_HINT}")
+    return manifest
 
 
 def default_file_mode() -> int:

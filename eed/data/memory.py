@@ -64,6 +64,8 @@ def read_split(source: Config | str | Path, split: str, *, indices: Sequence[int
     chosen = np.arange(len(labels)) if indices is None else np.asarray(indices, dtype=np.int64)
     if len(chosen) and (chosen.min() < 0 or chosen.max() >= len(labels)):
         raise IndexError(f"indices out of range for the {len(labels)} samples of {path}")
+    if indices is None:
+        manifest.check_labels(split, labels)  # against the manifest's classes and counts
     labels = labels[chosen]
     if len(labels) and (labels.min() < 0 or labels.max() >= manifest.num_classes):
         raise DataError(f"{path}: labels outside 0..{manifest.num_classes - 1}; the file is corrupt; {RERUN_HINT}")

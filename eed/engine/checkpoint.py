@@ -205,13 +205,17 @@ def _write_atomically(contents: dict[str, Any], path: Path) -> Path:
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
-    except RuntimeError as error:  # torch's writer reports a full disk as "enforce fail at inline_container.cc"
+    except (RuntimeError, OSError) as error:
+        # torch's writer reports a full disk as "enforce fail at inline_container.cc" (RuntimeError)
+        # or as the OS's "No space left on device" without the path: say which file, and the space.
         Path(tmp).unlink(missing_ok=True)
-        if "inline_container" not in str(error) and "PytorchStreamWriter" not in str(error):
+        torch_writer = "inline_container" in str(error) or "PytorchStreamWriter" in str(error)
+        if not (torch_writer or getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT)):
             raise
         free = shutil.disk_usage(path.parent).free
-        raise OSError(errno.ENOSPC if free < 2**20 else errno.EIO,
-                      f"Could not write the checkpoint ({free / 2**20:,.0f} MiB free; is the disk full?)",
+        code = error.errno if isinstance(error, OSError) and error.errno else (
+            errno.ENOSPC if free < 2**20 else errno.EIO)
+        raise OSError(code, f"Could not write the checkpoint ({free / 2**20:,.0f} MiB free; is the disk full?)",
                       str(path)) from error
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

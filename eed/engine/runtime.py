@@ -77,6 +77,7 @@ def setup_runtime(cfg: TrainConfig) -> Runtime:
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:
+    seed %= 2**32  # seed + rank of the largest seed wraps into numpy's range
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)

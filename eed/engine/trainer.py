@@ -22,6 +22,7 @@ retrains.
 
 from __future__ import annotations
 
+import contextlib
 import signal
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,14 +36,14 @@ from eed.engine import run_record
 from eed.engine.checkpoint import Checkpoint, TrainState, resume_checkpoint
 from eed.engine.epochs import epoch_header, epoch_line, epoch_metrics, partial_record, whole_epoch
 from eed.engine.loops import train_one_epoch, validate
-from eed.engine.runtime import setup_runtime
+from eed.engine.runtime import Runtime, setup_runtime
 from eed.engine.setup import Setup, build_training
 from eed.engine.signals import GracefulStop
 from eed.errors import EXIT_CODE_SIGNAL, NonFiniteLossError, TrainingInterrupted
 from eed.models.export import servable
 from eed.models.from_config import resolve_architecture
 from eed.models.multi_exit import MultiExitNet
-from eed.paths import ensure_free_space, ensure_writable
+from eed.paths import ensure_free_space, ensure_writable, training_lock
 from eed.progress import progress_bar
 
 
@@ -136,9 +137,17 @@ def train(config: Config, out_dir: str | Path, *, resume: str | Path | bool = "a
     runtime = setup_runtime(config.train)
     main = runtime.is_main  # rank 0 alone writes files, prints and logs: decided here, once
     console = console or Console(stderr=True, quiet=not main)
-    files = CheckpointFiles(Path(out_dir) / "checkpoints", writes=main)
-    resumed = resume_checkpoint(resume, files.last, config)
     tracking_uri = _checked_tracking_uri(config) if config.tracking.enabled and main else None
+    # One training per folder at a time: two would log into one run and overwrite each other's checkpoints.
+    with training_lock(out_dir) if main else contextlib.nullcontext():
+        return _train(config, runtime, Path(out_dir), resume, callbacks, console, tracking_uri)
+
+
+def _train(config: Config, runtime: Runtime, out_dir: Path, resume: str | Path | bool, callbacks: Sequence[Callback],
+           console: Console, tracking_uri: str | None) -> TrainResult:
+    main = runtime.is_main
+    files = CheckpointFiles(out_dir / "checkpoints", writes=main)
+    resumed = resume_checkpoint(resume, files.last, config)
     files.check_writable()  # an unusable folder fails now, not after an epoch
     setup = build_training(config, runtime)
     try:
@@ -153,8 +162,7 @@ def train(config: Config, out_dir: str | Path, *, resume: str | Path | bool = "a
                           + (f", step {state.step}" if state.step else "") + f" ({files.last})")
         logger = _open_run(setup, state, tracking_uri, files.last) if tracking_uri else tracking.NullLogger()
         files.settle_pending(resumed)
-        return _Training(setup, files, logger, state, callbacks, console, Path(out_dir), main).run(
-            fresh=resumed is None)
+        return _Training(setup, files, logger, state, callbacks, console, out_dir, main).run(fresh=resumed is None)
     finally:
         setup.close()
 
