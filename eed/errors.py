@@ -17,7 +17,7 @@ code  meaning
 6     training diverged: the loss became NaN or infinite
 7     operating system: permission denied, disk full, file not found
 130   interrupted by SIGINT (Ctrl-C); in training, a checkpoint was written
-143   stopped by SIGTERM during training; a checkpoint was written
+143   stopped by SIGTERM (in training, a checkpoint was written)
 ===== ==============================================================
 """
 
@@ -28,6 +28,7 @@ import functools
 import os
 import signal
 import sys
+import threading
 import traceback
 from typing import Callable, Iterator, TypeVar
 
@@ -86,6 +87,16 @@ class TrainingInterrupted(EedError, RuntimeError):
         self.exit_code = exit_code
 
 
+class Stopped(EedError, RuntimeError):
+    """SIGTERM arrived outside training (training checkpoints first: :class:`TrainingInterrupted`)."""
+
+    exit_code = EXIT_CODE_SIGNAL[signal.SIGTERM]
+
+
+def _stop(signum: int, frame) -> None:
+    raise Stopped(f"stopped by {signal.Signals(signum).name}")
+
+
 def one_line(error: BaseException) -> str:
     """``error: <message>`` on one line, whatever the message holds."""
     if isinstance(error, OSError) and not isinstance(error, EedError):
@@ -112,8 +123,12 @@ def exit_code(error: BaseException) -> int:
 def error_boundary() -> Iterator[None]:
     """Turn the errors a user can fix into one line on stderr and their exit code.
 
-    Plain stderr, not Rich: a path in the message must never be wrapped at 80 columns.
+    Plain stderr, not Rich: a path in the message must never be wrapped at 80 columns. SIGTERM
+    becomes :class:`Stopped` (exit 143), so that ``finally`` blocks and runs end their work (a
+    tracked run FAILED, a model being logged marked so) instead of the process vanishing.
     """
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _stop) if in_main_thread else None
     try:
         yield
     except (EedError, OSError, KeyboardInterrupt) as error:
@@ -122,6 +137,9 @@ def error_boundary() -> Iterator[None]:
         sys.stderr.write(one_line(error) + "\n")
         sys.stderr.flush()
         raise SystemExit(exit_code(error)) from None
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def guarded(command: F) -> F:

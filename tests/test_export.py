@@ -82,7 +82,7 @@ def test_export_logs_the_served_model_into_the_training_run(store, training_run,
     (uri, client), (run_id, model) = store, training_run
     result = export(e2e_config("eval.max_drop=0.5", "eval.delta=0.2", "eval.calibrate=true"), run_id)
     assert result.run_id == run_id and served_model_of(uri, run_id) == result.served_model_id
-    assert client.get_run(run_id).info.status == "FINISHED"  # logging re-opened it and gave back its end
+    assert client.get_run(run_id).info.status == "FINISHED"  # logged into without re-opening it
     settings, programs = downloaded(uri, result.served_model_id, tmp_path / "model")
     assert settings["calibrated"] is True and len(settings["temperatures"]) == model.num_classifiers
     assert "budget_1" in settings["thresholds"] and "budget_0.0001" not in settings["thresholds"]  # infeasible
@@ -177,3 +177,70 @@ def test_register_command_refuses_a_bad_alias_in_one_line(store, training_run, t
                                 env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert "models:/evaluation-e2e@prod" in result.output
+
+
+# --------------------------------------------------------------------------- interrupted while logging
+
+
+def export_in_child(run_id: str, params: Path, fault: str, stderr: Path) -> int:
+    """`eed export RUN` in a forked child (it keeps the fake data layer) whose served-model logging is
+    struck by ``fault`` (``kill9`` or ``sigterm``) once MLflow has begun; the child's exit status."""
+    import os
+    import signal
+    import sys
+
+    pid = os.fork()
+    if pid == 0:  # never returns into pytest
+        code = 1
+        try:
+            import mlflow.pyfunc
+
+            from eed.cli import app
+
+            torch.set_num_threads(1)  # the parent's OpenMP pool does not survive a fork
+            sys.stderr = open(stderr, "w", buffering=1)  # noqa: SIM115 - the child ends with os._exit
+            original = mlflow.pyfunc.log_model
+
+            def struck(*args, **kwargs):
+                os.kill(os.getpid(), signal.SIGKILL if fault == "kill9" else signal.SIGTERM)
+                return original(*args, **kwargs)
+
+            mlflow.pyfunc.log_model = struck
+            app(["export", run_id, "--params", str(params)])
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+@pytest.mark.parametrize(("fault", "status"), [("kill9", -9), ("sigterm", 143)])
+def test_an_export_stopped_while_logging_leaves_the_run_finished_and_its_model_unused(store, training_run, tmp_path,
+                                                                                       fault, status):
+    """The served model is logged into the run without re-opening it: a kill -9 or SIGTERM then
+    leaves the finished run as it was (status and end time); the model that never finished is
+    skipped, said so, by register and export; SIGTERM is one line, exit 143."""
+    from eed.stages.export import export, register
+    from eed.tracking import served_model_of
+
+    (uri, client), (run_id, _) = store, training_run
+    before = client.get_run(run_id).info
+    first = export(e2e_config(), run_id)
+    params = tmp_path / "params.yaml"
+    params.write_text("model:\n  arch: resnet18\n  width: 4\ndata:\n  dataset: synthetic\n  val_size: 64\n"
+                      "train:\n  device: cpu\neval:\n  thresholds: 11\ntracking:\n  experiment: evaluation-e2e\n")
+    stderr = tmp_path / "stderr.txt"
+    assert export_in_child(run_id, params, fault, stderr) == status
+    after = client.get_run(run_id).info
+    assert (after.status, after.end_time) == (before.status, before.end_time) == ("FINISHED", before.end_time)
+    if fault == "sigterm":
+        lines = [line for line in stderr.read_text().splitlines() if line.strip()]
+        assert lines == ["error: stopped by SIGTERM while logging the served model"], lines
+    experiment = client.get_run(run_id).info.experiment_id
+    models = client.search_logged_models([experiment], filter_string=f"source_run_id = '{run_id}'")
+    assert sorted(str(model.status) for model in models) == sorted(
+        ["READY", "PENDING" if fault == "kill9" else "FAILED"]), [model.status for model in models]
+    assert served_model_of(uri, run_id) == first.served_model_id  # the newest model that finished
+    registered = register(e2e_config(), run_id, "champion")
+    assert registered.served_model_id == first.served_model_id and registered.unfinished == 1

@@ -194,3 +194,122 @@ def test_a_manifest_that_lies_about_the_classes_is_refused_before_training(proje
                     f"--set=data.prepared_dir={prepared}", f"--set=data.backend={backend}", cwd=project)
     assert_one_line(completed, 3, fragment, "manifest.json")
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- the store
+
+
+def interrupted_training(tmp_path: Path, store: str):
+    """A tiny training stopped by SIGTERM in its second epoch (the first is in last.pt and the store)."""
+    from eed.data import prepare
+    from eed.engine.trainer import train
+    from eed.errors import TrainingInterrupted
+    from eed.objectives import ExitEnsembleObjective
+
+    overrides = [*TINY, "train.epochs=2", "tracking.enabled=true", f"tracking.uri={store}",
+                 f"data.prepared_dir={tmp_path / 'prepared'}", "train.deterministic=true"]
+    config = load_config(None, overrides)
+    prepare(config)
+    forward, steps = ExitEnsembleObjective.forward, []
+
+    def stop_in_epoch_2(self, output, target):
+        steps.append(1)
+        if len(steps) == 3:  # 2 steps per epoch
+            import os
+            import signal
+            os.kill(os.getpid(), signal.SIGTERM)
+        return forward(self, output, target)
+
+    ExitEnsembleObjective.forward = stop_in_epoch_2
+    try:
+        with pytest.raises(TrainingInterrupted):
+            train(config, tmp_path / "train")
+    finally:
+        ExitEnsembleObjective.forward = forward
+    return overrides, Checkpoint.load(tmp_path / "train" / "checkpoints" / "last.pt").run_id
+
+
+@pytest.mark.parametrize("gone", ["deleted", "tracking.uri changed"])
+def test_resume_when_the_checkpoints_run_is_gone_continues_into_a_new_run_with_the_whole_history(tmp_path, gone,
+                                                                                                  capsys):
+    from mlflow.tracking import MlflowClient
+
+    from eed.engine.trainer import train
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    overrides, old_run = interrupted_training(tmp_path, store)
+    if gone == "deleted":
+        MlflowClient(store).delete_run(old_run)
+        # Evaluating a checkpoint of the deleted run logs a run of its own (it cannot nest under the run).
+        from eed.stages.evaluate import evaluate
+
+        evaluated = evaluate(load_config(None, overrides), str(tmp_path / "train" / "checkpoints" / "best.pt"),
+                             out=tmp_path / "evaluate", log=True)
+        assert "mlflow.parentRunId" not in MlflowClient(store).get_run(evaluated.run_id).data.tags
+    else:
+        store = f"sqlite:///{tmp_path / 'other.db'}"
+        overrides.append(f"tracking.uri={store}")
+    result = train(load_config(None, overrides), tmp_path / "train")
+    assert result.run_id and result.run_id != old_run
+    assert f"run {old_run}" in capsys.readouterr().err
+    client = MlflowClient(store)
+    run = client.get_run(result.run_id)
+    assert run.info.status == "FINISHED" and run.info.lifecycle_stage == "active"
+    for name in ("val/acc_main", "train/loss", "test/epoch_acc_main"):
+        assert [m.step for m in client.get_metric_history(result.run_id, name)] == [1, 2], name
+    assert run.data.params["method"] == "eed" and "test/acc_main" in run.data.metrics
+    assert Checkpoint.load(tmp_path / "train" / "checkpoints" / "last.pt").run_id == result.run_id
+
+
+def as_another_user(command: list[str], cwd: Path, home: Path) -> subprocess.CompletedProcess:
+    """``command`` as user nobody when this process is root (root writes through permission bits)."""
+    import os
+
+    environment = {"PATH": os.environ["PATH"], "HOME": str(home), "MPLCONFIGDIR": str(home / "mpl"),
+                   "NUMBA_CACHE_DIR": str(home / "numba"), "LANG": "C.UTF-8"}
+    if os.geteuid() == 0:
+        command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
+    return subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_a_read_only_tracking_store_is_refused_before_any_work(project, command):
+    """A store this user cannot write (a colleague's, a read-only share): one line, exit 5, at the
+    start (not a 600-line sqlite traceback after an epoch, nor after the whole evaluation pass)."""
+    import os
+    import tempfile
+
+    from eed.tracking import check_tracking_uri
+
+    base = Path(tempfile.mkdtemp(prefix="eed-read-only-"))
+    try:
+        base.chmod(0o777)
+        store = base / "store"
+        store.mkdir()
+        check_tracking_uri(f"sqlite:///{store / 'mlflow.db'}")  # creates the database, as its owner
+        (store / "mlflow.db").chmod(0o444)
+        store.chmod(0o555)
+        work = base / "work"
+        work.mkdir(mode=0o777)
+        work.chmod(0o777)
+        shutil.copytree(project / "data", work / "data")
+        shutil.copy(project / "params.yaml", work / "params.yaml")
+        for path in work.rglob("*"):
+            path.chmod(0o777 if path.is_dir() else 0o666)
+        args = [*[f"--set={o}" for o in TINY], "--set=tracking.enabled=true",
+                f"--set=tracking.uri=sqlite:///{store / 'mlflow.db'}"]
+        if command == "evaluate":
+            trained = eed("train", "--out", str(work / "trained"), *[f"--set={o}" for o in TINY], cwd=work)
+            assert trained.returncode == 0, trained.stderr[-2000:]
+            args = [str(work / "trained" / "checkpoints" / "best.pt"), *args]
+            for path in (work / "trained").rglob("*"):
+                path.chmod(0o777 if path.is_dir() else 0o666)
+        completed = as_another_user([sys.executable, "-m", "eed.cli", command, *args, "--out", str(work / "out")],
+                                    cwd=work, home=work)
+        assert_one_line(completed, 5, str(store / "mlflow.db"), "read-only")
+        assert not (work / "out").exists()
+    finally:
+        for path in [base, *base.rglob("*")]:
+            if path.is_dir():
+                os.chmod(path, 0o777)
+        shutil.rmtree(base, ignore_errors=True)

@@ -160,7 +160,8 @@ def _train(config: Config, runtime: Runtime, out_dir: Path, resume: str | Path |
             state = TrainState.from_checkpoint(resumed)
             console.print(f"[cyan]Resuming from epoch {state.epoch}"
                           + (f", step {state.step}" if state.step else "") + f" ({files.last})")
-        logger = _open_run(setup, state, tracking_uri, files.last) if tracking_uri else tracking.NullLogger()
+        logger = (_open_run(setup, state, tracking_uri, files.last, console) if tracking_uri
+                  else tracking.NullLogger())
         files.settle_pending(resumed)
         return _Training(setup, files, logger, state, callbacks, console, out_dir, main).run(fresh=resumed is None)
     finally:
@@ -174,11 +175,18 @@ def _checked_tracking_uri(config: Config) -> str:
     return tracking_uri
 
 
-def _open_run(setup: Setup, state: TrainState, tracking_uri: str, last: Path) -> tracking.MlflowLogger:
+def _open_run(setup: Setup, state: TrainState, tracking_uri: str, last: Path,
+              console: Console) -> tracking.MlflowLogger:
     """The run of this training: continued when the checkpoint names one, or a run killed before its
     first checkpoint (adopted), else a new one; with its params, tags and datasets. ``state``
-    gets its run id, and its history the store's when the checkpoint holds none."""
+    gets its run id, and its history the store's when the checkpoint holds none. A checkpoint's run
+    that the store no longer has (deleted, or tracking.uri changed) is continued into a new run,
+    which the checkpoint's history fills: nothing is lost."""
     config = setup.config
+    if state.run_id and not tracking.run_exists(tracking_uri, state.run_id):
+        console.print(f"[yellow]note:[/] run {state.run_id} of {last} is not an active run of {tracking_uri} "
+                      "(deleted, or tracking.uri changed): continuing into a new run, with every epoch so far")
+        state.run_id = None
     run_id = state.run_id or run_record.orphan_run(tracking_uri, last)
     logger = tracking.MlflowLogger.for_training(
         config, tracking_uri, run_id, description=run_record.run_description(config, setup.objective.describe()))

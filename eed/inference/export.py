@@ -13,6 +13,7 @@ from eed import data as eed_data
 from eed import tracking
 from eed.config import Config
 from eed.engine.checkpoint import Checkpoint
+from eed.errors import Stopped
 from eed.inference.programs import export_programs
 from eed.inference.served import load_served
 from eed.metrics.anytime import ABOVE_ONE
@@ -49,6 +50,9 @@ def log_served_model(tracking_uri: str, run_id: str, checkpoint: Checkpoint, rep
         # Exported from a fresh CPU copy: the evaluated network may sit on a GPU in channels_last.
         programs = Path(folder) / "programs"
         export_programs(deployable.model(), samples.images.shape[-1], programs)
-        return tracking.log_served_model(tracking_uri, run_id, path, settings,
-                                         samples.images.permute(0, 2, 3, 1).numpy(), loader=load_served,
-                                         programs=programs)
+        try:
+            return tracking.log_served_model(tracking_uri, run_id, path, settings,
+                                             samples.images.permute(0, 2, 3, 1).numpy(), loader=load_served,
+                                             programs=programs)
+        except Stopped as stopped:  # the run is as it was; the unfinished model is skipped by eed register
+            raise Stopped(f"{stopped} while logging the served model") from None

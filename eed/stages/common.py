@@ -23,6 +23,7 @@ from eed.metrics.collected import Collected
 from eed.models.multi_exit import MultiExitNet
 from eed.paths import in_workspace
 from eed.progress import progress_bar, tracked
+from eed.stages import stderr
 
 SPLITS = ("test", "val")
 CHECKPOINTS = ("best", "last")
@@ -72,6 +73,10 @@ def source_model(source: str, config: Config, log: bool, which: str) -> tuple[st
     if log:
         tracking.check_tracking_uri(tracking_uri)
     resolved = resolve_source(source, tracking_uri, which)
+    if log and resolved.run_id and not tracking.run_exists(tracking_uri, resolved.run_id):
+        stderr().print(f"[yellow]note:[/] run {resolved.run_id}, which made {resolved.description}, is not an active "
+                       f"run of {tracking_uri} (deleted, or tracking.uri changed): logging into a run of its own")
+        resolved.run_id = None
     manifest = eed_data.load_manifest(config)
     resolved.checkpoint.check_classes(manifest.class_names, config.data.dataset)
     model = resolved.checkpoint.model(arch=config.model.arch, num_classes=manifest.num_classes)

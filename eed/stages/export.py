@@ -88,6 +88,7 @@ class RegisterResult:
     alias: str
     version: str
     served_model_id: str
+    unfinished: int = 0  # newer served models of the run skipped: they never finished logging
 
 
 def register(config: Config, run_id: str, alias: str, name: str | None = None) -> RegisterResult:
@@ -98,7 +99,10 @@ def register(config: Config, run_id: str, alias: str, name: str | None = None) -
     tracking_uri = tracking.resolve_tracking_uri(config)
     tracking.check_tracking_uri(tracking_uri)
     name = name or config.tracking.experiment
-    model_id, version = tracking.register_served_model(tracking_uri, run_id, name, alias)
+    model_id, version, unfinished = tracking.register_served_model(tracking_uri, run_id, name, alias)
+    if unfinished:
+        stdout().print(f"[yellow]note:[/] skipped {unfinished} newer served model(s) of run {run_id} that never "
+                       "finished logging (a process stopped while logging them)", highlight=False)
     stdout().print(f"Registered models:/{model_id} (the served model of run {run_id}) as {name} version {version}; "
                    f"load it as models:/{name}@{alias}", highlight=False)
-    return RegisterResult(name, alias, version, model_id)
+    return RegisterResult(name, alias, version, model_id, unfinished)

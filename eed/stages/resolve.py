@@ -32,6 +32,7 @@ def resolve(config: Config, *, out: Path | None = None) -> dict[str, Any]:
     text = (f"# What params.yaml's null keys resolve to (scale: {config.scale}, reference: {config.reference}); "
             f"written by the resolve stage.\n" + yaml.safe_dump(values, sort_keys=False))
     ensure_writable(path.parent)
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     console = stdout()
     flat = [f"{section}.{key}={value}" for section, keys in values[RESOLVED_SECTION].items()

@@ -47,6 +47,21 @@ def downloaded_checkpoint(tracking_uri: str, run_id: str, which: str = "best") -
         yield path, names[0]
 
 
+def run_exists(tracking_uri: str, run_id: str) -> bool:
+    """Whether ``run_id`` is an active run of the store (False: deleted, or never in this store,
+    e.g. a checkpoint's run after ``tracking.uri`` changed). A store that is down is a TrackingError."""
+    from mlflow.exceptions import MlflowException
+
+    with reaching(tracking_uri, f"looking up run {run_id}"):
+        try:
+            run = client_for(tracking_uri).get_run(run_id)
+        except MlflowException as error:
+            if unreachable_reason(error):
+                raise
+            return False
+    return run.info.lifecycle_stage == "active"
+
+
 @dataclass
 class RunRecord:
     """A logged run as the comparison tables read it."""

@@ -7,6 +7,7 @@ It knows nothing of networks, so the tracking package imports no model code.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import tempfile
 import warnings
@@ -107,31 +108,46 @@ def log_served_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path
                             ParamSpec("return_logits", "boolean", False)]))
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}",
                     f"pandas=={pd.__version__}", f"mlflow=={mlflow.__version__}"]
+    from mlflow.entities import LoggedModelOutput
+
     client = client_for(tracking_uri)  # opens a new sqlite store under the lock (see client_for)
     with reaching(tracking_uri, f"reading run {run_id}"):
-        before = client.get_run(run_id).info
-    with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
-        # MLflow's advice on type hints and on models as code does not apply to a wrapped network.
-        warnings.filterwarnings("ignore", message=".*type hints.*")
-        warnings.filterwarnings("ignore", message=".*python_model.*")
-        settings_path = Path(folder) / "settings.json"
-        settings_path.write_text(json.dumps(settings, indent=2))
-        with reaching(tracking_uri, "logging the served model"), using_tracking_uri(tracking_uri), \
-                mlflow.start_run(run_id=run_id, log_system_metrics=False):
-            info = mlflow.pyfunc.log_model(
-                name=SERVED_NAME, python_model=_early_exit_pyfunc()(loader),
-                artifacts={SERVED_CHECKPOINT: str(checkpoint_path), SERVED_SETTINGS: str(settings_path),
-                           **({SERVED_PROGRAMS: str(programs)} if programs is not None else {})},
-                code_paths=[str(Path(__file__).parents[1])],  # the eed package: the loader's code
-                signature=signature, input_example=example_images, pip_requirements=requirements)
-    if before.status != "RUNNING":  # start_run re-opened a finished run: give it back its end and status
-        with reaching(tracking_uri, f"restoring the end of run {run_id}"):
-            client.set_terminated(run_id, status=before.status, end_time=before.end_time)
-    return info.model_id
+        experiment_id = client.get_run(run_id).info.experiment_id
+        # The model is made for the run, not inside it: the run is never re-opened, so a process killed
+        # while logging leaves a finished run as it was, and a model PENDING that served_model_of skips.
+        model = client.create_logged_model(experiment_id, name=SERVED_NAME, source_run_id=run_id)
+    try:
+        with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
+            # MLflow's advice on type hints and on models as code does not apply to a wrapped network.
+            warnings.filterwarnings("ignore", message=".*type hints.*")
+            warnings.filterwarnings("ignore", message=".*python_model.*")
+            settings_path = Path(folder) / "settings.json"
+            settings_path.write_text(json.dumps(settings, indent=2))
+            with reaching(tracking_uri, "logging the served model"), using_tracking_uri(tracking_uri):
+                mlflow.pyfunc.log_model(
+                    name=SERVED_NAME, model_id=model.model_id, python_model=_early_exit_pyfunc()(loader),
+                    artifacts={SERVED_CHECKPOINT: str(checkpoint_path), SERVED_SETTINGS: str(settings_path),
+                               **({SERVED_PROGRAMS: str(programs)} if programs is not None else {})},
+                    code_paths=[str(Path(__file__).parents[1])],  # the eed package: the loader's code
+                    signature=signature, input_example=example_images, pip_requirements=requirements)
+                client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])  # the run's page lists it
+    except BaseException:
+        with contextlib.suppress(Exception):  # (a store gone down leaves it PENDING: skipped all the same)
+            client.finalize_logged_model(model.model_id, "FAILED")
+        raise
+    return model.model_id
 
 
 def served_model_of(tracking_uri: str, run_id: str) -> str:
-    """The id of run ``run_id``'s latest served model; a TrackingError when it has none."""
+    """The id of run ``run_id``'s latest served model that finished logging; a TrackingError when
+    it has none."""
+    return served_models(tracking_uri, run_id)[0]
+
+
+def served_models(tracking_uri: str, run_id: str) -> tuple[str, int]:
+    """(the id of run ``run_id``'s latest served model that finished logging (READY), how many newer
+    ones never did: PENDING, their process killed while logging, or FAILED). A TrackingError when
+    none finished."""
     client = client_for(tracking_uri)
     with reaching(tracking_uri, f"searching the models of run {run_id}"):
         try:
@@ -142,21 +158,25 @@ def served_model_of(tracking_uri: str, run_id: str) -> str:
             raise TrackingError(f"no MLflow run {run_id!r} in {tracking_uri}") from None
         found = client.search_logged_models(
             [experiment_id], filter_string=f"source_run_id = '{run_id}' AND name = '{SERVED_NAME}'",
-            order_by=[{"field_name": "creation_time", "ascending": False}], max_results=1)
-    if not found:
-        raise TrackingError(f"run {run_id} has no served model: `eed export {run_id}` logs one "
+            order_by=[{"field_name": "creation_time", "ascending": False}])
+    statuses = [str(model.status) for model in found]
+    if "READY" not in statuses:
+        unfinished = f" ({len(found)} never finished logging)" if found else ""
+        raise TrackingError(f"run {run_id} has no served model{unfinished}: `eed export {run_id}` logs one "
                             f"(the evaluate stage does too)")
-    return found[0].model_id
+    newest = statuses.index("READY")
+    return found[newest].model_id, newest
 
 
-def register_served_model(tracking_uri: str, run_id: str, name: str, alias: str) -> tuple[str, str]:
-    """Register run ``run_id``'s latest served model as a new version of the registered model
-    ``name`` and point ``alias`` at it (MLflow's aliases, not its deprecated stages). Returns
-    (the model id, the version). A name or alias MLflow refuses is a ConfigError naming it,
-    and leaves the registry as it was."""
+def register_served_model(tracking_uri: str, run_id: str, name: str, alias: str) -> tuple[str, str, int]:
+    """Register run ``run_id``'s latest served model that finished logging as a new version of the
+    registered model ``name`` and point ``alias`` at it (MLflow's aliases, not its deprecated
+    stages). Returns (the model id, the version, how many newer served models were skipped as
+    unfinished). A name or alias MLflow refuses is a ConfigError naming it; any failure leaves the
+    registry as it was."""
     from mlflow.exceptions import MlflowException
 
-    model_id = served_model_of(tracking_uri, run_id)
+    model_id, unfinished = served_models(tracking_uri, run_id)
     client = client_for(tracking_uri)
 
     def refused(error: MlflowException, option: str, value: str) -> ConfigError:
@@ -172,14 +192,18 @@ def register_served_model(tracking_uri: str, run_id: str, name: str, alias: str)
         except MlflowException as error:
             if error.error_code != "RESOURCE_ALREADY_EXISTS":
                 raise refused(error, "--name", name) from None
-        version = str(client.create_model_version(name, f"models:/{model_id}", run_id=run_id,
-                                                  model_id=model_id).version)
+        version = None
         try:
+            version = str(client.create_model_version(name, f"models:/{model_id}", run_id=run_id,
+                                                      model_id=model_id).version)
             client.set_registered_model_alias(name, alias, version)
-        except MlflowException as error:
-            problem = refused(error, "--alias", alias)
-            client.delete_model_version(name, version)
-            if created:
-                client.delete_registered_model(name)
-            raise problem from None
-    return model_id, version
+        except BaseException as error:  # nothing left half-registered
+            with contextlib.suppress(Exception):
+                if version is not None:
+                    client.delete_model_version(name, version)
+                if created:
+                    client.delete_registered_model(name)
+            if isinstance(error, MlflowException):
+                raise refused(error, "--alias", alias) from None
+            raise
+    return model_id, version, unfinished

@@ -161,6 +161,7 @@ def check_tracking_uri(tracking_uri: str) -> None:
         database = Path(tracking_uri.removeprefix("sqlite:///"))
         if not database.parent.is_dir():
             raise TrackingError(f"MLflow tracking URI {tracking_uri!r}: folder {database.parent} does not exist")
+        _check_writable(database)
     elif parsed.scheme in ("http", "https"):
         # No long retry loop against a server that is not there.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
@@ -174,6 +175,18 @@ def check_tracking_uri(tracking_uri: str) -> None:
         if reason is None:
             reason = f"{type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}"
         raise TrackingError(f"MLflow tracking store {tracking_uri!r} is not reachable: {reason}") from None
+
+
+def _check_writable(database: Path) -> None:
+    """A sqlite store this user cannot write (the database, the folder its journal goes in, or the
+    artifact folder beside it): refused now, not as sqlite's traceback after an epoch."""
+    artifacts = database.parent / DEFAULT_ARTIFACTS
+    unwritable = [path for path in (database, database.parent, artifacts)
+                  if path.exists() and not os.access(path, os.W_OK)]
+    if unwritable:
+        raise TrackingError(f"MLflow tracking store {database} is read-only for this user ({unwritable[0]} cannot "
+                            "be written): runs are logged into it. Use a store you can write (tracking.uri, "
+                            "$MLFLOW_TRACKING_URI), or tracking.enabled=false")
 
 
 @contextlib.contextmanager
