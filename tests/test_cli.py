@@ -18,7 +18,7 @@ runner = CliRunner()
 
 def test_console_script_lists_every_command():
     result = subprocess.run([str(Path(sys.executable).parent / "eed"), "--help"], capture_output=True,
-                            text=True, cwd=ROOT, timeout=120)
+                            text=True, cwd=ROOT, timeout=600)
     assert result.returncode == 0, result.stderr
     for command in COMMANDS:
         assert command in result.stdout

@@ -202,7 +202,7 @@ def test_a_stage_as_dvc_runs_it_is_one_line_too(project, tmp_path):
     """The real entry point, in its own process: `python pipeline/train.py`."""
     write_params(tmp_path, project, f"data.prepared_dir={project}/nothing")
     completed = subprocess.run([sys.executable, str(ROOT / "pipeline" / "train.py")], cwd=tmp_path,
-                               capture_output=True, text=True, timeout=120,
+                               capture_output=True, text=True, timeout=600,
                                env={k: v for k, v in os.environ.items() if k != errors.DEBUG_ENV})
     assert_one_line(completed.returncode, completed.stderr, 3, "no prepared synthetic data")
 

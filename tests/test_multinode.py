@@ -152,7 +152,7 @@ def test_two_machines_train_one_run_with_the_steps_of_one_process(tmp_path, back
     outs = [tmp_path / f"node{rank}" for rank in (0, 1)]
     logs = [tmp_path / f"node{rank}.log" for rank in (0, 1)]
     nodes = [start_node(params, rank, endpoint, outs[rank], logs[rank], backend) for rank in (0, 1)]
-    wait_all(nodes, logs, timeout=240)
+    wait_all(nodes, logs, timeout=1200)
 
     client = MlflowClient(f"sqlite:///{db}")
     runs = client.search_runs([client.get_experiment_by_name("eed").experiment_id])

@@ -125,7 +125,6 @@ def test_calibrated_answers_use_the_temperatures(served, images):
 
 @pytest.mark.parametrize("bad", [
     np.zeros((2, 3, 32, 32), dtype=np.uint8),      # uint8 must be N x H x W x 3
-    np.zeros((2, 32, 32, 3), dtype=np.float32),    # floats must be N x 3 x H x W
     np.zeros((32, 32, 3), dtype=np.uint8),         # one image without its batch dimension
     np.zeros((2, 16, 16, 3), dtype=np.uint8),      # the wrong size
     np.zeros((2, 3, 32, 32), dtype=np.float64),    # float64
@@ -239,7 +238,7 @@ def server(logged, tmp_path_factory):
                                env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + 600
         while True:
             if process.poll() is not None:
                 pytest.fail(f"the server exited ({process.returncode}): {Path(log.name).read_text()[-3000:]}")
@@ -250,7 +249,7 @@ def server(logged, tmp_path_factory):
             except (urllib.error.URLError, ConnectionError, OSError):
                 pass
             if time.monotonic() > deadline:
-                pytest.fail(f"the server did not answer /ping in 120 s: {Path(log.name).read_text()[-3000:]}")
+                pytest.fail(f"the server did not answer /ping in 600 s: {Path(log.name).read_text()[-3000:]}")
             time.sleep(1)
         yield base
     finally:
@@ -268,7 +267,7 @@ def invoke(base: str, body: dict) -> tuple[int, dict]:
     request = urllib.request.Request(f"{base}/invocations", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
     try:
-        with urllib.request.urlopen(request, timeout=60) as response:
+        with urllib.request.urlopen(request, timeout=300) as response:
             return response.status, json.loads(response.read())
     except urllib.error.HTTPError as error:
         return error.code, json.loads(error.read() or b"{}")
@@ -282,6 +281,36 @@ def test_the_real_server_answers_like_the_served_model(server, served, images):
     assert {key: [row[key] for row in rows] for key in expected} == expected
     status, reply = invoke(server, {"inputs": images[:2].tolist(), "params": {"budget": "budget_9"}})
     assert status >= 400 and "budget_9" in json.dumps(reply)
+
+
+def test_the_real_server_refuses_with_eeds_own_one_line_reason(server, images):
+    """An unknown budget, a negative threshold or float pixels are refused (400) with eed's reason as
+    the message: one line, no echo of the input, no stack trace exposing the server's paths. Float
+    pixels are never cast to uint8 (0.5 would become 0)."""
+    pixels = images[:2].tolist()
+    cases = [({"inputs": pixels, "params": {"budget": "budget_9"}}, "no threshold named 'budget_9'"),
+             ({"inputs": pixels, "params": {"threshold": -1.0}}, "threshold must be a number >= 0"),
+             ({"inputs": (images[:2] / 2).tolist(), "params": {"threshold": 0.2}}, "raw pixels must be integers"),
+             ({"inputs": (images[:2].astype(float) + 256).tolist()}, "raw pixels must be integers 0..255")]
+    for body, reason in cases:
+        status, reply = invoke(server, body)
+        assert status == 400, reply
+        assert reply["message"].startswith(reason) and "\n" not in reply["message"], reply["message"][:500]
+        assert "stack_trace" not in reply and "Traceback" not in json.dumps(reply)
+    status, reply = invoke(server, {"inputs": images[:2].astype(float).tolist(), "params": {"threshold": 0.2}})
+    assert status == 200, reply  # integral values are pixels, whatever JSON's number type
+
+
+def test_the_served_model_takes_raw_pixels_as_any_integral_numbers(served, images):
+    expected = served.answer(images, threshold=0.2)
+    assert served.answer(images.astype(np.int64), threshold=0.2) == expected
+    assert served.answer(images.astype(np.float64), threshold=0.2) == expected
+    with pytest.raises(ValueError, match=r"raw pixels must be integers 0..255 \(got 0.5\)"):
+        served.answer(np.full(images.shape, 0.5), threshold=0.2)
+    with pytest.raises(ValueError, match=r"raw pixels must be integers 0..255 \(got 300\)"):
+        served.answer(np.full(images.shape, 300, dtype=np.int64), threshold=0.2)
+    with pytest.raises(ValueError, match=r"raw pixels must be integers 0..255 \(got 0.5\)"):  # normalized, NHWC
+        served.answer(np.full(images.shape, 0.5, dtype=np.float32), threshold=0.2)
 
 
 NO_EDITABLE_EED = """

@@ -72,11 +72,11 @@ def test_processes_opening_a_new_sqlite_store_together_all_succeed(tmp_path):
              for i in range(workers)]
     try:
         for step in steps:
-            _wait_for([tmp_path / f"ready-{step}-{i}" for i in range(workers)], 120, f"workers ready ({step})")
+            _wait_for([tmp_path / f"ready-{step}-{i}" for i in range(workers)], 600, f"workers ready ({step})")
             (tmp_path / f"go-{step}").touch()
-            _wait_for([tmp_path / f"result-{step}-{i}" for i in range(workers)], 120, f"results ({step})")
+            _wait_for([tmp_path / f"result-{step}-{i}" for i in range(workers)], 600, f"results ({step})")
         for proc in procs:
-            output = proc.communicate(timeout=60)[0]
+            output = proc.communicate(timeout=300)[0]
             assert proc.returncode == 0, output
     finally:
         for proc in procs:
@@ -117,7 +117,7 @@ class MlflowServer:
         self.proc: subprocess.Popen | None = None
         self.log = root / "server.log"
 
-    def start(self, timeout: float = 60) -> None:
+    def start(self, timeout: float = 600) -> None:
         # The job runner (a pool of huey consumer processes) is not needed for tracking.
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         env.pop("MLFLOW_TRACKING_URI", None)

@@ -217,7 +217,7 @@ RUNNER = textwrap.dedent("""
 
 def run_runner(mode: str, out: Path, overrides: list[str]) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-c", RUNNER, mode, str(out), *overrides],
-                          capture_output=True, text=True, timeout=300, cwd=ROOT)
+                          capture_output=True, text=True, timeout=1200, cwd=ROOT)
 
 
 def test_resume_after_kill_minus_9_matches_a_straight_run(tmp_path):
@@ -365,7 +365,7 @@ def test_two_process_gloo_ddp_keeps_ranks_identical_and_logs_one_run(tmp_path):
     completed = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
          str(out), *synthetic_overrides(tmp_path, **{"train.epochs": 1})],
-        capture_output=True, text=True, timeout=300, cwd=ROOT)
+        capture_output=True, text=True, timeout=1200, cwd=ROOT)
     assert completed.returncode == 0, completed.stderr[-3000:]
     rank0, rank1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
     assert state_allclose(rank0, rank1, atol=0)

@@ -70,12 +70,17 @@ class ServedModel:
     # ------------------------------------------------------------------ inputs
 
     def _batch(self, images: Any) -> Tensor:
-        """uint8 N x H x W x 3 (raw pixels) or float32 N x 3 x H x W (normalized) -> network input."""
+        """Raw pixels N x H x W x 3 (uint8, or any numbers that are integers 0..255: JSON's) or
+        float32 N x 3 x H x W (normalized) -> network input. Pixels are never cast: 0.5 is refused,
+        not made 0."""
         size = self.image_size
         expected = (f"uint8 raw pixels of shape (N, {size}, {size}, 3) or float32 normalized images of shape "
                     f"(N, 3, {size}, {size})")
         if not isinstance(images, np.ndarray):
             raise ValueError(f"images must be a numpy array: {expected}; got {type(images).__name__}")
+        if images.ndim == 4 and images.shape[1:] == (size, size, 3) and images.dtype != np.uint8 and (
+                np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)):
+            images = _exact_pixels(images)
         if images.dtype == np.uint8 and images.ndim == 4 and images.shape[1:] == (size, size, 3):
             pixels = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2)
             return self.normalizer(pixels)
@@ -146,6 +151,18 @@ class ServedModel:
         if return_logits:
             columns["logits"] = [[row.tolist() for row in rows] for rows in result.logits]
         return columns
+
+
+def _exact_pixels(values: np.ndarray) -> np.ndarray:
+    """``values`` as uint8 when every one is an integer 0..255; a ValueError naming one that is not."""
+    bad = ~np.isfinite(values) | (values != np.round(values)) | (values < 0) | (values > 255) \
+        if np.issubdtype(values.dtype, np.floating) else (values < 0) | (values > 255)
+    if bad.any():
+        example = values[bad].flat[0]
+        shown = f"{example:g}" if np.issubdtype(values.dtype, np.floating) else str(example)
+        raise ValueError(f"raw pixels must be integers 0..255 (got {shown}); send uint8 RGB values, not normalized "
+                         "or scaled ones")
+    return values.astype(np.uint8)
 
 
 # Settings a served model takes (JSON, beside its checkpoint): the keyword arguments of ServedModel.

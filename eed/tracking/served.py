@@ -38,9 +38,28 @@ def _early_exit_pyfunc() -> type:
     if _served_class is not None:
         return _served_class
     import mlflow.pyfunc
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    class Refusal(MlflowException):
+        """A request eed refuses (HTTP 400), its message eed's own one line: MLflow's scoring server
+        rewrites an MlflowException's message to echo the whole input before it, and turns any other
+        error into a generic one with a stack trace that shows the server's paths."""
+
+        def __init__(self, reason: str):
+            self.reason = reason
+            super().__init__(reason, error_code=INVALID_PARAMETER_VALUE)
+
+        @property
+        def message(self) -> str:
+            return self.reason
+
+        @message.setter
+        def message(self, value: str) -> None:  # the server's rewrite: kept out
+            pass
 
     class EarlyExitPyfunc(mlflow.pyfunc.PythonModel):
-        """Early exit served: uint8 images (N, H, W, 3) in, one row per image out. Params:
+        """Early exit served: raw pixels (N, H, W, 3), integers 0..255, in; one row per image out. Params:
         threshold, budget (a named threshold), max_drop, calibrated, return_logits."""
 
         def __init__(self, loader: Callable[[Path, dict[str, Any]], Any]):
@@ -55,10 +74,13 @@ def _early_exit_pyfunc() -> type:
             import pandas as pd
 
             params = params or {}
-            answer = self.served.answer(np.asarray(model_input), threshold=params.get("threshold"),
-                                        budget=params.get("budget"), use_max_drop=bool(params.get("max_drop")),
-                                        calibrated=params.get("calibrated"),  # None: as fitted
-                                        return_logits=bool(params.get("return_logits")))
+            try:
+                answer = self.served.answer(np.asarray(model_input), threshold=params.get("threshold"),
+                                            budget=params.get("budget"), use_max_drop=bool(params.get("max_drop")),
+                                            calibrated=params.get("calibrated"),  # None: as fitted
+                                            return_logits=bool(params.get("return_logits")))
+            except ValueError as error:  # the answering object's one-line reason for a bad request
+                raise Refusal(str(error).splitlines()[0]) from None
             return pd.DataFrame(answer)
 
     EarlyExitPyfunc.__module__ = __name__
@@ -89,7 +111,7 @@ def log_served_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path
     import pandas as pd
     import torch
     from mlflow.models import ModelSignature
-    from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema, TensorSpec
+    from mlflow.types.schema import Array, ColSpec, ParamSchema, ParamSpec, Schema
 
     example_images = np.asarray(example_images)
     if example_images.dtype != np.uint8 or example_images.ndim != 4 or example_images.shape[-1] != 3:
@@ -98,8 +120,10 @@ def log_served_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path
     settings = json.loads(json.dumps(dict(settings)))  # JSON-able, and what load_context will see
     loader(Path(checkpoint_path), settings).answer(example_images)  # bad settings or images fail here
     _, height, width, _ = example_images.shape
+    # No input schema: MLflow's server would cast JSON pixels to its dtype silently (0.5 -> 0); the answering
+    # object takes raw pixels as any integers 0..255 and refuses the rest (described in the model's metadata).
     signature = ModelSignature(
-        inputs=Schema([TensorSpec(np.dtype(np.uint8), (-1, height, width, 3))]),
+        inputs=None,
         outputs=Schema([ColSpec("long", "class"), ColSpec("string", "class_name"), ColSpec("double", "confidence"),
                         ColSpec("string", "exit"), ColSpec("long", "exit_index"), ColSpec("double", "gflops"),
                         ColSpec(Array(Array("double")), "logits", required=False)]),
@@ -129,7 +153,9 @@ def log_served_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path
                     artifacts={SERVED_CHECKPOINT: str(checkpoint_path), SERVED_SETTINGS: str(settings_path),
                                **({SERVED_PROGRAMS: str(programs)} if programs is not None else {})},
                     code_paths=[str(Path(__file__).parents[1])],  # the eed package: the loader's code
-                    signature=signature, input_example=example_images, pip_requirements=requirements)
+                    signature=signature, input_example=example_images, pip_requirements=requirements,
+                    metadata={"input": f"raw RGB pixels, N x {height} x {width} x 3, integers 0..255 (uint8, or "
+                                       "JSON numbers; anything else is refused, never cast)"})
                 client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])  # the run's page lists it
     except BaseException:
         with contextlib.suppress(Exception):  # (a store gone down leaves it PENDING: skipped all the same)
