@@ -18,6 +18,7 @@ from eed.commands.prepare_cmd import prepare
 from eed.commands.rdm_cmd import rdm
 from eed.commands.report_cmd import report
 from eed.commands.resolve_cmd import resolve
+from eed.commands.serve_cmd import serve
 from eed.commands.train_cmd import train
 from eed.errors import ConfigError, error_boundary
 
@@ -82,7 +83,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
-for command in (models, flops, resolve, prepare, train, evaluate, export, register, rdm, report, compare):
+for command in (models, flops, resolve, prepare, train, evaluate, export, register, serve, rdm, report, compare):
     app.command(cls=Command)(command)
 
 if __name__ == "__main__":

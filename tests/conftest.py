@@ -15,6 +15,7 @@ import io
 import os
 import pickle
 import shutil
+import sys
 import tarfile
 import tempfile
 from pathlib import Path
@@ -26,6 +27,18 @@ import pytest
 # The project's machines keep the real CIFAR-100 in shared/ beside the repository.
 SHARED_CIFAR100_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-100-python.tar.gz"
 CIFAR100_ENV = "EED_TEST_CIFAR100"
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist, one intra-op thread per process (each worker and every process a test
+    starts inherits OMP_NUM_THREADS): with two workers on two cores, torch's default of one thread
+    per core oversubscribes the cores, and OpenMP threads spin waiting for each other (BENCHMARKS.md,
+    *Test suite*). A value the user set is kept."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1 and "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = "1"
+        if "torch" in sys.modules:  # imported already (by a plugin): OMP_NUM_THREADS is read at import
+            sys.modules["torch"].set_num_threads(1)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

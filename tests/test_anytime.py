@@ -214,6 +214,9 @@ def test_anytime_figure_is_a_png(tmp_path, trained):
     assert report.budgets[1].gflops is not None and report.budgets[1].fit_gflops <= 0.4
     metrics = report.metrics()
     assert metrics["budget_0_4"]["threshold"] == report.budgets[1].threshold and "gflops_main" in metrics
+    # The ensemble averages every classifier: every stage and every exit head, more than the main output alone.
+    assert metrics["gflops_main"] == pytest.approx(0.10 + 0.20 + 0.30 + 0.01)
+    assert metrics["gflops_ensemble"] == pytest.approx(0.10 + 0.20 + 0.30 + 0.01 + 0.05 + 0.04)
     path = plot_anytime(report, tmp_path / "anytime.png")
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert matplotlib.image.imread(path).shape[0] > 50

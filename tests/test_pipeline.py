@@ -170,7 +170,7 @@ def assert_repro_ends_with_the_results(stdout: str, out: Path, evaluation: dict)
     results = json.loads((out / "results.json").read_text())
     assert results["test"]["main"] == round(100 * evaluation["test"]["acc_main"], 2)
     assert set(results["test"]) == {"exit1", "exit2", "exit3", "main", "ens"}
-    assert set(results["gflops"]) == {"exit1", "exit2", "exit3", "main"}
+    assert set(results["gflops"]) == {"exit1", "exit2", "exit3", "main", "ens"}
     assert set(results["early_exit"]) == {"0_001gf", "guaranteed"}
     assert set(results["early_exit"]["guaranteed"]) == {"test", "gflops", "drop", "held"}
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]

@@ -224,18 +224,32 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_serve_command() -> str:
+    """The `eed serve` line README's Deploy section gives."""
+    readme = (ROOT / "README.md").read_text()
+    (line,) = [line for line in readme.splitlines() if line.startswith(".venv/bin/eed serve models:/<id>")]
+    return line.split("#")[0].strip()
+
+
 @pytest.fixture(scope="module")
 def server(logged, tmp_path_factory):
+    """README's command as README shows it (`<id>` and the port filled in), run by a shell in a project
+    folder holding the venv as `.venv`, with a PATH that does not (nothing activated)."""
     uri, model_id = logged
     port = free_port()
-    log = (tmp_path_factory.mktemp("server") / "server.log").open("w")
-    mlflow_cli = Path(sys.executable).with_name("mlflow")
-    # The server execs `uvicorn` from PATH: the venv's bin folder first, as when it is activated.
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri,
-           "PATH": f"{mlflow_cli.parent}{os.pathsep}{os.environ.get('PATH', '')}"}
-    process = subprocess.Popen([str(mlflow_cli), "models", "serve", "-m", f"models:/{model_id}", "--env-manager",
-                                "local", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-                               env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    project = tmp_path_factory.mktemp("project")
+    (project / ".venv").symlink_to(Path(sys.executable).parents[1])
+    (project / "params.yaml").write_text(f"tracking:\n  uri: {uri}\n")
+    log = (project / "server.log").open("w")
+    command = readme_serve_command().replace("<id>", model_id).replace("5001", str(port))
+    env = {**os.environ, "PATH": os.pathsep.join(
+        part for part in os.environ.get("PATH", "").split(os.pathsep) if Path(part) != Path(sys.executable).parent)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    process = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=project, env=env, stdout=log,
+                               stderr=subprocess.STDOUT, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 600
@@ -254,13 +268,17 @@ def server(logged, tmp_path_factory):
         yield base
     finally:
         if process.poll() is None:
-            os.killpg(process.pid, 15)  # the server's own process group (it starts workers)
+            os.killpg(process.pid, 15)
             try:
                 process.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, 9)
                 process.wait()
         log.close()
+        said = Path(log.name).read_text()
+        assert process.returncode == 0 and said.rstrip().endswith("Stopped (SIGTERM)"), (process.returncode, said[-3000:])
+        assert "Traceback" not in said and "Warning" not in said, said[-3000:]
+        assert f"Serving models:/{model_id} on http://127.0.0.1:{port}/invocations" in said, said[-3000:]
 
 
 def invoke(base: str, body: dict) -> tuple[int, dict]:
@@ -299,6 +317,24 @@ def test_the_real_server_refuses_with_eeds_own_one_line_reason(server, images):
         assert "stack_trace" not in reply and "Traceback" not in json.dumps(reply)
     status, reply = invoke(server, {"inputs": images[:2].astype(float).tolist(), "params": {"threshold": 0.2}})
     assert status == 200, reply  # integral values are pixels, whatever JSON's number type
+
+
+def test_the_real_server_refuses_a_param_the_model_does_not_take(server, images):
+    """MLflow's own server drops an unknown param with a warning in its log (a misspelled threshold would
+    answer with the default one); eed serve refuses it, naming it and the params the model takes."""
+    status, reply = invoke(server, {"inputs": images[:2].tolist(), "params": {"treshold": 0.2}})
+    assert status == 400, reply
+    assert reply["message"] == ("unknown param 'treshold': this model takes threshold, budget, max_drop, "
+                                "calibrated, return_logits"), reply
+
+
+def test_eed_serve_names_a_model_that_is_not_there_in_one_line(logged, tmp_path):
+    uri, _ = logged
+    (tmp_path / "params.yaml").write_text(f"tracking:\n  uri: {uri}\n")
+    done = subprocess.run([sys.executable, "-m", "eed.cli", "serve", "models:/m-0123456789abcdef"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=600)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode != 0 and len(lines) == 1 and "models:/m-0123456789abcdef" in lines[0], done.stderr
 
 
 def test_the_served_model_takes_raw_pixels_as_any_integral_numbers(served, images):

@@ -218,9 +218,12 @@ class AnytimeReport:
     fit_split: str | None = None       # where the budget thresholds were chosen
 
     def metrics(self) -> dict[str, Any]:
-        """Compact numbers for ``metrics.json``: standalone cost of each classifier and, per
+        """Compact numbers for ``metrics.json``: standalone cost of each classifier and of the
+        ensemble (every stage and every head: the main output's cost plus the exit heads') and, per
         budget, the fitted threshold with its accuracy and cost on the reported split."""
         out: dict[str, Any] = {f"gflops_{name}": cost for name, cost in zip(self.curve.names, self.costs.standalone)}
+        if len(self.curve.names) > 1:  # averaging every classifier runs every stage and every head
+            out["gflops_ensemble"] = self.costs.anytime[-1]
         for fit in self.budgets:
             key = "budget_" + f"{fit.budget:g}".replace(".", "_")
             out[key] = {"threshold": fit.threshold, "accuracy": fit.accuracy, "gflops": fit.gflops,

@@ -6,7 +6,8 @@
 * ``test.exit1`` ... ``test.main``, ``test.ens``: top-1 accuracy (%) of every classifier and
   of the ensemble on the evaluated split (the key is the split's name, ``test`` by default),
   with the weights of ``best.pt``;
-* ``gflops.exit1`` ... ``gflops.main``: GFLOPs per image to obtain each output;
+* ``gflops.exit1`` ... ``gflops.main``, ``gflops.ens``: GFLOPs per image to obtain each output
+  (the ensemble needs every stage and every head);
 * ``early_exit.<budget>gf.test`` and ``.gflops``: early-exit top-1 (%) and the GFLOPs per
   image spent, at each budget of ``eval.budgets`` (threshold fitted on val), ``0_035gf``
   for 0.035 GFLOPs (DVC splits keys at dots);
@@ -21,6 +22,10 @@ from typing import Any, Mapping
 from rich.table import Table
 
 ENSEMBLE_KEY = "ens"
+
+
+def _short(name: str) -> str:
+    return ENSEMBLE_KEY if name == "ensemble" else name
 
 
 def budget_key(budget: float) -> str:
@@ -46,10 +51,10 @@ def headline(evaluation: Mapping[str, Any]) -> dict[str, Any]:
     to 0.01; GFLOPs to 4 significant digits)."""
     split = evaluation_split(evaluation)
     scores = evaluation[split]
-    accuracy = {(ENSEMBLE_KEY if name == "ensemble" else name): round(100 * scores[f"acc_{name}"], 2)
+    accuracy = {_short(name): round(100 * scores[f"acc_{name}"], 2)
                 for name in classifier_names(evaluation, split)}
     anytime = evaluation.get("anytime", {})
-    gflops = {key.removeprefix("gflops_"): float(f"{value:.4g}") for key, value in anytime.items()
+    gflops = {_short(key.removeprefix("gflops_")): float(f"{value:.4g}") for key, value in anytime.items()
               if key.startswith("gflops_")}
     early_exit = {}
     for key, fit in anytime.items():
@@ -93,7 +98,7 @@ def results_table(evaluation: Mapping[str, Any], training: Mapping[str, Any] | N
     best = max(scores[f"acc_{name}"] for name in names)
     for name in names:
         top1 = _pct(scores[f"acc_{name}"])
-        cost = anytime.get(f"gflops_{name}" if name != "ensemble" else "gflops_main")  # it needs every output
+        cost = anytime.get(f"gflops_{name}")  # the ensemble's: every stage and every head (— in older files)
         row = [name, f"[bold]{top1}[/]" if scores[f"acc_{name}"] == best else top1, _pct(scores.get(f"top5_{name}")),
                "—" if cost is None else f"{cost:.4f}",
                "—" if cost is None or not main_gflops else f"{100 * cost / main_gflops:.0f}"]

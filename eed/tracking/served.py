@@ -16,28 +16,27 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from eed.errors import ConfigError, TrackingError
-from eed.tracking.store import client_for, reaching, unreachable_reason, using_tracking_uri
+from eed.tracking.store import (
+    client_for,
+    reaching,
+    unreachable_reason,
+    using_tracking_uri,
+)
 
 SERVED_NAME = "served"
 SERVED_CHECKPOINT = "checkpoint"
 SERVED_SETTINGS = "settings"
 SERVED_PROGRAMS = "programs"
 _served_class: type | None = None
+_refusal_class: type | None = None
 
 
-def _early_exit_pyfunc() -> type:
-    """The ``mlflow.pyfunc.PythonModel`` subclass, built on first use so that importing this
-    module does not import MLflow. Reached as ``eed.tracking.served.EarlyExitPyfunc`` (module
-    ``__getattr__``), which is also how a pickled instance finds its class again.
-
-    It knows nothing of networks: ``loader(checkpoint_path, settings)`` (a module-level
-    function, pickled by reference, e.g. :func:`eed.inference.served.load_served`) builds the object
-    whose ``answer(images, threshold=, budget=, use_max_drop=, calibrated=, return_logits=)``
-    returns the columns; this module depends on no model code."""
-    global _served_class
-    if _served_class is not None:
-        return _served_class
-    import mlflow.pyfunc
+def refusal_class() -> type:
+    """``Refusal(reason)``: the MlflowException of a request eed refuses (HTTP 400), built on first use
+    (importing this module does not import MLflow)."""
+    global _refusal_class
+    if _refusal_class is not None:
+        return _refusal_class
     from mlflow.exceptions import MlflowException
     from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
 
@@ -58,9 +57,34 @@ def _early_exit_pyfunc() -> type:
         def message(self, value: str) -> None:  # the server's rewrite: kept out
             pass
 
+    Refusal.__module__ = __name__
+    _refusal_class = Refusal
+    return Refusal
+
+
+def _early_exit_pyfunc() -> type:
+    """The ``mlflow.pyfunc.PythonModel`` subclass, built on first use so that importing this
+    module does not import MLflow. Reached as ``eed.tracking.served.EarlyExitPyfunc`` (module
+    ``__getattr__``), which is also how a pickled instance finds its class again.
+
+    It knows nothing of networks: ``loader(checkpoint_path, settings)`` (a module-level
+    function, pickled by reference, e.g. :func:`eed.inference.served.load_served`) builds the object
+    whose ``answer(images, threshold=, budget=, use_max_drop=, calibrated=, return_logits=)``
+    returns the columns; this module depends on no model code."""
+    global _served_class
+    if _served_class is not None:
+        return _served_class
+    import mlflow.pyfunc
+
+    Refusal = refusal_class()
+
     class EarlyExitPyfunc(mlflow.pyfunc.PythonModel):
         """Early exit served: raw pixels (N, H, W, 3), integers 0..255, in; one row per image out. Params:
         threshold, budget (a named threshold), max_drop, calibrated, return_logits."""
+
+        # MLflow's type-hint validation (and its warning when there are none) is for models that take
+        # tables; this one takes pixels and checks them itself.
+        _skip_type_hint_validation = True
 
         def __init__(self, loader: Callable[[Path, dict[str, Any]], Any]):
             self.loader = loader
@@ -142,8 +166,7 @@ def log_served_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path
         model = client.create_logged_model(experiment_id, name=SERVED_NAME, source_run_id=run_id)
     try:
         with tempfile.TemporaryDirectory() as folder, warnings.catch_warnings():
-            # MLflow's advice on type hints and on models as code does not apply to a wrapped network.
-            warnings.filterwarnings("ignore", message=".*type hints.*")
+            # MLflow's advice on models as code does not apply to a wrapped network.
             warnings.filterwarnings("ignore", message=".*python_model.*")
             settings_path = Path(folder) / "settings.json"
             settings_path.write_text(json.dumps(settings, indent=2))
