@@ -4,10 +4,13 @@ entry function in :mod:`eed.stages`, inside the one error boundary (:func:`eed.e
 from __future__ import annotations
 
 import inspect
+import sys
 from enum import Enum
+from typing import Annotated, Optional
 
 import typer
-from typer.core import TyperCommand, TyperGroup
+from typer._click import exceptions as click_errors  # Typer vendors Click (typer._click) since 0.2x
+from typer.core import TyperArgument, TyperCommand, TyperGroup
 
 from eed.commands.compare_cmd import compare
 from eed.commands.evaluate_cmd import evaluate
@@ -55,6 +58,15 @@ def _choices(param) -> list[str] | None:
 
 
 class Command(_Help, TyperCommand):
+    def collect_usage_pieces(self, ctx):
+        # `eed evaluate [OPTIONS] SOURCE`, as click and man pages write it (Typer writes `{source}`).
+        pieces = [self.options_metavar] if self.options_metavar else []
+        for param in self.get_params(ctx):
+            if isinstance(param, TyperArgument):
+                name = (param.metavar or param.name or "").upper()
+                pieces.append(name if param.required else f"[{name}]")
+        return pieces
+
     def parse_args(self, ctx, args):
         # A bad choice is bad configuration: one line and exit 2 from the error boundary, in the words
         # the stages use for the same value read from params.yaml, not Typer's usage panel.
@@ -73,7 +85,26 @@ class Command(_Help, TyperCommand):
 
 
 class Group(_Help, TyperGroup):
-    pass
+    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+        """A usage error (unknown command or option, missing argument) is one line, ``error: …`` with
+        click's spelling suggestion and where to find help, exit 2, like every other error of eed's;
+        not Typer's boxed panel under a usage block."""
+        if not standalone_mode:
+            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+        try:
+            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+        except click_errors.UsageError as error:
+            where = error.ctx.command_path if error.ctx is not None else "eed"
+            message = " ".join(error.format_message().split())
+            print(f"error: {where}: {message} (see `{where} --help`)", file=sys.stderr)
+            sys.exit(error.exit_code)
+        except click_errors.ClickException as error:
+            print(f"error: {' '.join(error.format_message().split())}", file=sys.stderr)
+            sys.exit(error.exit_code)
+        except typer.Abort:
+            print("error: aborted", file=sys.stderr)
+            sys.exit(1)
+        sys.exit(code if isinstance(code, int) else 0)
 
 
 app = typer.Typer(
@@ -82,6 +113,20 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
+
+def _version(shown: bool) -> None:
+    if shown:
+        from importlib.metadata import version
+
+        print(f"eed {version('eed')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(version: Annotated[Optional[bool], typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print eed's version and exit.")] = None) -> None:
+    pass
+
 
 for command in (models, flops, resolve, prepare, train, evaluate, export, register, serve, rdm, report, compare):
     app.command(cls=Command)(command)

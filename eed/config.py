@@ -336,16 +336,22 @@ PAPER_ALPHA = 1.0
 OFFICIAL_KL_ALPHA = 0.1
 
 
-def _format_validation_error(error: ValidationError, source: str) -> str:
+def _format_validation_error(error: ValidationError, source: str, overridden: frozenset[str] = frozenset()) -> str:
+    """One line per problem, naming where the value came from: ``--set <key>`` for an override
+    (of the key or a section holding it), else ``source`` (the params file, or ``defaults``)."""
     lines = []
     for problem in error.errors():
         key = ".".join(str(part) for part in problem["loc"] if not str(part).startswith("function-after"))
+        parts = key.split(".")
+        given = next((".".join(parts[:n]) for n in range(len(parts), 0, -1) if ".".join(parts[:n]) in overridden), None)
+        source_of = f"--set {given}" if given else source
         # Literal errors carry the allowed values in the message; extra keys name the section.
         if problem["type"] == "extra_forbidden":
-            lines.append(f"{source}: unknown key '{key}'; allowed keys here: {_allowed_keys(problem['loc'])}")
+            lines.append(f"{source_of}: unknown key '{key}'; allowed keys here: {_allowed_keys(problem['loc'])}")
         else:
             message = problem["msg"].removeprefix("Value error, ")
-            lines.append(f"{source}: {key or '<root>'}: {message} (got {problem.get('input')!r})")
+            named = source_of if given == key else f"{source_of}: {key or '<root>'}"
+            lines.append(f"{named}: {message} (got {problem.get('input')!r})")
     return "\n".join(lines)
 
 
@@ -470,10 +476,11 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: must be a mapping of sections, got {type(data).__name__}")
     data = apply_overrides(data, list(overrides))
+    overridden = frozenset(".".join(parse_override(text)[0]) for text in overrides)
     try:
         return Config.model_validate(data).resolved()
     except ValidationError as error:
-        raise ConfigError(_format_validation_error(error, source)) from None
+        raise ConfigError(_format_validation_error(error, source, overridden)) from None
 
 
 def flatten(config: Config | dict[str, Any]) -> dict[str, str]:

@@ -118,3 +118,29 @@ def test_a_bad_choice_is_one_line_naming_the_choices(args, message, tmp_path, mo
     result = runner.invoke(app, args, env={"COLUMNS": "80"})
     assert result.exit_code == 2, result.output
     assert [line for line in result.stderr.splitlines() if line.strip()] == [message]
+
+
+@pytest.mark.parametrize(("args", "line"), [
+    (["modles"], "error: eed: No such command 'modles'. Did you mean 'models'? (see `eed --help`)"),
+    (["train", "--widht", "3"], "error: eed train: No such option: --widht (see `eed train --help`)"),
+    (["evaluate"], "error: eed evaluate: Missing argument 'source'. (see `eed evaluate --help`)"),
+    (["register", "0123"], "error: eed register: Missing option '--alias'. (see `eed register --help`)"),
+])
+def test_a_usage_error_is_one_line_with_the_suggestion(args, line):
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "80"}, prog_name="eed")
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.splitlines() == [line], result.stderr
+
+
+def test_version_and_usage_lines():
+    from importlib.metadata import version
+
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.stdout.strip() == f"eed {version('eed')}"
+    def usage(command: str) -> str:
+        help_text = runner.invoke(app, [command, "--help"], prog_name="eed").stdout
+        return next(line.strip() for line in help_text.splitlines() if "Usage:" in line)
+
+    assert usage("evaluate") == "Usage: eed evaluate [OPTIONS] SOURCE"  # not Typer's {source}
+    assert usage("export") == "Usage: eed export [OPTIONS] [SOURCE]"
+    assert usage("serve") == "Usage: eed serve [OPTIONS] MODEL"

@@ -75,6 +75,17 @@ def test_bad_overrides_name_the_key(override, fragments):
         assert fragment in str(error.value)
 
 
+def test_a_bad_override_is_blamed_on_the_override_not_the_file(tmp_path):
+    path = write(tmp_path, {"train": {"epochs": 2}, "seed": -1})
+    with pytest.raises(ConfigError) as error:
+        load_config(path, ["train.lr=abc"])
+    lines = str(error.value).splitlines()
+    assert len(lines) == 2 and any(line.startswith(f"{path}: seed: ") for line in lines)
+    assert any(line.startswith("--set train.lr: Input should be a valid number") for line in lines), lines
+    with pytest.raises(ConfigError, match=r"^--set train: train.lr: Input should be a valid number"):
+        load_config(None, ["train={lr: abc}"])
+
+
 def test_unknown_key_in_file_is_an_error_listing_allowed_keys(tmp_path):
     path = write(tmp_path, {"train": {"epochs": 2, "lrr": 0.1}})
     with pytest.raises(ConfigError, match=r"unknown key 'train.lrr'.*lr"):

@@ -71,7 +71,7 @@ def cli(args: list[str]) -> tuple[int, str]:
 
 COMMAND_CASES = {
     # command: [(name, args after the command (project-relative placeholders), code, fragment)]
-    "flops": [("config", ["resnet19"], 2, "unknown architecture 'resnet19'")],
+    "flops": [("config", ["resnet19"], 2, "ARCH: unknown architecture 'resnet19'")],
     "prepare": [("config", ["--set", "loss.alpah=2"], 2, "unknown key 'loss.alpah'"),
                 ("data", ["{tiny}", "--set", "data.dataset=imagenet", "--set", "model.arch=imagenet_resnet18",
                           "--set", "data.root={project}/no-imagenet"], 3, "no-imagenet"),

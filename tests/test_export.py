@@ -104,6 +104,20 @@ def test_export_logs_the_served_model_into_the_training_run(store, training_run,
     assert again.exit_index.tolist() == expected.exit_index.tolist()
 
 
+def test_a_new_export_becomes_the_current_served_model_and_describes_itself(store, training_run):
+    from eed.stages.export import export
+
+    (_, client), (run_id, _) = store, training_run
+    first = export(e2e_config(), run_id).served_model_id
+    second = export(e2e_config(), run_id).served_model_id
+    assert client.get_logged_model(first).tags["eed.current"] == "false"
+    newest = client.get_logged_model(second)
+    assert newest.tags["eed.current"] == "true"
+    assert "| threshold | τ | val top-1 % | val GFLOPs |" in newest.tags["mlflow.note.content"]
+    assert "test" not in {metric.key.split("/")[-1].split("_")[0] for metric in newest.metrics}  # export: val only
+    assert {metric.run_id for metric in newest.metrics} == {run_id}
+
+
 def test_export_of_a_checkpoint_of_no_known_run_makes_a_run_for_it(store, tmp_path):
     from eed.stages.export import export
     from eed.tracking import served_model_of

@@ -6,7 +6,11 @@ its input and output axes are and shows its test metrics."""
 
 from __future__ import annotations
 
+import json
+import re
+
 import time
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -46,7 +50,9 @@ def test_experiment_opens_in_the_model_training_view(record):
     client = MlflowClient(config.tracking.uri)
     experiment = client.get_experiment(client.get_run(result.run_id).info.experiment_id)
     assert experiment.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND == "custom_model_development"
-    assert experiment.tags["mlflow.note.content"]
+    note = experiment.tags["mlflow.note.content"]
+    # Markdown rendered as HTML: angle brackets only inside code spans (`<method>`), never as bare tags.
+    assert "`<method>-<arch>-s<seed>`" in note and "<" not in re.sub(r"`[^`]*`", "", note), note
 
 
 def test_training_run_has_datasets_source_tags_description_and_system_metrics(record):
@@ -158,6 +164,27 @@ def test_evaluate_logs_a_served_early_exit_model_with_its_fitted_thresholds(reco
     assert set(everything["class_name"]) <= set(samples.class_names)
     earliest = served.predict(raw, params={"threshold": 0.0})
     assert list(earliest["exit"]) == ["exit1"] * 8 and (earliest["gflops"] < everything["gflops"]).all()
+
+
+def test_the_served_model_says_what_it_is_and_holds_its_results(record):
+    """The served model's page is not empty: a description of its rule and thresholds, and the early-exit
+    results the evaluate run measured (val, where they were fitted, and test) linked to it; the
+    evaluate run lists it among its outputs; it is marked its run's current served model."""
+    config, result, _ = record
+    client = MlflowClient(config.tracking.uri)
+    logged = client.get_logged_model(result.served_model_id)
+    description = logged.tags["mlflow.note.content"]
+    assert description.startswith("**Early exit served by eed.**") and "| `budget_0.001` |" not in description
+    assert "| threshold | τ | val top-1 % | val GFLOPs | test top-1 % | test GFLOPs |" in description
+    assert logged.tags["eed.current"] == "true"
+    evaluation = json.loads((Path(config.paths.out_dir) / "evaluate" / "metrics.json").read_text())
+    linked = {metric.key: metric for metric in logged.metrics}
+    guaranteed = evaluation["guaranteed"]
+    assert linked["served/max_drop/test_acc"].value == pytest.approx(guaranteed["accuracy"])
+    assert linked["served/max_drop/test_acc"].run_id == timings_of(record)  # measured by the evaluate run
+    assert {"served/max_drop/val_acc", "served/max_drop/val_gflops", "served/max_drop/test_gflops"} <= set(linked)
+    outputs = client.get_run(timings_of(record)).outputs
+    assert [output.model_id for output in outputs.model_outputs] == [result.served_model_id]
 
 
 def timings_of(record) -> str:

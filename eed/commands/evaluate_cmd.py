@@ -28,7 +28,8 @@ def evaluate(
         help="With a run id: which checkpoint to download.")] = Checkpoint.best,
     log: Annotated[bool, typer.Option(
         "--log/--no-log",
-        help="Log the results as a child run 'evaluate' of the checkpoint's MLflow run.")] = True,
+        help="Log the results as a child run 'evaluate <split> <checkpoint>' (e.g. 'evaluate test best.pt') of "
+             "the checkpoint's MLflow run, and the served early-exit model (models:/<id>) into that run.")] = True,
 ) -> None:
     """Score every classifier of a trained network: accuracy, calibration, agreement, early exit.
 
@@ -36,7 +37,9 @@ def evaluate(
     the ensemble of all classifiers and the running ensembles of the first j; exit vs main
     agreement counts (paper Fig. 2); early-exit accuracy against GFLOPs per sample over a
     sweep of confidence thresholds, with thresholds fitted to eval.budgets on val. Writes
-    metrics.json, anytime.csv and figures/, and logs them as a child run of the training run.
+    metrics.json, anytime.csv and figures/, and logs them as a child run of the training run,
+    with the network and its val-fitted thresholds as the served early-exit model (README, "Deploy";
+    eed serve answers requests with it).
     """
     from eed.stages import evaluate as stage
 

@@ -33,8 +33,63 @@ def served_settings(report: EvaluationReport, config: Config, samples: eed_data.
     temperatures = report.calibration.temperatures if report.calibration else None
     return {"normalization": {"mean": list(samples.normalization.mean), "std": list(samples.normalization.std)},
             "thresholds": thresholds, "class_names": list(samples.class_names), "temperatures": temperatures,
-            "calibrated": bool(config.eval.calibrate and temperatures is not None),
+            "calibrated": _calibrated(report, config),
             "default": "max_drop" if "max_drop" in thresholds else ABOVE_ONE}
+
+
+def _calibrated(report: EvaluationReport, config: Config) -> bool:
+    """Whether the thresholds were fitted on temperature-scaled confidences."""
+    return bool(config.eval.calibrate and report.calibration and report.calibration.temperatures is not None)
+
+
+def _pct(value: float | None) -> str:
+    return "—" if value is None else f"{100 * value:.2f}"
+
+
+def _gflops(value: float | None) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+def served_results(report: EvaluationReport, calibrated: bool, split: str) -> tuple[str, dict[str, float]]:
+    """What a served model is and what was measured of it: a Markdown description (the rule, every
+    named threshold with its top-1 and GFLOPs on val, where it was fitted, and on ``split`` when that is
+    not val; the main output's cost) and the same numbers as metrics (fractions and GFLOPs per image),
+    ``served/<threshold>/<split>_acc`` and ``.../<split>_gflops``."""
+    rows: list[tuple[str, float | None, dict[str, float | None]]] = []  # (name, tau, {split_acc: .., ...})
+    guaranteed = report.guaranteed
+    if guaranteed is not None:
+        fit, check = guaranteed.fit, guaranteed.check
+        rows.append(("max_drop", fit.threshold if fit.feasible else None,
+                     {"val_acc": fit.val_accuracy, "val_gflops": fit.val_gflops,
+                      f"{split}_acc": check.get("accuracy"), f"{split}_gflops": check.get("gflops")}))
+    for fit in report.anytime.budgets if report.anytime else []:
+        if fit.threshold is not None:
+            rows.append((f"budget_{fit.budget:g}", fit.threshold,
+                         {"val_acc": fit.fit_accuracy, "val_gflops": fit.fit_gflops,
+                          f"{split}_acc": fit.accuracy, f"{split}_gflops": fit.gflops}))
+    splits = ["val"] if split == "val" else ["val", split]
+    metrics = {f"served/{name}/{key}": value for name, _, values in rows for key, value in values.items()
+               if value is not None and key.split("_")[0] in splits}
+    confidence = "temperature-scaled max softmax" if calibrated else "max softmax"
+    lines = [f"**Early exit served by eed.** An image leaves at the first exit whose {confidence} reaches the "
+             "threshold τ; otherwise the main output answers. Thresholds fitted on the val split.", ""]
+    if guaranteed is not None and guaranteed.fit.feasible:
+        fit = guaranteed.fit
+        lines.append(f"Default: `max_drop`, τ {fit.threshold:.3f}: top-1 at most {100 * fit.max_drop:g} points below "
+                     f"the main output's with probability at least {1 - fit.delta:g} (fixed-sequence testing, "
+                     f"Clopper–Pearson bounds on {fit.val_samples} val images).")
+    else:
+        lines.append("Default: the main output for every image (no threshold met the guarantee, or none was asked).")
+    header = "| threshold | τ | " + " | ".join(f"{name} top-1 % | {name} GFLOPs" for name in splits) + " |"
+    lines += ["", header, "|" + "---|" * (2 + 2 * len(splits))]
+    for name, tau, values in rows:
+        cells = " | ".join(f"{_pct(values[f'{where}_acc'])} | {_gflops(values[f'{where}_gflops'])}" for where in splits)
+        lines.append(f"| `{name}` | {'—' if tau is None else f'{tau:.3f}'} | {cells} |")
+    if report.anytime is not None:
+        costs = report.anytime.costs
+        lines += ["", f"The main output alone costs {costs.standalone[-1]:.4f} GFLOPs per image; an image that "
+                      f"reaches it here has also run every exit head ({costs.anytime[-1]:.4f})."]
+    return "\n".join(lines), metrics
 
 
 def log_served_model(tracking_uri: str, run_id: str, checkpoint: Checkpoint, report: EvaluationReport,
@@ -56,3 +111,11 @@ def log_served_model(tracking_uri: str, run_id: str, checkpoint: Checkpoint, rep
                                              programs=programs)
         except Stopped as stopped:  # the run is as it was; the unfinished model is skipped by eed register
             raise Stopped(f"{stopped} while logging the served model") from None
+
+
+def describe_served_model(tracking_uri: str, model_id: str, report: EvaluationReport, config: Config, split: str,
+                          results_run_id: str) -> None:
+    """Describe the served model ``model_id`` logged from ``report`` and link its results on val (and
+    ``split``) to it, as measured in run ``results_run_id`` (:func:`served_results`); mark it current."""
+    description, metrics = served_results(report, _calibrated(report, config), split)
+    tracking.describe_served_model(tracking_uri, model_id, description, metrics, results_run_id)

@@ -49,9 +49,11 @@ def list_backbones() -> list[str]:
     return sorted(_REGISTRY)
 
 
-def get_spec(name: str) -> BackboneSpec:
+def get_spec(name: str, given_as: str = "model.arch") -> BackboneSpec:
+    """The registered backbone ``name``; a ConfigError naming ``given_as`` (the config key, or the
+    command-line argument it came from) otherwise."""
     if name not in _REGISTRY:
-        raise ConfigError(f"model.arch: unknown architecture {name!r}; allowed: {', '.join(sorted(_REGISTRY))}")
+        raise ConfigError(f"{given_as}: unknown architecture {name!r}; allowed: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 
 

@@ -95,6 +95,8 @@ def evaluate(config: Config, source: str | None = None, *, split: str | None = N
         if servable and not resolved.run_id:
             served_id = served_export.log_served_model(tracking_uri, run_id, resolved.checkpoint, report, config,
                                                        split)
+        if served_id:  # its description, and what this run measured of it (the run's page lists the model)
+            served_export.describe_served_model(tracking_uri, served_id, report, config, split, run_id)
 
     printer = stdout()
     for table in tables.evaluation_tables(report):

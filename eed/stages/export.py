@@ -73,6 +73,7 @@ def export(config: Config, source: str | None = None, *, which: str = "best") ->
                                               started=started, params=stage_params(config, EVAL_KEYS))
     settings = served_export.served_settings(report, config, eed_data.read_split(config, "val", indices=[0]))
     served_id = served_export.log_served_model(tracking_uri, run_id, resolved.checkpoint, report, config, "val")
+    served_export.describe_served_model(tracking_uri, served_id, report, config, "val", run_id)
     printer = stdout()
     printer.print(tables.served_table(report, settings))
     if report.calibration is not None:

@@ -8,6 +8,7 @@ from eed import data as eed_data
 from eed.config import Config
 from eed.metrics.flops import FlopsProfile, arch_profile, summarize_backbones
 from eed.models.from_config import resolve_architecture
+from eed.models.registry import get_spec
 from eed.paths import in_workspace
 from eed.reporting import tables
 from eed.reporting.files import write_flops_outputs
@@ -24,6 +25,7 @@ def flops(arch: str, *, width: int | None = None, num_classes: int | None = None
           out: Path | None = None, caption: str = "") -> FlopsProfile:
     """``eed flops`` and the flops stage: Table III of ``arch``; with ``out``, also
     ``flops.json`` and ``flops.png`` there."""
+    get_spec(arch, given_as="ARCH")  # the command's argument (the stage checked model.arch already)
     profile = arch_profile(arch, num_classes, width)
     console = stdout()
     console.print(tables.flops_table(profile))

@@ -9,21 +9,41 @@
 MLflow itself is imported inside the functions that use it: importing this package is cheap.
 """
 
-from eed.tracking.logger import DatasetRecord, Logger, MlflowLogger, NullLogger, flatten_metrics, logged_run
-from eed.tracking.runs import RunRecord, downloaded_checkpoint, find_runs, looks_like_run_id, run_exists
-from eed.tracking.served import log_served_model, register_served_model, served_model_of, served_models
+from eed.tracking.logger import (
+    DatasetRecord,
+    Logger,
+    MlflowLogger,
+    NullLogger,
+    flatten_metrics,
+    logged_run,
+)
+from eed.tracking.runs import (
+    RunRecord,
+    downloaded_checkpoint,
+    find_runs,
+    looks_like_run_id,
+    run_exists,
+)
+from eed.tracking.served import (
+    describe_served_model,
+    log_served_model,
+    register_served_model,
+    served_model_of,
+    served_models,
+)
 from eed.tracking.store import (
-                                EXPERIMENT_KIND,
-                                EXPERIMENT_KIND_TAG,
-                                NOTE_TAG,
-                                check_tracking_uri,
-                                ensure_experiment,
-                                resolve_tracking_uri,
-                                using_tracking_uri,
+    EXPERIMENT_KIND,
+    EXPERIMENT_KIND_TAG,
+    NOTE_TAG,
+    check_tracking_uri,
+    ensure_experiment,
+    resolve_tracking_uri,
+    using_tracking_uri,
 )
 
 __all__ = [
-    "DatasetRecord", "EXPERIMENT_KIND", "EXPERIMENT_KIND_TAG", "Logger", "MlflowLogger", "NOTE_TAG", "NullLogger",
+    "DatasetRecord", "describe_served_model",
+    "EXPERIMENT_KIND", "EXPERIMENT_KIND_TAG", "Logger", "MlflowLogger", "NOTE_TAG", "NullLogger",
     "RunRecord", "check_tracking_uri", "downloaded_checkpoint", "ensure_experiment", "find_runs", "flatten_metrics",
     "log_served_model", "logged_run", "looks_like_run_id", "register_served_model", "resolve_tracking_uri",
     "run_exists", "served_model_of", "served_models", "using_tracking_uri",

@@ -187,6 +187,36 @@ def log_served_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path
     return model.model_id
 
 
+CURRENT_TAG = "eed.current"  # "true" on the served model of a run that eed register and eed serve pick
+
+
+def describe_served_model(tracking_uri: str, model_id: str, description: str, metrics: Mapping[str, float],
+                          results_run_id: str) -> None:
+    """Give a logged served model its description (Markdown: the UI's description), link ``metrics``
+    (what was measured of it, at step 0) to it as logged in run ``results_run_id`` (whose page then
+    lists the model among its outputs), and mark it its run's current served model (``eed.current``:
+    true on it, false on the older ones)."""
+    import time
+
+    from mlflow.entities import LoggedModelOutput, Metric
+
+    client = client_for(tracking_uri)
+    with reaching(tracking_uri, f"describing the served model {model_id}"):
+        model = client.get_logged_model(model_id)
+        client.set_logged_model_tags(model_id, {"mlflow.note.content": description})
+        now = int(time.time() * 1000)
+        client.log_batch(results_run_id, metrics=[Metric(key, float(value), now, 0, model_id=model_id)
+                                                  for key, value in metrics.items()])
+        if results_run_id != model.source_run_id:
+            client.log_outputs(results_run_id, [LoggedModelOutput(model_id, step=0)])
+        older = client.search_logged_models(
+            [model.experiment_id], filter_string=f"source_run_id = '{model.source_run_id}' AND name = '{SERVED_NAME}'")
+        for other in older:
+            if other.model_id != model_id and other.tags.get(CURRENT_TAG) != "false":
+                client.set_logged_model_tags(other.model_id, {CURRENT_TAG: "false"})
+        client.set_logged_model_tags(model_id, {CURRENT_TAG: "true"})
+
+
 def served_model_of(tracking_uri: str, run_id: str) -> str:
     """The id of run ``run_id``'s latest served model that finished logging; a TrackingError when
     it has none."""

@@ -45,8 +45,9 @@ NOTE_TAG = "mlflow.note.content"
 GIT_COMMIT_TAG = "mlflow.source.git.commit"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
+# Markdown, which the UI renders as HTML: the run-name pattern is a code span, or "<method>" would be a tag.
 EXPERIMENT_NOTE = ("Multi-exit CNNs trained with the objectives of Exit-Ensemble Distillation (eed). Training runs "
-                   "are named <method>-<arch>-s<seed>; their evaluate and rdm runs are nested under them.")
+                   "are named `<method>-<arch>-s<seed>`; their evaluate and rdm runs are nested under them.")
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 PARAM_VALUE_LIMIT = 6000
 
