@@ -5,9 +5,12 @@ the grouping on records built here: every training setting but the seed splits r
 from __future__ import annotations
 
 import csv
+import re
 import statistics
 
 import matplotlib.image
+import matplotlib.legend
+import matplotlib.text
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -87,13 +90,26 @@ def expected_cell(method: str, column: str) -> str:
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"  # stdev: sample std
 
 
+def printed(cell: str, output: str) -> bool:
+    """Whether the console shows ``cell`` ("mean ± std") as eed compare prints it: the mean (a * after
+    the best main), the ± std right below it, both right-aligned in one column."""
+    mean, _, std = cell.partition(" ± ")
+
+    def ends(pattern: str, line: str) -> set[int]:
+        return {match.end() for match in re.finditer(pattern, line)}
+
+    lines = output.splitlines()
+    return any(ends(rf"(?<![\d.]){re.escape(mean)}\*?(?=\s|$)", line) & ends(rf"±{re.escape(std)}(?=\s|$)", below)
+               for line, below in zip(lines, lines[1:])) if std else mean in output
+
+
 def test_compare_prints_mean_and_sample_std(store, tmp_path, monkeypatch):
     uri, run_ids = store
     result = invoke_compare(uri, [], tmp_path, monkeypatch)
     assert result.exit_code == 0, result.output
     for method in RESULTS:
         for column in CLASSIFIERS:
-            assert expected_cell(method, column) in result.output
+            assert printed(expected_cell(method, column), result.output), (method, column, result.output)
     assert "skipped 1 runs" in result.output  # the unfinished one; the child run is not a training run
     left_out = f"left out 1 runs that did not finish (KILLED: {run_ids['killed'][0]})"
     assert left_out in result.output and "99.00" not in result.output
@@ -130,8 +146,8 @@ def test_selection_by_tag_and_run_id(store, tmp_path, monkeypatch):
     assert val.rows[0].cells["main"].mean == pytest.approx(statistics.mean(
         RESULTS["branchynet"][s][3] - 0.01 for s in range(3)))
     result = invoke_compare(uri, ["--tag", "method=branchynet"], tmp_path, monkeypatch)
-    assert result.exit_code == 0 and expected_cell("branchynet", "main") in result.output
-    assert expected_cell("eed", "main") not in result.output
+    assert result.exit_code == 0 and printed(expected_cell("branchynet", "main"), result.output)
+    assert not printed(expected_cell("eed", "main"), result.output)
 
 
 def test_the_papers_max_over_epochs_is_tabulated_under_its_name(store, tmp_path, monkeypatch):
@@ -309,7 +325,7 @@ def test_shared_settings_once_above_the_table_varying_ones_as_columns(tmp_path):
     assert [row.label for row in table.rows] == ["branchynet (model.width=16)",
                                                  "eed (l_z=mse, α=1, β=1, Teacher=all, model.width=16)",
                                                  "eed (l_z=mse, α=1, β=1, Teacher=all, model.width=64)"]
-    assert table.rich_table().caption == lines[0]
+    assert table.constant_line() == lines[0]
 
     with table.write_csv(tmp_path / "comparison.csv").open() as handle:
         rows = list(csv.DictReader(handle))
@@ -318,14 +334,55 @@ def test_shared_settings_once_above_the_table_varying_ones_as_columns(tmp_path):
 
 
 def test_the_best_main_cell_is_bold_not_only_coloured():
-    """The mark must survive a terminal without colour, or a reader who cannot tell red."""
+    """The mark must survive a terminal without colour, or a reader who cannot tell red: a * and bold."""
     from rich.console import Console
 
     table = build_table([training_run("low", main=0.4), training_run("high", {"seed": "1"}, main=0.6),
                          training_run("ce", {"method": "branchynet"}, main=0.45)])
     console = Console(force_terminal=True, width=120, color_system="standard")
     styles = {segment.text.strip(): segment.style for segment in console.render(table.rich_table())
-              if segment.text.strip() in ("50.00 ± 14.14", "45.00")}  # eed (two seeds), best; branchynet
-    assert styles["50.00 ± 14.14"] is not None and styles["50.00 ± 14.14"].bold
+              if segment.text.strip() in ("50.00*", "45.00")}  # eed (two seeds), best; branchynet
+    assert styles["50.00*"] is not None and styles["50.00*"].bold
     assert styles["45.00"] is None or not styles["45.00"].bold
-    assert "bold" in table.rich_table().title  # the title says how the best is marked
+    assert "* (bold): the best main of its setup" in table.rich_table().caption
+
+
+def test_compare_reads_whole_at_80_columns():
+    """At 80 columns nothing is cut (no "branc…", "Ense…"): each cell's mean over its ± std, short column
+    titles with a legend, setting values folded, the shared settings as a wrapped paragraph."""
+    from rich.console import Console
+
+    table = build_table([training_run("low", main=0.4), training_run("high", {"seed": "1"}, main=0.6),
+                         training_run("ce", {"method": "branchynet"}, main=0.45),
+                         training_run("t", {"loss.teacher": "[1, 3, 'main']", "model.width": "64"}, main=0.47)])
+    console = Console(width=80, record=True, color_system=None)
+    console.print(table.rich_table())
+    console.print(table.constant_line(), highlight=False)
+    text = console.export_text()
+    assert "…" not in text and max(map(len, text.splitlines())) <= 80, text
+    assert "branchynet" in text and "[1, 3, 'main']" in text and "50.00*" in text and "±14.14" in text
+    assert " ".join(text.split()).count("train.weight_decay=0.0005") == 1
+
+def test_the_comparison_figure_keeps_every_text_inside_its_canvas_and_apart():
+    """The settings line, the legend and the titles lie inside the saved canvas (none clipped at an edge)
+    and the legend overlaps no other text."""
+    from eed.reporting.figures import _build_comparison
+
+    table = build_table([training_run("low", main=0.4), training_run("high", {"seed": "1"}, main=0.6),
+                         training_run("ce", {"method": "branchynet"}, main=0.45),
+                         training_run("t", {"loss.teacher": "[1, 3, 'main']", "model.width": "64"}, main=0.47)])
+    figure = _build_comparison(table, caption="eed · resnet18 width 16 · cifar100")
+    figure.canvas.draw()
+    renderer, canvas = figure.canvas.get_renderer(), figure.bbox
+    texts = [text for text in figure.findobj(matplotlib.text.Text) if text.get_visible() and text.get_text().strip()]
+    assert any("train.weight_decay=0.0005" in text.get_text() for text in texts)
+    for text in texts:
+        extent = text.get_window_extent(renderer)
+        assert canvas.x0 - 1 <= extent.x0 and extent.x1 <= canvas.x1 + 1, text.get_text()[:60]
+        assert canvas.y0 - 1 <= extent.y0 and extent.y1 <= canvas.y1 + 1, text.get_text()[:60]
+    (legend,) = figure.findobj(matplotlib.legend.Legend)
+    box = legend.get_window_extent(renderer)
+    inside = set(legend.get_texts()) | {legend.get_title()}
+    for text in texts:
+        if text not in inside:
+            assert not box.overlaps(text.get_window_extent(renderer)), text.get_text()[:60]

@@ -104,7 +104,8 @@ def legend_texts(figure) -> list[str]:
 
 
 def plot_axes(figure):
-    return [axes for axes in figure.axes if axes.get_label() != "<colorbar>"]
+    """The axes that plot data: not colour bars, nor a panel that only holds a legend and text (axis off)."""
+    return [axes for axes in figure.axes if axes.get_label() != "<colorbar>" and axes.axison]
 
 
 def builders(report, rdm_result, profile):

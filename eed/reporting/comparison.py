@@ -32,7 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable, Sequence
 
+from rich import box
 from rich.table import Table
+from rich.text import Text
 
 from eed.config import is_training_key
 from eed.errors import ConfigError
@@ -270,17 +272,42 @@ class ComparisonTable:
                                  " ".join(row.run_ids), int(row.best_main), *stats])
         return path
 
+    @staticmethod
+    def short_title(column: str) -> str:
+        return f"E{column[4:]}" if column.startswith("exit") else {"ensemble": "Ens"}.get(column, column.capitalize())
+
+    def legend(self) -> str:
+        """What the console table's marks and short titles mean."""
+        exits = [column[4:] for column in self.columns if column.startswith("exit")]
+        names = [f"E{exits[0]}–E{exits[-1]}: exits {exits[0]}–{exits[-1]}" if len(exits) > 1 else "E1: exit 1"] \
+            if exits else []
+        names += ["Ens: the ensemble of every classifier"] if "ensemble" in self.columns else []
+        return "; ".join(["Each cell: the mean over the row's runs, their sample std (±) below it",
+                          "* (bold): the best main of its setup", *names])
+
+    def _stacked(self, row: ComparisonRow, column: str) -> str:
+        cell = row.cells.get(column)
+        if cell is None:
+            return "-"
+        mean = f"{PERCENT * cell.mean:.2f}" + ("*" if row.best_main and column == "main" else "")
+        return mean if cell.std is None else f"{mean}\n±{PERCENT * cell.std:.2f}"
+
     def rich_table(self) -> Table:
-        table = Table(title=f"{self.meaning}, % (mean ± sample std over seeds; best main per setup in bold red)",
-                      caption=self.constant_line() if self.constant else None)
-        varying = self.varying
-        for name in varying:
-            table.add_column(title(name))
+        """The console's table, made to be read at 80 columns: each cell's mean over its ± std (two
+        lines), short column titles (the legend in the caption), setting values folded rather than cut,
+        the best main marked by a * as well as bold red (not by colour alone). The shared settings are
+        printed apart (:meth:`constant_line`), as a wrapped paragraph."""
+        table = Table(title=f"{self.meaning[0].upper()}{self.meaning[1:]}, %", caption=self.legend(),
+                      box=box.SIMPLE_HEAD, padding=(0, 1), title_justify="left", caption_justify="left")
+        for name in self.varying:
+            table.add_column(title(name), overflow="fold")
         table.add_column("n", justify="right")
         for column in self.columns:
-            table.add_column(self.column_title(column), justify="right")
-        for row in self.rows:
-            table.add_row(*(row.key[name] for name in varying), str(row.n), *self._cells(row, "[bold red]{}[/]"))  # bold too: not by colour alone
+            table.add_column(self.short_title(column), justify="right", no_wrap=True)
+        for row in self.rows:  # Text, not markup: a setting such as "[1, 3, 'main']" is shown as it is
+            cells = [Text(self._stacked(row, column), style="bold red" if row.best_main and column == "main" else "")
+                     for column in self.columns]
+            table.add_row(*(Text(row.key[name]) for name in self.varying), str(row.n), *cells, end_section=True)
         return table
 
 

@@ -346,8 +346,14 @@ def plot_rdms(result: "RdmResult", path: str | Path, *, class_names: Sequence[st
 
 def _build_comparison(table: "ComparisonTable", *, caption: str = "") -> Figure:
     columns, rows = table.columns, table.rows
-    figure = new_figure(max(6.4, 1.1 * len(columns) + 3.5), 4.8)
-    axes = figure.subplots()
+    width_inches = max(6.4, 1.1 * len(columns) + 3.5)
+    # Under the bars, a panel of their own for the row labels (one per line) and the shared settings (often
+    # hundreds of characters, wrapped to the canvas), sized to what it holds: beside the bars, long labels
+    # would take a third of the canvas, and a title cannot hold the settings.
+    settings = _wrapped(table.constant_line(), width_inches, size=6.5) if table.constant else ""
+    panel_inches = 0.25 * len(rows) + 0.14 * (settings.count("\n") + 1 if settings else 0) + 0.35
+    figure = new_figure(width_inches, 4.4 + panel_inches)
+    axes, panel = figure.subplots(2, 1, height_ratios=[4.4, panel_inches])
     width = 0.8 / max(len(rows), 1)
     for index, row in enumerate(rows):
         offset = (index - (len(rows) - 1) / 2) * width
@@ -370,19 +376,29 @@ def _build_comparison(table: "ComparisonTable", *, caption: str = "") -> Figure:
     axes.set_ylim(0, min(100.0, axes.get_ylim()[1] * 1.05))
     axes.grid(axis="y", alpha=0.3)
     axes.set_axisbelow(True)
-    figure.legend(loc="outside right upper", fontsize="small")
     counts = sorted({row.n for row in rows})
     if counts and counts[-1] >= 2:
         spread = (f"mean ± sample std over {counts[0]} seeds" if len(counts) == 1
                   else "mean ± sample std over n seeds (n per row in the legend; none for n = 1)")
     else:
         spread = "one run per row, no error bars"
-    lines = [f"{table.meaning[0].upper()}{table.meaning[1:]}", spread]
-    if table.constant:
-        lines.append(table.constant_line())
-    axes.set_title("\n".join(lines), fontsize="small")
+    axes.set_title(_wrapped(f"{table.meaning[0].upper()}{table.meaning[1:]}; {spread}", width_inches),
+                   fontsize="small")
+    panel.axis("off")
+    panel.legend(*axes.get_legend_handles_labels(), loc="upper center", fontsize="small", frameon=False,
+                 borderaxespad=0)
+    if settings:
+        panel.text(0.5, 0, settings, ha="center", va="bottom", fontsize=6.5, transform=panel.transAxes)
     _title(figure, "Accuracy of each classifier per configuration", caption)
     return figure
+
+
+def _wrapped(text: str, width_inches: float, size: float = 8.0) -> str:
+    """``text`` broken into lines that fit ``width_inches`` at a font of ``size`` points (about 0.55 em
+    per character on average, with a margin)."""
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width=max(20, int(0.85 * width_inches * 72 / (0.55 * size)))))
 
 
 def plot_comparison(table: "ComparisonTable", path: str | Path, *, caption: str = "") -> Path:

@@ -41,6 +41,8 @@ def compare(config: Config, experiments: Sequence[str] = (), *, tags: Sequence[s
 
     console = stdout()
     console.print(table.rich_table())
+    if table.constant:
+        console.print(table.constant_line(), highlight=False)  # a paragraph, wrapped at the terminal's width
     for warning in table.warnings():
         console.print(f"[yellow]note:[/] {warning}")
     if table.skipped:
