@@ -23,8 +23,9 @@ T = TypeVar("T")
 @contextlib.contextmanager
 def progress_bar(console: Console, enabled: bool = True) -> Iterator[Progress | None]:
     """A transient bar (description, bar, n/total, a free ``info`` field, time left) that the
-    caller refreshes with ``update(..., refresh=True)``; ``None`` when not ``enabled``."""
-    if not enabled:
+    caller refreshes with ``update(..., refresh=True)``; ``None`` when not ``enabled`` or when the
+    console is no terminal (a log file or a pipe: a bar there is only blank lines)."""
+    if not enabled or not console.is_terminal:
         yield None
         return
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),

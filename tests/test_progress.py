@@ -138,3 +138,14 @@ def _words(text: str) -> list[tuple[int, str]]:
     import re
 
     return [(m.start(), m.group()) for m in re.finditer(r"\S+", text)]
+
+
+def test_no_bar_and_nothing_written_when_the_console_is_no_terminal():
+    import io
+
+    from eed.progress import progress_bar
+
+    out = io.StringIO()
+    with progress_bar(Console(file=out, width=80)) as progress:
+        assert progress is None
+    assert out.getvalue() == ""

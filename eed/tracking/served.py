@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
+import os
 import tempfile
 import warnings
 from collections.abc import Callable
@@ -119,6 +121,24 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+@contextlib.contextmanager
+def _quietly() -> Any:
+    """MLflow's notes while a model is logged are not the user's news: its warning that a Python object is
+    pickled (eed's own class, by design), "Validating input example…", and a download bar per artifact."""
+    logger = logging.getLogger("mlflow.pyfunc")
+    level, bar = logger.level, os.environ.get("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR")
+    logger.setLevel(logging.ERROR)
+    os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = "false"
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if bar is None:
+            os.environ.pop("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", None)
+        else:
+            os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
+
+
 def log_served_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path, settings: Mapping[str, Any],
                      example_images: Any, *, loader: Callable[[Path, dict[str, Any]], Any],
                      programs: str | Path | None = None) -> str:
@@ -170,7 +190,7 @@ def log_served_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path
             warnings.filterwarnings("ignore", message=".*python_model.*")
             settings_path = Path(folder) / "settings.json"
             settings_path.write_text(json.dumps(settings, indent=2))
-            with reaching(tracking_uri, "logging the served model"), using_tracking_uri(tracking_uri):
+            with reaching(tracking_uri, "logging the served model"), using_tracking_uri(tracking_uri), _quietly():
                 mlflow.pyfunc.log_model(
                     name=SERVED_NAME, model_id=model.model_id, python_model=_early_exit_pyfunc()(loader),
                     artifacts={SERVED_CHECKPOINT: str(checkpoint_path), SERVED_SETTINGS: str(settings_path),
