@@ -319,3 +319,21 @@ def test_figure_caption_from_the_config():
     assert figure_caption(config) == "byot · vgg19 width 64 · cifar10 · seed 3 · paper scale"
     config = Config.model_validate({"model": {"width": 32}})
     assert figure_caption(config) == "eed · resnet18 width 32 · cifar100 · seed 0 · cpu scale"
+
+
+def test_anytime_tells_each_budget_apart_and_shows_the_guaranteed_threshold(report, logits_labels):
+    from eed.metrics.guarantee import check_guarantee, fit_guaranteed_threshold
+    from eed.metrics.summary import GuaranteedResult
+
+    logits, labels = logits_labels
+    costs = report.anytime.costs.anytime
+    fit = fit_guaranteed_threshold(logits, labels, threshold_grid(11), 0.05, 0.1, costs)
+    guaranteed = GuaranteedResult(fit, check_guarantee(fit, logits, labels, costs), calibrated=False)
+    axes = plot_axes(drawn(figures._build_anytime(report.anytime, split="test", guaranteed=guaranteed)))[0]
+    labels_shown = axes.get_legend_handles_labels()[1]
+    assert "budget 0.1 GFLOPs: no τ fits" in labels_shown
+    assert any(label.startswith("budget 0.5 GFLOPs (dotted): τ ") for label in labels_shown)
+    (drop,) = [label for label in labels_shown if label.startswith("drop ≤ 5 pt")]
+    assert drop.endswith("held" if guaranteed.check["held"] else "failed")
+    budget_lines = [line for line in axes.lines if line.get_linestyle() == ":" and len(line.get_xdata())]
+    assert len({line.get_color() for line in budget_lines}) == len(budget_lines) >= 2  # one colour per budget

@@ -120,7 +120,7 @@ def test_flops_command_prints_table_iii_and_writes_json_and_png(cli: typer.Typer
     record = json.loads((tmp_path / "flops" / "flops.json").read_text())
     assert record["arch"] == "resnet18" and record["num_classes"] == 100
     assert [round(o["gflops"], 2) for o in record["outputs"]] == [0.42, 0.65, 0.88, 1.11]
-    assert (tmp_path / "flops" / "flops.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (tmp_path / "flops" / "figures" / "flops.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_flops_command_rejects_unknown_arch(cli: typer.Typer) -> None:

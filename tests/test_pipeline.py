@@ -89,7 +89,7 @@ def test_dvc_repro_then_experiments(repo: Path):
     for path in ("train/checkpoints/best.pt", "train/checkpoints/last.pt", "train/metrics.json",
                  "train/history.csv", "evaluate/metrics.json", "evaluate/anytime.csv",
                  "evaluate/figures/anytime.png", "evaluate/figures/agreement.png", "flops/flops.json",
-                 "flops/flops.png", "rdm/rdm.json", "rdm/figures/rdm.png", "train/figures"):
+                 "flops/figures/flops.png", "rdm/rdm.json", "rdm/figures/rdm.png", "train/figures"):
         assert (out / path).exists(), path
     evaluation = json.loads((out / "evaluate" / "metrics.json").read_text())
     assert {"acc_exit1", "acc_main", "acc_ensemble"} <= set(evaluation["test"])

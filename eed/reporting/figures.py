@@ -43,6 +43,7 @@ if TYPE_CHECKING:
     from eed.metrics.anytime import AnytimeReport
     from eed.metrics.flops import FlopsProfile
     from eed.metrics.rdm import RdmResult
+    from eed.metrics.summary import GuaranteedResult
     from eed.reporting.comparison import ComparisonTable
 
 
@@ -237,7 +238,8 @@ def plot_agreement(agreement: "Tensor", names: Sequence[str], path: str | Path, 
     return save_figure(_build_agreement(agreement, names, split=split, caption=caption), path)
 
 
-def _build_anytime(report: "AnytimeReport", *, split: str = "", caption: str = "") -> Figure:
+def _build_anytime(report: "AnytimeReport", *, split: str = "", caption: str = "",
+                   guaranteed: "GuaranteedResult | None" = None) -> Figure:
     curve = report.curve
     figure = new_figure(6.4, 4.6)
     axes = figure.subplots()
@@ -255,12 +257,22 @@ def _build_anytime(report: "AnytimeReport", *, split: str = "", caption: str = "
                       xytext=(-7, 7) if right_half else (7, 7), ha="right" if right_half else "left",
                       va="bottom", fontsize="small", clip_on=False, annotation_clip=False,
                       bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
+    # One marker and colour per budget (two stars alike could not be told apart), then the guaranteed threshold.
+    styles = [("*", "tab:red"), ("D", "tab:purple"), ("P", "tab:brown"), ("X", "tab:olive"), ("^", "tab:cyan")]
     for index, fit in enumerate(report.budgets):
-        axes.axvline(fit.budget, color="gray", linestyle=":", linewidth=1,
-                     label="GFLOPs budget" if index == 0 else None)
+        marker, colour = styles[index % len(styles)]
+        axes.axvline(fit.budget, color=colour, linestyle=":", linewidth=1)
         if fit.feasible and fit.gflops is not None:
-            axes.scatter([fit.gflops], [100 * fit.accuracy], marker="*", s=120, color="tab:red", zorder=4,
-                         label=f"budget {fit.budget:g} GFLOPs: tau={fit.threshold:.2f}")
+            axes.scatter([fit.gflops], [100 * fit.accuracy], marker=marker, s=90, color=colour, zorder=4,
+                         label=f"budget {fit.budget:g} GFLOPs (dotted): τ {fit.threshold:.2f}")
+        else:
+            axes.plot([], [], linestyle=":", color=colour, label=f"budget {fit.budget:g} GFLOPs: no τ fits")
+    if guaranteed is not None and guaranteed.check.get("gflops") is not None:
+        fit, check = guaranteed.fit, guaranteed.check
+        where = f"τ {fit.threshold:.2f}" if fit.feasible else "main output"
+        axes.scatter([check["gflops"]], [100 * check["accuracy"]], marker="s", s=70, color="tab:green", zorder=5,
+                     edgecolors="black", label=f"drop ≤ {100 * fit.max_drop:g} pt ({where}): "
+                                           f"{'held' if check['held'] else 'failed'}")
     axes.margins(x=0.12, y=0.15)
     axes.set(xlabel="average GFLOPs per image", ylabel="top-1 accuracy (%)")
     notes = [f"{_split_name(split)} split" if split else "",
@@ -274,10 +286,12 @@ def _build_anytime(report: "AnytimeReport", *, split: str = "", caption: str = "
     return figure
 
 
-def plot_anytime(report: "AnytimeReport", path: str | Path, *, split: str = "", caption: str = "") -> Path:
-    """Early-exit accuracy against average GFLOPs per sample, each classifier alone as a point,
-    budget thresholds (fitted on validation, reported here) as stars."""
-    return save_figure(_build_anytime(report, split=split, caption=caption), path)
+def plot_anytime(report: "AnytimeReport", path: str | Path, *, split: str = "", caption: str = "",
+                 guaranteed: "GuaranteedResult | None" = None) -> Path:
+    """Early-exit accuracy against average GFLOPs per sample, each classifier alone as a point, each
+    budget threshold (fitted on validation, reported here) with a marker of its own, and the
+    guaranteed threshold (``guaranteed``) where it was checked."""
+    return save_figure(_build_anytime(report, split=split, caption=caption, guaranteed=guaranteed), path)
 
 
 def describe_layer(layer: str) -> str:

@@ -49,15 +49,16 @@ def write_evaluation_outputs(report: "EvaluationReport", out_dir: str | Path, *,
     if report.anytime is not None:
         written.append(write_anytime_csv(report.anytime, out_dir / "anytime.csv"))
         written += saved_files(plot_anytime(report.anytime, figures / "anytime.png", split=report.split,
-                                            caption=caption))
+                                            caption=caption, guaranteed=report.guaranteed))
     return written
 
 
 def write_flops_outputs(profile: "FlopsProfile", out_dir: str | Path, *, caption: str = "") -> list[Path]:
-    """``flops.json`` (every output's cost and the per-module parts), ``flops.png`` and ``flops.svg``."""
+    """``flops.json`` (every output's cost and the per-module parts) and ``figures/flops.png`` + ``.svg``
+    (in ``figures/``, as every stage keeps its figures)."""
     out_dir = Path(out_dir)
     return [write_json(profile.to_dict(), out_dir / "flops.json"),
-            *saved_files(plot_flops(profile, out_dir / "flops.png", caption=caption))]
+            *saved_files(plot_flops(profile, out_dir / "figures" / "flops.png", caption=caption))]
 
 
 def write_rdm_outputs(result: "RdmResult", out_dir: str | Path, *, caption: str = "",

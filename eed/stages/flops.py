@@ -24,7 +24,7 @@ def models(width: int | None = None) -> None:
 def flops(arch: str, *, width: int | None = None, num_classes: int | None = None,
           out: Path | None = None, caption: str = "") -> FlopsProfile:
     """``eed flops`` and the flops stage: Table III of ``arch``; with ``out``, also
-    ``flops.json`` and ``flops.png`` there."""
+    ``flops.json`` and ``figures/flops.png`` there."""
     get_spec(arch, given_as="ARCH")  # the command's argument (the stage checked model.arch already)
     profile = arch_profile(arch, num_classes, width)
     console = stdout()
