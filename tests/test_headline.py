@@ -44,3 +44,17 @@ def test_results_table_fits_80_columns_whole():
     assert "Results on test (10000 images, best.pt)" in text
     (ensemble,) = [line.strip("│ ").split() for line in text.splitlines() if line.startswith("│ ensemble")]
     assert [cell for cell in ensemble if cell != "│"][3:5] == ["0.0843", "120"], ensemble  # every head as well as the main output: 120 % of main
+
+
+def test_the_end_of_training_is_a_small_table_in_percent_with_integer_epochs():
+    from eed.stages.train import test_table
+
+    metrics = {"test/acc_exit1": 0.1705, "test/acc_main": 0.1999, "test/max_acc_exit1": 0.1752,
+               "test/max_acc_main": 0.2011, "test/max_acc_epoch_exit1": 4.0, "test/max_acc_epoch_main": 3.0}
+    console = Console(width=80, record=True, color_system=None)
+    console.print(test_table(metrics))
+    text = console.export_text()
+    rows = {line.split("│")[1].strip(): [cell.strip() for cell in line.split("│")[2:-1]]
+            for line in text.splitlines() if line.startswith("│")}
+    assert rows["exit1"] == ["17.05", "17.52 (4)"] and rows["main"] == ["19.99", "20.11 (3)"], text
+    assert "0.1705" not in text and "4.0" not in text and max(map(len, text.splitlines())) <= 80

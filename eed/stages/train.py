@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from rich.table import Table
+
 from eed.config import Config
 from eed.engine.runtime import relaunch_under_torchrun
 from eed.engine.trainer import Callback, TrainResult
@@ -21,6 +23,27 @@ class TrainingFiles(Callback):
         write_training_summary(result.history, result.test_metrics, result.epochs_completed, result.out_dir)
 
 
+def test_table(test_metrics: dict[str, float]) -> Table:
+    """The end of training as a person reads it: per output, top-1 on test in % with ``best.pt`` and,
+    where measured, the best over the epochs with its epoch (MLflow and metrics.json keep fractions)."""
+    names = [key.removeprefix("test/acc_") for key in test_metrics if key.startswith("test/acc_")]
+    table = Table(title="Test top-1 % (best.pt: the epoch chosen on val; the last without val)",
+                  title_justify="left")
+    table.add_column("output")
+    table.add_column("best.pt", justify="right")
+    has_max = any(f"test/max_acc_{name}" in test_metrics for name in names)
+    if has_max:
+        table.add_column("max over epochs (epoch)", justify="right")
+    for name in names:
+        row = [name, f"{100 * test_metrics[f'test/acc_{name}']:.2f}"]
+        if has_max:
+            best, epoch = test_metrics.get(f"test/max_acc_{name}"), test_metrics.get(f"test/max_acc_epoch_{name}")
+            row.append("—" if best is None else f"{100 * best:.2f} ({int(epoch)})" if epoch is not None
+                       else f"{100 * best:.2f}")
+        table.add_row(*row)
+    return table
+
+
 def train(config: Config, *, out: Path | None = None, resume: str = "auto",
           argv: list[str] | None = None) -> TrainResult:
     """``eed train`` and the train stage. With ``train.nproc > 1`` or ``train.nnodes > 1``
@@ -31,8 +54,7 @@ def train(config: Config, *, out: Path | None = None, resume: str = "auto",
                           callbacks=[TrainingFiles()])
     if result.test_metrics:  # only the main process reports
         console = stdout()
-        for name, value in result.test_metrics.items():
-            console.print(f"{name}: {value:.4f}", highlight=False)
+        console.print(test_table(result.test_metrics))
         if result.run_id:
             console.print(f"MLflow run: {result.run_id}", highlight=False)
     return result
