@@ -106,6 +106,7 @@ def test_dvc_repro_then_experiments(repo: Path):
 
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "baseline run"], repo)
+    run(["dvc", "exp", "save", "-n", "eed-default"], repo)  # README: keep `make run`'s results as an experiment
     # Two processes (DDP through torchrun, gloo): the train stage relaunches itself; one run is logged.
     experiment = run(["dvc", "exp", "run", "-S", "method=branchynet", "-S", "train.nproc=2"], repo)
     assert "Running stage 'prepare'" not in experiment.stdout
@@ -232,6 +233,7 @@ def assert_exp_show_fits_120_columns(repo: Path) -> None:
     assert max(len(line) for line in lines) <= 120, completed.stdout
     header = next(line for line in lines if "Experiment" in line).split()
     assert header == ["Experiment", "test.exit1", "test.exit2", "test.exit3", "test.main", "test.ens", "method"]
+    assert "[eed-default]" in completed.stdout, completed.stdout  # the saved default run, beside the new one
     committed = json.loads(run(["git", "show", "HEAD:outputs/results.json"], repo).stdout)["test"]
     experiment = json.loads((repo / "outputs" / "results.json").read_text())["test"]  # the workspace: branchynet
     rows = {cells[-1]: cells[-6:-1] for cells in (line.split() for line in lines[3:]) if len(cells) >= 7}
