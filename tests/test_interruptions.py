@@ -136,7 +136,10 @@ def assert_one_complete_run(attempt: Attempt, weights: dict[str, torch.Tensor]) 
     assert [run.info.status for run in runs] == ["FINISHED"], [(r.info.run_id, r.info.status) for r in runs]
     run = runs[0]
     for name in run.data.metrics:
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, name)]
+        steps = sorted(m.step for m in client.get_metric_history(run.info.run_id, name))
+        if name.startswith("system/"):  # MLflow's monitor: one step per wall-clock sample, as many as the run lasted
+            assert len(set(steps)) == len(steps), f"{name}: a step logged twice, {steps}"
+            continue
         expected = [EPOCHS] if name.startswith(("test/acc_", "test/max_acc")) else list(range(1, EPOCHS + 1))
         assert steps == expected, f"{name}: steps {steps}"
     checkpoints = attempt.out / "checkpoints"
@@ -278,3 +281,17 @@ def test_a_failed_checkpoint_write_says_what_failed_not_torchs_internals(tmp_pat
         Checkpoint(NetworkSpec("resnet18", 10, 4, True), {}, {}, TrainState(epoch=1)).save(tmp_path / "last.pt")
     assert error.value.errno == 28 and "inline_container" not in str(error.value)
     assert list(tmp_path.iterdir()) == []  # no half-written file left
+
+
+def test_system_metrics_are_logged_once_per_step_across_a_resume(tmp_path, straight, monkeypatch):
+    """MLflow's system-metrics monitor samples by wall clock (10 s by default), so a run long enough, or
+    a machine slow enough, logs system/* metrics too: sampled here every 0.2 s, they appear whatever the
+    machine's speed, and a resumed process continues their steps (each step once, none twice)."""
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")  # inherited by the forked children
+    attempt = new_attempt(tmp_path, "system-metrics", straight)
+    assert in_child(attempt.overrides, attempt.out, kill9, at=straight.events // 2) == -9
+    until_done(attempt.overrides, attempt.out)
+    assert_one_complete_run(attempt, straight.weights)
+    client = MlflowClient(attempt.store)
+    (run,) = client.search_runs([client.get_experiment_by_name(attempt.experiment).experiment_id])
+    assert any(name.startswith("system/") for name in run.data.metrics), sorted(run.data.metrics)
