@@ -384,3 +384,17 @@ def test_load_served_checks_its_settings(checkpoint_path, images):
         load_served(checkpoint_path, {"thresholds": THRESHOLDS})
     with pytest.raises(ValueError, match="got \\['normalization', 'treshold'\\]"):
         load_served(checkpoint_path, {"normalization": NORMALIZATION, "treshold": 0.3})
+
+
+def test_eed_serve_on_a_port_in_use_is_one_line_naming_the_port(logged, tmp_path):
+    uri, model_id = logged
+    (tmp_path / "params.yaml").write_text(f"tracking:\n  uri: {uri}\n")
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "eed.cli", "serve", f"models:/{model_id}", "--port", str(port)],
+                              cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stderr
+    assert lines[0].startswith(f"error: --port {port}: cannot listen on 127.0.0.1:{port} (Address already in use)")

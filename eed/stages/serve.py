@@ -17,6 +17,7 @@ def serve(config: Config, model: str, host: str = "127.0.0.1", port: int = 5001)
         raise ConfigError("eed serve loads the served model from MLflow, and tracking.enabled is false")
     if not 0 < port < 65536:
         raise ConfigError(f"--port must be 1..65535, got {port}")
+    server.check_free(host, port)
     tracking_uri = tracking.resolve_tracking_uri(config)
     tracking.check_tracking_uri(tracking_uri)
     model_uri = server.served_model_uri(tracking_uri, model)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from eed.errors import TrackingError
+from eed.errors import ConfigError, TrackingError
 from eed.tracking.served import refusal_class, served_model_of
 from eed.tracking.store import reaching, using_tracking_uri
 
@@ -53,6 +53,22 @@ def serving_app(tracking_uri: str, model_uri: str) -> Any:
                 raise
             raise TrackingError(f"no model {model_uri} in {tracking_uri}: {str(error).splitlines()[0]}") from None
     return scoring_server.init(OnlyDeclaredParams(model))
+
+
+def check_free(host: str, port: int) -> None:
+    """A ConfigError naming ``--port`` when nothing can listen on ``host:port`` (another server holds it,
+    or the address is not this machine's): uvicorn would log it and exit 3, which eed's exit codes call
+    a data error."""
+    import socket
+
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind((host, port))
+    except OSError as error:
+        raise ConfigError(f"--port {port}: cannot listen on {host}:{port} ({error.strerror or error}); "
+                          "pick another --port (or --host)") from None
 
 
 def serve(app: Any, host: str, port: int) -> None:
