@@ -217,6 +217,10 @@ def assert_only_the_intended_plots(repo: Path) -> None:
         assert title in text
     spec = plots["outputs/train/accuracy.csv"][0]["content"]["spec"]
     assert spec["encoding"]["color"]["field"] == "classifier" and spec["encoding"]["x"]["axis"]["format"] == "d"
+    # Experiments told apart by marker (one epoch draws no line) and dash, in one legend whose labels say
+    # "rev main", not "main" as the classifier; DVC's strokeDash legend alone showed black dots alike.
+    assert spec["encoding"]["shape"]["field"] == spec["encoding"]["strokeDash"]["field"] == "rev"
+    assert spec["encoding"]["strokeDash"]["legend"] is None and "'rev '" in spec["encoding"]["shape"]["legend"]["labelExpr"]
     assert spec["encoding"]["y"]["title"] == "accuracy (%)"
     values = plots["outputs/train/accuracy.csv"][0]["content"]["data"]["values"]
     assert {row["classifier"] for row in values} == {"exit1", "exit2", "exit3", "main", "ensemble"}
