@@ -27,7 +27,7 @@ from eed.metrics.collected import Collected
 from eed.metrics.summary import summarize
 from eed.models.backbone import Backbone
 from eed.models.multi_exit import MultiExitNet, conv_bn_relu
-from eed.reporting.figures import plot_training_curves
+from eed.reporting.training_curves import plot_training_curves
 from eed.reporting.files import write_evaluation_outputs
 from eed.reporting.tables import evaluation_tables
 from eed.stages.common import resolve_source

@@ -22,7 +22,7 @@ from eed.metrics.collected import Collected
 from eed.metrics.flops import arch_profile
 from eed.metrics.rdm import compute_rdms, select_samples
 from eed.metrics.summary import summarize
-from eed.reporting import figures
+from eed.reporting import canvas, figures, training_curves
 from eed.reporting.comparison import Cell, ComparisonRow, ComparisonTable
 from eed.reporting.files import write_evaluation_outputs, write_flops_outputs, write_rdm_outputs
 from eed.reporting.records import figure_caption
@@ -110,8 +110,8 @@ def plot_axes(figure):
 
 def builders(report, rdm_result, profile):
     return {
-        "training_curves": lambda caption: figures._build_main_vs_ensemble(history(), caption=caption),
-        "stability": lambda caption: figures._build_stability(history(), caption=caption),
+        "training_curves": lambda caption: training_curves._build_main_vs_ensemble(history(), caption=caption),
+        "stability": lambda caption: training_curves.build_stability(history(), caption=caption),
         "agreement": lambda caption: figures._build_agreement(report.agreement, NAMES[:-1], split="test",
                                                               caption=caption),
         "anytime": lambda caption: figures._build_anytime(report.anytime, split="test", caption=caption),
@@ -137,27 +137,27 @@ def test_every_figure_is_titled_labelled_and_shows_the_caption(report, rdm_resul
 
 def test_png_at_print_resolution_and_a_parseable_svg_beside_it(tmp_path, profile):
     figure = figures._build_flops(profile)
-    written = figures.save_figure_files(figure, tmp_path / "flops.png")
+    written = canvas.save_figure_files(figure, tmp_path / "flops.png")
     assert written == [tmp_path / "flops.svg", tmp_path / "flops.png"]
-    assert figures.DPI >= 150
+    assert canvas.DPI >= 150
     width, height = figure.get_size_inches()
     image = matplotlib.image.imread(tmp_path / "flops.png")
-    assert image.shape[:2] == (round(height * figures.DPI), round(width * figures.DPI))
+    assert image.shape[:2] == (round(height * canvas.DPI), round(width * canvas.DPI))
     with Image.open(tmp_path / "flops.png") as png:
-        assert png.info["dpi"][0] == pytest.approx(figures.DPI, abs=1)
+        assert png.info["dpi"][0] == pytest.approx(canvas.DPI, abs=1)
     root = ElementTree.parse(tmp_path / "flops.svg").getroot()
     assert root.tag.endswith("svg")
     # save_figure keeps returning the PNG, and saved_files names what it wrote.
-    png = figures.save_figure(figure, tmp_path / "again" / "flops.png")
-    assert png == tmp_path / "again" / "flops.png" and figures.saved_files(png) == [png.with_suffix(".svg"), png]
-    assert figures.saved_files(None) == []
+    png = canvas.save_figure(figure, tmp_path / "again" / "flops.png")
+    assert png == tmp_path / "again" / "flops.png" and canvas.saved_files(png) == [png.with_suffix(".svg"), png]
+    assert canvas.saved_files(None) == []
 
 
 def test_svg_is_byte_identical_across_saves_and_rebuilds(tmp_path, profile, report):
     for name, build in (("flops", lambda: figures._build_flops(profile, caption=CAPTION)),
                         ("agreement", lambda: figures._build_agreement(report.agreement, NAMES[:-1], split="test"))):
-        first = figures.save_figure_files(build(), tmp_path / "a" / f"{name}.png")[0].read_bytes()
-        second = figures.save_figure_files(build(), tmp_path / "b" / f"{name}.png")[0].read_bytes()
+        first = canvas.save_figure_files(build(), tmp_path / "a" / f"{name}.png")[0].read_bytes()
+        second = canvas.save_figure_files(build(), tmp_path / "b" / f"{name}.png")[0].read_bytes()
         assert first == second, name
         assert b"<dc:date>" not in first
 
@@ -165,7 +165,7 @@ def test_svg_is_byte_identical_across_saves_and_rebuilds(tmp_path, profile, repo
 # --------------------------------------------------------------------------- training curves
 
 
-@pytest.mark.parametrize("build", [figures._build_main_vs_ensemble, figures._build_stability])
+@pytest.mark.parametrize("build", [training_curves._build_main_vs_ensemble, training_curves.build_stability])
 def test_epoch_ticks_are_integers(build):
     figure = drawn(build(history(3)))
     for axes in plot_axes(figure):
@@ -175,13 +175,13 @@ def test_epoch_ticks_are_integers(build):
 
 
 def test_stability_says_what_it_shows_one_panel_per_split(tmp_path):
-    figure = drawn(figures._build_stability(history()))
+    figure = drawn(training_curves.build_stability(history()))
     assert "every classifier" in figure.get_suptitle() and "Fig. 5" in figure.get_suptitle()
     assert [axes.get_title() for axes in plot_axes(figure)] == ["training split", "validation split", "test split"]
-    files = figures.plot_training_curves(history(), tmp_path, caption=CAPTION)
+    files = training_curves.plot_training_curves(history(), tmp_path, caption=CAPTION)
     assert {f.name for f in files} == {"training_curves.png", "training_curves.svg", "stability.png", "stability.svg"}
     assert all(f.exists() for f in files)
-    assert figures.plot_training_curves({"train/loss": [(1, 2.0)]}, tmp_path / "none") == []
+    assert training_curves.plot_training_curves({"train/loss": [(1, 2.0)]}, tmp_path / "none") == []
 
 
 # --------------------------------------------------------------------------- evaluation figures

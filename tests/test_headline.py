@@ -24,14 +24,14 @@ TRAINING = {"test_max_over_epochs": {"acc_exit1": 0.1652, "acc_main": 0.2011}}
 
 def test_results_json_has_short_unique_keys_in_percent():
     results = headline(EVALUATION)
-    assert results["test"] == {"exit1": 16.52, "exit2": 17.11, "exit3": 17.94, "main": 19.99, "ens": 18.39}
+    assert results["test%"] == {"exit1": 16.52, "exit2": 17.11, "exit3": 17.94, "main": 19.99, "ens": 18.39}
     assert results["gflops"] == {"exit1": 0.02686, "exit2": 0.04128, "exit3": 0.0557, "main": 0.07012, "ens": 0.0843}
-    assert results["early_exit"] == {"0_035gf": {"test": 16.81, "gflops": 0.03481},
-                                     "0_0001gf": {"test": None, "gflops": None},
-                                     "guaranteed": {"test": 19.31, "gflops": 0.0512, "drop": 0.68, "held": 1}}
+    assert results["early_exit"] == {"0_035gf": {"test%": 16.81, "gflops": 0.03481},
+                                     "0_0001gf": {"test%": None, "gflops": None},
+                                     "guaranteed": {"test%": 19.31, "gflops": 0.0512, "drop_pts": 0.68, "held": 1}}
     assert budget_key(0.05) == "0_05gf" and "." not in budget_key(0.035)
     val = headline({"val": EVALUATION["test"], "anytime": {}, "num_samples": 5000})
-    assert set(val) == {"val", "gflops"}  # the split names the keys: never "test" for validation numbers
+    assert set(val) == {"val%", "gflops"}  # the split names the keys: never "test" for validation numbers
 
 
 def test_results_table_fits_80_columns_whole():

@@ -93,7 +93,8 @@ def test_dvc_repro_then_experiments(repo: Path):
         assert (out / path).exists(), path
     evaluation = json.loads((out / "evaluate" / "metrics.json").read_text())
     assert {"acc_exit1", "acc_main", "acc_ensemble"} <= set(evaluation["test"])
-    assert_repro_ends_with_the_results(first.stdout, out, evaluation)
+    assert_repro_ends_with_the_results(first, out, evaluation)
+    assert_every_file_names_its_unit(out, evaluation)
     assert_only_the_intended_plots(repo)
     training_runs = runs(repo)
     assert len(training_runs) == 1 and training_runs[0].data.tags["method"] == "eed"
@@ -163,17 +164,29 @@ def readme_exp_show_command() -> list[str]:
     return shlex.split(line, comments=True)
 
 
-def assert_repro_ends_with_the_results(stdout: str, out: Path, evaluation: dict) -> None:
-    """`dvc repro` ends with the report stage's table; results.json holds the headline numbers
-    under short, unique keys and is the only metrics file; resolved.yaml the preset's values."""
-    tail = stdout[stdout.rindex("Running stage 'report'"):]
+# What DVC prints after the last stage (README, "Quick start").
+DVC_EPILOGUE = ("Updating lock file", "To track the changes with git", "git add", "To enable auto staging",
+                "dvc config core.autostage", "Use `dvc push`")
+
+
+def assert_repro_ends_with_the_results(completed: subprocess.CompletedProcess, out: Path, evaluation: dict) -> None:
+    """`dvc repro` prints no warning, escape code or progress bar, and ends with the report stage's
+    table (then DVC's own lines); results.json holds the headline numbers under short, unique keys
+    and is the only metrics file; resolved.yaml the preset's values."""
+    said = completed.stdout + completed.stderr
+    for noise in ("Warning", "WARNING", "\x1b[", "\r", "Downloading artifacts", "CloudPickle"):
+        assert noise not in said, (noise, said[-3000:])
+    tail = completed.stdout[completed.stdout.rindex("Running stage 'report'"):]
     assert "Results on test" in tail and "early exit" in tail and "ensemble" in tail
+    after_table = tail[tail.rindex("└"):].splitlines()[1:]
+    caption = " ".join(line.strip() for line in after_table if line.strip() and not line.strip().startswith(DVC_EPILOGUE))
+    assert caption.startswith("max %: each output's best test top-1"), after_table  # the table's own caption
     results = json.loads((out / "results.json").read_text())
-    assert results["test"]["main"] == round(100 * evaluation["test"]["acc_main"], 2)
-    assert set(results["test"]) == {"exit1", "exit2", "exit3", "main", "ens"}
+    assert results["test%"]["main"] == round(100 * evaluation["test"]["acc_main"], 2)
+    assert set(results["test%"]) == {"exit1", "exit2", "exit3", "main", "ens"}
     assert set(results["gflops"]) == {"exit1", "exit2", "exit3", "main", "ens"}
     assert set(results["early_exit"]) == {"0_001gf", "guaranteed"}
-    assert set(results["early_exit"]["guaranteed"]) == {"test", "gflops", "drop", "held"}
+    assert set(results["early_exit"]["guaranteed"]) == {"test%", "gflops", "drop_pts", "held"}
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     assert [name for name, stage in stages.items() if "metrics" in stage] == ["report"]
     resolved = yaml.safe_load((out / "resolved.yaml").read_text())["resolved"]
@@ -181,15 +194,77 @@ def assert_repro_ends_with_the_results(stdout: str, out: Path, evaluation: dict)
     assert resolved["model"]["width"] == 4 and resolved["loss"]["alpha"] == 1.0
 
 
+PERCENT_MARKS = ("%", "_pct", "_pts", "percent")  # README, "Units": a number is a fraction unless its name says %
+FRACTION_KEYS = ("acc", "top1", "top5", "ece", "frac", "accuracy", "drop", "bound")
+
+
+def unit_of(path: tuple[str, ...]) -> str | None:
+    """"percent", "fraction" or "epoch" for a value at this key path (or CSV column), else None."""
+    names = [str(part).lower() for part in path]
+    if any(mark in name for name in names for mark in PERCENT_MARKS):
+        return "percent"
+    if "epoch" in names[-1] and "time" not in names[-1] and not names[-1].startswith(("test_epoch_", "val_epoch_")):
+        return "epoch"
+    words = set(names[-1].replace("/", "_").split("_"))
+    return "fraction" if words & set(FRACTION_KEYS) and "loss" not in words else None
+
+
+def leaves(node, path=()):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from leaves(value, (*path, key))
+    elif isinstance(node, list):
+        for value in node:
+            yield from leaves(value, path)
+    elif isinstance(node, (int, float)) and not isinstance(node, bool):
+        yield path, node
+
+
+def assert_every_file_names_its_unit(out: Path, evaluation: dict) -> None:
+    """Every number eed writes is a fraction unless its key or column says percent; epochs are
+    integers. Checked on every JSON and CSV file of the run, then across files for one value."""
+    import csv
+
+    checked = {"percent": 0, "fraction": 0, "epoch": 0}
+    for file in sorted([*out.rglob("*.json"), *out.rglob("*.csv")]):
+        if file.suffix == ".json":
+            values = list(leaves(json.loads(file.read_text())))
+        else:
+            values = [((column,), float(cell)) for row in csv.DictReader(file.open())
+                      for column, cell in row.items() if cell not in ("", None) and column not in ("split", "classifier")]
+        for path, value in values:
+            unit = unit_of(path)
+            if unit == "fraction":
+                assert 0 <= value <= 1, (file.name, path, value)
+            elif unit == "percent":
+                assert 0 <= value <= 100, (file.name, path, value)
+            elif unit == "epoch":
+                assert float(value).is_integer() and value >= 1, (file.name, path, value)
+            checked[unit] = checked.get(unit, 0) + 1
+    assert all(checked[unit] > 0 for unit in ("percent", "fraction", "epoch")), checked
+    # One value in two files each, in the unit its name says.
+    main = evaluation["test"]["acc_main"]
+    assert json.loads((out / "results.json").read_text())["test%"]["main"] == round(100 * main, 2)
+    anytime = list(csv.DictReader((out / "evaluate" / "anytime.csv").open()))
+    assert float(anytime[0]["threshold"]) == 0 and float(anytime[0]["frac_exit1"]) == 1  # every image leaves at exit 1
+    assert float(anytime[0]["top1_pct"]) == pytest.approx(100 * evaluation["test"]["acc_exit1"], abs=1e-3)
+    history = list(csv.DictReader((out / "train" / "history.csv").open()))
+    per_epoch = [row for row in csv.DictReader((out / "train" / "accuracy.csv").open())
+                 if row["split"] == "test" and row["classifier"] == "main"]
+    assert float(per_epoch[-1]["top1_pct"]) == pytest.approx(100 * float(history[-1]["test_epoch_acc_main"]), abs=0.006)
+
+
 def changed_stages(repo: Path) -> set[str]:
     return set(json.loads(run(["dvc", "status", "--json"], repo).stdout))
 
 
 def assert_stages_rerun_only_for_their_work(repo: Path) -> None:
-    """Editing a figure module leaves train and prepare up to date (the report stage draws the training
-    curves); editing a backbone leaves prepare up to date. Each edit is undone before the next."""
+    """Editing a figure module leaves train and prepare up to date (only the training curves, which
+    the train stage logs as it goes, retrain); editing a backbone leaves prepare up to date. Each edit
+    is undone before the next."""
     assert changed_stages(repo) == set()
-    edits = {"eed/reporting/figures.py": ({"prepare", "train"}, {"report"}),
+    edits = {"eed/reporting/figures.py": ({"prepare", "train", "report"}, {"evaluate", "flops", "rdm"}),
+             "eed/reporting/training_curves.py": ({"prepare", "evaluate"}, {"train", "report"}),
              "eed/models/cifar_resnet.py": ({"prepare"}, {"resolve", "train", "evaluate"})}
     for module, (untouched, rerun) in edits.items():
         path = repo / module
@@ -221,7 +296,7 @@ def assert_only_the_intended_plots(repo: Path) -> None:
     # "rev main", not "main" as the classifier; DVC's strokeDash legend alone showed black dots alike.
     assert spec["encoding"]["shape"]["field"] == spec["encoding"]["strokeDash"]["field"] == "rev"
     assert spec["encoding"]["strokeDash"]["legend"] is None and "'rev '" in spec["encoding"]["shape"]["legend"]["labelExpr"]
-    assert spec["encoding"]["y"]["title"] == "accuracy (%)"
+    assert spec["encoding"]["y"]["title"] == "top-1 (%)"
     values = plots["outputs/train/accuracy.csv"][0]["content"]["data"]["values"]
     assert {row["classifier"] for row in values} == {"exit1", "exit2", "exit3", "main", "ensemble"}
     assert all(float(row["epoch"]).is_integer() for row in values)
@@ -236,10 +311,10 @@ def assert_exp_show_fits_120_columns(repo: Path) -> None:
     lines = completed.stdout.rstrip().splitlines()
     assert max(len(line) for line in lines) <= 120, completed.stdout
     header = next(line for line in lines if "Experiment" in line).split()
-    assert header == ["Experiment", "test.exit1", "test.exit2", "test.exit3", "test.main", "test.ens", "method"]
+    assert header == ["Experiment", *[f"test%.{name}" for name in ("exit1", "exit2", "exit3", "main", "ens")], "method"]
     assert "[eed-default]" in completed.stdout, completed.stdout  # the saved default run, beside the new one
-    committed = json.loads(run(["git", "show", "HEAD:outputs/results.json"], repo).stdout)["test"]
-    experiment = json.loads((repo / "outputs" / "results.json").read_text())["test"]  # the workspace: branchynet
+    committed = json.loads(run(["git", "show", "HEAD:outputs/results.json"], repo).stdout)["test%"]
+    experiment = json.loads((repo / "outputs" / "results.json").read_text())["test%"]  # the workspace: branchynet
     rows = {cells[-1]: cells[-6:-1] for cells in (line.split() for line in lines[3:]) if len(cells) >= 7}
     for method, values in (("eed", committed), ("branchynet", experiment)):
         assert rows[method] == [f"{values[k]:g}" for k in ("exit1", "exit2", "exit3", "main", "ens")], (

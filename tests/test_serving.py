@@ -301,6 +301,26 @@ def test_the_real_server_answers_like_the_served_model(server, served, images):
     assert status >= 400 and "budget_9" in json.dumps(reply)
 
 
+def readme_sample_answers() -> list[dict]:
+    """The answers README's Deploy section shows (its JSON blocks)."""
+    section = (ROOT / "README.md").read_text().split("## Deploy", 1)[1].split("\n## ", 1)[0]
+    return [json.loads(block.split("```", 1)[0]) for block in section.split("```json\n")[1:]]
+
+
+def test_readmes_sample_answers_are_what_the_real_server_sends(server, images):
+    """README shows the server's answer as it comes: {"predictions": [...]}, one row per image with
+    the fields and types the real server sends, floats in full (not rounded for the page)."""
+    status, reply = invoke(server, {"inputs": images[:3].tolist()})
+    assert status == 200, reply
+    samples = readme_sample_answers()
+    assert samples, "README's Deploy section shows no answer"
+    for sample in samples:
+        assert set(sample) == set(reply) == {"predictions"} and len(sample["predictions"]) == 3, sample
+        for shown, real in zip(sample["predictions"], reply["predictions"]):
+            assert {key: type(value) for key, value in shown.items()} == {key: type(value) for key, value in real.items()}
+        assert any(len(repr(row["confidence"]).split(".")[1]) > 4 for row in sample["predictions"]), sample
+
+
 def test_the_real_server_refuses_with_eeds_own_one_line_reason(server, images):
     """An unknown budget, a negative threshold or float pixels are refused (400) with eed's reason as
     the message: one line, no echo of the input, no stack trace exposing the server's paths. Float

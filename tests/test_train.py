@@ -103,6 +103,34 @@ def test_every_method_trains_two_epochs_and_logs_a_complete_run(tmp_path, method
         assert torch.allclose(logits, expected, atol=1e-4)
 
 
+def test_the_training_run_shows_every_exit_in_one_chart_while_it_trains(tmp_path):
+    """MLflow draws each metric in a chart of its own: the train stage logs Fig. 5 (every classifier per
+    epoch, one panel per split) into its run at every checkpoint, before the report stage draws it."""
+    import matplotlib.image
+
+    from eed.engine.trainer import Callback
+    from eed.reporting.records import figure_caption
+    from eed.stages.train import LiveStabilityFigure
+
+    config = synthetic_config(tmp_path, **{"train.epochs": 2})
+    drawn: dict[int, tuple[int, ...]] = {}
+
+    class Watcher(Callback):  # runs after the figure's callback, while training goes on
+        def on_epoch_saved(self, epoch, history, logger):
+            folder = tmp_path / f"after-epoch-{epoch}"
+            folder.mkdir()
+            path = MlflowClient(config.tracking.uri).download_artifacts(logger.run_id, "figures/stability.png", str(folder))
+            drawn[epoch] = matplotlib.image.imread(path).shape
+
+    result = train(config, tmp_path / "engine", callbacks=[LiveStabilityFigure(figure_caption(config)), Watcher()])
+    assert sorted(drawn) == [1, 2] and all(shape[0] > 100 and shape[1] > 100 for shape in drawn.values()), drawn
+    assert MlflowClient(config.tracking.uri).get_run(result.run_id).info.status == "FINISHED"
+    # The train stage itself logs it (no report stage has run here).
+    staged = train_stage(config, out=tmp_path / "stage")
+    logged = [a.path for a in MlflowClient(config.tracking.uri).list_artifacts(staged.run_id, "figures")]
+    assert logged == ["figures/stability.png"], logged
+
+
 def assert_test_accuracy_per_epoch_and_its_max(client, run, names, out_dir):
     """Every epoch's test accuracy is logged; test/max_acc_* is its maximum over the epochs, the
     paper's number, labelled as such in the run's tags and metrics.json."""
@@ -115,7 +143,7 @@ def assert_test_accuracy_per_epoch_and_its_max(client, run, names, out_dir):
         assert run.data.metrics[f"test/max_acc_{name}"] == pytest.approx(best.value)
         assert run.data.metrics[f"test/max_acc_epoch_{name}"] == best.step
         assert summary["test_max_over_epochs"][f"acc_{name}"] == pytest.approx(best.value)
-        tested = [float(r["accuracy"]) for r in rows if r["split"] == "test" and r["classifier"] == name]
+        tested = [float(r["top1_pct"]) for r in rows if r["split"] == "test" and r["classifier"] == name]
         assert tested == pytest.approx([round(100 * m.value, 2) for m in per_epoch], abs=0.006)
     assert run.data.tags["eed.meaning.test/max_acc"] == "max over epochs, as in the paper; selected on test, optimistic"
     assert "selected on validation" in run.data.tags["eed.meaning.test/acc"]

@@ -65,6 +65,10 @@ class Callback:
     def on_train_start(self, setup: Setup) -> None:
         """Everything is built, before the first checkpoint or step (every rank)."""
 
+    def on_epoch_saved(self, epoch: int, history: dict[str, list[tuple[int, float]]], logger: tracking.Logger) -> None:
+        """Rank 0, after epoch ``epoch`` is in ``last.pt`` and its metrics in the store (``history``:
+        every finished epoch's metrics; ``logger``: the training run)."""
+
     def on_train_end(self, result: TrainResult) -> None:
         """Rank 0, in the final phase, after the final test and before the run is FINISHED: an
         interruption here calls it again on the re-run, so it must be idempotent."""
@@ -357,6 +361,9 @@ class _Training:
         self.files.save_last(self.snapshot())
         self.files.promote_best()
         self.sync_store()
+        if self.main:
+            for callback in self.callbacks:
+                callback.on_epoch_saved(epoch, self.state.history, self.logger)
 
     def sync_store(self) -> None:
         """Log every history point the store lacks, in step order (one pass over the history)."""

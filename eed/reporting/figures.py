@@ -1,12 +1,9 @@
 """Every figure the project draws, each as a PNG (raster, :data:`DPI`) and an SVG (vector)
 with the same stem.
 
-Figures are built on :class:`matplotlib.figure.Figure` directly and saved through the Agg
-canvas: no pyplot, so no global state, no display and nothing to close by hand, which keeps
-them safe to draw from a training process or a test.
+Figures are drawn on :mod:`eed.reporting.canvas`; the training curves (Figs. 3 and 5) are in
+:mod:`eed.reporting.training_curves`.
 
-* :func:`plot_training_curves` — paper Figs. 3 and 5 from a run's metric history
-  (``{"train/acc_main": [(epoch, value), ...], ...}``, what the trainer keeps);
 * :func:`plot_agreement` — Fig. 2, exit vs main correct/incorrect, in % of each row;
 * :func:`plot_anytime` — the early-exit accuracy/GFLOPs curve;
 * :func:`plot_rdms` — Fig. 4, representational dissimilarity matrices;
@@ -28,16 +25,11 @@ from itertools import pairwise
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
-import matplotlib
-from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 
-from eed.models.multi_exit import output_order
-from eed.reporting.records import EPOCH_ACCURACY_PREFIX, History
+from eed.reporting.canvas import new_figure, save_figure, split_name, title
 
 if TYPE_CHECKING:
-    from matplotlib.axes import Axes
     from torch import Tensor
 
     from eed.metrics.anytime import AnytimeReport
@@ -45,148 +37,6 @@ if TYPE_CHECKING:
     from eed.metrics.rdm import RdmResult
     from eed.metrics.summary import GuaranteedResult
     from eed.reporting.comparison import ComparisonTable
-
-
-# Print resolution: a 6.4 in wide figure is 1280 px.
-DPI = 200
-# The SVG backend derives clip-path and glyph ids from this salt (default: random per save), and
-# writes the date unless told not to: fixed, the same figure gives the same bytes, so DVC sees
-# no change when a stage reruns on the same data.
-SVG_HASHSALT = "eed"
-SPLIT_NAMES = {"train": "training", "val": "validation", "test": "test"}
-
-
-def new_figure(width: float, height: float) -> Figure:
-    figure = Figure(figsize=(width, height), layout="constrained")
-    FigureCanvasAgg(figure)
-    return figure
-
-
-def svg_path(png: str | Path) -> Path:
-    return Path(png).with_suffix(".svg")
-
-
-def save_figure_files(figure: Figure, path: str | Path) -> list[Path]:
-    """Write ``path`` (PNG at :data:`DPI`) and the SVG beside it; returns ``[svg, png]``, the PNG
-    last so that ``files[-1]`` stays the image to show."""
-    png = Path(path)
-    png.parent.mkdir(parents=True, exist_ok=True)
-    with matplotlib.rc_context({"svg.hashsalt": SVG_HASHSALT}):
-        figure.savefig(png, dpi=DPI, format="png")
-        figure.savefig(svg_path(png), format="svg", metadata={"Date": None})
-    return [svg_path(png), png]
-
-
-def save_figure(figure: Figure, path: str | Path) -> Path:
-    """Write the PNG and the SVG of ``figure``; returns the PNG path."""
-    return save_figure_files(figure, path)[-1]
-
-
-def saved_files(png: Path | None) -> list[Path]:
-    """Every file :func:`save_figure` wrote for the PNG path it returned (none for None)."""
-    return [] if png is None else [svg_path(png), png]
-
-
-def _title(figure: Figure, title: str, caption: str = "") -> None:
-    """The figure's title, with the configuration caption as a second line."""
-    figure.suptitle(f"{title}\n{caption}" if caption else title)
-
-
-def _split_name(split: str) -> str:
-    return SPLIT_NAMES.get(split, split)
-
-
-def _integer_epochs(axes: "Axes") -> None:
-    """Epochs are whole numbers: no 1.5 ticks on a short run."""
-    axes.xaxis.set_major_locator(MaxNLocator(integer=True))
-    axes.set_xlabel("epoch")
-
-
-# --------------------------------------------------------------------------- training curves
-
-
-# The per-epoch accuracy metrics of each split (the final test/acc_* are not per epoch).
-
-
-def _accuracy_series(history: History, split: str) -> dict[str, tuple[list[int], list[float]]]:
-    """``{classifier: (epochs, accuracies in %)}`` of ``split``'s per-epoch accuracy metrics."""
-    series = {}
-    prefix = EPOCH_ACCURACY_PREFIX[split]
-    keys = [k for k in history if k.startswith(prefix) and output_order(k[len(prefix):]) is not None]
-    for key in sorted(keys, key=lambda k: output_order(k[len(prefix):])):
-        points = sorted(history[key])
-        if points:
-            series[key[len(prefix):]] = ([step for step, _ in points], [100 * value for _, value in points])
-    return series
-
-
-def evaluation_split(history: History) -> str:
-    """The per-epoch held-out split: ``val``, or ``test`` when the run had no validation split."""
-    return "val" if any(key.startswith("val/acc_") for key in history) else "test"
-
-
-def _build_main_vs_ensemble(history: History, *, caption: str = "") -> Figure | None:
-    held_out = evaluation_split(history)
-    figure = new_figure(6.4, 4.4)
-    axes = figure.subplots()
-    drawn = False
-    for split, style in (("train", "-"), (held_out, "--")):
-        series = _accuracy_series(history, split)
-        for name, color in (("main", "tab:blue"), ("ensemble", "tab:red")):
-            if name in series:
-                epochs, values = series[name]
-                axes.plot(epochs, values, style, color=color, marker="o", markersize=3,
-                          label=f"{_split_name(split)}: {name}")
-                drawn = True
-    if not drawn:
-        return None
-    _integer_epochs(axes)
-    axes.set_ylabel("top-1 accuracy (%)")
-    axes.set_title(f"solid: training split, dashed: {_split_name(held_out)} split", fontsize="medium")
-    axes.grid(alpha=0.3)
-    axes.legend(fontsize="small")
-    _title(figure, "Main output vs. ensemble of all classifiers (Fig. 3)", caption)
-    return figure
-
-
-def plot_main_vs_ensemble(history: History, path: str | Path, *, caption: str = "") -> Path | None:
-    """Fig. 3: train and held-out accuracy of the main output and of the ensemble per epoch."""
-    figure = _build_main_vs_ensemble(history, caption=caption)
-    return None if figure is None else save_figure(figure, path)
-
-
-def _build_stability(history: History, *, caption: str = "") -> Figure | None:
-    splits = [s for s in EPOCH_ACCURACY_PREFIX if _accuracy_series(history, s)]
-    if not splits:
-        return None
-    figure = new_figure(4.8 * len(splits), 4.4)
-    panels = figure.subplots(1, len(splits), squeeze=False)[0]
-    for axes, split in zip(panels, splits):
-        for name, (epochs, values) in _accuracy_series(history, split).items():
-            if name != "ensemble":  # Fig. 3 draws the ensemble; Fig. 5 is about each classifier
-                axes.plot(epochs, values, marker="o", markersize=3, label=name)
-        _integer_epochs(axes)
-        axes.set_ylabel("top-1 accuracy (%)")
-        axes.set_title(f"{_split_name(split)} split", fontsize="medium")
-        axes.grid(alpha=0.3)
-        axes.legend(fontsize="small")
-    _title(figure, "Per-epoch accuracy of every classifier (Fig. 5): how stable each exit trains", caption)
-    return figure
-
-
-def plot_stability(history: History, path: str | Path, *, caption: str = "") -> Path | None:
-    """Fig. 5: per-epoch accuracy of every classifier, one panel per split."""
-    figure = _build_stability(history, caption=caption)
-    return None if figure is None else save_figure(figure, path)
-
-
-def plot_training_curves(history: History, out_dir: str | Path, *, caption: str = "") -> list[Path]:
-    """Write ``training_curves`` (Fig. 3) and ``stability`` (Fig. 5), PNG and SVG, into
-    ``out_dir``; returns the files written (none when the history has no accuracy metrics)."""
-    out_dir = Path(out_dir)
-    written = [plot_main_vs_ensemble(history, out_dir / "training_curves.png", caption=caption),
-               plot_stability(history, out_dir / "stability.png", caption=caption)]
-    return [file for png in written for file in saved_files(png)]
 
 
 # --------------------------------------------------------------------------- evaluation figures
@@ -223,8 +73,8 @@ def _build_agreement(agreement: "Tensor", names: Sequence[str], *, split: str = 
         figure.colorbar(image, ax=panels, shrink=0.8, label=f"% of the row ({names[0] if len(names) == 1 else 'exit'} "
                                                              "correct / incorrect)")
     total = int(sum(sum(row) for row in matrices[0])) if matrices else 0
-    where = f"{_split_name(split)} split, {total:,} images" if split else f"{total:,} images"
-    _title(figure, f"Exit vs. main output agreement (Fig. 2): {where}; cell: % of row (count)", caption)
+    where = f"{split_name(split)} split, {total:,} images" if split else f"{total:,} images"
+    title(figure, f"Exit vs. main output agreement (Fig. 2): {where}; cell: % of row (count)", caption)
     return figure
 
 
@@ -275,14 +125,14 @@ def _build_anytime(report: "AnytimeReport", *, split: str = "", caption: str = "
                                            f"{'held' if check['held'] else 'failed'}")
     axes.margins(x=0.12, y=0.15)
     axes.set(xlabel="average GFLOPs per image", ylabel="top-1 accuracy (%)")
-    notes = [f"{_split_name(split)} split" if split else "",
-             f"thresholds fitted on the {_split_name(report.fit_split)} split" if report.budgets and report.fit_split
+    notes = [f"{split_name(split)} split" if split else "",
+             f"thresholds fitted on the {split_name(report.fit_split)} split" if report.budgets and report.fit_split
              else ""]
     if any(notes):
         axes.set_title("; ".join(note for note in notes if note), fontsize="medium")
     axes.grid(alpha=0.3)
     axes.legend(fontsize="small", loc="lower right")
-    _title(figure, "Anytime prediction: early-exit accuracy vs. cost", caption)
+    title(figure, "Anytime prediction: early-exit accuracy vs. cost", caption)
     return figure
 
 
@@ -343,8 +193,8 @@ def _build_rdms(result: "RdmResult", *, class_names: Sequence[str] | None = None
                 axes.set_yticks(centers, names, fontsize="small")
     if image is not None:
         figure.colorbar(image, ax=panels, shrink=0.8, label="dissimilarity: 1 - Pearson r")
-    where = f", {_split_name(split)} split" if split else ""
-    _title(figure, f"Representational dissimilarity matrices (Fig. 4{where}): top all samples, bottom a class "
+    where = f", {split_name(split)} split" if split else ""
+    title(figure, f"Representational dissimilarity matrices (Fig. 4{where}): top all samples, bottom a class "
                    "subset;\ndark diagonal blocks = class-specific; between/within = mean between-class / "
                    "within-class dissimilarity", caption)
     return figure
@@ -403,7 +253,7 @@ def _build_comparison(table: "ComparisonTable", *, caption: str = "") -> Figure:
                  borderaxespad=0)
     if settings:
         panel.text(0.5, 0, settings, ha="center", va="bottom", fontsize=6.5, transform=panel.transAxes)
-    _title(figure, "Accuracy of each classifier per configuration", caption)
+    title(figure, "Accuracy of each classifier per configuration", caption)
     return figure
 
 
@@ -450,7 +300,7 @@ def _build_flops(profile: "FlopsProfile", *, caption: str = "") -> Figure:
         # Without it, 0.07 GFLOPs at width 16 looks wrong next to the paper's 1.11 at width 64.
         details.append(f"its own width is {own}; GFLOPs grow about as width²")
     axes.set_title(", ".join(details), fontsize="medium")
-    _title(figure, f"Cost of each output (Table III): {profile.arch or 'model'}, {width}, "
+    title(figure, f"Cost of each output (Table III): {profile.arch or 'model'}, {width}, "
                    f"{profile.input_size}x{profile.input_size} input", caption)
     return figure
 

@@ -7,17 +7,11 @@ The training run's files are :mod:`eed.reporting.records`'s."""
 from __future__ import annotations
 
 import csv
-import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import TYPE_CHECKING, Sequence
 
-from eed.reporting.figures import (
-    plot_agreement,
-    plot_anytime,
-    plot_flops,
-    plot_rdms,
-    saved_files,
-)
+from eed.reporting.canvas import saved_files
+from eed.reporting.figures import plot_agreement, plot_anytime, plot_flops, plot_rdms
 from eed.reporting.records import write_json
 
 if TYPE_CHECKING:
@@ -27,8 +21,10 @@ if TYPE_CHECKING:
     from eed.metrics.summary import EvaluationReport
 
 def write_anytime_csv(report: "AnytimeReport", path: Path) -> Path:
-    """One row per threshold: threshold, gflops, accuracy, frac_<classifier>... (for ``dvc plots``)."""
-    rows = report.curve.rows()
+    """One row per threshold: threshold, gflops, top1_pct (%: ``dvc plots`` draws it for people to
+    read), frac_<classifier>... (the fraction of images leaving there)."""
+    rows = [{"threshold": row["threshold"], "gflops": row["gflops"], "top1_pct": 100 * row.pop("accuracy"), **row}
+            for row in report.curve.rows()]
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))

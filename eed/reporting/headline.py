@@ -3,16 +3,20 @@
 ``results.json`` is the pipeline's only DVC metrics file, so ``dvc exp show`` and
 ``dvc metrics diff`` show short, unique keys (the detail files keep everything):
 
-* ``test.exit1`` ... ``test.main``, ``test.ens``: top-1 accuracy (%) of every classifier and
-  of the ensemble on the evaluated split (the key is the split's name, ``test`` by default),
-  with the weights of ``best.pt``;
+* ``test%.exit1`` ... ``test%.main``, ``test%.ens``: top-1 accuracy (%) of every
+  classifier and of the ensemble on the evaluated split (the key is the split's name,
+  ``test`` by default, then ``%``), with the weights of ``best.pt``;
 * ``gflops.exit1`` ... ``gflops.main``, ``gflops.ens``: GFLOPs per image to obtain each output
   (the ensemble needs every stage and every head);
-* ``early_exit.<budget>gf.test`` and ``.gflops``: early-exit top-1 (%) and the GFLOPs per
+* ``early_exit.<budget>gf.test%`` and ``.gflops``: early-exit top-1 (%) and the GFLOPs per
   image spent, at each budget of ``eval.budgets`` (threshold fitted on val), ``0_035gf``
   for 0.035 GFLOPs (DVC splits keys at dots);
-* ``early_exit.guaranteed.test``, ``.gflops``, ``.drop`` (points vs the main output) and
-  ``.held`` (1 when the drop stayed within ``eval.max_drop``): the guaranteed threshold.
+* ``early_exit.guaranteed.test%``, ``.gflops``, ``.drop_pts`` (percentage points below the
+  main output) and ``.held`` (1 when the drop stayed within ``eval.max_drop``): the guaranteed
+  threshold.
+
+Units follow the project's one rule (README, "Units"): a number is a fraction unless its name
+says percent (``%``, ``_pct``, ``_pts`` or ``percent``).
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from typing import Any, Mapping
 from rich.table import Table
 
 ENSEMBLE_KEY = "ens"
+PERCENT = "%"  # ends the split key: short, for dvc exp show's columns
 
 
 def _short(name: str) -> str:
@@ -46,28 +51,34 @@ def evaluation_split(evaluation: Mapping[str, Any]) -> str:
     return splits[0]
 
 
+def _gflops(value: float | None) -> float | None:
+    return None if value is None else float(f"{value:.4g}")
+
+
 def headline(evaluation: Mapping[str, Any]) -> dict[str, Any]:
     """``results.json`` from the evaluate stage's ``metrics.json`` (accuracies in %, rounded
     to 0.01; GFLOPs to 4 significant digits)."""
     split = evaluation_split(evaluation)
+    in_percent = split + PERCENT
     scores = evaluation[split]
     accuracy = {_short(name): round(100 * scores[f"acc_{name}"], 2)
                 for name in classifier_names(evaluation, split)}
     anytime = evaluation.get("anytime", {})
-    gflops = {_short(key.removeprefix("gflops_")): float(f"{value:.4g}") for key, value in anytime.items()
+    gflops = {_short(key.removeprefix("gflops_")): _gflops(value) for key, value in anytime.items()
               if key.startswith("gflops_")}
     early_exit = {}
     for key, fit in anytime.items():
         if key.startswith("budget_") and isinstance(fit, Mapping):
             budget = float(key.removeprefix("budget_").replace("_", "."))
             early_exit[budget_key(budget)] = {
-                split: None if fit.get("accuracy") is None else round(100 * fit["accuracy"], 2),
-                "gflops": None if fit.get("gflops") is None else float(f"{fit['gflops']:.4g}")}
+                in_percent: None if fit.get("accuracy") is None else round(100 * fit["accuracy"], 2),
+                "gflops": _gflops(fit.get("gflops"))}
     guaranteed = evaluation.get("guaranteed")
     if guaranteed:
-        early_exit["guaranteed"] = {split: round(100 * guaranteed["accuracy"], 2), "gflops": guaranteed.get("gflops"),
-                                    "drop": round(100 * guaranteed["drop"], 2), "held": guaranteed["held"]}
-    results: dict[str, Any] = {split: accuracy, "gflops": gflops}
+        early_exit["guaranteed"] = {in_percent: round(100 * guaranteed["accuracy"], 2),
+                                    "gflops": _gflops(guaranteed.get("gflops")),
+                                    "drop_pts": round(100 * guaranteed["drop"], 2), "held": guaranteed["held"]}
+    results: dict[str, Any] = {in_percent: accuracy, "gflops": gflops}
     if early_exit:
         results["early_exit"] = early_exit
     return results

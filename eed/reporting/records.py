@@ -63,7 +63,7 @@ def write_training_summary(history: History, test_metrics: dict[str, float], epo
 
 
 def write_accuracy_csv(history: History, path: Path) -> Path:
-    """``epoch,split,classifier,accuracy`` (accuracy in %) for every per-epoch accuracy metric."""
+    """``epoch,split,classifier,top1_pct`` (top-1 in %) for every per-epoch accuracy metric."""
     rows = []
     for split, prefix in EPOCH_ACCURACY_PREFIX.items():
         for name, points in history.items():
@@ -73,6 +73,6 @@ def write_accuracy_csv(history: History, path: Path) -> Path:
     rows.sort(key=lambda row: (row[0], list(EPOCH_ACCURACY_PREFIX).index(row[1]), output_order(row[2])))
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["epoch", "split", "classifier", "accuracy"])
+        writer.writerow(["epoch", "split", "classifier", "top1_pct"])
         writer.writerows((epoch, split, classifier, f"{100 * value:.2f}") for epoch, split, classifier, value in rows)
     return path

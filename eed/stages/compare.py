@@ -10,7 +10,8 @@ from eed.config import Config
 from eed.errors import TrackingError
 from eed.paths import in_workspace
 from eed.reporting.comparison import TABLE_SPLITS, ComparisonTable, build_table, parse_tags
-from eed.reporting.figures import plot_comparison, saved_files
+from eed.reporting.canvas import saved_files
+from eed.reporting.figures import plot_comparison
 from eed.stages import stdout
 from eed.stages.common import choice
 

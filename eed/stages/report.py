@@ -14,7 +14,7 @@ from eed.config import Config
 from eed.engine.checkpoint import Checkpoint
 from eed.errors import DataError
 from eed.paths import ensure_writable, in_workspace
-from eed.reporting.figures import plot_training_curves
+from eed.reporting.training_curves import plot_training_curves
 from eed.reporting.headline import headline, results_table
 from eed.reporting.records import figure_caption, write_json
 from eed.stages import stdout
@@ -66,6 +66,6 @@ def report(config: Config, *, out: Path | None = None) -> dict[str, Any]:
     results = headline(evaluation)
     write_json(results, path)
     console = stdout()
-    console.print(results_table(evaluation, training, caption=figure_caption(config)))
     console.print(f"wrote {path} (dvc exp show: README, \"Compare experiments\")", highlight=False)
+    console.print(results_table(evaluation, training, caption=figure_caption(config)))  # the last thing eed prints
     return results

@@ -6,13 +6,29 @@ from pathlib import Path
 
 from rich.table import Table
 
+from eed import tracking
 from eed.config import Config
 from eed.engine.runtime import relaunch_under_torchrun
 from eed.engine.trainer import Callback, TrainResult
 from eed.engine.trainer import train as run_training
 from eed.paths import in_workspace
-from eed.reporting.records import write_training_summary
+from eed.reporting.training_curves import build_stability
+from eed.reporting.records import History, figure_caption, write_training_summary
 from eed.stages import stdout
+
+
+class LiveStabilityFigure(Callback):
+    """Fig. 5 (every classifier's accuracy per epoch in one chart per split) into the training run
+    at every checkpoint, so that MLflow shows the exits side by side while training goes on: its
+    own charts draw each metric apart. The report stage replaces it with the final one."""
+
+    def __init__(self, caption: str) -> None:
+        self.caption = caption
+
+    def on_epoch_saved(self, epoch: int, history: History, logger: tracking.Logger) -> None:
+        figure = build_stability(history, caption=self.caption)
+        if figure is not None:
+            logger.log_figure(figure, "figures/stability.png")  # where the report stage logs it too
 
 
 class TrainingFiles(Callback):
@@ -51,7 +67,7 @@ def train(config: Config, *, out: Path | None = None, resume: str = "auto",
     default sys.argv); with ``nnodes > 1`` each machine runs it with its own ``train.node_rank``."""
     relaunch_under_torchrun(config.train, argv)
     result = run_training(config, out or in_workspace(config.paths.out_dir) / "train", resume=resume,
-                          callbacks=[TrainingFiles()])
+                          callbacks=[LiveStabilityFigure(figure_caption(config)), TrainingFiles()])
     if result.test_metrics:  # only the main process reports
         console = stdout()
         console.print(test_table(result.test_metrics))

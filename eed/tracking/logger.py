@@ -188,6 +188,11 @@ class MlflowLogger:
         with self._reaching_store(f"uploading {path}"):
             self.client.log_text(self.run_id, text, path)
 
+    def log_figure(self, figure: Any, path: str) -> None:
+        """A matplotlib figure as the artifact ``path`` (replacing the one there)."""
+        with self._reaching_store(f"uploading {path}"):
+            self.client.log_figure(self.run_id, figure, path)
+
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
         with self._reaching_store(f"uploading {Path(path).name}"):
             self.client.log_artifact(self.run_id, str(path), folder)
@@ -261,6 +266,9 @@ class NullLogger:
         pass
 
     def log_text(self, text: str, path: str) -> None:
+        pass
+
+    def log_figure(self, figure: Any, path: str) -> None:
         pass
 
     def log_artifact(self, path: str | Path, folder: str | None = None) -> None:
