@@ -73,7 +73,7 @@ def store(tmp_path_factory) -> tuple[str, dict[str, list[str]]]:
     return uri, run_ids
 
 
-def invoke_compare(uri: str, args: list[str], tmp_path, monkeypatch):
+def invoke_compare(uri: str, args: list[str], tmp_path, monkeypatch, columns: int = 250):
     from eed.commands.compare_cmd import compare
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
@@ -82,7 +82,7 @@ def invoke_compare(uri: str, args: list[str], tmp_path, monkeypatch):
     app = typer.Typer()
     app.command()(compare)
     return CliRunner().invoke(app, [*args, "--params", str(params), "--out", str(tmp_path / "out")],
-                              env={"COLUMNS": "250"})
+                              env={"COLUMNS": str(columns)})
 
 
 def expected_cell(method: str, column: str) -> str:
@@ -345,6 +345,17 @@ def test_the_best_main_cell_is_bold_not_only_coloured():
     assert styles["50.00*"] is not None and styles["50.00*"].bold
     assert styles["45.00"] is None or not styles["45.00"].bold
     assert "* (bold): the best main of its setup" in table.rich_table().caption
+
+
+def test_eed_compare_prints_within_80_columns_on_an_80_column_screen(store, tmp_path, monkeypatch):
+    """The command as a user sees it: the table, the settings common to all rows and the notes are
+    wrapped at the screen's width, not left to the terminal to break mid-word."""
+    uri, _ = store
+    result = invoke_compare(uri, [], tmp_path, monkeypatch, columns=80)
+    assert result.exit_code == 0, result.output
+    table_and_notes = result.output[:result.output.index("Wrote ")]  # (the file paths may run longer)
+    assert "Common to all rows:" in table_and_notes and "note:" in table_and_notes
+    assert max(map(len, table_and_notes.splitlines())) <= 80, table_and_notes
 
 
 def test_compare_reads_whole_at_80_columns():

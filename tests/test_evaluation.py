@@ -270,7 +270,7 @@ CLASS_NAMES = [f"class_{i:03d}" for i in range(10)]
 
 
 @pytest.fixture
-def fake_data(monkeypatch):
+def fake_data(monkeypatch, tmp_path):
     """The data layer at its seam: a manifest and a loader over seeded random images."""
     from types import SimpleNamespace
 
@@ -290,8 +290,11 @@ def fake_data(monkeypatch):
         images, labels = splits[split]
         return Loader((images[i:i + 32], labels[i:i + 32]) for i in range(0, len(labels), 32))
 
-    monkeypatch.setattr(eed.data, "load_manifest",
-                        lambda config: SimpleNamespace(num_classes=10, class_names=list(CLASS_NAMES)), raising=False)
+    # The prepared files' records, as manifest.json holds them (MLflow's datasets are made from them).
+    records = {split: SimpleNamespace(num_samples=n, sha256=f"sha256:{split:0>64}", bytes=n * 3072, file=f"{split}.beton")
+               for split, n in (("train", 320), ("val", 64), ("test", 96))}
+    manifest = SimpleNamespace(num_classes=10, class_names=list(CLASS_NAMES), splits=records, directory=tmp_path)
+    monkeypatch.setattr(eed.data, "load_manifest", lambda config: manifest, raising=False)
     monkeypatch.setattr(eed.data, "make_loader", make_loader, raising=False)
 
     def read_split(config, split, indices=None):  # the raw pixels (the served model's input example)

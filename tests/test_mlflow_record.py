@@ -183,6 +183,11 @@ def test_the_served_model_says_what_it_is_and_holds_its_results(record):
     assert linked["served/max_drop/test_acc"].value == pytest.approx(guaranteed["accuracy"])
     assert linked["served/max_drop/test_acc"].run_id == timings_of(record)  # measured by the evaluate run
     assert {"served/max_drop/val_acc", "served/max_drop/val_gflops", "served/max_drop/test_gflops"} <= set(linked)
+    # Each number names the split it was measured on, a dataset the evaluate run lists as its input.
+    assert {key: metric.dataset_name for key, metric in linked.items()} == {
+        key: f"synthetic-{key.rsplit('/', 1)[1].split('_')[0]}" for key in linked}
+    inputs = {d.dataset.name: d.dataset.digest for d in client.get_run(timings_of(record)).inputs.dataset_inputs}
+    assert {metric.dataset_name: metric.dataset_digest for metric in linked.values()} == inputs
     outputs = client.get_run(timings_of(record)).outputs
     assert [output.model_id for output in outputs.model_outputs] == [result.served_model_id]
 

@@ -113,22 +113,45 @@ def test_the_training_run_shows_every_exit_in_one_chart_while_it_trains(tmp_path
     from eed.stages.train import LiveStabilityFigure
 
     config = synthetic_config(tmp_path, **{"train.epochs": 2})
-    drawn: dict[int, tuple[int, ...]] = {}
+    drawn: dict[int, np.ndarray] = {}
 
     class Watcher(Callback):  # runs after the figure's callback, while training goes on
         def on_epoch_saved(self, epoch, history, logger):
             folder = tmp_path / f"after-epoch-{epoch}"
             folder.mkdir()
             path = MlflowClient(config.tracking.uri).download_artifacts(logger.run_id, "figures/stability.png", str(folder))
-            drawn[epoch] = matplotlib.image.imread(path).shape
+            drawn[epoch] = matplotlib.image.imread(path)
 
-    result = train(config, tmp_path / "engine", callbacks=[LiveStabilityFigure(figure_caption(config)), Watcher()])
-    assert sorted(drawn) == [1, 2] and all(shape[0] > 100 and shape[1] > 100 for shape in drawn.values()), drawn
+    live = LiveStabilityFigure(figure_caption(config), min_interval_s=0)
+    result = train(config, tmp_path / "engine", callbacks=[live, Watcher()])
+    assert sorted(drawn) == [1, 2] and all(image.shape[0] > 100 and image.shape[1] > 100 for image in drawn.values())
+    assert not np.array_equal(drawn[1], drawn[2])  # redrawn with the second epoch
     assert MlflowClient(config.tracking.uri).get_run(result.run_id).info.status == "FINISHED"
     # The train stage itself logs it (no report stage has run here).
     staged = train_stage(config, out=tmp_path / "stage")
     logged = [a.path for a in MlflowClient(config.tracking.uri).list_artifacts(staged.run_id, "figures")]
     assert logged == ["figures/stability.png"], logged
+
+
+def test_the_live_figure_is_drawn_at_most_once_per_interval():
+    from eed.stages.train import LiveStabilityFigure
+
+    class Logger:
+        def __init__(self):
+            self.figures = []
+
+        def log_figure(self, figure, path):
+            self.figures.append(path)
+
+    history = {"val/acc_main": [(1, 0.1)], "val/acc_exit1": [(1, 0.05)]}
+    logger, rare = Logger(), LiveStabilityFigure("caption", min_interval_s=3600)
+    for epoch in (1, 2, 3):
+        rare.on_epoch_saved(epoch, history, logger)
+    assert logger.figures == ["figures/stability.png"]  # the first, then nothing within the hour
+    logger, every = Logger(), LiveStabilityFigure("caption", min_interval_s=0)
+    for epoch in (1, 2, 3):
+        every.on_epoch_saved(epoch, history, logger)
+    assert len(logger.figures) == 3
 
 
 def assert_test_accuracy_per_epoch_and_its_max(client, run, names, out_dir):

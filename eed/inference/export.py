@@ -13,6 +13,7 @@ from eed import data as eed_data
 from eed import tracking
 from eed.config import Config
 from eed.engine.checkpoint import Checkpoint
+from eed.engine.run_record import dataset_records
 from eed.errors import Stopped
 from eed.inference.programs import export_programs
 from eed.inference.served import load_served
@@ -116,6 +117,9 @@ def log_served_model(tracking_uri: str, run_id: str, checkpoint: Checkpoint, rep
 def describe_served_model(tracking_uri: str, model_id: str, report: EvaluationReport, config: Config, split: str,
                           results_run_id: str) -> None:
     """Describe the served model ``model_id`` logged from ``report`` and link its results on val (and
-    ``split``) to it, as measured in run ``results_run_id`` (:func:`served_results`); mark it current."""
+    ``split``) to it, each with the dataset it was measured on, as measured in run ``results_run_id``
+    (:func:`served_results`); mark it current."""
     description, metrics = served_results(report, _calibrated(report, config), split)
-    tracking.describe_served_model(tracking_uri, model_id, description, metrics, results_run_id)
+    records = dataset_records(config, eed_data.load_manifest(config))
+    measured_on = {key: records[key.rsplit("/", 1)[1].split("_")[0]] for key in metrics}  # served/<name>/<split>_acc
+    tracking.describe_served_model(tracking_uri, model_id, description, metrics, results_run_id, measured_on)

@@ -40,14 +40,14 @@ def compare(config: Config, experiments: Sequence[str] = (), *, tags: Sequence[s
     files = [markdown, table.write_csv(out_dir / "comparison.csv"),
              *saved_files(plot_comparison(table, out_dir / "figures" / "comparison.png"))]
 
-    console = stdout()
-    console.print(table.rich_table())
+    console = stdout()  # (soft-wrapped: long lines are left whole; these are paragraphs, wrapped at the width)
+    console.print(table.rich_table(), soft_wrap=False)
     if table.constant:
-        console.print(table.constant_line(), highlight=False)  # a paragraph, wrapped at the terminal's width
+        console.print(table.constant_line(), highlight=False, soft_wrap=False)
     for warning in table.warnings():
-        console.print(f"[yellow]note:[/] {warning}")
+        console.print(f"[yellow]note:[/] {warning}", soft_wrap=False)
     if table.skipped:
         console.print(f"[yellow]note:[/] skipped {len(table.skipped)} runs without {TABLE_SPLITS[split][0]}main "
-                      f"(unfinished or failed)")
+                      f"(unfinished or failed)", soft_wrap=False)
     console.print(f"Wrote {', '.join(str(f) for f in files)}")
     return table, files

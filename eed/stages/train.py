@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from rich.table import Table
@@ -20,15 +21,23 @@ from eed.stages import stdout
 class LiveStabilityFigure(Callback):
     """Fig. 5 (every classifier's accuracy per epoch in one chart per split) into the training run
     at every checkpoint, so that MLflow shows the exits side by side while training goes on: its
-    own charts draw each metric apart. The report stage replaces it with the final one."""
+    own charts draw each metric apart. The report stage replaces it with the final one.
 
-    def __init__(self, caption: str) -> None:
-        self.caption = caption
+    At most once per ``min_interval_s`` (drawing and uploading take about 0.3 s: per epoch, a
+    few % of a short GPU epoch; BENCHMARKS.md)."""
+
+    def __init__(self, caption: str, min_interval_s: float = 30.0) -> None:
+        self.caption, self.min_interval_s = caption, min_interval_s
+        self.drawn_at: float | None = None
 
     def on_epoch_saved(self, epoch: int, history: History, logger: tracking.Logger) -> None:
+        now = time.monotonic()
+        if self.drawn_at is not None and now - self.drawn_at < self.min_interval_s:
+            return
         figure = build_stability(history, caption=self.caption)
         if figure is not None:
             logger.log_figure(figure, "figures/stability.png")  # where the report stage logs it too
+            self.drawn_at = now
 
 
 class TrainingFiles(Callback):

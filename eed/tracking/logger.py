@@ -35,6 +35,7 @@ from eed.tracking.store import (
 )
 
 if TYPE_CHECKING:
+    from mlflow.tracking import MlflowClient
     from torch import nn
 
 
@@ -147,16 +148,8 @@ class MlflowLogger:
     def log_datasets(self, datasets: Sequence["DatasetRecord"]) -> None:
         """The run's inputs (the UI's Datasets column), each with its context (training,
         validation, test); a continued run that already has them logs none again."""
-        from mlflow.entities import Dataset, DatasetInput, InputTag
-
         with self._reaching_store("logging its datasets"):
-            logged = {(d.dataset.name, d.dataset.digest) for d in self.client.get_run(self.run_id).inputs.dataset_inputs}
-            inputs = [DatasetInput(Dataset(d.name, d.digest, "local", json.dumps({"uri": d.source}),
-                                           profile=json.dumps(d.profile)),
-                                   [InputTag("mlflow.data.context", d.context)])
-                      for d in datasets if (d.name, d.digest) not in logged]
-            if inputs:
-                self.client.log_inputs(self.run_id, datasets=inputs)
+            log_dataset_inputs(self.client, self.run_id, datasets)
 
     @contextlib.contextmanager
     def system_metrics(self, enabled: bool = True) -> Iterator[None]:
@@ -308,6 +301,19 @@ class DatasetRecord:
     source: str
     context: str
     profile: dict[str, Any]
+
+
+def log_dataset_inputs(client: "MlflowClient", run_id: str, datasets: Sequence[DatasetRecord]) -> None:
+    """``datasets`` as the inputs of run ``run_id``, but those it already has."""
+    from mlflow.entities import Dataset, DatasetInput, InputTag
+
+    logged = {(d.dataset.name, d.dataset.digest) for d in client.get_run(run_id).inputs.dataset_inputs}
+    new = {(d.name, d.digest): d for d in datasets if (d.name, d.digest) not in logged}
+    inputs = [DatasetInput(Dataset(d.name, d.digest, "local", json.dumps({"uri": d.source}), profile=json.dumps(d.profile)),
+                           [InputTag("mlflow.data.context", d.context)])
+              for d in new.values()]
+    if inputs:
+        client.log_inputs(run_id, datasets=inputs)
 
 
 @contextlib.contextmanager

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from eed.errors import ConfigError, TrackingError
+from eed.tracking.logger import DatasetRecord, log_dataset_inputs
 from eed.tracking.store import (
     client_for,
     reaching,
@@ -211,10 +212,11 @@ CURRENT_TAG = "eed.current"  # "true" on the served model of a run that eed regi
 
 
 def describe_served_model(tracking_uri: str, model_id: str, description: str, metrics: Mapping[str, float],
-                          results_run_id: str) -> None:
+                          results_run_id: str, datasets: Mapping[str, DatasetRecord] | None = None) -> None:
     """Give a logged served model its description (Markdown: the UI's description), link ``metrics``
     (what was measured of it, at step 0) to it as logged in run ``results_run_id`` (whose page then
-    lists the model among its outputs), and mark it its run's current served model (``eed.current``:
+    lists the model among its outputs; ``datasets``: the dataset each metric was measured on, by key,
+    also logged as the run's inputs), and mark it its run's current served model (``eed.current``:
     true on it, false on the older ones)."""
     import time
 
@@ -225,8 +227,13 @@ def describe_served_model(tracking_uri: str, model_id: str, description: str, me
         model = client.get_logged_model(model_id)
         client.set_logged_model_tags(model_id, {"mlflow.note.content": description})
         now = int(time.time() * 1000)
-        client.log_batch(results_run_id, metrics=[Metric(key, float(value), now, 0, model_id=model_id)
-                                                  for key, value in metrics.items()])
+        datasets = datasets or {}
+        log_dataset_inputs(client, results_run_id, list(datasets.values()))
+        client.log_batch(results_run_id, metrics=[
+            Metric(key, float(value), now, 0, model_id=model_id,
+                   dataset_name=datasets[key].name if key in datasets else None,
+                   dataset_digest=datasets[key].digest if key in datasets else None)
+            for key, value in metrics.items()])
         if results_run_id != model.source_run_id:
             client.log_outputs(results_run_id, [LoggedModelOutput(model_id, step=0)])
         older = client.search_logged_models(
