@@ -16,6 +16,7 @@ from eed.commands.compare_cmd import compare
 from eed.commands.evaluate_cmd import evaluate
 from eed.commands.export_cmd import export, register
 from eed.commands.flops_cmd import flops
+from eed.commands.grid_cmd import grid
 from eed.commands.models_cmd import models
 from eed.commands.prepare_cmd import prepare
 from eed.commands.rdm_cmd import rdm
@@ -128,7 +129,8 @@ def _options(version: Annotated[Optional[bool], typer.Option(
     pass
 
 
-for command in (models, flops, resolve, prepare, train, evaluate, export, register, serve, rdm, report, compare):
+for command in (models, flops, resolve, prepare, train, evaluate, export, register, serve, rdm, report, compare,
+                grid):
     app.command(cls=Command)(command)
 
 if __name__ == "__main__":

@@ -118,6 +118,11 @@ COMMAND_CASES = {
                ("data", ["{tiny}", "--set", "paths.out_dir={project}/nothing"], 3,
                 "metrics.json is missing: run the evaluate stage first"),
                ("os", ["{tiny}", "--out", "{project}/a-file/results.json"], 7, "Not a directory")],
+    "grid": [("config", ["-S", "method", "{tiny}"], 2, "-S 'method': expected KEY=VALUE"),
+             ("config", ["-S", "method=eed,nope", "{tiny}"], 2, "nope"),
+             ("config", ["-S", "seed=0", "--jobs", "0", "{tiny}"], 2, "--jobs 0 / --per-gpu 1: each must be at least 1"),
+             ("tracking", ["-S", "seed=0", "{tiny}", "--set", "tracking.uri=sqlite:///{project}/missing/db.sqlite"], 5,
+              "does not exist")],
     "compare": [("config", ["--tag", "method", "{tiny}"], 2, "--tag 'method' must look like key=value"),
                 ("tracking", ["no-such-experiment", "{tiny}"], 5, "no MLflow experiment 'no-such-experiment'")],
 }

@@ -1,0 +1,41 @@
+"""`eed grid`: parse, call :func:`eed.stages.grid.grid`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from eed.commands.common import OverridesOption, ParamsOption, params_file
+from eed.errors import guarded
+
+
+@guarded
+def grid(
+    sweep: Annotated[list[str], typer.Option(
+        "--sweep", "-S", metavar="KEY=V1,V2", help="A swept key and its values, DVC's syntax, e.g. -S method=eed,branchynet "
+                                               "-S seed=0,1,2 (repeatable: the grid is their product).")],
+    jobs: Annotated[int, typer.Option("--jobs", "-j", help="Cells at once on this machine (without --gpus).")] = 1,
+    gpus: Annotated[Optional[str], typer.Option(
+        "--gpus", metavar="0,1,...", help="GPU ids to pin cells to (CUDA_VISIBLE_DEVICES, round-robin); "
+                                         "--per-gpu cells share each.")] = None,
+    per_gpu: Annotated[int, typer.Option("--per-gpu", help="Cells at once on each GPU of --gpus.")] = 1,
+    out: Annotated[Optional[Path], typer.Option(
+        help="Folder of the cells, one per training setting (default: <paths.out_dir>/grid).")] = None,
+    params: ParamsOption = None,
+    set_: OverridesOption = None,
+) -> None:
+    """Train and evaluate every combination of the sweeps, each into its own folder and all into one
+    MLflow store; then the eed compare table of the grid.
+
+    A cell whose training run is FINISHED in the store (found by a hash of its training settings,
+    not by name) is not run again; an interrupted one resumes from its last.pt into the same run.
+    Run the same command again after any interruption: it finishes what is left.
+    """
+    from eed.stages import grid as stage
+
+    result = stage.grid(params_file(params), set_ or [], sweep, out=out, jobs=jobs,
+                        gpus=[g.strip() for g in gpus.split(",") if g.strip()] if gpus else [], per_gpu=per_gpu)
+    if result.failed:
+        raise typer.Exit(1)

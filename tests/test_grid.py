@@ -1,0 +1,104 @@
+"""`eed grid`: the sweep syntax, a real grid of tiny synthetic cells on the local executor with two
+"GPUs" (CUDA_VISIBLE_DEVICES checked through the tags of the runs), a second run that starts
+nothing, and a cell killed mid-training that resumes into the same MLflow run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from eed.errors import ConfigError
+from eed.stages.grid_plan import expand_sweeps
+
+PARAMS = {
+    "data": {"dataset": "synthetic", "backend": "tensor", "val_size": 64, "train_subset": 0,
+             "prepared_dir": "prepared",
+             "synthetic": {"num_train": 320, "num_test": 96, "num_classes": 10, "image_size": 32}},
+    "model": {"width": 4},
+    "train": {"epochs": 2, "batch_size": 64, "device": "cpu"},
+    "eval": {"thresholds": 11, "budgets": [0.001], "rdm_samples": 60},
+    "tracking": {"uri": "sqlite:///mlflow.db"},
+}
+
+
+def test_sweeps_expand_as_dvc_does_into_their_product():
+    assert expand_sweeps(["method=eed,branchynet", "seed=0,1"]) == [
+        ["method=eed", "seed=0"], ["method=eed", "seed=1"], ["method=branchynet", "seed=0"], ["method=branchynet", "seed=1"]]
+    assert expand_sweeps(["loss.teacher=[1,main],[2,3]"]) == [["loss.teacher=[1,main]"], ["loss.teacher=[2,3]"]]
+    assert expand_sweeps([]) == [[]]
+    with pytest.raises(ConfigError, match="expected KEY=VALUE"):
+        expand_sweeps(["method"])
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    project = tmp_path_factory.mktemp("grid")
+    (project / ".dvc").mkdir()
+    (project / "params.yaml").write_text(yaml.safe_dump(PARAMS))
+    eed(project, "prepare")
+    return project
+
+
+def eed(project: Path, *args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+    completed = subprocess.run([sys.executable, "-m", "eed.cli", *args], cwd=project, capture_output=True, text=True,
+                               timeout=1800, env={**os.environ, "OMP_NUM_THREADS": "1"}, **kwargs)
+    if check:
+        assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+    return completed
+
+
+def training_runs(project: Path) -> list:
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    return [run for run in runs if "mlflow.parentRunId" not in run.data.tags]
+
+
+@pytest.mark.slow
+def test_a_grid_on_two_gpus_runs_each_cell_once_and_a_second_call_starts_nothing(project):
+    first = eed(project, "grid", "-S", "method=eed,branchynet", "-S", "seed=0,1", "--gpus", "0,1", "--per-gpu", "2")
+    assert "grid: 4 cells, 0 done" in first.stdout and "Test accuracy of best.pt" in first.stdout, first.stdout
+    runs = training_runs(project)
+    assert sorted((r.data.params["method"], r.data.params["seed"]) for r in runs) == [
+        ("branchynet", "0"), ("branchynet", "1"), ("eed", "0"), ("eed", "1")]
+    assert all(r.info.status == "FINISHED" for r in runs)
+    # Each cell was pinned to one of the two GPUs, two cells per GPU at most at once.
+    assert {r.data.tags["eed.grid.cuda_visible_devices"] for r in runs} <= {"0", "1"}
+    for run in runs:
+        folder = project / "outputs" / "grid" / run.data.tags["eed.grid.cell"]
+        assert (folder / "evaluate" / "metrics.json").is_file() and (folder / "train" / "checkpoints" / "best.pt").is_file()
+
+    second = eed(project, "grid", "-S", "method=eed,branchynet", "-S", "seed=0,1", "--gpus", "0,1", "--per-gpu", "2")
+    assert "grid: 4 cells, 4 done" in second.stdout and "running" not in second.stdout, second.stdout
+    assert len(training_runs(project)) == 4
+
+
+@pytest.mark.slow
+def test_a_cell_killed_mid_training_resumes_into_the_same_run(project):
+    args = ["grid", "-S", "method=distill", "--set", "train.epochs=40"]
+    process = subprocess.Popen([sys.executable, "-m", "eed.cli", *args], cwd=project, stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"},
+                               start_new_session=True)
+    deadline = time.monotonic() + 900
+    while not list((project / "outputs" / "grid").glob("*/train/checkpoints/last.pt")):
+        assert process.poll() is None and time.monotonic() < deadline, "the cell never wrote last.pt"
+        time.sleep(0.2)
+    time.sleep(1.0)
+    os.killpg(process.pid, signal.SIGKILL)  # the grid and its cell's training, mid-run
+    process.wait()
+    (killed,) = [r for r in training_runs(project) if r.data.params["method"] == "distill"]
+    assert killed.info.status == "RUNNING"  # (kill -9: nothing could end it)
+
+    again = eed(project, *args)
+    assert "0 done" in again.stdout and "done" in again.stdout, again.stdout
+    (resumed,) = [r for r in training_runs(project) if r.data.params["method"] == "distill"]
+    assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
+    history = MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_metric_history(resumed.info.run_id, "val/acc_main")
+    assert [m.step for m in history] == list(range(1, 41))  # each epoch logged once
