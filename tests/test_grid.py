@@ -75,6 +75,8 @@ def test_a_grid_on_two_gpus_runs_each_cell_once_and_a_second_call_starts_nothing
         folder = project / "outputs" / "grid" / run.data.tags["eed.grid.cell"]
         assert (folder / "evaluate" / "metrics.json").is_file() and (folder / "train" / "checkpoints" / "best.pt").is_file()
 
+    assert_the_live_table_reads_each_cells_epoch_and_accuracy(project, runs)
+
     second = eed(project, "grid", "-S", "method=eed,branchynet", "-S", "seed=0,1", "--gpus", "0,1", "--per-gpu", "2")
     assert "grid: 4 cells, 4 done" in second.stdout and "running" not in second.stdout, second.stdout
     assert len(training_runs(project)) == 4
@@ -102,3 +104,29 @@ def test_a_cell_killed_mid_training_resumes_into_the_same_run(project):
     assert resumed.info.run_id == killed.info.run_id and resumed.info.status == "FINISHED"
     history = MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_metric_history(resumed.info.run_id, "val/acc_main")
     assert [m.step for m in history] == list(range(1, 41))  # each epoch logged once
+
+
+def assert_the_live_table_reads_each_cells_epoch_and_accuracy(project: Path, runs: list) -> None:
+    """On a terminal the cells are a table (no lines), each with its epoch and main accuracy from its last.pt."""
+    from rich.console import Console
+
+    from eed.stages.grid_plan import plan
+    from eed.stages.grid_progress import GridProgress
+
+    cells = plan(project / "params.yaml", [], ["method=eed,branchynet", "seed=0,1"], project / "outputs" / "grid",
+                 f"sqlite:///{project / 'mlflow.db'}")
+    console = Console(force_terminal=True, record=True, width=120, color_system=None)
+    progress = GridProgress(cells, console)
+    assert set(progress.state.values()) == {"skipped"}  # all four are done in the store
+    for cell in cells:
+        progress.say(cell, "running on GPU 1")
+        progress.say(cell, "done")
+    assert console.export_text() == ""  # a terminal shows the table, not lines
+    console.print(progress.table())
+    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+            for line in console.export_text().splitlines() if line.startswith("│")}
+    client = MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
+    for run in runs:
+        _, state, gpu, epoch, main = rows[run.data.tags["eed.grid.cell"]]
+        last = client.get_metric_history(run.info.run_id, "val/acc_main")[-1]
+        assert (state, gpu, epoch, main) == ("done", "1", "2", f"{100 * last.value:.2f}"), rows

@@ -16,6 +16,7 @@ from eed.paths import in_workspace
 from eed.stages import stdout
 from eed.stages.compare import compare
 from eed.stages.grid_local import run_local, slots
+from eed.stages.grid_progress import GridProgress
 from eed.stages.grid_plan import DONE, Cell, plan
 
 
@@ -29,7 +30,7 @@ class GridResult:
 def grid(params: Path | None, overrides: Sequence[str], sweeps: Sequence[str], *, out: Path | None = None,
          jobs: int = 1, gpus: Sequence[str] = (), per_gpu: int = 1) -> GridResult:
     """Plan the grid, finish every cell that needs it (``jobs`` at a time, or ``per_gpu`` per GPU of
-    ``gpus``), print one line per cell state change, then the comparison of the grid's runs."""
+    ``gpus``) showing their progress (:class:`GridProgress`), then the comparison of the grid's runs."""
     if jobs < 1 or per_gpu < 1:
         raise ConfigError(f"--jobs {jobs} / --per-gpu {per_gpu}: each must be at least 1")
     base = load_config(params, list(overrides))
@@ -42,10 +43,10 @@ def grid(params: Path | None, overrides: Sequence[str], sweeps: Sequence[str], *
     console.print(f"grid: {len(cells)} cells, {len(cells) - len(waiting)} done in {tracking_uri}, "
                   f"{len(waiting)} to run, in {out}", highlight=False)
 
-    def say(cell: Cell, what: str) -> None:
-        console.print(f"  {cell.key} {cell.label}: {what}", highlight=False)
-
-    codes = run_local(waiting, params, overrides, tracking_uri, places=slots(jobs, list(gpus), per_gpu), say=say)
+    progress = GridProgress(cells, console)
+    with progress.shown():
+        codes = run_local(waiting, params, overrides, tracking_uri, places=slots(jobs, list(gpus), per_gpu),
+                          say=progress.say)
     failed = [cell for cell in waiting if codes.get(cell.key, 0) != 0]
     cells = plan(params, overrides, sweeps, out, tracking_uri)
     run_ids = [cell.run_id for cell in cells if cell.run_id]
