@@ -1,6 +1,7 @@
 """`eed grid`: the sweep syntax, a real grid of tiny synthetic cells on the local executor with two
 "GPUs" (CUDA_VISIBLE_DEVICES checked through the tags of the runs), a second run that starts
-nothing, and a cell killed mid-training that resumes into the same MLflow run."""
+nothing, a cell killed mid-training that resumes into the same MLflow run, and the same through a
+real one-node Slurm cluster (tests/slurm_cluster.py), with a task cancelled by scancel."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from eed.errors import ConfigError
 from eed.stages.grid_plan import expand_sweeps
+from tests.slurm_cluster import SlurmCluster
 
 PARAMS = {
     "data": {"dataset": "synthetic", "backend": "tensor", "val_size": 64, "train_subset": 0,
@@ -38,8 +40,7 @@ def test_sweeps_expand_as_dvc_does_into_their_product():
         expand_sweeps(["method"])
 
 
-@pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
+def new_project(tmp_path_factory) -> Path:
     project = tmp_path_factory.mktemp("grid")
     (project / ".dvc").mkdir()
     (project / "params.yaml").write_text(yaml.safe_dump(PARAMS))
@@ -47,9 +48,14 @@ def project(tmp_path_factory) -> Path:
     return project
 
 
-def eed(project: Path, *args: str, check: bool = True, **kwargs) -> subprocess.CompletedProcess:
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    return new_project(tmp_path_factory)
+
+
+def eed(project: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
     completed = subprocess.run([sys.executable, "-m", "eed.cli", *args], cwd=project, capture_output=True, text=True,
-                               timeout=1800, env={**os.environ, "OMP_NUM_THREADS": "1"}, **kwargs)
+                               timeout=1800, env={**(env or os.environ), "OMP_NUM_THREADS": "1"})
     if check:
         assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
     return completed
@@ -85,11 +91,12 @@ def test_a_grid_on_two_gpus_runs_each_cell_once_and_a_second_call_starts_nothing
 @pytest.mark.slow
 def test_a_cell_killed_mid_training_resumes_into_the_same_run(project):
     args = ["grid", "-S", "method=distill", "--set", "train.epochs=40"]
+    earlier = set((project / "outputs" / "grid").glob("*/train/checkpoints/last.pt"))  # (other tests' cells)
     process = subprocess.Popen([sys.executable, "-m", "eed.cli", *args], cwd=project, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"},
                                start_new_session=True)
     deadline = time.monotonic() + 900
-    while not list((project / "outputs" / "grid").glob("*/train/checkpoints/last.pt")):
+    while not set((project / "outputs" / "grid").glob("*/train/checkpoints/last.pt")) - earlier:
         assert process.poll() is None and time.monotonic() < deadline, "the cell never wrote last.pt"
         time.sleep(0.2)
     time.sleep(1.0)
@@ -130,3 +137,54 @@ def assert_the_live_table_reads_each_cells_epoch_and_accuracy(project: Path, run
         _, state, gpu, epoch, main = rows[run.data.tags["eed.grid.cell"]]
         last = client.get_metric_history(run.info.run_id, "val/acc_main")[-1]
         assert (state, gpu, epoch, main) == ("done", "1", "2", f"{100 * last.value:.2f}"), rows
+
+
+@pytest.fixture(scope="module")
+def slurm(tmp_path_factory):
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm")).start()
+    yield cluster
+    cluster.stop()
+
+
+@pytest.mark.slow
+def test_a_grid_through_slurm_runs_each_cell_once_and_a_cancelled_task_resumes(slurm, tmp_path_factory):
+    project = new_project(tmp_path_factory)
+    grid = ["grid", "--executor", "slurm", "-S", "method=eed,branchynet", "-S", "seed=0,1"]
+    first = eed(project, *grid, env=slurm.env)
+    assert "grid: 4 cells, 0 done" in first.stdout and "Slurm job" in first.stdout, first.stdout
+    assert first.stderr == "", first.stderr  # (no sacct warnings: this cluster keeps no accounting)
+    runs = training_runs(project)
+    assert sorted((r.data.params["method"], r.data.params["seed"]) for r in runs) == [
+        ("branchynet", "0"), ("branchynet", "1"), ("eed", "0"), ("eed", "1")]
+    assert all(r.info.status == "FINISHED" and r.data.tags["eed.grid.slurm_job"] for r in runs)
+    submitted = sorted((project / "outputs" / "grid" / "slurm").iterdir())
+
+    second = eed(project, *grid, env=slurm.env)
+    assert "grid: 4 cells, 4 done" in second.stdout and "Slurm job" not in second.stdout, second.stdout
+    assert sorted((project / "outputs" / "grid" / "slurm").iterdir()) == submitted  # nothing submitted
+    assert len(training_runs(project)) == 4
+
+    # scancel a task mid-training: the grid says the cell failed; run again, it resumes into the same run.
+    long = ["grid", "--executor", "slurm", "-S", "method=distill", "--set", "train.epochs=40"]
+    earlier = set((project / "outputs" / "grid").glob("*/train/checkpoints/last.pt"))
+    process = subprocess.Popen([sys.executable, "-m", "eed.cli", *long], cwd=project, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True, env={**slurm.env, "OMP_NUM_THREADS": "1"})
+    deadline = time.monotonic() + 900
+    while not set((project / "outputs" / "grid").glob("*/train/checkpoints/last.pt")) - earlier:
+        assert process.poll() is None and time.monotonic() < deadline, "the cell never wrote last.pt"
+        time.sleep(0.2)
+    queued = subprocess.run(["squeue", "-h", "-r", "-o", "%i"], env=slurm.env, capture_output=True, text=True)
+    (job_id,) = queued.stdout.split()
+    subprocess.run(["scancel", job_id], env=slurm.env, check=True)
+    said, _ = process.communicate(timeout=600)
+    # (scancel sends SIGTERM: the training checkpoints and stops with 143, which the task returns)
+    assert process.returncode == 1 and "method=distill: failed (exit 143" in said, said
+    (cancelled,) = [r for r in training_runs(project) if r.data.params["method"] == "distill"]
+    assert cancelled.info.status != "FINISHED"
+
+    again = eed(project, *long, env=slurm.env)
+    assert "1 cells, 0 done" in again.stdout and ": done" in again.stdout, again.stdout
+    (resumed,) = [r for r in training_runs(project) if r.data.params["method"] == "distill"]
+    assert resumed.info.run_id == cancelled.info.run_id and resumed.info.status == "FINISHED"
+    history = MlflowClient(f"sqlite:///{project / 'mlflow.db'}").get_metric_history(resumed.info.run_id, "val/acc_main")
+    assert [m.step for m in history] == list(range(1, 41))  # each epoch logged once

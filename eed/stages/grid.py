@@ -17,6 +17,7 @@ from eed.stages import stdout
 from eed.stages.compare import compare
 from eed.stages.grid_local import run_local, slots
 from eed.stages.grid_progress import GridProgress
+from eed.stages.grid_slurm import SlurmOptions, run_slurm
 from eed.stages.grid_plan import DONE, Cell, plan
 
 
@@ -27,10 +28,17 @@ class GridResult:
     failed: list[Cell]   # of those, the ones whose commands failed (their folder's grid.log says why)
 
 
+EXECUTORS = ("local", "slurm")
+
+
 def grid(params: Path | None, overrides: Sequence[str], sweeps: Sequence[str], *, out: Path | None = None,
-         jobs: int = 1, gpus: Sequence[str] = (), per_gpu: int = 1) -> GridResult:
-    """Plan the grid, finish every cell that needs it (``jobs`` at a time, or ``per_gpu`` per GPU of
-    ``gpus``) showing their progress (:class:`GridProgress`), then the comparison of the grid's runs."""
+         executor: str = "local", jobs: int = 1, gpus: Sequence[str] = (), per_gpu: int = 1,
+         slurm: SlurmOptions | None = None) -> GridResult:
+    """Plan the grid, finish every cell that needs it, showing their progress (:class:`GridProgress`),
+    then the comparison of the grid's runs. ``local``: ``jobs`` at a time, or ``per_gpu`` per GPU of
+    ``gpus``; ``slurm``: one job array (``slurm``: its options)."""
+    if executor not in EXECUTORS:
+        raise ConfigError(f"--executor {executor!r}: one of {', '.join(EXECUTORS)}")
     if jobs < 1 or per_gpu < 1:
         raise ConfigError(f"--jobs {jobs} / --per-gpu {per_gpu}: each must be at least 1")
     base = load_config(params, list(overrides))
@@ -45,8 +53,12 @@ def grid(params: Path | None, overrides: Sequence[str], sweeps: Sequence[str], *
 
     progress = GridProgress(cells, console)
     with progress.shown():
-        codes = run_local(waiting, params, overrides, tracking_uri, places=slots(jobs, list(gpus), per_gpu),
-                          say=progress.say)
+        if executor == "slurm":
+            codes = run_slurm(waiting, params, overrides, tracking_uri, folder=out / "slurm",
+                              options=slurm or SlurmOptions(), say=progress.say)
+        else:
+            codes = run_local(waiting, params, overrides, tracking_uri, places=slots(jobs, list(gpus), per_gpu),
+                              say=progress.say)
     failed = [cell for cell in waiting if codes.get(cell.key, 0) != 0]
     cells = plan(params, overrides, sweeps, out, tracking_uri)
     run_ids = [cell.run_id for cell in cells if cell.run_id]

@@ -10,12 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable, Sequence
 
-from eed import tracking
-from eed.engine.checkpoint import Checkpoint
-from eed.stages.grid_plan import Cell, cell_commands
+from eed.stages.grid_plan import Cell, cell_commands, tag_run
 
 GPU_TAG = "eed.grid.cuda_visible_devices"  # the GPU slot a cell trained on (tag of its run)
-CELL_TAG = "eed.grid.cell"                 # the cell's settings hash
 
 
 def slots(jobs: int, gpus: Sequence[str], per_gpu: int) -> list[str | None]:
@@ -57,18 +54,10 @@ def _run_cell(cell: Cell, params: Path | None, base_overrides: Sequence[str], tr
     with open(cell.folder / "grid.log", "a") as log:
         for command in cell_commands(cell, params, base_overrides, tracking_uri):
             code = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env).returncode
-            if command[3] == "train" and (cell.folder / "train" / "checkpoints" / "last.pt").is_file():
-                _tag_run(cell, tracking_uri, place)
+            if command[3] == "train":
+                tag_run(cell, tracking_uri, {GPU_TAG: "" if place is None else place})
             if code != 0:
                 say(cell, f"failed (exit {code}; {cell.folder / 'grid.log'})")
                 return code
     say(cell, "done")
     return 0
-
-
-def _tag_run(cell: Cell, tracking_uri: str, place: str | None) -> None:
-    run_id = Checkpoint.load(cell.folder / "train" / "checkpoints" / "last.pt").run_id
-    if run_id:
-        cell.run_id = run_id
-        tracking.MlflowLogger(tracking_uri, run_id).set_tags(
-            {CELL_TAG: cell.key, GPU_TAG: "" if place is None else place})

@@ -20,10 +20,12 @@ from typing import Sequence
 
 from eed import tracking
 from eed.config import Config, is_training_key, load_config, training_settings
+from eed.engine.checkpoint import Checkpoint
 from eed.errors import ConfigError
 
 # What a cell still needs, from the store and its folder.
 TRAIN, EVALUATE, DONE = "train", "evaluate", "done"
+CELL_TAG = "eed.grid.cell"  # the cell's settings hash, a tag of its training run
 
 
 def expand_sweeps(sweeps: Sequence[str]) -> list[list[str]]:
@@ -116,3 +118,13 @@ def cell_commands(cell: Cell, params: Path | None, base_overrides: Sequence[str]
     if cell.needs in (TRAIN, EVALUATE):
         commands.append([*eed, "evaluate", str(cell.folder / "train" / "checkpoints" / "best.pt"), *common])
     return commands
+
+
+def tag_run(cell: Cell, tracking_uri: str, tags: dict[str, str]) -> None:
+    """Tag the training run of ``cell`` (the run its ``last.pt`` names, once there is one) with its
+    hash and ``tags``; remember its id."""
+    last = cell.folder / "train" / "checkpoints" / "last.pt"
+    run_id = Checkpoint.load(last).run_id if last.is_file() else None
+    if run_id:
+        cell.run_id = run_id
+        tracking.MlflowLogger(tracking_uri, run_id).set_tags({CELL_TAG: cell.key, **tags})
