@@ -48,6 +48,20 @@ def new_project(tmp_path_factory) -> Path:
     return project
 
 
+def test_a_cell_trained_elsewhere_is_evaluated_by_its_run_id(tmp_path):
+    from eed.config import load_config
+    from eed.stages.grid_plan import EVALUATE, TRAIN, Cell, cell_commands
+
+    cell = Cell(["seed=0"], "abc", load_config(None, []), tmp_path / "abc", run_id="0123456789abcdef0123456789abcdef",
+                needs=EVALUATE)
+    (evaluate,) = cell_commands(cell, None, [], "sqlite:///x.db")
+    assert evaluate[3:5] == ["evaluate", cell.run_id]  # its FINISHED run, not this folder's (absent) best.pt
+    cell.needs, cell.run_id = TRAIN, None
+    train, evaluate = cell_commands(cell, None, [], "sqlite:///x.db")
+    assert train[3] == "train" and evaluate[4] == str(tmp_path / "abc" / "train" / "checkpoints" / "best.pt")
+    assert f"paths.out_dir={tmp_path / 'abc'}" in train and "tracking.uri=sqlite:///x.db" in train
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     return new_project(tmp_path_factory)

@@ -116,7 +116,10 @@ def cell_commands(cell: Cell, params: Path | None, base_overrides: Sequence[str]
     if cell.needs == TRAIN:
         commands.append([*eed, "train", *common])
     if cell.needs in (TRAIN, EVALUATE):
-        commands.append([*eed, "evaluate", str(cell.folder / "train" / "checkpoints" / "best.pt"), *common])
+        # A run trained elsewhere (found by its hash: another folder, a make run) is evaluated by its id.
+        best = cell.folder / "train" / "checkpoints" / "best.pt"
+        source = cell.run_id if cell.needs == EVALUATE and cell.run_id else best
+        commands.append([*eed, "evaluate", str(source), *common])
     return commands
 
 
