@@ -28,9 +28,11 @@ run: setup
 
 # Two pytest-xdist workers: the suite waits on subprocesses (dvc, torchrun, servers) a good part of
 # its time, so two workers fill the two cores of a CI machine. PYTEST_WORKERS=0 runs in one process.
+# worksteal: a worker that runs out of tests takes some queued for the other, so the suite does not
+# end with one worker on a queue of slow tests while the other waits.
 PYTEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS)
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal
 
 setup: $(STAMP)
 

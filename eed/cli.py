@@ -18,6 +18,7 @@ from eed.commands.export_cmd import export, register
 from eed.commands.flops_cmd import flops
 from eed.commands.grid_cmd import grid
 from eed.commands.models_cmd import models
+from eed.commands.paper_cmd import paper
 from eed.commands.prepare_cmd import prepare
 from eed.commands.rdm_cmd import rdm
 from eed.commands.report_cmd import report
@@ -130,7 +131,7 @@ def _options(version: Annotated[Optional[bool], typer.Option(
 
 
 for command in (models, flops, resolve, prepare, train, evaluate, export, register, serve, rdm, report, compare,
-                grid):
+                paper, grid):
     app.command(cls=Command)(command)
 
 if __name__ == "__main__":

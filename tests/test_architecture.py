@@ -115,7 +115,7 @@ def test_the_cycle_finder_finds_cycles(tmp_path):
 LAYERS: list[tuple[str, ...]] = [
     ("eed", "eed.errors"),                                 # the error kinds and their boundary
     ("eed.paths", "eed.methods", "eed.device", "eed.progress"),  # leaves: folders, the methods table, ...
-    ("eed.config",),                                       # params.yaml as typed classes
+    ("eed.config", "eed.paper_numbers"),                   # params.yaml as typed classes; the paper's tables
     ("eed.data", "eed.models", "eed.tracking"),            # data, networks, the MLflow store
     ("eed.metrics", "eed.objectives"),                     # maths on outputs; the loss
     ("eed.engine",),                                       # set-up, loops, checkpoints, the trainer

@@ -134,6 +134,36 @@ def test_compare_prints_mean_and_sample_std(store, tmp_path, monkeypatch):
 
     figure = tmp_path / "out" / "figures" / "comparison.png"
     assert figure.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and matplotlib.image.imread(figure).shape[0] > 100
+    assert_the_difference_from_branchynet_is_shown_with_its_interval(result.output, tmp_path / "out")
+
+
+def stacked(above: str, below: str, output: str) -> bool:
+    """Whether ``above`` is printed right over ``below``, both right-aligned in one column."""
+    lines = output.splitlines()
+    return any({m.end() for m in re.finditer(re.escape(above) + r"(?=\s|$)", line)}
+               & {m.end() for m in re.finditer(re.escape(below), under)} for line, under in zip(lines, lines[1:]))
+
+
+def assert_the_difference_from_branchynet_is_shown_with_its_interval(output: str, out) -> None:
+    """By default eed is compared with branchynet: per output, the mean paired difference over the three
+    seeds with its Student-t interval, on the console, in comparison.md, differences.csv and a figure."""
+    from scipy.stats import t
+
+    for position, column in enumerate(CLASSIFIERS):
+        d = [100 * (RESULTS["eed"][s][position] - RESULTS["branchynet"][s][position]) for s in range(3)]
+        half = t.ppf(0.975, 2) * statistics.stdev(d) / 3 ** 0.5
+        low, high = statistics.mean(d) - half, statistics.mean(d) + half
+        mark = "*" if low > 0 or high < 0 else ""
+        cell = f"{statistics.mean(d):+.2f}{mark} [{low:+.2f}, {high:+.2f}]"
+        assert stacked(f"{statistics.mean(d):+.2f}{mark}", f"[{low:+.2f}, {high:+.2f}]", output), (column, cell, output)
+        assert cell in (out / "comparison.md").read_text()
+    with (out / "differences.csv").open() as handle:
+        (row,) = list(csv.DictReader(handle))
+    assert row["against"] == "branchynet" and row["pairing"] == "paired" and row["n"] == "3"
+    assert float(row["main_diff_pts"]) == pytest.approx(100 * statistics.mean(
+        RESULTS["eed"][s][3] - RESULTS["branchynet"][s][3] for s in range(3)), rel=1e-5)
+    assert "Difference from the reference row" in output and "Student t" in " ".join(output.split())
+    assert matplotlib.image.imread(out / "figures" / "differences.png").shape[0] > 100
 
 
 def test_selection_by_tag_and_run_id(store, tmp_path, monkeypatch):
@@ -397,3 +427,28 @@ def test_the_comparison_figure_keeps_every_text_inside_its_canvas_and_apart():
     for text in texts:
         if text not in inside:
             assert not box.overlaps(text.get_window_extent(renderer)), text.get_text()[:60]
+
+
+def test_the_differences_figure_keeps_every_text_inside_its_canvas_and_apart():
+    """Long row labels go in a legend below the axes, inside the canvas; no text overlaps another."""
+    from eed.reporting.differences import differences
+    from eed.reporting.figures import _build_differences
+
+    runs = [training_run(f"{method}{seed}", {"method": method, "seed": str(seed), **teacher}, main=0.4 + 0.01 * seed)
+            for method, teacher in [("branchynet", {}), ("eed", {}), ("eed", {"loss.teacher": "[1, 3, 'main']"}),
+                                    ("distill", {})] for seed in range(3)]
+    table = build_table([*runs, training_run("byot", {"method": "byot", "seed": "7"})])
+    found = differences(table)
+    assert len(found) == 4
+    figure = _build_differences(found, table.columns, ["Main"], caption="resnet18 width 16 · cifar100")
+    figure.canvas.draw()
+    renderer, canvas = figure.canvas.get_renderer(), figure.bbox
+    texts = [text for text in figure.findobj(matplotlib.text.Text) if text.get_visible() and text.get_text().strip()]
+    assert any("Teacher=[1, 3, 'main']" in text.get_text() for text in texts)
+    for text in texts:
+        extent = text.get_window_extent(renderer)
+        assert canvas.x0 - 1 <= extent.x0 and extent.x1 <= canvas.x1 + 1, text.get_text()[:60]
+        assert canvas.y0 - 1 <= extent.y0 and extent.y1 <= canvas.y1 + 1, text.get_text()[:60]
+    boxes = [(text.get_text(), text.get_window_extent(renderer)) for text in texts]
+    for i, (name, box) in enumerate(boxes):
+        assert not any(box.overlaps(other) for _, other in boxes[i + 1:]), name[:60]

@@ -122,8 +122,17 @@ COMMAND_CASES = {
              ("config", ["-S", "method=eed,nope", "{tiny}"], 2, "nope"),
              ("config", ["-S", "seed=0", "--jobs", "0", "{tiny}"], 2, "--jobs 0 / --per-gpu 1: each must be at least 1"),
              ("tracking", ["-S", "seed=0", "{tiny}", "--set", "tracking.uri=sqlite:///{project}/missing/db.sqlite"], 5,
-              "does not exist")],
+              "does not exist"),
+             ("config", ["-S", "seed=0", "--server", "--tracking-uri", "sqlite:///x.db", "{tiny}"], 2,
+              "--server and --tracking-uri: the grid tracks into its own server or into yours, not both"),
+             ("tracking", ["-S", "seed=0", "--tracking-uri", "http://127.0.0.1:9", "{tiny}"], 5,
+              "MLflow tracking store 'http://127.0.0.1:9' is not reachable"),
+             ("tracking", ["-S", "seed=0", "--server", "--server-host", "203.0.113.1", "{tiny}"], 5,
+              "the grid's server answers on 127.0.0.1:")],
+    "paper": [("config", ["--tag", "method", "{tiny}"], 2, "--tag 'method' must look like key=value"),
+              ("tracking", ["no-such-experiment", "{tiny}"], 5, "no MLflow experiment 'no-such-experiment'")],
     "compare": [("config", ["--tag", "method", "{tiny}"], 2, "--tag 'method' must look like key=value"),
+                ("config", ["--against", "nope", "{tiny}"], 2, "--against"),
                 ("tracking", ["no-such-experiment", "{tiny}"], 5, "no MLflow experiment 'no-such-experiment'")],
 }
 

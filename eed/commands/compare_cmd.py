@@ -27,6 +27,10 @@ def compare(
     out: Annotated[Optional[Path], typer.Option(
         help="Output folder for comparison.md, comparison.csv and figures/comparison.png "
              "(default: <paths.out_dir>/compare).")] = None,
+    against: Annotated[Optional[str], typer.Option(
+        metavar="METHOD", help="The reference method: each row gains its difference from the row of METHOD trained "
+                               "under the same setup, per output, in points, with a 95 % confidence interval "
+                               "(default: branchynet when the table has it).")] = None,
     params: ParamsOption = None,
     set_: OverridesOption = None,
 ) -> None:
@@ -38,8 +42,13 @@ def compare(
     1..k-1, main and ensemble; cells are mean ± sample std over the runs (seeds) of a row,
     n shown, best main accuracy per setup marked. Runs that did not end FINISHED are left
     out and listed. Writes comparison.md, comparison.csv and a figure.
+
+    Differences: each row minus its reference row (--against's method under the same setup; for
+    a teacher subset, the teacher of every classifier), per output. The interval is Student's t
+    on the per-seed differences over the seeds both rows share (Welch's over all their runs when
+    they share fewer than two); * marks one that excludes 0, a difference the seeds do not explain.
     """
     from eed.stages import compare as stage
 
     stage.compare(load(params, set_), experiment or [], tags=tag or [], run_ids=run_id or [], split=split.value,
-                  out=out)
+                  out=out, against=against)

@@ -30,6 +30,13 @@ def grid(
     account: Annotated[Optional[str], typer.Option(help="slurm: the account to charge.")] = None,
     gpus_per_run: Annotated[int, typer.Option(help="slurm: GPUs per cell (train.nproc > 1 runs DDP on them).")] = 0,
     cpus_per_run: Annotated[int, typer.Option(help="slurm: CPUs per cell.")] = 1,
+    tracking_uri: Annotated[Optional[str], typer.Option(
+        help="The MLflow store of every cell (e.g. http://tracking.lab:5000); default: params' tracking.uri.")] = None,
+    server: Annotated[bool, typer.Option(
+        "--server", help="Start an MLflow server of the grid's own over <out>/tracking (sqlite and artifacts: put "
+                         "--out on a shared folder for Slurm), stop it at the end; the runs stay there.")] = False,
+    server_host: Annotated[Optional[str], typer.Option(
+        help="--server: the name cells reach it by (default: this machine's name for slurm, else 127.0.0.1).")] = None,
     out: Annotated[Optional[Path], typer.Option(
         help="Folder of the cells, one per training setting (default: <paths.out_dir>/grid).")] = None,
     params: ParamsOption = None,
@@ -48,6 +55,7 @@ def grid(
 
     result = stage.grid(params_file(params), set_ or [], sweep, out=out, executor=executor, jobs=jobs,
                         gpus=[g.strip() for g in gpus.split(",") if g.strip()] if gpus else [], per_gpu=per_gpu,
-                        slurm=SlurmOptions(partition, time, account, gpus_per_run, cpus_per_run))
+                        slurm=SlurmOptions(partition, time, account, gpus_per_run, cpus_per_run),
+                        tracking_uri=tracking_uri, server=server, server_host=server_host)
     if result.failed:
         raise typer.Exit(1)

@@ -128,7 +128,7 @@ def _display_order(names: Iterable[str]) -> list[str]:
     return sorted(names, key=lambda name: (list(TITLES).index(name) if name in TITLES else len(TITLES), name))
 
 
-def _is_setup(name: str) -> bool:
+def is_setup(name: str) -> bool:
     """Part of the training setup the methods are compared under (not the method or its loss)."""
     return name != "method" and not name.startswith("loss.")
 
@@ -168,10 +168,19 @@ class ComparisonRow:
     seeds: list[str]
     best_main: bool = False
     label: str = ""               # the method and its values of the table's varying settings
+    accuracies: list[dict[str, float]] = field(default_factory=list)  # per run (as run_ids): column -> value
 
     @property
     def n(self) -> int:
         return len(self.run_ids)
+
+    def by_seed(self, column: str) -> dict[str, float]:
+        """``{seed: accuracy}`` of ``column`` (the mean of a seed's reruns, if any), in seed order."""
+        values: dict[str, list[float]] = {}
+        for seed, accuracies in zip(self.seeds, self.accuracies):
+            if column in accuracies:
+                values.setdefault(seed, []).append(accuracies[column])
+        return {seed: math.fsum(found) / len(found) for seed, found in values.items()}
 
     @property
     def repeated_seeds(self) -> list[str]:
@@ -349,6 +358,7 @@ def build_table(runs: Iterable[RunRecord], split: str = "test") -> ComparisonTab
         row = groups.setdefault(tuple(key.values()), ComparisonRow(key, {}, [], []))
         row.run_ids.append(run.run_id)
         row.seeds.append(run.params.get("seed") or run.tags.get("seed") or MISSING)
+        row.accuracies.append({column: float(value) for column, value in accuracies.items()})
         for column, value in accuracies.items():
             row.cells.setdefault(column, Cell([])).values.append(float(value))
             columns.add(column)
@@ -356,11 +366,12 @@ def build_table(runs: Iterable[RunRecord], split: str = "test") -> ComparisonTab
     for row in groups.values():  # runs of a row in seed order, whatever order MLflow returned
         order = sorted(range(row.n), key=lambda i: (_seed_order(row.seeds[i]), row.run_ids[i]))
         row.run_ids, row.seeds = [row.run_ids[i] for i in order], [row.seeds[i] for i in order]
+        row.accuracies = [row.accuracies[i] for i in order]
         for cell in row.cells.values():
             if len(cell.values) == row.n:
                 cell.values = [cell.values[i] for i in order]
 
-    setup = [name for name in names if _is_setup(name)]
+    setup = [name for name in names if is_setup(name)]
     loss = [name for name in names if name.startswith("loss.")]
     methods = method_names()
     method_rank = {m: i for i, m in enumerate(methods)}

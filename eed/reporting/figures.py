@@ -8,6 +8,7 @@ Figures are drawn on :mod:`eed.reporting.canvas`; the training curves (Figs. 3 a
 * :func:`plot_anytime` — the early-exit accuracy/GFLOPs curve;
 * :func:`plot_rdms` — Fig. 4, representational dissimilarity matrices;
 * :func:`plot_comparison` — the ``eed compare`` table as grouped bars per classifier;
+* :func:`plot_differences` — its differences from the reference rows, with their intervals;
 * :func:`plot_flops` — Table III as bars, the cost of each output.
 
 Each ``plot_*`` function has a ``_build_*`` twin that returns the :class:`Figure` unsaved
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from eed.metrics.rdm import RdmResult
     from eed.metrics.summary import GuaranteedResult
     from eed.reporting.comparison import ComparisonTable
+    from eed.reporting.differences import RowDifference
 
 
 # --------------------------------------------------------------------------- evaluation figures
@@ -269,6 +271,48 @@ def plot_comparison(table: "ComparisonTable", path: str | Path, *, caption: str 
     """Grouped bars: one group per classifier column, one bar per table row (mean; error bars =
     sample std over seeds, only where n >= 2)."""
     return save_figure(_build_comparison(table, caption=caption), path)
+
+
+def _build_differences(found: "Sequence[RowDifference]", columns: Sequence[str], titles: Sequence[str], *,
+                       caption: str = "") -> Figure:
+    """One marker per compared row and output (``columns``, named ``titles``) at the difference, its
+    interval as an error bar (hollow marker: no interval); the 0 line is "no difference"."""
+    width_inches = max(6.4, 1.1 * len(columns) + 3.5)
+    figure = new_figure(width_inches, 4.4 + 0.22 * len(found))  # the legend, one line per row, below
+    axes = figure.subplots()
+    step = 0.8 / max(len(found), 1)
+    for index, item in enumerate(found):
+        offset = (index - (len(found) - 1) / 2) * step
+        color = f"C{index % 10}"
+        label = f"{item.row.label} − {item.against} (n={item.n})"
+        for position, column in enumerate(columns):
+            difference = item.outputs.get(column)
+            if difference is None:
+                continue
+            x, y = position + offset, 100 * difference.mean
+            if difference.has_interval:
+                error = [[y - 100 * difference.low], [100 * difference.high - y]]
+                axes.errorbar([x], [y], yerr=error, fmt="o", color=color, capsize=3, label=label)
+            else:
+                axes.plot([x], [y], "o", mfc="none", color=color, label=label)
+            label = "_nolegend_"
+    axes.axhline(0, color="black", linewidth=0.8)
+    axes.set_xticks(list(range(len(columns))), list(titles))
+    axes.set(xlabel="classifier", ylabel="top-1 difference (percentage points)")
+    axes.grid(axis="y", alpha=0.3)
+    confidence = next((d.confidence for item in found for d in item.outputs.values()), 0.95)
+    axes.set_title(_wrapped(f"{100 * confidence:.0f} % interval: Student t on paired per-seed differences (Welch "
+                            "without shared seeds); hollow: no interval", width_inches), fontsize="small")
+    if found:
+        figure.legend(fontsize="small", loc="outside lower center")
+    title(figure, "Difference from the reference row (row − reference)", caption)
+    return figure
+
+
+def plot_differences(found: "Sequence[RowDifference]", columns: Sequence[str], titles: Sequence[str],
+                     path: str | Path, *, caption: str = "") -> Path:
+    """The differences of ``eed compare --against`` per output, with their confidence intervals."""
+    return save_figure(_build_differences(found, columns, titles, caption=caption), path)
 
 
 def _own_width(arch: str | None) -> int | None:

@@ -7,24 +7,33 @@ from typing import Sequence
 
 from eed import tracking
 from eed.config import Config
-from eed.errors import TrackingError
+from eed.errors import ConfigError, TrackingError
+from eed.methods import method_names
 from eed.paths import in_workspace
 from eed.reporting.comparison import TABLE_SPLITS, ComparisonTable, build_table, parse_tags
 from eed.reporting.canvas import saved_files
-from eed.reporting.figures import plot_comparison
+from eed.reporting import differences as diffs
+from eed.reporting.figures import plot_comparison, plot_differences
 from eed.stages import stdout
 from eed.stages.common import choice
 
 
 def compare(config: Config, experiments: Sequence[str] = (), *, tags: Sequence[str] = (),
             run_ids: Sequence[str] = (), split: str = "test",
-            out: Path | None = None) -> tuple[ComparisonTable, list[Path]]:
+            out: Path | None = None, tracking_uri: str | None = None,
+            against: str | None = None) -> tuple[ComparisonTable, list[Path]]:
     """``eed compare``: tracked training runs as the paper's Tables I/II, printed and written
-    to ``comparison.md``, ``comparison.csv`` and ``figures/comparison.png`` in ``out``."""
+    to ``comparison.md``, ``comparison.csv`` and ``figures/comparison.png`` in ``out``; then each
+    row's difference from its reference row (method ``against``, default branchynet; the
+    all-classifier teacher for a teacher subset) with its interval, into the same Markdown,
+    ``differences.csv`` and ``figures/differences.png``. The runs are read from ``tracking_uri``
+    (default: ``config``'s store)."""
     split = choice("--split", split, tuple(TABLE_SPLITS))
+    if against is not None:
+        choice("--against", against, tuple(method_names()))
     tag_filter = parse_tags(tags)
     experiments = [] if run_ids else list(experiments or [config.tracking.experiment])
-    tracking_uri = tracking.resolve_tracking_uri(config)
+    tracking_uri = tracking_uri or tracking.resolve_tracking_uri(config)
     runs = tracking.find_runs(tracking_uri, experiments=experiments, tags=tag_filter, run_ids=run_ids)
     table = build_table(runs, split)
     if not table.rows:
@@ -36,9 +45,16 @@ def compare(config: Config, experiments: Sequence[str] = (), *, tags: Sequence[s
     out_dir = Path(out or in_workspace(config.paths.out_dir) / "compare")
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown = out_dir / "comparison.md"
-    markdown.write_text(table.to_markdown())
+    if against is not None and not any(row.key.get("method") == against for row in table.rows):
+        raise ConfigError(f"--against {against}: no row of the table has method {against}")
+    found = diffs.differences(table, against)
+    markdown.write_text(table.to_markdown() + (f"\n{diffs.to_markdown(found, table.columns)}" if found else ""))
     files = [markdown, table.write_csv(out_dir / "comparison.csv"),
              *saved_files(plot_comparison(table, out_dir / "figures" / "comparison.png"))]
+    if found:
+        files += [diffs.write_csv(found, table.columns, out_dir / "differences.csv"),
+                  *saved_files(plot_differences(found, table.columns, [table.column_title(c) for c in table.columns],
+                                                 out_dir / "figures" / "differences.png"))]
 
     console = stdout()  # (soft-wrapped: long lines are left whole; these are paragraphs, wrapped at the width)
     console.print(table.rich_table(), soft_wrap=False)
@@ -46,6 +62,8 @@ def compare(config: Config, experiments: Sequence[str] = (), *, tags: Sequence[s
         console.print(table.constant_line(), highlight=False, soft_wrap=False)
     for warning in table.warnings():
         console.print(f"[yellow]note:[/] {warning}", soft_wrap=False)
+    if found:
+        console.print(diffs.rich_table(found, table.columns), soft_wrap=False)
     if table.skipped:
         console.print(f"[yellow]note:[/] skipped {len(table.skipped)} runs without {TABLE_SPLITS[split][0]}main "
                       f"(unfinished or failed)", soft_wrap=False)

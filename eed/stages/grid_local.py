@@ -46,7 +46,7 @@ def run_local(cells: Sequence[Cell], params: Path | None, base_overrides: Sequen
 
 def _run_cell(cell: Cell, params: Path | None, base_overrides: Sequence[str], tracking_uri: str,
               place: str | None, say: Callable[[Cell, str], None]) -> int:
-    env = dict(os.environ)
+    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}  # (else a user's variable would win over the grid's store)
     if place is not None:
         env["CUDA_VISIBLE_DEVICES"] = place
     cell.folder.mkdir(parents=True, exist_ok=True)

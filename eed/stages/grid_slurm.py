@@ -8,6 +8,7 @@ or lost otherwise is finished by running the grid again.
 
 from __future__ import annotations
 
+import os
 import subprocess
 import time
 from dataclasses import dataclass
@@ -32,15 +33,18 @@ class SlurmOptions:
 
 
 class CellTask(submitit.helpers.Checkpointable):
-    """One cell's commands, their output appended to ``log``; returns the first failing exit code or 0."""
+    """One cell's commands, their output appended to ``log``, with ``MLFLOW_TRACKING_URI`` set to the
+    grid's store (the job inherits the submitting shell's variables, which would win over it);
+    returns the first failing exit code or 0."""
 
-    def __init__(self, commands: list[list[str]], log: Path) -> None:
-        self.commands, self.log = commands, log
+    def __init__(self, commands: list[list[str]], log: Path, tracking_uri: str) -> None:
+        self.commands, self.log, self.tracking_uri = commands, log, tracking_uri
 
     def __call__(self) -> int:
+        env = {**os.environ, "MLFLOW_TRACKING_URI": self.tracking_uri}
         with open(self.log, "a") as out:
             for command in self.commands:
-                code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT).returncode
+                code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
                 if code != 0:
                     return code
         return 0
@@ -62,7 +66,7 @@ def run_slurm(cells: Sequence[Cell], params: Path | None, base_overrides: Sequen
         cell.folder.mkdir(parents=True, exist_ok=True)
     with executor.batch():
         jobs = [executor.submit(CellTask(cell_commands(cell, params, base_overrides, tracking_uri),
-                                         cell.folder / "grid.log")) for cell in todo]
+                                         cell.folder / "grid.log", tracking_uri)) for cell in todo]
     codes: dict[str, int] = {}
     running: set[str] = set()
     while len(codes) < len(todo):

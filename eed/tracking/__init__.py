@@ -4,7 +4,8 @@
 * :mod:`~eed.tracking.logger`: :class:`MlflowLogger` writes one run, :class:`NullLogger` stands
   in for a run that is not tracked;
 * :mod:`~eed.tracking.runs`: run search and checkpoint download;
-* :mod:`~eed.tracking.served`: the served early-exit model as an MLflow pyfunc, and the registry.
+* :mod:`~eed.tracking.served`: the served early-exit model as an MLflow pyfunc, and the registry;
+* :mod:`~eed.tracking.tracking_server`: an ``mlflow server`` of eed's own, for a grid.
 
 MLflow itself is imported inside the functions that use it: importing this package is cheap.
 """
@@ -19,10 +20,12 @@ from eed.tracking.logger import (
 )
 from eed.tracking.runs import (
     RunRecord,
+    downloaded_artifact,
     downloaded_checkpoint,
     find_runs,
     looks_like_run_id,
     run_exists,
+    stage_runs,
 )
 from eed.tracking.served import (
     describe_served_model,
@@ -40,11 +43,13 @@ from eed.tracking.store import (
     resolve_tracking_uri,
     using_tracking_uri,
 )
+from eed.tracking.tracking_server import server_command, tracking_server
 
 __all__ = [
     "DatasetRecord", "describe_served_model",
     "EXPERIMENT_KIND", "EXPERIMENT_KIND_TAG", "Logger", "MlflowLogger", "NOTE_TAG", "NullLogger",
-    "RunRecord", "check_tracking_uri", "downloaded_checkpoint", "ensure_experiment", "find_runs", "flatten_metrics",
+    "RunRecord", "check_tracking_uri", "downloaded_artifact", "downloaded_checkpoint", "ensure_experiment", "find_runs", "flatten_metrics",
     "log_served_model", "logged_run", "looks_like_run_id", "register_served_model", "resolve_tracking_uri",
-    "run_exists", "served_model_of", "served_models", "using_tracking_uri",
+    "run_exists", "served_model_of", "served_models", "server_command", "stage_runs", "tracking_server",
+    "using_tracking_uri",
 ]

@@ -131,3 +131,30 @@ def _find_runs(tracking_uri: str, experiments: Sequence[str], tags: dict[str, st
         if not page_token:
             break
     return [r for r in records if STAGE_TAG not in r.tags and PARENT_TAG not in r.tags]
+
+
+def stage_runs(tracking_uri: str, run_id: str) -> dict[str, str]:
+    """``{stage: run id}`` of the stage runs (``evaluate``, ``rdm``) nested under the training run
+    ``run_id``: the latest FINISHED one of each stage."""
+    with reaching(tracking_uri, f"searching the stage runs of {run_id}"):
+        client = client_for(tracking_uri)
+        experiment_id = client.get_run(run_id).info.experiment_id
+        children = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{run_id}' "
+                                      "and attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"])
+    found: dict[str, str] = {}
+    for child in children:
+        found.setdefault(child.data.tags.get(STAGE_TAG, ""), child.info.run_id)
+    found.pop("", None)
+    return found
+
+
+def downloaded_artifact(tracking_uri: str, run_id: str, path: str, folder: Path) -> Path | None:
+    """The run's artifact ``path`` copied into ``folder``; None when the run has no such artifact."""
+    parent = str(Path(path).parent) if Path(path).parent != Path(".") else None
+    with reaching(tracking_uri, f"downloading {path} of run {run_id}"):
+        client = client_for(tracking_uri)
+        if path not in {artifact.path for artifact in client.list_artifacts(run_id, parent)}:
+            return None
+        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+        folder.mkdir(parents=True, exist_ok=True)
+        return Path(client.download_artifacts(run_id, path, str(folder)))
