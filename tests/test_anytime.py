@@ -83,6 +83,10 @@ def test_curve_endpoints_and_monotone_cost():
     assert curve.exit_fractions[0].tolist() == [1.0, 0.0, 0.0] and curve.exit_fractions[-1].tolist() == [0, 0, 1]
     # As tau decreases, samples can only leave earlier: cost never increases.
     assert bool((curve.gflops[1:] >= curve.gflops[:-1] - 1e-12).all())
+    # Told what the main output alone costs, tau > 1 costs that: nothing leaves early, no exit head runs.
+    priced = sweep(logits, labels, COSTS.anytime, threshold_grid(101), main_only_cost=COSTS.main_only)
+    assert float(priced.gflops[-1]) == pytest.approx(COSTS.main_only) == 0.10 + 0.20 + 0.30 + 0.01
+    assert torch.equal(priced.gflops[:-1], curve.gflops[:-1])
     assert torch.allclose(curve.exit_fractions.sum(dim=1), torch.ones(len(curve.thresholds), dtype=torch.float64))
 
 
@@ -146,7 +150,10 @@ def test_trained_network_endpoints(trained):
     assert float(curve.accuracy[0]) == pytest.approx(report.classifier_accuracy[0])
     assert float(curve.accuracy[-1]) == pytest.approx(report.classifier_accuracy[-1])
     assert report.classifier_accuracy[-1] > 0.5  # it learned the signal
-    assert bool((curve.gflops[1:] >= curve.gflops[:-1] - 1e-12).all())
+    within = curve.gflops[:-1]  # thresholds 0..1: the higher, the later samples leave, the dearer
+    assert bool((within[1:] >= within[:-1] - 1e-12).all())
+    # Above 1 nothing leaves early, so no exit head runs: the main output alone, cheaper than tau = 1.
+    assert float(curve.gflops[-1]) == pytest.approx(COSTS.main_only) and COSTS.main_only < float(within[-1])
 
 
 def test_predict_matches_the_sweep_and_runs_fewer_stages(trained):
@@ -190,8 +197,14 @@ def test_predict_endpoints(trained):
     n = len(labels)
     first = predict(net, images, 0.0, count_stages=True)
     assert first.stage_samples == [n, 0, 0] and first.exit_index.eq(0).all()
-    everything = predict(net, images, ABOVE_ONE, count_stages=True)
-    assert everything.stage_samples == [n, n, n] and everything.exit_index.eq(2).all()
+    heads = []  # above 1 nothing can leave early: no exit head may run
+    hooks = [branch.register_forward_hook(lambda m, i, o: heads.append(m)) for branch in net.exits]
+    try:
+        everything = predict(net, images, ABOVE_ONE, count_stages=True)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert heads == [] and everything.stage_samples == [n, n, n] and everything.exit_index.eq(2).all()
     with torch.no_grad():
         main = net(images).main
     assert torch.equal(everything.classes, main.argmax(dim=1))

@@ -411,16 +411,19 @@ def test_evaluate_reports_calibration_and_a_guaranteed_threshold_fitted_on_val(t
         used_val = apply_temperatures(val_logits.double(), temperatures)
     costs = ClassifierCosts.from_profile(profile_model(model, 32))
     grid = threshold_grid(config.eval.thresholds)
-    curve = sweep(used_test, fake_data["test"][1], costs.anytime, grid)
+    curve = sweep(used_test, fake_data["test"][1], costs.anytime, grid, main_only_cost=costs.main_only)
     assert report.anytime.curve.accuracy.tolist() == pytest.approx(curve.accuracy.tolist())
     assert report.anytime.curve.gflops.tolist() == pytest.approx(curve.gflops.tolist())
     if calibrated:  # the scaled confidences give another curve here, so the check above can tell them apart
-        raw = sweep(test_logits, fake_data["test"][1], costs.anytime, grid)
+        raw = sweep(test_logits, fake_data["test"][1], costs.anytime, grid, main_only_cost=costs.main_only)
         assert raw.gflops.tolist() != pytest.approx(curve.gflops.tolist())
-    fit = fit_guaranteed_threshold(used_val, fake_data["val"][1], grid, 0.2, 0.2, costs.anytime)
+    fit = fit_guaranteed_threshold(used_val, fake_data["val"][1], grid, 0.2, 0.2, costs.anytime, costs.main_only)
     expected = check_guarantee(fit, used_test, fake_data["test"][1], costs.anytime)
     guaranteed = metrics["guaranteed"]
     assert guaranteed["feasible"] == int(fit.feasible) and guaranteed["held"] == int(expected["held"])
+    # Chosen on val never dearer than the main output alone, one of the options (on test: as measured).
+    assert fit.val_gflops <= costs.main_only and guaranteed["main_only_gflops"] == pytest.approx(costs.main_only)
+    assert guaranteed["main_only"] == int(fit.main_only) and (guaranteed["threshold"] is None) == fit.main_only
     assert guaranteed["accuracy"] == pytest.approx(expected["accuracy"], abs=1e-4)
     assert guaranteed["calibrated"] == int(calibrated)
     titles = [table.title for table in evaluation_tables(report)]

@@ -218,7 +218,51 @@ def test_guaranteed_threshold_fails_at_most_delta_of_the_time(population, popula
     assert saving / trials >= 0.9
 
 
-def test_fit_picks_the_loosest_threshold_of_the_safe_prefix(population):
+def test_any_safe_threshold_may_be_chosen_so_the_cheapest_still_fails_at_most_delta(population,
+                                                                                    population_indicators):
+    """Fixed-sequence testing controls the error over every threshold it declares safe at once: picking
+    among them by cost (here random costs per trial, and the main output alone sometimes cheaper)
+    keeps the failure rate within delta."""
+    _, _, truth = population
+    trials, samples = 400, 2000
+    generator = torch.Generator().manual_seed(2)
+    index_of = {threshold: i for i, threshold in enumerate(GRID.tolist())}
+    failures = main_only = 0
+    for _ in range(trials // 100):
+        draws = torch.randint(POPULATION, (100, samples), generator=generator)
+        for counts in resampled_counts(population_indicators, draws):
+            counts.gflops, counts.main_gflops = torch.rand(len(GRID), generator=generator, dtype=torch.float64), 0.05
+            fit = certify(counts, MAX_DROP, DELTA)
+            main_only += fit.main_only
+            failures += bool(truth.drop[index_of[fit.threshold]] > MAX_DROP)
+    assert failures / trials <= DELTA + 3 * math.sqrt(DELTA * (1 - DELTA) / trials)
+    assert 0 < main_only < trials  # both kinds of answer were chosen
+
+
+def counts_of(gflops: list[float], main_gflops: float, lost: list[int] | None = None) -> DropCounts:
+    """Hand-made counts on 10,000 samples for thresholds 0.9, 0.6, 0.3 (tested in that order) and above 1."""
+    thresholds = torch.tensor([0.9, 0.6, 0.3, ABOVE_ONE], dtype=torch.float64)
+    lost_tensor = torch.tensor(lost or [0, 0, 0, 0])
+    return DropCounts(thresholds=thresholds, samples=10_000, lost=lost_tensor, gained=torch.zeros(4, dtype=torch.long),
+                      accuracy=0.8 - lost_tensor.double() / 10_000, main_accuracy=0.8,
+                      gflops=torch.tensor(gflops, dtype=torch.float64), main_gflops=main_gflops)
+
+
+def test_the_cheapest_safe_option_is_chosen_never_one_dearer_than_the_main_output_alone():
+    # As in a trained network: every sample reaching the main output has paid the exit heads, so the
+    # loosest safe threshold (0.3) still costs more than the main output alone: the main output is chosen.
+    dear = certify(counts_of([1.30, 1.20, 1.08, 1.0], main_gflops=1.0), MAX_DROP, DELTA)
+    assert dear.feasible and dear.main_only and dear.threshold == ABOVE_ONE
+    assert (dear.val_gflops, dear.val_drop, dear.val_bound) == (1.0, 0.0, 0.0)
+    # A safe threshold cheaper than the main output: the cheapest one, not necessarily the loosest.
+    cheap = certify(counts_of([0.95, 0.70, 0.80, 1.0], main_gflops=1.0), MAX_DROP, DELTA)
+    assert not cheap.main_only and cheap.threshold == 0.6 and cheap.val_gflops == pytest.approx(0.70)
+    # Only the safe prefix competes: 0.3 is cheapest but its drop bound fails, and 0.6 is chosen.
+    unsafe = certify(counts_of([0.95, 0.70, 0.40, 1.0], 1.0, lost=[0, 0, 400, 0]), MAX_DROP, DELTA)
+    assert unsafe.threshold == 0.6 and unsafe.thresholds_tested == 3
+
+
+def test_with_costs_that_rise_with_tau_the_fit_is_the_loosest_of_the_safe_prefix(population):
     logits, labels, _ = population
     val_logits, val_labels = logits[:, :2000], labels[:2000]
     fit = fit_guaranteed_threshold(val_logits, val_labels, GRID.flip(0), MAX_DROP, DELTA, COSTS)  # order given

@@ -6,6 +6,7 @@ and a misspelled `-S` key."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -236,8 +237,8 @@ def assert_every_file_names_its_unit(out: Path, evaluation: dict) -> None:
             unit = unit_of(path)
             if unit == "fraction":
                 assert 0 <= value <= 1, (file.name, path, value)
-            elif unit == "percent":
-                assert 0 <= value <= 100, (file.name, path, value)
+            elif unit == "percent":  # (a cost in % of the main output's may pass 100 on test)
+                assert 0 <= value <= (math.inf if "cost%" in path else 100), (file.name, path, value)
             elif unit == "epoch":
                 assert float(value).is_integer() and value >= 1, (file.name, path, value)
             checked[unit] = checked.get(unit, 0) + 1

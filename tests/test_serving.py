@@ -84,7 +84,10 @@ def test_thresholds_gflops_and_named_thresholds(served, images):
     k = served.model.num_classifiers
     assert served.answer(images, threshold=0.0)["exit"] == ["exit1"] * len(images)
     assert served.answer(images, threshold=ABOVE_ONE)["exit"] == ["main"] * len(images)
-    assert served.answer(images, threshold=1.5)["exit_index"] == [k - 1] * len(images)
+    above = served.answer(images, threshold=1.5)
+    assert above["exit_index"] == [k - 1] * len(images)
+    # Above 1 no exit head runs: the main output alone, cheaper than reaching it through every exit.
+    assert above["gflops"] == [served.costs.main_only] * len(images) < [served.costs.anytime[-1]] * len(images)
     answer = served.answer(images, threshold=middle_threshold(served, images))
     assert answer["gflops"] == [served.costs.anytime[e] for e in answer["exit_index"]]
     assert served.costs.anytime == sorted(served.costs.anytime) and served.costs.anytime[0] > 0

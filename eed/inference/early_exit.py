@@ -104,10 +104,23 @@ def cascade(pieces: Sequence[SegmentFn], x: Tensor, threshold: float, *,
     return Prediction(classes, exit_index, confidence, logits=kept if keep_logits else None)
 
 
+def main_only(model: MultiExitNet, x: Tensor, *, temperatures: Sequence[float] | Tensor | None = None,
+              keep_logits: bool = False) -> Prediction:
+    """Every sample answered by the main output, the exits never computed: what a threshold above 1
+    gives, at the cost of the network without exits."""
+    with torch.inference_mode():
+        logits = model.forward_main(x)
+    scale = 1.0 if temperatures is None else float(list(temperatures)[-1])
+    confidence, classes = confidences(logits / scale)
+    exit_index = torch.full_like(classes, model.num_classifiers - 1)
+    kept = [[row] for row in logits.float().cpu()] if keep_logits else None
+    return Prediction(classes, exit_index, confidence.float(), logits=kept)
+
+
 def predict(model: MultiExitNet, x: Tensor, threshold: float, *, count_stages: bool = False,
             temperatures: Sequence[float] | Tensor | None = None, keep_logits: bool = False) -> Prediction:
     """Early-exit inference on a batch that really stops computing: :func:`cascade` over the
-    network's segments, in eval mode (BatchNorm must use running statistics: the batch shrinks
+    network's segments (above 1, :func:`main_only`: no exit head at all), in eval mode (BatchNorm must use running statistics: the batch shrinks
     as samples leave). ``count_stages`` records, with forward hooks, how many samples each
     stage processed."""
     stage_samples = [0] * len(model.stages)
@@ -120,7 +133,10 @@ def predict(model: MultiExitNet, x: Tensor, threshold: float, *, count_stages: b
     was_training = model.training
     model.eval()
     try:
-        result = cascade(segments(model), x, threshold, temperatures=temperatures, keep_logits=keep_logits)
+        if threshold > 1.0:  # no confidence reaches it: the main output alone, no exit head computed
+            result = main_only(model, x, temperatures=temperatures, keep_logits=keep_logits)
+        else:
+            result = cascade(segments(model), x, threshold, temperatures=temperatures, keep_logits=keep_logits)
     finally:
         model.train(was_training)
         for hook in hooks:

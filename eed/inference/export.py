@@ -60,7 +60,7 @@ def served_results(report: EvaluationReport, calibrated: bool, split: str) -> tu
     guaranteed = report.guaranteed
     if guaranteed is not None:
         fit, check = guaranteed.fit, guaranteed.check
-        rows.append(("max_drop", fit.threshold if fit.feasible else None,
+        rows.append(("max_drop", None if fit.main_only else fit.threshold,
                      {"val_acc": fit.val_accuracy, "val_gflops": fit.val_gflops,
                       f"{split}_acc": check.get("accuracy"), f"{split}_gflops": check.get("gflops")}))
     for fit in report.anytime.budgets if report.anytime else []:
@@ -74,11 +74,15 @@ def served_results(report: EvaluationReport, calibrated: bool, split: str) -> tu
     confidence = "temperature-scaled max softmax" if calibrated else "max softmax"
     lines = [f"**Early exit served by eed.** An image leaves at the first exit whose {confidence} reaches the "
              "threshold τ; otherwise the main output answers. Thresholds fitted on the val split.", ""]
-    if guaranteed is not None and guaranteed.fit.feasible:
+    if guaranteed is not None and guaranteed.fit.feasible and guaranteed.fit.main_only:
+        lines.append("Default: `max_drop`, the main output alone, no exit head computed: every threshold that met the "
+                     "guarantee cost more on val than the main output alone.")
+    elif guaranteed is not None and guaranteed.fit.feasible:
         fit = guaranteed.fit
         lines.append(f"Default: `max_drop`, τ {fit.threshold:.3f}: top-1 at most {100 * fit.max_drop:g} points below "
                      f"the main output's with probability at least {1 - fit.delta:g} (fixed-sequence testing, "
-                     f"Clopper–Pearson bounds on {fit.val_samples} val images).")
+                     f"Clopper–Pearson bounds on {fit.val_samples} val images); the cheapest threshold on val that "
+                     "met the guarantee, and cheaper than the main output alone.")
     else:
         lines.append("Default: the main output for every image (no threshold met the guarantee, or none was asked).")
     header = "| threshold | τ | " + " | ".join(f"{name} top-1 % | {name} GFLOPs" for name in splits) + " |"
@@ -88,8 +92,9 @@ def served_results(report: EvaluationReport, calibrated: bool, split: str) -> tu
         lines.append(f"| `{name}` | {'—' if tau is None else f'{tau:.3f}'} | {cells} |")
     if report.anytime is not None:
         costs = report.anytime.costs
-        lines += ["", f"The main output alone costs {costs.standalone[-1]:.4f} GFLOPs per image; an image that "
-                      f"reaches it here has also run every exit head ({costs.anytime[-1]:.4f})."]
+        lines += ["", f"The main output alone (τ above 1: no exit head computed) costs {costs.main_only:.4f} GFLOPs "
+                      f"per image; under a τ of at most 1, an image that reaches it has also run every exit head "
+                      f"({costs.anytime[-1]:.4f})."]
     return "\n".join(lines), metrics
 
 

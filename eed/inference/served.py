@@ -146,7 +146,8 @@ class ServedModel:
             "confidence": result.confidence.cpu().double().tolist(),
             "exit": [self.names[e] for e in exits],
             "exit_index": exits,
-            "gflops": [self.costs.anytime[e] for e in exits],
+            # Above 1 no exit head ran (predict's main_only): the main output alone.
+            "gflops": [self.costs.main_only if tau > 1.0 else self.costs.anytime[e] for e in exits],
         }
         if return_logits:
             columns["logits"] = [[row.tolist() for row in rows] for rows in result.logits]

@@ -53,6 +53,12 @@ class ClassifierCosts:
     # Stages 1..i + exit heads 1..i (main: everything): a sample leaving there in early exit.
     anytime: list[float]
 
+    @property
+    def main_only(self) -> float:
+        """The main output without any exit head: what a threshold above 1 costs (nothing can leave
+        early, so :func:`eed.inference.early_exit.predict` computes no exit head)."""
+        return self.standalone[-1]
+
     @classmethod
     def from_parts(cls, stage_gflops: Sequence[float], exit_gflops: Sequence[float],
                    main_head_gflops: float) -> "ClassifierCosts":
@@ -133,11 +139,22 @@ class AnytimeCurve:
         return rows
 
 
+def sample_costs(costs: Sequence[float], exits: Tensor, thresholds: Tensor,
+                 main_only_cost: float | None = None) -> Tensor:
+    """GFLOPs of each sample (T, N) leaving at ``exits`` (T, N): its anytime cost, or under a
+    threshold above 1 (nothing leaves early, no exit head is computed) ``main_only_cost``."""
+    cost = torch.as_tensor(costs, dtype=torch.float64)[exits]
+    if main_only_cost is not None:
+        cost[torch.as_tensor(thresholds, dtype=torch.float64) > 1.0] = float(main_only_cost)
+    return cost
+
+
 def sweep(logits: Tensor, labels: Tensor, costs: Sequence[float], thresholds: Tensor,
-          names: Sequence[str] | None = None) -> AnytimeCurve:
+          names: Sequence[str] | None = None, main_only_cost: float | None = None) -> AnytimeCurve:
     """Early-exit accuracy and cost for every threshold, from collected logits (k, N, C).
 
-    ``costs`` are the anytime costs of leaving at each classifier (``ClassifierCosts.anytime``).
+    ``costs`` are the anytime costs of leaving at each classifier (``ClassifierCosts.anytime``);
+    ``main_only_cost`` (``ClassifierCosts.main_only``) what a threshold above 1 costs.
     """
     k, n, _ = logits.shape
     if len(costs) != k:
@@ -147,7 +164,7 @@ def sweep(logits: Tensor, labels: Tensor, costs: Sequence[float], thresholds: Te
     chosen = exit_indices(logits, thresholds)                               # (T, N)
     correct = (logits.argmax(dim=-1) == labels[None]).double()             # (k, N)
     correct_at_exit = torch.gather(correct, 0, chosen)                      # (T, N)
-    cost_at_exit = torch.as_tensor(costs, dtype=torch.float64)[chosen]     # (T, N)
+    cost_at_exit = sample_costs(costs, chosen, thresholds, main_only_cost)  # (T, N)
     counts = torch.zeros(len(thresholds), k, dtype=torch.float64)
     counts.scatter_add_(1, chosen, torch.ones_like(cost_at_exit))
     return AnytimeCurve(names=names, thresholds=thresholds, accuracy=correct_at_exit.mean(dim=1),
@@ -155,9 +172,10 @@ def sweep(logits: Tensor, labels: Tensor, costs: Sequence[float], thresholds: Te
 
 
 def evaluate_threshold(logits: Tensor, labels: Tensor, costs: Sequence[float],
-                       threshold: float) -> tuple[float, float]:
+                       threshold: float, main_only_cost: float | None = None) -> tuple[float, float]:
     """(accuracy, average GFLOPs) of early exit at one threshold."""
-    curve = sweep(logits, labels, costs, torch.tensor([threshold], dtype=torch.float64))
+    curve = sweep(logits, labels, costs, torch.tensor([threshold], dtype=torch.float64),
+                  main_only_cost=main_only_cost)
     return float(curve.accuracy[0]), float(curve.gflops[0])
 
 
@@ -182,10 +200,13 @@ class BudgetFit:
 
 def fit_budgets(curve: AnytimeCurve, budgets: Sequence[float]) -> list[BudgetFit]:
     """For each budget, the threshold whose average cost fits it with the best accuracy
-    (ties: the cheaper one), chosen on the curve of the fitting split."""
+    (ties: the cheaper one), chosen on the curve of the fitting split. A threshold that costs
+    more than the main output alone (the curve's point above 1) is never chosen."""
+    above_one = curve.thresholds > 1.0
+    ceiling = float(curve.gflops[above_one].min()) if bool(above_one.any()) else float("inf")
     fits = []
     for budget in budgets:
-        fitting = torch.nonzero(curve.gflops <= budget + 1e-12).flatten().tolist()
+        fitting = torch.nonzero(curve.gflops <= min(budget, ceiling) + 1e-12).flatten().tolist()
         if not fitting:
             fits.append(BudgetFit(float(budget), None, None, None))
             continue
@@ -196,11 +217,11 @@ def fit_budgets(curve: AnytimeCurve, budgets: Sequence[float]) -> list[BudgetFit
 
 
 def report_budgets(fits: list[BudgetFit], logits: Tensor, labels: Tensor,
-                   costs: Sequence[float]) -> list[BudgetFit]:
+                   costs: Sequence[float], main_only_cost: float | None = None) -> list[BudgetFit]:
     """Fill in each fitted threshold's accuracy and cost on another split (test)."""
     for fit in fits:
         if fit.threshold is not None:
-            fit.accuracy, fit.gflops = evaluate_threshold(logits, labels, costs, fit.threshold)
+            fit.accuracy, fit.gflops = evaluate_threshold(logits, labels, costs, fit.threshold, main_only_cost)
     return fits
 
 
@@ -237,10 +258,11 @@ def analyze(logits: Tensor, labels: Tensor, costs: ClassifierCosts, thresholds: 
             fit_split: str | None = None) -> AnytimeReport:
     """The curve on the reported split, plus budget thresholds fitted on ``fit_logits``
     (the validation split) and reported on ``logits``. No fitting split: no budgets."""
-    curve = sweep(logits, labels, costs.anytime, thresholds, names)
+    curve = sweep(logits, labels, costs.anytime, thresholds, names, costs.main_only)
     accuracy = (logits.argmax(dim=-1) == labels[None]).double().mean(dim=1).tolist()
     report = AnytimeReport(curve=curve, costs=costs, classifier_accuracy=accuracy, fit_split=fit_split)
     if budgets and fit_logits is not None and fit_labels is not None:
-        fit_curve = sweep(fit_logits, fit_labels, costs.anytime, thresholds, names)
-        report.budgets = report_budgets(fit_budgets(fit_curve, budgets), logits, labels, costs.anytime)
+        fit_curve = sweep(fit_logits, fit_labels, costs.anytime, thresholds, names, costs.main_only)
+        report.budgets = report_budgets(fit_budgets(fit_curve, budgets), logits, labels, costs.anytime,
+                                        costs.main_only)
     return report

@@ -30,13 +30,16 @@ before seeing data, from strict (high tau: almost everything reaches the main ou
 near 0) to loose, each is tested at the full level delta, and testing stops at the first one
 that is not declared safe. A threshold with drop > max_drop can only be declared safe if the
 first such threshold in the order was wrongly declared safe, which happens with probability
-<= delta; so every declared-safe threshold, and in particular tau-hat, the loosest of them
-(the cheapest: a lower tau only lets samples leave earlier), has drop <= max_drop with
-probability >= 1 - delta. No monotonicity of drop(tau) is needed for this.
+<= delta; so every declared-safe threshold at once has drop <= max_drop with probability >= 1 -
+delta (the family-wise error). No monotonicity of drop(tau) is needed for this.
 
-If nothing is declared safe the answer is the main output alone (tau = :data:`ABOVE_ONE`,
-drop 0 by definition), flagged ``feasible=False``. Thresholds above 1 are that fallback and
-are not tested.
+Which one to use. Since the guarantee covers every declared-safe threshold together, any of them
+may be chosen after seeing the validation data: the cheapest on validation is (with the costs;
+without them, the loosest). The main output alone (tau = :data:`ABOVE_ONE`: nothing can leave
+early, so no exit head is computed; drop 0 by definition) is always a candidate, at its own cost:
+a threshold that lets few samples out can cost more than it, since every sample that reaches
+the main output has also paid every exit head. If nothing is declared safe the answer is the
+main output too, flagged ``feasible=False``. Thresholds above 1 are that option and are not tested.
 
 The Clopper-Pearson bounds are exact beta quantiles, computed here without scipy: the
 regularized incomplete beta function from ``math.lgamma`` and its continued fraction, inverted
@@ -56,7 +59,7 @@ from typing import Any, Iterable, Sequence
 import torch
 from torch import Tensor
 
-from eed.metrics.anytime import ABOVE_ONE, exit_indices
+from eed.metrics.anytime import ABOVE_ONE, exit_indices, sample_costs
 
 # Continued fraction of the incomplete beta: relative tolerance and iteration cap. It needs
 # O(sqrt(max(a, b))) terms: a few milliseconds per bound even for 100,000 samples.
@@ -191,7 +194,7 @@ class DropCounts:
     accuracy: Tensor           # (T,) early-exit accuracy
     main_accuracy: float
     gflops: Tensor | None      # (T,) average GFLOPs per sample, when costs were given
-    main_gflops: float | None  # the main output's cost (costs[-1]), when costs were given
+    main_gflops: float | None  # the main output alone (no exit head), when costs were given
 
     @property
     def drop(self) -> Tensor:
@@ -199,18 +202,20 @@ class DropCounts:
         return (self.lost - self.gained).double() / self.samples
 
     @classmethod
-    def from_exits(cls, thresholds: Tensor, exits: Tensor, correct: Tensor,
-                   costs: Sequence[float] | None = None) -> "DropCounts":
+    def from_exits(cls, thresholds: Tensor, exits: Tensor, correct: Tensor, costs: Sequence[float] | None = None,
+                   main_only_cost: float | None = None) -> "DropCounts":
         """From the classifier each sample leaves at per threshold (``exits``, (T, n), as
         ``anytime.exit_indices`` gives) and each classifier's correctness (``correct``, (k, n) bool).
-        Cheap: a population's ``exits`` can be computed once and indexed by any sample of it."""
+        Cheap: a population's ``exits`` can be computed once and indexed by any sample of it.
+        ``costs``: anytime costs; ``main_only_cost``: the main output alone (default ``costs[-1]``)."""
         early_correct = torch.gather(correct, 0, exits)     # (T, n)
         main_correct = correct[-1][None]
+        thresholds = torch.as_tensor(thresholds, dtype=torch.float64)
         gflops = main_gflops = None
         if costs is not None:
-            costs_tensor = torch.as_tensor(costs, dtype=torch.float64)
-            gflops, main_gflops = costs_tensor[exits].mean(dim=1), float(costs_tensor[-1])
-        return cls(thresholds=torch.as_tensor(thresholds, dtype=torch.float64), samples=correct.shape[1],
+            main_gflops = float(costs[-1] if main_only_cost is None else main_only_cost)
+            gflops = sample_costs(costs, exits, thresholds, main_gflops).mean(dim=1)
+        return cls(thresholds=thresholds, samples=correct.shape[1],
                    lost=(main_correct & ~early_correct).sum(dim=1), gained=(~main_correct & early_correct).sum(dim=1),
                    accuracy=early_correct.double().mean(dim=1), main_accuracy=float(correct[-1].double().mean()),
                    gflops=gflops, main_gflops=main_gflops)
@@ -227,15 +232,16 @@ def _check_inputs(logits: Tensor, labels: Tensor, costs: Sequence[float] | None)
         raise ValueError(f"{len(costs)} costs for {logits.shape[0]} classifiers")
 
 
-def drop_counts(logits: Tensor, labels: Tensor, thresholds: Tensor,
-                costs: Sequence[float] | None = None) -> DropCounts:
+def drop_counts(logits: Tensor, labels: Tensor, thresholds: Tensor, costs: Sequence[float] | None = None,
+                main_only_cost: float | None = None) -> DropCounts:
     """Early exit at every threshold at once (``anytime.exit_indices``), compared sample by
-    sample with the main output. ``costs``: ``ClassifierCosts.anytime``, for the GFLOPs.
-    Pass float64 thresholds: in float32, :data:`ABOVE_ONE` rounds to 1."""
+    sample with the main output. ``costs``: ``ClassifierCosts.anytime``, for the GFLOPs;
+    ``main_only_cost``: ``ClassifierCosts.main_only``. Pass float64 thresholds: in float32,
+    :data:`ABOVE_ONE` rounds to 1."""
     _check_inputs(logits, labels, costs)
     thresholds = torch.as_tensor(thresholds, dtype=torch.float64).flatten()
     correct = logits.argmax(dim=-1) == labels[None]  # (k, n), as anytime.sweep scores it
-    return DropCounts.from_exits(thresholds, exit_indices(logits, thresholds), correct, costs)
+    return DropCounts.from_exits(thresholds, exit_indices(logits, thresholds), correct, costs, main_only_cost)
 
 
 # --------------------------------------------------------------------------- the procedure
@@ -245,7 +251,7 @@ def drop_counts(logits: Tensor, labels: Tensor, thresholds: Tensor,
 class GuaranteedThreshold:
     """The threshold chosen on the validation split, with what it promises."""
 
-    threshold: float             # ABOVE_ONE (main output only) when not feasible
+    threshold: float             # ABOVE_ONE: the main output alone (cheapest, or nothing declared safe)
     feasible: bool               # some threshold <= 1 was declared safe
     max_drop: float              # epsilon: the accuracy drop (fraction) allowed
     delta: float                 # the allowed probability that the drop exceeds max_drop
@@ -256,12 +262,19 @@ class GuaranteedThreshold:
     val_gflops: float | None     # average GFLOPs per sample on validation, when costs were given
     thresholds_tested: int       # hypotheses tested, including the first that failed
     val_samples: int
+    main_only_gflops: float | None = None  # the main output alone, no exit head (the option always there)
+
+    @property
+    def main_only(self) -> bool:
+        """Whether the answer is the main output alone: no exit head is computed."""
+        return self.threshold > 1.0
 
 
 def certify(counts: DropCounts, max_drop: float, delta: float) -> GuaranteedThreshold:
     """Fixed-sequence testing on one split's counts: thresholds <= 1 from the highest down,
-    each declared safe while its drop bound at level delta is <= ``max_drop``; the answer is
-    the last one declared safe, or the main output (``feasible=False``) if none is."""
+    each declared safe while its drop bound at level delta is <= ``max_drop``. The answer is the
+    cheapest of those declared safe and the main output alone (with the counts' costs; without
+    them, the loosest declared safe); the main output (``feasible=False``) if none is."""
     if not 0.0 < delta < 1.0:
         raise ValueError(f"delta must be in (0, 1), got {delta}")
     if not max_drop >= 0.0:
@@ -279,31 +292,49 @@ def certify(counts: DropCounts, max_drop: float, delta: float) -> GuaranteedThre
 
     safe = fixed_sequence_rejections(tested_bounds(), max_drop)
     common = {"max_drop": float(max_drop), "delta": float(delta), "val_main_accuracy": counts.main_accuracy,
-              "thresholds_tested": len(bounds), "val_samples": n}
-    if safe == 0:
-        return GuaranteedThreshold(threshold=ABOVE_ONE, feasible=False, val_drop=0.0, val_bound=0.0,
-                                   val_accuracy=counts.main_accuracy, val_gflops=counts.main_gflops, **common)
-    chosen = order[safe - 1]
+              "thresholds_tested": len(bounds), "val_samples": n, "main_only_gflops": counts.main_gflops,
+              "feasible": safe > 0}
+    position = _cheapest(counts, order[:safe])
+    if position is None:
+        return GuaranteedThreshold(threshold=ABOVE_ONE, val_drop=0.0, val_bound=0.0, val_accuracy=counts.main_accuracy,
+                                   val_gflops=counts.main_gflops, **common)
+    chosen = order[position]
     return GuaranteedThreshold(
-        threshold=float(counts.thresholds[chosen]), feasible=True, val_drop=float(counts.drop[chosen]),
-        val_bound=bounds[safe - 1], val_accuracy=float(counts.accuracy[chosen]),
+        threshold=float(counts.thresholds[chosen]), val_drop=float(counts.drop[chosen]), val_bound=bounds[position],
+        val_accuracy=float(counts.accuracy[chosen]),
         val_gflops=None if counts.gflops is None else float(counts.gflops[chosen]), **common)
 
 
+def _cheapest(counts: DropCounts, safe: list[int]) -> int | None:
+    """Position in ``safe`` of the threshold to use: the lowest validation cost (ties: the higher
+    accuracy, then the stricter), None when the main output alone costs no more (or nothing is
+    safe). Without costs: the loosest."""
+    if not safe:
+        return None
+    if counts.gflops is None or counts.main_gflops is None:
+        return len(safe) - 1
+    position = min(range(len(safe)), key=lambda i: (float(counts.gflops[safe[i]]), -float(counts.accuracy[safe[i]])))
+    return None if counts.main_gflops <= float(counts.gflops[safe[position]]) else position
+
+
 def fit_guaranteed_threshold(logits: Tensor, labels: Tensor, thresholds: Tensor, max_drop: float, delta: float,
-                             costs: Sequence[float] | None = None) -> GuaranteedThreshold:
-    """The loosest threshold declared safe by fixed-sequence testing on this split (validation):
-    with probability >= 1 - delta over the split's draw, its true accuracy drop against the main
-    output is <= ``max_drop``. ``thresholds`` in any order (tested from the highest down);
-    ``costs``: ``ClassifierCosts.anytime``, only to report GFLOPs."""
-    return certify(drop_counts(logits, labels, thresholds, costs), max_drop, delta)
+                             costs: Sequence[float] | None = None,
+                             main_only_cost: float | None = None) -> GuaranteedThreshold:
+    """The cheapest threshold declared safe by fixed-sequence testing on this split (validation),
+    or the main output alone when that costs no more: with probability >= 1 - delta over the
+    split's draw, its true accuracy drop against the main output is <= ``max_drop``. ``thresholds``
+    in any order (tested from the highest down); ``costs``: ``ClassifierCosts.anytime`` and
+    ``main_only_cost``: ``ClassifierCosts.main_only`` (without costs: the loosest safe threshold)."""
+    return certify(drop_counts(logits, labels, thresholds, costs, main_only_cost), max_drop, delta)
 
 
 def check_guarantee(fit: GuaranteedThreshold, logits: Tensor, labels: Tensor,
                     costs: Sequence[float] | None = None) -> dict[str, Any]:
     """How the fitted threshold does on another split (test): realised drop against the main
-    output, accuracies, GFLOPs (with ``costs``) and whether the promised bound ``held``."""
-    counts = drop_counts(logits, labels, torch.tensor([fit.threshold], dtype=torch.float64), costs)
+    output, accuracies, GFLOPs (with ``costs``, and its share of the main output alone) and
+    whether the promised bound ``held``."""
+    counts = drop_counts(logits, labels, torch.tensor([fit.threshold], dtype=torch.float64), costs,
+                         fit.main_only_gflops)
     # The drop from the counts, not acc_main - acc: a float difference could cross max_drop by rounding.
     drop = float(counts.drop[0])
     out: dict[str, Any] = {"threshold": fit.threshold, "feasible": fit.feasible, "max_drop": fit.max_drop,
@@ -312,4 +343,6 @@ def check_guarantee(fit: GuaranteedThreshold, logits: Tensor, labels: Tensor,
                            "samples": counts.samples}
     if counts.gflops is not None:
         out["gflops"] = float(counts.gflops[0])
+        out["main_only_gflops"] = counts.main_gflops
+    out["main_only"] = fit.main_only
     return out

@@ -86,11 +86,12 @@ class GuaranteedResult:
     def metrics(self) -> dict[str, Any]:
         fit, check = self.fit, self.check
         out = {"max_drop": fit.max_drop, "delta": fit.delta, "feasible": int(fit.feasible),
-               "threshold": fit.threshold if fit.feasible else None, "calibrated": int(self.calibrated),
-               "val_drop": fit.val_drop, "val_bound": fit.val_bound, "accuracy": check["accuracy"],
-               "main_accuracy": check["main_accuracy"], "drop": check["drop"], "held": int(check["held"])}
-        if "gflops" in check:
-            out["gflops"] = check["gflops"]
+               "threshold": None if fit.main_only else fit.threshold, "main_only": int(fit.main_only),
+               "calibrated": int(self.calibrated), "val_drop": fit.val_drop, "val_bound": fit.val_bound,
+               "accuracy": check["accuracy"], "main_accuracy": check["main_accuracy"], "drop": check["drop"],
+               "held": int(check["held"])}
+        if "gflops" in check:  # and what the main output alone costs, the option it must not exceed
+            out["gflops"], out["main_only_gflops"] = check["gflops"], check["main_only_gflops"]
         return out
 
 

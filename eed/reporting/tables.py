@@ -82,11 +82,15 @@ def guaranteed_table(report: "EvaluationReport") -> Table:
     for column in ("threshold", "val drop (bound)", f"{report.split} top-1", f"{report.split} drop",
                    "GFLOPs", "held"):
         table.add_column(column, justify="right")
-    threshold = f"{fit.threshold:.3f}" if fit.feasible else "none (main only)"
-    gflops = check.get("gflops")
+    threshold = (f"{fit.threshold:.3f}" if not fit.main_only else
+                 "main only (cheaper)" if fit.feasible else "main only (none safe)")
+    gflops, main_only = check.get("gflops"), check.get("main_only_gflops")
+    cost = "—" if gflops is None else f"{gflops:.4f}" + (f" ({100 * gflops / main_only:.0f} %)" if main_only else "")
     table.add_row(threshold, f"{100 * fit.val_drop:.2f} ({100 * fit.val_bound:.2f})", _pct(check["accuracy"]),
-                  f"{100 * check['drop']:.2f}", "—" if gflops is None else f"{gflops:.4f}",
-                  "yes" if check["held"] else "[bold red]no[/]")
+                  f"{100 * check['drop']:.2f}", cost, "yes" if check["held"] else "[bold red]no[/]")
+    table.caption = ("GFLOPs (% of the main output alone, no exit head): the cheapest option on val among the "
+                     "thresholds declared safe and the main output alone")
+    table.caption_justify = "left"
     return table
 
 
@@ -102,7 +106,8 @@ def served_table(report: "EvaluationReport", settings: dict) -> Table:
         fitted["max_drop"] = (report.guaranteed.fit.val_accuracy, report.guaranteed.fit.val_gflops)
     for name, threshold in settings["thresholds"].items():
         accuracy, gflops = fitted.get(name, (None, None))
-        table.add_row(name, f"{threshold:.3f}", _pct(accuracy), "—" if gflops is None else f"{gflops:.4f}",
+        table.add_row(name, "main only" if threshold > 1 else f"{threshold:.3f}", _pct(accuracy),
+                      "—" if gflops is None else f"{gflops:.4f}",
                       "yes" if settings.get("default") == name else "")
     if not isinstance(settings.get("default"), str):
         table.add_row("(default)", "main output", "", "", "yes")

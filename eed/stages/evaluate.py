@@ -140,6 +140,7 @@ def fit_early_exit(model: MultiExitNet, collected: Collected, names: list[str], 
     report.anytime = analyze(logits, collected.labels, costs, grid, names, settings.budgets,
                              fit_logits, fit[1] if fit else None, "val" if fit else None)
     if fit is not None and settings.max_drop is not None and model.num_classifiers > 1:
-        chosen = fit_guaranteed_threshold(fit_logits, fit[1], grid, settings.max_drop, settings.delta, costs.anytime)
+        chosen = fit_guaranteed_threshold(fit_logits, fit[1], grid, settings.max_drop, settings.delta, costs.anytime,
+                                          costs.main_only)
         report.guaranteed = GuaranteedResult(chosen, check_guarantee(chosen, logits, collected.labels, costs.anytime),
                                              calibrated=settings.calibrate)
