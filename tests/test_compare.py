@@ -404,6 +404,19 @@ def test_compare_reads_whole_at_80_columns():
     assert "branchynet" in text and "[1, 3, 'main']" in text and "50.00*" in text and "±14.14" in text
     assert " ".join(text.split()).count("train.weight_decay=0.0005") == 1
 
+def texts_inside_the_canvas(figure) -> tuple:
+    """Draw ``figure``; assert every visible text lies inside its canvas (none clipped at an edge);
+    return the renderer and the texts."""
+    figure.canvas.draw()
+    renderer, canvas = figure.canvas.get_renderer(), figure.bbox
+    texts = [text for text in figure.findobj(matplotlib.text.Text) if text.get_visible() and text.get_text().strip()]
+    for text in texts:
+        extent = text.get_window_extent(renderer)
+        assert canvas.x0 - 1 <= extent.x0 and extent.x1 <= canvas.x1 + 1, text.get_text()[:60]
+        assert canvas.y0 - 1 <= extent.y0 and extent.y1 <= canvas.y1 + 1, text.get_text()[:60]
+    return renderer, texts
+
+
 def test_the_comparison_figure_keeps_every_text_inside_its_canvas_and_apart():
     """The settings line, the legend and the titles lie inside the saved canvas (none clipped at an edge)
     and the legend overlaps no other text."""
@@ -413,14 +426,8 @@ def test_the_comparison_figure_keeps_every_text_inside_its_canvas_and_apart():
                          training_run("ce", {"method": "branchynet"}, main=0.45),
                          training_run("t", {"loss.teacher": "[1, 3, 'main']", "model.width": "64"}, main=0.47)])
     figure = _build_comparison(table, caption="eed · resnet18 width 16 · cifar100")
-    figure.canvas.draw()
-    renderer, canvas = figure.canvas.get_renderer(), figure.bbox
-    texts = [text for text in figure.findobj(matplotlib.text.Text) if text.get_visible() and text.get_text().strip()]
+    renderer, texts = texts_inside_the_canvas(figure)
     assert any("train.weight_decay=0.0005" in text.get_text() for text in texts)
-    for text in texts:
-        extent = text.get_window_extent(renderer)
-        assert canvas.x0 - 1 <= extent.x0 and extent.x1 <= canvas.x1 + 1, text.get_text()[:60]
-        assert canvas.y0 - 1 <= extent.y0 and extent.y1 <= canvas.y1 + 1, text.get_text()[:60]
     (legend,) = figure.findobj(matplotlib.legend.Legend)
     box = legend.get_window_extent(renderer)
     inside = set(legend.get_texts()) | {legend.get_title()}
@@ -441,14 +448,8 @@ def test_the_differences_figure_keeps_every_text_inside_its_canvas_and_apart():
     found = differences(table)
     assert len(found) == 4
     figure = _build_differences(found, table.columns, ["Main"], caption="resnet18 width 16 · cifar100")
-    figure.canvas.draw()
-    renderer, canvas = figure.canvas.get_renderer(), figure.bbox
-    texts = [text for text in figure.findobj(matplotlib.text.Text) if text.get_visible() and text.get_text().strip()]
+    renderer, texts = texts_inside_the_canvas(figure)
     assert any("Teacher=[1, 3, 'main']" in text.get_text() for text in texts)
-    for text in texts:
-        extent = text.get_window_extent(renderer)
-        assert canvas.x0 - 1 <= extent.x0 and extent.x1 <= canvas.x1 + 1, text.get_text()[:60]
-        assert canvas.y0 - 1 <= extent.y0 and extent.y1 <= canvas.y1 + 1, text.get_text()[:60]
     boxes = [(text.get_text(), text.get_window_extent(renderer)) for text in texts]
     for i, (name, box) in enumerate(boxes):
         assert not any(box.overlaps(other) for _, other in boxes[i + 1:]), name[:60]

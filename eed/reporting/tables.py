@@ -81,7 +81,7 @@ def guaranteed_table(report: "EvaluationReport") -> Table:
                         f"{1 - fit.delta:g} (fitted on val, {confidence} confidences)")
     for column in ("threshold", "val drop (bound)", f"{report.split} top-1", f"{report.split} drop",
                    "GFLOPs", "held"):
-        table.add_column(column, justify="right")
+        table.add_column(column, justify="right", no_wrap=column in ("threshold", "GFLOPs"))
     threshold = (f"{fit.threshold:.3f}" if not fit.main_only else
                  "main only (cheaper)" if fit.feasible else "main only (none safe)")
     gflops, main_only = check.get("gflops"), check.get("main_only_gflops")
