@@ -155,7 +155,8 @@ def assert_the_difference_from_branchynet_is_shown_with_its_interval(output: str
         low, high = statistics.mean(d) - half, statistics.mean(d) + half
         mark = "*" if low > 0 or high < 0 else ""
         cell = f"{statistics.mean(d):+.2f}{mark} [{low:+.2f}, {high:+.2f}]"
-        assert stacked(f"{statistics.mean(d):+.2f}{mark}", f"[{low:+.2f}, {high:+.2f}]", output), (column, cell, output)
+        assert stacked(f"{statistics.mean(d):+.2f}{mark}", f"[{low:+.2f},", output), (column, cell, output)
+        assert stacked(f"[{low:+.2f},", f"{high:+.2f}]", output), (column, cell, output)
         assert cell in (out / "comparison.md").read_text()
     with (out / "differences.csv").open() as handle:
         (row,) = list(csv.DictReader(handle))
@@ -403,6 +404,31 @@ def test_compare_reads_whole_at_80_columns():
     assert "…" not in text and max(map(len, text.splitlines())) <= 80, text
     assert "branchynet" in text and "[1, 3, 'main']" in text and "50.00*" in text and "±14.14" in text
     assert " ".join(text.split()).count("train.weight_decay=0.0005") == 1
+
+def test_the_differences_read_whole_at_80_columns():
+    """At 80 columns, with five outputs and wide intervals, every row's label, reference and n and every
+    interval are printed whole (no column dropped, no "[-12.16, +7.…")."""
+    from rich.console import Console
+
+    from eed.reporting.differences import differences, rich_table
+
+    columns = {"exit1": 0.1, "exit2": 0.2, "exit3": 0.3, "ensemble": 0.35}
+    runs = [RunRecord(f"{method}{seed}", {**BASE, "method": method, "seed": str(seed)}, {},
+                      {f"test/acc_{name}": value + (0.1 if method == "eed" and seed else -0.05 * seed)
+                       for name, value in {**columns, "main": 0.4}.items()})
+            for method in ("branchynet", "eed", "distill") for seed in range(3)]
+    table = build_table(runs)
+    found = differences(table)
+    console = Console(width=80, record=True, color_system=None)
+    console.print(rich_table(found, table.columns))
+    text = console.export_text()
+    assert "…" not in text and max(map(len, text.splitlines())) <= 80, text
+    flat = " ".join(text.split())
+    for item in found:
+        assert item.row.key["method"] in flat and "branchynet" in flat
+        for difference in item.outputs.values():
+            assert f"{100 * difference.low:+.2f}," in text and f"{100 * difference.high:+.2f}]" in text, text
+
 
 def texts_inside_the_canvas(figure) -> tuple:
     """Draw ``figure``; assert every visible text lies inside its canvas (none clipped at an edge);

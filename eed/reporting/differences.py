@@ -89,15 +89,16 @@ def differences(table: ComparisonTable, against: str | None = None,
 
 
 def format_difference(difference: Difference | None, stacked: bool = False) -> str:
-    """``+1.23 [+0.40, +2.06]*`` in percentage points (``*``: the interval excludes 0); without an
-    interval just the difference (the n and pairing columns say why)."""
+    """``+1.23* [+0.40, +2.06]`` in percentage points (``*``: the interval excludes 0); without an
+    interval just the difference (the n and pairing columns say why). ``stacked``: the difference,
+    then the interval's ends on two lines below it (narrow columns, for the console)."""
     if difference is None:
         return "-"
     text = f"{PERCENT * difference.mean:+.2f}"
     if not difference.has_interval:
         return text
-    interval = f"[{PERCENT * difference.low:+.2f}, {PERCENT * difference.high:+.2f}]"  # type: ignore[operator]
-    return f"{text}{'*' if difference.excludes_zero else ''}" + ("\n" if stacked else " ") + interval
+    low, high = f"[{PERCENT * difference.low:+.2f},", f"{PERCENT * difference.high:+.2f}]"  # type: ignore[operator]
+    return f"{text}{'*' if difference.excludes_zero else ''}" + (f"\n{low}\n{high}" if stacked else f" {low} {high}")
 
 
 def pairing_text(found: RowDifference) -> str:
@@ -118,12 +119,13 @@ def legend(confidence: float = CONFIDENCE) -> str:
 
 
 def rich_table(found: list[RowDifference], columns: list[str]) -> Table:
-    """The console's table of differences: each cell the difference over its interval (two lines)."""
+    """The console's table of differences, made to be read at 80 columns: each cell the difference
+    over the two ends of its interval (three lines); the labels folded, never dropped."""
     table = Table(title=title_of(), caption=legend(), box=box.SIMPLE_HEAD, padding=(0, 1),
                   title_justify="left", caption_justify="left")
-    table.add_column("Row", overflow="fold")
-    table.add_column("vs", overflow="fold")
-    table.add_column("n", justify="right")
+    table.add_column("Row", overflow="fold", min_width=9)
+    table.add_column("vs", overflow="fold", min_width=10)
+    table.add_column("n", justify="right", min_width=2)
     for column in columns:
         table.add_column(ComparisonTable.short_title(column), justify="right", no_wrap=True)
     for item in found:
