@@ -187,7 +187,12 @@ def assert_repro_ends_with_the_results(completed: subprocess.CompletedProcess, o
     assert set(results["test%"]) == {"exit1", "exit2", "exit3", "main", "ens"}
     assert set(results["gflops"]) == {"exit1", "exit2", "exit3", "main", "ens"}
     assert set(results["early_exit"]) == {"0_001gf", "guaranteed"}
-    assert set(results["early_exit"]["guaranteed"]) == {"test%", "gflops", "drop_pts", "held"}
+    guaranteed = results["early_exit"]["guaranteed"]
+    assert set(guaranteed) == {"test%", "gflops", "drop_pts", "held", "cost%"}
+    # Its cost against the main output alone (no exit head), one of the options it was chosen from.
+    main_only = evaluation["guaranteed"]["main_only_gflops"]
+    assert guaranteed["cost%"] == round(100 * evaluation["guaranteed"]["gflops"] / main_only, 1)
+    assert main_only == pytest.approx(evaluation["anytime"]["gflops_main"])
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
     assert [name for name, stage in stages.items() if "metrics" in stage] == ["report"]
     resolved = yaml.safe_load((out / "resolved.yaml").read_text())["resolved"]
