@@ -64,6 +64,33 @@ def test_a_cell_trained_elsewhere_is_evaluated_by_its_run_id(tmp_path):
     assert f"paths.out_dir={tmp_path / 'abc'}" in train and "tracking.uri=sqlite:///x.db" in train
 
 
+def test_a_cell_whose_width_the_preset_fills_is_found_by_the_params_its_run_logged(tmp_path):
+    """params.yaml leaves model.width null (the preset's) and the trainer logs the width it built:
+    the cell's hash must be the logged run's, or a second call trains a done cell again."""
+    from mlflow.entities import Param
+
+    from eed.config import flatten, load_config
+    from eed.models.from_config import resolve_architecture
+    from eed.stages.grid_plan import DONE, EVALUATE, plan
+
+    config = load_config(None, ["seed=0"])
+    assert config.model.width is None  # the preset fills it
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    run = client.create_run(client.create_experiment("eed", artifact_location=(tmp_path / "artifacts").as_uri()))
+    logged = flatten(resolve_architecture(config))
+    client.log_batch(run.info.run_id, params=[Param(key, str(value)) for key, value in logged.items()])
+    client.set_terminated(run.info.run_id)
+    (cell,) = plan(None, [], ["seed=0"], tmp_path / "grid", uri)
+    assert cell.run_id == run.info.run_id and cell.needs == EVALUATE
+    # Evaluated elsewhere (its evaluate run is in the store, not in this folder): done, not evaluated again.
+    child = client.create_run(run.info.experiment_id, tags={"mlflow.parentRunId": run.info.run_id,
+                                                            "eed.stage": "evaluate"})
+    client.set_terminated(child.info.run_id)
+    (cell,) = plan(None, [], ["seed=0"], tmp_path / "grid", uri)
+    assert cell.needs == DONE
+
+
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     return new_project(tmp_path_factory)

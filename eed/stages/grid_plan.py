@@ -22,6 +22,7 @@ from eed import tracking
 from eed.config import Config, is_training_key, load_config, training_settings
 from eed.engine.checkpoint import Checkpoint
 from eed.errors import ConfigError
+from eed.models.from_config import resolve_architecture
 
 # What a cell still needs, from the store and its folder.
 TRAIN, EVALUATE, DONE = "train", "evaluate", "done"
@@ -81,11 +82,13 @@ class Cell:
 def plan(params: Path | None, base_overrides: Sequence[str], sweeps: Sequence[str], out: Path,
          tracking_uri: str) -> list[Cell]:
     """Every cell of the grid with what it still needs: ``train`` (none FINISHED in the store;
-    an interrupted one resumes from its folder's last.pt), ``evaluate`` (trained, its folder
-    has no evaluate/metrics.json) or ``done``. Cells with equal training settings are one."""
+    an interrupted one resumes from its folder's last.pt), ``evaluate`` (trained, but neither an
+    evaluate run of it in the store nor evaluate/metrics.json in its folder) or ``done``. Cells
+    with equal training settings are one."""
     cells: dict[str, Cell] = {}
     for overrides in expand_sweeps(sweeps):
-        config = load_config(params, [*base_overrides, *overrides])
+        # Resolved as the trainer resolves it before logging its params (model.width from the preset).
+        config = resolve_architecture(load_config(params, [*base_overrides, *overrides]))
         key = settings_hash(training_settings(config))
         if key not in cells:
             cells[key] = Cell(overrides, key, config, out / key)
@@ -97,10 +100,11 @@ def plan(params: Path | None, base_overrides: Sequence[str], sweeps: Sequence[st
         cell.run_id = finished.get(cell.key)
         if cell.run_id is None:
             cell.needs = TRAIN
-        elif not (cell.folder / "evaluate" / "metrics.json").is_file():
-            cell.needs = EVALUATE
-        else:
+        elif (cell.folder / "evaluate" / "metrics.json").is_file() or "evaluate" in tracking.stage_runs(
+                tracking_uri, cell.run_id):  # (evaluated here, or elsewhere: its evaluate run is in the store)
             cell.needs = DONE
+        else:
+            cell.needs = EVALUATE
     return list(cells.values())
 
 
