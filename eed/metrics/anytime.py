@@ -91,6 +91,47 @@ def threshold_grid(points: int) -> Tensor:
                       torch.tensor([ABOVE_ONE], dtype=torch.float64)])
 
 
+# The exit rules (eval.exit_rule): each gives a score per classifier and sample in [0, 1], and a
+# sample leaves at the first classifier whose score reaches the threshold.
+#   confidence: the max softmax probability;
+#   entropy:    1 - H(p) / log(C), the normalized negative entropy (BranchyNet's rule, as a score);
+#   margin:     the top-1 minus the top-2 probability;
+#   patience:   k / K when the last k classifiers (this one included) agree on the class, K classifiers
+#               in all (PABEE): a threshold tau asks for ceil(tau * K) agreeing in a row.
+EXIT_RULES = ("confidence", "entropy", "margin", "patience")
+
+
+def rule_step(logits: Tensor, rule: str, num_classifiers: int, previous: Tensor | None = None,
+              streak: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """One classifier's (N, C) logits under ``rule``: (score in [0, 1], class, streak), where
+    ``previous``/``streak`` are each sample's class and run of agreeing classifiers so far (None at
+    the first classifier). The one place the rules are defined: the sweep and the cascade both call it."""
+    probabilities = logits.float().softmax(dim=-1)
+    top, classes = probabilities.max(dim=-1)
+    agreeing = torch.ones_like(classes) if previous is None else torch.where(classes == previous, streak + 1, 1)
+    if rule == "confidence":
+        score = top
+    elif rule == "margin":
+        score = probabilities.topk(2, dim=-1).values.diff(dim=-1).neg().squeeze(-1) if logits.shape[-1] > 1 else top
+    elif rule == "entropy":
+        entropy = -(probabilities * probabilities.clamp_min(1e-30).log()).sum(dim=-1)
+        score = 1.0 - entropy / math.log(logits.shape[-1]) if logits.shape[-1] > 1 else top
+    elif rule == "patience":
+        score = agreeing.float() / num_classifiers
+    else:
+        raise ValueError(f"exit rule {rule!r}: one of {', '.join(EXIT_RULES)}")
+    return score.clamp(0.0, 1.0), classes, agreeing
+
+
+def rule_scores(logits: Tensor, rule: str = "confidence") -> Tensor:
+    """(k, N) scores of every classifier of ``logits`` (k, N, C) under ``rule``."""
+    scores, previous, streak = [], None, None
+    for classifier in range(logits.shape[0]):
+        score, previous, streak = rule_step(logits[classifier], rule, logits.shape[0], previous, streak)
+        scores.append(score)
+    return torch.stack(scores)
+
+
 def confidences(logits: Tensor) -> tuple[Tensor, Tensor]:
     """Maximum softmax probability and predicted class along the last dimension."""
     confidence, classes = logits.float().softmax(dim=-1).max(dim=-1)
@@ -103,13 +144,13 @@ def leaves(confidence: Tensor, threshold: float | Tensor) -> Tensor:
     return confidence.double() >= threshold
 
 
-def exit_indices(logits: Tensor, thresholds: Tensor) -> Tensor:
-    """Classifier each sample leaves at (0-based; k-1 = main) for each threshold.
+def exit_indices(logits: Tensor, thresholds: Tensor, rule: str = "confidence") -> Tensor:
+    """Classifier each sample leaves at (0-based; k-1 = main) for each threshold under ``rule``.
 
     ``logits``: (k, N, C); ``thresholds``: (T,); returns (T, N).
     """
-    confidence, _ = confidences(logits)  # (k, N)
-    leaving = leaves(confidence[None], thresholds.double()[:, None, None])  # (T, k, N)
+    score = rule_scores(logits, rule)  # (k, N)
+    leaving = leaves(score[None], thresholds.double()[:, None, None])  # (T, k, N)
     leaving[:, -1] = True  # the main output takes the rest
     # Index of the first True = number of classifiers before it that did not let the sample go.
     return (leaving.long().cumsum(dim=1) == 0).sum(dim=1)
