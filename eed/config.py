@@ -24,6 +24,8 @@ Scale = Literal["cpu", "paper"]
 # default: eed's own choices; official: the paper's official release (hjdw2/Exit-Ensemble-
 # Distillation) where it differs, see OFFICIAL_RELEASE.
 Reference = Literal["default", "official"]
+# Which score lets a sample leave early (eed/metrics/anytime.py defines each).
+ExitRule = Literal["confidence", "entropy", "margin", "patience"]
 
 DATA_ROOT_ENV = "EED_DATA_ROOT"
 
@@ -228,8 +230,11 @@ class TrainConfig(_Section):
 class EvalConfig(_Section):
     split: Literal["test", "val"] = "test"
     ece_bins: int = Field(15, ge=1)
-    # Early-exit sweep: confidence thresholds tau from 0 to 1 in this many steps.
+    # Early-exit sweep: thresholds tau from 0 to 1 in this many steps.
     thresholds: int = Field(101, ge=2)
+    # The exit rule of the budgets, the guaranteed threshold and the served model (every rule's
+    # curve is drawn and reported beside it).
+    exit_rule: ExitRule = "confidence"
     # Early-exit budgets (GFLOPs per sample) whose thresholds are fitted on the validation split.
     budgets: list[float] = []
     # Temperature scaling per classifier, fitted on val (always reported); true: the early-exit

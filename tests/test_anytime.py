@@ -15,11 +15,13 @@ from eed.engine.loops import collect_outputs
 from eed.inference.early_exit import predict
 from eed.metrics.anytime import (
     ABOVE_ONE,
+    EXIT_RULES,
     AnytimeCurve,
     ClassifierCosts,
     analyze,
     exit_indices,
     fit_budgets,
+    rule_scores,
     sweep,
     threshold_grid,
 )
@@ -190,6 +192,32 @@ def test_predict_matches_the_sweep_and_runs_fewer_stages(trained):
     assert seen == prediction.stage_samples == [n, n - left_at[0], n - left_at[0] - left_at[1]]
     assert prediction.stages_run < 3 * n and left_at[0] > 0
     assert not net.training
+
+
+@pytest.mark.parametrize("rule", EXIT_RULES)
+def test_predict_under_each_rule_matches_the_sweep(trained, rule):
+    """The cascade (samples removed from the batch as they leave) and the sweep on collected logits
+    apply the same rule: the same exits and classes for every sample."""
+    net, images, labels = trained
+    collected = collect_outputs(net, [(images, labels)], "cpu")
+    scores = rule_scores(collected.logits, rule)[:-1]  # the exits' scores (the main output takes the rest)
+    # A threshold that lets some samples out early and keeps others, far from every score (a smaller
+    # batch cannot flip a decision by rounding); patience's scores are multiples of 1/3, always far.
+    candidates = [t / 200 for t in range(1, 200)]
+    threshold = max(candidates, key=lambda t: float((scores - t).abs().min()) if
+                    0.05 < float((scores >= t).any(dim=0).double().mean()) < 0.95 else -1.0)
+    assert float((scores - threshold).abs().min()) > 1e-4
+    thresholds = torch.tensor([threshold], dtype=torch.float64)
+    expected_exit = exit_indices(collected.logits, thresholds, rule)[0]
+    prediction = predict(net, images, threshold, rule=rule)
+    assert torch.equal(prediction.exit_index, expected_exit)
+    assert torch.equal(prediction.classes, collected.logits.argmax(dim=-1).gather(0, expected_exit[None])[0])
+    # Whatever the rule, the answer's confidence is the max softmax probability of the classifier it left at.
+    top = collected.logits.softmax(dim=-1).max(dim=-1).values.gather(0, expected_exit[None])[0]
+    assert torch.allclose(prediction.confidence, top, atol=1e-5)
+    curve = sweep(collected.logits, labels, COSTS.anytime, thresholds, rule=rule)
+    assert float((prediction.classes == labels).double().mean()) == pytest.approx(float(curve.accuracy[0]))
+    assert 0 < int(expected_exit.lt(2).sum()) < len(labels)
 
 
 def test_predict_endpoints(trained):

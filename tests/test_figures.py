@@ -115,6 +115,7 @@ def builders(report, rdm_result, profile):
         "agreement": lambda caption: figures._build_agreement(report.agreement, NAMES[:-1], split="test",
                                                               caption=caption),
         "anytime": lambda caption: figures._build_anytime(report.anytime, split="test", caption=caption),
+        "exit_rules": lambda caption: figures._build_exit_rules(report.anytime, split="test", caption=caption),
         "rdm": lambda caption: figures._build_rdms(rdm_result, class_names=CLASS_NAMES, caption=caption),
         "comparison": lambda caption: figures._build_comparison(table({"eed": 3, "branchynet": 1}),
                                                                 caption=caption),
@@ -301,7 +302,7 @@ def test_flops_bars_carry_gflops_and_percent_and_the_title_the_width(profile):
 def test_writers_return_png_and_svg_of_every_figure(tmp_path, report, rdm_result, profile):
     evaluation = write_evaluation_outputs(report, tmp_path / "eval", caption=CAPTION)
     assert [f.name for f in evaluation] == ["metrics.json", "agreement.svg", "agreement.png", "anytime.csv",
-                                            "anytime.svg", "anytime.png"]
+                                            "anytime.svg", "anytime.png", "exit_rules.svg", "exit_rules.png"]
     flops = write_flops_outputs(profile, tmp_path / "flops", caption=CAPTION)
     assert [f.name for f in flops] == ["flops.json", "flops.svg", "flops.png"]
     rdm = write_rdm_outputs(rdm_result, tmp_path / "rdm", caption=CAPTION, class_names=CLASS_NAMES, split="test")
@@ -337,3 +338,21 @@ def test_anytime_tells_each_budget_apart_and_shows_the_guaranteed_threshold(repo
     assert drop.endswith("held" if guaranteed.check["held"] else "failed")
     budget_lines = [line for line in axes.lines if line.get_linestyle() == ":" and len(line.get_xdata())]
     assert len({line.get_color() for line in budget_lines}) == len(budget_lines) >= 2  # one colour per budget
+
+
+def test_exit_rules_draws_each_rule_with_its_budget_points(report):
+    anytime = report.anytime
+    axes = plot_axes(drawn(figures._build_exit_rules(anytime, split="test")))[0]
+    labels_shown = axes.get_legend_handles_labels()[1]
+    assert labels_shown[:4] == ["confidence (the served rule)", "entropy", "margin", "patience"]
+    assert "main output alone (no exit head)" in labels_shown
+    curves = [line for line in axes.lines if line.get_linestyle() == "-"]
+    assert len(curves) == 4 and len({line.get_color() for line in curves}) == 4
+    assert curves[0].get_linewidth() > curves[1].get_linewidth()  # the served rule stands out
+    for line, result in zip(curves, anytime.rules.values()):  # each curve is its rule's sweep, in %
+        assert sorted(line.get_xdata()) == sorted(result.curve.gflops.tolist())
+    feasible = sum(fit.feasible for result in anytime.rules.values() for fit in result.budgets)
+    budget_markers = [collection for collection in axes.collections if len(collection.get_offsets())][:-1]
+    assert sum(len(collection.get_offsets()) for collection in budget_markers) == feasible > 0
+    assert len([line for line in axes.lines if line.get_linestyle() == ":"]) == 2  # one per budget
+    assert "test split" in axes.get_title() and "validation" in axes.get_title()

@@ -96,6 +96,27 @@ def test_thresholds_gflops_and_named_thresholds(served, images):
     assert served.answer(images) == served.answer(images, threshold=0.43)  # the default: max_drop
 
 
+def test_the_exit_rule_is_a_predict_time_choice(served, checkpoint_path, images):
+    """Unset, the model's own rule (the one its named thresholds were fitted with); another rule takes
+    an explicit threshold only."""
+    x = normalized(images)
+    for rule in ("entropy", "margin", "patience"):
+        answer = served.answer(images, threshold=0.5, exit_rule=rule)
+        reference = predict(served.model, x, 0.5, rule=rule)
+        assert answer["exit_index"] == reference.exit_index.tolist() and answer["class"] == reference.classes.tolist()
+    # Patience at 0.5 of 4 classifiers: two in a row must agree, so nothing leaves at exit 1.
+    assert 0 not in served.answer(images, threshold=0.5, exit_rule="patience")["exit_index"]
+    assert served.answer(images, threshold=0.2, exit_rule="confidence") == served.answer(images, threshold=0.2)
+    with pytest.raises(ValueError, match="threshold 'budget_0.035' was fitted for the confidence rule: leave "
+                                         "exit_rule unset, or give an explicit threshold for the entropy rule"):
+        served.answer(images, budget="budget_0.035", exit_rule="entropy")
+    with pytest.raises(ValueError, match="exit rule 'patient': one of confidence, entropy, margin, patience"):
+        served.answer(images, threshold=0.5, exit_rule="patient")
+    margin = ServedModel(Checkpoint.load(checkpoint_path), **SETTINGS, exit_rule="margin")
+    assert margin.answer(images, budget="budget_0.035") == served.answer(images, threshold=0.05, exit_rule="margin")
+    assert margin.answer(images, budget="budget_0.035", exit_rule="margin") == margin.answer(images, budget="budget_0.035")
+
+
 def test_predict_with_unit_temperatures_is_predict_and_keeps_the_logits(served, images):
     x = normalized(images)
     tau = middle_threshold(served, images)
@@ -209,7 +230,8 @@ def test_logged_model_answers_like_the_served_model(logged, served, images):
     with using_tracking_uri(uri):
         model = mlflow.pyfunc.load_model(f"models:/{model_id}")
     params = model.metadata.get_params_schema()
-    assert [p.name for p in params.params] == ["threshold", "budget", "max_drop", "calibrated", "return_logits"]
+    assert [p.name for p in params.params] == ["threshold", "budget", "max_drop", "calibrated", "return_logits",
+                                             "exit_rule"]
     assert as_columns(model.predict(images, params={"threshold": 0.2})) == served.answer(images, threshold=0.2)
     assert as_columns(model.predict(images)) == served.answer(images)
     assert as_columns(model.predict(images, params={"threshold": 0.2, "calibrated": True})) == \
@@ -217,6 +239,8 @@ def test_logged_model_answers_like_the_served_model(logged, served, images):
     assert as_columns(model.predict(images, params={"budget": "budget_0.035"})) == \
         served.answer(images, budget="budget_0.035")
     assert as_columns(model.predict(images, params={"max_drop": True})) == served.answer(images, use_max_drop=True)
+    assert as_columns(model.predict(images, params={"threshold": 0.5, "exit_rule": "patience"})) == \
+        served.answer(images, threshold=0.5, exit_rule="patience")
     with_logits = model.predict(images[:3], params={"threshold": 0.2, "return_logits": True})
     assert as_columns(with_logits)["logits"] == served.answer(images[:3], threshold=0.2, return_logits=True)["logits"]
 
@@ -348,7 +372,7 @@ def test_the_real_server_refuses_a_param_the_model_does_not_take(server, images)
     status, reply = invoke(server, {"inputs": images[:2].tolist(), "params": {"treshold": 0.2}})
     assert status == 400, reply
     assert reply["message"] == ("unknown param 'treshold': this model takes threshold, budget, max_drop, "
-                                "calibrated, return_logits"), reply
+                                "calibrated, return_logits, exit_rule"), reply
 
 
 def test_eed_serve_names_a_model_that_is_not_there_in_one_line(logged, tmp_path):

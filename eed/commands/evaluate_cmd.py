@@ -36,10 +36,11 @@ def evaluate(
     From one forward pass over the split: top-1/top-5 and ECE of each exit, the main output,
     the ensemble of all classifiers and the running ensembles of the first j; exit vs main
     agreement counts (paper Fig. 2); early-exit accuracy against GFLOPs per sample over a
-    sweep of confidence thresholds, with thresholds fitted to eval.budgets on val. Writes
-    metrics.json, anytime.csv and figures/, and logs them as a child run of the training run,
-    with the network and its val-fitted thresholds as the served early-exit model (README, "Deploy";
-    eed serve answers requests with it).
+    sweep of thresholds on the eval.exit_rule score (confidence, entropy, margin or patience),
+    with thresholds fitted to eval.budgets on val, and every rule's curve and budgets beside it
+    (figures/exit_rules.png). Writes metrics.json, anytime.csv and figures/, and logs them as a
+    child run of the training run, with the network and its val-fitted thresholds as the served
+    early-exit model (README, "Deploy"; eed serve answers requests with it).
     """
     from eed.stages import evaluate as stage
 

@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from eed.metrics.anytime import confidences, leaves
+from eed.metrics.anytime import EXIT_RULES, RuleStep, confidences, leaves, rule_step
 from eed.models.multi_exit import MultiExitNet
 
 # hidden -> (hidden, logits of the segment's classifier): one piece of the cascade.
@@ -67,15 +67,18 @@ def segments(model: MultiExitNet) -> list[Segment]:
 
 
 def cascade(pieces: Sequence[SegmentFn], x: Tensor, threshold: float, *,
-            temperatures: Sequence[float] | Tensor | None = None, keep_logits: bool = False) -> Prediction:
+            temperatures: Sequence[float] | Tensor | None = None, keep_logits: bool = False,
+            rule: str = "confidence") -> Prediction:
     """Early exit over ``pieces`` (k segments, :func:`segments` or their exported programs).
 
-    After each segment, samples whose confidence reaches ``threshold`` leave; the next segment
-    runs only on the rest, and the loop ends when none are left. ``temperatures`` (one per
-    classifier): the rule judges the confidence of ``logits / T_i`` (temperature scaling; the
-    predicted classes are unchanged). ``keep_logits`` keeps each sample's raw logits of every
-    classifier it went through.
+    After each segment, samples whose score under ``rule`` (``anytime.EXIT_RULES``) reaches
+    ``threshold`` leave; the next segment runs only on the rest, and the loop ends when none are
+    left. ``temperatures`` (one per classifier): the rule judges ``logits / T_i`` (temperature
+    scaling; the predicted classes are unchanged). ``keep_logits`` keeps each sample's raw logits
+    of every classifier it went through.
     """
+    if rule not in EXIT_RULES:
+        raise ValueError(f"exit rule {rule!r}: one of {', '.join(EXIT_RULES)}")
     n, device, k = x.shape[0], x.device, len(pieces)
     classes = torch.empty(n, dtype=torch.long, device=device)
     exit_index = torch.empty(n, dtype=torch.long, device=device)
@@ -86,19 +89,20 @@ def cascade(pieces: Sequence[SegmentFn], x: Tensor, threshold: float, *,
     kept: list[list[Tensor]] = [[] for _ in range(n)]
     with torch.inference_mode():
         remaining = torch.arange(n, device=device)  # original positions still in the batch
-        hidden = x
+        hidden, step = x, None
         for classifier, piece in enumerate(pieces):
             hidden, logits = piece(hidden)
             if keep_logits:
                 for position, row in zip(remaining.tolist(), logits.float().cpu()):
                     kept[position].append(row)
-            conf, predicted = confidences(logits if scale is None else logits / scale[classifier])
-            done = leaves(conf, threshold) if classifier < k - 1 else torch.ones_like(conf, dtype=torch.bool)
+            step = rule_step(logits if scale is None else logits / scale[classifier], rule, k, step)
+            done = leaves(step.score, threshold) if classifier < k - 1 else torch.ones_like(step.score, dtype=torch.bool)
             leaving = remaining[done]
-            classes[leaving] = predicted[done]
-            confidence[leaving] = conf[done]
+            classes[leaving] = step.classes[done]
+            confidence[leaving] = step.confidence[done]
             exit_index[leaving] = classifier
             remaining, hidden = remaining[~done], hidden[~done]
+            step = RuleStep(*(part[~done] for part in (step.score, step.confidence, step.classes, step.streak)))
             if remaining.numel() == 0:
                 break
     return Prediction(classes, exit_index, confidence, logits=kept if keep_logits else None)
@@ -118,11 +122,12 @@ def main_only(model: MultiExitNet, x: Tensor, *, temperatures: Sequence[float] |
 
 
 def predict(model: MultiExitNet, x: Tensor, threshold: float, *, count_stages: bool = False,
-            temperatures: Sequence[float] | Tensor | None = None, keep_logits: bool = False) -> Prediction:
-    """Early-exit inference on a batch that really stops computing: :func:`cascade` over the
-    network's segments (above 1, :func:`main_only`: no exit head at all), in eval mode (BatchNorm must use running statistics: the batch shrinks
-    as samples leave). ``count_stages`` records, with forward hooks, how many samples each
-    stage processed."""
+            temperatures: Sequence[float] | Tensor | None = None, keep_logits: bool = False,
+            rule: str = "confidence") -> Prediction:
+    """Early-exit inference under ``rule`` on a batch that really stops computing: :func:`cascade`
+    over the network's segments (above 1, :func:`main_only`: no exit head at all), in eval mode
+    (BatchNorm must use running statistics: the batch shrinks as samples leave). ``count_stages``
+    records, with forward hooks, how many samples each stage processed."""
     stage_samples = [0] * len(model.stages)
     hooks = []
     if count_stages:
@@ -133,10 +138,11 @@ def predict(model: MultiExitNet, x: Tensor, threshold: float, *, count_stages: b
     was_training = model.training
     model.eval()
     try:
-        if threshold > 1.0:  # no confidence reaches it: the main output alone, no exit head computed
+        if threshold > 1.0:  # no score reaches it: the main output alone, no exit head computed
             result = main_only(model, x, temperatures=temperatures, keep_logits=keep_logits)
         else:
-            result = cascade(segments(model), x, threshold, temperatures=temperatures, keep_logits=keep_logits)
+            result = cascade(segments(model), x, threshold, temperatures=temperatures, keep_logits=keep_logits,
+                             rule=rule)
     finally:
         model.train(was_training)
         for hook in hooks:

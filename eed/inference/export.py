@@ -1,6 +1,6 @@
 """The served early-exit model of an evaluated checkpoint, as ``eed evaluate`` and ``eed export``
 log it: the network without its training state (:meth:`Checkpoint.deployable`), the thresholds
-and temperatures fitted on val (from an :class:`EvaluationReport`), the normalization and class
+(with their exit rule) and temperatures fitted on val (from an :class:`EvaluationReport`), the normalization and class
 names (:mod:`eed.inference.served`), and the network's ``torch.export`` programs
 (:mod:`eed.inference.programs`)."""
 
@@ -35,6 +35,7 @@ def served_settings(report: EvaluationReport, config: Config, samples: eed_data.
     return {"normalization": {"mean": list(samples.normalization.mean), "std": list(samples.normalization.std)},
             "thresholds": thresholds, "class_names": list(samples.class_names), "temperatures": temperatures,
             "calibrated": _calibrated(report, config),
+            "exit_rule": report.anytime.rule if report.anytime else config.eval.exit_rule,
             "default": "max_drop" if "max_drop" in thresholds else ABOVE_ONE}
 
 
@@ -71,9 +72,13 @@ def served_results(report: EvaluationReport, calibrated: bool, split: str) -> tu
     splits = ["val"] if split == "val" else ["val", split]
     metrics = {f"served/{name}/{key}": value for name, _, values in rows for key, value in values.items()
                if value is not None and key.split("_")[0] in splits}
-    confidence = "temperature-scaled max softmax" if calibrated else "max softmax"
-    lines = [f"**Early exit served by eed.** An image leaves at the first exit whose {confidence} reaches the "
-             "threshold τ; otherwise the main output answers. Thresholds fitted on the val split.", ""]
+    rule = report.anytime.rule if report.anytime else "confidence"
+    scaled = "temperature-scaled " if calibrated else ""
+    score = {"confidence": f"{scaled}max softmax probability", "entropy": f"1 − entropy/log C of its {scaled}softmax",
+             "margin": f"top-1 minus top-2 {scaled}softmax probability",
+             "patience": "run of classifiers in a row agreeing on the class, over their number"}[rule]
+    lines = [f"**Early exit served by eed** (exit rule `{rule}`). An image leaves at the first exit whose {score} "
+             "reaches the threshold τ; otherwise the main output answers. Thresholds fitted on the val split.", ""]
     if guaranteed is not None and guaranteed.fit.feasible and guaranteed.fit.main_only:
         lines.append("Default: `max_drop`, the main output alone, no exit head computed: every threshold that met the "
                      "guarantee cost more on val than the main output alone.")

@@ -5,7 +5,7 @@
 - ``segment{i}.pt2`` (i = 1..k): the cascade's pieces (:class:`eed.inference.early_exit.Segment`):
   segment 1 maps images to (hidden state, exit-1 logits), segment i the previous hidden state
   to (its hidden state, classifier i's logits). A runtime cascades them: run segment 1, keep the
-  samples whose max softmax is below the threshold, run segment 2 on them, and so on.
+  samples whose exit-rule score is below the threshold, run segment 2 on them, and so on.
 - ``prefix{i}.pt2``: images to classifier i's logits (the stem, the stages up to its stage and
   the classifier), for a deployment that always answers at one exit.
 - ``programs.json``: what each program takes and returns, the classifier names and the rule.
@@ -29,8 +29,11 @@ from eed.models.multi_exit import MultiExitNet
 MANIFEST = "programs.json"
 # Largest batch the programs accept (torch.export needs a bound for the dynamic dimension).
 MAX_BATCH = 4096
-RULE = ("exit at the first classifier whose max softmax probability (of logits / temperature, when "
-        "calibrated) is >= the threshold; the main output answers for every sample still left")
+RULE = ("exit at the first classifier whose score under the served model's exit_rule (confidence: the max softmax "
+        "probability; entropy: 1 - H(p)/log(C); margin: top-1 minus top-2 probability; patience: the classifiers "
+        "in a row, this one included, that agree on the class, over their number; probabilities of "
+        "logits / temperature when calibrated) is >= the threshold; the main output answers for every sample "
+        "still left")
 
 
 class Prefix(nn.Module):

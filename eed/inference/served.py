@@ -24,7 +24,7 @@ from eed.data.augment import Normalizer
 from eed.data.catalog import Normalization
 from eed.engine.checkpoint import Checkpoint
 from eed.inference.early_exit import predict
-from eed.metrics.anytime import ClassifierCosts
+from eed.metrics.anytime import EXIT_RULES, ClassifierCosts
 from eed.metrics.flops import profile_model
 from eed.models.registry import get_spec
 
@@ -38,7 +38,8 @@ class ServedModel:
     def __init__(self, checkpoint: Checkpoint, *, normalization: Normalization | Mapping[str, Sequence[float]],
                  thresholds: Mapping[str, float] | None = None, temperatures: Sequence[float] | None = None,
                  class_names: Sequence[str] | None = None, default: str | float | None = None,
-                 image_size: int | None = None, calibrated: bool = False, device: str | torch.device = "cpu"):
+                 image_size: int | None = None, calibrated: bool = False, exit_rule: str = "confidence",
+                 device: str | torch.device = "cpu"):
         self.model = checkpoint.model().to(device).eval()
         self.device = torch.device(device)
         k, num_classes = self.model.num_classifiers, checkpoint.network.num_classes
@@ -61,6 +62,9 @@ class ServedModel:
         self.calibrated = bool(calibrated)
         if self.calibrated and temperatures is None:
             raise ValueError("thresholds fitted on calibrated confidences need the temperatures")
+        if exit_rule not in EXIT_RULES:
+            raise ValueError(f"exit rule {exit_rule!r}: one of {', '.join(EXIT_RULES)}")
+        self.exit_rule = exit_rule  # the rule the named thresholds were fitted with
         if isinstance(default, str) and default not in self.thresholds:
             raise ValueError(f"default threshold {default!r} is not one of {sorted(self.thresholds)}")
         self.default = default
@@ -120,13 +124,15 @@ class ServedModel:
 
     def answer(self, images: np.ndarray, threshold: float | None = None, budget: str | None = None,
                use_max_drop: bool = False, calibrated: bool | None = None,
-               return_logits: bool = False) -> dict[str, list]:
+               return_logits: bool = False, exit_rule: str | None = None) -> dict[str, list]:
         """One answer per image, as columns (:data:`COLUMNS`, plus ``logits`` with ``return_logits``:
         per sample, the raw logits of each classifier it was evaluated by, exit1 first).
 
         ``calibrated``: judge the temperature-scaled confidences. Unset, a named threshold uses
         the confidences it was fitted on and an explicit one the raw confidences; a named
         threshold asked for on the other kind is refused (its fit, and guarantee, do not hold there).
+        ``exit_rule`` likewise: unset, the model's own (the one its thresholds were fitted with); another
+        rule takes an explicit threshold only.
         """
         x = self._batch(images)
         name, tau = self._choose(threshold, budget, use_max_drop)
@@ -135,10 +141,16 @@ class ServedModel:
             raise ValueError(f"threshold {name!r} was fitted on {fitted} confidences: leave calibrated unset "
                              f"or set it to {str(self.calibrated).lower()}")
         calibrated = self.calibrated if calibrated is None and name is not None else bool(calibrated)
+        rule = self.exit_rule if exit_rule is None else str(exit_rule)
+        if rule not in EXIT_RULES:
+            raise ValueError(f"exit rule {rule!r}: one of {', '.join(EXIT_RULES)}")
+        if name is not None and rule != self.exit_rule:
+            raise ValueError(f"threshold {name!r} was fitted for the {self.exit_rule} rule: leave exit_rule unset, "
+                             f"or give an explicit threshold for the {rule} rule")
         if calibrated and self.temperatures is None:
             raise ValueError("calibrated answers need temperatures, and this model has none")
         result = predict(self.model, x, tau, temperatures=self.temperatures if calibrated else None,
-                         keep_logits=return_logits)
+                         keep_logits=return_logits, rule=rule)
         classes, exits = result.classes.cpu().tolist(), result.exit_index.cpu().tolist()
         columns: dict[str, list] = {
             "class": classes,
@@ -167,7 +179,8 @@ def _exact_pixels(values: np.ndarray) -> np.ndarray:
 
 
 # Settings a served model takes (JSON, beside its checkpoint): the keyword arguments of ServedModel.
-SETTING_KEYS = ("normalization", "thresholds", "temperatures", "class_names", "default", "image_size", "calibrated")
+SETTING_KEYS = ("normalization", "thresholds", "temperatures", "class_names", "default", "image_size", "calibrated",
+                "exit_rule")
 
 
 def load_served(checkpoint_path: str | Path, settings: Mapping[str, Any]) -> ServedModel:

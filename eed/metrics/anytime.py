@@ -1,9 +1,10 @@
-"""Anytime (early-exit) inference with a confidence threshold.
+"""Anytime (early-exit) inference with a threshold on an exit rule's score.
 
-The rule: a sample leaves at the first classifier whose maximum softmax probability is at
-least the threshold tau; the main output takes every sample no exit let go. So tau = 0
-sends every sample out at exit 1, and any tau above 1 (above every confidence) sends every
-sample to the main output.
+The rule: a sample leaves at the first classifier whose score is at least the threshold tau;
+the main output takes every sample no exit let go. The score is in [0, 1]: the maximum softmax
+probability (``confidence``, the paper's), or another of :data:`EXIT_RULES`. So tau = 0 sends
+every sample out at exit 1, and any tau above 1 (above every score) sends every sample to the
+main output.
 
 Cost accounting (GFLOPs per sample), counting the shared trunk once:
 
@@ -30,14 +31,15 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Sequence, get_args
 
 import torch
 from torch import Tensor
 
+from eed.config import ExitRule
 from eed.models.multi_exit import classifier_names
 
-# A threshold just above 1: no confidence reaches it, so every sample takes the main output.
+# A threshold just above 1: no score reaches it, so every sample takes the main output.
 ABOVE_ONE = math.nextafter(1.0, 2.0)
 
 
@@ -91,44 +93,57 @@ def threshold_grid(points: int) -> Tensor:
                       torch.tensor([ABOVE_ONE], dtype=torch.float64)])
 
 
-# The exit rules (eval.exit_rule): each gives a score per classifier and sample in [0, 1], and a
-# sample leaves at the first classifier whose score reaches the threshold.
-#   confidence: the max softmax probability;
+# The exit rules (eval.exit_rule): each gives every classifier a score per sample in [0, 1], and a
+# sample leaves at the first classifier whose score reaches the threshold tau.
+#   confidence: the max softmax probability (the paper's rule);
 #   entropy:    1 - H(p) / log(C), the normalized negative entropy (BranchyNet's rule, as a score);
 #   margin:     the top-1 minus the top-2 probability;
-#   patience:   k / K when the last k classifiers (this one included) agree on the class, K classifiers
-#               in all (PABEE): a threshold tau asks for ceil(tau * K) agreeing in a row.
-EXIT_RULES = ("confidence", "entropy", "margin", "patience")
+#   patience:   s / K when the last s classifiers (this one included) agree on the class, K classifiers
+#               in all (PABEE's patience): tau asks for ceil(tau * K) agreeing in a row, so the
+#               threshold sweep sweeps the patience.
+EXIT_RULES: tuple[str, ...] = get_args(ExitRule)
 
 
-def rule_step(logits: Tensor, rule: str, num_classifiers: int, previous: Tensor | None = None,
-              streak: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
-    """One classifier's (N, C) logits under ``rule``: (score in [0, 1], class, streak), where
-    ``previous``/``streak`` are each sample's class and run of agreeing classifiers so far (None at
-    the first classifier). The one place the rules are defined: the sweep and the cascade both call it."""
+@dataclass
+class RuleStep:
+    """One classifier judged under a rule, for a batch of samples."""
+
+    score: Tensor       # (N,) in [0, 1]: leave when >= tau
+    confidence: Tensor  # (N,) max softmax probability (what an answer reports, whatever the rule)
+    classes: Tensor     # (N,) predicted class
+    streak: Tensor      # (N,) classifiers in a row, this one included, that predicted this class
+
+
+def rule_step(logits: Tensor, rule: str, num_classifiers: int, previous: RuleStep | None = None) -> RuleStep:
+    """Classifier ``logits`` (N, C) under ``rule``, after ``previous`` (the same samples' step at the
+    classifier before; None at exit 1). The one definition of the rules: the sweep
+    (:func:`rule_scores`) and the cascade (:func:`eed.inference.early_exit.cascade`) both call it."""
     probabilities = logits.float().softmax(dim=-1)
-    top, classes = probabilities.max(dim=-1)
-    agreeing = torch.ones_like(classes) if previous is None else torch.where(classes == previous, streak + 1, 1)
-    if rule == "confidence":
-        score = top
+    confidence, classes = probabilities.max(dim=-1)
+    streak = torch.ones_like(classes) if previous is None else \
+        torch.where(classes == previous.classes, previous.streak + 1, 1)
+    several = logits.shape[-1] > 1  # one class: every rule is sure
+    if rule == "confidence" or (not several and rule != "patience"):
+        score = confidence
     elif rule == "margin":
-        score = probabilities.topk(2, dim=-1).values.diff(dim=-1).neg().squeeze(-1) if logits.shape[-1] > 1 else top
+        top_two = probabilities.topk(2, dim=-1).values
+        score = top_two[:, 0] - top_two[:, 1]
     elif rule == "entropy":
         entropy = -(probabilities * probabilities.clamp_min(1e-30).log()).sum(dim=-1)
-        score = 1.0 - entropy / math.log(logits.shape[-1]) if logits.shape[-1] > 1 else top
+        score = 1.0 - entropy / math.log(logits.shape[-1])
     elif rule == "patience":
-        score = agreeing.float() / num_classifiers
+        score = streak.float() / num_classifiers
     else:
         raise ValueError(f"exit rule {rule!r}: one of {', '.join(EXIT_RULES)}")
-    return score.clamp(0.0, 1.0), classes, agreeing
+    return RuleStep(score.clamp(0.0, 1.0), confidence, classes, streak)
 
 
 def rule_scores(logits: Tensor, rule: str = "confidence") -> Tensor:
     """(k, N) scores of every classifier of ``logits`` (k, N, C) under ``rule``."""
-    scores, previous, streak = [], None, None
+    scores, step = [], None
     for classifier in range(logits.shape[0]):
-        score, previous, streak = rule_step(logits[classifier], rule, logits.shape[0], previous, streak)
-        scores.append(score)
+        step = rule_step(logits[classifier], rule, logits.shape[0], step)
+        scores.append(step.score)
     return torch.stack(scores)
 
 
@@ -138,10 +153,11 @@ def confidences(logits: Tensor) -> tuple[Tensor, Tensor]:
     return confidence, classes
 
 
-def leaves(confidence: Tensor, threshold: float | Tensor) -> Tensor:
-    """The exit rule, shared by :func:`sweep` and :func:`eed.inference.early_exit.predict`: confidence >= tau.
-    Compared in float64 so that a threshold just above 1 is not rounded down to 1."""
-    return confidence.double() >= threshold
+def leaves(score: Tensor, threshold: float | Tensor) -> Tensor:
+    """Whether a rule's score lets a sample go, shared by :func:`sweep` and
+    :func:`eed.inference.early_exit.predict`: score >= tau. Compared in float64 so that a threshold
+    just above 1 is not rounded down to 1."""
+    return score.double() >= threshold
 
 
 def exit_indices(logits: Tensor, thresholds: Tensor, rule: str = "confidence") -> Tensor:
@@ -168,6 +184,7 @@ class AnytimeCurve:
     accuracy: Tensor          # (T,) fraction of correct predictions
     gflops: Tensor            # (T,) average GFLOPs per sample
     exit_fractions: Tensor    # (T, k) fraction of samples leaving at each classifier
+    rule: str = "confidence"  # the exit rule (EXIT_RULES)
 
     def rows(self) -> list[dict[str, float]]:
         """One dict per threshold: the rows of ``anytime.csv``."""
@@ -191,8 +208,9 @@ def sample_costs(costs: Sequence[float], exits: Tensor, thresholds: Tensor,
 
 
 def sweep(logits: Tensor, labels: Tensor, costs: Sequence[float], thresholds: Tensor,
-          names: Sequence[str] | None = None, main_only_cost: float | None = None) -> AnytimeCurve:
-    """Early-exit accuracy and cost for every threshold, from collected logits (k, N, C).
+          names: Sequence[str] | None = None, main_only_cost: float | None = None,
+          rule: str = "confidence") -> AnytimeCurve:
+    """Early-exit accuracy and cost under ``rule`` for every threshold, from collected logits (k, N, C).
 
     ``costs`` are the anytime costs of leaving at each classifier (``ClassifierCosts.anytime``);
     ``main_only_cost`` (``ClassifierCosts.main_only``) what a threshold above 1 costs.
@@ -202,21 +220,21 @@ def sweep(logits: Tensor, labels: Tensor, costs: Sequence[float], thresholds: Te
         raise ValueError(f"{len(costs)} costs for {k} classifiers")
     names = list(names) if names is not None else list(classifier_names(k))
     thresholds = torch.as_tensor(thresholds, dtype=torch.float64)
-    chosen = exit_indices(logits, thresholds)                               # (T, N)
+    chosen = exit_indices(logits, thresholds, rule)                         # (T, N)
     correct = (logits.argmax(dim=-1) == labels[None]).double()             # (k, N)
     correct_at_exit = torch.gather(correct, 0, chosen)                      # (T, N)
     cost_at_exit = sample_costs(costs, chosen, thresholds, main_only_cost)  # (T, N)
     counts = torch.zeros(len(thresholds), k, dtype=torch.float64)
     counts.scatter_add_(1, chosen, torch.ones_like(cost_at_exit))
     return AnytimeCurve(names=names, thresholds=thresholds, accuracy=correct_at_exit.mean(dim=1),
-                        gflops=cost_at_exit.mean(dim=1), exit_fractions=counts / n)
+                        gflops=cost_at_exit.mean(dim=1), exit_fractions=counts / n, rule=rule)
 
 
-def evaluate_threshold(logits: Tensor, labels: Tensor, costs: Sequence[float],
-                       threshold: float, main_only_cost: float | None = None) -> tuple[float, float]:
-    """(accuracy, average GFLOPs) of early exit at one threshold."""
+def evaluate_threshold(logits: Tensor, labels: Tensor, costs: Sequence[float], threshold: float,
+                       main_only_cost: float | None = None, rule: str = "confidence") -> tuple[float, float]:
+    """(accuracy, average GFLOPs) of early exit at one threshold under ``rule``."""
     curve = sweep(logits, labels, costs, torch.tensor([threshold], dtype=torch.float64),
-                  main_only_cost=main_only_cost)
+                  main_only_cost=main_only_cost, rule=rule)
     return float(curve.accuracy[0]), float(curve.gflops[0])
 
 
@@ -257,12 +275,12 @@ def fit_budgets(curve: AnytimeCurve, budgets: Sequence[float]) -> list[BudgetFit
     return fits
 
 
-def report_budgets(fits: list[BudgetFit], logits: Tensor, labels: Tensor,
-                   costs: Sequence[float], main_only_cost: float | None = None) -> list[BudgetFit]:
-    """Fill in each fitted threshold's accuracy and cost on another split (test)."""
+def report_budgets(fits: list[BudgetFit], logits: Tensor, labels: Tensor, costs: Sequence[float],
+                   main_only_cost: float | None = None, rule: str = "confidence") -> list[BudgetFit]:
+    """Fill in each fitted threshold's accuracy and cost under ``rule`` on another split (test)."""
     for fit in fits:
         if fit.threshold is not None:
-            fit.accuracy, fit.gflops = evaluate_threshold(logits, labels, costs, fit.threshold, main_only_cost)
+            fit.accuracy, fit.gflops = evaluate_threshold(logits, labels, costs, fit.threshold, main_only_cost, rule)
     return fits
 
 
@@ -270,40 +288,67 @@ def report_budgets(fits: list[BudgetFit], logits: Tensor, labels: Tensor,
 
 
 @dataclass
+class RuleResult:
+    """One exit rule's curve on the reported split and its budget thresholds (fitted on val)."""
+
+    curve: AnytimeCurve
+    budgets: list[BudgetFit] = field(default_factory=list)
+
+
+@dataclass
 class AnytimeReport:
-    """What ``eed evaluate`` reports about early exit on a split."""
+    """What ``eed evaluate`` reports about early exit on a split: the chosen rule's curve and
+    budgets (``eval.exit_rule``: what the served model uses), and every rule's beside it."""
 
     curve: AnytimeCurve
     costs: ClassifierCosts
     classifier_accuracy: list[float]   # each classifier alone (the single-exit points)
     budgets: list[BudgetFit] = field(default_factory=list)
     fit_split: str | None = None       # where the budget thresholds were chosen
+    rules: dict[str, RuleResult] = field(default_factory=dict)  # every rule, the chosen one included
+
+    @property
+    def rule(self) -> str:
+        return self.curve.rule
 
     def metrics(self) -> dict[str, Any]:
         """Compact numbers for ``metrics.json``: standalone cost of each classifier and of the
-        ensemble (every stage and every head: the main output's cost plus the exit heads') and, per
-        budget, the fitted threshold with its accuracy and cost on the reported split."""
+        ensemble (every stage and every head: the main output's cost plus the exit heads'), the
+        exit rule and, per budget, the fitted threshold with its accuracy and cost on the reported
+        split; under ``rules``, each rule's budgets the same way."""
         out: dict[str, Any] = {f"gflops_{name}": cost for name, cost in zip(self.curve.names, self.costs.standalone)}
         if len(self.curve.names) > 1:  # averaging every classifier runs every stage and every head
             out["gflops_ensemble"] = self.costs.anytime[-1]
-        for fit in self.budgets:
-            key = "budget_" + f"{fit.budget:g}".replace(".", "_")
-            out[key] = {"threshold": fit.threshold, "accuracy": fit.accuracy, "gflops": fit.gflops,
-                        "fit_accuracy": fit.fit_accuracy}
+        out["exit_rule"] = self.rule
+        out.update(_budget_metrics(self.budgets))
+        if any(result.budgets for result in self.rules.values()):
+            out["rules"] = {rule: _budget_metrics(result.budgets) for rule, result in self.rules.items()}
         return out
+
+
+def _budget_metrics(fits: Sequence[BudgetFit]) -> dict[str, Any]:
+    return {"budget_" + f"{fit.budget:g}".replace(".", "_"): {
+        "threshold": fit.threshold, "accuracy": fit.accuracy, "gflops": fit.gflops, "fit_accuracy": fit.fit_accuracy}
+        for fit in fits}
 
 
 def analyze(logits: Tensor, labels: Tensor, costs: ClassifierCosts, thresholds: Tensor,
             names: Sequence[str], budgets: Sequence[float] = (),
             fit_logits: Tensor | None = None, fit_labels: Tensor | None = None,
-            fit_split: str | None = None) -> AnytimeReport:
-    """The curve on the reported split, plus budget thresholds fitted on ``fit_logits``
-    (the validation split) and reported on ``logits``. No fitting split: no budgets."""
-    curve = sweep(logits, labels, costs.anytime, thresholds, names, costs.main_only)
+            fit_split: str | None = None, rule: str = "confidence") -> AnytimeReport:
+    """Every exit rule's curve on the reported split, plus budget thresholds fitted on
+    ``fit_logits`` (the validation split) and reported on ``logits``; ``rule``'s are the report's
+    own. No fitting split: no budgets."""
+    if rule not in EXIT_RULES:
+        raise ValueError(f"exit rule {rule!r}: one of {', '.join(EXIT_RULES)}")
+    results = {}
+    for each in EXIT_RULES:
+        result = RuleResult(sweep(logits, labels, costs.anytime, thresholds, names, costs.main_only, each))
+        if budgets and fit_logits is not None and fit_labels is not None:
+            fit_curve = sweep(fit_logits, fit_labels, costs.anytime, thresholds, names, costs.main_only, each)
+            result.budgets = report_budgets(fit_budgets(fit_curve, budgets), logits, labels, costs.anytime,
+                                            costs.main_only, each)
+        results[each] = result
     accuracy = (logits.argmax(dim=-1) == labels[None]).double().mean(dim=1).tolist()
-    report = AnytimeReport(curve=curve, costs=costs, classifier_accuracy=accuracy, fit_split=fit_split)
-    if budgets and fit_logits is not None and fit_labels is not None:
-        fit_curve = sweep(fit_logits, fit_labels, costs.anytime, thresholds, names, costs.main_only)
-        report.budgets = report_budgets(fit_budgets(fit_curve, budgets), logits, labels, costs.anytime,
-                                        costs.main_only)
-    return report
+    return AnytimeReport(curve=results[rule].curve, costs=costs, classifier_accuracy=accuracy,
+                         budgets=results[rule].budgets, fit_split=fit_split, rules=results)

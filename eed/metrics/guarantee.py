@@ -233,15 +233,15 @@ def _check_inputs(logits: Tensor, labels: Tensor, costs: Sequence[float] | None)
 
 
 def drop_counts(logits: Tensor, labels: Tensor, thresholds: Tensor, costs: Sequence[float] | None = None,
-                main_only_cost: float | None = None) -> DropCounts:
-    """Early exit at every threshold at once (``anytime.exit_indices``), compared sample by
+                main_only_cost: float | None = None, rule: str = "confidence") -> DropCounts:
+    """Early exit under ``rule`` at every threshold at once (``anytime.exit_indices``), compared sample by
     sample with the main output. ``costs``: ``ClassifierCosts.anytime``, for the GFLOPs;
     ``main_only_cost``: ``ClassifierCosts.main_only``. Pass float64 thresholds: in float32,
     :data:`ABOVE_ONE` rounds to 1."""
     _check_inputs(logits, labels, costs)
     thresholds = torch.as_tensor(thresholds, dtype=torch.float64).flatten()
     correct = logits.argmax(dim=-1) == labels[None]  # (k, n), as anytime.sweep scores it
-    return DropCounts.from_exits(thresholds, exit_indices(logits, thresholds), correct, costs, main_only_cost)
+    return DropCounts.from_exits(thresholds, exit_indices(logits, thresholds, rule), correct, costs, main_only_cost)
 
 
 # --------------------------------------------------------------------------- the procedure
@@ -263,6 +263,7 @@ class GuaranteedThreshold:
     thresholds_tested: int       # hypotheses tested, including the first that failed
     val_samples: int
     main_only_gflops: float | None = None  # the main output alone, no exit head (the option always there)
+    rule: str = "confidence"     # the exit rule whose score the threshold applies to
 
     @property
     def main_only(self) -> bool:
@@ -270,7 +271,7 @@ class GuaranteedThreshold:
         return self.threshold > 1.0
 
 
-def certify(counts: DropCounts, max_drop: float, delta: float) -> GuaranteedThreshold:
+def certify(counts: DropCounts, max_drop: float, delta: float, rule: str = "confidence") -> GuaranteedThreshold:
     """Fixed-sequence testing on one split's counts: thresholds <= 1 from the highest down,
     each declared safe while its drop bound at level delta is <= ``max_drop``. The answer is the
     cheapest of those declared safe and the main output alone (with the counts' costs; without
@@ -293,7 +294,7 @@ def certify(counts: DropCounts, max_drop: float, delta: float) -> GuaranteedThre
     safe = fixed_sequence_rejections(tested_bounds(), max_drop)
     common = {"max_drop": float(max_drop), "delta": float(delta), "val_main_accuracy": counts.main_accuracy,
               "thresholds_tested": len(bounds), "val_samples": n, "main_only_gflops": counts.main_gflops,
-              "feasible": safe > 0}
+              "feasible": safe > 0, "rule": rule}
     position = _cheapest(counts, order[:safe])
     if position is None:
         return GuaranteedThreshold(threshold=ABOVE_ONE, val_drop=0.0, val_bound=0.0, val_accuracy=counts.main_accuracy,
@@ -319,13 +320,14 @@ def _cheapest(counts: DropCounts, safe: list[int]) -> int | None:
 
 def fit_guaranteed_threshold(logits: Tensor, labels: Tensor, thresholds: Tensor, max_drop: float, delta: float,
                              costs: Sequence[float] | None = None,
-                             main_only_cost: float | None = None) -> GuaranteedThreshold:
+                             main_only_cost: float | None = None, rule: str = "confidence") -> GuaranteedThreshold:
     """The cheapest threshold declared safe by fixed-sequence testing on this split (validation),
     or the main output alone when that costs no more: with probability >= 1 - delta over the
     split's draw, its true accuracy drop against the main output is <= ``max_drop``. ``thresholds``
     in any order (tested from the highest down); ``costs``: ``ClassifierCosts.anytime`` and
-    ``main_only_cost``: ``ClassifierCosts.main_only`` (without costs: the loosest safe threshold)."""
-    return certify(drop_counts(logits, labels, thresholds, costs, main_only_cost), max_drop, delta)
+    ``main_only_cost``: ``ClassifierCosts.main_only`` (without costs: the loosest safe threshold); ``rule``:
+    the exit rule (``anytime.EXIT_RULES``)."""
+    return certify(drop_counts(logits, labels, thresholds, costs, main_only_cost, rule), max_drop, delta, rule)
 
 
 def check_guarantee(fit: GuaranteedThreshold, logits: Tensor, labels: Tensor,
@@ -334,7 +336,7 @@ def check_guarantee(fit: GuaranteedThreshold, logits: Tensor, labels: Tensor,
     output, accuracies, GFLOPs (with ``costs``, and its share of the main output alone) and
     whether the promised bound ``held``."""
     counts = drop_counts(logits, labels, torch.tensor([fit.threshold], dtype=torch.float64), costs,
-                         fit.main_only_gflops)
+                         fit.main_only_gflops, fit.rule)
     # The drop from the counts, not acc_main - acc: a float difference could cross max_drop by rounding.
     drop = float(counts.drop[0])
     out: dict[str, Any] = {"threshold": fit.threshold, "feasible": fit.feasible, "max_drop": fit.max_drop,
@@ -345,4 +347,5 @@ def check_guarantee(fit: GuaranteedThreshold, logits: Tensor, labels: Tensor,
         out["gflops"] = float(counts.gflops[0])
         out["main_only_gflops"] = counts.main_gflops
     out["main_only"] = fit.main_only
+    out["rule"] = fit.rule
     return out

@@ -6,6 +6,7 @@ Figures are drawn on :mod:`eed.reporting.canvas`; the training curves (Figs. 3 a
 
 * :func:`plot_agreement` — Fig. 2, exit vs main correct/incorrect, in % of each row;
 * :func:`plot_anytime` — the early-exit accuracy/GFLOPs curve;
+* :func:`plot_exit_rules` — every exit rule's curve on one figure, with its budget thresholds;
 * :func:`plot_rdms` — Fig. 4, representational dissimilarity matrices;
 * :func:`plot_comparison` — the ``eed compare`` table as grouped bars per classifier;
 * :func:`plot_differences` — its differences from the reference rows, with their intervals;
@@ -97,7 +98,7 @@ def _build_anytime(report: "AnytimeReport", *, split: str = "", caption: str = "
     axes = figure.subplots()
     order = curve.gflops.argsort()
     axes.plot(curve.gflops[order].tolist(), (100 * curve.accuracy[order]).tolist(), "-", color="tab:blue",
-              label="early exit (confidence threshold sweep)")
+              label=f"early exit ({curve.rule} threshold sweep)")
     costs = list(report.costs.standalone)
     middle = (min(costs) + max(costs)) / 2 if costs else 0.0
     for index, (name, cost, accuracy) in enumerate(zip(curve.names, costs, report.classifier_accuracy)):
@@ -144,6 +145,48 @@ def plot_anytime(report: "AnytimeReport", path: str | Path, *, split: str = "", 
     budget threshold (fitted on validation, reported here) with a marker of its own, and the
     guaranteed threshold (``guaranteed``) where it was checked."""
     return save_figure(_build_anytime(report, split=split, caption=caption, guaranteed=guaranteed), path)
+
+
+# One colour and marker per exit rule, in the order of anytime.EXIT_RULES.
+RULE_STYLES = [("tab:blue", "o"), ("tab:orange", "s"), ("tab:green", "D"), ("tab:red", "^")]
+
+
+def _build_exit_rules(report: "AnytimeReport", *, split: str = "", caption: str = "") -> Figure:
+    figure = new_figure(6.4, 4.6)
+    axes = figure.subplots()
+    for index, (rule, result) in enumerate(report.rules.items()):
+        colour, marker = RULE_STYLES[index % len(RULE_STYLES)]
+        curve = result.curve
+        order = curve.gflops.argsort()
+        chosen = " (the served rule)" if rule == report.rule else ""
+        axes.plot(curve.gflops[order].tolist(), (100 * curve.accuracy[order]).tolist(), "-", color=colour,
+                  linewidth=2.2 if chosen else 1.4, label=f"{rule}{chosen}")
+        fitted = [fit for fit in result.budgets if fit.feasible and fit.gflops is not None]
+        if fitted:  # each budget's threshold, fitted on val, reported on this split
+            axes.scatter([fit.gflops for fit in fitted], [100 * fit.accuracy for fit in fitted], marker=marker,
+                         s=50, color=colour, edgecolors="black", zorder=4)
+    for budget in sorted({fit.budget for result in report.rules.values() for fit in result.budgets}):
+        axes.axvline(budget, color="grey", linestyle=":", linewidth=1)
+    axes.scatter([report.costs.main_only], [100 * report.classifier_accuracy[-1]], marker="*", s=120,
+                 color="black", zorder=5, label="main output alone (no exit head)")
+    axes.margins(x=0.08, y=0.1)
+    axes.set(xlabel="average GFLOPs per image", ylabel="top-1 accuracy (%)")
+    notes = [f"{split_name(split)} split" if split else "",
+             f"markers: each budget's threshold (dotted), fitted on {split_name(report.fit_split)}"
+             if report.fit_split and any(result.budgets for result in report.rules.values()) else ""]
+    if any(notes):
+        axes.set_title("; ".join(note for note in notes if note), fontsize="medium")
+    axes.grid(alpha=0.3)
+    axes.legend(fontsize="small", loc="lower right", title="exit rule", title_fontsize="small")
+    title(figure, "Exit rules: early-exit accuracy vs. cost", caption)
+    return figure
+
+
+def plot_exit_rules(report: "AnytimeReport", path: str | Path, *, split: str = "", caption: str = "") -> Path:
+    """Every exit rule's accuracy against average GFLOPs per image on one figure (the served rule's
+    line thicker), each rule's budget thresholds (fitted on validation, reported here) as markers in
+    its colour, and the main output alone."""
+    return save_figure(_build_exit_rules(report, split=split, caption=caption), path)
 
 
 def describe_layer(layer: str) -> str:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from eed.reporting.canvas import saved_files
-from eed.reporting.figures import plot_agreement, plot_anytime, plot_flops, plot_rdms
+from eed.reporting.figures import plot_agreement, plot_anytime, plot_exit_rules, plot_flops, plot_rdms
 from eed.reporting.records import write_json
 
 if TYPE_CHECKING:
@@ -35,7 +35,8 @@ def write_anytime_csv(report: "AnytimeReport", path: Path) -> Path:
 
 
 def write_evaluation_outputs(report: "EvaluationReport", out_dir: str | Path, *, caption: str = "") -> list[Path]:
-    """``metrics.json``, ``anytime.csv`` and ``figures/*.png`` + ``*.svg`` into ``out_dir``."""
+    """``metrics.json``, ``anytime.csv`` (the served rule's curve) and ``figures/*.png`` + ``*.svg``
+    (``exit_rules``: every rule's curve) into ``out_dir``."""
     out_dir = Path(out_dir)
     figures = out_dir / "figures"
     written = [write_json(report.metrics(), out_dir / "metrics.json")]
@@ -46,6 +47,9 @@ def write_evaluation_outputs(report: "EvaluationReport", out_dir: str | Path, *,
         written.append(write_anytime_csv(report.anytime, out_dir / "anytime.csv"))
         written += saved_files(plot_anytime(report.anytime, figures / "anytime.png", split=report.split,
                                             caption=caption, guaranteed=report.guaranteed))
+        if len(report.names) > 1:
+            written += saved_files(plot_exit_rules(report.anytime, figures / "exit_rules.png", split=report.split,
+                                                   caption=caption))
     return written
 
 

@@ -123,7 +123,8 @@ def results_table(evaluation: Mapping[str, Any], training: Mapping[str, Any] | N
     guaranteed = evaluation.get("guaranteed")
     if budgets or guaranteed:  # one row per budget under a heading row, so that the table stays within 80 columns
         table.rows[-1].end_section = True
-        table.add_row("early exit (τ from val)", *[""] * (len(table.columns) - 1))
+        rule = anytime.get("exit_rule", "confidence")
+        table.add_row(f"early exit ({rule}, τ: val)", *[""] * (len(table.columns) - 1))
     for budget, fit in budgets:
         feasible = fit.get("threshold") is not None
         cost = fit.get("gflops")

@@ -51,11 +51,29 @@ def evaluation_tables(report: "EvaluationReport") -> list[Table]:
                    "—" if fit.gflops is None else f"{fit.gflops:.4f}", _pct(fit.accuracy)]
             budgets.add_row(*row, *([_pct(fit.fit_accuracy)] if show_fit else []))
         tables.append(budgets)
+        if len(report.anytime.rules) > 1:
+            tables.append(exit_rules_table(report))
     if report.calibration is not None:
         tables.append(calibration_table(report))
     if report.guaranteed is not None:
         tables.append(guaranteed_table(report))
     return tables
+
+
+def exit_rules_table(report: "EvaluationReport") -> Table:
+    """Per exit rule, each budget's threshold (fitted on val) with its top-1 and GFLOPs on the report's split."""
+    anytime = report.anytime
+    table = Table(title=f"Exit rules within each budget: {report.split} top-1 % (GFLOPs), threshold fitted on "
+                        f"{anytime.fit_split}")
+    table.add_column("exit rule")
+    budgets = [fit.budget for fit in anytime.budgets]
+    for budget in budgets:
+        table.add_column(f"≤ {budget:g} GFLOPs", justify="right")
+    for rule, result in anytime.rules.items():
+        cells = ["no τ fits" if fit.threshold is None or fit.gflops is None else
+                 f"{_pct(fit.accuracy)} ({fit.gflops:.4f})" for fit in result.budgets]
+        table.add_row(f"[bold]{rule}[/] (served)" if rule == anytime.rule else rule, *cells)
+    return table
 
 
 def calibration_table(report: "EvaluationReport") -> Table:
@@ -78,7 +96,7 @@ def guaranteed_table(report: "EvaluationReport") -> Table:
     fit, check = guaranteed.fit, guaranteed.check
     confidence = "calibrated" if guaranteed.calibrated else "raw"
     table = Table(title=f"Guaranteed early exit: drop ≤ {100 * fit.max_drop:g} points with probability ≥ "
-                        f"{1 - fit.delta:g} (fitted on val, {confidence} confidences)")
+                        f"{1 - fit.delta:g} (fitted on val, {fit.rule} rule on {confidence} probabilities)")
     for column in ("threshold", "val drop (bound)", f"{report.split} top-1", f"{report.split} drop",
                    "GFLOPs", "held"):
         table.add_column(column, justify="right", no_wrap=column in ("threshold", "GFLOPs"))
@@ -97,7 +115,8 @@ def guaranteed_table(report: "EvaluationReport") -> Table:
 def served_table(report: "EvaluationReport", settings: dict) -> Table:
     """The named thresholds a served model carries, with how they did on val, where they were fitted."""
     confidence = "calibrated" if settings.get("calibrated") else "raw"
-    table = Table(title=f"Served model: thresholds fitted on val ({confidence} confidences)")
+    table = Table(title=f"Served model: thresholds fitted on val ({settings.get('exit_rule', 'confidence')} rule, "
+                        f"{confidence} probabilities)")
     for column in ("name", "threshold", "val top-1", "val GFLOPs", "default"):
         table.add_column(column, justify="left" if column == "name" else "right")
     fitted = {f"budget_{fit.budget:g}": (fit.fit_accuracy, fit.fit_gflops)

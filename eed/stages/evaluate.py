@@ -40,8 +40,8 @@ from eed.stages.common import (
 
 # The params that change what the evaluate stage (and eed export) compute, logged with its run;
 # the split is logged as "split".
-EVAL_KEYS = ("eval.ece_bins", "eval.thresholds", "eval.budgets", "eval.calibrate", "eval.max_drop", "eval.delta",
-             "data.val_size")
+EVAL_KEYS = ("eval.ece_bins", "eval.thresholds", "eval.exit_rule", "eval.budgets", "eval.calibrate", "eval.max_drop",
+             "eval.delta", "data.val_size")
 
 
 @dataclass
@@ -132,15 +132,15 @@ def fit_early_exit(model: MultiExitNet, collected: Collected, names: list[str], 
     if fit is not None:
         report.calibration = calibrate(*fit, collected.logits, collected.labels, names, settings.ece_bins,
                                        fit_split="val", report_split=split)
-        if settings.calibrate:  # early exit on calibrated confidences (the argmax, so accuracy, is unchanged)
+        if settings.calibrate:  # early exit on calibrated probabilities (the argmax, so accuracy, is unchanged)
             temperatures = torch.tensor(report.calibration.temperatures, dtype=torch.float64)
             logits = apply_temperatures(logits.double(), temperatures)
             fit_logits = apply_temperatures(fit_logits.double(), temperatures)
     grid = threshold_grid(settings.thresholds)
     report.anytime = analyze(logits, collected.labels, costs, grid, names, settings.budgets,
-                             fit_logits, fit[1] if fit else None, "val" if fit else None)
+                             fit_logits, fit[1] if fit else None, "val" if fit else None, settings.exit_rule)
     if fit is not None and settings.max_drop is not None and model.num_classifiers > 1:
         chosen = fit_guaranteed_threshold(fit_logits, fit[1], grid, settings.max_drop, settings.delta, costs.anytime,
-                                          costs.main_only)
+                                          costs.main_only, settings.exit_rule)
         report.guaranteed = GuaranteedResult(chosen, check_guarantee(chosen, logits, collected.labels, costs.anytime),
                                              calibrated=settings.calibrate)

@@ -72,7 +72,7 @@ def _early_exit_pyfunc() -> type:
 
     It knows nothing of networks: ``loader(checkpoint_path, settings)`` (a module-level
     function, pickled by reference, e.g. :func:`eed.inference.served.load_served`) builds the object
-    whose ``answer(images, threshold=, budget=, use_max_drop=, calibrated=, return_logits=)``
+    whose ``answer(images, threshold=, budget=, use_max_drop=, calibrated=, return_logits=, exit_rule=)``
     returns the columns; this module depends on no model code."""
     global _served_class
     if _served_class is not None:
@@ -83,7 +83,7 @@ def _early_exit_pyfunc() -> type:
 
     class EarlyExitPyfunc(mlflow.pyfunc.PythonModel):
         """Early exit served: raw pixels (N, H, W, 3), integers 0..255, in; one row per image out. Params:
-        threshold, budget (a named threshold), max_drop, calibrated, return_logits."""
+        threshold, budget (a named threshold), max_drop, calibrated, return_logits, exit_rule."""
 
         # MLflow's type-hint validation (and its warning when there are none) is for models that take
         # tables; this one takes pixels and checks them itself.
@@ -105,7 +105,8 @@ def _early_exit_pyfunc() -> type:
                 answer = self.served.answer(np.asarray(model_input), threshold=params.get("threshold"),
                                             budget=params.get("budget"), use_max_drop=bool(params.get("max_drop")),
                                             calibrated=params.get("calibrated"),  # None: as fitted
-                                            return_logits=bool(params.get("return_logits")))
+                                            return_logits=bool(params.get("return_logits")),
+                                            exit_rule=params.get("exit_rule"))  # None: the model's own
             except ValueError as error:  # the answering object's one-line reason for a bad request
                 raise Refusal(str(error).splitlines()[0]) from None
             return pd.DataFrame(answer)
@@ -174,7 +175,7 @@ def log_served_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path
                         ColSpec(Array(Array("double")), "logits", required=False)]),
         params=ParamSchema([ParamSpec("threshold", "double", None), ParamSpec("budget", "string", None),
                             ParamSpec("max_drop", "boolean", False), ParamSpec("calibrated", "boolean", None),
-                            ParamSpec("return_logits", "boolean", False)]))
+                            ParamSpec("return_logits", "boolean", False), ParamSpec("exit_rule", "string", None)]))
     requirements = [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}",
                     f"pandas=={pd.__version__}", f"mlflow=={mlflow.__version__}"]
     from mlflow.entities import LoggedModelOutput
