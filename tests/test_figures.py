@@ -349,10 +349,38 @@ def test_exit_rules_draws_each_rule_with_its_budget_points(report):
     curves = [line for line in axes.lines if line.get_linestyle() == "-"]
     assert len(curves) == 4 and len({line.get_color() for line in curves}) == 4
     assert curves[0].get_linewidth() > curves[1].get_linewidth()  # the served rule stands out
-    for line, result in zip(curves, anytime.rules.values()):  # each curve is its rule's sweep, in %
-        assert sorted(line.get_xdata()) == sorted(result.curve.gflops.tolist())
+    for line, result in zip(curves, anytime.rules.values()):  # each curve is its rule's sweep up to tau = 1
+        within = result.curve.thresholds <= 1.0
+        assert sorted(line.get_xdata()) == sorted(result.curve.gflops[within].tolist())
     feasible = sum(fit.feasible for result in anytime.rules.values() for fit in result.budgets)
     budget_markers = [collection for collection in axes.collections if len(collection.get_offsets())][:-1]
     assert sum(len(collection.get_offsets()) for collection in budget_markers) == feasible > 0
     assert len([line for line in axes.lines if line.get_linestyle() == ":"]) == 2  # one per budget
     assert "test split" in axes.get_title() and "validation" in axes.get_title()
+
+
+def test_sweep_lines_leave_out_the_main_output_alone_and_name_it(report, logits_labels):
+    """The point above 1 (the main output alone, no exit head) is cheaper than tau = 1 (every head on the
+    way): in the line it drew a spike back; it is drawn as its own point, and a guarantee that chose it
+    says so, not "tau 1.00"."""
+    from eed.metrics.guarantee import GuaranteedThreshold, check_guarantee
+    from eed.metrics.summary import GuaranteedResult
+
+    anytime = report.anytime
+    within = int((anytime.curve.thresholds <= 1.0).sum())
+    assert within == len(anytime.curve.thresholds) - 1
+    main_alone = anytime.costs.main_only
+    axes = plot_axes(drawn(figures._build_anytime(anytime, split="test")))[0]
+    (line,) = [line for line in axes.lines if line.get_linestyle() == "-"]
+    assert len(line.get_xdata()) == within and main_alone not in list(line.get_xdata())
+    assert list(line.get_xdata()) == sorted(line.get_xdata())
+    rules = plot_axes(drawn(figures._build_exit_rules(anytime, split="test")))[0]
+    for curve in [line for line in rules.lines if line.get_linestyle() == "-"]:
+        assert len(curve.get_xdata()) == within and main_alone not in list(curve.get_xdata())
+    logits, labels = logits_labels
+    fit = GuaranteedThreshold(threshold=1.5, feasible=True, max_drop=0.01, delta=0.1, val_drop=0.0, val_bound=0.0,
+                              val_accuracy=0.2, val_main_accuracy=0.2, val_gflops=main_alone, thresholds_tested=3,
+                              val_samples=len(labels), main_only_gflops=main_alone)
+    guaranteed = GuaranteedResult(fit, check_guarantee(fit, logits, labels, anytime.costs.anytime), calibrated=False)
+    shown = plot_axes(drawn(figures._build_anytime(anytime, split="test", guaranteed=guaranteed)))[0]
+    assert "drop ≤ 1 pt (main output alone): held" in shown.get_legend_handles_labels()[1]

@@ -12,7 +12,7 @@ EVALUATION = {
     "running_ensemble": {"acc_upto_exit1": 0.1652},
     "num_samples": 10000,
     "anytime": {"gflops_exit1": 0.026862592, "gflops_exit2": 0.041280512, "gflops_exit3": 0.055698432,
-                "gflops_main": 0.070116352, "gflops_ensemble": 0.084297216, "exit_rule": "patience",
+                "gflops_main": 0.070116352, "gflops_ensemble": 0.084297216, "exit_rule": "confidence",  # the longest rule name
                 "budget_0_035": {"threshold": 0.05, "accuracy": 0.1681, "gflops": 0.03481, "fit_accuracy": 0.16},
                 "budget_0_0001": {"threshold": None, "accuracy": None, "gflops": None, "fit_accuracy": None}},
     "guaranteed": {"max_drop": 0.01, "delta": 0.1, "feasible": 1, "threshold": 0.43, "calibrated": 0, "val_drop": 0.002,
@@ -41,7 +41,7 @@ def test_results_table_fits_80_columns_whole():
     text = console.export_text()
     assert "…" not in text and max(len(line) for line in text.splitlines()) <= 80, text
     assert "19.99" in text and "20.11" in text and "≤ 0.0001 GF: no τ fits" in text and "≤ 0.035 GF, τ 0.05" in text
-    assert "drop ≤ 1 pt, τ 0.43: held" in text and "19.31" in text and "early exit (patience, τ: val)" in text
+    assert "drop ≤ 1 pt, τ 0.43: held" in text and "19.31" in text and "early exit (confidence)" in text
     assert "Results on test (10000 images, best.pt)" in text
     (ensemble,) = [line.strip("│ ").split() for line in text.splitlines() if line.startswith("│ ensemble")]
     assert [cell for cell in ensemble if cell != "│"][3:5] == ["0.0843", "120"], ensemble  # every head as well as the main output: 120 % of main

@@ -34,7 +34,7 @@ from eed.reporting.canvas import new_figure, save_figure, split_name, title
 if TYPE_CHECKING:
     from torch import Tensor
 
-    from eed.metrics.anytime import AnytimeReport
+    from eed.metrics.anytime import AnytimeCurve, AnytimeReport
     from eed.metrics.flops import FlopsProfile
     from eed.metrics.rdm import RdmResult
     from eed.metrics.summary import GuaranteedResult
@@ -91,14 +91,22 @@ def plot_agreement(agreement: "Tensor", names: Sequence[str], path: str | Path, 
     return save_figure(_build_agreement(agreement, names, split=split, caption=caption), path)
 
 
+def _sweep_line(curve: "AnytimeCurve") -> tuple[list[float], list[float]]:
+    """(GFLOPs, top-1 %) of the thresholds up to 1, by cost. Not the point above 1, the main output alone:
+    cheaper than reaching it through every exit head, it would draw a spike; it is drawn as its own point."""
+    within = curve.thresholds <= 1.0
+    gflops, accuracy = curve.gflops[within], curve.accuracy[within]
+    order = gflops.argsort(stable=True)
+    return gflops[order].tolist(), (100 * accuracy[order]).tolist()
+
+
 def _build_anytime(report: "AnytimeReport", *, split: str = "", caption: str = "",
                    guaranteed: "GuaranteedResult | None" = None) -> Figure:
     curve = report.curve
     figure = new_figure(6.4, 4.6)
     axes = figure.subplots()
-    order = curve.gflops.argsort()
-    axes.plot(curve.gflops[order].tolist(), (100 * curve.accuracy[order]).tolist(), "-", color="tab:blue",
-              label=f"early exit ({curve.rule} threshold sweep)")
+    gflops, accuracy = _sweep_line(curve)
+    axes.plot(gflops, accuracy, "-", color="tab:blue", label=f"early exit ({curve.rule} threshold sweep)")
     costs = list(report.costs.standalone)
     middle = (min(costs) + max(costs)) / 2 if costs else 0.0
     for index, (name, cost, accuracy) in enumerate(zip(curve.names, costs, report.classifier_accuracy)):
@@ -122,7 +130,7 @@ def _build_anytime(report: "AnytimeReport", *, split: str = "", caption: str = "
             axes.plot([], [], linestyle=":", color=colour, label=f"budget {fit.budget:g} GFLOPs: no τ fits")
     if guaranteed is not None and guaranteed.check.get("gflops") is not None:
         fit, check = guaranteed.fit, guaranteed.check
-        where = f"τ {fit.threshold:.2f}" if fit.feasible else "main output"
+        where = "main output alone" if fit.main_only else f"τ {fit.threshold:.2f}"
         axes.scatter([check["gflops"]], [100 * check["accuracy"]], marker="s", s=70, color="tab:green", zorder=5,
                      edgecolors="black", label=f"drop ≤ {100 * fit.max_drop:g} pt ({where}): "
                                            f"{'held' if check['held'] else 'failed'}")
@@ -156,11 +164,9 @@ def _build_exit_rules(report: "AnytimeReport", *, split: str = "", caption: str 
     axes = figure.subplots()
     for index, (rule, result) in enumerate(report.rules.items()):
         colour, marker = RULE_STYLES[index % len(RULE_STYLES)]
-        curve = result.curve
-        order = curve.gflops.argsort()
         chosen = " (the served rule)" if rule == report.rule else ""
-        axes.plot(curve.gflops[order].tolist(), (100 * curve.accuracy[order]).tolist(), "-", color=colour,
-                  linewidth=2.2 if chosen else 1.4, label=f"{rule}{chosen}")
+        axes.plot(*_sweep_line(result.curve), "-", color=colour, linewidth=2.2 if chosen else 1.4,
+                  label=f"{rule}{chosen}")
         fitted = [fit for fit in result.budgets if fit.feasible and fit.gflops is not None]
         if fitted:  # each budget's threshold, fitted on val, reported on this split
             axes.scatter([fit.gflops for fit in fitted], [100 * fit.accuracy for fit in fitted], marker=marker,

@@ -124,7 +124,7 @@ def results_table(evaluation: Mapping[str, Any], training: Mapping[str, Any] | N
     if budgets or guaranteed:  # one row per budget under a heading row, so that the table stays within 80 columns
         table.rows[-1].end_section = True
         rule = anytime.get("exit_rule", "confidence")
-        table.add_row(f"early exit ({rule}, τ: val)", *[""] * (len(table.columns) - 1))
+        table.add_row(f"early exit ({rule})", *[""] * (len(table.columns) - 1))  # τ fitted on val
     for budget, fit in budgets:
         feasible = fit.get("threshold") is not None
         cost = fit.get("gflops")
