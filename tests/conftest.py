@@ -1,6 +1,8 @@
 """Shared fixtures: the real CIFAR-100 (extracted once into a cache) and its prepared
-``.beton`` files (written once into a cache, then reused by every session), plus factories
-that write small datasets in the real on-disk formats (CIFAR pickles, ImageNet folders).
+``.beton`` files (written once into a cache, then reused by every session), factories that
+write small datasets in the real on-disk formats (CIFAR pickles, ImageNet folders), and a tiny
+multi-exit network trained briefly (``tiny_trained``: early exit on a network whose classifiers
+disagree and whose confidences spread, as a random one's do not).
 
 Caches live in ``$XDG_CACHE_HOME/eed-test-data`` (default ``~/.cache/eed-test-data``),
 keyed by the archive's sha256. ``$EED_TEST_CIFAR100`` overrides the source: a
@@ -23,6 +25,12 @@ from typing import Callable
 
 import numpy as np
 import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from eed.models.backbone import Backbone
+from eed.models.multi_exit import MultiExitNet, conv_bn_relu
 
 # The project's machines keep the real CIFAR-100 in shared/ beside the repository.
 SHARED_CIFAR100_ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar-100-python.tar.gz"
@@ -219,3 +227,41 @@ def make_image_folders() -> Callable[..., list[str]]:
         return names
 
     return make
+
+
+# --------------------------------------------------------------------------- a trained tiny network
+
+TINY_CLASSES = 4
+
+
+def tiny_net() -> MultiExitNet:
+    backbone = Backbone(stem=conv_bn_relu(3, 8, 1),
+                        stages=[conv_bn_relu(8, 8, 1), conv_bn_relu(8, 16, 2), conv_bn_relu(16, 24, 2)],
+                        stage_channels=[8, 16, 24], pool=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+                        fc=nn.Linear(24, TINY_CLASSES))
+    return MultiExitNet(backbone)
+
+
+def signal_data(n: int, generator: torch.Generator, patterns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Noise plus the label's pattern at a random strength: some samples easy, some hard."""
+    labels = torch.randint(0, TINY_CLASSES, (n,), generator=generator)
+    strength = torch.rand(n, 1, 1, 1, generator=generator) * 1.5
+    return torch.randn(n, 3, 16, 16, generator=generator) + strength * patterns[labels], labels
+
+
+@pytest.fixture(scope="module")
+def tiny_trained() -> tuple[MultiExitNet, torch.Tensor, torch.Tensor]:
+    """(network in eval mode, 256 images 3 x 16 x 16, their labels): 40 SGD steps on 4 classes."""
+    torch.manual_seed(0)
+    generator = torch.Generator().manual_seed(0)
+    patterns = torch.randn(TINY_CLASSES, 3, 16, 16, generator=generator)
+    net = tiny_net()
+    optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(40):
+        images, labels = signal_data(64, generator, patterns)
+        loss = sum(F.cross_entropy(z, labels) for z in net(images).logits)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    images, labels = signal_data(256, generator, patterns)
+    return net.eval(), images, labels

@@ -8,8 +8,6 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
-from torch import nn
 
 from eed.engine.loops import collect_outputs
 from eed.inference.early_exit import predict
@@ -25,8 +23,6 @@ from eed.metrics.anytime import (
     sweep,
     threshold_grid,
 )
-from eed.models.backbone import Backbone
-from eed.models.multi_exit import MultiExitNet, conv_bn_relu
 
 NUM_CLASSES = 4
 # Per stage, per exit head, main head (GFLOPs): exit i costs stages 1..i + heads 1..i.
@@ -112,36 +108,9 @@ def test_fit_budgets_picks_the_most_accurate_threshold_within_budget():
 # --------------------------------------------------------------------------- a trained tiny network
 
 
-def tiny_net() -> MultiExitNet:
-    backbone = Backbone(stem=conv_bn_relu(3, 8, 1),
-                        stages=[conv_bn_relu(8, 8, 1), conv_bn_relu(8, 16, 2), conv_bn_relu(16, 24, 2)],
-                        stage_channels=[8, 16, 24], pool=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
-                        fc=nn.Linear(24, NUM_CLASSES))
-    return MultiExitNet(backbone)
-
-
-def signal_data(n: int, generator: torch.Generator, patterns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Noise plus the label's pattern at a random strength: some samples easy, some hard."""
-    labels = torch.randint(0, NUM_CLASSES, (n,), generator=generator)
-    strength = torch.rand(n, 1, 1, 1, generator=generator) * 1.5
-    return torch.randn(n, 3, 16, 16, generator=generator) + strength * patterns[labels], labels
-
-
 @pytest.fixture(scope="module")
-def trained() -> tuple[MultiExitNet, torch.Tensor, torch.Tensor]:
-    torch.manual_seed(0)
-    generator = torch.Generator().manual_seed(0)
-    patterns = torch.randn(NUM_CLASSES, 3, 16, 16, generator=generator)
-    net = tiny_net()
-    optimizer = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
-    for _ in range(40):
-        images, labels = signal_data(64, generator, patterns)
-        loss = sum(F.cross_entropy(z, labels) for z in net(images).logits)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-    images, labels = signal_data(256, generator, patterns)
-    return net.eval(), images, labels
+def trained(tiny_trained):  # conftest: a tiny multi-exit network trained briefly on signal-in-noise images
+    return tiny_trained
 
 
 def test_trained_network_endpoints(trained):

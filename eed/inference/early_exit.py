@@ -66,6 +66,20 @@ def segments(model: MultiExitNet) -> list[Segment]:
     return [Segment(model, classifier) for classifier in range(model.num_classifiers)]
 
 
+@dataclass
+class Runner:
+    """What :func:`predict` runs: the cascade's k segments, and the main output alone (images -> the
+    main logits, no exit head) for a threshold above 1. Eager by default (:func:`eager_runner`);
+    :func:`eed.inference.compiled.compiled_runner` gives the same pieces compiled."""
+
+    segments: Sequence[SegmentFn]
+    main: Callable[[Tensor], Tensor]
+
+
+def eager_runner(model: MultiExitNet) -> Runner:
+    return Runner(segments(model), model.forward_main)
+
+
 def cascade(pieces: Sequence[SegmentFn], x: Tensor, threshold: float, *,
             temperatures: Sequence[float] | Tensor | None = None, keep_logits: bool = False,
             rule: str = "confidence") -> Prediction:
@@ -96,24 +110,29 @@ def cascade(pieces: Sequence[SegmentFn], x: Tensor, threshold: float, *,
                 for position, row in zip(remaining.tolist(), logits.float().cpu()):
                     kept[position].append(row)
             step = rule_step(logits if scale is None else logits / scale[classifier], rule, k, step)
-            done = leaves(step.score, threshold) if classifier < k - 1 else torch.ones_like(step.score, dtype=torch.bool)
+            done = leaves(step.score, threshold)
+            # Everyone leaves (the main output, or a batch of one that is sure): no re-indexing.
+            if classifier == k - 1 or bool(done.all()):
+                classes[remaining], confidence[remaining], exit_index[remaining] = step.classes, step.confidence, classifier
+                break
+            if not bool(done.any()):  # nobody leaves: the batch goes on as it is
+                continue
             leaving = remaining[done]
             classes[leaving] = step.classes[done]
             confidence[leaving] = step.confidence[done]
             exit_index[leaving] = classifier
             remaining, hidden = remaining[~done], hidden[~done]
             step = RuleStep(*(part[~done] for part in (step.score, step.confidence, step.classes, step.streak)))
-            if remaining.numel() == 0:
-                break
     return Prediction(classes, exit_index, confidence, logits=kept if keep_logits else None)
 
 
 def main_only(model: MultiExitNet, x: Tensor, *, temperatures: Sequence[float] | Tensor | None = None,
-              keep_logits: bool = False) -> Prediction:
+              keep_logits: bool = False, main: Callable[[Tensor], Tensor] | None = None) -> Prediction:
     """Every sample answered by the main output, the exits never computed: what a threshold above 1
-    gives, at the cost of the network without exits."""
+    gives, at the cost of the network without exits. ``main``: what computes the main logits
+    (default ``model.forward_main``; a :class:`Runner`'s)."""
     with torch.inference_mode():
-        logits = model.forward_main(x)
+        logits = (main or model.forward_main)(x)
     scale = 1.0 if temperatures is None else float(list(temperatures)[-1])
     confidence, classes = confidences(logits / scale)
     exit_index = torch.full_like(classes, model.num_classifiers - 1)
@@ -123,11 +142,17 @@ def main_only(model: MultiExitNet, x: Tensor, *, temperatures: Sequence[float] |
 
 def predict(model: MultiExitNet, x: Tensor, threshold: float, *, count_stages: bool = False,
             temperatures: Sequence[float] | Tensor | None = None, keep_logits: bool = False,
-            rule: str = "confidence") -> Prediction:
+            rule: str = "confidence", runner: Runner | None = None) -> Prediction:
     """Early-exit inference under ``rule`` on a batch that really stops computing: :func:`cascade`
     over the network's segments (above 1, :func:`main_only`: no exit head at all), in eval mode
-    (BatchNorm must use running statistics: the batch shrinks as samples leave). ``count_stages``
-    records, with forward hooks, how many samples each stage processed."""
+    (BatchNorm must use running statistics: the batch shrinks as samples leave). ``runner``: the
+    pieces to run (default: the eager ones; a compiled runner gives the same answers). ``count_stages``
+    records, with forward hooks, how many samples each stage processed (eager pieces only: a
+    compiled graph runs no hook)."""
+    if count_stages and runner is not None:
+        raise ValueError("count_stages counts with forward hooks, which compiled pieces do not run: "
+                         "leave runner unset to count")
+    runner = runner or eager_runner(model)
     stage_samples = [0] * len(model.stages)
     hooks = []
     if count_stages:
@@ -139,9 +164,9 @@ def predict(model: MultiExitNet, x: Tensor, threshold: float, *, count_stages: b
     model.eval()
     try:
         if threshold > 1.0:  # no score reaches it: the main output alone, no exit head computed
-            result = main_only(model, x, temperatures=temperatures, keep_logits=keep_logits)
+            result = main_only(model, x, temperatures=temperatures, keep_logits=keep_logits, main=runner.main)
         else:
-            result = cascade(segments(model), x, threshold, temperatures=temperatures, keep_logits=keep_logits,
+            result = cascade(runner.segments, x, threshold, temperatures=temperatures, keep_logits=keep_logits,
                              rule=rule)
     finally:
         model.train(was_training)
