@@ -100,8 +100,18 @@ def eed(project: Path, *args: str, check: bool = True, env: dict | None = None) 
     completed = subprocess.run([sys.executable, "-m", "eed.cli", *args], cwd=project, capture_output=True, text=True,
                                timeout=1800, env={**(env or os.environ), "OMP_NUM_THREADS": "1"})
     if check:
-        assert completed.returncode == 0, completed.stdout[-3000:] + completed.stderr[-3000:]
+        assert completed.returncode == 0, failure_report(project, completed)
     return completed
+
+
+def failure_report(project: Path, completed: subprocess.CompletedProcess) -> str:
+    """What a failed grid said (its cell lines come first, the compare table last) and the end of
+    every cell's log, where a failed cell's reason is."""
+    lines = completed.stdout.splitlines()
+    states = [line for line in lines if line.startswith(("grid:", "  "))][:40]
+    logs = [f"--- {log.parent.name}/grid.log:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-25:])
+            for log in sorted((project / "outputs" / "grid").glob("*/grid.log"))]
+    return "\n".join([*states, "...", completed.stdout[-2000:], completed.stderr[-3000:], *logs])
 
 
 def training_runs(project: Path, store: Path | None = None) -> list:

@@ -174,7 +174,7 @@ def test_the_served_model_says_what_it_is_and_holds_its_results(record):
     client = MlflowClient(config.tracking.uri)
     logged = client.get_logged_model(result.served_model_id)
     description = logged.tags["mlflow.note.content"]
-    assert description.startswith("**Early exit served by eed.**") and "| `budget_0.001` |" not in description
+    assert description.startswith("**Early exit served by eed** (exit rule `confidence`).") and "| `budget_0.001` |" not in description
     assert "| threshold | τ | val top-1 % | val GFLOPs | test top-1 % | test GFLOPs |" in description
     assert logged.tags["eed.current"] == "true"
     evaluation = json.loads((Path(config.paths.out_dir) / "evaluate" / "metrics.json").read_text())
