@@ -384,6 +384,32 @@ def test_eed_serve_names_a_model_that_is_not_there_in_one_line(logged, tmp_path)
     assert done.returncode != 0 and len(lines) == 1 and "models:/m-0123456789abcdef" in lines[0], done.stderr
 
 
+def test_eed_serve_compiled_refuses_a_model_logged_without_load_options_in_one_line(tmp_path):
+    """A pyfunc model logged without a model_config would load with --compiled ignored (MLflow only warns
+    in its log): eed serve --compiled says so instead of serving it eager."""
+    import mlflow
+    import mlflow.pyfunc
+
+    class Echo(mlflow.pyfunc.PythonModel):
+        def predict(self, context, model_input, params=None):
+            return model_input
+
+    uri = f"sqlite:///{tmp_path / 'old.db'}"
+    mlflow.set_tracking_uri(uri)
+    try:  # artifacts in tmp_path (a sqlite store's default artifact root is ./mlruns)
+        experiment = mlflow.create_experiment("old", artifact_location=(tmp_path / "artifacts").as_uri())
+        with mlflow.start_run(experiment_id=experiment):
+            model_id = mlflow.pyfunc.log_model(name="old", python_model=Echo()).model_id
+    finally:
+        mlflow.set_tracking_uri(None)
+    (tmp_path / "params.yaml").write_text(f"tracking:\n  uri: {uri}\n")
+    done = subprocess.run([sys.executable, "-m", "eed.cli", "serve", f"models:/{model_id}", "--compiled",
+                           "--port", str(free_port())], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode != 0 and len(lines) == 1, done.stderr
+    assert f"models:/{model_id} was logged before it took load-time options (compiled)" in lines[0], lines
+
+
 def test_the_served_model_takes_raw_pixels_as_any_integral_numbers(served, images):
     expected = served.answer(images, threshold=0.2)
     assert served.answer(images.astype(np.int64), threshold=0.2) == expected
@@ -424,6 +450,24 @@ def test_the_logged_model_brings_its_own_eed(logged, served, images, tmp_path):
     assert reply["answer"] == served.answer(images[:3], threshold=0.2)
 
 
+def test_the_logged_model_loads_compiled_and_answers_as_eager(logged, served, images):
+    """model_config={"compiled": true} (what eed serve --compiled passes): the segments run compiled, the
+    answers are the eager ones (classes and exits equal, confidences to rounding)."""
+    import mlflow.pyfunc
+
+    from eed.tracking import using_tracking_uri
+
+    uri, model_id = logged
+    with using_tracking_uri(uri):
+        model = mlflow.pyfunc.load_model(f"models:/{model_id}", model_config={"compiled": True})
+    assert model.unwrap_python_model().served.runner is not None and served.runner is None
+    for params in ({"threshold": middle_threshold(served, images)}, {}, {"threshold": 0.5, "exit_rule": "margin"}):
+        fast, eager = as_columns(model.predict(images, params=params)), served.answer(images, **params)
+        assert (fast["class"], fast["exit_index"], fast["gflops"]) == (eager["class"], eager["exit_index"],
+                                                                       eager["gflops"]), params
+        assert fast["confidence"] == pytest.approx(eager["confidence"], abs=1e-5)
+
+
 def test_load_served_checks_its_settings(checkpoint_path, images):
     assert load_served(checkpoint_path, SETTINGS).answer(images, threshold=0.2) == \
         ServedModel(Checkpoint.load(checkpoint_path), **SETTINGS).answer(images, threshold=0.2)
@@ -431,6 +475,8 @@ def test_load_served_checks_its_settings(checkpoint_path, images):
         load_served(checkpoint_path, {"thresholds": THRESHOLDS})
     with pytest.raises(ValueError, match="got \\['normalization', 'treshold'\\]"):
         load_served(checkpoint_path, {"normalization": NORMALIZATION, "treshold": 0.3})
+    with pytest.raises(ValueError, match=r"a served model loads with the options compiled; got \['compile'\]"):
+        load_served(checkpoint_path, SETTINGS, {"compile": True})
 
 
 def test_eed_serve_on_a_port_in_use_is_one_line_naming_the_port(logged, tmp_path):

@@ -17,6 +17,10 @@ def serve(
              "or an MLflow run id: its latest served model.")],
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 5001,
+    compiled: Annotated[bool, typer.Option(
+        "--compiled/--eager",
+        help="Run the network's segments compiled with torch.compile (compiled once at start-up, the same "
+             "answers) or eagerly.")] = False,
     params: ParamsOption = None,
     set_: OverridesOption = None,
 ) -> None:
@@ -28,4 +32,4 @@ def serve(
     """
     from eed.stages import serve as stage
 
-    stage.serve(load(params, set_), model, host, port)
+    stage.serve(load(params, set_), model, host, port, compiled)

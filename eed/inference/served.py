@@ -23,6 +23,7 @@ from torch import Tensor
 from eed.data.augment import Normalizer
 from eed.data.catalog import Normalization
 from eed.engine.checkpoint import Checkpoint
+from eed.inference.compiled import compiled_runner
 from eed.inference.early_exit import predict
 from eed.metrics.anytime import EXIT_RULES, ClassifierCosts
 from eed.metrics.flops import profile_model
@@ -39,7 +40,7 @@ class ServedModel:
                  thresholds: Mapping[str, float] | None = None, temperatures: Sequence[float] | None = None,
                  class_names: Sequence[str] | None = None, default: str | float | None = None,
                  image_size: int | None = None, calibrated: bool = False, exit_rule: str = "confidence",
-                 device: str | torch.device = "cpu"):
+                 compiled: bool = False, device: str | torch.device = "cpu"):
         self.model = checkpoint.model().to(device).eval()
         self.device = torch.device(device)
         k, num_classes = self.model.num_classifiers, checkpoint.network.num_classes
@@ -70,6 +71,8 @@ class ServedModel:
         self.default = default
         self.image_size = int(image_size or get_spec(checkpoint.network.arch).input_size)
         self.costs = ClassifierCosts.from_profile(profile_model(self.model, self.image_size))
+        # A load-time choice (not a stored setting): the same answers, compiled once here.
+        self.runner = compiled_runner(self.model, self.image_size) if compiled else None
 
     # ------------------------------------------------------------------ inputs
 
@@ -150,7 +153,7 @@ class ServedModel:
         if calibrated and self.temperatures is None:
             raise ValueError("calibrated answers need temperatures, and this model has none")
         result = predict(self.model, x, tau, temperatures=self.temperatures if calibrated else None,
-                         keep_logits=return_logits, rule=rule)
+                         keep_logits=return_logits, rule=rule, runner=self.runner)
         classes, exits = result.classes.cpu().tolist(), result.exit_index.cpu().tolist()
         columns: dict[str, list] = {
             "class": classes,
@@ -181,14 +184,22 @@ def _exact_pixels(values: np.ndarray) -> np.ndarray:
 # Settings a served model takes (JSON, beside its checkpoint): the keyword arguments of ServedModel.
 SETTING_KEYS = ("normalization", "thresholds", "temperatures", "class_names", "default", "image_size", "calibrated",
                 "exit_rule")
+# Chosen where the model is loaded, never stored with it (a pyfunc model's model_config).
+LOAD_OPTIONS = ("compiled",)
 
 
-def load_served(checkpoint_path: str | Path, settings: Mapping[str, Any]) -> ServedModel:
+def load_served(checkpoint_path: str | Path, settings: Mapping[str, Any],
+                options: Mapping[str, Any] | None = None) -> ServedModel:
     """The served model of a checkpoint file and its settings (:data:`SETTING_KEYS`;
-    ``normalization`` required): what a logged served model is built from where it is loaded."""
+    ``normalization`` required), with the load-time ``options`` (:data:`LOAD_OPTIONS`): what a
+    logged served model is built from where it is loaded."""
     unknown = sorted(set(settings) - set(SETTING_KEYS))
     if unknown or "normalization" not in settings:
         raise ValueError(f"served-model settings take {', '.join(SETTING_KEYS)} (normalization required); "
                          f"got {sorted(settings)}")
+    options = dict(options or {})
+    if set(options) - set(LOAD_OPTIONS):
+        raise ValueError(f"a served model loads with the options {', '.join(LOAD_OPTIONS)}; "
+                         f"got {sorted(set(options) - set(LOAD_OPTIONS))}")
     arguments = {key: value for key, value in settings.items() if value is not None}
-    return ServedModel(Checkpoint.load(checkpoint_path), **arguments)
+    return ServedModel(Checkpoint.load(checkpoint_path), **arguments, compiled=bool(options.get("compiled", False)))

@@ -70,7 +70,7 @@ def _early_exit_pyfunc() -> type:
     module does not import MLflow. Reached as ``eed.tracking.served.EarlyExitPyfunc`` (module
     ``__getattr__``), which is also how a pickled instance finds its class again.
 
-    It knows nothing of networks: ``loader(checkpoint_path, settings)`` (a module-level
+    It knows nothing of networks: ``loader(checkpoint_path, settings, options)`` (a module-level
     function, pickled by reference, e.g. :func:`eed.inference.served.load_served`) builds the object
     whose ``answer(images, threshold=, budget=, use_max_drop=, calibrated=, return_logits=, exit_rule=)``
     returns the columns; this module depends on no model code."""
@@ -89,12 +89,14 @@ def _early_exit_pyfunc() -> type:
         # tables; this one takes pixels and checks them itself.
         _skip_type_hint_validation = True
 
-        def __init__(self, loader: Callable[[Path, dict[str, Any]], Any]):
+        def __init__(self, loader: Callable[[Path, dict[str, Any], dict[str, Any]], Any]):
             self.loader = loader
 
         def load_context(self, context):
             settings = json.loads(Path(context.artifacts[SERVED_SETTINGS]).read_text())
-            self.served = self.loader(Path(context.artifacts[SERVED_CHECKPOINT]), settings)
+            # load_model(model_config=...): load-time options such as {"compiled": true}
+            self.served = self.loader(Path(context.artifacts[SERVED_CHECKPOINT]), settings,
+                                      dict(context.model_config or {}))
 
         def predict(self, context, model_input, params=None):
             import numpy as np
@@ -141,12 +143,17 @@ def _quietly() -> Any:
             os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
 
 
+# The load-time options a served model takes (load_model(model_config=...)), with their defaults.
+LOAD_DEFAULTS = {"compiled": False}
+
+
 def log_served_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path, settings: Mapping[str, Any],
-                     example_images: Any, *, loader: Callable[[Path, dict[str, Any]], Any],
+                     example_images: Any, *, loader: Callable[[Path, dict[str, Any], dict[str, Any]], Any],
                      programs: str | Path | None = None) -> str:
     """Log the checkpoint at ``checkpoint_path`` as a servable early-exit model (``served``) of
     run ``run_id``, with ``settings`` (JSON-able) beside it; ``loader(checkpoint_path,
-    settings)`` builds the answering object where the model is loaded (and once here, to
+    settings, options)`` builds the answering object where the model is loaded (``options``: the
+    ``model_config`` it is loaded with), and once here, with none, to
     refuse bad settings before anything is logged). ``example_images``: a few uint8
     (N, H, W, 3) images, the input example. The ``eed`` package travels with the model
     (``code_paths``), so a server needs torch, numpy and pandas but not this project.
@@ -164,7 +171,7 @@ def log_served_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path
         raise ValueError(f"example images must be uint8 (N, H, W, 3), got {example_images.dtype} "
                          f"{tuple(example_images.shape)}")
     settings = json.loads(json.dumps(dict(settings)))  # JSON-able, and what load_context will see
-    loader(Path(checkpoint_path), settings).answer(example_images)  # bad settings or images fail here
+    loader(Path(checkpoint_path), settings, {}).answer(example_images)  # bad settings or images fail here
     _, height, width, _ = example_images.shape
     # No input schema: MLflow's server would cast JSON pixels to its dtype silently (0.5 -> 0); the answering
     # object takes raw pixels as any integers 0..255 and refuses the rest (described in the model's metadata).
@@ -199,6 +206,7 @@ def log_served_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path
                                **({SERVED_PROGRAMS: str(programs)} if programs is not None else {})},
                     code_paths=[str(Path(__file__).parents[1])],  # the eed package: the loader's code
                     signature=signature, input_example=example_images, pip_requirements=requirements,
+                    model_config=LOAD_DEFAULTS,  # declared here, or MLflow ignores a load-time model_config
                     metadata={"input": f"raw RGB pixels, N x {height} x {width} x 3, integers 0..255 (uint8, or "
                                        "JSON numbers; anything else is refused, never cast)"})
                 client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])  # the run's page lists it

@@ -39,15 +39,23 @@ def served_model_uri(tracking_uri: str, reference: str) -> str:
     return f"models:/{served_model_of(tracking_uri, reference)}"
 
 
-def serving_app(tracking_uri: str, model_uri: str) -> Any:
-    """The scoring server's app for ``model_uri``, loaded from ``tracking_uri``'s store."""
+def serving_app(tracking_uri: str, model_uri: str, model_config: dict[str, Any] | None = None) -> Any:
+    """The scoring server's app for ``model_uri``, loaded from ``tracking_uri``'s store with
+    ``model_config`` (load-time options, e.g. ``{"compiled": True}``)."""
+    import mlflow.models
     import mlflow.pyfunc
     from mlflow.exceptions import MlflowException
     from mlflow.pyfunc import scoring_server
 
     with reaching(tracking_uri, f"loading {model_uri}"), using_tracking_uri(tracking_uri):
         try:
-            model = mlflow.pyfunc.load_model(model_uri)
+            if model_config:  # options the model was not logged to take: MLflow ignores them, with a warning
+                flavor = mlflow.models.get_model_info(model_uri).flavors.get("python_function", {})
+                if set(model_config) - set(flavor.get("model_config") or {}):
+                    raise ConfigError(f"{model_uri} was logged before it took load-time options "
+                                      f"({', '.join(sorted(model_config))}): re-log it with eed export, or serve "
+                                      "it eager")
+            model = mlflow.pyfunc.load_model(model_uri, model_config=model_config)
         except MlflowException as error:
             if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
                 raise
