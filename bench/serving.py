@@ -17,7 +17,9 @@ Variants, timed on the same raw uint8 test images (N × 32 × 32 × 3) in each r
 * ``full network``: normalization + ``model.forward_main`` + softmax max/argmax under
   ``torch.inference_mode()``: what answering without exits costs (no pyfunc, no table);
 * ``predict() <name>``: normalization + ``eed.inference.early_exit.predict`` at the same threshold,
-  without the pyfunc wrapper: how much of the gap is the cascade and how much the wrapper.
+  without the pyfunc wrapper: how much of the gap is the cascade and how much the wrapper;
+* ``compiled served <name>``: the same logged model loaded with ``model_config={"compiled": True}``
+  (``eed serve --compiled``: segments and main output compiled with ``torch.compile`` at load).
 
 Per round and threshold: realised speed-up = served img/s ÷ full-network img/s; FLOPs speed-up =
 main-output GFLOPs ÷ the mean GFLOPs the answers report for those images; efficiency = realised
@@ -73,8 +75,9 @@ def _served(cfg, checkpoint_path: Path, model, folder: Path):
     client = MlflowClient(uri)
     run_id = client.create_run(client.create_experiment("bench", (folder / "artifacts").as_uri())).info.run_id
     model_id = log_served_model(uri, run_id, Checkpoint.load(checkpoint_path), report, cfg, "test")
-    with using_tracking_uri(uri):
-        return mlflow.pyfunc.load_model(f"models:/{model_id}"), report
+    with using_tracking_uri(uri):  # eager, and compiled (eed serve --compiled)
+        return (mlflow.pyfunc.load_model(f"models:/{model_id}"),
+                mlflow.pyfunc.load_model(f"models:/{model_id}", model_config={"compiled": True}), report)
 
 
 def run(args: argparse.Namespace) -> common.Result:
@@ -90,7 +93,7 @@ def run(args: argparse.Namespace) -> common.Result:
     main_gflops = ClassifierCosts.from_profile(profile_model(model, 32)).standalone[-1]
 
     with tempfile.TemporaryDirectory(prefix="eed-bench-serving-") as folder:
-        served, report = _served(cfg, Path(source["checkpoint"]), model, Path(folder))
+        served, compiled, report = _served(cfg, Path(source["checkpoint"]), model, Path(folder))
         torch.set_num_threads(threads)  # loading may have touched it
         test = read_split(cfg, "test")
         pixels = test.images.permute(0, 2, 3, 1).numpy()  # N x H x W x 3 uint8, what users send
@@ -128,6 +131,8 @@ def run(args: argparse.Namespace) -> common.Result:
             calls = {name: (lambda images, params=params: served.predict(images, params=params))
                      for name, params in variants.items()}
             calls["full network"] = full
+            for name, params in variants.items():  # the same answers, the segments compiled
+                calls[f"compiled {name}"] = lambda images, params=params: compiled.predict(images, params=params)
             for name, tau in thresholds.items():  # the cascade alone: where the served model's time goes
                 calls[f"predict() {name}"] = lambda images, tau=tau: predict(
                     model, normalize(torch.from_numpy(images).permute(0, 3, 1, 2)), tau)
@@ -166,6 +171,14 @@ def run(args: argparse.Namespace) -> common.Result:
                     rows.append(common.Row(f"batch {batch}: {bare} (no pyfunc) realised ÷ FLOPs speed-up",
                                            common.Stat([r / f for r, f in zip(alone, flops)]), "×",
                                            note=f"{np.median([per_round / s for s in seconds[bare]]):,.0f} img/s"))
+                fast = f"compiled {name}"
+                quick = [f / s for s, f in zip(seconds[fast], seconds["full network"])]
+                rows.append(common.Row(f"batch {batch}: {fast} ÷ served eager", common.Stat(
+                    [e / c for e, c in zip(seconds[name], seconds[fast])]), "×",
+                    note=f"{np.median([per_round / s for s in seconds[fast]]):,.0f} img/s"))
+                if name != "served, no exit taken":
+                    rows.append(common.target_row(f"batch {batch}: {fast} realised ÷ FLOPs speed-up",
+                                                  [r / f for r, f in zip(quick, flops)], ">=", 0.8))
     return common.Result(
         name="serving", command=args.command_line, rows=rows, seconds=common.now() - started, gate=gate,
         settings={"threads": threads, "rounds": args.repeats, "images_per_round": dict(zip(BATCHES, args.images)),
