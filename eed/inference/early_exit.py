@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from eed.metrics.anytime import EXIT_RULES, RuleStep, confidences, leaves, rule_step
+from eed.metrics.anytime import RuleStep, check_rule, confidences, leaves, rule_step
 from eed.models.multi_exit import MultiExitNet
 
 # hidden -> (hidden, logits of the segment's classifier): one piece of the cascade.
@@ -91,8 +91,7 @@ def cascade(pieces: Sequence[SegmentFn], x: Tensor, threshold: float, *,
     scaling; the predicted classes are unchanged). ``keep_logits`` keeps each sample's raw logits
     of every classifier it went through.
     """
-    if rule not in EXIT_RULES:
-        raise ValueError(f"exit rule {rule!r}: one of {', '.join(EXIT_RULES)}")
+    check_rule(rule)
     n, device, k = x.shape[0], x.device, len(pieces)
     classes = torch.empty(n, dtype=torch.long, device=device)
     exit_index = torch.empty(n, dtype=torch.long, device=device)

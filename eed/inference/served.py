@@ -25,7 +25,7 @@ from eed.data.catalog import Normalization
 from eed.engine.checkpoint import Checkpoint
 from eed.inference.compiled import compiled_runner
 from eed.inference.early_exit import predict
-from eed.metrics.anytime import EXIT_RULES, ClassifierCosts
+from eed.metrics.anytime import ClassifierCosts, check_rule
 from eed.metrics.flops import profile_model
 from eed.models.registry import get_spec
 
@@ -63,9 +63,7 @@ class ServedModel:
         self.calibrated = bool(calibrated)
         if self.calibrated and temperatures is None:
             raise ValueError("thresholds fitted on calibrated confidences need the temperatures")
-        if exit_rule not in EXIT_RULES:
-            raise ValueError(f"exit rule {exit_rule!r}: one of {', '.join(EXIT_RULES)}")
-        self.exit_rule = exit_rule  # the rule the named thresholds were fitted with
+        self.exit_rule = check_rule(exit_rule)  # the rule the named thresholds were fitted with
         if isinstance(default, str) and default not in self.thresholds:
             raise ValueError(f"default threshold {default!r} is not one of {sorted(self.thresholds)}")
         self.default = default
@@ -144,9 +142,7 @@ class ServedModel:
             raise ValueError(f"threshold {name!r} was fitted on {fitted} confidences: leave calibrated unset "
                              f"or set it to {str(self.calibrated).lower()}")
         calibrated = self.calibrated if calibrated is None and name is not None else bool(calibrated)
-        rule = self.exit_rule if exit_rule is None else str(exit_rule)
-        if rule not in EXIT_RULES:
-            raise ValueError(f"exit rule {rule!r}: one of {', '.join(EXIT_RULES)}")
+        rule = self.exit_rule if exit_rule is None else check_rule(str(exit_rule))
         if name is not None and rule != self.exit_rule:
             raise ValueError(f"threshold {name!r} was fitted for the {self.exit_rule} rule: leave exit_rule unset, "
                              f"or give an explicit threshold for the {rule} rule")

@@ -104,6 +104,13 @@ def threshold_grid(points: int) -> Tensor:
 EXIT_RULES: tuple[str, ...] = get_args(ExitRule)
 
 
+def check_rule(rule: str) -> str:
+    """``rule`` when it is one of :data:`EXIT_RULES`; else a ValueError naming them."""
+    if rule not in EXIT_RULES:
+        raise ValueError(f"exit rule {rule!r}: one of {', '.join(EXIT_RULES)}")
+    return rule
+
+
 @dataclass
 class RuleStep:
     """One classifier judged under a rule, for a batch of samples."""
@@ -118,6 +125,7 @@ def rule_step(logits: Tensor, rule: str, num_classifiers: int, previous: RuleSte
     """Classifier ``logits`` (N, C) under ``rule``, after ``previous`` (the same samples' step at the
     classifier before; None at exit 1). The one definition of the rules: the sweep
     (:func:`rule_scores`) and the cascade (:func:`eed.inference.early_exit.cascade`) both call it."""
+    check_rule(rule)
     probabilities = logits.float().softmax(dim=-1)
     confidence, classes = probabilities.max(dim=-1)
     streak = torch.ones_like(classes) if previous is None else \
@@ -131,10 +139,8 @@ def rule_step(logits: Tensor, rule: str, num_classifiers: int, previous: RuleSte
     elif rule == "entropy":
         entropy = -(probabilities * probabilities.clamp_min(1e-30).log()).sum(dim=-1)
         score = 1.0 - entropy / math.log(logits.shape[-1])
-    elif rule == "patience":
+    else:  # patience
         score = streak.float() / num_classifiers
-    else:
-        raise ValueError(f"exit rule {rule!r}: one of {', '.join(EXIT_RULES)}")
     return RuleStep(score.clamp(0.0, 1.0), confidence, classes, streak)
 
 
@@ -339,8 +345,7 @@ def analyze(logits: Tensor, labels: Tensor, costs: ClassifierCosts, thresholds: 
     """Every exit rule's curve on the reported split, plus budget thresholds fitted on
     ``fit_logits`` (the validation split) and reported on ``logits``; ``rule``'s are the report's
     own. No fitting split: no budgets."""
-    if rule not in EXIT_RULES:
-        raise ValueError(f"exit rule {rule!r}: one of {', '.join(EXIT_RULES)}")
+    check_rule(rule)
     results = {}
     for each in EXIT_RULES:
         result = RuleResult(sweep(logits, labels, costs.anytime, thresholds, names, costs.main_only, each))
