@@ -345,3 +345,51 @@ def test_an_experiment_created_meanwhile_by_another_process_is_used(tmp_path, mo
     monkeypatch.setattr(MlflowClient, "get_experiment_by_name", stale_once)
     assert tracking.ensure_experiment("late", uri) == theirs and len(calls) == 2
     assert (tmp_path / "mlflow.db.lock").is_file()
+
+
+def test_dataset_inputs_logged_while_another_run_inserts_the_same_dataset(tmp_path):
+    """Seen in a Slurm grid: two cells starting at once both find no row for the same dataset and
+    insert it; the later insert breaks the store's unique key (sqlite3.IntegrityError, the whole call
+    rolled back). The row is there then, so logging again links it: the run gets its inputs once."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from eed.tracking.logger import DatasetRecord, log_dataset_inputs
+
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("race", (tmp_path / "artifacts").as_uri())
+    record = DatasetRecord("synthetic-train", "dad630db174813263d74f8c9f760a000", "file:///data/train.beton",
+                           "training", {"num_samples": 256})
+    first, second = (client.create_run(experiment).info.run_id for _ in range(2))
+
+    class LosesTheRaceOnce:
+        """The real client, whose first log_inputs meets the other run's insert."""
+
+        def __init__(self):
+            self.calls = 0
+
+        def __getattr__(self, name):
+            return getattr(client, name)
+
+        def log_inputs(self, run_id, datasets):
+            self.calls += 1
+            if self.calls == 1:
+                log_dataset_inputs(client, first, [record])  # the other cell, in between
+                raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
+                                      "datasets.name, datasets.digest")
+            return client.log_inputs(run_id, datasets=datasets)
+
+    racing = LosesTheRaceOnce()
+    log_dataset_inputs(racing, second, [record])
+    assert racing.calls == 2
+    for run_id in (first, second):
+        inputs = client.get_run(run_id).inputs.dataset_inputs
+        assert [(i.dataset.name, i.dataset.digest) for i in inputs] == [(record.name, record.digest)]
+
+    class StoreDown(LosesTheRaceOnce):
+        def log_inputs(self, run_id, datasets):
+            raise MlflowException("database is locked")
+
+    third = client.create_run(experiment).info.run_id
+    with pytest.raises(MlflowException, match="database is locked"):  # any other failure is not retried
+        log_dataset_inputs(StoreDown(), third, [record])

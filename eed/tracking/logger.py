@@ -306,13 +306,24 @@ class DatasetRecord:
 def log_dataset_inputs(client: "MlflowClient", run_id: str, datasets: Sequence[DatasetRecord]) -> None:
     """``datasets`` as the inputs of run ``run_id``, but those it already has."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
+    from mlflow.exceptions import MlflowException
 
     logged = {(d.dataset.name, d.dataset.digest) for d in client.get_run(run_id).inputs.dataset_inputs}
     new = {(d.name, d.digest): d for d in datasets if (d.name, d.digest) not in logged}
     inputs = [DatasetInput(Dataset(d.name, d.digest, "local", json.dumps({"uri": d.source}), profile=json.dumps(d.profile)),
                            [InputTag("mlflow.data.context", d.context)])
               for d in new.values()]
-    if inputs:
+    if not inputs:
+        return
+    try:
+        client.log_inputs(run_id, datasets=inputs)
+    except MlflowException as error:
+        # Runs starting at once in one experiment (a grid's cells) insert the same dataset row: the store
+        # looks it up, finds none, and the later insert breaks its unique key. It is there now, and the
+        # failed call was rolled back whole: logging again links it to this run.
+        if "unique constraint" not in str(error).lower():
+            raise
+        time.sleep(0.2)
         client.log_inputs(run_id, datasets=inputs)
 
 
