@@ -1,7 +1,7 @@
 """Benchmarks of eed on this machine: ``python bench/run.py <benchmark> [options]``.
 
 Benchmarks (see bench/README.md): loaders, train_overhead, objective, evaluation,
-early_exit, memory, serving, or all of them in that order with ``all``. Each prints a Rich table
+early_exit, memory, serving, latency, or all of them in that order with ``all``. Each prints a Rich table
 and writes ``bench/results/<benchmark>.json``; ``all`` also writes ``summary.json``.
 """
 
@@ -27,8 +27,9 @@ BENCHMARKS = {
     "evaluation": "collect_outputs + summarize vs one forward pass (target ≤ 1.10)",
     "early_exit": "anytime.predict at the 1-point threshold vs the full network; GFLOPs/sample",
     "memory": "peak RSS of a training process (batch 128, default model)",
-    "serving": "the served pyfunc model at its fitted thresholds vs the full network, batch 1 and 128 (goal: "
-               "realised ÷ FLOPs speed-up ≥ 0.8)",
+    "serving": "the served model at every rule's fitted thresholds vs the full network, batch 1, 8 and 128, eager "
+               "and compiled, width 16 and 64 (goal: realised ÷ FLOPs speed-up ≥ 0.8)",
+    "latency": "p50/p99 latency of single-image requests to `mlflow models serve` over loopback, eager vs compiled",
 }
 # Diagnostics: not part of `all`.
 DIAGNOSTICS = {
@@ -36,7 +37,7 @@ DIAGNOSTICS = {
     "progress": "diagnostic: bare training steps with and without the trainer's live Rich progress bar",
 }
 DEFAULT_REPEATS = {"loaders": 7, "train_overhead": 5, "objective": 7, "evaluation": 15, "early_exit": 15,
-                   "memory": 2, "serving": 7, "threads": 5, "progress": 12}
+                   "memory": 2, "serving": 7, "latency": 1, "threads": 5, "progress": 12}
 
 
 def parser() -> argparse.ArgumentParser:

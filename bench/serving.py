@@ -1,36 +1,39 @@
-"""7. The served early-exit model: images/s of the logged MLflow pyfunc model, loaded in
-process, at its fitted thresholds vs the full network, at batch 1 and batch 128; the realised
-wall-clock speed-up ÷ the FLOPs speed-up at the same threshold (goal ≥ 0.8).
+"""7. Does early exit pay? The served early-exit model's realised wall-clock speed-up ÷ the FLOPs
+speed-up, at every fitted threshold of every exit rule, at batch 1, 8 and 128, eager and compiled,
+at width 16 (the trained default model) and at width 64 (the paper's width; random weights).
 
-The model is the early_exit benchmark's (``--checkpoint PATH``, else the ``dvc repro`` model
-trained once and cached in bench/results/early_exit/). Its serving settings are fitted on val
-exactly as the evaluate stage fits them (``eed.stages.evaluate.fit_early_exit`` with
-params.yaml's ``eval``: the ``budget_<GFLOPs>`` thresholds and the guaranteed ``max_drop`` one),
-and it is logged by ``eed.inference.export.log_served_model`` into a throw-away sqlite store, then
-loaded with ``mlflow.pyfunc.load_model``: the object a deployment calls.
+What is timed is the answering object a deployment calls (``eed.inference.served.ServedModel.answer``,
+what the logged pyfunc model wraps: input checks, normalization, the cascade, the answer columns),
+on raw uint8 test images (N × 32 × 32 × 3), loaded eager and compiled (``eed serve --compiled``:
+segments and main output compiled with ``torch.compile`` at load). ``bench/run.py latency`` times the
+same model behind ``mlflow models serve``.
 
-Variants, timed on the same raw uint8 test images (N × 32 × 32 × 3) in each round, order rotating:
+Width 16: the early_exit benchmark's model (``--checkpoint PATH``, else the ``dvc repro`` model
+trained once and cached). Its thresholds are fitted on val exactly as the evaluate stage fits them
+(``eed.stages.evaluate.fit_early_exit`` with params.yaml's ``eval``): every rule's ``budget_<GFLOPs>``
+thresholds, and the guaranteed ``max_drop`` one when it is not the main output alone.
 
-* ``served <name>``: ``pyfunc.predict(images, params={"budget": name})`` for each fitted threshold
-  (the answer's whole path: input checks, normalization, the cascade, the answer table);
-* ``served, no exit taken``: threshold above 1, every image runs every exit and the main output;
-* ``full network``: normalization + ``model.forward_main`` + softmax max/argmax under
-  ``torch.inference_mode()``: what answering without exits costs (no pyfunc, no table);
-* ``predict() <name>``: normalization + ``eed.inference.early_exit.predict`` at the same threshold,
-  without the pyfunc wrapper: how much of the gap is the cascade and how much the wrapper;
-* ``compiled served <name>``: the same logged model loaded with ``model_config={"compiled": True}``
-  (``eed serve --compiled``: segments and main output compiled with ``torch.compile`` at load).
+Width 64 (``--wide-width``; 0 skips it): the same architecture with random weights (nothing trained
+at that width here). Its thresholds are *set*, not fitted: for each width-16 threshold, the one (among
+every score the wide network gives the test images) whose exit fractions on those images are nearest
+(L1) to the width-16 ones; both fractions are reported. Its accuracy means nothing.
 
-Per round and threshold: realised speed-up = served img/s ÷ full-network img/s; FLOPs speed-up =
-main-output GFLOPs ÷ the mean GFLOPs the answers report for those images; efficiency = realised
-÷ FLOPs. Accuracy at each threshold: the served answers on the whole test split (untimed).
+Variants, each timed on the same images in each round, order rotating: ``<rule> <name>`` (explicit
+threshold and rule: ``answer(images, threshold=τ, exit_rule=rule)``), ``main only`` (τ above 1: no
+exit head computed), each eager and compiled; and the plain network, ``full network``: normalization
++ ``model.forward_main`` + softmax max/argmax under ``torch.inference_mode()`` (no answer table), eager
+and compiled (the compiled runner's main output).
+
+Per round: realised speed-up = variant img/s ÷ full-network img/s *of the same mode* (eager ÷ eager,
+compiled ÷ compiled: the gain of compiling cancels out); FLOPs speed-up = main-output GFLOPs ÷ the mean
+GFLOPs of the answers for those images; efficiency = realised ÷ FLOPs (goal ≥ 0.8, held against and
+reported). Rows ``compiled ÷ eager`` give the gain of compiling itself.
 """
 
 from __future__ import annotations
 
 import argparse
-import tempfile
-from pathlib import Path
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -38,7 +41,8 @@ import torch
 from bench import common
 from bench.early_exit import trained_model
 
-BATCHES = (1, 128)
+BATCHES = (1, 8, 128)
+ABOVE_ONE = 1.5  # a threshold no score reaches: the main output alone
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -46,147 +50,210 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-subset", type=int, default=None,
                         help="training images (default: params.yaml's, 20000 at the cpu preset)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: params.yaml's, 4)")
-    parser.add_argument("--images", type=int, nargs=2, default=(64, 512), metavar=("AT_1", "AT_128"),
-                        help="images per round at batch 1 and at batch 128 (default 64 512)")
+    parser.add_argument("--images", type=int, nargs=3, default=(48, 128, 512), metavar=("AT_1", "AT_8", "AT_128"),
+                        help="images per round at batch 1, 8 and 128, width 16 (default 48 128 512)")
+    parser.add_argument("--wide-width", type=int, default=64, help="the random-weight network's width (0: skip)")
+    parser.add_argument("--wide-images", type=int, nargs=3, default=(16, 64, 256), metavar=("AT_1", "AT_8", "AT_128"),
+                        help="images per round at batch 1, 8 and 128, wide network (default 16 64 256)")
 
 
-def _served(cfg, checkpoint_path: Path, model, folder: Path):
-    """The model logged as the evaluate stage logs it, loaded back as a pyfunc model; the report."""
-    import mlflow.pyfunc
-    from mlflow.tracking import MlflowClient
-
+def fitted_thresholds(trained, test) -> dict[tuple[str, str], float]:
+    """{(rule, name): τ} of the trained model, fitted on val as the evaluate stage fits them."""
     from eed.data import make_loader
-    from eed.engine.checkpoint import Checkpoint
     from eed.engine.loops import collect_outputs
-    from eed.inference.export import log_served_model
     from eed.metrics.summary import summarize
     from eed.stages.evaluate import fit_early_exit
-    from eed.tracking import using_tracking_uri
 
+    cfg, model = trained.cfg, trained.model
     names = list(model.classifier_names())
-
-    def collect(split: str):
-        return collect_outputs(model, make_loader(cfg, split, train=False), "cpu")
-
-    test = collect("test")
     report = summarize(test, names, "test", cfg.eval.ece_bins)
-    fit_early_exit(model, test, names, cfg, "test", collect, report)
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    client = MlflowClient(uri)
-    run_id = client.create_run(client.create_experiment("bench", (folder / "artifacts").as_uri())).info.run_id
-    model_id = log_served_model(uri, run_id, Checkpoint.load(checkpoint_path), report, cfg, "test")
-    with using_tracking_uri(uri):  # eager, and compiled (eed serve --compiled)
-        return (mlflow.pyfunc.load_model(f"models:/{model_id}"),
-                mlflow.pyfunc.load_model(f"models:/{model_id}", model_config={"compiled": True}), report)
+    fit_early_exit(model, test, names, cfg, "test",
+                   lambda split: collect_outputs(model, make_loader(cfg, split, train=False), "cpu"), report)
+    thresholds = {(rule, f"budget_{fit.budget:g}"): fit.threshold
+                  for rule, result in report.anytime.rules.items() for fit in result.budgets if fit.feasible}
+    guaranteed = report.guaranteed
+    if guaranteed is not None and guaranteed.fit.threshold <= 1.0:
+        thresholds[(guaranteed.fit.rule, "max_drop")] = guaranteed.fit.threshold
+    return thresholds
+
+
+def exit_fractions(logits: torch.Tensor, rule: str, tau: float) -> list[float]:
+    """Fraction of samples leaving at each classifier at ``tau`` under ``rule`` (logits: k × N × C)."""
+    from eed.metrics.anytime import exit_indices
+
+    exits = exit_indices(logits, torch.tensor([tau], dtype=torch.float64), rule)[0]
+    return (torch.bincount(exits, minlength=logits.shape[0]).double() / exits.numel()).tolist()
+
+
+def matched_threshold(logits: torch.Tensor, rule: str, target: list[float]) -> tuple[float, list[float]]:
+    """The threshold among the scores of ``logits`` whose exit fractions are nearest (L1) to ``target``."""
+    from eed.metrics.anytime import exit_indices, rule_scores
+
+    candidates = torch.unique(rule_scores(logits, rule).double().flatten())
+    if len(candidates) > 4000:
+        candidates = candidates[torch.linspace(0, len(candidates) - 1, 4000).long()]
+    exits = exit_indices(logits, candidates, rule)  # T × N
+    counts = torch.zeros(len(candidates), logits.shape[0], dtype=torch.float64)
+    counts.scatter_add_(1, exits, torch.ones_like(exits, dtype=torch.float64))
+    fractions = counts / exits.shape[1]
+    best = int((fractions - torch.tensor(target, dtype=torch.float64)).abs().sum(dim=1).argmin())
+    return float(candidates[best]), fractions[best].tolist()
+
+
+def wide_model(trained, width: int, test_images: torch.Tensor):
+    """A random-weight network of ``trained`` 's architecture at ``width`` (model.init, seed 0), as a
+    checkpoint; its logits (k × N × C) on ``test_images`` (normalized)."""
+    from eed.engine.checkpoint import Checkpoint, NetworkSpec, TrainState
+
+    cfg, narrow = trained.cfg, Checkpoint.load(trained.source["checkpoint"]).network
+    torch.manual_seed(0)
+    network = NetworkSpec(narrow.arch, narrow.num_classes, width, True, narrow.stem_relu, narrow.class_names)
+    model = network.build(init=cfg.model.init).eval()
+    with torch.inference_mode():
+        outputs = [model(test_images[i:i + 128]).logits for i in range(0, len(test_images), 128)]
+    logits = torch.stack([torch.cat(parts) for parts in zip(*outputs)])
+    return Checkpoint(network, model.state_dict(), cfg.model_dump(), TrainState()), logits
+
+
+def test_accuracy(logits: torch.Tensor, labels: torch.Tensor, rule: str, tau: float) -> float:
+    """Early-exit accuracy at ``tau`` under ``rule`` from collected logits (k × N × C)."""
+    from eed.metrics.anytime import exit_indices
+
+    exits = exit_indices(logits, torch.tensor([tau], dtype=torch.float64), rule)
+    return float((logits.argmax(-1).gather(0, exits)[0] == labels).double().mean())
+
+
+def time_width(label: str, served: dict, thresholds: dict[tuple[str, str], float], pixels: np.ndarray,
+               images_per_batch: dict[int, int], args, gate, rows: list, details: dict) -> None:
+    """Time every variant of one network at each batch; append the rows."""
+    eager, compiled = served["eager"], served["compiled"]
+    main_gflops = eager.costs.main_only
+    variants = {f"{rule} {name}": (rule, tau) for (rule, name), tau in thresholds.items()}
+    variants["main only"] = ("confidence", ABOVE_ONE)
+
+    def full(model_of, main: Callable) -> Callable:
+        def call(images: np.ndarray) -> None:
+            with torch.inference_mode():
+                main(model_of.normalizer(torch.from_numpy(images).permute(0, 3, 1, 2))).softmax(dim=-1).max(dim=-1)
+        return call
+
+    calls = {"eager full network": full(eager, eager.model.forward_main),
+             "compiled full network": full(compiled, compiled.runner.main)}
+    for mode, model_of in served.items():
+        for name, (rule, tau) in variants.items():
+            calls[f"{mode} {name}"] = lambda images, m=model_of, r=rule, t=tau: m.answer(images, threshold=t,
+                                                                                           exit_rule=r)
+    for batch in BATCHES:
+        per_round = max(batch, images_per_batch[batch] // batch * batch)
+        starts = common.cycle_chunks(list(range(0, len(pixels) - per_round + 1, per_round)), 1)
+        for call in calls.values():  # warm-up
+            call(pixels[:batch])
+        seconds: dict[str, list[float]] = {name: [] for name in calls}
+        spent: dict[str, list[float]] = {name: [] for name in variants}
+        for round_index in range(args.repeats):
+            start = next(starts)[0]
+            gate()
+            chunk = [pixels[i:i + batch] for i in range(start, start + per_round, batch)]
+            for name in common.rotate(list(calls), round_index):
+                seconds[name].append(common.timed(lambda: [calls[name](images) for images in chunk])[0])
+            for name, (rule, tau) in variants.items():  # untimed: what the answers cost
+                spent[name].append(float(np.mean(np.concatenate(
+                    [eager.answer(images, threshold=tau, exit_rule=rule)["gflops"] for images in chunk]))))
+        details["seconds"][f"{label} batch {batch}"] = seconds
+        prefix = f"{label}, batch {batch}"
+        for mode in served:
+            base = seconds[f"{mode} full network"]
+            rows.append(common.Row(f"{prefix}: {mode} full network", common.Stat([per_round / s for s in base]),
+                                   "img/s"))
+        rows.append(common.Row(f"{prefix}: compiled ÷ eager, full network", common.Stat(
+            [e / c for e, c in zip(seconds["eager full network"], seconds["compiled full network"])]), "×"))
+        for name in variants:
+            flops = [main_gflops / g for g in spent[name]]
+            for mode in served:
+                realised = [f / s for s, f in zip(seconds[f"{mode} {name}"], seconds[f"{mode} full network"])]
+                rows.append(common.target_row(
+                    f"{prefix}: {name} ({mode}) realised ÷ FLOPs speed-up", [r / f for r, f in zip(realised, flops)],
+                    ">=", 0.8, note=f"FLOPs predict {np.median(flops):.2f}×, realised {np.median(realised):.2f}×"))
 
 
 def run(args: argparse.Namespace) -> common.Result:
     from eed.data import read_split
     from eed.data.augment import Normalizer
-    from eed.inference.early_exit import predict
-    from eed.metrics.anytime import ClassifierCosts
-    from eed.metrics.flops import profile_model
+    from eed.data import make_loader
+    from eed.engine.checkpoint import Checkpoint
+    from eed.engine.loops import collect_outputs
+    from eed.inference.served import ServedModel
 
     started = common.now()
     trained = trained_model(args)
-    threads, cfg, model, source = trained.threads, trained.cfg, trained.model, trained.source
-    main_gflops = ClassifierCosts.from_profile(profile_model(model, 32)).standalone[-1]
+    threads, cfg = trained.threads, trained.cfg
+    test = read_split(cfg, "test")
+    pixels = test.images.permute(0, 2, 3, 1).numpy()  # N x H x W x 3 uint8, what users send
+    collected = collect_outputs(trained.model, make_loader(cfg, "test", train=False), "cpu")
+    thresholds = fitted_thresholds(trained, collected)
+    torch.set_num_threads(threads)
+    rows: list = []
+    details: dict[str, Any] = {"seconds": {}, "widths": {}}
+    gate = common.QuietGate(args.quiet_budget, args.quiet_threshold)
 
-    with tempfile.TemporaryDirectory(prefix="eed-bench-serving-") as folder:
-        served, compiled, report = _served(cfg, Path(source["checkpoint"]), model, Path(folder))
-        torch.set_num_threads(threads)  # loading may have touched it
-        test = read_split(cfg, "test")
-        pixels = test.images.permute(0, 2, 3, 1).numpy()  # N x H x W x 3 uint8, what users send
-        labels = test.labels.numpy()
+    def load(checkpoint) -> dict:
+        eager = ServedModel(checkpoint, normalization=test.normalization)
+        seconds, compiled = common.timed(lambda: ServedModel(checkpoint, normalization=test.normalization,
+                                                             compiled=True))
+        torch.set_num_threads(threads)  # compiling may have touched it
+        return {"eager": eager, "compiled": compiled, "compile_seconds": seconds}
+
+    checkpoint = Checkpoint.load(trained.source["checkpoint"])
+    width = checkpoint.network.width
+    narrow = load(checkpoint)
+    fractions = {f"{rule} {name}": exit_fractions(collected.logits, rule, tau)
+                 for (rule, name), tau in thresholds.items()}
+    details["widths"][width] = {
+        "thresholds": {f"{r} {n}": t for (r, n), t in thresholds.items()}, "exit_fractions": fractions,
+        "test_accuracy": {f"{r} {n}": test_accuracy(collected.logits, collected.labels, r, t)
+                          for (r, n), t in thresholds.items()},
+        "main_accuracy": float((collected.logits[-1].argmax(-1) == collected.labels).double().mean()),
+        "compile_seconds": narrow.pop("compile_seconds")}
+    time_width(f"width {width}", narrow, thresholds, pixels, dict(zip(BATCHES, args.images)), args, gate,
+               rows, details)
+    if args.wide_width:
         normalize = Normalizer(test.normalization)
-        thresholds = dict(report_thresholds(served))
-
-        def full(images: np.ndarray) -> None:
-            with torch.inference_mode():
-                logits = model.forward_main(normalize(torch.from_numpy(images).permute(0, 3, 1, 2)))
-                logits.softmax(dim=-1).max(dim=-1)
-
-        variants = {f"served {name}": {"budget": name} for name in thresholds}
-        variants["served, no exit taken"] = {"threshold": 1.5}
-
-        # Untimed: accuracy and GFLOPs of every threshold on the whole test split.
-        accuracy, gflops = {}, {}
-        for name, params in variants.items():
-            answers = [served.predict(pixels[i:i + 128], params=params) for i in range(0, len(pixels), 128)]
-            classes = np.concatenate([a["class"].to_numpy() for a in answers])
-            accuracy[name] = float((classes == labels).mean())
-            gflops[name] = float(np.concatenate([a["gflops"].to_numpy() for a in answers]).mean())
-        full_correct = []
-        with torch.inference_mode():
-            for i in range(0, len(pixels), 128):
-                x = normalize(torch.from_numpy(pixels[i:i + 128]).permute(0, 3, 1, 2))
-                full_correct.append(model.forward_main(x).argmax(-1).numpy() == labels[i:i + 128])
-        full_accuracy = float(np.concatenate(full_correct).mean())
-
-        rows, details = [], {"thresholds": thresholds, "accuracy": accuracy, "gflops": gflops,
-                             "full_accuracy": full_accuracy, "main_gflops": main_gflops, "seconds": {}}
-        gate = common.QuietGate(args.quiet_budget, args.quiet_threshold)
-        for batch, per_round in zip(BATCHES, args.images):
-            per_round = max(batch, per_round // batch * batch)
-            calls = {name: (lambda images, params=params: served.predict(images, params=params))
-                     for name, params in variants.items()}
-            calls["full network"] = full
-            for name, params in variants.items():  # the same answers, the segments compiled
-                calls[f"compiled {name}"] = lambda images, params=params: compiled.predict(images, params=params)
-            for name, tau in thresholds.items():  # the cascade alone: where the served model's time goes
-                calls[f"predict() {name}"] = lambda images, tau=tau: predict(
-                    model, normalize(torch.from_numpy(images).permute(0, 3, 1, 2)), tau)
-            starts = common.cycle_chunks(list(range(0, len(pixels) - per_round + 1, per_round)), 1)
-            for name, call in calls.items():  # warm-up
-                call(pixels[:batch])
-            seconds = {name: [] for name in calls}
-            spent = {name: [] for name in variants}  # mean GFLOPs of the answers, per round
-            for round_index in range(args.repeats):
-                start = next(starts)[0]
-                gate()
-                chunk = [pixels[i:i + batch] for i in range(start, start + per_round, batch)]
-                for name in common.rotate(list(calls), round_index):
-                    seconds[name].append(common.timed(lambda: [calls[name](images) for images in chunk])[0])
-                for name, params in variants.items():
-                    spent[name].append(float(np.mean([served.predict(images, params=params)["gflops"].mean()
-                                                      for images in chunk])))
-            details["seconds"][batch] = seconds
-            rows.append(common.Row(f"batch {batch}: full network (main only)",
-                                   common.Stat([per_round / s for s in seconds["full network"]]), "img/s",
-                                   note=f"test top-1 {100 * full_accuracy:.2f}%"))
-            for name in variants:
-                realised = [f / s for s, f in zip(seconds[name], seconds["full network"])]
-                flops = [main_gflops / g for g in spent[name]]
-                tau = thresholds.get(name.removeprefix("served "), 1.5)
-                rows.append(common.Row(f"batch {batch}: {name} (τ = {tau:.3g})",
-                                       common.Stat([per_round / s for s in seconds[name]]), "img/s",
-                                       note=f"test top-1 {100 * accuracy[name]:.2f}%, {gflops[name]:.4f} GFLOPs/img"))
-                rows.append(common.Row(f"batch {batch}: {name} ÷ full network", common.Stat(realised), "×",
-                                       note=f"FLOPs predict {np.median(flops):.2f}×"))
-                if name != "served, no exit taken":
-                    rows.append(common.target_row(f"batch {batch}: {name} realised ÷ FLOPs speed-up",
-                                                  [r / f for r, f in zip(realised, flops)], ">=", 0.8))
-                    bare = f"predict() {name.removeprefix('served ')}"
-                    alone = [f / s for s, f in zip(seconds[bare], seconds["full network"])]
-                    rows.append(common.Row(f"batch {batch}: {bare} (no pyfunc) realised ÷ FLOPs speed-up",
-                                           common.Stat([r / f for r, f in zip(alone, flops)]), "×",
-                                           note=f"{np.median([per_round / s for s in seconds[bare]]):,.0f} img/s"))
-                fast = f"compiled {name}"
-                quick = [f / s for s, f in zip(seconds[fast], seconds["full network"])]
-                rows.append(common.Row(f"batch {batch}: {fast} ÷ served eager", common.Stat(
-                    [e / c for e, c in zip(seconds[name], seconds[fast])]), "×",
-                    note=f"{np.median([per_round / s for s in seconds[fast]]):,.0f} img/s"))
-                if name != "served, no exit taken":
-                    rows.append(common.target_row(f"batch {batch}: {fast} realised ÷ FLOPs speed-up",
-                                                  [r / f for r, f in zip(quick, flops)], ">=", 0.8))
+        images = normalize(torch.from_numpy(pixels[:2048]).permute(0, 3, 1, 2))
+        checkpoint, wide_logits = wide_model(trained, args.wide_width, images)
+        matched = {key: matched_threshold(wide_logits, key[0], fractions[f"{key[0]} {key[1]}"])
+                   for key in thresholds}
+        wide = load(checkpoint)
+        details["widths"][args.wide_width] = {
+            "thresholds": {f"{r} {n}": tau for (r, n), (tau, _) in matched.items()},
+            "exit_fractions": {f"{r} {n}": got for (r, n), (_, got) in matched.items()},
+            "compile_seconds": wide.pop("compile_seconds")}
+        time_width(f"width {args.wide_width} (random weights)", wide, {key: tau for key, (tau, _) in matched.items()},
+                   pixels, dict(zip(BATCHES, args.wide_images)), args, gate, rows, details)
+    details["summary"] = summary(rows)
     return common.Result(
         name="serving", command=args.command_line, rows=rows, seconds=common.now() - started, gate=gate,
         settings={"threads": threads, "rounds": args.repeats, "images_per_round": dict(zip(BATCHES, args.images)),
-                  "train_subset": trained.subset, "epochs": trained.epochs, "eval": cfg.eval.model_dump(), **source},
+                  "wide_images_per_round": dict(zip(BATCHES, args.wide_images)), "wide_width": args.wide_width,
+                  "train_subset": trained.subset, "epochs": trained.epochs, "eval": cfg.eval.model_dump(),
+                  **trained.source},
         details=details)
 
 
-def report_thresholds(served) -> list[tuple[str, float]]:
-    """The fitted thresholds the served model carries (name, value), budgets first."""
-    answering = served.unwrap_python_model().served  # the eed.inference.served.ServedModel inside
-    return sorted(answering.thresholds.items(), key=lambda item: (item[0] == "max_drop", item[0]))
+
+def summary(rows: list) -> str:
+    """The realised ÷ FLOPs medians as one Markdown table: a row per network and variant, a column per
+    batch size and mode (what BENCHMARKS.md shows)."""
+    import re
+
+    cells: dict[tuple[str, str], dict[str, float]] = {}
+    for row in rows:
+        found = re.match(r"(.+), batch (\d+): (.+) \((eager|compiled)\) realised ÷ FLOPs", row.metric)
+        if found:
+            network, batch, variant, mode = found.groups()
+            cells.setdefault((network, variant), {})[f"{batch} {mode}"] = row.stat.median
+    columns = [f"{batch} {mode}" for batch in BATCHES for mode in ("eager", "compiled")]
+    lines = ["| network | rule, threshold | " + " | ".join(f"batch {c}" for c in columns) + " |",
+             "|---|---|" + "---|" * len(columns)]
+    for (network, variant), values in cells.items():
+        lines.append(f"| {network} | {variant} | " + " | ".join(f"{values[c]:.2f}" for c in columns) + " |")
+    return "\n".join(lines)

@@ -59,3 +59,23 @@ def test_counting_stages_needs_the_eager_pieces(model_and_images, compiled):
     model, images = model_and_images
     with pytest.raises(ValueError, match="count_stages counts with forward hooks, which compiled pieces do not run"):
         predict(model, images, 0.5, count_stages=True, runner=compiled)
+
+
+def test_runners_compiled_one_after_another_are_all_compiled(model_and_images, compiled):
+    """Every Segment (of every network) shares one forward: dynamo counts their graphs against one limit and,
+    past it, would run later runners eagerly without a word. Three more runners in this process (the first
+    session's limit was hit by the third) compile, and answer as the eager pieces."""
+    model, images = model_and_images
+    threshold = far_threshold(model, images, "confidence")
+    eager = predict(model, images, threshold)
+    for _ in range(3):
+        copy = copy_module(model)
+        runner = compiled_runner(copy, images.shape[-1])  # the warm-up fails if a recompile limit is hit
+        fast = predict(copy, images, threshold, runner=runner)
+        assert torch.equal(fast.exit_index, eager.exit_index) and torch.equal(fast.classes, eager.classes)
+
+
+def copy_module(model):
+    import copy
+
+    return copy.deepcopy(model).eval()

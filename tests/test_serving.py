@@ -20,7 +20,7 @@ from eed.data.augment import Normalizer
 from eed.data.catalog import CIFAR10_NORMALIZATION
 from eed.engine.checkpoint import Checkpoint, NetworkSpec, TrainState
 from eed.inference.early_exit import predict
-from eed.inference.served import ServedModel, load_served
+from eed.inference.served import LOAD_DEFAULTS, ServedModel, load_served
 from eed.metrics.anytime import ABOVE_ONE
 from eed.models.registry import create_model
 
@@ -212,7 +212,8 @@ def logged(tmp_path_factory, checkpoint_path, images) -> tuple[str, str]:
     client = MlflowClient(uri)
     experiment = client.create_experiment("serving", artifact_location=(store / "artifacts").as_uri())
     run = client.create_run(experiment)
-    model_id = log_served_model(uri, run.info.run_id, checkpoint_path, SETTINGS, images[:2], loader=load_served)
+    model_id = log_served_model(uri, run.info.run_id, checkpoint_path, SETTINGS, images[:2], loader=load_served,
+                                load_defaults=LOAD_DEFAULTS)
     client.set_terminated(run.info.run_id)
     return uri, model_id
 
@@ -450,9 +451,54 @@ def test_the_logged_model_brings_its_own_eed(logged, served, images, tmp_path):
     assert reply["answer"] == served.answer(images[:3], threshold=0.2)
 
 
+def test_the_logged_model_loads_eager_by_default_or_compiled_when_asked(logged):
+    """Eager is the logged default (a server's single requests are faster eager, BENCHMARKS.md);
+    model_config={"compiled": true} (eed serve --compiled, SERVING_MODEL_CONFIG for mlflow models serve)
+    compiles."""
+    import mlflow.models
+    import mlflow.pyfunc
+
+    from eed.tracking import using_tracking_uri
+
+    uri, model_id = logged
+    with using_tracking_uri(uri):
+        default = mlflow.pyfunc.load_model(f"models:/{model_id}")
+        flavor = mlflow.models.get_model_info(f"models:/{model_id}").flavors["python_function"]
+    assert not default.unwrap_python_model().served.compiled
+    assert flavor["config"] == {"compiled": False}
+
+
+def test_eed_serve_takes_both_load_options_for_a_model_logged_with_them(logged):
+    """What eed serve --compiled / --eager load (the app is built, nothing listens)."""
+    from eed.tracking import server
+
+    uri, model_id = logged
+    for compiled in (True, False):
+        app = server.serving_app(uri, f"models:/{model_id}", {"compiled": compiled})
+        assert app is not None
+
+
+def test_a_network_that_does_not_compile_is_served_eager_with_one_warning(checkpoint_path, images, monkeypatch,
+                                                                          caplog):
+    import eed.inference.served as served_module
+
+    def no_compiler(model, image_size):
+        raise RuntimeError("InductorError: CppCompileError: C++ compile error\nCommand: g++ ...")
+
+    monkeypatch.setattr(served_module, "compiled_runner", no_compiler)
+    with caplog.at_level("WARNING", logger="eed.inference.served"):
+        model = load_served(checkpoint_path, SETTINGS, {"compiled": True})
+    assert not model.compiled
+    assert [record.getMessage() for record in caplog.records] == [
+        "compiling the network failed (RuntimeError: InductorError: CppCompileError: C++ compile error); "
+        "answering eager"]
+    assert model.answer(images, threshold=0.2) == load_served(checkpoint_path, SETTINGS, {"compiled": False}).answer(
+        images, threshold=0.2)
+
+
 def test_the_logged_model_loads_compiled_and_answers_as_eager(logged, served, images):
-    """model_config={"compiled": true} (what eed serve --compiled passes): the segments run compiled, the
-    answers are the eager ones (classes and exits equal, confidences to rounding)."""
+    """model_config={"compiled": true}: the segments run compiled, the answers are the eager ones (classes
+    and exits equal, confidences to rounding)."""
     import mlflow.pyfunc
 
     from eed.tracking import using_tracking_uri
@@ -460,7 +506,7 @@ def test_the_logged_model_loads_compiled_and_answers_as_eager(logged, served, im
     uri, model_id = logged
     with using_tracking_uri(uri):
         model = mlflow.pyfunc.load_model(f"models:/{model_id}", model_config={"compiled": True})
-    assert model.unwrap_python_model().served.runner is not None and served.runner is None
+    assert model.unwrap_python_model().served.compiled and not served.compiled
     for params in ({"threshold": middle_threshold(served, images)}, {}, {"threshold": 0.5, "exit_rule": "margin"}):
         fast, eager = as_columns(model.predict(images, params=params)), served.answer(images, **params)
         assert (fast["class"], fast["exit_index"], fast["gflops"]) == (eager["class"], eager["exit_index"],

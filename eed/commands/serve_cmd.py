@@ -17,10 +17,11 @@ def serve(
              "or an MLflow run id: its latest served model.")],
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 5001,
-    compiled: Annotated[bool, typer.Option(
+    compiled: Annotated[bool | None, typer.Option(
         "--compiled/--eager",
         help="Run the network's segments compiled with torch.compile (compiled once at start-up, the same "
-             "answers) or eagerly.")] = False,
+             "answers; the default of models logged by eed, as it measured faster) or eagerly.",
+        show_default=False)] = None,
     params: ParamsOption = None,
     set_: OverridesOption = None,
 ) -> None:

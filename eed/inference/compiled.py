@@ -26,13 +26,18 @@ def compiled_runner(model: MultiExitNet, image_size: int) -> Runner:
     :data:`WARM_UP_BATCHES` size on ``image_size`` images of the model's device."""
     model.eval()
     pieces = segments(model)
-    # Every Segment shares one forward, so dynamo counts each instance (and batch-size class) against
-    # one code object's recompile limit; past it, it would silently run the rest eagerly.
-    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 4 * (len(pieces) + 1))
+    # Every Segment shares one forward (and every network one forward_main), so dynamo counts the graphs of
+    # every runner compiled in this process against one code object's recompile limit; past it, it would run
+    # the rest eagerly, silently. Each runner raises the limits by what it needs (two graphs per piece: batch 1
+    # and dynamic, doubled for slack), and its warm-up fails loudly if a limit is hit all the same.
+    needed = 4 * (len(pieces) + 1)
+    torch._dynamo.config.recompile_limit += needed
+    torch._dynamo.config.accumulated_recompile_limit += needed
     runner = Runner([torch.compile(piece, dynamic=True) for piece in pieces],
                     torch.compile(model.forward_main, dynamic=True))
     parameter = next(model.parameters())
-    with torch.inference_mode():  # as predict runs them: a graph is compiled for one grad mode
+    with torch.inference_mode(), torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
+        # (inference mode as predict runs them: a graph is compiled for one grad mode)
         for batch in WARM_UP_BATCHES:
             images = torch.zeros(batch, 3, image_size, image_size, device=parameter.device, dtype=parameter.dtype)
             hidden = images

@@ -159,8 +159,11 @@ def predict(model: MultiExitNet, x: Tensor, threshold: float, *, count_stages: b
             def count(module, inputs, output, i=i):
                 stage_samples[i] += inputs[0].shape[0]
             hooks.append(stage.register_forward_hook(count))
+    # Only a model in training mode is switched (and back): Module.train walks every submodule, a
+    # cost of the order of a small network's forward pass at batch 1.
     was_training = model.training
-    model.eval()
+    if was_training:
+        model.eval()
     try:
         if threshold > 1.0:  # no score reaches it: the main output alone, no exit head computed
             result = main_only(model, x, temperatures=temperatures, keep_logits=keep_logits, main=runner.main)
@@ -168,7 +171,8 @@ def predict(model: MultiExitNet, x: Tensor, threshold: float, *, count_stages: b
             result = cascade(runner.segments, x, threshold, temperatures=temperatures, keep_logits=keep_logits,
                              rule=rule)
     finally:
-        model.train(was_training)
+        if was_training:
+            model.train()
         for hook in hooks:
             hook.remove()
     if count_stages:

@@ -16,7 +16,7 @@ from eed.engine.checkpoint import Checkpoint
 from eed.engine.run_record import dataset_records
 from eed.errors import Stopped
 from eed.inference.programs import export_programs
-from eed.inference.served import load_served
+from eed.inference.served import LOAD_DEFAULTS, load_served
 from eed.metrics.anytime import ABOVE_ONE
 from eed.metrics.summary import EvaluationReport
 
@@ -119,6 +119,8 @@ def log_served_model(tracking_uri: str, run_id: str, checkpoint: Checkpoint, rep
         try:
             return tracking.log_served_model(tracking_uri, run_id, path, settings,
                                              samples.images.permute(0, 2, 3, 1).numpy(), loader=load_served,
+                                             load_defaults=LOAD_DEFAULTS,
+                                             check_options={"compiled": False},  # a check of two images
                                              programs=programs)
         except Stopped as stopped:  # the run is as it was; the unfinished model is skipped by eed register
             raise Stopped(f"{stopped} while logging the served model") from None

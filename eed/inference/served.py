@@ -13,6 +13,7 @@ Pure torch/numpy: nothing here knows about the tracking store.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -24,7 +25,7 @@ from eed.data.augment import Normalizer
 from eed.data.catalog import Normalization
 from eed.engine.checkpoint import Checkpoint
 from eed.inference.compiled import compiled_runner
-from eed.inference.early_exit import predict
+from eed.inference.early_exit import eager_runner, predict
 from eed.metrics.anytime import ClassifierCosts, check_rule
 from eed.metrics.flops import profile_model
 from eed.models.registry import get_spec
@@ -69,8 +70,16 @@ class ServedModel:
         self.default = default
         self.image_size = int(image_size or get_spec(checkpoint.network.arch).input_size)
         self.costs = ClassifierCosts.from_profile(profile_model(self.model, self.image_size))
-        # A load-time choice (not a stored setting): the same answers, compiled once here.
-        self.runner = compiled_runner(self.model, self.image_size) if compiled else None
+        # A load-time choice (not a stored setting): the same answers, compiled once here. Built once either
+        # way: the eager pieces are modules too, and building them per request is not free.
+        self.runner, self.compiled = eager_runner(self.model), False
+        if compiled:
+            try:
+                self.runner, self.compiled = compiled_runner(self.model, self.image_size), True
+            except Exception as error:  # no C++ compiler, an unsupported device: the same answers, eager
+                first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+                logging.getLogger(__name__).warning("compiling the network failed (%s: %s); answering eager",
+                                                    type(error).__name__, first)
 
     # ------------------------------------------------------------------ inputs
 
@@ -180,14 +189,17 @@ def _exact_pixels(values: np.ndarray) -> np.ndarray:
 # Settings a served model takes (JSON, beside its checkpoint): the keyword arguments of ServedModel.
 SETTING_KEYS = ("normalization", "thresholds", "temperatures", "class_names", "default", "image_size", "calibrated",
                 "exit_rule")
-# Chosen where the model is loaded, never stored with it (a pyfunc model's model_config).
-LOAD_OPTIONS = ("compiled",)
+# Chosen where the model is loaded, never stored with it (a pyfunc model's model_config), and their
+# defaults. Eager: a server's single-image requests are answered faster eager on CPU (and it starts in
+# seconds, not after compiling); compiled pays for batches (BENCHMARKS.md, serving and latency).
+LOAD_DEFAULTS = {"compiled": False}
+LOAD_OPTIONS = tuple(LOAD_DEFAULTS)
 
 
 def load_served(checkpoint_path: str | Path, settings: Mapping[str, Any],
                 options: Mapping[str, Any] | None = None) -> ServedModel:
     """The served model of a checkpoint file and its settings (:data:`SETTING_KEYS`;
-    ``normalization`` required), with the load-time ``options`` (:data:`LOAD_OPTIONS`): what a
+    ``normalization`` required), with the load-time ``options`` (:data:`LOAD_DEFAULTS` where unset): what a
     logged served model is built from where it is loaded."""
     unknown = sorted(set(settings) - set(SETTING_KEYS))
     if unknown or "normalization" not in settings:
@@ -198,4 +210,5 @@ def load_served(checkpoint_path: str | Path, settings: Mapping[str, Any],
         raise ValueError(f"a served model loads with the options {', '.join(LOAD_OPTIONS)}; "
                          f"got {sorted(set(options) - set(LOAD_OPTIONS))}")
     arguments = {key: value for key, value in settings.items() if value is not None}
-    return ServedModel(Checkpoint.load(checkpoint_path), **arguments, compiled=bool(options.get("compiled", False)))
+    options = {**LOAD_DEFAULTS, **options}
+    return ServedModel(Checkpoint.load(checkpoint_path), **arguments, compiled=bool(options["compiled"]))

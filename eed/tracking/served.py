@@ -143,18 +143,16 @@ def _quietly() -> Any:
             os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
 
 
-# The load-time options a served model takes (load_model(model_config=...)), with their defaults.
-LOAD_DEFAULTS = {"compiled": False}
-
-
 def log_served_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path, settings: Mapping[str, Any],
                      example_images: Any, *, loader: Callable[[Path, dict[str, Any], dict[str, Any]], Any],
+                     load_defaults: Mapping[str, Any], check_options: Mapping[str, Any] | None = None,
                      programs: str | Path | None = None) -> str:
     """Log the checkpoint at ``checkpoint_path`` as a servable early-exit model (``served``) of
     run ``run_id``, with ``settings`` (JSON-able) beside it; ``loader(checkpoint_path,
     settings, options)`` builds the answering object where the model is loaded (``options``: the
-    ``model_config`` it is loaded with), and once here, with none, to
-    refuse bad settings before anything is logged). ``example_images``: a few uint8
+    ``model_config`` it is loaded with, ``load_defaults`` where unset: every load-time option the loader
+    takes, with its default), and once here, with ``check_options``, to refuse bad settings before
+    anything is logged. ``example_images``: a few uint8
     (N, H, W, 3) images, the input example. The ``eed`` package travels with the model
     (``code_paths``), so a server needs torch, numpy and pandas but not this project.
     ``programs``: a folder logged with the model as its ``programs`` artifact (the exported
@@ -171,7 +169,8 @@ def log_served_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path
         raise ValueError(f"example images must be uint8 (N, H, W, 3), got {example_images.dtype} "
                          f"{tuple(example_images.shape)}")
     settings = json.loads(json.dumps(dict(settings)))  # JSON-able, and what load_context will see
-    loader(Path(checkpoint_path), settings, {}).answer(example_images)  # bad settings or images fail here
+    # Bad settings or images fail here.
+    loader(Path(checkpoint_path), settings, dict(check_options or {})).answer(example_images)
     _, height, width, _ = example_images.shape
     # No input schema: MLflow's server would cast JSON pixels to its dtype silently (0.5 -> 0); the answering
     # object takes raw pixels as any integers 0..255 and refuses the rest (described in the model's metadata).
@@ -206,7 +205,7 @@ def log_served_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path
                                **({SERVED_PROGRAMS: str(programs)} if programs is not None else {})},
                     code_paths=[str(Path(__file__).parents[1])],  # the eed package: the loader's code
                     signature=signature, input_example=example_images, pip_requirements=requirements,
-                    model_config=LOAD_DEFAULTS,  # declared here, or MLflow ignores a load-time model_config
+                    model_config=dict(load_defaults),  # declared here, or MLflow ignores a load-time model_config
                     metadata={"input": f"raw RGB pixels, N x {height} x {width} x 3, integers 0..255 (uint8, or "
                                        "JSON numbers; anything else is refused, never cast)"})
                 client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])  # the run's page lists it

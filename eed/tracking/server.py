@@ -50,11 +50,13 @@ def serving_app(tracking_uri: str, model_uri: str, model_config: dict[str, Any] 
     with reaching(tracking_uri, f"loading {model_uri}"), using_tracking_uri(tracking_uri):
         try:
             if model_config:  # options the model was not logged to take: MLflow ignores them, with a warning
+                from mlflow.models.model import MODEL_CONFIG  # the flavor's key: "config"
+
                 flavor = mlflow.models.get_model_info(model_uri).flavors.get("python_function", {})
-                if set(model_config) - set(flavor.get("model_config") or {}):
+                if set(model_config) - set(flavor.get(MODEL_CONFIG) or {}):
                     raise ConfigError(f"{model_uri} was logged before it took load-time options "
                                       f"({', '.join(sorted(model_config))}): re-log it with eed export, or serve "
-                                      "it eager")
+                                      "it with neither --compiled nor --eager (it loads eager)")
             model = mlflow.pyfunc.load_model(model_uri, model_config=model_config)
         except MlflowException as error:
             if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
