@@ -52,8 +52,10 @@ def config(prepared_dir: str | Path, *overrides: str):
     MLflow off, and ``overrides`` (``key=value``) applied."""
     from eed.config import load_config
 
-    return load_config(REPO / "params.yaml", [f"data.prepared_dir={Path(prepared_dir).resolve()}",
-                                              "tracking.enabled=false", *overrides])
+    return load_config(
+        REPO / "params.yaml",
+        [f"data.prepared_dir={Path(prepared_dir).resolve()}", "tracking.enabled=false", *overrides],
+    )
 
 
 def ensure_prepared(prepared_dir: str | Path) -> Path:
@@ -185,8 +187,14 @@ class QuietGate:
             self.noisy += 1
 
     def to_dict(self) -> dict[str, Any]:
-        return {"threshold_cores": self.threshold, "budget_s": self.budget, "waited_s": round(self.waited, 1),
-                "rounds": self.rounds, "noisy_rounds": self.noisy, "others_cores_at_start": self.others}
+        return {
+            "threshold_cores": self.threshold,
+            "budget_s": self.budget,
+            "waited_s": round(self.waited, 1),
+            "rounds": self.rounds,
+            "noisy_rounds": self.noisy,
+            "others_cores_at_start": self.others,
+        }
 
 
 def rotate(items: Sequence[Any], round_index: int) -> list[Any]:
@@ -224,8 +232,7 @@ class Stat:
         return max(self.values)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"median": self.median, "min": self.min, "max": self.max, "n": len(self.values),
-                "values": self.values}
+        return {"median": self.median, "min": self.min, "max": self.max, "n": len(self.values), "values": self.values}
 
 
 @dataclass
@@ -235,13 +242,19 @@ class Row:
     metric: str
     stat: Stat
     unit: str = ""
-    target: str = ""            # e.g. ">= 5"
-    met: bool | None = None     # None: no target
+    target: str = ""  # e.g. ">= 5"
+    met: bool | None = None  # None: no target
     note: str = ""
 
     def to_dict(self) -> dict[str, Any]:
-        return {"metric": self.metric, "unit": self.unit, "target": self.target, "met": self.met,
-                "note": self.note, **self.stat.to_dict()}
+        return {
+            "metric": self.metric,
+            "unit": self.unit,
+            "target": self.target,
+            "met": self.met,
+            "note": self.note,
+            **self.stat.to_dict(),
+        }
 
 
 def check(stat: Stat, op: str, threshold: float) -> bool:
@@ -249,8 +262,7 @@ def check(stat: Stat, op: str, threshold: float) -> bool:
     return stat.median >= threshold if op == ">=" else stat.median <= threshold
 
 
-def target_row(metric: str, values: list[float], op: str, threshold: float, unit: str = "×",
-               note: str = "") -> Row:
+def target_row(metric: str, values: list[float], op: str, threshold: float, unit: str = "×", note: str = "") -> Row:
     stat = Stat(values)
     return Row(metric, stat, unit, f"{op} {threshold:g}", check(stat, op, threshold), note)
 
@@ -271,10 +283,16 @@ def _lscpu_model() -> str:
 
 def _git_commit() -> str:
     try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
-                                text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return commit + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "unknown"
@@ -291,11 +309,17 @@ def machine() -> dict[str, Any]:
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return {
-        "cpu": _lscpu_model(), "cores": cores, "python": platform.python_version(),
-        "torch": torch.__version__, "torchvision": version("torchvision"), "ffcv": version("ffcv"),
-        "numba": version("numba"), "torch_default_threads": TORCH_DEFAULT_THREADS,
+        "cpu": _lscpu_model(),
+        "cores": cores,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": version("torchvision"),
+        "ffcv": version("ffcv"),
+        "numba": version("numba"),
+        "torch_default_threads": TORCH_DEFAULT_THREADS,
         "date": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-        "git": _git_commit(), "load_average_start": list(os.getloadavg()),
+        "git": _git_commit(),
+        "load_average_start": list(os.getloadavg()),
     }
 
 
@@ -316,9 +340,16 @@ class Result:
     def to_dict(self) -> dict[str, Any]:
         info = dict(self.machine)
         info["load_average_end"] = list(os.getloadavg())
-        return {"benchmark": self.name, "command": self.command, "machine": info, "settings": self.settings,
-                "rows": [row.to_dict() for row in self.rows], "details": self.details,
-                "quiet_gate": self.gate.to_dict() if self.gate else None, "wall_seconds": self.seconds}
+        return {
+            "benchmark": self.name,
+            "command": self.command,
+            "machine": info,
+            "settings": self.settings,
+            "rows": [row.to_dict() for row in self.rows],
+            "details": self.details,
+            "quiet_gate": self.gate.to_dict() if self.gate else None,
+            "wall_seconds": self.seconds,
+        }
 
 
 def fmt(value: float, unit: str) -> str:
@@ -337,15 +368,23 @@ def table(result: Result):
     from rich.table import Table
 
     m = result.machine
-    out = Table(title=f"{result.name}: {m['cpu']}, {m['cores']} cores, torch threads "
-                      f"{result.settings.get('threads', '-')}, {m['date']}")
+    out = Table(
+        title=f"{result.name}: {m['cpu']}, {m['cores']} cores, torch threads "
+        f"{result.settings.get('threads', '-')}, {m['date']}"
+    )
     for column in ("metric", "median", "min–max", "unit", "target", "met?", "note"):
         out.add_column(column, justify="right" if column in ("median", "min–max") else "left", overflow="fold")
     for row in result.rows:
         met = "" if row.met is None else ("[green]yes" if row.met else "[red]NO")
-        out.add_row(row.metric, fmt(row.stat.median, row.unit),
-                    f"{fmt(row.stat.min, row.unit)}–{fmt(row.stat.max, row.unit)}", row.unit, row.target, met,
-                    row.note)
+        out.add_row(
+            row.metric,
+            fmt(row.stat.median, row.unit),
+            f"{fmt(row.stat.min, row.unit)}–{fmt(row.stat.max, row.unit)}",
+            row.unit,
+            row.target,
+            met,
+            row.note,
+        )
     return out
 
 
@@ -357,9 +396,11 @@ def report(result: Result, console=None) -> Path:
     console.print(table(result))
     if result.gate is not None:
         g = result.gate
-        console.print(f"[dim]{g.rounds} rounds; {g.noisy} started while other processes used ≥ {g.threshold} cores "
-                      f"(waited {g.waited:.0f} s of a {g.budget:.0f} s budget for quiet); load average "
-                      f"{os.getloadavg()[0]:.2f}")
+        console.print(
+            f"[dim]{g.rounds} rounds; {g.noisy} started while other processes used ≥ {g.threshold} cores "
+            f"(waited {g.waited:.0f} s of a {g.budget:.0f} s budget for quiet); load average "
+            f"{os.getloadavg()[0]:.2f}"
+        )
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"{result.name}.json"
     path.write_text(json.dumps(result.to_dict(), indent=2) + "\n")

@@ -43,12 +43,20 @@ from bench import common
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None, help="an eed checkpoint to use instead of training one")
-    parser.add_argument("--train-subset", type=int, default=None,
-                        help="training images (default: params.yaml's, 20000 at the cpu preset)")
+    parser.add_argument(
+        "--train-subset",
+        type=int,
+        default=None,
+        help="training images (default: params.yaml's, 20000 at the cpu preset)",
+    )
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: params.yaml's, 4)")
     parser.add_argument("--chunk", type=int, default=20, help="batches of 128 per round (default 20)")
-    parser.add_argument("--tolerance", type=float, default=0.01,
-                        help="accuracy the early exit may lose vs the main output on val (default 0.01 = 1 point)")
+    parser.add_argument(
+        "--tolerance",
+        type=float,
+        default=0.01,
+        help="accuracy the early exit may lose vs the main output on val (default 0.01 = 1 point)",
+    )
 
 
 def _trained_model(args: argparse.Namespace, prepared: Path, cfg):
@@ -66,8 +74,13 @@ def _trained_model(args: argparse.Namespace, prepared: Path, cfg):
         if checkpoint.config == resolve_architecture(cfg).model_dump():  # checkpoints hold the resolved config
             return checkpoint.model(), {"checkpoint": str(best), "trained_here": True, "reused": True}
     elapsed, result = common.timed(lambda: train(cfg, out_dir, resume=False))
-    return Checkpoint.load(best).model(), {"checkpoint": str(best), "trained_here": True, "reused": False,
-                                           "train_seconds": elapsed, "test_metrics": result.test_metrics}
+    return Checkpoint.load(best).model(), {
+        "checkpoint": str(best),
+        "trained_here": True,
+        "reused": False,
+        "train_seconds": elapsed,
+        "test_metrics": result.test_metrics,
+    }
 
 
 @dataclass
@@ -91,8 +104,14 @@ def trained_model(args: argparse.Namespace) -> TrainedModel:
     preset = common.config(prepared)
     subset = args.train_subset or (2000 if args.quick else preset.data.train_subset)
     epochs = args.epochs or (1 if args.quick else preset.train.epochs)
-    cfg = common.config(prepared, "data.backend=tensor", f"data.train_subset={subset}", f"train.epochs={epochs}",
-                        "method=eed", "train.device=cpu")
+    cfg = common.config(
+        prepared,
+        "data.backend=tensor",
+        f"data.train_subset={subset}",
+        f"train.epochs={epochs}",
+        "method=eed",
+        "train.device=cpu",
+    )
     model, source = _trained_model(args, prepared, cfg)
     torch.set_num_threads(threads)
     return TrainedModel(prepared, threads, subset, epochs, cfg, model.eval(), source)
@@ -111,8 +130,14 @@ def run(args: argparse.Namespace) -> common.Result:
 
     started = common.now()
     trained = trained_model(args)
-    threads, subset, epochs, cfg, model, source = (trained.threads, trained.subset, trained.epochs, trained.cfg,
-                                                   trained.model, trained.source)
+    threads, subset, epochs, cfg, model, source = (
+        trained.threads,
+        trained.subset,
+        trained.epochs,
+        trained.cfg,
+        trained.model,
+        trained.source,
+    )
     names = model.classifier_names()
     costs = ClassifierCosts.from_profile(profile_model(model, 32))
 
@@ -174,23 +199,56 @@ def run(args: argparse.Namespace) -> common.Result:
         common.Row(f"early exit (tau = {tau:.2f})", _throughput(sizes, seconds["early exit"]), "img/s"),
         common.Row("full network (main only)", _throughput(sizes, seconds["full network"]), "img/s"),
         common.Row("all exits (multi-exit forward)", _throughput(sizes, seconds["all exits"]), "img/s"),
-        common.Row("early exit ÷ full network", common.Stat(speedup), "×",
-                   note=f"FLOPs predict {main_gflops / test_gflops:.2f}×"),
+        common.Row(
+            "early exit ÷ full network",
+            common.Stat(speedup),
+            "×",
+            note=f"FLOPs predict {main_gflops / test_gflops:.2f}×",
+        ),
         common.Row("early exit ÷ all exits", common.Stat(vs_all), "×"),
-        common.Row("GFLOPs/sample at tau (test)", common.Stat([test_gflops]), "GFLOPs",
-                   note=f"main {main_gflops:.4f}; exit fractions {fractions}"),
-        common.Row("test accuracy: early exit", common.Stat([100 * test_acc]), "%",
-                   note=f"main {100 * test_main:.2f}%; predict() {100 * predict_acc:.2f}%"),
+        common.Row(
+            "GFLOPs/sample at tau (test)",
+            common.Stat([test_gflops]),
+            "GFLOPs",
+            note=f"main {main_gflops:.4f}; exit fractions {fractions}",
+        ),
+        common.Row(
+            "test accuracy: early exit",
+            common.Stat([100 * test_acc]),
+            "%",
+            note=f"main {100 * test_main:.2f}%; predict() {100 * predict_acc:.2f}%",
+        ),
     ]
     return common.Result(
-        name="early_exit", command=args.command_line, rows=rows, seconds=common.now() - started, gate=gate,
-        settings={"threads": threads, "samples": count, "batch_size": test_loader.batch_size,
-                  "rounds": args.repeats, "batches_per_round": chunk_size, "tolerance": args.tolerance, "train_subset": subset, "epochs": epochs,
-                  **source},
-        details={"threshold": tau, "val_main_accuracy": val_main, "val_early_exit_accuracy":
-                 float(val_curve.accuracy[chosen]), "val_gflops": float(val_curve.gflops[chosen]),
-                 "test_main_accuracy": test_main, "test_early_exit_accuracy": test_acc,
-                 "test_predict_accuracy": predict_acc, "test_gflops": test_gflops, "main_gflops": main_gflops,
-                 "costs_anytime": costs.anytime, "costs_standalone": costs.standalone,
-                 "exit_fractions": fractions, "seconds": seconds},
+        name="early_exit",
+        command=args.command_line,
+        rows=rows,
+        seconds=common.now() - started,
+        gate=gate,
+        settings={
+            "threads": threads,
+            "samples": count,
+            "batch_size": test_loader.batch_size,
+            "rounds": args.repeats,
+            "batches_per_round": chunk_size,
+            "tolerance": args.tolerance,
+            "train_subset": subset,
+            "epochs": epochs,
+            **source,
+        },
+        details={
+            "threshold": tau,
+            "val_main_accuracy": val_main,
+            "val_early_exit_accuracy": float(val_curve.accuracy[chosen]),
+            "val_gflops": float(val_curve.gflops[chosen]),
+            "test_main_accuracy": test_main,
+            "test_early_exit_accuracy": test_acc,
+            "test_predict_accuracy": predict_acc,
+            "test_gflops": test_gflops,
+            "main_gflops": main_gflops,
+            "costs_anytime": costs.anytime,
+            "costs_standalone": costs.standalone,
+            "exit_fractions": fractions,
+            "seconds": seconds,
+        },
     )

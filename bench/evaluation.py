@@ -83,21 +83,37 @@ def run(args: argparse.Namespace) -> common.Result:
             seconds[name].append(common.timed(lambda: variants[name](chunk))[0])
 
     collected = collect_outputs(model, batches, device)
-    summarize_ms = [common.timed(lambda: summarize(collected, names, "test"))[0] * 1e3
-                    for _ in range(5)]
+    summarize_ms = [common.timed(lambda: summarize(collected, names, "test"))[0] * 1e3 for _ in range(5)]
 
     ratio = [e / f for e, f in zip(seconds["evaluate"], seconds["forward"])]
     rows = [
         common.Row("forward pass", common.Stat([n / s for n, s in zip(sizes, seconds["forward"])]), "img/s"),
-        common.Row("collect_outputs + summarize", common.Stat([n / s for n, s in zip(sizes, seconds["evaluate"])]), "img/s"),
+        common.Row(
+            "collect_outputs + summarize", common.Stat([n / s for n, s in zip(sizes, seconds["evaluate"])]), "img/s"
+        ),
         common.target_row("evaluate ÷ forward time", ratio, "<=", TARGET),
-        common.Row(f"summarize alone ({count} samples, {len(names)} classifiers)", common.Stat(summarize_ms), "ms",
-                   note="once over the whole split"),
+        common.Row(
+            f"summarize alone ({count} samples, {len(names)} classifiers)",
+            common.Stat(summarize_ms),
+            "ms",
+            note="once over the whole split",
+        ),
     ]
     return common.Result(
-        name="evaluation", command=args.command_line, rows=rows, seconds=common.now() - started, gate=gate,
-        settings={"threads": threads, "samples": count, "batch_size": loader.batch_size, "rounds": args.repeats,
-                  "batches_per_round": chunk_size,
-                  "arch": cfg.model.arch, "width": cfg.model.width, "split": "test"},
+        name="evaluation",
+        command=args.command_line,
+        rows=rows,
+        seconds=common.now() - started,
+        gate=gate,
+        settings={
+            "threads": threads,
+            "samples": count,
+            "batch_size": loader.batch_size,
+            "rounds": args.repeats,
+            "batches_per_round": chunk_size,
+            "arch": cfg.model.arch,
+            "width": cfg.model.width,
+            "split": "test",
+        },
         details={"seconds": seconds},
     )

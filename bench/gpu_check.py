@@ -70,45 +70,88 @@ GOALS = {"speedup": 2.0, "epoch_s": 5.0, "run_min": 17.0, "grid": 3.0, "syncs": 
 class Sizes:
     """Everything the GPU run and the dry run do differently (the logic is the same)."""
 
-    width: int            # race: ResNet-18 width (64 = the paper's)
-    batch: int            # race: batch size (128 = the paper's)
-    steps: int            # race: steps per variant per round (= one loader epoch)
-    eager_rounds: int     # race: rounds of the three eager variants before compiling
-    rounds: int           # race: rounds of all four variants after the compile
-    eval_batches: int     # race: test-split batches timed for the per-epoch test pass (0 = all)
+    width: int  # race: ResNet-18 width (64 = the paper's)
+    batch: int  # race: batch size (128 = the paper's)
+    steps: int  # race: steps per variant per round (= one loader epoch)
+    eager_rounds: int  # race: rounds of the three eager variants before compiling
+    rounds: int  # race: rounds of all four variants after the compile
+    eval_batches: int  # race: test-split batches timed for the per-epoch test pass (0 = all)
     compile_backend: str  # torch.compile backend: inductor on the GPU; eager on the CPU (no C++ build)
-    grid_k: int           # grid: concurrent trainings (the first k methods)
+    grid_k: int  # grid: concurrent trainings (the first k methods)
     grid_width: int
     grid_batch: int
     grid_epochs: int
-    grid_subset: int      # grid: data.train_subset (0 = the whole train split)
+    grid_subset: int  # grid: data.train_subset (0 = the whole train split)
     limits: tuple[tuple[str, int], ...]  # seconds per step
 
 
-GPU = Sizes(width=64, batch=128, steps=40, eager_rounds=2, rounds=4, eval_batches=0, compile_backend="inductor",
-            grid_k=5, grid_width=16, grid_batch=128, grid_epochs=3, grid_subset=0,
-            limits=(("cuda_tests", 100), ("prepare", 45), ("race", 220), ("grid", 110)))
-DRY = Sizes(width=4, batch=16, steps=3, eager_rounds=1, rounds=1, eval_batches=2, compile_backend="eager",
-            grid_k=2, grid_width=4, grid_batch=16, grid_epochs=1, grid_subset=32,
-            # Hang detectors, far above need: the dry mode runs in the test suite, on machines that may be busy.
-            limits=(("cuda_tests", 600), ("prepare", 600), ("race", 600), ("grid", 900)))
+GPU = Sizes(
+    width=64,
+    batch=128,
+    steps=40,
+    eager_rounds=2,
+    rounds=4,
+    eval_batches=0,
+    compile_backend="inductor",
+    grid_k=5,
+    grid_width=16,
+    grid_batch=128,
+    grid_epochs=3,
+    grid_subset=0,
+    limits=(("cuda_tests", 100), ("prepare", 45), ("race", 220), ("grid", 110)),
+)
+DRY = Sizes(
+    width=4,
+    batch=16,
+    steps=3,
+    eager_rounds=1,
+    rounds=1,
+    eval_batches=2,
+    compile_backend="eager",
+    grid_k=2,
+    grid_width=4,
+    grid_batch=16,
+    grid_epochs=1,
+    grid_subset=32,
+    # Hang detectors, far above need: the dry mode runs in the test suite, on machines that may be busy.
+    limits=(("cuda_tests", 600), ("prepare", 600), ("race", 600), ("grid", 900)),
+)
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python bench/gpu_check.py", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python bench/gpu_check.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--dry", action="store_true", help="every step on the CPU with tiny sizes (< 2 minutes)")
     p.add_argument("--out", default=None, help="folder for gpu_check.json/.md (default $OUT, else bench/results/)")
-    p.add_argument("--work", default=None, help="scratch folder: prepared data, grid outputs, logs "
-                                                "(default bench/results/gpu_check-work[-dry])")
-    p.add_argument("--data-root", default=None, help="folder holding cifar-100-python.tar.gz (or the extracted "
-                                                     "folder); default $EED_DATA_ROOT, else ../shared/data")
-    p.add_argument("--per-class", default=None,
-                   help="TRAIN,TEST images per class: prepare a balanced subset of the real CIFAR-100 "
-                        "(default: the whole dataset; --dry: 5,2)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override for every training (repeatable), e.g. data.val_size=0")
-    p.add_argument("--steps", default=",".join(STEPS), help=f"steps to run, comma-separated (default {','.join(STEPS)})")
+    p.add_argument(
+        "--work",
+        default=None,
+        help="scratch folder: prepared data, grid outputs, logs (default bench/results/gpu_check-work[-dry])",
+    )
+    p.add_argument(
+        "--data-root",
+        default=None,
+        help="folder holding cifar-100-python.tar.gz (or the extracted "
+        "folder); default $EED_DATA_ROOT, else ../shared/data",
+    )
+    p.add_argument(
+        "--per-class",
+        default=None,
+        help="TRAIN,TEST images per class: prepare a balanced subset of the real CIFAR-100 "
+        "(default: the whole dataset; --dry: 5,2)",
+    )
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="config override for every training (repeatable), e.g. data.val_size=0",
+    )
+    p.add_argument(
+        "--steps", default=",".join(STEPS), help=f"steps to run, comma-separated (default {','.join(STEPS)})"
+    )
     p.add_argument("--limit", action="append", default=[], metavar="STEP=SECONDS", help="another time limit for a step")
     # Internal: one step, or one grid training, in a process of its own.
     p.add_argument("--step", choices=STEPS, help=argparse.SUPPRESS)
@@ -216,8 +259,19 @@ def step_cuda_tests(ctx: Context, out: str | None) -> dict[str, Any]:
     """pytest -m cuda on tests/test_cuda.py; counts and each test's outcome from its JUnit XML."""
     report = ctx.work / "cuda-tests.xml"
     report.unlink(missing_ok=True)
-    command = [sys.executable, "-m", "pytest", "-m", "cuda", "tests/test_cuda.py", "-q", "-rs",
-               "-p", "no:cacheprovider", f"--junitxml={report}"]
+    command = [
+        sys.executable,
+        "-m",
+        "pytest",
+        "-m",
+        "cuda",
+        "tests/test_cuda.py",
+        "-q",
+        "-rs",
+        "-p",
+        "no:cacheprovider",
+        f"--junitxml={report}",
+    ]
     env = dict(os.environ)
     if ctx.per_class():  # the tests' real CIFAR-100: the archive this check prepares from
         archive = ctx.data_root() / "cifar-100-python.tar.gz"
@@ -234,17 +288,36 @@ def step_cuda_tests(ctx: Context, out: str | None) -> dict[str, Any]:
                 outcome, message = kind, (element.get("message") or "")[:300]
         cases.append({"test": case.get("name"), "outcome": outcome, "message": message})
     counts = {kind: sum(c["outcome"] == kind for c in cases) for kind in ("passed", "failure", "error", "skipped")}
-    rows = [common.Row("CUDA tests collected", common.Stat([float(len(cases))]), "tests"),
-            common.Row("CUDA tests passed", common.Stat([float(counts["passed"])]), "tests",
-                       target=f"= {len(cases)}", met=counts["passed"] == len(cases) if ctx.device == "cuda" else None),
-            common.Row("CUDA tests failed or in error", common.Stat([float(counts["failure"] + counts["error"])]),
-                       "tests", target="= 0", met=counts["failure"] + counts["error"] == 0),
-            common.Row("CUDA tests skipped", common.Stat([float(counts["skipped"])]), "tests",
-                       note=(cases[0]["message"][:80] if counts["skipped"] and cases else ""))]
+    rows = [
+        common.Row("CUDA tests collected", common.Stat([float(len(cases))]), "tests"),
+        common.Row(
+            "CUDA tests passed",
+            common.Stat([float(counts["passed"])]),
+            "tests",
+            target=f"= {len(cases)}",
+            met=counts["passed"] == len(cases) if ctx.device == "cuda" else None,
+        ),
+        common.Row(
+            "CUDA tests failed or in error",
+            common.Stat([float(counts["failure"] + counts["error"])]),
+            "tests",
+            target="= 0",
+            met=counts["failure"] + counts["error"] == 0,
+        ),
+        common.Row(
+            "CUDA tests skipped",
+            common.Stat([float(counts["skipped"])]),
+            "tests",
+            note=(cases[0]["message"][:80] if counts["skipped"] and cases else ""),
+        ),
+    ]
     ok = run.returncode == 0 and counts["failure"] + counts["error"] == 0
-    return {"status": "ok" if ok else "failed", "rows": rows_of(rows),
-            "details": {"returncode": run.returncode, "cases": cases, "output_tail": run.stdout[-3000:]},
-            **({} if ok else {"error": f"pytest exited {run.returncode}: {run.stdout[-600:]}"})}
+    return {
+        "status": "ok" if ok else "failed",
+        "rows": rows_of(rows),
+        "details": {"returncode": run.returncode, "cases": cases, "output_tail": run.stdout[-3000:]},
+        **({} if ok else {"error": f"pytest exited {run.returncode}: {run.stdout[-600:]}"}),
+    }
 
 
 # --------------------------------------------------------------------------- 2. prepare
@@ -263,12 +336,21 @@ def write_subset_archive(source: Path, target: Path, per_class: tuple[int, int])
     sizes = {}
     for split, arrays, count in (("train", raw.train, per_class[0]), ("test", raw.test, per_class[1])):
         labels = arrays.labels
-        chosen = sorted(itertools.chain.from_iterable(
-            [int(i) for i in (labels == c).nonzero()[0][:count]] for c in range(len(raw.class_names))))
+        chosen = sorted(
+            itertools.chain.from_iterable(
+                [int(i) for i in (labels == c).nonzero()[0][:count]] for c in range(len(raw.class_names))
+            )
+        )
         images = arrays.images[chosen]  # N x H x W x 3
         data = images.transpose(0, 3, 1, 2).reshape(len(chosen), -1).copy()
-        members[split] = pickle.dumps({"data": data, "fine_labels": [int(v) for v in labels[chosen]],
-                                       "filenames": [f"{split}_{i:05d}.png" for i in chosen]}, protocol=2)
+        members[split] = pickle.dumps(
+            {
+                "data": data,
+                "fine_labels": [int(v) for v in labels[chosen]],
+                "filenames": [f"{split}_{i:05d}.png" for i in chosen],
+            },
+            protocol=2,
+        )
         sizes[split] = len(chosen)
     members["meta"] = pickle.dumps({"fine_label_names": list(raw.class_names)}, protocol=2)
     target.mkdir(parents=True, exist_ok=True)
@@ -301,10 +383,17 @@ def step_prepare(ctx: Context, out: str | None) -> dict[str, Any]:
         prepare(cfg, console=Console(stderr=True, quiet=True))
         manifest = load_manifest(cfg)
         details["prepared"] = "written"
-    details.update(prepared_dir=str(ctx.prepared), data_root=str(ctx.data_root()),
-                   splits={split: record.num_samples for split, record in manifest.splits.items()})
-    rows = [common.Row("subset archive written", common.Stat([subset_s]), "s"),
-            common.Row("prepare (eed.data.prepare, or the manifest check)", common.Stat([common.now() - started - subset_s]), "s")]
+    details.update(
+        prepared_dir=str(ctx.prepared),
+        data_root=str(ctx.data_root()),
+        splits={split: record.num_samples for split, record in manifest.splits.items()},
+    )
+    rows = [
+        common.Row("subset archive written", common.Stat([subset_s]), "s"),
+        common.Row(
+            "prepare (eed.data.prepare, or the manifest check)", common.Stat([common.now() - started - subset_s]), "s"
+        ),
+    ]
     return {"status": "ok", "rows": rows_of(rows), "details": details}
 
 
@@ -334,13 +423,23 @@ def step_race(ctx: Context, out: str | None) -> dict[str, Any]:
     from eed.engine import loops
 
     s, device = ctx.sizes, ctx.device
-    base = ("method=eed", f"model.width={s.width}", f"train.batch_size={s.batch}", f"data.train_subset={s.steps * s.batch}",
-            "data.backend=tensor", "train.schedule=step", f"train.epochs={PAPER_EPOCHS}", "train.compile=false")
+    base = (
+        "method=eed",
+        f"model.width={s.width}",
+        f"train.batch_size={s.batch}",
+        f"data.train_subset={s.steps * s.batch}",
+        "data.backend=tensor",
+        "train.schedule=step",
+        f"train.epochs={PAPER_EPOCHS}",
+        "train.compile=false",
+    )
     # Each eager variant trains the trainer's own set-up (eed.engine.setup.build_training) of its
     # config: network (model.init, stem), loaders, objective, SGD and schedule; same seed, so the
     # same initial weights. The compiled variant compiles the bf16+channels_last set-up's network.
-    setups = {variant: common.training_setup(ctx.config(*base, *overrides))
-              for variant, overrides in VARIANT_OVERRIDES.items()}
+    setups = {
+        variant: common.training_setup(ctx.config(*base, *overrides))
+        for variant, overrides in VARIANT_OVERRIDES.items()
+    }
     for variant, setup in setups.items():
         assert len(setup.train_loader) == s.steps, (variant, len(setup.train_loader), s.steps)
     names = setups[DEFAULT_VARIANT].classifier_names
@@ -355,13 +454,25 @@ def step_race(ctx: Context, out: str | None) -> dict[str, Any]:
         synchronize(device)
         start = common.now()
         setup.train_loader.set_epoch(next(epoch))
-        stats = loops.train_one_epoch(modules[variant], setup.objective, setup.train_loader, setup.optimizer,
-                                      setup.scheduler, setup.runtime, epoch=0, classifier_names=names,
-                                      should_stop=should_stop, clock=clock)
+        stats = loops.train_one_epoch(
+            modules[variant],
+            setup.objective,
+            setup.train_loader,
+            setup.optimizer,
+            setup.scheduler,
+            setup.runtime,
+            epoch=0,
+            classifier_names=names,
+            should_stop=should_stop,
+            clock=clock,
+        )
         synchronize(device)
         seconds = common.now() - start
-        used = (torch.cuda.max_memory_allocated() if device == "cuda"
-                else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+        used = (
+            torch.cuda.max_memory_allocated()
+            if device == "cuda"
+            else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+        )
         peak[variant] = max(peak.get(variant, 0.0), used / 2**20)
         return seconds, stats.images
 
@@ -371,10 +482,19 @@ def step_race(ctx: Context, out: str | None) -> dict[str, Any]:
     result: dict[str, Any] = {"status": "partial", "rows": [], "details": {}}
 
     def report(status: str) -> dict[str, Any]:
-        result.update(status=status, rows=rows_of(race_rows(ctx, seconds, rounds, peak, evaluation, syncs)),
-                      details={"warmup_s": warmup, "rounds_s": rounds, "images_per_epoch": s.steps * s.batch,
-                               "device": device, "compile_backend": s.compile_backend, "syncs": syncs,
-                               "gpu": torch.cuda.get_device_name() if device == "cuda" else None})
+        result.update(
+            status=status,
+            rows=rows_of(race_rows(ctx, seconds, rounds, peak, evaluation, syncs)),
+            details={
+                "warmup_s": warmup,
+                "rounds_s": rounds,
+                "images_per_epoch": s.steps * s.batch,
+                "device": device,
+                "compile_backend": s.compile_backend,
+                "syncs": syncs,
+                "gpu": torch.cuda.get_device_name() if device == "cuda" else None,
+            },
+        )
         emit(out, result)
         return result
 
@@ -405,8 +525,13 @@ def step_race(ctx: Context, out: str | None) -> dict[str, Any]:
     for attempt in range(2):  # the first one warms up
         synchronize(device)
         start = common.now()
-        collected = loops.collect_outputs(setup.model, itertools.islice(iter(test_loader), batches), runtime.device,
-                                          autocast=runtime.autocast, channels_last=runtime.channels_last)
+        collected = loops.collect_outputs(
+            setup.model,
+            itertools.islice(iter(test_loader), batches),
+            runtime.device,
+            autocast=runtime.autocast,
+            channels_last=runtime.channels_last,
+        )
         synchronize(device)
         evaluation = {"images": float(collected.num_samples), "seconds": common.now() - start}
 
@@ -430,6 +555,7 @@ def count_syncs(device: str, epoch: Callable[[Callable[[], bool], Any], Any], st
         if available:
             torch.cuda.set_sync_debug_mode("warn")
         try:
+
             def mark() -> bool:
                 after.append(sum("synchroniz" in str(w.message) for w in caught))
                 return False
@@ -440,19 +566,38 @@ def count_syncs(device: str, epoch: Callable[[Callable[[], bool], Any], Any], st
                 torch.cuda.set_sync_debug_mode(0)
         messages = sorted({str(w.message)[:200] for w in caught if "synchroniz" in str(w.message)})
     per_step = [b - a for a, b in zip([0, *after], after)]
-    return {"per_step": per_step, "inner": per_step[1:-1] if len(per_step) > 2 else [],
-            "first_step": per_step[0] if per_step else None, "last_step_with_render": per_step[-1] if per_step else None,
-            "steps": len(per_step), "expected_steps": steps, "sync_debug_mode": available, "messages": messages[:10]}
+    return {
+        "per_step": per_step,
+        "inner": per_step[1:-1] if len(per_step) > 2 else [],
+        "first_step": per_step[0] if per_step else None,
+        "last_step_with_render": per_step[-1] if per_step else None,
+        "steps": len(per_step),
+        "expected_steps": steps,
+        "sync_debug_mode": available,
+        "messages": messages[:10],
+    }
 
 
-def race_rows(ctx: Context, img_s: dict[str, list[float]], rounds: list[dict[str, float]], peak: dict[str, float],
-              evaluation: dict[str, float], syncs: dict[str, Any]) -> list[common.Row]:
+def race_rows(
+    ctx: Context,
+    img_s: dict[str, list[float]],
+    rounds: list[dict[str, float]],
+    peak: dict[str, float],
+    evaluation: dict[str, float],
+    syncs: dict[str, Any],
+) -> list[common.Row]:
     s = ctx.sizes
     rows: list[common.Row] = []
     for variant in VARIANTS:
         if img_s[variant]:
-            rows.append(common.Row(f"{variant} img/s", common.Stat(img_s[variant]), "img/s",
-                                   note=f"width {s.width}, batch {s.batch}, eed, {s.steps} steps a round"))
+            rows.append(
+                common.Row(
+                    f"{variant} img/s",
+                    common.Stat(img_s[variant]),
+                    "img/s",
+                    note=f"width {s.width}, batch {s.batch}, eed, {s.steps} steps a round",
+                )
+            )
 
     def ratio(variant: str) -> list[float]:  # per round, where both ran
         return [r["fp32"] / r[variant] for r in rounds if variant in r and "fp32" in r]
@@ -460,35 +605,61 @@ def race_rows(ctx: Context, img_s: dict[str, list[float]], rounds: list[dict[str
     for variant, target in (("bf16", None), (DEFAULT_VARIANT, GOALS["speedup"]), ("bf16+channels_last+compile", None)):
         values = ratio(variant)
         if values:
-            rows.append(common.target_row(f"{variant} ÷ fp32 img/s", values, ">=", target) if target else
-                        common.Row(f"{variant} ÷ fp32 img/s", common.Stat(values), "×"))
+            rows.append(
+                common.target_row(f"{variant} ÷ fp32 img/s", values, ">=", target)
+                if target
+                else common.Row(f"{variant} ÷ fp32 img/s", common.Stat(values), "×")
+            )
     test_s = PAPER_TEST_IMAGES * evaluation["seconds"] / evaluation["images"] if evaluation else 0.0
     for variant in (DEFAULT_VARIANT, "bf16+channels_last+compile", "fp32"):
         if not img_s[variant]:
             continue
         epoch = [PAPER_IMAGES / v for v in img_s[variant]]
         goal = variant != "fp32"
-        rows.append(common.target_row(f"paper epoch (50,000 images), {variant}", epoch, "<=", GOALS["epoch_s"], "s")
-                    if goal else common.Row(f"paper epoch (50,000 images), {variant}", common.Stat(epoch), "s"))
+        rows.append(
+            common.target_row(f"paper epoch (50,000 images), {variant}", epoch, "<=", GOALS["epoch_s"], "s")
+            if goal
+            else common.Row(f"paper epoch (50,000 images), {variant}", common.Stat(epoch), "s")
+        )
         if test_s:
-            rows.append(common.Row(f"paper epoch + its test pass (10,000 images), {variant}",
-                                   common.Stat([e + test_s for e in epoch]), "s",
-                                   note=f"test pass at {DEFAULT_VARIANT}: {test_s:.2f} s"))
+            rows.append(
+                common.Row(
+                    f"paper epoch + its test pass (10,000 images), {variant}",
+                    common.Stat([e + test_s for e in epoch]),
+                    "s",
+                    note=f"test pass at {DEFAULT_VARIANT}: {test_s:.2f} s",
+                )
+            )
         run = [PAPER_EPOCHS * (e + test_s) / 60 for e in epoch]
-        rows.append(common.target_row(f"paper run (200 epochs, with test passes), {variant}", run, "<=",
-                                      GOALS["run_min"], "min") if goal else
-                    common.Row(f"paper run (200 epochs, with test passes), {variant}", common.Stat(run), "min"))
+        rows.append(
+            common.target_row(
+                f"paper run (200 epochs, with test passes), {variant}", run, "<=", GOALS["run_min"], "min"
+            )
+            if goal
+            else common.Row(f"paper run (200 epochs, with test passes), {variant}", common.Stat(run), "min")
+        )
     for variant in VARIANTS:
         if variant in peak:
             what = "GPU memory peak" if ctx.device == "cuda" else "peak RSS (dry: no GPU)"
             rows.append(common.Row(f"{what}, {variant}", common.Stat([peak[variant]]), "MiB"))
     for variant, found in syncs.items():
         inner = found["inner"]
-        note = (f"first step {found['first_step']}, last step (render) {found['last_step_with_render']}"
-                if found["sync_debug_mode"] else "dry: sync debug mode needs CUDA, nothing can be counted")
+        note = (
+            f"first step {found['first_step']}, last step (render) {found['last_step_with_render']}"
+            if found["sync_debug_mode"]
+            else "dry: sync debug mode needs CUDA, nothing can be counted"
+        )
         if inner:
-            rows.append(common.target_row(f"host syncs per step outside the render interval, {variant}",
-                                          [float(v) for v in inner], "<=", GOALS["syncs"], "syncs", note=note))
+            rows.append(
+                common.target_row(
+                    f"host syncs per step outside the render interval, {variant}",
+                    [float(v) for v in inner],
+                    "<=",
+                    GOALS["syncs"],
+                    "syncs",
+                    note=note,
+                )
+            )
     return rows
 
 
@@ -506,9 +677,15 @@ def grid_worker(args: argparse.Namespace) -> int:
     ctx = context(args)
     s = ctx.sizes
     method = args.grid_worker
-    cfg = ctx.config(f"method={method}", "data.backend=tensor", f"model.width={s.grid_width}",
-                     f"train.batch_size={s.grid_batch}", f"train.epochs={s.grid_epochs}",
-                     f"data.train_subset={s.grid_subset}", "train.checkpoint_every=1000")
+    cfg = ctx.config(
+        f"method={method}",
+        "data.backend=tensor",
+        f"model.width={s.grid_width}",
+        f"train.batch_size={s.grid_batch}",
+        f"train.epochs={s.grid_epochs}",
+        f"data.train_subset={s.grid_subset}",
+        "train.checkpoint_every=1000",
+    )
     from eed.data.ffcv_import import import_ffcv
 
     import_ffcv()  # imports (numba's compile of FFCV's fields) and the CUDA context: before the clock
@@ -521,14 +698,24 @@ def grid_worker(args: argparse.Namespace) -> int:
     result = trainer.train(cfg, out, resume="never", console=Console(stderr=True, quiet=True))
     end = time.time()
     history = result.history.get("throughput_img_s") or result.history.get("train/throughput_img_s") or []
-    print(json.dumps({"method": method, "start": start, "end": end, "epochs": result.epochs_completed,
-                      "img_s_per_epoch": [v for _, v in history]}), flush=True)
+    print(
+        json.dumps(
+            {
+                "method": method,
+                "start": start,
+                "end": end,
+                "epochs": result.epochs_completed,
+                "img_s_per_epoch": [v for _, v in history],
+            }
+        ),
+        flush=True,
+    )
     return 0
 
 
 def step_grid(ctx: Context, out: str | None) -> dict[str, Any]:
     s = ctx.sizes
-    methods = list(METHODS[:s.grid_k])
+    methods = list(METHODS[: s.grid_k])
     logs = ctx.work / "grid-logs"
     logs.mkdir(parents=True, exist_ok=True)
     command = [sys.executable, str(Path(__file__).resolve()), *forwarded(ctx.args)]
@@ -536,8 +723,15 @@ def step_grid(ctx: Context, out: str | None) -> dict[str, Any]:
     def start(method: str, tag: str) -> subprocess.Popen:
         log = open(logs / f"{tag}-{method}.log", "w")  # noqa: SIM115 (closed with the process)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-        return subprocess.Popen([*command, "--grid-worker", method], cwd=common.REPO, stdin=subprocess.PIPE,
-                                stdout=subprocess.PIPE, stderr=log, text=True, env=env)
+        return subprocess.Popen(
+            [*command, "--grid-worker", method],
+            cwd=common.REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=log,
+            text=True,
+            env=env,
+        )
 
     def ready(process: subprocess.Popen, method: str) -> None:
         line = process.stdout.readline().strip()
@@ -571,11 +765,22 @@ def step_grid(ctx: Context, out: str | None) -> dict[str, Any]:
     sequential_s = sum(r["end"] - r["start"] for r in sequential)
     concurrent_s = max(r["end"] for r in concurrent) - min(r["start"] for r in concurrent)
     k = len(methods)
-    rows = [common.Row(f"grid: {k} trainings one after another", common.Stat([sequential_s]), "s",
-                       note=f"{', '.join(methods)}; width {s.grid_width}, {s.grid_epochs} epochs, tensor backend"),
-            common.Row(f"grid: {k} trainings at once", common.Stat([concurrent_s]), "s"),
-            common.target_row(f"grid throughput, {k} at once ÷ one after another", [sequential_s / concurrent_s],
-                              ">=", GOALS["grid"], note="goal for k = 5 on one H200")]
+    rows = [
+        common.Row(
+            f"grid: {k} trainings one after another",
+            common.Stat([sequential_s]),
+            "s",
+            note=f"{', '.join(methods)}; width {s.grid_width}, {s.grid_epochs} epochs, tensor backend",
+        ),
+        common.Row(f"grid: {k} trainings at once", common.Stat([concurrent_s]), "s"),
+        common.target_row(
+            f"grid throughput, {k} at once ÷ one after another",
+            [sequential_s / concurrent_s],
+            ">=",
+            GOALS["grid"],
+            note="goal for k = 5 on one H200",
+        ),
+    ]
     return {"status": "ok", "rows": rows_of(rows), "details": {"sequential": sequential, "concurrent": concurrent}}
 
 
@@ -601,8 +806,9 @@ def run_isolated(name: str, args: argparse.Namespace, limit: int, work: Path) ->
     command = [sys.executable, str(Path(__file__).resolve()), *forwarded(args), "--step", name, "--step-out", str(out)]
     started = common.now()
     with open(log, "w") as handle:
-        process = subprocess.Popen(command, cwd=common.REPO, stdout=handle, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=common.REPO, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+        )
         try:
             returncode: int | None = process.wait(timeout=limit)
         except subprocess.TimeoutExpired:
@@ -630,8 +836,12 @@ def machine() -> dict[str, Any]:
     info = common.machine()
     if torch.cuda.is_available():
         props = torch.cuda.get_device_properties(0)
-        info.update(gpu=props.name, gpu_memory_mib=props.total_memory // 2**20, gpus=torch.cuda.device_count(),
-                    cuda=torch.version.cuda)
+        info.update(
+            gpu=props.name,
+            gpu_memory_mib=props.total_memory // 2**20,
+            gpus=torch.cuda.device_count(),
+            cuda=torch.version.cuda,
+        )
     else:
         info.update(gpu=None, gpus=0)
     return info
@@ -640,19 +850,25 @@ def machine() -> dict[str, Any]:
 def markdown(report: dict[str, Any]) -> str:
     m = report["machine"]
     where = f"{m.get('gpu') or 'no GPU'}, {m['cpu']}, {m['cores']} cores, torch {m['torch']}"
-    lines = [f"# GPU check{' (dry run, CPU, tiny sizes)' if report['dry'] else ''}", "",
-             f"`{report['command']}` · {where} · {m['date']} · git {m['git']} · {report['wall_seconds']:.0f} s", "",
-             "| step | status | metric | median | min–max | unit | goal | met? | note |",
-             "|---|---|---|---:|---:|---|---|---|---|"]
+    lines = [
+        f"# GPU check{' (dry run, CPU, tiny sizes)' if report['dry'] else ''}",
+        "",
+        f"`{report['command']}` · {where} · {m['date']} · git {m['git']} · {report['wall_seconds']:.0f} s",
+        "",
+        "| step | status | metric | median | min–max | unit | goal | met? | note |",
+        "|---|---|---|---:|---:|---|---|---|---|",
+    ]
     for name, step in report["steps"].items():
         status = f"{step['status']} ({step['seconds']:.0f} s of {step['limit_s']} s)"
         if not step["rows"]:
             lines.append(f"| {name} | {status} | — | | | | | | {step.get('error', '')[:160].replace('|', '/')} |")
         for row in step["rows"]:
             met = "" if row["met"] is None else ("yes" if row["met"] else "**no**")
-            lines.append(f"| {name} | {status} | {row['metric']} | {common.fmt(row['median'], row['unit'])} | "
-                         f"{common.fmt(row['min'], row['unit'])}–{common.fmt(row['max'], row['unit'])} | "
-                         f"{row['unit']} | {row['target']} | {met} | {row['note'].replace('|', '/')} |")
+            lines.append(
+                f"| {name} | {status} | {row['metric']} | {common.fmt(row['median'], row['unit'])} | "
+                f"{common.fmt(row['min'], row['unit'])}–{common.fmt(row['max'], row['unit'])} | "
+                f"{row['unit']} | {row['target']} | {met} | {row['note'].replace('|', '/')} |"
+            )
         if step["rows"] and step.get("error"):
             lines.append(f"| {name} | {status} | error | | | | | | {step['error'][:160].replace('|', '/')} |")
     return "\n".join(lines).replace("\n\n|", "\n\n|") + "\n"
@@ -672,17 +888,30 @@ def main(argv: list[str] | None = None) -> int:
     name = "gpu_check-dry" if args.dry else "gpu_check"
     wanted = [step for step in args.steps.split(",") if step]
     steps: dict[str, Any] = {}
-    report = {"benchmark": name, "dry": args.dry, "command": "python bench/gpu_check.py " + shlex.join(argv or sys.argv[1:]),
-              "machine": machine(), "settings": {**asdict(ctx.sizes), "limits": limits, "device": ctx.device,
-                                                 "overrides": ctx.data_overrides(), "goals": GOALS},
-              "steps": steps}
+    report = {
+        "benchmark": name,
+        "dry": args.dry,
+        "command": "python bench/gpu_check.py " + shlex.join(argv or sys.argv[1:]),
+        "machine": machine(),
+        "settings": {
+            **asdict(ctx.sizes),
+            "limits": limits,
+            "device": ctx.device,
+            "overrides": ctx.data_overrides(),
+            "goals": GOALS,
+        },
+        "steps": steps,
+    }
     for step in STEPS:
         if step not in wanted:
             continue
         print(f"[gpu_check] {step} (limit {limits[step]} s)…", flush=True)
         steps[step] = run_isolated(step, args, limits[step], ctx.work)
-        print(f"[gpu_check] {step}: {steps[step]['status']} in {steps[step]['seconds']:.0f} s"
-              + (f": {steps[step]['error'][:300]}" if steps[step].get("error") else ""), flush=True)
+        print(
+            f"[gpu_check] {step}: {steps[step]['status']} in {steps[step]['seconds']:.0f} s"
+            + (f": {steps[step]['error'][:300]}" if steps[step].get("error") else ""),
+            flush=True,
+        )
         report["wall_seconds"] = common.now() - started
         write(out, name, report)  # after every step: a machine taken back mid-run leaves the rest
     report["wall_seconds"] = common.now() - started

@@ -38,8 +38,12 @@ ROUNDS = 10  # variants interleaved in this many rounds, --requests / ROUNDS req
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None, help="an eed checkpoint to use instead of training one")
-    parser.add_argument("--train-subset", type=int, default=None,
-                        help="training images (default: params.yaml's, 20000 at the cpu preset)")
+    parser.add_argument(
+        "--train-subset",
+        type=int,
+        default=None,
+        help="training images (default: params.yaml's, 20000 at the cpu preset)",
+    )
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: params.yaml's, 4)")
     parser.add_argument("--requests", type=int, default=200, help="timed requests per variant and mode (default 200)")
 
@@ -84,13 +88,33 @@ def _serve(uri: str, model_id: str, compiled: bool, threads: int, log: Path):
     """``mlflow models serve`` of the model on a free loopback port: (process, base URL) once /ping answers."""
     port = _free_port()
     # (the venv's bin first: mlflow runs uvicorn from PATH, as in an activated venv)
-    env = {**os.environ, "MLFLOW_TRACKING_URI": uri, "OMP_NUM_THREADS": str(threads),
-           "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])}
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": uri,
+        "OMP_NUM_THREADS": str(threads),
+        "PATH": os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")]),
+    }
     env["SERVING_MODEL_CONFIG"] = json.dumps({"compiled": compiled})  # the pyfunc's load-time option
     mlflow = str(Path(sys.executable).with_name("mlflow"))
-    process = subprocess.Popen([mlflow, "models", "serve", "-m", f"models:/{model_id}", "--env-manager", "local",
-                                "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log.open("w"),
-                               stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        [
+            mlflow,
+            "models",
+            "serve",
+            "-m",
+            f"models:/{model_id}",
+            "--env-manager",
+            "local",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
+        env=env,
+        stdout=log.open("w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     import requests
 
@@ -122,7 +146,7 @@ def _latencies(call, images: np.ndarray, variants: dict[str, dict], requests_eac
     """Seconds per single-image call for each variant, interleaved over :data:`ROUNDS` rounds."""
     for params in variants.values():  # warm-up
         for i in range(10):
-            call(images[i:i + 1], params)
+            call(images[i : i + 1], params)
     seconds: dict[str, list[float]] = {name: [] for name in variants}
     per_round = max(1, requests_each // ROUNDS)
     position = 0
@@ -140,8 +164,14 @@ def _rows(label: str, seconds: dict[str, list[float]]) -> list[common.Row]:
     rows = []
     for name, values in seconds.items():
         ms = 1000 * np.asarray(values)
-        rows.append(common.Row(f"{label}, {name}: p50", common.Stat([float(np.percentile(ms, 50))]), "ms",
-                               note=f"p99 {np.percentile(ms, 99):.2f} ms, n = {len(ms)} requests"))
+        rows.append(
+            common.Row(
+                f"{label}, {name}: p50",
+                common.Stat([float(np.percentile(ms, 50))]),
+                "ms",
+                note=f"p99 {np.percentile(ms, 99):.2f} ms, n = {len(ms)} requests",
+            )
+        )
         rows.append(common.Row(f"{label}, {name}: p99", common.Stat([float(np.percentile(ms, 99))]), "ms"))
     return rows
 
@@ -169,14 +199,21 @@ def run(args: argparse.Namespace) -> common.Result:
         for compiled, server_threads in [(c, n) for c in (False, True) for n in sorted({threads, 1}, reverse=True)]:
             mode = f"{'compiled' if compiled else 'eager'}, OMP_NUM_THREADS={server_threads}"
             log = Path(folder) / f"serve-{compiled}-{server_threads}.log"
-            start_up, (process, base) = common.timed(
-                lambda: _serve(uri, model_id, compiled, server_threads, log))
-            rows.append(common.Row(f"mlflow models serve, {mode}: start-up to the first /ping answer",
-                                   common.Stat([start_up]), "s", note="compiling at load" if compiled else ""))
+            start_up, (process, base) = common.timed(lambda: _serve(uri, model_id, compiled, server_threads, log))
+            rows.append(
+                common.Row(
+                    f"mlflow models serve, {mode}: start-up to the first /ping answer",
+                    common.Stat([start_up]),
+                    "s",
+                    note="compiling at load" if compiled else "",
+                )
+            )
             try:
+
                 def over_http(image: np.ndarray, params: dict) -> None:
-                    reply = session.post(f"{base}/invocations", json={"inputs": image.tolist(), "params": params},
-                                         timeout=60)
+                    reply = session.post(
+                        f"{base}/invocations", json={"inputs": image.tolist(), "params": params}, timeout=60
+                    )
                     reply.raise_for_status()
                     reply.json()
 
@@ -185,7 +222,19 @@ def run(args: argparse.Namespace) -> common.Result:
                 _stop(process)
             details["seconds"][f"mlflow models serve, {mode}"] = seconds
             rows += _rows(f"mlflow models serve, {mode}", seconds)
-    return common.Result(name="latency", command=args.command_line, rows=rows, seconds=common.now() - started,
-                         gate=gate, settings={"threads": threads, "requests": args.requests, "rounds": ROUNDS,
-                                              "train_subset": trained.subset, "epochs": trained.epochs,
-                                              **trained.source}, details=details)
+    return common.Result(
+        name="latency",
+        command=args.command_line,
+        rows=rows,
+        seconds=common.now() - started,
+        gate=gate,
+        settings={
+            "threads": threads,
+            "requests": args.requests,
+            "rounds": ROUNDS,
+            "train_subset": trained.subset,
+            "epochs": trained.epochs,
+            **trained.source,
+        },
+        details=details,
+    )

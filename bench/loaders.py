@@ -36,12 +36,14 @@ BATCH = 256
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--batches", type=int, default=0,
-                        help="batches per timing (default 0: a whole epoch, 175 batches of 256)")
+    parser.add_argument(
+        "--batches", type=int, default=0, help="batches per timing (default 0: a whole epoch, 175 batches of 256)"
+    )
 
 
-def _torchvision_loader(images_nchw: torch.Tensor, labels: torch.Tensor, mean, std, workers: int,
-                        seed: int) -> torch.utils.data.DataLoader:
+def _torchvision_loader(
+    images_nchw: torch.Tensor, labels: torch.Tensor, mean, std, workers: int, seed: int
+) -> torch.utils.data.DataLoader:
     from torchvision import transforms
     from torchvision.datasets import CIFAR100
     from torchvision.datasets.vision import VisionDataset
@@ -56,15 +58,26 @@ def _torchvision_loader(images_nchw: torch.Tensor, labels: torch.Tensor, mean, s
             self.train = True
             self.data, self.targets = data, targets
 
-    transform = transforms.Compose([
-        transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), transforms.ToTensor(),
-        transforms.Normalize(mean, std),
-    ])
+    transform = transforms.Compose(
+        [
+            transforms.RandomCrop(32, padding=4),
+            transforms.RandomHorizontalFlip(),
+            transforms.ToTensor(),
+            transforms.Normalize(mean, std),
+        ]
+    )
     data = np.ascontiguousarray(images_nchw.permute(0, 2, 3, 1).numpy())  # N x H x W x C, as torchvision's
     dataset = InMemoryCIFAR100(data, labels.tolist(), transform)
     generator = torch.Generator().manual_seed(seed)
-    return torch.utils.data.DataLoader(dataset, batch_size=BATCH, shuffle=True, drop_last=True,
-                                       num_workers=workers, persistent_workers=workers > 0, generator=generator)
+    return torch.utils.data.DataLoader(
+        dataset,
+        batch_size=BATCH,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        generator=generator,
+    )
 
 
 def _epoch(iterable, max_batches: int) -> int:
@@ -87,12 +100,18 @@ def run(args: argparse.Namespace) -> common.Result:
     workers = WORKERS
     max_batches = args.batches or (40 if args.quick else 0)
 
-    ffcv = make_loader(common.config(prepared, "data.train_subset=0", "data.backend=ffcv",
-                                     f"data.num_workers={workers}"), "train", train=True, batch_size=BATCH)
-    ffcv_default = make_loader(common.config(prepared, "data.train_subset=0", "data.backend=ffcv"), "train",
-                               train=True, batch_size=BATCH)
-    tensor = make_loader(common.config(prepared, "data.train_subset=0", "data.backend=tensor"), "train",
-                         train=True, batch_size=BATCH)
+    ffcv = make_loader(
+        common.config(prepared, "data.train_subset=0", "data.backend=ffcv", f"data.num_workers={workers}"),
+        "train",
+        train=True,
+        batch_size=BATCH,
+    )
+    ffcv_default = make_loader(
+        common.config(prepared, "data.train_subset=0", "data.backend=ffcv"), "train", train=True, batch_size=BATCH
+    )
+    tensor = make_loader(
+        common.config(prepared, "data.train_subset=0", "data.backend=tensor"), "train", train=True, batch_size=BATCH
+    )
     arrays = read_split(cfg, "train")
     mean, std = arrays.normalization.mean, arrays.normalization.std
     vision = _torchvision_loader(arrays.images, arrays.labels, mean, std, workers, cfg.seed)
@@ -124,20 +143,42 @@ def run(args: argparse.Namespace) -> common.Result:
             throughput[name].append(images / seconds)
     torch.set_num_threads(threads)
 
-    ratio = {name: [a / b for a, b in zip(throughput[name], throughput["torchvision"])]
-             for name in ("ffcv", "ffcv raw", "ffcv 1 thread", "tensor")}
+    ratio = {
+        name: [a / b for a, b in zip(throughput[name], throughput["torchvision"])]
+        for name in ("ffcv", "ffcv raw", "ffcv 1 thread", "tensor")
+    }
     rows = [common.Row(f"{name} loader", common.Stat(values), "img/s") for name, values in throughput.items()]
     rows += [
         common.target_row("ffcv ÷ torchvision", ratio["ffcv"], ">=", TARGET),
         common.target_row("tensor ÷ torchvision", ratio["tensor"], ">=", TARGET),
-        common.target_row("ffcv 1 thread ÷ torchvision", ratio["ffcv 1 thread"], ">=", TARGET,
-                          note=f"data.num_workers null on CPU: {ffcv_default.ffcv_loader.num_workers} thread"),
-        common.Row("ffcv raw ÷ torchvision", common.Stat(ratio["ffcv raw"]), "×",
-                   note="FFCV Loader without the project's wrapper"),
+        common.target_row(
+            "ffcv 1 thread ÷ torchvision",
+            ratio["ffcv 1 thread"],
+            ">=",
+            TARGET,
+            note=f"data.num_workers null on CPU: {ffcv_default.ffcv_loader.num_workers} thread",
+        ),
+        common.Row(
+            "ffcv raw ÷ torchvision",
+            common.Stat(ratio["ffcv raw"]),
+            "×",
+            note="FFCV Loader without the project's wrapper",
+        ),
     ]
     images = (max_batches or len(ffcv)) * BATCH
     return common.Result(
-        name="loaders", command=args.command_line, rows=rows, seconds=common.now() - started, gate=gate,
-        settings={"threads": threads, "batch_size": BATCH, "images_per_timing": images, "repeats": args.repeats,
-                  "num_workers": workers, "split": "train (45,000 images)", "prepared_dir": str(prepared)},
+        name="loaders",
+        command=args.command_line,
+        rows=rows,
+        seconds=common.now() - started,
+        gate=gate,
+        settings={
+            "threads": threads,
+            "batch_size": BATCH,
+            "images_per_timing": images,
+            "repeats": args.repeats,
+            "num_workers": workers,
+            "split": "train (45,000 images)",
+            "prepared_dir": str(prepared),
+        },
     )

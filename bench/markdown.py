@@ -11,8 +11,10 @@ ORDER = ("loaders", "train_overhead", "objective", "evaluation", "early_exit", "
 
 
 def rows() -> list[str]:
-    lines = ["| benchmark | metric | median | min–max | unit | target | met? | command | machine | date |",
-             "|---|---|---:|---:|---|---|---|---|---|---|"]
+    lines = [
+        "| benchmark | metric | median | min–max | unit | target | met? | command | machine | date |",
+        "|---|---|---:|---:|---|---|---|---|---|---|",
+    ]
     for name in ORDER:
         path = common.RESULTS / f"{name}.json"
         if not path.is_file():
@@ -22,9 +24,11 @@ def rows() -> list[str]:
         where = f"{m['cpu']}, {m['cores']} cores, {result['settings'].get('threads', '-')} torch threads"
         for row in result["rows"]:
             met = "" if row["met"] is None else ("yes" if row["met"] else "**no**")
-            lines.append(f"| {name} | {row['metric']} | {common.fmt(row['median'], row['unit'])} | "
-                         f"{common.fmt(row['min'], row['unit'])}–{common.fmt(row['max'], row['unit'])} | "
-                         f"{row['unit']} | {row['target']} | {met} | `{result['command']}` | {where} | {m['date']} |")
+            lines.append(
+                f"| {name} | {row['metric']} | {common.fmt(row['median'], row['unit'])} | "
+                f"{common.fmt(row['min'], row['unit'])}–{common.fmt(row['max'], row['unit'])} | "
+                f"{row['unit']} | {row['target']} | {met} | `{result['command']}` | {where} | {m['date']} |"
+            )
     return lines
 
 

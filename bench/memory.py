@@ -60,8 +60,7 @@ def _peak_rss_mib() -> float:
 
 
 def _peaks() -> dict:
-    return {"peak_rss_mib": _peak_rss_mib(),
-            "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+    return {"peak_rss_mib": _peak_rss_mib(), "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def child(variant: str, prepared: str, steps: int, threads: int) -> dict:
@@ -77,8 +76,14 @@ def child(variant: str, prepared: str, steps: int, threads: int) -> dict:
     extra = {}
     if variant == FULL:
         out = Path(tempfile.mkdtemp(prefix="full-", dir=common.RESULTS / "memory"))
-        cfg = common.config(prepared, f"data.train_subset={steps * batch}", "train.epochs=1", "tracking.enabled=true",
-                            f"tracking.uri=sqlite:///{out / 'mlflow.db'}", "tracking.experiment=bench-memory")
+        cfg = common.config(
+            prepared,
+            f"data.train_subset={steps * batch}",
+            "train.epochs=1",
+            "tracking.enabled=true",
+            f"tracking.uri=sqlite:///{out / 'mlflow.db'}",
+            "tracking.experiment=bench-memory",
+        )
         trainer.train(cfg, out / "train", resume=False)
         return {"variant": variant, **_peaks(), "threads": torch.get_num_threads()}
 
@@ -94,8 +99,17 @@ def child(variant: str, prepared: str, steps: int, threads: int) -> dict:
             return len(done) >= steps
 
         loader.set_epoch(1)
-        train_one_epoch(setup.train_model, setup.objective, loader, setup.optimizer, setup.scheduler, setup.runtime,
-                        epoch=1, classifier_names=setup.classifier_names, should_stop=stop_after_steps)
+        train_one_epoch(
+            setup.train_model,
+            setup.objective,
+            loader,
+            setup.optimizer,
+            setup.scheduler,
+            setup.runtime,
+            epoch=1,
+            classifier_names=setup.classifier_names,
+            should_stop=stop_after_steps,
+        )
         extra["rss_after_steps_mib"] = _rss_mib()
         for _ in loader:  # the rest of an epoch's data, not trained on: every page an epoch reads
             pass
@@ -104,8 +118,7 @@ def child(variant: str, prepared: str, steps: int, threads: int) -> dict:
 
 
 def _spawn(variant: str, prepared: Path, steps: int, threads: int) -> dict:
-    command = [sys.executable, str(Path(__file__).resolve()), "child", variant, str(prepared), str(steps),
-               str(threads)]
+    command = [sys.executable, str(Path(__file__).resolve()), "child", variant, str(prepared), str(steps), str(threads)]
     process = subprocess.run(command, capture_output=True, text=True, timeout=1200)
     if process.returncode != 0:
         raise RuntimeError(f"memory child {variant!r} failed ({process.returncode}):\n{process.stderr[-3000:]}")
@@ -133,13 +146,23 @@ def run(args: argparse.Namespace):
     if not args.no_full:
         result = _spawn(FULL, prepared, steps, threads)
         children.append(result)
-        rows.append(common.Row(f"peak RSS: {FULL}", common.Stat([result["peak_rss_mib"]]), "MiB",
-                               note="once; includes validation, test, MLflow log_model"))
+        rows.append(
+            common.Row(
+                f"peak RSS: {FULL}",
+                common.Stat([result["peak_rss_mib"]]),
+                "MiB",
+                note="once; includes validation, test, MLflow log_model",
+            )
+        )
     after = [c["rss_after_steps_mib"] for c in children if c["variant"] == "steps (ffcv)"]
-    rows.append(common.Row("RSS right after the steps (ffcv)", common.Stat(after), "MiB",
-                           note="before draining the epoch"))
+    rows.append(
+        common.Row("RSS right after the steps (ffcv)", common.Stat(after), "MiB", note="before draining the epoch")
+    )
     return common.Result(
-        name="memory", command=args.command_line, rows=rows, seconds=common.now() - started,
+        name="memory",
+        command=args.command_line,
+        rows=rows,
+        seconds=common.now() - started,
         settings={"threads": threads, "steps": steps, "batch_size": 128, "repeats": args.repeats},
         details={"children": children},
     )

@@ -31,8 +31,9 @@ METHODS = ("eed", "branchynet")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--steps-per-round", type=int, default=6,
-                        help="steps of each method per round, alternating (default 6)")
+    parser.add_argument(
+        "--steps-per-round", type=int, default=6, help="steps of each method per round, alternating (default 6)"
+    )
 
 
 def run(args: argparse.Namespace) -> common.Result:
@@ -42,8 +43,9 @@ def run(args: argparse.Namespace) -> common.Result:
     steps = 2 if args.quick and args.steps_per_round == 6 else args.steps_per_round
     # The trainer's set-up (network as configured, SGD, tensor-backend loader) of method eed; the
     # branchynet objective over the same network (one network for both, see above).
-    setup = common.training_setup(common.config(prepared, "data.backend=tensor", "train.batch_size=128",
-                                                f"method={METHODS[0]}"), threads)
+    setup = common.training_setup(
+        common.config(prepared, "data.backend=tensor", "train.batch_size=128", f"method={METHODS[0]}"), threads
+    )
     cfg = setup.config
     x, y = next(iter(setup.train_loader))
     x, y = x.clone(), y.clone()
@@ -86,8 +88,10 @@ def run(args: argparse.Namespace) -> common.Result:
     for round_index in range(max(args.repeats, 5)):
         for method in common.rotate(list(METHODS), round_index):
             objective = objectives[method]
-            leaves = type(output)([z.detach().requires_grad_() for z in output.logits],
-                                  [f.detach().requires_grad_() for f in output.features])
+            leaves = type(output)(
+                [z.detach().requires_grad_() for z in output.logits],
+                [f.detach().requires_grad_() for f in output.features],
+            )
             start = common.now()
             for _ in range(20):
                 objective(leaves, y).total.backward()
@@ -96,18 +100,32 @@ def run(args: argparse.Namespace) -> common.Result:
     images = 128
     step_ms = {m: statistics.median(v) * 1e3 for m, v in all_steps.items()}
     derived = [1 + (e - b) / step_ms["branchynet"] for e, b in zip(loss_ms["eed"], loss_ms["branchynet"])]
-    rows = [
-        common.Row(f"{m} step", common.Stat([images / s for s in all_steps[m]]), "img/s") for m in METHODS
-    ] + [
+    rows = [common.Row(f"{m} step", common.Stat([images / s for s in all_steps[m]]), "img/s") for m in METHODS] + [
         common.target_row("eed ÷ branchynet step time", round_ratio, "<=", TARGET),
-        common.target_row("eed ÷ branchynet, derived from the objective alone", derived, "<=", TARGET,
-                          note="1 + Δobjective ms / branchynet step ms"),
+        common.target_row(
+            "eed ÷ branchynet, derived from the objective alone",
+            derived,
+            "<=",
+            TARGET,
+            note="1 + Δobjective ms / branchynet step ms",
+        ),
         common.Row("eed objective alone (fwd+bwd)", common.Stat(loss_ms["eed"]), "ms"),
         common.Row("branchynet objective alone (fwd+bwd)", common.Stat(loss_ms["branchynet"]), "ms"),
     ]
     return common.Result(
-        name="objective", command=args.command_line, rows=rows, seconds=common.now() - started, gate=gate,
-        settings={"threads": threads, "batch_size": images, "steps_per_round": steps, "repeats": args.repeats,
-                  "arch": cfg.model.arch, "width": cfg.model.width, "loss": cfg.loss.model_dump()},
+        name="objective",
+        command=args.command_line,
+        rows=rows,
+        seconds=common.now() - started,
+        gate=gate,
+        settings={
+            "threads": threads,
+            "batch_size": images,
+            "steps_per_round": steps,
+            "repeats": args.repeats,
+            "arch": cfg.model.arch,
+            "width": cfg.model.width,
+            "loss": cfg.loss.model_dump(),
+        },
         details={"median_step_ms": step_ms},
     )

@@ -43,8 +43,13 @@ def run(args: argparse.Namespace) -> common.Result:
     x = torch.randn(128, 3, 32, 32, generator=generator).to(setup.runtime.device)
     y = torch.randint(0, setup.network.num_classes, (128,), generator=generator).to(setup.runtime.device)
     model.train()
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-               TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeRemainingColumn(),
+    )
 
     def train_steps(render=None) -> float:
         start = common.now()
@@ -61,16 +66,22 @@ def run(args: argparse.Namespace) -> common.Result:
         console = Console(file=open(os.devnull, "w"), force_terminal=True, width=120)  # noqa: SIM115
         with Progress(*columns, console=console, transient=True) as progress:
             task = progress.add_task("epoch 1", total=steps, info="")
-            return train_steps(lambda step, loss: step % 10 == 0 and progress.update(
-                task, completed=step, info=f"loss {loss.item():.3f}"))
+            return train_steps(
+                lambda step, loss: (
+                    step % 10 == 0 and progress.update(task, completed=step, info=f"loss {loss.item():.3f}")
+                )
+            )
 
     def eed_bar() -> float:
         console = Console(file=open(os.devnull, "w"), force_terminal=True, width=120)  # noqa: SIM115
         with progress_bar(console) as progress:
             task = progress.add_task("epoch 1", total=steps, info="")
             clock = RefreshClock()
-            return train_steps(lambda step, loss: clock.due() and progress.update(
-                task, completed=step, info=f"loss {loss.item():.3f}", refresh=True))
+            return train_steps(
+                lambda step, loss: (
+                    clock.due() and progress.update(task, completed=step, info=f"loss {loss.item():.3f}", refresh=True)
+                )
+            )
 
     variants = {"no bar": train_steps, VARIANTS[1]: thread_bar, VARIANTS[2]: eed_bar}
     train_steps()
@@ -80,8 +91,18 @@ def run(args: argparse.Namespace) -> common.Result:
         gate()
         for name in common.rotate(list(variants), round_index):
             seconds[name].append(variants[name]())
-    rows = [common.Row(f"no bar ÷ {name} (time)", common.Stat([a / b for a, b in zip(seconds["no bar"], seconds[name])]),
-                       "×") for name in VARIANTS[1:]]
-    return common.Result(name="progress", command=args.command_line, rows=rows, seconds=common.now() - started,
-                         gate=gate, settings={"threads": threads, "steps": steps, "rounds": args.repeats},
-                         details={"seconds": seconds})
+    rows = [
+        common.Row(
+            f"no bar ÷ {name} (time)", common.Stat([a / b for a, b in zip(seconds["no bar"], seconds[name])]), "×"
+        )
+        for name in VARIANTS[1:]
+    ]
+    return common.Result(
+        name="progress",
+        command=args.command_line,
+        rows=rows,
+        seconds=common.now() - started,
+        gate=gate,
+        settings={"threads": threads, "steps": steps, "rounds": args.repeats},
+        details={"seconds": seconds},
+    )

@@ -28,7 +28,7 @@ BENCHMARKS = {
     "early_exit": "anytime.predict at the 1-point threshold vs the full network; GFLOPs/sample",
     "memory": "peak RSS of a training process (batch 128, default model)",
     "serving": "the served model at every rule's fitted thresholds vs the full network, batch 1, 8 and 128, eager "
-               "and compiled, width 16 and 64 (goal: realised ÷ FLOPs speed-up ≥ 0.8)",
+    "and compiled, width 16 and 64 (goal: realised ÷ FLOPs speed-up ≥ 0.8)",
     "latency": "p50/p99 latency of single-image requests to `mlflow models serve` over loopback, eager vs compiled",
 }
 # Diagnostics: not part of `all`.
@@ -36,31 +36,64 @@ DIAGNOSTICS = {
     "threads": "diagnostic: the training loop vs a bare step under thread configurations (FFCV/numba vs torch/OpenMP)",
     "progress": "diagnostic: bare training steps with and without the trainer's live Rich progress bar",
 }
-DEFAULT_REPEATS = {"loaders": 7, "train_overhead": 5, "objective": 7, "evaluation": 15, "early_exit": 15,
-                   "memory": 2, "serving": 7, "latency": 1, "threads": 5, "progress": 12}
+DEFAULT_REPEATS = {
+    "loaders": 7,
+    "train_overhead": 5,
+    "objective": 7,
+    "evaluation": 15,
+    "early_exit": 15,
+    "memory": 2,
+    "serving": 7,
+    "latency": 1,
+    "threads": 5,
+    "progress": 12,
+}
 
 
 def parser() -> argparse.ArgumentParser:
-    main = argparse.ArgumentParser(prog="python bench/run.py", description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+    main = argparse.ArgumentParser(
+        prog="python bench/run.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = main.add_subparsers(dest="benchmark", required=True)
     sub.add_parser("markdown", help="print the results table (markdown) from bench/results/*.json")
     for name, help_text in [*BENCHMARKS.items(), ("all", "every benchmark above, in order"), *DIAGNOSTICS.items()]:
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.add_argument("--repeats", type=int, default=None,
-                       help="rounds of interleaved measurements (default: per benchmark, "
-                            + ", ".join(f"{k} {v}" for k, v in DEFAULT_REPEATS.items()) + ")")
-        p.add_argument("--threads", type=int, default=None,
-                       help="torch intra-op threads for every variant (default: the count the project's "
-                            "own process runs with after building a loader)")
-        p.add_argument("--prepared-dir", default=str(common.DEFAULT_PREPARED),
-                       help="where eed.data.prepare writes (or has written) CIFAR-100 (default bench/results/prepared)")
-        p.add_argument("--quiet-budget", type=float, default=60,
-                       help="seconds in all a benchmark may wait, before its rounds, for other processes to "
-                            "calm down (default 60; 0 = never wait)")
-        p.add_argument("--quiet-threshold", type=float, default=0.3,
-                       help="'quiet' = other processes use fewer cores than this (default 0.3)")
-        p.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke test (numbers not for publishing)")
+        p.add_argument(
+            "--repeats",
+            type=int,
+            default=None,
+            help="rounds of interleaved measurements (default: per benchmark, "
+            + ", ".join(f"{k} {v}" for k, v in DEFAULT_REPEATS.items())
+            + ")",
+        )
+        p.add_argument(
+            "--threads",
+            type=int,
+            default=None,
+            help="torch intra-op threads for every variant (default: the count the project's "
+            "own process runs with after building a loader)",
+        )
+        p.add_argument(
+            "--prepared-dir",
+            default=str(common.DEFAULT_PREPARED),
+            help="where eed.data.prepare writes (or has written) CIFAR-100 (default bench/results/prepared)",
+        )
+        p.add_argument(
+            "--quiet-budget",
+            type=float,
+            default=60,
+            help="seconds in all a benchmark may wait, before its rounds, for other processes to "
+            "calm down (default 60; 0 = never wait)",
+        )
+        p.add_argument(
+            "--quiet-threshold",
+            type=float,
+            default=0.3,
+            help="'quiet' = other processes use fewer cores than this (default 0.3)",
+        )
+        p.add_argument(
+            "--quick", action="store_true", help="smaller sizes, for a smoke test (numbers not for publishing)"
+        )
         if name != "all":  # `all` runs each benchmark with its own defaults
             module = importlib.import_module(f"bench.{name}")
             if hasattr(module, "add_arguments"):

@@ -47,14 +47,30 @@ ABOVE_ONE = 1.5  # a threshold no score reaches: the main output alone
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", default=None, help="an eed checkpoint to use instead of training one")
-    parser.add_argument("--train-subset", type=int, default=None,
-                        help="training images (default: params.yaml's, 20000 at the cpu preset)")
+    parser.add_argument(
+        "--train-subset",
+        type=int,
+        default=None,
+        help="training images (default: params.yaml's, 20000 at the cpu preset)",
+    )
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: params.yaml's, 4)")
-    parser.add_argument("--images", type=int, nargs=3, default=(48, 128, 512), metavar=("AT_1", "AT_8", "AT_128"),
-                        help="images per round at batch 1, 8 and 128, width 16 (default 48 128 512)")
+    parser.add_argument(
+        "--images",
+        type=int,
+        nargs=3,
+        default=(48, 128, 512),
+        metavar=("AT_1", "AT_8", "AT_128"),
+        help="images per round at batch 1, 8 and 128, width 16 (default 48 128 512)",
+    )
     parser.add_argument("--wide-width", type=int, default=64, help="the random-weight network's width (0: skip)")
-    parser.add_argument("--wide-images", type=int, nargs=3, default=(16, 64, 256), metavar=("AT_1", "AT_8", "AT_128"),
-                        help="images per round at batch 1, 8 and 128, wide network (default 16 64 256)")
+    parser.add_argument(
+        "--wide-images",
+        type=int,
+        nargs=3,
+        default=(16, 64, 256),
+        metavar=("AT_1", "AT_8", "AT_128"),
+        help="images per round at batch 1, 8 and 128, wide network (default 16 64 256)",
+    )
 
 
 def fitted_thresholds(trained, test) -> dict[tuple[str, str], float]:
@@ -67,10 +83,21 @@ def fitted_thresholds(trained, test) -> dict[tuple[str, str], float]:
     cfg, model = trained.cfg, trained.model
     names = list(model.classifier_names())
     report = summarize(test, names, "test", cfg.eval.ece_bins)
-    fit_early_exit(model, test, names, cfg, "test",
-                   lambda split: collect_outputs(model, make_loader(cfg, split, train=False), "cpu"), report)
-    thresholds = {(rule, f"budget_{fit.budget:g}"): fit.threshold
-                  for rule, result in report.anytime.rules.items() for fit in result.budgets if fit.feasible}
+    fit_early_exit(
+        model,
+        test,
+        names,
+        cfg,
+        "test",
+        lambda split: collect_outputs(model, make_loader(cfg, split, train=False), "cpu"),
+        report,
+    )
+    thresholds = {
+        (rule, f"budget_{fit.budget:g}"): fit.threshold
+        for rule, result in report.anytime.rules.items()
+        for fit in result.budgets
+        if fit.feasible
+    }
     guaranteed = report.guaranteed
     if guaranteed is not None and guaranteed.fit.threshold <= 1.0:
         thresholds[(guaranteed.fit.rule, "max_drop")] = guaranteed.fit.threshold
@@ -110,7 +137,7 @@ def wide_model(trained, width: int, test_images: torch.Tensor):
     network = NetworkSpec(narrow.arch, narrow.num_classes, width, True, narrow.stem_relu, narrow.class_names)
     model = network.build(init=cfg.model.init).eval()
     with torch.inference_mode():
-        outputs = [model(test_images[i:i + 128]).logits for i in range(0, len(test_images), 128)]
+        outputs = [model(test_images[i : i + 128]).logits for i in range(0, len(test_images), 128)]
     logits = torch.stack([torch.cat(parts) for parts in zip(*outputs)])
     return Checkpoint(network, model.state_dict(), cfg.model_dump(), TrainState()), logits
 
@@ -123,8 +150,17 @@ def test_accuracy(logits: torch.Tensor, labels: torch.Tensor, rule: str, tau: fl
     return float((logits.argmax(-1).gather(0, exits)[0] == labels).double().mean())
 
 
-def time_width(label: str, served: dict, thresholds: dict[tuple[str, str], float], pixels: np.ndarray,
-               images_per_batch: dict[int, int], args, gate, rows: list, details: dict) -> None:
+def time_width(
+    label: str,
+    served: dict,
+    thresholds: dict[tuple[str, str], float],
+    pixels: np.ndarray,
+    images_per_batch: dict[int, int],
+    args,
+    gate,
+    rows: list,
+    details: dict,
+) -> None:
     """Time every variant of one network at each batch; append the rows."""
     eager, compiled = served["eager"], served["compiled"]
     main_gflops = eager.costs.main_only
@@ -135,14 +171,18 @@ def time_width(label: str, served: dict, thresholds: dict[tuple[str, str], float
         def call(images: np.ndarray) -> None:
             with torch.inference_mode():
                 main(model_of.normalizer(torch.from_numpy(images).permute(0, 3, 1, 2))).softmax(dim=-1).max(dim=-1)
+
         return call
 
-    calls = {"eager full network": full(eager, eager.model.forward_main),
-             "compiled full network": full(compiled, compiled.runner.main)}
+    calls = {
+        "eager full network": full(eager, eager.model.forward_main),
+        "compiled full network": full(compiled, compiled.runner.main),
+    }
     for mode, model_of in served.items():
         for name, (rule, tau) in variants.items():
-            calls[f"{mode} {name}"] = lambda images, m=model_of, r=rule, t=tau: m.answer(images, threshold=t,
-                                                                                           exit_rule=r)
+            calls[f"{mode} {name}"] = lambda images, m=model_of, r=rule, t=tau: m.answer(
+                images, threshold=t, exit_rule=r
+            )
     for batch in BATCHES:
         per_round = max(batch, images_per_batch[batch] // batch * batch)
         starts = common.cycle_chunks(list(range(0, len(pixels) - per_round + 1, per_round)), 1)
@@ -153,27 +193,46 @@ def time_width(label: str, served: dict, thresholds: dict[tuple[str, str], float
         for round_index in range(args.repeats):
             start = next(starts)[0]
             gate()
-            chunk = [pixels[i:i + batch] for i in range(start, start + per_round, batch)]
+            chunk = [pixels[i : i + batch] for i in range(start, start + per_round, batch)]
             for name in common.rotate(list(calls), round_index):
                 seconds[name].append(common.timed(lambda: [calls[name](images) for images in chunk])[0])
             for name, (rule, tau) in variants.items():  # untimed: what the answers cost
-                spent[name].append(float(np.mean(np.concatenate(
-                    [eager.answer(images, threshold=tau, exit_rule=rule)["gflops"] for images in chunk]))))
+                spent[name].append(
+                    float(
+                        np.mean(
+                            np.concatenate(
+                                [eager.answer(images, threshold=tau, exit_rule=rule)["gflops"] for images in chunk]
+                            )
+                        )
+                    )
+                )
         details["seconds"][f"{label} batch {batch}"] = seconds
         prefix = f"{label}, batch {batch}"
         for mode in served:
             base = seconds[f"{mode} full network"]
-            rows.append(common.Row(f"{prefix}: {mode} full network", common.Stat([per_round / s for s in base]),
-                                   "img/s"))
-        rows.append(common.Row(f"{prefix}: compiled ÷ eager, full network", common.Stat(
-            [e / c for e, c in zip(seconds["eager full network"], seconds["compiled full network"])]), "×"))
+            rows.append(
+                common.Row(f"{prefix}: {mode} full network", common.Stat([per_round / s for s in base]), "img/s")
+            )
+        rows.append(
+            common.Row(
+                f"{prefix}: compiled ÷ eager, full network",
+                common.Stat([e / c for e, c in zip(seconds["eager full network"], seconds["compiled full network"])]),
+                "×",
+            )
+        )
         for name in variants:
             flops = [main_gflops / g for g in spent[name]]
             for mode in served:
                 realised = [f / s for s, f in zip(seconds[f"{mode} {name}"], seconds[f"{mode} full network"])]
-                rows.append(common.target_row(
-                    f"{prefix}: {name} ({mode}) realised ÷ FLOPs speed-up", [r / f for r, f in zip(realised, flops)],
-                    ">=", 0.8, note=f"FLOPs predict {np.median(flops):.2f}×, realised {np.median(realised):.2f}×"))
+                rows.append(
+                    common.target_row(
+                        f"{prefix}: {name} ({mode}) realised ÷ FLOPs speed-up",
+                        [r / f for r, f in zip(realised, flops)],
+                        ">=",
+                        0.8,
+                        note=f"FLOPs predict {np.median(flops):.2f}×, realised {np.median(realised):.2f}×",
+                    )
+                )
 
 
 def run(args: argparse.Namespace) -> common.Result:
@@ -198,46 +257,70 @@ def run(args: argparse.Namespace) -> common.Result:
 
     def load(checkpoint) -> dict:
         eager = ServedModel(checkpoint, normalization=test.normalization)
-        seconds, compiled = common.timed(lambda: ServedModel(checkpoint, normalization=test.normalization,
-                                                             compiled=True))
+        seconds, compiled = common.timed(
+            lambda: ServedModel(checkpoint, normalization=test.normalization, compiled=True)
+        )
         torch.set_num_threads(threads)  # compiling may have touched it
         return {"eager": eager, "compiled": compiled, "compile_seconds": seconds}
 
     checkpoint = Checkpoint.load(trained.source["checkpoint"])
     width = checkpoint.network.width
     narrow = load(checkpoint)
-    fractions = {f"{rule} {name}": exit_fractions(collected.logits, rule, tau)
-                 for (rule, name), tau in thresholds.items()}
+    fractions = {
+        f"{rule} {name}": exit_fractions(collected.logits, rule, tau) for (rule, name), tau in thresholds.items()
+    }
     details["widths"][width] = {
-        "thresholds": {f"{r} {n}": t for (r, n), t in thresholds.items()}, "exit_fractions": fractions,
-        "test_accuracy": {f"{r} {n}": test_accuracy(collected.logits, collected.labels, r, t)
-                          for (r, n), t in thresholds.items()},
+        "thresholds": {f"{r} {n}": t for (r, n), t in thresholds.items()},
+        "exit_fractions": fractions,
+        "test_accuracy": {
+            f"{r} {n}": test_accuracy(collected.logits, collected.labels, r, t) for (r, n), t in thresholds.items()
+        },
         "main_accuracy": float((collected.logits[-1].argmax(-1) == collected.labels).double().mean()),
-        "compile_seconds": narrow.pop("compile_seconds")}
-    time_width(f"width {width}", narrow, thresholds, pixels, dict(zip(BATCHES, args.images)), args, gate,
-               rows, details)
+        "compile_seconds": narrow.pop("compile_seconds"),
+    }
+    time_width(f"width {width}", narrow, thresholds, pixels, dict(zip(BATCHES, args.images)), args, gate, rows, details)
     if args.wide_width:
         normalize = Normalizer(test.normalization)
         images = normalize(torch.from_numpy(pixels[:2048]).permute(0, 3, 1, 2))
         checkpoint, wide_logits = wide_model(trained, args.wide_width, images)
-        matched = {key: matched_threshold(wide_logits, key[0], fractions[f"{key[0]} {key[1]}"])
-                   for key in thresholds}
+        matched = {key: matched_threshold(wide_logits, key[0], fractions[f"{key[0]} {key[1]}"]) for key in thresholds}
         wide = load(checkpoint)
         details["widths"][args.wide_width] = {
             "thresholds": {f"{r} {n}": tau for (r, n), (tau, _) in matched.items()},
             "exit_fractions": {f"{r} {n}": got for (r, n), (_, got) in matched.items()},
-            "compile_seconds": wide.pop("compile_seconds")}
-        time_width(f"width {args.wide_width} (random weights)", wide, {key: tau for key, (tau, _) in matched.items()},
-                   pixels, dict(zip(BATCHES, args.wide_images)), args, gate, rows, details)
+            "compile_seconds": wide.pop("compile_seconds"),
+        }
+        time_width(
+            f"width {args.wide_width} (random weights)",
+            wide,
+            {key: tau for key, (tau, _) in matched.items()},
+            pixels,
+            dict(zip(BATCHES, args.wide_images)),
+            args,
+            gate,
+            rows,
+            details,
+        )
     details["summary"] = summary(rows)
     return common.Result(
-        name="serving", command=args.command_line, rows=rows, seconds=common.now() - started, gate=gate,
-        settings={"threads": threads, "rounds": args.repeats, "images_per_round": dict(zip(BATCHES, args.images)),
-                  "wide_images_per_round": dict(zip(BATCHES, args.wide_images)), "wide_width": args.wide_width,
-                  "train_subset": trained.subset, "epochs": trained.epochs, "eval": cfg.eval.model_dump(),
-                  **trained.source},
-        details=details)
-
+        name="serving",
+        command=args.command_line,
+        rows=rows,
+        seconds=common.now() - started,
+        gate=gate,
+        settings={
+            "threads": threads,
+            "rounds": args.repeats,
+            "images_per_round": dict(zip(BATCHES, args.images)),
+            "wide_images_per_round": dict(zip(BATCHES, args.wide_images)),
+            "wide_width": args.wide_width,
+            "train_subset": trained.subset,
+            "epochs": trained.epochs,
+            "eval": cfg.eval.model_dump(),
+            **trained.source,
+        },
+        details=details,
+    )
 
 
 def summary(rows: list) -> str:
@@ -252,8 +335,10 @@ def summary(rows: list) -> str:
             network, batch, variant, mode = found.groups()
             cells.setdefault((network, variant), {})[f"{batch} {mode}"] = row.stat.median
     columns = [f"{batch} {mode}" for batch in BATCHES for mode in ("eager", "compiled")]
-    lines = ["| network | rule, threshold | " + " | ".join(f"batch {c}" for c in columns) + " |",
-             "|---|---|" + "---|" * len(columns)]
+    lines = [
+        "| network | rule, threshold | " + " | ".join(f"batch {c}" for c in columns) + " |",
+        "|---|---|" + "---|" * len(columns),
+    ]
     for (network, variant), values in cells.items():
         lines.append(f"| {network} | {variant} | " + " | ".join(f"{values[c]:.2f}" for c in columns) + " |")
     return "\n".join(lines)

@@ -25,18 +25,29 @@ CONFIGS: dict[str, dict] = {
     "ffcv, 1 thread": {"backend": "ffcv", "threads": 1, "workers": 2, "env": {}},
     "tensor, 2 threads": {"backend": "tensor", "threads": 2, "env": {}},
     "ffcv, 2 threads, 1 loader thread (the default now)": {"backend": "ffcv", "threads": 2, "workers": 1, "env": {}},
-    "ffcv, 2 threads, NUMBA_THREADING_LAYER=workqueue": {"backend": "ffcv", "threads": 2, "workers": 2,
-                                                         "env": {"NUMBA_THREADING_LAYER": "workqueue"}},
-    "ffcv, 2 threads, OMP_WAIT_POLICY=PASSIVE": {"backend": "ffcv", "threads": 2, "workers": 2,
-                                                 "env": {"OMP_WAIT_POLICY": "PASSIVE"}},
+    "ffcv, 2 threads, NUMBA_THREADING_LAYER=workqueue": {
+        "backend": "ffcv",
+        "threads": 2,
+        "workers": 2,
+        "env": {"NUMBA_THREADING_LAYER": "workqueue"},
+    },
+    "ffcv, 2 threads, OMP_WAIT_POLICY=PASSIVE": {
+        "backend": "ffcv",
+        "threads": 2,
+        "workers": 2,
+        "env": {"OMP_WAIT_POLICY": "PASSIVE"},
+    },
 }
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--steps", type=int, default=16, help="training steps per round and variant (default 16)")
-    parser.add_argument("--configs", default=None,
-                        help="comma-separated indices into the configuration list (default: all): "
-                             + "; ".join(f"{i}={name}" for i, name in enumerate(CONFIGS)))
+    parser.add_argument(
+        "--configs",
+        default=None,
+        help="comma-separated indices into the configuration list (default: all): "
+        + "; ".join(f"{i}={name}" for i, name in enumerate(CONFIGS)),
+    )
 
 
 def worker(spec: dict, prepared: str, steps: int) -> None:
@@ -51,8 +62,13 @@ def worker(spec: dict, prepared: str, steps: int) -> None:
     from eed.engine.loops import train_one_epoch
     from bench import common
 
-    cfg = common.config(prepared, f"data.backend={spec['backend']}", f"data.train_subset={steps * 128}",
-                        "train.epochs=1000", f"data.num_workers={spec.get('workers', 1)}")
+    cfg = common.config(
+        prepared,
+        f"data.backend={spec['backend']}",
+        f"data.train_subset={steps * 128}",
+        "train.epochs=1000",
+        f"data.num_workers={spec.get('workers', 1)}",
+    )
     setup = common.training_setup(cfg, spec["threads"])  # the trainer's set-up: network, loaders, SGD, schedule
     loader, model, objective, runtime = setup.train_loader, setup.train_model, setup.objective, setup.runtime
     optimizer, scheduler = setup.optimizer, setup.scheduler
@@ -72,8 +88,17 @@ def worker(spec: dict, prepared: str, steps: int) -> None:
             return False
 
         loader.set_epoch(epoch)
-        train_one_epoch(model, objective, loader, optimizer, scheduler, runtime, epoch=epoch,
-                        classifier_names=names, should_stop=after_step)
+        train_one_epoch(
+            model,
+            objective,
+            loader,
+            optimizer,
+            scheduler,
+            runtime,
+            epoch=epoch,
+            classifier_names=names,
+            should_stop=after_step,
+        )
         return time.perf_counter() - marks[0], [b - a for a, b in zip(marks[1:-1], marks[2:])]
 
     def bare() -> tuple[float, list[float]]:
@@ -97,8 +122,17 @@ def worker(spec: dict, prepared: str, steps: int) -> None:
         else:
             p, project_steps = project(epoch)
             b, bare_steps = bare()
-        print(json.dumps({"project_s": p, "bare_s": b, "project_step": statistics.median(project_steps),
-                          "bare_step": statistics.median(bare_steps)}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "project_s": p,
+                    "bare_s": b,
+                    "project_step": statistics.median(project_steps),
+                    "bare_step": statistics.median(bare_steps),
+                }
+            ),
+            flush=True,
+        )
 
 
 def run(args: argparse.Namespace):
@@ -118,7 +152,11 @@ def run(args: argparse.Namespace):
         env = {**os.environ, **spec["env"]}
         workers[name] = subprocess.Popen(
             [sys.executable, str(Path(__file__).resolve()), "worker", json.dumps(spec), str(prepared), str(steps)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env,
+        )
         # Start-up (imports, FFCV compile) one at a time, so that no worker compiles during another's round.
         ready = json.loads(workers[name].stdout.readline())
         assert ready["ready"], ready
@@ -141,18 +179,35 @@ def run(args: argparse.Namespace):
     rows = []
     for name in names:
         ratio = [r["bare_s"] / r["project_s"] for r in rounds[name]]
-        rows.append(common.Row(f"{name}: project ÷ bare", common.Stat(ratio), "×",
-                               note=f"per-step medians: {statistics.median(r['bare_step'] / r['project_step'] for r in rounds[name]):.3f}"))
+        rows.append(
+            common.Row(
+                f"{name}: project ÷ bare",
+                common.Stat(ratio),
+                "×",
+                note=f"per-step medians: {statistics.median(r['bare_step'] / r['project_step'] for r in rounds[name]):.3f}",
+            )
+        )
     for name in names:
-        rows.append(common.Row(f"{name}: project loop", common.Stat([images / r["project_s"] for r in rounds[name]]),
-                               "img/s"))
+        rows.append(
+            common.Row(f"{name}: project loop", common.Stat([images / r["project_s"] for r in rounds[name]]), "img/s")
+        )
     for name in names[1:]:
         speed = [a["project_s"] / b["project_s"] for a, b in zip(rounds[first], rounds[name])]
         rows.append(common.Row(f"{name}: project loop speed ÷ first config's", common.Stat(speed), "×"))
-    return common.Result(name="threads", command=args.command_line, rows=rows, seconds=common.now() - started,
-                         gate=gate, settings={"threads": "per configuration", "steps": steps, "repeats": args.repeats,
-                                              "configs": {n: CONFIGS[n] for n in names}},
-                         details={"rounds": rounds})
+    return common.Result(
+        name="threads",
+        command=args.command_line,
+        rows=rows,
+        seconds=common.now() - started,
+        gate=gate,
+        settings={
+            "threads": "per configuration",
+            "steps": steps,
+            "repeats": args.repeats,
+            "configs": {n: CONFIGS[n] for n in names},
+        },
+        details={"rounds": rounds},
+    )
 
 
 if __name__ == "__main__":

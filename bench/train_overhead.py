@@ -47,20 +47,35 @@ BEFORE = "project, as before the fix"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--steps", type=int, default=None,
-                        help="training steps per timed epoch (default: a real epoch of params.yaml, 156 steps)")
-    parser.add_argument("--backend", choices=("ffcv", "tensor"), default="ffcv",
-                        help="data.backend of the project loop (default ffcv, as params.yaml)")
-    parser.add_argument("--compare-before", action="store_true",
-                        help="also time the loop as it was before the fix of BENCHMARKS.md finding 3: 2 FFCV "
-                             "loader threads and a Rich bar refreshed by its own thread")
-    parser.add_argument("--compare-threads", action="store_true",
-                        help="also time the bare step at torch's default thread count (what the process would "
-                             "use if importing FFCV did not change it)")
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="training steps per timed epoch (default: a real epoch of params.yaml, 156 steps)",
+    )
+    parser.add_argument(
+        "--backend",
+        choices=("ffcv", "tensor"),
+        default="ffcv",
+        help="data.backend of the project loop (default ffcv, as params.yaml)",
+    )
+    parser.add_argument(
+        "--compare-before",
+        action="store_true",
+        help="also time the loop as it was before the fix of BENCHMARKS.md finding 3: 2 FFCV "
+        "loader threads and a Rich bar refreshed by its own thread",
+    )
+    parser.add_argument(
+        "--compare-threads",
+        action="store_true",
+        help="also time the bare step at torch's default thread count (what the process would "
+        "use if importing FFCV did not change it)",
+    )
 
 
-def _loop_pieces(model, objective, loader, scheduler, x, y, names, runtime, step_seconds: float,
-                 repeats: int = 50) -> dict[str, float]:
+def _loop_pieces(
+    model, objective, loader, scheduler, x, y, names, runtime, step_seconds: float, repeats: int = 50
+) -> dict[str, float]:
     """Median seconds per step of each piece of work ``train_one_epoch`` does besides the
     forward, loss, backward and optimizer step (see the module docstring)."""
     import time
@@ -121,10 +136,14 @@ def _loop_pieces(model, objective, loader, scheduler, x, y, names, runtime, step
     step_lr = median_time(scheduler.step, inner=1)
     for group, lr in zip(scheduler.optimizer.param_groups, lr_before):
         group["lr"] = lr
-    return {"batch handoff": statistics.median(fetch), "batch_correct": median_time(count),
-            "loss-term sums": median_time(accumulate), "non-finite check": median_time(finite),
-            "scheduler.step": step_lr,
-            f"progress bar (a render every {REFRESH_S} s)": render * step_seconds / REFRESH_S}
+    return {
+        "batch handoff": statistics.median(fetch),
+        "batch_correct": median_time(count),
+        "loss-term sums": median_time(accumulate),
+        "non-finite check": median_time(finite),
+        "scheduler.step": step_lr,
+        f"progress bar (a render every {REFRESH_S} s)": render * step_seconds / REFRESH_S,
+    }
 
 
 def run(args: argparse.Namespace) -> common.Result:
@@ -145,9 +164,15 @@ def run(args: argparse.Namespace) -> common.Result:
     steps = args.steps or (4 if args.quick else real_epoch)
     mlflow_dir = common.RESULTS / "mlflow"
     mlflow_dir.mkdir(parents=True, exist_ok=True)
-    cfg_overrides = (f"data.backend={args.backend}", f"data.train_subset={steps * batch}", f"train.batch_size={batch}",
-                     f"train.epochs={2 * args.repeats + 2}", "tracking.enabled=true",
-                     f"tracking.uri=sqlite:///{mlflow_dir / 'mlflow.db'}", "tracking.experiment=bench")
+    cfg_overrides = (
+        f"data.backend={args.backend}",
+        f"data.train_subset={steps * batch}",
+        f"train.batch_size={batch}",
+        f"train.epochs={2 * args.repeats + 2}",
+        "tracking.enabled=true",
+        f"tracking.uri=sqlite:///{mlflow_dir / 'mlflow.db'}",
+        "tracking.experiment=bench",
+    )
     setup = common.training_setup(common.config(prepared, *cfg_overrides), threads)
     cfg, runtime, loader = setup.config, setup.runtime, setup.train_loader
     assert len(loader) == steps, (len(loader), steps)
@@ -165,8 +190,9 @@ def run(args: argparse.Namespace) -> common.Result:
     loader.warmup(show_status=False)
     loader_before = None
     if args.compare_before:
-        loader_before = make_loader(common.config(prepared, *cfg_overrides, "data.num_workers=2"), "train", train=True,
-                                    device=runtime.device)
+        loader_before = make_loader(
+            common.config(prepared, *cfg_overrides, "data.num_workers=2"), "train", train=True, device=runtime.device
+        )
         torch.set_num_threads(threads)
         loader_before.warmup(show_status=False)
     x, y = next(iter(loader))
@@ -183,16 +209,27 @@ def run(args: argparse.Namespace) -> common.Result:
             return False
 
         epoch_loader.set_epoch(epoch)
-        stats = train_one_epoch(model, objective, epoch_loader, optimizer, scheduler, runtime, epoch=epoch,
-                                classifier_names=names, should_stop=after_step, progress=bar or progress)
+        stats = train_one_epoch(
+            model,
+            objective,
+            epoch_loader,
+            optimizer,
+            scheduler,
+            runtime,
+            epoch=epoch,
+            classifier_names=names,
+            should_stop=after_step,
+            progress=bar or progress,
+        )
         t0 = common.now()
         metrics = epoch_metrics(stats, None, {}, optimizer.param_groups[0]["lr"])
         logger.log_metrics(metrics, epoch)
         t1 = common.now()
         for name, value in metrics.items():  # as the trainer records an epoch
             history.setdefault(name, []).append((epoch, value))
-        TrainState(epoch=epoch, history=history).to_checkpoint(setup.network, setup.model, cfg,
-                                                               setup.resume_state()).save(last_path)
+        TrainState(epoch=epoch, history=history).to_checkpoint(
+            setup.network, setup.model, cfg, setup.resume_state()
+        ).save(last_path)
         t2 = common.now()
         if epoch > 0:
             step_times[record] += [b - a for a, b in zip(marks[1:-1], marks[2:])]  # steady steps
@@ -255,39 +292,90 @@ def run(args: argparse.Namespace) -> common.Result:
     pieces = _loop_pieces(model, objective, loader, scheduler, x, y, names, runtime, bare_step)
     intrinsic = sum(pieces.values())
     rows = [
-        common.Row("project loop", common.Stat([images / s for s in seconds["project"]]), "img/s",
-                   note=f"{steps}-step epochs incl. per-epoch logging + checkpoint"),
+        common.Row(
+            "project loop",
+            common.Stat([images / s for s in seconds["project"]]),
+            "img/s",
+            note=f"{steps}-step epochs incl. per-epoch logging + checkpoint",
+        ),
         common.Row("bare step", common.Stat([images / s for s in seconds["bare"]]), "img/s"),
         common.target_row("project ÷ bare", ratio, ">=", TARGET),
-        common.Row("steady-state step: project ÷ bare", common.Stat([per_step]), "×",
-                   note="ratio of median per-step times (no per-epoch costs)"),
-        common.target_row("project ÷ bare, derived from the loop's own per-step work", [bare_step / (bare_step + intrinsic)],
-                          ">=", TARGET, note=f"{1e3 * intrinsic:.2f} ms/step of loop work vs a {1e3 * bare_step:.0f} ms step"),
+        common.Row(
+            "steady-state step: project ÷ bare",
+            common.Stat([per_step]),
+            "×",
+            note="ratio of median per-step times (no per-epoch costs)",
+        ),
+        common.target_row(
+            "project ÷ bare, derived from the loop's own per-step work",
+            [bare_step / (bare_step + intrinsic)],
+            ">=",
+            TARGET,
+            note=f"{1e3 * intrinsic:.2f} ms/step of loop work vs a {1e3 * bare_step:.0f} ms step",
+        ),
         common.Row("per-epoch MLflow log_epoch", common.Stat([1e3 * v for v in epoch_costs["log_epoch"]]), "ms"),
         common.Row("per-epoch last.pt write", common.Stat([1e3 * v for v in epoch_costs["write_last"]]), "ms"),
     ]
     if args.compare_before:
         rows[3:3] = [
-            common.Row(BEFORE, common.Stat([images / s for s in seconds[BEFORE]]), "img/s",
-                       note="2 FFCV loader threads, Rich bar with its refresh thread"),
+            common.Row(
+                BEFORE,
+                common.Stat([images / s for s in seconds[BEFORE]]),
+                "img/s",
+                note="2 FFCV loader threads, Rich bar with its refresh thread",
+            ),
             common.Row(f"{BEFORE} ÷ bare", common.Stat([b / p for b, p in zip(seconds["bare"], seconds[BEFORE])]), "×"),
-            common.Row(f"steady-state step: {BEFORE} ÷ bare",
-                       common.Stat([bare_step / statistics.median(step_times[BEFORE])]), "×"),
-            common.Row("project ÷ project as before (speed-up of the fix)",
-                       common.Stat([b / p for b, p in zip(seconds[BEFORE], seconds["project"])]), "×"),
+            common.Row(
+                f"steady-state step: {BEFORE} ÷ bare",
+                common.Stat([bare_step / statistics.median(step_times[BEFORE])]),
+                "×",
+            ),
+            common.Row(
+                "project ÷ project as before (speed-up of the fix)",
+                common.Stat([b / p for b, p in zip(seconds[BEFORE], seconds["project"])]),
+                "×",
+            ),
         ]
     if compare_threads:
         thread_ratio = [b / d for b, d in zip(seconds["bare"], seconds["bare@default threads"])]
-        rows.insert(2, common.Row(f"bare step @ {common.TORCH_DEFAULT_THREADS} threads",
-                                  common.Stat([images / s for s in seconds["bare@default threads"]]), "img/s"))
-        rows.append(common.Row(f"bare @ {common.TORCH_DEFAULT_THREADS} threads ÷ bare @ {threads}",
-                               common.Stat(thread_ratio), "×", note="speed-up if torch kept its default threads"))
+        rows.insert(
+            2,
+            common.Row(
+                f"bare step @ {common.TORCH_DEFAULT_THREADS} threads",
+                common.Stat([images / s for s in seconds["bare@default threads"]]),
+                "img/s",
+            ),
+        )
+        rows.append(
+            common.Row(
+                f"bare @ {common.TORCH_DEFAULT_THREADS} threads ÷ bare @ {threads}",
+                common.Stat(thread_ratio),
+                "×",
+                note="speed-up if torch kept its default threads",
+            )
+        )
     return common.Result(
-        name="train_overhead", command=args.command_line, rows=rows, seconds=common.now() - started, gate=gate,
-        settings={"threads": threads, "torch_default_threads": common.TORCH_DEFAULT_THREADS, "steps": steps,
-                  "batch_size": batch, "repeats": args.repeats, "backend": args.backend, "arch": cfg.model.arch,
-                  "width": cfg.model.width, "method": cfg.method, "num_workers": cfg.data.num_workers},
-        details={"seconds": seconds, "median_step_s": {k: statistics.median(v) for k, v in step_times.items() if v},
-                 "step_s": {k: [round(t, 5) for t in v] for k, v in step_times.items() if v},
-                 "loop_work_ms_per_step": {k: 1e3 * v for k, v in pieces.items()}},
+        name="train_overhead",
+        command=args.command_line,
+        rows=rows,
+        seconds=common.now() - started,
+        gate=gate,
+        settings={
+            "threads": threads,
+            "torch_default_threads": common.TORCH_DEFAULT_THREADS,
+            "steps": steps,
+            "batch_size": batch,
+            "repeats": args.repeats,
+            "backend": args.backend,
+            "arch": cfg.model.arch,
+            "width": cfg.model.width,
+            "method": cfg.method,
+            "num_workers": cfg.data.num_workers,
+        },
+        details={
+            "seconds": seconds,
+            "median_step_s": {k: statistics.median(v) for k, v in step_times.items() if v},
+            "step_s": {k: [round(t, 5) for t in v] for k, v in step_times.items() if v},
+            "loop_work_ms_per_step": {k: 1e3 * v for k, v in pieces.items()},
+        },
     )

@@ -116,6 +116,7 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
 )
 
+
 def _version(shown: bool) -> None:
     if shown:
         from importlib.metadata import version
@@ -125,13 +126,31 @@ def _version(shown: bool) -> None:
 
 
 @app.callback()
-def _options(version: Annotated[Optional[bool], typer.Option(
-        "--version", callback=_version, is_eager=True, help="Print eed's version and exit.")] = None) -> None:
+def _options(
+    version: Annotated[
+        Optional[bool],
+        typer.Option("--version", callback=_version, is_eager=True, help="Print eed's version and exit."),
+    ] = None,
+) -> None:
     pass
 
 
-for command in (models, flops, resolve, prepare, train, evaluate, export, register, serve, rdm, report, compare,
-                paper, grid):
+for command in (
+    models,
+    flops,
+    resolve,
+    prepare,
+    train,
+    evaluate,
+    export,
+    register,
+    serve,
+    rdm,
+    report,
+    compare,
+    paper,
+    grid,
+):
     app.command(cls=Command)(command)
 
 if __name__ == "__main__":

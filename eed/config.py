@@ -141,13 +141,16 @@ def check_method_loss(method: str, loss: LossConfig) -> None:
     """Loss settings a method cannot train with (the config and the objective both ask)."""
     spec = get_method(method)
     if spec.feature_loss == "required" and loss.beta <= 0:
-        raise ConfigError(f"loss.beta: method {method!r} adds the feature loss and needs beta > 0; "
-                          "use method 'distill' for beta = 0")
+        raise ConfigError(
+            f"loss.beta: method {method!r} adds the feature loss and needs beta > 0; use method 'distill' for beta = 0"
+        )
     if loss.teacher is not None and spec.teacher != "chosen":
         chooser = [m for m in method_names() if get_method(m).teacher == "chosen"]
         has = "uses the main output" if spec.teacher == "main" else "has no teacher"
-        raise ConfigError(f"loss.teacher: only method {' or '.join(repr(m) for m in chooser)} takes a teacher "
-                          f"ensemble ({method!r} {has}); set loss.teacher to null (got {loss.teacher!r})")
+        raise ConfigError(
+            f"loss.teacher: only method {' or '.join(repr(m) for m in chooser)} takes a teacher "
+            f"ensemble ({method!r} {has}); set loss.teacher to null (got {loss.teacher!r})"
+        )
 
 
 class TrainConfig(_Section):
@@ -208,22 +211,26 @@ class TrainConfig(_Section):
         if endpoint is None:
             return None
         # A host name or address (IPv6 in brackets), a colon, a port.
-        match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9_.-]*):(?P<port>[0-9]{1,5})",
-                             endpoint.strip())
+        match = re.fullmatch(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9][A-Za-z0-9_.-]*):(?P<port>[0-9]{1,5})", endpoint.strip())
         if not match or not 1 <= int(match["port"]) <= 65535:
-            raise ValueError("must look like host:port, machine 0's address and a free port "
-                             "(e.g. host0:29400 or 10.0.0.5:29400)")
+            raise ValueError(
+                "must look like host:port, machine 0's address and a free port (e.g. host0:29400 or 10.0.0.5:29400)"
+            )
         return endpoint.strip()
 
     @model_validator(mode="after")
     def _nodes(self) -> "TrainConfig":
         if self.node_rank >= self.nnodes:
-            raise ValueError(f"train.node_rank={self.node_rank} must be below train.nnodes={self.nnodes} "
-                             f"(machines are numbered 0..{self.nnodes - 1})")
+            raise ValueError(
+                f"train.node_rank={self.node_rank} must be below train.nnodes={self.nnodes} "
+                f"(machines are numbered 0..{self.nnodes - 1})"
+            )
         if self.nnodes > 1 and self.rdzv_endpoint is None:
-            raise ValueError(f"train.rdzv_endpoint is required with train.nnodes={self.nnodes}: host:port "
-                             "where the machines meet, machine 0's address and a free port "
-                             "(e.g. --set train.rdzv_endpoint=host0:29400)")
+            raise ValueError(
+                f"train.rdzv_endpoint is required with train.nnodes={self.nnodes}: host:port "
+                "where the machines meet, machine 0's address and a free port "
+                "(e.g. --set train.rdzv_endpoint=host0:29400)"
+            )
         return self
 
 
@@ -310,8 +317,15 @@ class Config(_Section):
 
 
 # The keys params.yaml may leave null for the preset or the reference to fill.
-PRESET_KEYS = ("train.epochs", "train.schedule", "data.train_subset", "data.val_size", "model.width",
-               "model.stem_relu", "loss.alpha")
+PRESET_KEYS = (
+    "train.epochs",
+    "train.schedule",
+    "data.train_subset",
+    "data.val_size",
+    "model.width",
+    "model.stem_relu",
+    "loss.alpha",
+)
 
 
 def preset_values(config: Config) -> dict[str, dict[str, Any]]:
@@ -392,8 +406,10 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
         for depth, part in enumerate(path):
             if part not in section.model_fields:
                 where = ".".join(path[:depth]) or "top level"
-                raise ConfigError(f"--set {text}: unknown key '{'.'.join(path[: depth + 1])}'; "
-                                  f"allowed keys at {where}: {', '.join(section.model_fields)}")
+                raise ConfigError(
+                    f"--set {text}: unknown key '{'.'.join(path[: depth + 1])}'; "
+                    f"allowed keys at {where}: {', '.join(section.model_fields)}"
+                )
             if depth == len(path) - 1:
                 node[part] = value
                 break
@@ -417,8 +433,10 @@ class _UniqueKeyLoader(yaml.SafeLoader):
             key = self.construct_object(key_node, deep=True)
             line = key_node.start_mark.line + 1
             if key in first:
-                raise ConfigError(f"{self.name}: duplicate key {_dotted(self, key_node, key)!r} at line {line} "
-                                  f"(first at line {first[key]}); keep one")
+                raise ConfigError(
+                    f"{self.name}: duplicate key {_dotted(self, key_node, key)!r} at line {line} "
+                    f"(first at line {first[key]}); keep one"
+                )
             first[key] = line
         return super().construct_mapping(node, deep)
 
@@ -431,6 +449,7 @@ def _dotted(loader: _UniqueKeyLoader, key_node: yaml.Node, key: Any) -> str:
 
 def _path_to(loader: _UniqueKeyLoader, target: yaml.Node) -> list[tuple[yaml.Node, yaml.Node]]:
     """The (key, mapping) pairs from the document's root down to the mapping holding ``target``."""
+
     def walk(node: yaml.Node, trail: list) -> list | None:
         if isinstance(node, yaml.MappingNode):
             for key_node, value in node.value:
@@ -452,8 +471,10 @@ def read_yaml(path: Path) -> Any:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as error:
         line = raw.count(b"\n", 0, error.start) + 1
-        raise ConfigError(f"{path}: not UTF-8 text (byte 0x{raw[error.start]:02x} at offset {error.start}, line "
-                          f"{line}); save it as UTF-8") from None
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{raw[error.start]:02x} at offset {error.start}, line "
+            f"{line}); save it as UTF-8"
+        ) from None
     loader = _UniqueKeyLoader(text)
     loader.name = str(path)
     try:

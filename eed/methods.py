@@ -35,7 +35,7 @@ LOSS_KEYS = ("output", "alpha", "beta", "temperature", "teacher")
 @dataclass(frozen=True)
 class MethodSpec:
     name: str
-    summary: str              # what it is and where it comes from, one line
+    summary: str  # what it is and where it comes from, one line
     cross_entropy: CrossEntropyOn
     students: Students
     teacher: Teacher
@@ -109,12 +109,30 @@ def get_method(name: str) -> MethodSpec:
 for _spec in (
     MethodSpec("baseline", "CE on the backbone's own output, no exits", "main", "none", "none", "unused"),
     MethodSpec("branchynet", "CE on every classifier (eq. 2, BranchyNet [22])", "all", "none", "none", "unused"),
-    MethodSpec("distill", "the exits learn the main output's logits (eq. 4 with beta = 0 [19])",
-               "all", "exits", "main", "unused"),
-    MethodSpec("byot", "the exits learn the main output's logits and features (eq. 4, BYOT [28])",
-               "all", "exits", "main", "required"),
-    MethodSpec("eed", "every classifier learns the ensemble of classifiers (eq. 8, exit-ensemble distillation)",
-               "all", "all", "chosen", "optional"),
+    MethodSpec(
+        "distill",
+        "the exits learn the main output's logits (eq. 4 with beta = 0 [19])",
+        "all",
+        "exits",
+        "main",
+        "unused",
+    ),
+    MethodSpec(
+        "byot",
+        "the exits learn the main output's logits and features (eq. 4, BYOT [28])",
+        "all",
+        "exits",
+        "main",
+        "required",
+    ),
+    MethodSpec(
+        "eed",
+        "every classifier learns the ensemble of classifiers (eq. 8, exit-ensemble distillation)",
+        "all",
+        "all",
+        "chosen",
+        "optional",
+    ),
 ):
     register_method(_spec)
 del _spec

@@ -101,28 +101,43 @@ def plan_for(method: str, loss: LossConfig, num_classifiers: int) -> ObjectivePl
         raise ConfigError(_baseline_message(method, k))
     if spec.exits and k < 2:
         without_exits = [m for m in method_names() if not get_method(m).exits]
-        raise ConfigError(f"method: method {method!r} trains a multi-exit network and needs at least "
-                          f"2 classifiers, got {k}; use method {' or '.join(map(repr, without_exits))} "
-                          "for a network without exits")
+        raise ConfigError(
+            f"method: method {method!r} trains a multi-exit network and needs at least "
+            f"2 classifiers, got {k}; use method {' or '.join(map(repr, without_exits))} "
+            "for a network without exits"
+        )
     check_method_loss(method, loss)
 
     main = k - 1
     students = {"none": (), "exits": tuple(range(main)), "all": tuple(range(k))}[spec.students]
-    teachers = {"none": (), "main": (main,),
-                "chosen": tuple(range(k)) if loss.teacher is None else _resolve_teacher(loss.teacher, k)}[spec.teacher]
+    teachers = {
+        "none": (),
+        "main": (main,),
+        "chosen": tuple(range(k)) if loss.teacher is None else _resolve_teacher(loss.teacher, k),
+    }[spec.teacher]
     # A loss config used without Config.resolved() (e.g. built directly) leaves alpha null.
     alpha = (PAPER_ALPHA if loss.alpha is None else loss.alpha) if spec.distills else 0.0
     beta = loss.beta if spec.feature_loss != "unused" else 0.0
-    return ObjectivePlan(method=method, classifier_names=classifier_names(k), ce_weights=(1.0,) * k,
-                         students=students, teachers=teachers, alpha=alpha, beta=beta,
-                         output_loss=loss.output, temperature=loss.temperature)
+    return ObjectivePlan(
+        method=method,
+        classifier_names=classifier_names(k),
+        ce_weights=(1.0,) * k,
+        students=students,
+        teachers=teachers,
+        alpha=alpha,
+        beta=beta,
+        output_loss=loss.output,
+        temperature=loss.temperature,
+    )
 
 
 def _baseline_message(method: str, num_classifiers: int) -> str:
     multi_exit = ", ".join(m for m in method_names() if get_method(m).exits)
-    return (f"method: method {method!r} trains the network without exits (1 classifier), but the network "
-            f"has {num_classifiers} classifiers; build it with exits=False, or use one of the multi-exit "
-            f"methods: {multi_exit}")
+    return (
+        f"method: method {method!r} trains the network without exits (1 classifier), but the network "
+        f"has {num_classifiers} classifiers; build it with exits=False, or use one of the multi-exit "
+        f"methods: {multi_exit}"
+    )
 
 
 def _resolve_teacher(teacher: Sequence[TeacherMember], num_classifiers: int) -> tuple[int, ...]:
@@ -136,11 +151,15 @@ def _resolve_teacher(teacher: Sequence[TeacherMember], num_classifiers: int) -> 
         elif isinstance(member, int) and not isinstance(member, bool) and 1 <= member < k:
             index = member - 1
         else:
-            raise ConfigError(f"loss.teacher: {member!r} is not a classifier of this network "
-                              f"({k} classifiers); allowed: {allowed} ({k} also names 'main')")
+            raise ConfigError(
+                f"loss.teacher: {member!r} is not a classifier of this network "
+                f"({k} classifiers); allowed: {allowed} ({k} also names 'main')"
+            )
         if index in indices:
-            raise ConfigError(f"loss.teacher: {teacher!r} names classifier {member!r} twice "
-                              f"('main' and {k} are the same); allowed: {allowed}")
+            raise ConfigError(
+                f"loss.teacher: {teacher!r} names classifier {member!r} twice "
+                f"('main' and {k} are the same); allowed: {allowed}"
+            )
         indices.append(index)
     return tuple(sorted(indices))
 
@@ -178,8 +197,7 @@ def describe_plan(plan: ObjectivePlan) -> str:
 # ---------------------------------------------------------------------------------------
 
 
-def output_distillation(student_logits: Tensor, target_logits: Tensor, kind: OutputLoss,
-                        temperature: float) -> Tensor:
+def output_distillation(student_logits: Tensor, target_logits: Tensor, kind: OutputLoss, temperature: float) -> Tensor:
     """l_z per student: ``student_logits`` (S, B, C) against ``target_logits`` (B, C) -> (S,).
 
     ``kl``: T^2 * KL(softmax(G/T) || softmax(Z/T)), summed over classes, averaged over the batch
@@ -294,18 +312,24 @@ class ExitEnsembleObjective(nn.Module):
             return
         if not get_method(self.plan.method).exits:
             raise ConfigError(_baseline_message(self.plan.method, found))
-        raise ValueError(f"objective for method {self.plan.method!r} was built for "
-                         f"{self.plan.num_classifiers} classifiers, but the output has {found}")
+        raise ValueError(
+            f"objective for method {self.plan.method!r} was built for "
+            f"{self.plan.num_classifiers} classifiers, but the output has {found}"
+        )
 
     def _checked_features(self, output: MultiExitOutput) -> list[Tensor]:
         features = output.features
         if not features:
-            raise ConfigError(f"loss.beta: method {self.plan.method!r} with beta = {self.plan.beta} adds the "
-                              "feature loss l_f(F_i, G_f), but the network output has no features; "
-                              "return F_1..F_k from the model, or set loss.beta = 0")
+            raise ConfigError(
+                f"loss.beta: method {self.plan.method!r} with beta = {self.plan.beta} adds the "
+                "feature loss l_f(F_i, G_f), but the network output has no features; "
+                "return F_1..F_k from the model, or set loss.beta = 0"
+            )
         if len(features) != len(output.logits):
-            raise ValueError(f"the output has {len(output.logits)} logits but {len(features)} features; "
-                             "the feature loss needs one F_i per classifier")
+            raise ValueError(
+                f"the output has {len(output.logits)} logits but {len(features)} features; "
+                "the feature loss needs one F_i per classifier"
+            )
         shapes = {tuple(f.shape) for f in features}
         if len(shapes) != 1:
             raise ValueError(f"the feature loss needs every F_i to have the same shape (B, D), got {sorted(shapes)}")

@@ -28,8 +28,18 @@ DATA_FILE = Path(__file__).with_name("paper_numbers.yaml")
 OUTPUTS = ("exit1", "exit2", "exit3", "main")
 DATASETS = ("cifar100", "imagenet")
 # The networks of the paper's tables, by their names in the backbone registry (tests check they are there).
-ARCHS = ("vgg19", "resnet18", "resnet50", "resnet101", "resnet152", "resnext29", "wrn28_10",
-         "pyramidnet110_270", "imagenet_resnet18", "imagenet_resnet50")
+ARCHS = (
+    "vgg19",
+    "resnet18",
+    "resnet50",
+    "resnet101",
+    "resnet152",
+    "resnext29",
+    "wrn28_10",
+    "pyramidnet110_270",
+    "imagenet_resnet18",
+    "imagenet_resnet50",
+)
 OUTPUT_LOSSES = ("kl", "mse")
 # What a left-out key means: an eed row without a teacher (Tables I, II) used all classifiers,
 # as the config's ``loss.teacher: null`` does.
@@ -79,9 +89,11 @@ def load_paper_numbers_from(path: str | Path) -> PaperNumbers:
     data = yaml.safe_load(path.read_text(encoding="utf-8"))
     _check_keys(data, _TOP_KEYS, (), path.name)
     return PaperNumbers(
-        source=str(data["source"]), protocol=str(data["protocol"]),
+        source=str(data["source"]),
+        protocol=str(data["protocol"]),
         accuracy=tuple(_accuracy(raw, where) for where, raw in _entries(data, "accuracy", path)),
-        gflops=tuple(_gflops(raw, where) for where, raw in _entries(data, "gflops", path)))
+        gflops=tuple(_gflops(raw, where) for where, raw in _entries(data, "gflops", path)),
+    )
 
 
 def _entries(data: dict, section: str, path: Path) -> list[tuple[str, Any]]:
@@ -95,8 +107,11 @@ def paper_accuracy(dataset: str, arch: str, method: str, loss: Mapping[str, Any]
     """The paper's entries for this configuration. ``loss`` is compared on the keys each entry
     gives (plus the teacher of eed, default all classifiers), canonically: 1 == 1.0 == "1",
     "kl" == "KL", teachers as sorted lists of strings; other keys of ``loss`` are ignored."""
-    return [entry for entry in load_paper_numbers().accuracy
-            if (entry.dataset, entry.arch, entry.method) == (dataset, arch, method) and _matches(entry, loss)]
+    return [
+        entry
+        for entry in load_paper_numbers().accuracy
+        if (entry.dataset, entry.arch, entry.method) == (dataset, arch, method) and _matches(entry, loss)
+    ]
 
 
 def _matches(entry: PaperAccuracy, loss: Mapping[str, Any]) -> bool:
@@ -129,18 +144,25 @@ def _accuracy(raw: Any, where: str) -> PaperAccuracy:
     _check_choice(raw["dataset"], DATASETS, "dataset", where)
     _check_choice(raw["arch"], ARCHS, "arch", where)
     _check_choice(raw["method"], tuple(method_names()), "method", where)
-    return PaperAccuracy(table=raw["table"], row=str(raw["row"]), dataset=raw["dataset"], arch=raw["arch"],
-                         method=raw["method"], loss=_checked_loss(raw["loss"], raw["method"], where),
-                         percent=_checked_outputs(raw["percent"], "percent", 0.0, 100.0, where),
-                         notes=str(raw.get("notes") or ""))
+    return PaperAccuracy(
+        table=raw["table"],
+        row=str(raw["row"]),
+        dataset=raw["dataset"],
+        arch=raw["arch"],
+        method=raw["method"],
+        loss=_checked_loss(raw["loss"], raw["method"], where),
+        percent=_checked_outputs(raw["percent"], "percent", 0.0, 100.0, where),
+        notes=str(raw.get("notes") or ""),
+    )
 
 
 def _gflops(raw: Any, where: str) -> PaperGflops:
     _check_keys(raw, _GFLOPS_KEYS, (), where)
     _check_choice(raw["table"], ("III",), "table", where)
     _check_choice(raw["arch"], ARCHS, "arch", where)
-    return PaperGflops(table=raw["table"], arch=raw["arch"],
-                       gflops=_checked_outputs(raw["gflops"], "gflops", 0.0, math.inf, where))
+    return PaperGflops(
+        table=raw["table"], arch=raw["arch"], gflops=_checked_outputs(raw["gflops"], "gflops", 0.0, math.inf, where)
+    )
 
 
 def _checked_loss(loss: Any, method: str, where: str) -> dict[str, Any]:
@@ -148,8 +170,9 @@ def _checked_loss(loss: Any, method: str, where: str) -> dict[str, Any]:
     if "output" in loss:
         _check_choice(str(loss["output"]).lower(), OUTPUT_LOSSES, "loss.output", where)
     teacher = loss.get("teacher", "all")
-    if teacher != "all" and not (isinstance(teacher, list) and teacher
-                                 and all(m == "main" or _is_exit(m) for m in teacher)):
+    if teacher != "all" and not (
+        isinstance(teacher, list) and teacher and all(m == "main" or _is_exit(m) for m in teacher)
+    ):
         raise ValueError(f"{where}: loss.teacher {teacher!r} is not 'all' or a list of exits (1, 2, ...) and 'main'")
     return dict(loss)
 
@@ -173,8 +196,11 @@ def _check_keys(mapping: Any, required: tuple[str, ...], optional: tuple[str, ..
         raise ValueError(f"{where}: expected a mapping, got {type(mapping).__name__}")  # noqa: TRY004
     unknown = [key for key in mapping if key not in required + optional]
     missing = [key for key in required if key not in mapping]
-    problems = [f"{what} {', '.join(map(repr, keys))}"
-                for what, keys in (("unknown key", unknown), ("missing key", missing)) if keys]
+    problems = [
+        f"{what} {', '.join(map(repr, keys))}"
+        for what, keys in (("unknown key", unknown), ("missing key", missing))
+        if keys
+    ]
     if problems:
         raise ValueError(f"{where}: {'; '.join(problems)} (allowed: {', '.join(required + optional) or 'none'})")
 

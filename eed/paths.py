@@ -57,7 +57,7 @@ def project_root() -> Path:
     # A copy under <repo>/.dvc/tmp/exps/... belongs to <repo>.
     parts = cwd.parts
     for i in range(len(parts) - 3):
-        if parts[i:i + 3] == (DVC_DIR, "tmp", "exps"):
+        if parts[i : i + 3] == (DVC_DIR, "tmp", "exps"):
             return Path(*parts[:i])
     return find_workspace(cwd) or cwd
 
@@ -97,8 +97,10 @@ def training_lock(folder: str | Path) -> Iterator[Path]:
         except BlockingIOError:
             handle.seek(0)
             holder = handle.read().strip() or "unknown"
-            raise ConfigError(f"{folder} is in use by another training (pid {holder}); wait for it to end, "
-                              "or train into another --out (or paths.out_dir)") from None
+            raise ConfigError(
+                f"{folder} is in use by another training (pid {holder}); wait for it to end, "
+                "or train into another --out (or paths.out_dir)"
+            ) from None
         handle.seek(0)
         handle.truncate()
         handle.write(f"{os.getpid()}\n")
@@ -130,5 +132,8 @@ def ensure_free_space(folder: str | Path, needed_bytes: int, what: str) -> None:
     existing = next(parent for parent in (Path(folder), *Path(folder).parents) if parent.exists())
     free = shutil.disk_usage(existing).free
     if free < needed_bytes:
-        raise OSError(errno.ENOSPC, f"No space left for {what}: {free / 2**20:,.0f} MiB free, "
-                                    f"{needed_bytes / 2**20:,.0f} MiB needed", str(folder))
+        raise OSError(
+            errno.ENOSPC,
+            f"No space left for {what}: {free / 2**20:,.0f} MiB free, {needed_bytes / 2**20:,.0f} MiB needed",
+            str(folder),
+        )

@@ -107,10 +107,12 @@ def cifar100_source() -> tuple[Path, str]:
             pytest.fail(f"${CIFAR100_ENV}={source} holds no cifar-100-python/ folder")
         return source, hashlib.sha256(str(source.resolve()).encode()).hexdigest()
     if not source.is_file():
-        pytest.fail(f"the real CIFAR-100 archive is missing: {source}. The data tests need it (see "
-                    f"shared/data/README.md beside the repository); set ${CIFAR100_ENV} to the archive or to a "
-                    "folder holding "
-                    "cifar-100-python/.")
+        pytest.fail(
+            f"the real CIFAR-100 archive is missing: {source}. The data tests need it (see "
+            f"shared/data/README.md beside the repository); set ${CIFAR100_ENV} to the archive or to a "
+            "folder holding "
+            "cifar-100-python/."
+        )
     key = _sha256(source)
     root = _cache_dir() / f"cifar100-{key[:16]}"
     _extract_once(source, root)
@@ -138,8 +140,16 @@ def cifar100_prepared(cifar100_source: tuple[Path, str]) -> Path:
 
     root, key = cifar100_source
     prepared_dir = _cache_dir() / f"prepared-cifar100-{key[:16]}"
-    config = load_config(None, [f"data.root={root}", f"data.prepared_dir={prepared_dir}", "data.dataset=cifar100",
-                                "data.split_seed=0", "data.val_size=5000"])
+    config = load_config(
+        None,
+        [
+            f"data.root={root}",
+            f"data.prepared_dir={prepared_dir}",
+            "data.dataset=cifar100",
+            "data.split_seed=0",
+            "data.val_size=5000",
+        ],
+    )
     saved_root = os.environ.pop(DATA_ROOT_ENV, None)  # the test data, not the developer's
     try:
         # One writer at a time: pytest-xdist workers (and parallel sessions) share the cache.
@@ -158,8 +168,12 @@ def cifar100_prepared(cifar100_source: tuple[Path, str]) -> Path:
 def cifar_batch_pickle(images_nhwc: np.ndarray, labels: np.ndarray, label_key: str) -> bytes:
     """One batch in the official format: dict with uint8 N x 3072 channel-major ``data``."""
     data = np.ascontiguousarray(images_nhwc.transpose(0, 3, 1, 2)).reshape(len(images_nhwc), -1)
-    batch = {"batch_label": "test batch", label_key: [int(label) for label in labels], "data": data,
-             "filenames": [f"image_{i:05d}.png" for i in range(len(labels))]}
+    batch = {
+        "batch_label": "test batch",
+        label_key: [int(label) for label in labels],
+        "data": data,
+        "filenames": [f"image_{i:05d}.png" for i in range(len(labels))],
+    }
     return pickle.dumps(batch, protocol=2)
 
 
@@ -171,8 +185,9 @@ def make_cifar10() -> Callable[..., dict[str, np.ndarray]]:
     arrays: ``train_images`` (N x 32 x 32 x 3), ``train_labels``, ``test_images``, ``test_labels``."""
     from eed.data.catalog import CIFAR10_CLASSES
 
-    def make(root: Path, per_class_train: int = 10, per_class_test: int = 4, archive: bool = False,
-             seed: int = 0) -> dict[str, np.ndarray]:
+    def make(
+        root: Path, per_class_train: int = 10, per_class_test: int = 4, archive: bool = False, seed: int = 0
+    ) -> dict[str, np.ndarray]:
         rng = np.random.default_rng(seed)
         arrays = {}
         for split, per_class in (("train", per_class_train), ("test", per_class_test)):
@@ -182,11 +197,13 @@ def make_cifar10() -> Callable[..., dict[str, np.ndarray]]:
         files = {}
         parts = np.array_split(np.arange(len(arrays["train_labels"])), 5)
         for number, part in enumerate(parts, start=1):
-            files[f"data_batch_{number}"] = cifar_batch_pickle(arrays["train_images"][part],
-                                                               arrays["train_labels"][part], "labels")
+            files[f"data_batch_{number}"] = cifar_batch_pickle(
+                arrays["train_images"][part], arrays["train_labels"][part], "labels"
+            )
         files["test_batch"] = cifar_batch_pickle(arrays["test_images"], arrays["test_labels"], "labels")
-        files["batches.meta"] = pickle.dumps({"label_names": list(CIFAR10_CLASSES), "num_cases_per_batch": 10,
-                                              "num_vis": 3072}, protocol=2)
+        files["batches.meta"] = pickle.dumps(
+            {"label_names": list(CIFAR10_CLASSES), "num_cases_per_batch": 10, "num_vis": 3072}, protocol=2
+        )
         root.mkdir(parents=True, exist_ok=True)
         if archive:
             with tarfile.open(root / "cifar-10-python.tar.gz", "w:gz") as tar:
@@ -211,8 +228,9 @@ def make_image_folders() -> Callable[..., list[str]]:
     and returns the class folder names."""
     from PIL import Image
 
-    def make(root: Path, classes: int = 3, train_per_class: int = 6, val_per_class: int = 2,
-             seed: int = 0) -> list[str]:
+    def make(
+        root: Path, classes: int = 3, train_per_class: int = 6, val_per_class: int = 2, seed: int = 0
+    ) -> list[str]:
         rng = np.random.default_rng(seed)
         names = [f"n{index:08d}" for index in range(classes)]
         for split, count in (("train", train_per_class), ("val", val_per_class)):
@@ -235,10 +253,13 @@ TINY_CLASSES = 4
 
 
 def tiny_net() -> MultiExitNet:
-    backbone = Backbone(stem=conv_bn_relu(3, 8, 1),
-                        stages=[conv_bn_relu(8, 8, 1), conv_bn_relu(8, 16, 2), conv_bn_relu(16, 24, 2)],
-                        stage_channels=[8, 16, 24], pool=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
-                        fc=nn.Linear(24, TINY_CLASSES))
+    backbone = Backbone(
+        stem=conv_bn_relu(3, 8, 1),
+        stages=[conv_bn_relu(8, 8, 1), conv_bn_relu(8, 16, 2), conv_bn_relu(16, 24, 2)],
+        stage_channels=[8, 16, 24],
+        pool=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+        fc=nn.Linear(24, TINY_CLASSES),
+    )
     return MultiExitNet(backbone)
 
 

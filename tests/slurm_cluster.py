@@ -20,8 +20,12 @@ def install() -> None:
         return
     root = [] if os.geteuid() == 0 else ["sudo"]
     subprocess.run([*root, "apt-get", "update", "-qq"], check=True, capture_output=True)
-    subprocess.run([*root, "apt-get", "install", "-y", "-qq", *DEBIAN_PACKAGES], check=True, capture_output=True,
-                   env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+    subprocess.run(
+        [*root, "apt-get", "install", "-y", "-qq", *DEBIAN_PACKAGES],
+        check=True,
+        capture_output=True,
+        env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+    )
 
 
 def _free_port() -> int:
@@ -49,22 +53,52 @@ class SlurmCluster:
         key.write_bytes(os.urandom(1024))
         key.chmod(0o400)
         munge_socket = folder / "munge" / "munge.socket"
-        self._start(["munged", "--foreground", "--force", f"--key-file={key}", f"--socket={munge_socket}",
-                     f"--pid-file={folder / 'munge' / 'munged.pid'}", f"--seed-file={folder / 'munge' / 'seed'}",
-                     f"--log-file={folder / 'log' / 'munged.log'}"])
+        self._start(
+            [
+                "munged",
+                "--foreground",
+                "--force",
+                f"--key-file={key}",
+                f"--socket={munge_socket}",
+                f"--pid-file={folder / 'munge' / 'munged.pid'}",
+                f"--seed-file={folder / 'munge' / 'seed'}",
+                f"--log-file={folder / 'log' / 'munged.log'}",
+            ]
+        )
         memory_mb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 2**20 // 2
-        self.conf.write_text("\n".join([
-            "ClusterName=eedtest", f"SlurmctldHost={host}(127.0.0.1)", "SlurmUser=root",
-            f"SlurmctldPort={_free_port()}", f"SlurmdPort={_free_port()}",
-            "AuthType=auth/munge", "CredType=cred/munge", f"AuthInfo=socket={munge_socket}",
-            f"StateSaveLocation={folder / 'state'}", f"SlurmdSpoolDir={folder / 'spool'}",
-            f"SlurmctldPidFile={folder / 'slurmctld.pid'}", f"SlurmdPidFile={folder / 'slurmd.pid'}",
-            f"SlurmctldLogFile={folder / 'log' / 'slurmctld.log'}", f"SlurmdLogFile={folder / 'log' / 'slurmd.log'}",
-            "ProctrackType=proctrack/linuxproc", "TaskPlugin=task/none", "SelectType=select/cons_tres",
-            "SelectTypeParameters=CR_Core", "MpiDefault=none", "ReturnToService=2", "SchedulerType=sched/backfill",
-            "JobCompType=jobcomp/none", "JobAcctGatherType=jobacct_gather/none", "SwitchType=switch/none",
-            f"NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN",
-            "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP", ""]))
+        self.conf.write_text(
+            "\n".join(
+                [
+                    "ClusterName=eedtest",
+                    f"SlurmctldHost={host}(127.0.0.1)",
+                    "SlurmUser=root",
+                    f"SlurmctldPort={_free_port()}",
+                    f"SlurmdPort={_free_port()}",
+                    "AuthType=auth/munge",
+                    "CredType=cred/munge",
+                    f"AuthInfo=socket={munge_socket}",
+                    f"StateSaveLocation={folder / 'state'}",
+                    f"SlurmdSpoolDir={folder / 'spool'}",
+                    f"SlurmctldPidFile={folder / 'slurmctld.pid'}",
+                    f"SlurmdPidFile={folder / 'slurmd.pid'}",
+                    f"SlurmctldLogFile={folder / 'log' / 'slurmctld.log'}",
+                    f"SlurmdLogFile={folder / 'log' / 'slurmd.log'}",
+                    "ProctrackType=proctrack/linuxproc",
+                    "TaskPlugin=task/none",
+                    "SelectType=select/cons_tres",
+                    "SelectTypeParameters=CR_Core",
+                    "MpiDefault=none",
+                    "ReturnToService=2",
+                    "SchedulerType=sched/backfill",
+                    "JobCompType=jobcomp/none",
+                    "JobAcctGatherType=jobacct_gather/none",
+                    "SwitchType=switch/none",
+                    f"NodeName={host} NodeAddr=127.0.0.1 CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN",
+                    "PartitionName=debug Nodes=ALL Default=YES MaxTime=INFINITE State=UP",
+                    "",
+                ]
+            )
+        )
         self._wait_for(munge_socket)
         self._start(["slurmctld", "-D", "-i", "-f", str(self.conf)])
         self._start(["slurmd", "-D", "-f", str(self.conf)])

@@ -95,10 +95,13 @@ def test_saturated_confidence_leaves_at_tau_one_but_not_above():
 
 
 def test_fit_budgets_picks_the_most_accurate_threshold_within_budget():
-    curve = AnytimeCurve(names=["exit1", "main"], thresholds=torch.tensor([0.0, 0.5, 0.8, 1.0], dtype=torch.float64),
-                         accuracy=torch.tensor([0.5, 0.7, 0.69, 0.8], dtype=torch.float64),
-                         gflops=torch.tensor([1.0, 1.5, 1.4, 2.0], dtype=torch.float64),
-                         exit_fractions=torch.zeros(4, 2))
+    curve = AnytimeCurve(
+        names=["exit1", "main"],
+        thresholds=torch.tensor([0.0, 0.5, 0.8, 1.0], dtype=torch.float64),
+        accuracy=torch.tensor([0.5, 0.7, 0.69, 0.8], dtype=torch.float64),
+        gflops=torch.tensor([1.0, 1.5, 1.4, 2.0], dtype=torch.float64),
+        exit_fractions=torch.zeros(4, 2),
+    )
     tight, middle, loose = fit_budgets(curve, [0.5, 1.6, 5.0])
     assert not tight.feasible and tight.threshold is None
     assert middle.threshold == 0.5 and middle.fit_accuracy == pytest.approx(0.7) and middle.fit_gflops <= 1.6
@@ -134,8 +137,12 @@ def test_predict_matches_the_sweep_and_runs_fewer_stages(trained):
     # A threshold that lets some samples out at each exit, far from every confidence (so a
     # different batch composition cannot flip a decision by rounding).
     candidates = [t / 100 for t in range(30, 100)]
-    threshold = max(candidates, key=lambda t: float((confidence - t).abs().min()) if
-                    0.05 < float((confidence[0] >= t).double().mean()) < 0.8 else -1.0)
+    threshold = max(
+        candidates,
+        key=lambda t: (
+            float((confidence - t).abs().min()) if 0.05 < float((confidence[0] >= t).double().mean()) < 0.8 else -1.0
+        ),
+    )
     assert float((confidence - threshold).abs().min()) > 1e-4
 
     curve = sweep(collected.logits, labels, COSTS.anytime, torch.tensor([threshold], dtype=torch.float64))
@@ -143,8 +150,10 @@ def test_predict_matches_the_sweep_and_runs_fewer_stages(trained):
     expected_classes = collected.logits.argmax(dim=-1).gather(0, expected_exit[None])[0]
 
     seen = [0, 0, 0]  # samples per stage, counted by our own hooks
-    hooks = [stage.register_forward_hook(lambda m, i, o, s=s: seen.__setitem__(s, seen[s] + i[0].shape[0]))
-             for s, stage in enumerate(net.stages)]
+    hooks = [
+        stage.register_forward_hook(lambda m, i, o, s=s: seen.__setitem__(s, seen[s] + i[0].shape[0]))
+        for s, stage in enumerate(net.stages)
+    ]
     try:
         prediction = predict(net, images, threshold, count_stages=True)
     finally:
@@ -173,8 +182,12 @@ def test_predict_under_each_rule_matches_the_sweep(trained, rule):
     # A threshold that lets some samples out early and keeps others, far from every score (a smaller
     # batch cannot flip a decision by rounding); patience's scores are multiples of 1/3, always far.
     candidates = [t / 200 for t in range(1, 200)]
-    threshold = max(candidates, key=lambda t: float((scores - t).abs().min()) if
-                    0.05 < float((scores >= t).any(dim=0).double().mean()) < 0.95 else -1.0)
+    threshold = max(
+        candidates,
+        key=lambda t: (
+            float((scores - t).abs().min()) if 0.05 < float((scores >= t).any(dim=0).double().mean()) < 0.95 else -1.0
+        ),
+    )
     assert float((scores - threshold).abs().min()) > 1e-4
     thresholds = torch.tensor([threshold], dtype=torch.float64)
     expected_exit = exit_indices(collected.logits, thresholds, rule)[0]
@@ -206,8 +219,10 @@ def test_predict_endpoints(trained):
         main = net(images).main
     assert torch.equal(everything.classes, main.argmax(dim=1))
     assert torch.allclose(everything.confidence, main.softmax(dim=1).max(dim=1).values, atol=1e-6)
-    assert math.isclose(float((first.classes == labels).double().mean()),
-                        float((net(images).logits[0].argmax(1) == labels).double().mean()))
+    assert math.isclose(
+        float((first.classes == labels).double().mean()),
+        float((net(images).logits[0].argmax(1) == labels).double().mean()),
+    )
 
 
 def test_anytime_figure_is_a_png(tmp_path, trained):
@@ -218,8 +233,17 @@ def test_anytime_figure_is_a_png(tmp_path, trained):
     net, images, labels = trained
     collected = collect_outputs(net, [(images[:128], labels[:128])], "cpu")
     validation = collect_outputs(net, [(images[128:], labels[128:])], "cpu")
-    report = analyze(collected.logits, collected.labels, COSTS, threshold_grid(11), net.classifier_names(),
-                     budgets=[0.1, 0.4], fit_logits=validation.logits, fit_labels=validation.labels, fit_split="val")
+    report = analyze(
+        collected.logits,
+        collected.labels,
+        COSTS,
+        threshold_grid(11),
+        net.classifier_names(),
+        budgets=[0.1, 0.4],
+        fit_logits=validation.logits,
+        fit_labels=validation.labels,
+        fit_split="val",
+    )
     assert [fit.feasible for fit in report.budgets] == [False, True]
     assert report.budgets[1].gflops is not None and report.budgets[1].fit_gflops <= 0.4
     metrics = report.metrics()

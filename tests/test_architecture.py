@@ -40,8 +40,11 @@ def import_graph(package: Path = PACKAGE, *, runtime: bool = False) -> dict[str,
         is_package = path.name == "__init__.py"
         tree = ast.parse(path.read_text(), str(path))
         skipped = _type_checking_only(tree) if runtime else set()
-        if runtime and is_package and any(isinstance(node, ast.FunctionDef) and node.name == "__getattr__"
-                                          for node in tree.body):
+        if (
+            runtime
+            and is_package
+            and any(isinstance(node, ast.FunctionDef) and node.name == "__getattr__" for node in tree.body)
+        ):
             graph[name] |= {m for m in modules if m.rsplit(".", 1)[0] == name}
         for node in ast.walk(tree):
             if id(node) in skipped:
@@ -56,8 +59,9 @@ def import_graph(package: Path = PACKAGE, *, runtime: bool = False) -> dict[str,
                     anchor = anchor[: len(anchor) - node.level + 1]
                     base = ".".join([*anchor, base] if base else anchor)
                 # `from eed.models import registry` imports the submodule, not the package's names.
-                targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
-                           for alias in node.names]
+                targets = [
+                    f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base for alias in node.names
+                ]
             graph[name].update(t for t in targets if t in modules and t != name)
     return graph
 
@@ -72,7 +76,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         stack.append(node)
         for target in sorted(graph[node]):
             if state.get(target) == 1:
-                return stack[stack.index(target):] + [target]
+                return stack[stack.index(target) :] + [target]
             if target not in state and (cycle := visit(target)):
                 return cycle
         stack.pop()
@@ -113,23 +117,27 @@ def test_the_cycle_finder_finds_cycles(tmp_path):
 # (the package or module named here) and anything in a lower layer; never a higher layer, nor
 # another component of its own layer.
 LAYERS: list[tuple[str, ...]] = [
-    ("eed", "eed.errors"),                                 # the error kinds and their boundary
+    ("eed", "eed.errors"),  # the error kinds and their boundary
     ("eed.paths", "eed.methods", "eed.device", "eed.progress"),  # leaves: folders, the methods table, ...
-    ("eed.config", "eed.paper_numbers"),                   # params.yaml as typed classes; the paper's tables
-    ("eed.data", "eed.models", "eed.tracking"),            # data, networks, the MLflow store
-    ("eed.metrics", "eed.objectives"),                     # maths on outputs; the loss
-    ("eed.engine",),                                       # set-up, loops, checkpoints, the trainer
-    ("eed.inference", "eed.reporting"),                    # the served model; files, figures, tables
-    ("eed.stages",),                                       # one entry function per command and stage
-    ("eed.commands",),                                     # one Typer command each: parse, call, print
-    ("eed.cli",),                                          # the `eed` application
+    ("eed.config", "eed.paper_numbers"),  # params.yaml as typed classes; the paper's tables
+    ("eed.data", "eed.models", "eed.tracking"),  # data, networks, the MLflow store
+    ("eed.metrics", "eed.objectives"),  # maths on outputs; the loss
+    ("eed.engine",),  # set-up, loops, checkpoints, the trainer
+    ("eed.inference", "eed.reporting"),  # the served model; files, figures, tables
+    ("eed.stages",),  # one entry function per command and stage
+    ("eed.commands",),  # one Typer command each: parse, call, print
+    ("eed.cli",),  # the `eed` application
 ]
 
 
 def component(module: str) -> tuple[int, str]:
     """(layer, component) of a module: the longest component name that is it or a package above it."""
-    found = [(len(name), layer, name) for layer, names in enumerate(LAYERS) for name in names
-             if module == name or (module.startswith(name + ".") and name != "eed")]
+    found = [
+        (len(name), layer, name)
+        for layer, names in enumerate(LAYERS)
+        for name in names
+        if module == name or (module.startswith(name + ".") and name != "eed")
+    ]
     if not found:
         raise AssertionError(f"{module} is in no layer of LAYERS: add it to one")
     _, layer, name = max(found)
@@ -163,8 +171,10 @@ def test_the_layer_check_finds_upward_and_sideways_imports(tmp_path):
     assert upward_imports(import_graph(package)) == []
     (package / "data" / "loaders.py").write_text("def f():\n    from eed.engine import trainer\n")  # up
     (package / "data" / "memory.py").write_text("from eed.models import net\n")  # sideways
-    assert upward_imports(import_graph(package)) == ["eed.data.loaders -> eed.engine.trainer",
-                                                     "eed.data.memory -> eed.models.net"]
+    assert upward_imports(import_graph(package)) == [
+        "eed.data.loaders -> eed.engine.trainer",
+        "eed.data.memory -> eed.models.net",
+    ]
 
 
 def test_every_import_runs_down_the_layers():
@@ -195,8 +205,9 @@ def test_pipeline_stages_are_thin_shells_over_eed_stages(stage):
     """Each stage script runs, inside the error boundary, a function of eed.stages.<stage>,
     the module its `eed` command calls too."""
     tree = ast.parse((ROOT / "pipeline" / f"{stage}.py").read_text())
-    imported = {(node.module, alias.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                for alias in node.names}
+    imported = {
+        (node.module, alias.name) for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) for alias in node.names
+    }
     assert ("eed.stages", "run_stage") in imported
     (entry,) = [name for module, name in imported if module == f"eed.stages.{stage}"]
     calls = [node for node in ast.walk(tree) if isinstance(node, ast.Call)]
@@ -215,8 +226,9 @@ def stage_closure(stage: str, graph: dict[str, set[str]]) -> set[Path]:
     start = set()
     for node in ast.walk(ast.parse(script.read_text())):
         if isinstance(node, ast.ImportFrom) and node.module:
-            start |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in graph else node.module
-                      for a in node.names}
+            start |= {
+                f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in graph else node.module for a in node.names
+            }
         elif isinstance(node, ast.Import):
             start |= {a.name for a in node.names}
     seen: set[str] = set()
@@ -256,8 +268,14 @@ def test_stages_depend_only_on_the_code_of_their_work():
 @pytest.mark.parametrize("stage", ["resolve", "prepare", "train", "evaluate", "flops", "rdm", "report"])
 def test_every_module_a_stage_runs_is_one_of_its_dvc_deps(stage):
     """Otherwise a code change leaves a cached result that the new code would not produce."""
-    deps = [Path(dep) for dep in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]["deps"]
-            if not dep.startswith("$")]
-    uncovered = sorted(str(path) for path in stage_closure(stage, import_graph(runtime=True))
-                       if not any(path == dep or dep in path.parents for dep in deps))
+    deps = [
+        Path(dep)
+        for dep in yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][stage]["deps"]
+        if not dep.startswith("$")
+    ]
+    uncovered = sorted(
+        str(path)
+        for path in stage_closure(stage, import_graph(runtime=True))
+        if not any(path == dep or dep in path.parents for dep in deps)
+    )
     assert not uncovered, f"dvc.yaml: stage {stage} runs {uncovered} but does not depend on them"

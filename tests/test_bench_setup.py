@@ -32,7 +32,9 @@ def eed_names(tree: ast.AST) -> set[str]:
     names = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names |= {(alias.asname or alias.name).split(".")[0] for alias in node.names if alias.name.startswith("eed")}
+            names |= {
+                (alias.asname or alias.name).split(".")[0] for alias in node.names if alias.name.startswith("eed")
+            }
         elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("eed"):
             names |= {alias.asname or alias.name for alias in node.names}
     return names
@@ -44,8 +46,13 @@ def patches(source: str) -> list[str]:
     bound = eed_names(tree)
     found = []
     for node in ast.walk(tree):
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
-            node, (ast.AugAssign, ast.AnnAssign)) else []
+        targets = (
+            node.targets
+            if isinstance(node, ast.Assign)
+            else [node.target]
+            if isinstance(node, (ast.AugAssign, ast.AnnAssign))
+            else []
+        )
         for target in targets:
             for part in ast.walk(target):
                 if isinstance(part, ast.Attribute):
@@ -57,14 +64,18 @@ def patches(source: str) -> list[str]:
                         break
         if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "setattr":
             found.append(f"line {node.lineno}: {ast.unparse(node)}")
-    return found + [f"monkeypatch at line {i}" for i, line in enumerate(source.splitlines(), 1) if "monkeypatch" in line]
+    return found + [
+        f"monkeypatch at line {i}" for i, line in enumerate(source.splitlines(), 1) if "monkeypatch" in line
+    ]
 
 
 def test_the_patch_finder_finds_patches():
     assert patches("from eed.engine import loops\nloops.RefreshClock = object\n") == [
-        "line 2: loops.RefreshClock = ..."]
+        "line 2: loops.RefreshClock = ..."
+    ]
     assert patches("import eed.engine.trainer as trainer\ntrainer.console.quiet = True\n") == [
-        "line 2: trainer.console.quiet = ..."]
+        "line 2: trainer.console.quiet = ..."
+    ]
     assert patches("from eed.engine import loops\nsetattr(loops, 'x', 1)\n") == ["line 2: setattr(loops, 'x', 1)"]
     assert patches("import os\nos.environ['A'] = '1'\nclass C:\n    pass\nC.x = 1\n") == []
 
@@ -74,9 +85,14 @@ def test_bench_builds_no_set_up_by_hand_and_patches_no_eed_module():
     for path in BENCH:
         source = path.read_text()
         assert not patches(source), f"{path.name} patches eed: {patches(source)}"
-        called = sorted({node.func.id if isinstance(node.func, ast.Name) else node.func.attr
-                         for node in ast.walk(ast.parse(source)) if isinstance(node, ast.Call)
-                         and isinstance(node.func, (ast.Name, ast.Attribute))} & set(HAND_BUILT))
+        called = sorted(
+            {
+                node.func.id if isinstance(node.func, ast.Name) else node.func.attr
+                for node in ast.walk(ast.parse(source))
+                if isinstance(node, ast.Call) and isinstance(node.func, (ast.Name, ast.Attribute))
+            }
+            & set(HAND_BUILT)
+        )
         assert not called, f"{path.name} builds the set-up by hand ({', '.join(called)}): use common.training_setup"
 
 
@@ -89,11 +105,25 @@ def test_bench_and_the_trainer_start_from_the_same_network(tmp_path):
     """Same config and seed: the same initial weights (model.init, stem_relu and width included)."""
     from eed.data import prepare
 
-    config = load_config(None, [
-        "data.dataset=synthetic", "data.backend=tensor", "data.val_size=32", f"data.prepared_dir={tmp_path / 'data'}",
-        "data.synthetic.num_train=96", "data.synthetic.num_test=32", "data.train_subset=0", "data.num_workers=1",
-        "train.epochs=1", "train.batch_size=32", "train.device=cpu", "tracking.enabled=false", "seed=3",
-        "reference=official"])  # the release's stem (no ReLU) and a width from the preset: what a hand-built net missed
+    config = load_config(
+        None,
+        [
+            "data.dataset=synthetic",
+            "data.backend=tensor",
+            "data.val_size=32",
+            f"data.prepared_dir={tmp_path / 'data'}",
+            "data.synthetic.num_train=96",
+            "data.synthetic.num_test=32",
+            "data.train_subset=0",
+            "data.num_workers=1",
+            "train.epochs=1",
+            "train.batch_size=32",
+            "train.device=cpu",
+            "tracking.enabled=false",
+            "seed=3",
+            "reference=official",
+        ],
+    )  # the release's stem (no ReLU) and a width from the preset: what a hand-built net missed
     prepare(config)
     bench = bench_common().training_setup(config)
     captured = InitialWeights()

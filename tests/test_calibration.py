@@ -85,8 +85,11 @@ def test_calibration_improves_held_out_nll_and_ece(splits, temperatures, report)
 
 def test_metrics_are_flat_and_named_per_classifier(report):
     metrics = report.metrics()
-    assert set(metrics) == {f"{prefix}_{name}" for name in NAMES
-                            for prefix in ("temperature", "ece_before", "ece_after", "nll_before", "nll_after")}
+    assert set(metrics) == {
+        f"{prefix}_{name}"
+        for name in NAMES
+        for prefix in ("temperature", "ece_before", "ece_after", "nll_before", "nll_after")
+    }
     assert all(isinstance(value, float) for value in metrics.values())
     assert metrics["temperature_exit1"] == pytest.approx(3.0, rel=0.10)
 
@@ -112,13 +115,16 @@ def test_temperature_stops_at_its_bound_when_logits_carry_no_information():
     assert fit_temperatures(logits, labels).tolist() == [MAX_TEMPERATURE]
 
 
-@pytest.mark.parametrize("logits, labels, message", [
-    (torch.zeros(10, CLASSES), torch.zeros(10, dtype=torch.long), "classifiers, samples, classes"),
-    (torch.zeros(2, 10, CLASSES), torch.zeros(9, dtype=torch.long), "labels must be"),
-    (torch.zeros(2, 10, CLASSES), torch.full((10,), CLASSES), "labels must lie in"),
-    (torch.zeros(2, 10, CLASSES), torch.zeros(10), "integer class indices"),
-    (torch.zeros(2, 10, CLASSES, dtype=torch.long), torch.zeros(10, dtype=torch.long), "floating point"),
-])
+@pytest.mark.parametrize(
+    "logits, labels, message",
+    [
+        (torch.zeros(10, CLASSES), torch.zeros(10, dtype=torch.long), "classifiers, samples, classes"),
+        (torch.zeros(2, 10, CLASSES), torch.zeros(9, dtype=torch.long), "labels must be"),
+        (torch.zeros(2, 10, CLASSES), torch.full((10,), CLASSES), "labels must lie in"),
+        (torch.zeros(2, 10, CLASSES), torch.zeros(10), "integer class indices"),
+        (torch.zeros(2, 10, CLASSES, dtype=torch.long), torch.zeros(10, dtype=torch.long), "floating point"),
+    ],
+)
 def test_malformed_logits_or_labels_are_rejected(logits, labels, message):
     with pytest.raises(ValueError, match=message):
         fit_temperatures(logits, labels)

@@ -17,8 +17,9 @@ runner = CliRunner()
 
 
 def test_console_script_lists_every_command():
-    result = subprocess.run([str(Path(sys.executable).parent / "eed"), "--help"], capture_output=True,
-                            text=True, cwd=ROOT, timeout=600)
+    result = subprocess.run(
+        [str(Path(sys.executable).parent / "eed"), "--help"], capture_output=True, text=True, cwd=ROOT, timeout=600
+    )
     assert result.returncode == 0, result.stderr
     for command in COMMANDS:
         assert command in result.stdout
@@ -47,7 +48,12 @@ def test_torchrun_reruns_the_same_command():
     from eed.engine.runtime import torchrun_command
 
     assert torchrun_command([str(Path(sys.executable).parent / "eed"), "train", "--set", "train.nproc=2"]) == [
-        "-m", "eed.cli", "train", "--set", "train.nproc=2"]
+        "-m",
+        "eed.cli",
+        "train",
+        "--set",
+        "train.nproc=2",
+    ]
     assert torchrun_command([str(ROOT / "eed" / "cli.py"), "train"]) == ["-m", "eed.cli", "train"]
     assert torchrun_command(["pipeline/train.py"]) == ["pipeline/train.py"]
 
@@ -106,13 +112,16 @@ def test_choices_are_the_stages_own():
     assert [c.value for c in TableSplit] == list(TABLE_SPLITS)
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["evaluate", "x.pt", "--split", "dev"], "error: --split must be one of test, val, got 'dev'"),
-    (["evaluate", "x.pt", "--checkpoint", "latest"], "error: --checkpoint must be one of best, last, got 'latest'"),
-    (["rdm", "x.pt", "--split", "train"], "error: --split must be one of test, val, got 'train'"),
-    (["rdm", "x.pt", "--checkpoint", "latest"], "error: --checkpoint must be one of best, last, got 'latest'"),
-    (["compare", "--split", "max"], "error: --split must be one of test, val, test_max, got 'max'"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["evaluate", "x.pt", "--split", "dev"], "error: --split must be one of test, val, got 'dev'"),
+        (["evaluate", "x.pt", "--checkpoint", "latest"], "error: --checkpoint must be one of best, last, got 'latest'"),
+        (["rdm", "x.pt", "--split", "train"], "error: --split must be one of test, val, got 'train'"),
+        (["rdm", "x.pt", "--checkpoint", "latest"], "error: --checkpoint must be one of best, last, got 'latest'"),
+        (["compare", "--split", "max"], "error: --split must be one of test, val, test_max, got 'max'"),
+    ],
+)
 def test_a_bad_choice_is_one_line_naming_the_choices(args, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # outside any project: the choice is checked before anything else
     result = runner.invoke(app, args, env={"COLUMNS": "80"})
@@ -120,12 +129,15 @@ def test_a_bad_choice_is_one_line_naming_the_choices(args, message, tmp_path, mo
     assert [line for line in result.stderr.splitlines() if line.strip()] == [message]
 
 
-@pytest.mark.parametrize(("args", "line"), [
-    (["modles"], "error: eed: No such command 'modles'. Did you mean 'models'? (see `eed --help`)"),
-    (["train", "--widht", "3"], "error: eed train: No such option: --widht (see `eed train --help`)"),
-    (["evaluate"], "error: eed evaluate: Missing argument 'source'. (see `eed evaluate --help`)"),
-    (["register", "0123"], "error: eed register: Missing option '--alias'. (see `eed register --help`)"),
-])
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["modles"], "error: eed: No such command 'modles'. Did you mean 'models'? (see `eed --help`)"),
+        (["train", "--widht", "3"], "error: eed train: No such option: --widht (see `eed train --help`)"),
+        (["evaluate"], "error: eed evaluate: Missing argument 'source'. (see `eed evaluate --help`)"),
+        (["register", "0123"], "error: eed register: Missing option '--alias'. (see `eed register --help`)"),
+    ],
+)
 def test_a_usage_error_is_one_line_with_the_suggestion(args, line):
     result = CliRunner().invoke(app, args, env={"COLUMNS": "80"}, prog_name="eed")
     assert result.exit_code == 2 and result.stdout == ""
@@ -137,6 +149,7 @@ def test_version_and_usage_lines():
 
     result = runner.invoke(app, ["--version"])
     assert result.exit_code == 0 and result.stdout.strip() == f"eed {version('eed')}"
+
     def usage(command: str) -> str:
         help_text = runner.invoke(app, [command, "--help"], prog_name="eed").stdout
         return next(line.strip() for line in help_text.splitlines() if "Usage:" in line)

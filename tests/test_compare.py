@@ -24,10 +24,16 @@ from eed.tracking import RunRecord, find_runs
 CLASSIFIERS = ["exit1", "exit2", "exit3", "main", "ensemble"]
 # method -> seed -> accuracies (fractions) of exit1, exit2, exit3, main, ensemble
 RESULTS = {
-    "branchynet": {0: [0.601, 0.702, 0.751, 0.760, 0.771], 1: [0.612, 0.698, 0.747, 0.764, 0.775],
-                   2: [0.596, 0.707, 0.744, 0.757, 0.769]},
-    "eed": {0: [0.625, 0.719, 0.770, 0.781, 0.783], 1: [0.631, 0.714, 0.768, 0.779, 0.782],
-            2: [0.622, 0.723, 0.774, 0.786, 0.788]},
+    "branchynet": {
+        0: [0.601, 0.702, 0.751, 0.760, 0.771],
+        1: [0.612, 0.698, 0.747, 0.764, 0.775],
+        2: [0.596, 0.707, 0.744, 0.757, 0.769],
+    },
+    "eed": {
+        0: [0.625, 0.719, 0.770, 0.781, 0.783],
+        1: [0.631, 0.714, 0.768, 0.779, 0.782],
+        2: [0.622, 0.723, 0.774, 0.786, 0.788],
+    },
 }
 
 
@@ -45,13 +51,24 @@ def store(tmp_path_factory) -> tuple[str, dict[str, list[str]]]:
     for method, seeds in RESULTS.items():
         for seed, accuracies in seeds.items():
             run = client.create_run(experiment_id, tags={"method": method, "arch": "resnet18", "dataset": "cifar100"})
-            params = {"method": method, "seed": str(seed), "model.arch": "resnet18", "data.dataset": "cifar100",
-                      "loss.output": "mse", "loss.alpha": "1.0", "loss.beta": "1.0" if seed != 1 else "1"}
-            metrics = [Metric(f"val/acc_{name}", value - 0.01, 0, epoch)
-                       for epoch in (1, 2) for name, value in zip(CLASSIFIERS, accuracies)]
+            params = {
+                "method": method,
+                "seed": str(seed),
+                "model.arch": "resnet18",
+                "data.dataset": "cifar100",
+                "loss.output": "mse",
+                "loss.alpha": "1.0",
+                "loss.beta": "1.0" if seed != 1 else "1",
+            }
+            metrics = [
+                Metric(f"val/acc_{name}", value - 0.01, 0, epoch)
+                for epoch in (1, 2)
+                for name, value in zip(CLASSIFIERS, accuracies)
+            ]
             metrics += [Metric(f"test/acc_{name}", value, 0, 2) for name, value in zip(CLASSIFIERS, accuracies)]
-            metrics += [Metric(f"test/max_acc_{name}", value + 0.02, 0, 2)
-                        for name, value in zip(CLASSIFIERS, accuracies)]
+            metrics += [
+                Metric(f"test/max_acc_{name}", value + 0.02, 0, 2) for name, value in zip(CLASSIFIERS, accuracies)
+            ]
             metrics += [Metric(f"test/max_acc_epoch_{name}", 1, 0, 2) for name in CLASSIFIERS]
             client.log_batch(run.info.run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
             client.set_terminated(run.info.run_id)
@@ -61,14 +78,24 @@ def store(tmp_path_factory) -> tuple[str, dict[str, list[str]]]:
     unfinished = client.create_run(experiment_id, tags={"method": "eed"}).info.run_id
     client.log_param(unfinished, "method", "eed")
     killed = client.create_run(experiment_id, tags={"method": "eed", "arch": "resnet18", "dataset": "cifar100"})
-    params = {"method": "eed", "seed": "3", "model.arch": "resnet18", "data.dataset": "cifar100",
-              "loss.output": "mse", "loss.alpha": "1.0", "loss.beta": "1.0"}
+    params = {
+        "method": "eed",
+        "seed": "3",
+        "model.arch": "resnet18",
+        "data.dataset": "cifar100",
+        "loss.output": "mse",
+        "loss.alpha": "1.0",
+        "loss.beta": "1.0",
+    }
     metrics = [Metric(f"{split}/acc_{name}", 0.99, 0, 2) for split in ("val", "test") for name in CLASSIFIERS]
     client.log_batch(killed.info.run_id, metrics=metrics, params=[Param(k, v) for k, v in params.items()])
     client.set_terminated(killed.info.run_id, status="KILLED")
     run_ids["killed"] = [killed.info.run_id]
-    child = client.create_run(experiment_id, run_name="evaluate",
-                              tags={"mlflow.parentRunId": run_ids["eed"][0], "eed.stage": "evaluate", "method": "eed"})
+    child = client.create_run(
+        experiment_id,
+        run_name="evaluate",
+        tags={"mlflow.parentRunId": run_ids["eed"][0], "eed.stage": "evaluate", "method": "eed"},
+    )
     client.log_metric(child.info.run_id, "test/acc_main", 0.99)
     return uri, run_ids
 
@@ -81,8 +108,9 @@ def invoke_compare(uri: str, args: list[str], tmp_path, monkeypatch, columns: in
     params.write_text("tracking:\n  experiment: cmp\n")
     app = typer.Typer()
     app.command()(compare)
-    return CliRunner().invoke(app, [*args, "--params", str(params), "--out", str(tmp_path / "out")],
-                              env={"COLUMNS": str(columns)})
+    return CliRunner().invoke(
+        app, [*args, "--params", str(params), "--out", str(tmp_path / "out")], env={"COLUMNS": str(columns)}
+    )
 
 
 def expected_cell(method: str, column: str) -> str:
@@ -99,8 +127,14 @@ def printed(cell: str, output: str) -> bool:
         return {match.end() for match in re.finditer(pattern, line)}
 
     lines = output.splitlines()
-    return any(ends(rf"(?<![\d.]){re.escape(mean)}\*?(?=\s|$)", line) & ends(rf"±{re.escape(std)}(?=\s|$)", below)
-               for line, below in zip(lines, lines[1:])) if std else mean in output
+    return (
+        any(
+            ends(rf"(?<![\d.]){re.escape(mean)}\*?(?=\s|$)", line) & ends(rf"±{re.escape(std)}(?=\s|$)", below)
+            for line, below in zip(lines, lines[1:])
+        )
+        if std
+        else mean in output
+    )
 
 
 def test_compare_prints_mean_and_sample_std(store, tmp_path, monkeypatch):
@@ -140,8 +174,11 @@ def test_compare_prints_mean_and_sample_std(store, tmp_path, monkeypatch):
 def stacked(above: str, below: str, output: str) -> bool:
     """Whether ``above`` is printed right over ``below``, both right-aligned in one column."""
     lines = output.splitlines()
-    return any({m.end() for m in re.finditer(re.escape(above) + r"(?=\s|$)", line)}
-               & {m.end() for m in re.finditer(re.escape(below), under)} for line, under in zip(lines, lines[1:]))
+    return any(
+        {m.end() for m in re.finditer(re.escape(above) + r"(?=\s|$)", line)}
+        & {m.end() for m in re.finditer(re.escape(below), under)}
+        for line, under in zip(lines, lines[1:])
+    )
 
 
 def assert_the_difference_from_branchynet_is_shown_with_its_interval(output: str, out) -> None:
@@ -151,7 +188,7 @@ def assert_the_difference_from_branchynet_is_shown_with_its_interval(output: str
 
     for position, column in enumerate(CLASSIFIERS):
         d = [100 * (RESULTS["eed"][s][position] - RESULTS["branchynet"][s][position]) for s in range(3)]
-        half = t.ppf(0.975, 2) * statistics.stdev(d) / 3 ** 0.5
+        half = t.ppf(0.975, 2) * statistics.stdev(d) / 3**0.5
         low, high = statistics.mean(d) - half, statistics.mean(d) + half
         mark = "*" if low > 0 or high < 0 else ""
         cell = f"{statistics.mean(d):+.2f}{mark} [{low:+.2f}, {high:+.2f}]"
@@ -161,8 +198,9 @@ def assert_the_difference_from_branchynet_is_shown_with_its_interval(output: str
     with (out / "differences.csv").open() as handle:
         (row,) = list(csv.DictReader(handle))
     assert row["against"] == "branchynet" and row["pairing"] == "paired" and row["n"] == "3"
-    assert float(row["main_diff_pts"]) == pytest.approx(100 * statistics.mean(
-        RESULTS["eed"][s][3] - RESULTS["branchynet"][s][3] for s in range(3)), rel=1e-5)
+    assert float(row["main_diff_pts"]) == pytest.approx(
+        100 * statistics.mean(RESULTS["eed"][s][3] - RESULTS["branchynet"][s][3] for s in range(3)), rel=1e-5
+    )
     assert "Difference from the reference row" in output and "Student t" in " ".join(output.split())
     assert matplotlib.image.imread(out / "figures" / "differences.png").shape[0] > 100
 
@@ -174,8 +212,9 @@ def test_selection_by_tag_and_run_id(store, tmp_path, monkeypatch):
     two = build_table(find_runs(uri, run_ids=run_ids["branchynet"][:2]))
     assert two.rows[0].n == 2
     val = build_table(find_runs(uri, experiments=["cmp"]), split="val")  # the last epoch's val metrics
-    assert val.rows[0].cells["main"].mean == pytest.approx(statistics.mean(
-        RESULTS["branchynet"][s][3] - 0.01 for s in range(3)))
+    assert val.rows[0].cells["main"].mean == pytest.approx(
+        statistics.mean(RESULTS["branchynet"][s][3] - 0.01 for s in range(3))
+    )
     result = invoke_compare(uri, ["--tag", "method=branchynet"], tmp_path, monkeypatch)
     assert result.exit_code == 0 and printed(expected_cell("branchynet", "main"), result.output)
     assert not printed(expected_cell("eed", "main"), result.output)
@@ -186,8 +225,9 @@ def test_the_papers_max_over_epochs_is_tabulated_under_its_name(store, tmp_path,
     uri, _ = store
     table = build_table(find_runs(uri, experiments=["cmp"]), split="test_max")
     assert table.columns == list(CLASSIFIERS)  # test/max_acc_epoch_* are not outputs
-    assert table.rows[0].cells["main"].mean == pytest.approx(statistics.mean(
-        RESULTS["branchynet"][s][3] + 0.02 for s in range(3)))
+    assert table.rows[0].cells["main"].mean == pytest.approx(
+        statistics.mean(RESULTS["branchynet"][s][3] + 0.02 for s in range(3))
+    )
     meaning = "max over epochs, as in the paper; selected on test, optimistic"
     assert meaning in table.to_markdown().splitlines()[0]
     result = invoke_compare(uri, ["--split", "test_max"], tmp_path, monkeypatch)
@@ -225,8 +265,12 @@ def test_compare_help():
 
 def test_runs_repeating_a_seed_are_flagged():
     def record(run_id: str, seed: str, main: float) -> RunRecord:
-        return RunRecord(run_id, {"method": "eed", "seed": seed, "model.arch": "resnet18",
-                                  "data.dataset": "cifar100"}, {}, {"test/acc_main": main})
+        return RunRecord(
+            run_id,
+            {"method": "eed", "seed": seed, "model.arch": "resnet18", "data.dataset": "cifar100"},
+            {},
+            {"test/acc_main": main},
+        )
 
     distinct = build_table([record("a", "0", 0.5), record("b", "1", 0.6)])
     assert distinct.warnings() == [] and "Note:" not in distinct.to_markdown()
@@ -241,8 +285,9 @@ def test_runs_repeating_a_seed_are_flagged():
 BASE = flatten(resolve_architecture(load_config()))  # the params a training run with the default configuration logs
 
 
-def training_run(run_id: str, changes: dict[str, str] | None = None, main: float = 0.5,
-                 status: str = "FINISHED") -> RunRecord:
+def training_run(
+    run_id: str, changes: dict[str, str] | None = None, main: float = 0.5, status: str = "FINISHED"
+) -> RunRecord:
     return RunRecord(run_id, {**BASE, **(changes or {})}, {}, {"test/acc_main": main}, status=status)
 
 
@@ -309,8 +354,11 @@ NOT_SPLITTING = [
 ]
 
 
-@pytest.mark.parametrize(("param", "value", "shared"), NOT_SPLITTING,
-                         ids=[f"{p}-{'-'.join(shared.values()) or 'default'}" for p, _, shared in NOT_SPLITTING])
+@pytest.mark.parametrize(
+    ("param", "value", "shared"),
+    NOT_SPLITTING,
+    ids=[f"{p}-{'-'.join(shared.values()) or 'default'}" for p, _, shared in NOT_SPLITTING],
+)
 def test_runs_differing_in_what_training_does_not_read_are_one_row(param, value, shared):
     table = build_table([training_run("a", shared), training_run("b", {**shared, "seed": "1", param: value})])
     (row,) = table.rows
@@ -318,8 +366,9 @@ def test_runs_differing_in_what_training_does_not_read_are_one_row(param, value,
 
 
 def test_seeds_of_one_configuration_are_one_row():
-    table = build_table([training_run(f"r{seed}", {"seed": str(seed)}, main=main)
-                         for seed, main in ((2, 0.7), (0, 0.5), (1, 0.6))])
+    table = build_table(
+        [training_run(f"r{seed}", {"seed": str(seed)}, main=main) for seed, main in ((2, 0.7), (0, 0.5), (1, 0.6))]
+    )
     (row,) = table.rows
     assert row.seeds == ["0", "1", "2"] and row.run_ids == ["r0", "r1", "r2"] and "seed" not in table.settings
     assert row.cells["main"].mean == pytest.approx(0.6) and row.cells["main"].std == pytest.approx(0.1)
@@ -339,40 +388,63 @@ def test_runs_that_did_not_finish_are_left_out_and_listed(status):
 
 
 def test_shared_settings_once_above_the_table_varying_ones_as_columns(tmp_path):
-    table = build_table([training_run("narrow"), training_run("wide", {"model.width": "64"}, main=0.6),
-                         training_run("ce", {"method": "branchynet"}, main=0.4)])
+    table = build_table(
+        [
+            training_run("narrow"),
+            training_run("wide", {"model.width": "64"}, main=0.6),
+            training_run("ce", {"method": "branchynet"}, main=0.4),
+        ]
+    )
     markdown = table.to_markdown()
     # First what the numbers are, then the shared settings.
-    assert markdown.splitlines()[:2] == ["Test accuracy of best.pt (selected on validation; last epoch without one), %.", ""]
+    assert markdown.splitlines()[:2] == [
+        "Test accuracy of best.pt (selected on validation; last epoch without one), %.",
+        "",
+    ]
     lines = markdown.splitlines()[2:]
     assert lines[0].startswith("Common to all rows: Network=resnet18, Dataset=cifar100, Scale=cpu, data.backend=ffcv")
     assert "train.epochs=4" in lines[0] and markdown.count("train.epochs") == 1 and "model.width" not in lines[0]
     assert lines[1] == "" and lines[2] == "| Method | l_z | α | β | Teacher | model.width | n | Main |"
-    assert lines[4:] == ["| branchynet | — | — | — | — | 16 | 1 | 40.00 |",
-                         "| eed | mse | 1 | 1 | all | 16 | 1 | **50.00** |",  # the best of width 16
-                         "| eed | mse | 1 | 1 | all | 64 | 1 | **60.00** |"]
+    assert lines[4:] == [
+        "| branchynet | — | — | — | — | 16 | 1 | 40.00 |",
+        "| eed | mse | 1 | 1 | all | 16 | 1 | **50.00** |",  # the best of width 16
+        "| eed | mse | 1 | 1 | all | 64 | 1 | **60.00** |",
+    ]
     for hidden in (" seed=", "tracking.", "paths.", "eval.", "data.root", "data.num_workers", "checkpoint_every", "T="):
         assert hidden not in markdown  # not grouping, or used by no run (T with the mse loss)
-    assert [row.label for row in table.rows] == ["branchynet (model.width=16)",
-                                                 "eed (l_z=mse, α=1, β=1, Teacher=all, model.width=16)",
-                                                 "eed (l_z=mse, α=1, β=1, Teacher=all, model.width=64)"]
+    assert [row.label for row in table.rows] == [
+        "branchynet (model.width=16)",
+        "eed (l_z=mse, α=1, β=1, Teacher=all, model.width=16)",
+        "eed (l_z=mse, α=1, β=1, Teacher=all, model.width=64)",
+    ]
     assert table.constant_line() == lines[0]
 
     with table.write_csv(tmp_path / "comparison.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert [(row["method"], row["model.width"], row["train.epochs"], row["loss.alpha"]) for row in rows] == [
-        ("branchynet", "16", "4", "—"), ("eed", "16", "4", "1"), ("eed", "64", "4", "1")]
+        ("branchynet", "16", "4", "—"),
+        ("eed", "16", "4", "1"),
+        ("eed", "64", "4", "1"),
+    ]
 
 
 def test_the_best_main_cell_is_bold_not_only_coloured():
     """The mark must survive a terminal without colour, or a reader who cannot tell red: a * and bold."""
     from rich.console import Console
 
-    table = build_table([training_run("low", main=0.4), training_run("high", {"seed": "1"}, main=0.6),
-                         training_run("ce", {"method": "branchynet"}, main=0.45)])
+    table = build_table(
+        [
+            training_run("low", main=0.4),
+            training_run("high", {"seed": "1"}, main=0.6),
+            training_run("ce", {"method": "branchynet"}, main=0.45),
+        ]
+    )
     console = Console(force_terminal=True, width=120, color_system="standard")
-    styles = {segment.text.strip(): segment.style for segment in console.render(table.rich_table())
-              if segment.text.strip() in ("50.00*", "45.00")}  # eed (two seeds), best; branchynet
+    styles = {
+        segment.text.strip(): segment.style
+        for segment in console.render(table.rich_table())
+        if segment.text.strip() in ("50.00*", "45.00")
+    }  # eed (two seeds), best; branchynet
     assert styles["50.00*"] is not None and styles["50.00*"].bold
     assert styles["45.00"] is None or not styles["45.00"].bold
     assert "* (bold): the best main of its setup" in table.rich_table().caption
@@ -384,7 +456,7 @@ def test_eed_compare_prints_within_80_columns_on_an_80_column_screen(store, tmp_
     uri, _ = store
     result = invoke_compare(uri, [], tmp_path, monkeypatch, columns=80)
     assert result.exit_code == 0, result.output
-    table_and_notes = result.output[:result.output.index("Wrote ")]  # (the file paths may run longer)
+    table_and_notes = result.output[: result.output.index("Wrote ")]  # (the file paths may run longer)
     assert "Common to all rows:" in table_and_notes and "note:" in table_and_notes
     assert max(map(len, table_and_notes.splitlines())) <= 80, table_and_notes
 
@@ -394,9 +466,14 @@ def test_compare_reads_whole_at_80_columns():
     titles with a legend, setting values folded, the shared settings as a wrapped paragraph."""
     from rich.console import Console
 
-    table = build_table([training_run("low", main=0.4), training_run("high", {"seed": "1"}, main=0.6),
-                         training_run("ce", {"method": "branchynet"}, main=0.45),
-                         training_run("t", {"loss.teacher": "[1, 3, 'main']", "model.width": "64"}, main=0.47)])
+    table = build_table(
+        [
+            training_run("low", main=0.4),
+            training_run("high", {"seed": "1"}, main=0.6),
+            training_run("ce", {"method": "branchynet"}, main=0.45),
+            training_run("t", {"loss.teacher": "[1, 3, 'main']", "model.width": "64"}, main=0.47),
+        ]
+    )
     console = Console(width=80, record=True, color_system=None)
     console.print(table.rich_table())
     console.print(table.constant_line(), highlight=False)
@@ -404,6 +481,7 @@ def test_compare_reads_whole_at_80_columns():
     assert "…" not in text and max(map(len, text.splitlines())) <= 80, text
     assert "branchynet" in text and "[1, 3, 'main']" in text and "50.00*" in text and "±14.14" in text
     assert " ".join(text.split()).count("train.weight_decay=0.0005") == 1
+
 
 def test_the_differences_read_whole_at_80_columns():
     """At 80 columns, with five outputs and wide intervals, every row's label, reference and n and every
@@ -413,10 +491,19 @@ def test_the_differences_read_whole_at_80_columns():
     from eed.reporting.differences import differences, rich_table
 
     columns = {"exit1": 0.1, "exit2": 0.2, "exit3": 0.3, "ensemble": 0.35}
-    runs = [RunRecord(f"{method}{seed}", {**BASE, "method": method, "seed": str(seed)}, {},
-                      {f"test/acc_{name}": value + (0.1 if method == "eed" and seed else -0.05 * seed)
-                       for name, value in {**columns, "main": 0.4}.items()})
-            for method in ("branchynet", "eed", "distill") for seed in range(3)]
+    runs = [
+        RunRecord(
+            f"{method}{seed}",
+            {**BASE, "method": method, "seed": str(seed)},
+            {},
+            {
+                f"test/acc_{name}": value + (0.1 if method == "eed" and seed else -0.05 * seed)
+                for name, value in {**columns, "main": 0.4}.items()
+            },
+        )
+        for method in ("branchynet", "eed", "distill")
+        for seed in range(3)
+    ]
     table = build_table(runs)
     found = differences(table)
     console = Console(width=80, record=True, color_system=None)
@@ -448,9 +535,14 @@ def test_the_comparison_figure_keeps_every_text_inside_its_canvas_and_apart():
     and the legend overlaps no other text."""
     from eed.reporting.figures import _build_comparison
 
-    table = build_table([training_run("low", main=0.4), training_run("high", {"seed": "1"}, main=0.6),
-                         training_run("ce", {"method": "branchynet"}, main=0.45),
-                         training_run("t", {"loss.teacher": "[1, 3, 'main']", "model.width": "64"}, main=0.47)])
+    table = build_table(
+        [
+            training_run("low", main=0.4),
+            training_run("high", {"seed": "1"}, main=0.6),
+            training_run("ce", {"method": "branchynet"}, main=0.45),
+            training_run("t", {"loss.teacher": "[1, 3, 'main']", "model.width": "64"}, main=0.47),
+        ]
+    )
     figure = _build_comparison(table, caption="eed · resnet18 width 16 · cifar100")
     renderer, texts = texts_inside_the_canvas(figure)
     assert any("train.weight_decay=0.0005" in text.get_text() for text in texts)
@@ -467,9 +559,16 @@ def test_the_differences_figure_keeps_every_text_inside_its_canvas_and_apart():
     from eed.reporting.differences import differences
     from eed.reporting.figures import _build_differences
 
-    runs = [training_run(f"{method}{seed}", {"method": method, "seed": str(seed), **teacher}, main=0.4 + 0.01 * seed)
-            for method, teacher in [("branchynet", {}), ("eed", {}), ("eed", {"loss.teacher": "[1, 3, 'main']"}),
-                                    ("distill", {})] for seed in range(3)]
+    runs = [
+        training_run(f"{method}{seed}", {"method": method, "seed": str(seed), **teacher}, main=0.4 + 0.01 * seed)
+        for method, teacher in [
+            ("branchynet", {}),
+            ("eed", {}),
+            ("eed", {"loss.teacher": "[1, 3, 'main']"}),
+            ("distill", {}),
+        ]
+        for seed in range(3)
+    ]
     table = build_table([*runs, training_run("byot", {"method": "byot", "seed": "7"})])
     found = differences(table)
     assert len(found) == 4
@@ -478,4 +577,4 @@ def test_the_differences_figure_keeps_every_text_inside_its_canvas_and_apart():
     assert any("Teacher=[1, 3, 'main']" in text.get_text() for text in texts)
     boxes = [(text.get_text(), text.get_window_extent(renderer)) for text in texts]
     for i, (name, box) in enumerate(boxes):
-        assert not any(box.overlaps(other) for _, other in boxes[i + 1:]), name[:60]
+        assert not any(box.overlaps(other) for _, other in boxes[i + 1 :]), name[:60]

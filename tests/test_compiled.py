@@ -29,8 +29,12 @@ def far_threshold(model, images, rule: str) -> float:
     with torch.inference_mode():
         scores = rule_scores(torch.stack(model(images).logits), rule)[:-1]
     candidates = [t / 400 for t in range(1, 400)]
-    best = max(candidates, key=lambda t: float((scores - t).abs().min()) if
-               0.1 < float((scores >= t).any(dim=0).double().mean()) < 0.9 else -1.0)
+    best = max(
+        candidates,
+        key=lambda t: (
+            float((scores - t).abs().min()) if 0.1 < float((scores >= t).any(dim=0).double().mean()) < 0.9 else -1.0
+        ),
+    )
     assert float((scores - best).abs().min()) > 1e-4
     return best
 

@@ -14,6 +14,7 @@ def load_config(*args, **kwargs) -> Config:
     """params.yaml as a network-building stage sees it: read, then resolved against the registry."""
     return resolve_architecture(read_params(*args, **kwargs))
 
+
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS = ROOT / "params.yaml"
 
@@ -98,8 +99,10 @@ def test_reading_params_imports_no_network_code():
     import subprocess
     import sys
 
-    code = ("import sys; from eed.config import load_config; c = load_config(sys.argv[1], ['model.arch=resnet19']); "
-            "print(c.model.width, any(m.startswith('eed.models') for m in sys.modules))")
+    code = (
+        "import sys; from eed.config import load_config; c = load_config(sys.argv[1], ['model.arch=resnet19']); "
+        "print(c.model.width, any(m.startswith('eed.models') for m in sys.modules))"
+    )
     completed = subprocess.run([sys.executable, "-c", code, str(PARAMS)], capture_output=True, text=True, check=True)
     assert completed.stdout.split() == ["None", "False"]
     with pytest.raises(ConfigError, match="model.arch: unknown architecture 'resnet19'"):

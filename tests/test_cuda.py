@@ -27,9 +27,11 @@ from eed.objectives import ExitEnsembleObjective
 
 pytestmark = [
     pytest.mark.cuda,
-    pytest.mark.skipif(not torch.cuda.is_available(),
-                       reason="needs a CUDA device (torch.cuda.is_available() is false); run on a GPU machine "
-                              "with `make gpu-check` or `pytest -m cuda`"),
+    pytest.mark.skipif(
+        not torch.cuda.is_available(),
+        reason="needs a CUDA device (torch.cuda.is_available() is false); run on a GPU machine "
+        "with `make gpu-check` or `pytest -m cuda`",
+    ),
 ]
 
 CLASSES = 100
@@ -58,8 +60,7 @@ def network(seed: int = 0) -> torch.nn.Module:
 
 def batch(n: int = 32, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
     generator = torch.Generator().manual_seed(seed)
-    return (torch.randn(n, 3, 32, 32, generator=generator),
-            torch.randint(0, CLASSES, (n,), generator=generator))
+    return (torch.randn(n, 3, 32, 32, generator=generator), torch.randint(0, CLASSES, (n,), generator=generator))
 
 
 def objective() -> ExitEnsembleObjective:
@@ -85,8 +86,9 @@ def sgd_step(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, autocast)
     return float(loss), output.logits[-1]
 
 
-@pytest.mark.parametrize(("precision", "dtype", "tolerance"), [("bf16", torch.bfloat16, 0.05),
-                                                               ("fp16", torch.float16, 0.02)])
+@pytest.mark.parametrize(
+    ("precision", "dtype", "tolerance"), [("bf16", torch.bfloat16, 0.05), ("fp16", torch.float16, 0.02)]
+)
 def test_autocast_step_matches_the_cpu(precision, dtype, tolerance):
     from eed.engine.runtime import setup_runtime
 
@@ -101,10 +103,12 @@ def test_autocast_step_matches_the_cpu(precision, dtype, tolerance):
     for (name, p_cpu), p_gpu in zip(cpu.named_parameters(), gpu.parameters()):
         assert torch.isfinite(p_gpu).all(), name
     # The step moved the weights the way the CPU's fp32 step did (up to the precision).
-    moved_cpu = torch.cat([p.detach().flatten() for p in cpu.parameters()]) - \
-        torch.cat([p.detach().flatten() for p in network().parameters()])
-    moved_gpu = torch.cat([p.detach().cpu().flatten() for p in gpu.parameters()]) - \
-        torch.cat([p.detach().flatten() for p in network().parameters()])
+    moved_cpu = torch.cat([p.detach().flatten() for p in cpu.parameters()]) - torch.cat(
+        [p.detach().flatten() for p in network().parameters()]
+    )
+    moved_gpu = torch.cat([p.detach().cpu().flatten() for p in gpu.parameters()]) - torch.cat(
+        [p.detach().flatten() for p in network().parameters()]
+    )
     assert relative(moved_gpu, moved_cpu) < 10 * tolerance
 
 
@@ -132,7 +136,9 @@ def test_compiled_step_matches_the_eager_one():
     eager = network().train().to(device)
     compiled_net = network().train().to(device)
     compiled = torch.compile(compiled_net)  # what train.compile: true does in eed.engine.trainer
-    eager_loss, eager_logits = sgd_step(eager, x.to(device), y.to(device), lambda: torch.autocast("cuda", enabled=False))
+    eager_loss, eager_logits = sgd_step(
+        eager, x.to(device), y.to(device), lambda: torch.autocast("cuda", enabled=False)
+    )
     loss, logits = sgd_step(compiled, x.to(device), y.to(device), lambda: torch.autocast("cuda", enabled=False))
     assert abs(loss - eager_loss) / eager_loss < 1e-3 and relative(logits, eager_logits) < 1e-3
     for p_eager, p_compiled in zip(eager.parameters(), compiled_net.parameters()):
@@ -147,9 +153,16 @@ def test_ffcv_to_device_loader_matches_the_cpu_loader(cifar100_prepared):
     from eed.data.loaders import FFCVEpochLoader
 
     def config(channels_last: str):
-        return load_config(None, [f"data.prepared_dir={cifar100_prepared}", "data.backend=ffcv",
-                                  "train.batch_size=256", "data.num_workers=4",
-                                  f"train.channels_last={channels_last}"])
+        return load_config(
+            None,
+            [
+                f"data.prepared_dir={cifar100_prepared}",
+                "data.backend=ffcv",
+                "train.batch_size=256",
+                "data.num_workers=4",
+                f"train.channels_last={channels_last}",
+            ],
+        )
 
     cpu = make_loader(config("off"), "test", train=False, device="cpu")
     gpu = make_loader(config("on"), "test", train=False, device="cuda")
@@ -257,8 +270,14 @@ def test_served_model_on_cuda_answers_as_on_the_cpu():
     from eed.metrics.anytime import confidences
 
     model = network().eval()
-    checkpoint = {"arch": "resnet18", "num_classes": CLASSES, "width": WIDTH, "exits": True,
-                  "model": model.state_dict(), "class_names": [f"class{i}" for i in range(CLASSES)]}
+    checkpoint = {
+        "arch": "resnet18",
+        "num_classes": CLASSES,
+        "width": WIDTH,
+        "exits": True,
+        "model": model.state_dict(),
+        "class_names": [f"class{i}" for i in range(CLASSES)],
+    }
     images = np.random.default_rng(0).integers(0, 256, (128, 32, 32, 3), dtype=np.uint8)
     cpu = ServedModel(checkpoint, normalization=CIFAR100_NORMALIZATION, device="cpu")
     gpu = ServedModel(checkpoint, normalization=CIFAR100_NORMALIZATION, device="cuda")

@@ -27,8 +27,17 @@ BATCH = 256
 
 
 def cifar_config(prepared_dir, *extra: str):
-    return load_config(None, [f"data.prepared_dir={prepared_dir}", "data.train_subset=0", f"train.batch_size={BATCH}",
-                              "data.num_workers=2", "train.device=cpu", *extra])
+    return load_config(
+        None,
+        [
+            f"data.prepared_dir={prepared_dir}",
+            "data.train_subset=0",
+            f"train.batch_size={BATCH}",
+            "data.num_workers=2",
+            "train.device=cpu",
+            *extra,
+        ],
+    )
 
 
 def ffcv_table(mean, std) -> torch.Tensor:
@@ -51,8 +60,9 @@ def torch_normalize(pixels: torch.Tensor, mean=CIFAR100_NORMALIZATION.mean, std=
 def to_pixels(images: torch.Tensor) -> torch.Tensor:
     """Invert either normalization to uint8 (nearest table entry per channel)."""
     table = ffcv_table(CIFAR100_NORMALIZATION.mean, CIFAR100_NORMALIZATION.std)
-    pixels = torch.stack([torch.bucketize(images[:, c].contiguous(), (table[c, 1:] + table[c, :-1]) / 2)
-                          for c in range(3)], 1)
+    pixels = torch.stack(
+        [torch.bucketize(images[:, c].contiguous(), (table[c, 1:] + table[c, :-1]) / 2) for c in range(3)], 1
+    )
     return pixels.to(torch.uint8)
 
 
@@ -66,8 +76,13 @@ def matching_variants(output: torch.Tensor, source: torch.Tensor, padding: int =
     matches = []
     for chunk_out, chunk_src in zip(output.split(16), source.split(16)):
         chunk = len(chunk_src)
-        variants = translate_flip(chunk_src.repeat_interleave(count, 0), shift_y.repeat(chunk), shift_x.repeat(chunk),
-                                  flip.bool().repeat(chunk), padding)
+        variants = translate_flip(
+            chunk_src.repeat_interleave(count, 0),
+            shift_y.repeat(chunk),
+            shift_x.repeat(chunk),
+            flip.bool().repeat(chunk),
+            padding,
+        )
         matches.append((variants.view(chunk, count, -1) == chunk_out.reshape(chunk, 1, -1)).all(-1))
     return torch.cat(matches).view(len(source), size, size, 2)
 
@@ -167,14 +182,15 @@ def test_ffcv_training_batches_are_translated_and_flipped_copies(ffcv_train_load
     assert loader.epoch == 1
     # Labels kept from eight batches are still right: the loader clones them.
     kept_labels = torch.cat([labels for _, labels in batches])
-    assert torch.equal(kept_labels, train_pixels.labels[order[:8 * BATCH]])
-    mean, std = check_augmented(*batches[-1], order[7 * BATCH:8 * BATCH], train_pixels)
+    assert torch.equal(kept_labels, train_pixels.labels[order[: 8 * BATCH]])
+    mean, std = check_augmented(*batches[-1], order[7 * BATCH : 8 * BATCH], train_pixels)
     # Zero padding shifts the statistics a little below 0 / above 1.
     assert -0.4 < mean < 0.0 and 0.95 < std < 1.25
 
 
-def test_tensor_training_batches_have_the_same_semantics_and_statistics(cifar100_prepared, ffcv_train_loader,
-                                                                       train_pixels):
+def test_tensor_training_batches_have_the_same_semantics_and_statistics(
+    cifar100_prepared, ffcv_train_loader, train_pixels
+):
     loader = make_loader(cifar_config(cifar100_prepared, "data.backend=tensor"), "train", train=True)
     assert (len(loader), loader.num_samples, loader.drop_last) == (175, 45_000, True)
     # Same sample order as FFCV for the same seed and epoch.
@@ -182,8 +198,9 @@ def test_tensor_training_batches_have_the_same_semantics_and_statistics(cifar100
         np.testing.assert_array_equal(loader.epoch_order(epoch), ffcv_train_loader.epoch_order(epoch))
     stats = []
     for index, (images, labels) in enumerate(loader):
-        stats.append(check_augmented(images, labels, loader.epoch_order(0)[index * BATCH:(index + 1) * BATCH],
-                                     train_pixels))
+        stats.append(
+            check_augmented(images, labels, loader.epoch_order(0)[index * BATCH : (index + 1) * BATCH], train_pixels)
+        )
         if index == 2:
             break
     ffcv_stats = []
@@ -213,8 +230,9 @@ def test_tensor_backend_is_bit_reproducible_per_seed_and_epoch(cifar100_prepared
     other_epoch = first_batches(epoch=1)
     assert not torch.equal(reference[0][1], other_seed[0][1]) and not torch.equal(reference[0][1], other_epoch[0][1])
     # Same images in another epoch are augmented differently.
-    loader = make_loader(cifar_config(cifar100_prepared, "data.backend=tensor", "data.train_subset=256"), "train",
-                         train=True)
+    loader = make_loader(
+        cifar_config(cifar100_prepared, "data.backend=tensor", "data.train_subset=256"), "train", train=True
+    )
     first = {tuple(loader.epoch_order(0))[i]: image for i, image in enumerate(next(iter(loader))[0])}
     second = {tuple(loader.epoch_order(1))[i]: image for i, image in enumerate(next(iter(loader))[0])}
     assert sum(not torch.equal(first[key], second[key]) for key in first) > 200
@@ -254,8 +272,9 @@ def test_train_subset_is_stratified_and_shared_by_both_backends(cifar100_prepare
     assert loader.num_samples == 3000 and len(loader) == 3000 // BATCH
     ids = loader.epoch_order(0)
     assert np.bincount(train_pixels.labels[ids].numpy(), minlength=100).tolist() == [30] * 100
-    other = make_loader(cifar_config(cifar100_prepared, "data.backend=tensor", "data.train_subset=3000", "seed=4"),
-                        "train", train=True)
+    other = make_loader(
+        cifar_config(cifar100_prepared, "data.backend=tensor", "data.train_subset=3000", "seed=4"), "train", train=True
+    )
     assert set(other.epoch_order(0)) == set(ids)  # the subset follows data.split_seed, not the run's seed
     eval_loader = make_loader(config, "train", train=False)  # the subset also applies to evaluation on train
     np.testing.assert_array_equal(eval_loader.epoch_order(0), np.sort(ids))
@@ -268,10 +287,24 @@ def test_tensor_backend_shards_like_distributed_sampler():
     images = torch.arange(10, dtype=torch.uint8).view(10, 1, 1, 1).expand(10, 3, 4, 4).contiguous()
     labels = torch.arange(10)
     normalizer = Normalizer(CIFAR100_NORMALIZATION)
-    shards = [TensorEpochLoader(images, labels, np.arange(10), batch_size=2, train=True, seed=3, epoch=1,
-                                normalizer=normalizer, class_names=["a"] * 10, rank=rank, world_size=3,
-                                distributed=True, padding=1)
-              for rank in range(3)]
+    shards = [
+        TensorEpochLoader(
+            images,
+            labels,
+            np.arange(10),
+            batch_size=2,
+            train=True,
+            seed=3,
+            epoch=1,
+            normalizer=normalizer,
+            class_names=["a"] * 10,
+            rank=rank,
+            world_size=3,
+            distributed=True,
+            padding=1,
+        )
+        for rank in range(3)
+    ]
     orders = [shard.epoch_order(1) for shard in shards]
     assert [len(order) for order in orders] == [4, 4, 4] and [len(shard) for shard in shards] == [2, 2, 2]
     assert set(np.concatenate(orders)) == set(range(10))  # 12 slots: two samples repeat, as in PyTorch
@@ -294,8 +327,9 @@ def test_distributed_loaders_under_a_process_group(cifar100_prepared, tmp_path):
             loader = make_loader(config, "val", train=False, distributed=True)
             assert loader.num_samples == 5000 and len(loader) == 20
             assert np.array_equal(loader.epoch_order(0), np.arange(5000))
-        tensor_train = make_loader(cifar_config(cifar100_prepared, "data.backend=tensor"), "train", train=True,
-                                   distributed=True)
+        tensor_train = make_loader(
+            cifar_config(cifar100_prepared, "data.backend=tensor"), "train", train=True, distributed=True
+        )
         assert tensor_train.num_samples == 45_000
     finally:
         dist.destroy_process_group()
@@ -316,8 +350,10 @@ def test_cuda_pipeline_moves_uint8_and_normalizes_in_torch():
     kinds = [type(op) for op in cuda["image"]]
     assert NormalizeImage not in kinds and kinds[-3:] == [ToTensor, ToDevice, ToTorchImage]
     assert cuda["image"][-2].non_blocking and isinstance(cuda["label"][-1], ToDevice)
-    cpu = [type(op) for op in _ffcv_pipelines(info, CIFAR100_NORMALIZATION, train=False,
-                                              device=torch.device("cpu"))["image"]]
+    cpu = [
+        type(op)
+        for op in _ffcv_pipelines(info, CIFAR100_NORMALIZATION, train=False, device=torch.device("cpu"))["image"]
+    ]
     assert cpu.index(NormalizeImage) < cpu.index(ToTensor) < cpu.index(ToTorchImage)
 
     pixels = torch.randint(0, 256, (4, 3, 8, 8), dtype=torch.uint8)
@@ -327,19 +363,20 @@ def test_cuda_pipeline_moves_uint8_and_normalizes_in_torch():
 
 
 def test_channels_last_and_dtype_options(cifar100_prepared):
-    loader = make_loader(cifar_config(cifar100_prepared, "data.backend=tensor", "train.channels_last='on'"), "val",
-                         train=False)
+    loader = make_loader(
+        cifar_config(cifar100_prepared, "data.backend=tensor", "train.channels_last='on'"), "val", train=False
+    )
     images, _ = next(iter(loader))
     assert images.is_contiguous(memory_format=torch.channels_last)
     with pytest.raises(ValueError, match="for CUDA"):
         make_loader(cifar_config(cifar100_prepared), "val", train=False, image_dtype=torch.bfloat16)
 
 
-
 def test_ffcv_loader_threads_follow_data_num_workers(cifar100_prepared):
     def threads(workers: str) -> int:
-        config = load_config(None, [f"data.prepared_dir={cifar100_prepared}", f"data.num_workers={workers}",
-                                    "train.device=cpu"])
+        config = load_config(
+            None, [f"data.prepared_dir={cifar100_prepared}", f"data.num_workers={workers}", "train.device=cpu"]
+        )
         return make_loader(config, "val", train=False).ffcv_loader.num_workers
 
     # null: one thread beside a model training on the CPU (more only take cores from torch)
@@ -359,15 +396,16 @@ def test_translate_flip_matches_a_naive_reference():
     for b in range(6):
         canvas = torch.zeros(3, 9, 11, dtype=torch.uint8)
         canvas[:, 2:7, 2:9] = images[b]
-        expected = canvas[:, shift_y[b]:shift_y[b] + 5, shift_x[b]:shift_x[b] + 7]
+        expected = canvas[:, shift_y[b] : shift_y[b] + 5, shift_x[b] : shift_x[b] + 7]
         if flip[b]:
             expected = expected.flip(-1)
         assert torch.equal(result[b], expected)
     assert torch.equal(result[5], images[5])  # offset == padding and no flip: unchanged
 
     def random_translate_flip(seed: int) -> torch.Tensor:
-        return translate_flip(images, *draw_translate_flip(len(images), 2, torch.Generator().manual_seed(seed)),
-                              padding=2)
+        return translate_flip(
+            images, *draw_translate_flip(len(images), 2, torch.Generator().manual_seed(seed)), padding=2
+        )
 
     assert torch.equal(random_translate_flip(1), random_translate_flip(1))
 
@@ -377,9 +415,18 @@ def test_translate_flip_matches_a_naive_reference():
 
 def test_small_cifar10_end_to_end(tmp_path, make_cifar10):
     arrays = make_cifar10(tmp_path / "raw", per_class_train=12, per_class_test=5, archive=True)
-    config = load_config(None, ["data.dataset=cifar10", f"data.root={tmp_path / 'raw'}", "data.val_size=20",
-                                f"data.prepared_dir={tmp_path / 'prepared'}", "data.backend=tensor",
-                                "data.train_subset=0", "train.batch_size=16"])
+    config = load_config(
+        None,
+        [
+            "data.dataset=cifar10",
+            f"data.root={tmp_path / 'raw'}",
+            "data.val_size=20",
+            f"data.prepared_dir={tmp_path / 'prepared'}",
+            "data.backend=tensor",
+            "data.train_subset=0",
+            "train.batch_size=16",
+        ],
+    )
     result = prepare(config, console=Console(file=io.StringIO()))
     assert {k: v.num_samples for k, v in result.manifest.splits.items()} == {"train": 100, "val": 20, "test": 50}
     assert result.manifest.splits["val"].class_counts == [2] * 10
@@ -395,13 +442,27 @@ def test_small_cifar10_end_to_end(tmp_path, make_cifar10):
 
 def test_imagenet_layout_prepares_as_jpeg_and_loads_crops(tmp_path, make_image_folders):
     make_image_folders(tmp_path / "raw", classes=3, train_per_class=6, val_per_class=2)
-    config = load_config(None, ["data.dataset=imagenet", f"data.root={tmp_path / 'raw'}", "data.val_size=3",
-                                f"data.prepared_dir={tmp_path / 'prepared'}", "data.max_resolution=64",
-                                "data.num_workers=1", "train.batch_size=4", "model.arch=imagenet_resnet18"])
+    config = load_config(
+        None,
+        [
+            "data.dataset=imagenet",
+            f"data.root={tmp_path / 'raw'}",
+            "data.val_size=3",
+            f"data.prepared_dir={tmp_path / 'prepared'}",
+            "data.max_resolution=64",
+            "data.num_workers=1",
+            "train.batch_size=4",
+            "model.arch=imagenet_resnet18",
+        ],
+    )
     result = prepare(config, console=Console(file=io.StringIO()))
     manifest = result.manifest
-    assert manifest.fields["image"] == {"type": "RGBImageField", "write_mode": "jpg", "max_resolution": 64,
-                                        "jpeg_quality": 90}
+    assert manifest.fields["image"] == {
+        "type": "RGBImageField",
+        "write_mode": "jpg",
+        "max_resolution": 64,
+        "jpeg_quality": 90,
+    }
     assert manifest.image_shape is None and manifest.normalization["mean"] == [0.485, 0.456, 0.406]
     assert {k: v.num_samples for k, v in manifest.splits.items()} == {"train": 15, "val": 3, "test": 6}
 
@@ -419,7 +480,23 @@ def test_imagenet_layout_prepares_as_jpeg_and_loads_crops(tmp_path, make_image_f
     in_memory = read_split(config, "test")
     assert in_memory.images.shape == (6, 3, 224, 224) and in_memory.labels.tolist() == [0, 0, 1, 1, 2, 2]
     with pytest.raises(DataError, match="needs data.backend=ffcv"):
-        make_loader(load_config(None, [*(f"{k}={v}" for k, v in [
-            ("data.dataset", "imagenet"), ("data.prepared_dir", tmp_path / "prepared"), ("data.val_size", 3),
-            ("data.max_resolution", 64), ("model.arch", "imagenet_resnet18"), ("data.backend", "tensor")])]),
-            "train", train=True)
+        make_loader(
+            load_config(
+                None,
+                [
+                    *(
+                        f"{k}={v}"
+                        for k, v in [
+                            ("data.dataset", "imagenet"),
+                            ("data.prepared_dir", tmp_path / "prepared"),
+                            ("data.val_size", 3),
+                            ("data.max_resolution", 64),
+                            ("model.arch", "imagenet_resnet18"),
+                            ("data.backend", "tensor"),
+                        ]
+                    )
+                ],
+            ),
+            "train",
+            train=True,
+        )

@@ -18,10 +18,20 @@ from eed.data.memory import read_labels
 
 
 def synthetic_config(tmp_path, *extra: str):
-    return load_config(None, [
-        "data.dataset=synthetic", f"data.prepared_dir={tmp_path / 'prepared'}", "data.val_size=40",
-        "data.synthetic.num_train=200", "data.synthetic.num_test=60", "data.synthetic.num_classes=4",
-        "data.train_subset=0", "train.batch_size=16", *extra])
+    return load_config(
+        None,
+        [
+            "data.dataset=synthetic",
+            f"data.prepared_dir={tmp_path / 'prepared'}",
+            "data.val_size=40",
+            "data.synthetic.num_train=200",
+            "data.synthetic.num_test=60",
+            "data.synthetic.num_classes=4",
+            "data.train_subset=0",
+            "train.batch_size=16",
+            *extra,
+        ],
+    )
 
 
 def recording_console() -> Console:
@@ -37,13 +47,20 @@ def test_prepare_writes_three_betons_and_a_manifest_then_is_up_to_date(tmp_path)
 
     manifest = json.loads((directory / MANIFEST_NAME).read_text())
     assert manifest["dataset"] == "synthetic" and manifest["class_names"] == [f"class_{i:03d}" for i in range(4)]
-    assert {name: record["num_samples"] for name, record in manifest["splits"].items()} == \
-        {"train": 160, "val": 40, "test": 60}
+    assert {name: record["num_samples"] for name, record in manifest["splits"].items()} == {
+        "train": 160,
+        "val": 40,
+        "test": 60,
+    }
     assert manifest["splits"]["val"]["class_counts"] == [10, 10, 10, 10]
     assert manifest["split_seed"] == 0 and manifest["val_size"] == 40 and manifest["eed_version"]
     assert manifest["source"]["fingerprint"].startswith("sha256:")
-    assert manifest["fields"]["image"] == {"type": "RGBImageField", "write_mode": "raw", "max_resolution": None,
-                                           "jpeg_quality": None}
+    assert manifest["fields"]["image"] == {
+        "type": "RGBImageField",
+        "write_mode": "raw",
+        "max_resolution": None,
+        "jpeg_quality": None,
+    }
     assert manifest["image_shape"] == [32, 32, 3]
     for record in manifest["splits"].values():
         path = directory / record["file"]
@@ -105,8 +122,15 @@ def test_corrupt_source_writes_nothing(tmp_path, make_cifar10):
     make_cifar10(tmp_path / "raw", archive=True)
     archive = tmp_path / "raw" / "cifar-10-python.tar.gz"
     archive.write_bytes(archive.read_bytes()[:-3000])
-    config = load_config(None, ["data.dataset=cifar10", f"data.root={tmp_path / 'raw'}",
-                                f"data.prepared_dir={tmp_path / 'prepared'}", "data.val_size=20"])
+    config = load_config(
+        None,
+        [
+            "data.dataset=cifar10",
+            f"data.root={tmp_path / 'raw'}",
+            f"data.prepared_dir={tmp_path / 'prepared'}",
+            "data.val_size=20",
+        ],
+    )
     with pytest.raises(DataError, match="truncated or corrupt"):
         prepare(config, console=recording_console())
     assert not (tmp_path / "prepared").exists()
@@ -116,9 +140,17 @@ def test_unreadable_jpeg_names_the_file_and_writes_nothing(tmp_path, make_image_
     names = make_image_folders(tmp_path / "raw", classes=2, train_per_class=3, val_per_class=1)
     broken = tmp_path / "raw" / "train" / names[1] / "broken.JPEG"
     broken.write_bytes(b"\xff\xd8\xff not really a jpeg")
-    config = load_config(None, ["data.dataset=imagenet", f"data.root={tmp_path / 'raw'}",
-                                f"data.prepared_dir={tmp_path / 'prepared'}", "data.val_size=2",
-                                "data.num_workers=1", "model.arch=imagenet_resnet18"])
+    config = load_config(
+        None,
+        [
+            "data.dataset=imagenet",
+            f"data.root={tmp_path / 'raw'}",
+            f"data.prepared_dir={tmp_path / 'prepared'}",
+            "data.val_size=2",
+            "data.num_workers=1",
+            "model.arch=imagenet_resnet18",
+        ],
+    )
     with pytest.raises(DataError, match="broken.JPEG: cannot decode this image"):
         prepare(config, console=recording_console())
     assert list((tmp_path / "prepared" / "imagenet").iterdir()) == []
@@ -126,9 +158,11 @@ def test_unreadable_jpeg_names_the_file_and_writes_nothing(tmp_path, make_image_
 
 def test_loaders_refuse_data_prepared_with_other_params(tmp_path):
     prepare(synthetic_config(tmp_path), console=recording_console())
-    for override, detail in [("data.val_size=20", "data.val_size: prepared with 40, params say 20"),
-                             ("data.split_seed=3", "data.split_seed: prepared with 0, params say 3"),
-                             ("data.synthetic.num_classes=5", "data.synthetic.num_classes")]:
+    for override, detail in [
+        ("data.val_size=20", "data.val_size: prepared with 40, params say 20"),
+        ("data.split_seed=3", "data.split_seed: prepared with 0, params say 3"),
+        ("data.synthetic.num_classes=5", "data.synthetic.num_classes"),
+    ]:
         with pytest.raises(DataError, match="re-run `eed prepare` \\(or `dvc repro prepare`\\)") as error:
             make_loader(synthetic_config(tmp_path, override), "train", train=True)
         assert detail in str(error.value)
@@ -159,8 +193,13 @@ def test_prepare_command_line(tmp_path, monkeypatch):
 
     monkeypatch.setattr(tv_utils, "download_url", offline)
     monkeypatch.delenv("EED_DATA_ROOT", raising=False)
-    settings = ["data.dataset=synthetic", f"data.prepared_dir={tmp_path / 'prepared'}", "data.val_size=40",
-                "data.synthetic.num_train=200", "data.synthetic.num_test=60"]
+    settings = [
+        "data.dataset=synthetic",
+        f"data.prepared_dir={tmp_path / 'prepared'}",
+        "data.val_size=40",
+        "data.synthetic.num_train=200",
+        "data.synthetic.num_test=60",
+    ]
     overrides = [arg for setting in settings for arg in ("--set", setting)]
     runner = CliRunner()
     first = runner.invoke(app, ["prepare", *overrides])
@@ -168,8 +207,18 @@ def test_prepare_command_line(tmp_path, monkeypatch):
     assert (tmp_path / "prepared" / "synthetic" / MANIFEST_NAME).is_file()
     second = runner.invoke(app, ["prepare", *overrides])
     assert second.exit_code == 0 and "up to date" in second.output
-    missing = runner.invoke(app, ["prepare", "--set", "data.dataset=cifar10", "--set", f"data.root={tmp_path / 'none'}",
-                                  "--set", f"data.prepared_dir={tmp_path / 'p2'}"])
+    missing = runner.invoke(
+        app,
+        [
+            "prepare",
+            "--set",
+            "data.dataset=cifar10",
+            "--set",
+            f"data.root={tmp_path / 'none'}",
+            "--set",
+            f"data.prepared_dir={tmp_path / 'p2'}",
+        ],
+    )
     assert missing.exit_code == 3 and "CIFAR-10 not found" in missing.output
     assert "network is unreachable" in missing.output
 

@@ -104,11 +104,23 @@ def test_imagenet_folders_are_listed_with_val_as_test(tmp_path, make_image_folde
 
 def test_synthetic_data_is_seeded_by_split_seed_and_has_any_size(tmp_path):
     def config(*extra):
-        return load_config(None, ["data.dataset=synthetic", "data.synthetic.num_train=50", "data.synthetic.num_test=20",
-                                  "data.synthetic.num_classes=5", "data.synthetic.image_size=12", *extra])
+        return load_config(
+            None,
+            [
+                "data.dataset=synthetic",
+                "data.synthetic.num_train=50",
+                "data.synthetic.num_test=20",
+                "data.synthetic.num_classes=5",
+                "data.synthetic.image_size=12",
+                *extra,
+            ],
+        )
 
-    first, again, other = make_synthetic(config()), make_synthetic(config("seed=7")), make_synthetic(
-        config("data.split_seed=1"))
+    first, again, other = (
+        make_synthetic(config()),
+        make_synthetic(config("seed=7")),
+        make_synthetic(config("data.split_seed=1")),
+    )
     assert first.train.images.shape == (50, 12, 12, 3) and first.num_classes == 5
     assert np.bincount(first.train.labels).tolist() == [10] * 5
     assert first.fingerprint == again.fingerprint  # the run's seed does not change the data

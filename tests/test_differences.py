@@ -21,7 +21,10 @@ def test_the_paired_interval_is_students_t_on_the_per_seed_differences():
     difference = paired_difference([0.02, 0.01, 0.04])
     assert difference.pairing == "paired" and difference.n == 3
     assert difference.mean == pytest.approx(0.0233333, abs=1e-7)
-    assert (difference.low, difference.high) == (pytest.approx(-0.0146125, abs=1e-6), pytest.approx(0.0612792, abs=1e-6))
+    assert (difference.low, difference.high) == (
+        pytest.approx(-0.0146125, abs=1e-6),
+        pytest.approx(0.0612792, abs=1e-6),
+    )
     assert not difference.excludes_zero
 
 
@@ -29,7 +32,7 @@ def test_welchs_interval_uses_the_welch_satterthwaite_degrees_of_freedom():
     # mean 0.72 - 0.605; se² = 0.0004/3 + 0.00005/2; ν = se⁴ / ((0.0004/3)²/2 + (0.00005/2)²/1) = 2.6350
     a, b = [0.70, 0.72, 0.74], [0.60, 0.61]
     se2 = 0.0004 / 3 + 0.00005 / 2
-    freedom = se2 ** 2 / ((0.0004 / 3) ** 2 / 2 + (0.00005 / 2) ** 2)
+    freedom = se2**2 / ((0.0004 / 3) ** 2 / 2 + (0.00005 / 2) ** 2)
     assert freedom == pytest.approx(2.635, abs=1e-3)
     half = t.ppf(0.975, freedom) * math.sqrt(se2)
     difference = welch_difference(a, b)
@@ -77,15 +80,22 @@ def expected(row: str, reference: str) -> tuple[float, float, float]:
 
 def by_row(found: list) -> dict:
     """method (and teacher subset) -> its RowDifference"""
-    return {item.row.key["method"] + ("" if item.row.key["loss.teacher"] in ("all", "—") else
-                                      f" {item.row.key['loss.teacher']}"): item for item in found}
+    return {
+        item.row.key["method"]
+        + ("" if item.row.key["loss.teacher"] in ("all", "—") else f" {item.row.key['loss.teacher']}"): item
+        for item in found
+    }
 
 
 def test_each_row_is_compared_with_the_reference_method_and_a_teacher_subset_with_all(tmp_path):
     table = build_table(runs())
     found = by_row(differences(table))  # default: against branchynet
     assert {name: item.against for name, item in found.items()} == {
-        "eed": "branchynet", "eed [1, 'main']": "teacher all", "distill": "branchynet", "byot": "branchynet"}
+        "eed": "branchynet",
+        "eed [1, 'main']": "teacher all",
+        "distill": "branchynet",
+        "byot": "branchynet",
+    }
     for row, reference in [("eed", "branchynet"), ("distill", "branchynet"), ("eed [1, 'main']", "eed")]:
         main = found[row].outputs["main"]
         assert main.pairing == "paired" and main.n == len(set(MAIN[row]) & set(MAIN[reference]))
@@ -93,15 +103,18 @@ def test_each_row_is_compared_with_the_reference_method_and_a_teacher_subset_wit
     eed = found["eed"].outputs["main"]
     assert eed.excludes_zero and format_difference(eed) == "+2.17* [+0.42, +3.91]"
     byot = found["byot"]  # seed 3 only, which branchynet never ran
-    assert byot.pairing == "none" and byot.n == 1 and byot.outputs["main"].mean == pytest.approx(0.7 - 0.760333, abs=1e-6)
+    assert (
+        byot.pairing == "none" and byot.n == 1 and byot.outputs["main"].mean == pytest.approx(0.7 - 0.760333, abs=1e-6)
+    )
 
     markdown = to_markdown(list(found.values()), table.columns)
     assert f"| {byot.row.label} | branchynet | 1 | n = 1, no interval | -6.03 |" in markdown
     assert f"| {found['eed'].row.label} | branchynet | 3 | paired by seed | +2.17* [+0.42, +3.91] |" in markdown
     lines = write_csv(list(found.values()), table.columns, tmp_path / "d.csv").read_text().splitlines()
     assert lines[0] == "row,against,pairing,n,main_diff_pts,main_low_pts,main_high_pts"
-    assert any(line.startswith(f'"{byot.row.label}",branchynet,none,1,-6.0333') and line.endswith(",,")
-               for line in lines), lines
+    assert any(
+        line.startswith(f'"{byot.row.label}",branchynet,none,1,-6.0333') and line.endswith(",,") for line in lines
+    ), lines
 
 
 def test_against_another_method_and_no_reference_means_no_rows():

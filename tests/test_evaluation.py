@@ -53,9 +53,13 @@ def tiny_net(num_classes: int = 5, seed: int = 0) -> MultiExitNet:
     """Three small conv stages (16x16 -> 8x8 -> 4x4), two exits."""
     torch.manual_seed(seed)
     stem = conv_bn_relu(3, 8, stride=1)
-    backbone = Backbone(stem=stem, stages=[conv_bn_relu(8, 8, 1), conv_bn_relu(8, 12, 2), conv_bn_relu(12, 16, 2)],
-                        stage_channels=[8, 12, 16], pool=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
-                        fc=nn.Linear(16, num_classes))
+    backbone = Backbone(
+        stem=stem,
+        stages=[conv_bn_relu(8, 8, 1), conv_bn_relu(8, 12, 2), conv_bn_relu(12, 16, 2)],
+        stage_channels=[8, 12, 16],
+        pool=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+        fc=nn.Linear(16, num_classes),
+    )
     return MultiExitNet(backbone).eval()
 
 
@@ -122,8 +126,10 @@ def test_agreement_counts_sum_to_n_and_match_direct_count(logits_labels):
     correct = logits.numpy().argmax(axis=2) == labels.numpy()
     for i in range(K - 1):
         exit_ok, main_ok = correct[i], correct[-1]
-        assert counts[i].tolist() == [[int(np.sum(exit_ok & main_ok)), int(np.sum(exit_ok & ~main_ok))],
-                                      [int(np.sum(~exit_ok & main_ok)), int(np.sum(~exit_ok & ~main_ok))]]
+        assert counts[i].tolist() == [
+            [int(np.sum(exit_ok & main_ok)), int(np.sum(exit_ok & ~main_ok))],
+            [int(np.sum(~exit_ok & main_ok)), int(np.sum(~exit_ok & ~main_ok))],
+        ]
 
 
 def test_summary_metrics_json_shape(logits_labels):
@@ -157,8 +163,8 @@ def reusing_loader(images: torch.Tensor, labels: torch.Tensor, batch: int):
     buffer = torch.empty(batch, dtype=torch.long)
     for start in range(0, len(images), batch):
         size = min(batch, len(images) - start)
-        buffer[:size] = labels[start:start + size]
-        yield images[start:start + size], buffer[:size]
+        buffer[:size] = labels[start : start + size]
+        yield images[start : start + size], buffer[:size]
 
 
 def test_collect_outputs_is_one_forward_pass_per_batch():
@@ -182,13 +188,23 @@ def test_collect_outputs_is_one_forward_pass_per_batch():
 def test_write_outputs_files_and_figures(tmp_path, logits_labels):
     logits, labels = logits_labels
     report = summarize(Collected(logits, labels), NAMES, "test")
-    history = {f"{split}/acc_{name}": [(epoch, 0.1 * epoch + 0.01 * i) for epoch in range(1, 5)]
-               for split in ("train", "val") for i, name in enumerate(NAMES + ["ensemble"])}
+    history = {
+        f"{split}/acc_{name}": [(epoch, 0.1 * epoch + 0.01 * i) for epoch in range(1, 5)]
+        for split in ("train", "val")
+        for i, name in enumerate(NAMES + ["ensemble"])
+    }
     # The training curves are the trainer's figures; evaluation draws its own.
     files = write_evaluation_outputs(report, tmp_path) + plot_training_curves(history, tmp_path / "figures")
     names = {f.name for f in files}
-    assert names == {"metrics.json", "agreement.png", "training_curves.png", "stability.png",
-                     "agreement.svg", "training_curves.svg", "stability.svg"}
+    assert names == {
+        "metrics.json",
+        "agreement.png",
+        "training_curves.png",
+        "stability.png",
+        "agreement.svg",
+        "training_curves.svg",
+        "stability.svg",
+    }
     assert json.loads((tmp_path / "metrics.json").read_text()) == json.loads(json.dumps(report.metrics()))
     for path in files:
         if path.suffix == ".png":
@@ -236,8 +252,14 @@ def test_log_child_run_nests_under_the_training_run(tracking_uri, tmp_path, logi
     history = MlflowLogger(tracking_uri, parent).history()
     assert history == {"val/acc_main": [(1, 0.3), (2, 0.6)]}
     files = write_evaluation_outputs(report, tmp_path / "out")
-    stage_run = MlflowLogger.for_stage(tracking_uri, "evaluate test best.pt", stage="evaluate", parent_run_id=parent,
-                                       experiment="unused", tags={"split": "test", "source": "test"})
+    stage_run = MlflowLogger.for_stage(
+        tracking_uri,
+        "evaluate test best.pt",
+        stage="evaluate",
+        parent_run_id=parent,
+        experiment="unused",
+        tags={"split": "test", "source": "test"},
+    )
     with logged_run(stage_run):
         stage_run.log_metrics(report.metrics(), step=0)
         stage_run.log_artifacts(files, tmp_path / "out")
@@ -277,8 +299,10 @@ def fake_data(monkeypatch, tmp_path):
     import eed.data
 
     generator = torch.Generator().manual_seed(5)
-    splits = {split: (torch.randn(n, 3, 32, 32, generator=generator), torch.randint(0, 10, (n,), generator=generator))
-              for split, n in (("test", 96), ("val", 64))}
+    splits = {
+        split: (torch.randn(n, 3, 32, 32, generator=generator), torch.randint(0, 10, (n,), generator=generator))
+        for split, n in (("test", 96), ("val", 64))
+    }
 
     class Loader(list):
         warmed_up = False
@@ -288,11 +312,13 @@ def fake_data(monkeypatch, tmp_path):
 
     def make_loader(config, split, train=False, device=None):
         images, labels = splits[split]
-        return Loader((images[i:i + 32], labels[i:i + 32]) for i in range(0, len(labels), 32))
+        return Loader((images[i : i + 32], labels[i : i + 32]) for i in range(0, len(labels), 32))
 
     # The prepared files' records, as manifest.json holds them (MLflow's datasets are made from them).
-    records = {split: SimpleNamespace(num_samples=n, sha256=f"sha256:{split:0>64}", bytes=n * 3072, file=f"{split}.beton")
-               for split, n in (("train", 320), ("val", 64), ("test", 96))}
+    records = {
+        split: SimpleNamespace(num_samples=n, sha256=f"sha256:{split:0>64}", bytes=n * 3072, file=f"{split}.beton")
+        for split, n in (("train", 320), ("val", 64), ("test", 96))
+    }
     manifest = SimpleNamespace(num_classes=10, class_names=list(CLASS_NAMES), splits=records, directory=tmp_path)
     monkeypatch.setattr(eed.data, "load_manifest", lambda config: manifest, raising=False)
     monkeypatch.setattr(eed.data, "make_loader", make_loader, raising=False)
@@ -300,8 +326,12 @@ def fake_data(monkeypatch, tmp_path):
     def read_split(config, split, indices=None):  # the raw pixels (the served model's input example)
         chosen = list(range(len(splits[split][1]))) if indices is None else list(indices)
         pixels = torch.randint(0, 256, (len(chosen), 3, 32, 32), dtype=torch.uint8, generator=generator)
-        return SimpleNamespace(images=pixels, labels=splits[split][1][chosen], class_names=list(CLASS_NAMES),
-                               normalization=SimpleNamespace(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)))
+        return SimpleNamespace(
+            images=pixels,
+            labels=splits[split][1][chosen],
+            class_names=list(CLASS_NAMES),
+            normalization=SimpleNamespace(mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25)),
+        )
 
     monkeypatch.setattr(eed.data, "read_split", read_split, raising=False)
     return splits
@@ -310,9 +340,20 @@ def fake_data(monkeypatch, tmp_path):
 def e2e_config(*overrides: str):
     from eed.config import load_config
 
-    return load_config(None, ["model.arch=resnet18", "model.width=4", "data.dataset=synthetic", "data.val_size=64",
-                              "train.device=cpu", "eval.thresholds=11", "eval.budgets=[0.0001, 1.0]",
-                              "tracking.experiment=evaluation-e2e", *overrides])
+    return load_config(
+        None,
+        [
+            "model.arch=resnet18",
+            "model.width=4",
+            "data.dataset=synthetic",
+            "data.val_size=64",
+            "train.device=cpu",
+            "eval.thresholds=11",
+            "eval.budgets=[0.0001, 1.0]",
+            "tracking.experiment=evaluation-e2e",
+            *overrides,
+        ],
+    )
 
 
 def test_run_evaluation_end_to_end(tmp_path, tracking_uri, fake_data, monkeypatch):
@@ -332,8 +373,12 @@ def test_run_evaluation_end_to_end(tmp_path, tracking_uri, fake_data, monkeypatc
             client.log_metric(parent, f"val/acc_{name}", 0.1 * epoch, step=epoch)
     torch.manual_seed(0)
     model = create_model("resnet18", 10, 4).eval()
-    checkpoint = Checkpoint(NetworkSpec("resnet18", 10, 4, True, class_names=tuple(CLASS_NAMES)), model.state_dict(),
-                            config.model_dump(), TrainState(epoch=2, run_id=parent)).save(tmp_path / "best.pt")
+    checkpoint = Checkpoint(
+        NetworkSpec("resnet18", 10, 4, True, class_names=tuple(CLASS_NAMES)),
+        model.state_dict(),
+        config.model_dump(),
+        TrainState(epoch=2, run_id=parent),
+    ).save(tmp_path / "best.pt")
     client.log_artifact(parent, str(checkpoint), "checkpoints")
 
     result = evaluate(config, str(checkpoint), out=tmp_path / "out", log=True)
@@ -369,11 +414,13 @@ def test_evaluate_command_reports_bad_sources(tmp_path, tracking_uri, monkeypatc
     app.command()(evaluate)
     params = tmp_path / "params.yaml"
     params.write_text("model:\n  arch: resnet18\n")
-    result = CliRunner().invoke(app, ["0123456789abcdef0123456789abcdef", "--params", str(params)],
-                                env={"COLUMNS": "200"})
+    result = CliRunner().invoke(
+        app, ["0123456789abcdef0123456789abcdef", "--params", str(params)], env={"COLUMNS": "200"}
+    )
     assert result.exit_code == 4 and "neither a checkpoint file nor a run" in result.output
-    result = CliRunner().invoke(app, [str(tmp_path / "nope.pt"), "--params", str(params), "--no-log"],
-                                env={"COLUMNS": "200"})
+    result = CliRunner().invoke(
+        app, [str(tmp_path / "nope.pt"), "--params", str(params), "--no-log"], env={"COLUMNS": "200"}
+    )
     assert result.exit_code == 4 and "checkpoint not found" in result.output
 
 
@@ -389,12 +436,17 @@ def test_evaluate_reports_calibration_and_a_guaranteed_threshold_fitted_on_val(t
     from eed.models.registry import create_model
     from eed.stages.evaluate import evaluate
 
-    config = e2e_config(f"eval.calibrate={str(calibrated).lower()}", "eval.max_drop=0.2", "eval.delta=0.2",
-                        "tracking.enabled=false")
+    config = e2e_config(
+        f"eval.calibrate={str(calibrated).lower()}", "eval.max_drop=0.2", "eval.delta=0.2", "tracking.enabled=false"
+    )
     torch.manual_seed(0)
     model = create_model("resnet18", 10, 4).eval()
-    checkpoint = Checkpoint(NetworkSpec("resnet18", 10, 4, True, class_names=tuple(CLASS_NAMES)), model.state_dict(),
-                            config.model_dump(), TrainState(epoch=2)).save(tmp_path / "best.pt")
+    checkpoint = Checkpoint(
+        NetworkSpec("resnet18", 10, 4, True, class_names=tuple(CLASS_NAMES)),
+        model.state_dict(),
+        config.model_dump(),
+        TrainState(epoch=2),
+    ).save(tmp_path / "best.pt")
     result = evaluate(config, str(checkpoint), out=tmp_path / "out", log=False)
     with torch.no_grad():
         test_logits, val_logits = (torch.stack(model(fake_data[split][0]).logits) for split in ("test", "val"))

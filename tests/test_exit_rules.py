@@ -25,10 +25,14 @@ def test_each_rule_scores_as_computed_by_hand():
     first = softmax([2.0, 1.0, 0.0])
     assert first == pytest.approx([0.66524, 0.24473, 0.09003], abs=1e-5)
     entropy = -sum(p * math.log(p) for p in first)  # 0.83240 nats
-    scores = {rule: rule_scores(LOGITS, rule)[:, 0].tolist() for rule in ("confidence", "margin", "entropy", "patience")}
+    scores = {
+        rule: rule_scores(LOGITS, rule)[:, 0].tolist() for rule in ("confidence", "margin", "entropy", "patience")
+    }
     assert scores["confidence"][0] == pytest.approx(0.66524, abs=1e-5)
     assert scores["margin"][0] == pytest.approx(0.66524 - 0.24473, abs=1e-5)
-    assert scores["entropy"][0] == pytest.approx(1 - entropy / math.log(3), abs=1e-5) == pytest.approx(0.24233, abs=1e-5)
+    assert (
+        scores["entropy"][0] == pytest.approx(1 - entropy / math.log(3), abs=1e-5) == pytest.approx(0.24233, abs=1e-5)
+    )
     # Classes 0, 0, 1: streaks 1, 2, 1 of the 3 classifiers.
     assert scores["patience"] == pytest.approx([1 / 3, 2 / 3, 1 / 3])
 
@@ -54,17 +58,25 @@ COSTS = ClassifierCosts(standalone=[1.0, 2.0, 3.0], anytime=[1.0, 2.0, 4.0])
 def two_samples() -> tuple[torch.Tensor, torch.Tensor]:
     """Sample 0: every classifier says 0 (exit 1 sure, p = 0.88); sample 1: exit 1 says 0 (unsure),
     exit 2 and the main output say 1. Labels 0 and 1."""
-    logits = torch.tensor([[[2.0, 0.0], [0.1, 0.0]],
-                           [[1.0, 0.0], [0.0, 2.0]],
-                           [[3.0, 0.0], [0.0, 3.0]]])
+    logits = torch.tensor([[[2.0, 0.0], [0.1, 0.0]], [[1.0, 0.0], [0.0, 2.0]], [[3.0, 0.0], [0.0, 3.0]]])
     return logits, torch.tensor([0, 1])
 
 
 def test_analyze_reports_every_rule_and_keeps_the_chosen_ones_own():
     logits, labels = two_samples()
     grid = threshold_grid(11)
-    report = analyze(logits, labels, COSTS, grid, ["exit1", "exit2", "main"], budgets=[1.5],
-                     fit_logits=logits, fit_labels=labels, fit_split="val", rule="patience")
+    report = analyze(
+        logits,
+        labels,
+        COSTS,
+        grid,
+        ["exit1", "exit2", "main"],
+        budgets=[1.5],
+        fit_logits=logits,
+        fit_labels=labels,
+        fit_split="val",
+        rule="patience",
+    )
     assert list(report.rules) == list(EXIT_RULES) and report.rule == "patience"
     assert report.curve is report.rules["patience"].curve and report.budgets is report.rules["patience"].budgets
     # Patience over 3 classifiers: tau 0.5 asks for 2 in a row. Sample 0 leaves at exit 2 (0, 0), sample 1

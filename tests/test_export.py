@@ -32,9 +32,13 @@ def make_checkpoint(path: Path, run_id: str | None = None, exits: bool = True):
 
     torch.manual_seed(0)
     model = create_model("resnet18", 10, 4, exits=exits).eval()
-    checkpoint = Checkpoint(NetworkSpec("resnet18", 10, 4, exits, class_names=tuple(CLASS_NAMES)), model.state_dict(),
-                            e2e_config().model_dump(), TrainState(epoch=2, run_id=run_id),
-                            ResumeState({"state": {}, "param_groups": []}, {}, {})).save(path)
+    checkpoint = Checkpoint(
+        NetworkSpec("resnet18", 10, 4, exits, class_names=tuple(CLASS_NAMES)),
+        model.state_dict(),
+        e2e_config().model_dump(),
+        TrainState(epoch=2, run_id=run_id),
+        ResumeState({"state": {}, "param_groups": []}, {}, {}),
+    ).save(path)
     return checkpoint, model
 
 
@@ -91,16 +95,22 @@ def test_export_logs_the_served_model_into_the_training_run(store, training_run,
     # The logged model answers with the network's early exit at the fitted threshold, judged on
     # the calibrated confidences it was fitted on; the exported programs cascade to the same exits.
     threshold, temperatures = settings["thresholds"]["budget_1"], settings["temperatures"]
-    expected = predict(model, NORMALIZE(torch.from_numpy(PIXELS).permute(0, 3, 1, 2)), threshold,
-                       temperatures=temperatures)
+    expected = predict(
+        model, NORMALIZE(torch.from_numpy(PIXELS).permute(0, 3, 1, 2)), threshold, temperatures=temperatures
+    )
     with using_tracking_uri(uri):
         answer = mlflow.pyfunc.load_model(f"models:/{result.served_model_id}").predict(
-            PIXELS, params={"budget": "budget_1"})
+            PIXELS, params={"budget": "budget_1"}
+        )
     assert answer["exit_index"].tolist() == expected.exit_index.tolist()
     assert answer["class"].tolist() == expected.classes.tolist()
     assert answer["class_name"].tolist() == [CLASS_NAMES[c] for c in expected.classes.tolist()]
-    again = cascade(load_programs(programs), NORMALIZE(torch.from_numpy(PIXELS).permute(0, 3, 1, 2)), threshold,
-                    temperatures=temperatures)
+    again = cascade(
+        load_programs(programs),
+        NORMALIZE(torch.from_numpy(PIXELS).permute(0, 3, 1, 2)),
+        threshold,
+        temperatures=temperatures,
+    )
     assert again.exit_index.tolist() == expected.exit_index.tolist()
 
 
@@ -160,8 +170,11 @@ def test_register_points_an_alias_at_a_new_version(store, training_run, tmp_path
         register(e2e_config(), run_id, "champion")
     first = export(e2e_config(), run_id)
     registered = register(e2e_config(), run_id, "champion")
-    assert (registered.name, registered.version, registered.served_model_id) == \
-        ("evaluation-e2e", "1", first.served_model_id)
+    assert (registered.name, registered.version, registered.served_model_id) == (
+        "evaluation-e2e",
+        "1",
+        first.served_model_id,
+    )
     with using_tracking_uri(uri):
         by_alias = mlflow.pyfunc.load_model("models:/evaluation-e2e@champion")
         by_id = mlflow.pyfunc.load_model(f"models:/{first.served_model_id}")
@@ -183,16 +196,18 @@ def test_register_command_refuses_a_bad_alias_in_one_line(store, training_run, t
     export(e2e_config(), run_id)
     params = tmp_path / "params.yaml"
     params.write_text("model:\n  arch: resnet18\n  width: 4\ntracking:\n  experiment: evaluation-e2e\n")
-    result = CliRunner().invoke(app, ["register", run_id, "--alias", "v3", "--params", str(params)],
-                                env={"COLUMNS": "200"})
+    result = CliRunner().invoke(
+        app, ["register", run_id, "--alias", "v3", "--params", str(params)], env={"COLUMNS": "200"}
+    )
     assert result.exit_code == 2, result.output
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and "--alias 'v3'" in lines[0], result.output
     from mlflow.tracking import MlflowClient
 
     assert MlflowClient(store[0]).search_registered_models() == []  # nothing left half-registered
-    result = CliRunner().invoke(app, ["register", run_id, "--alias", "prod", "--params", str(params)],
-                                env={"COLUMNS": "200"})
+    result = CliRunner().invoke(
+        app, ["register", run_id, "--alias", "prod", "--params", str(params)], env={"COLUMNS": "200"}
+    )
     assert result.exit_code == 0, result.output
     assert "models:/evaluation-e2e@prod" in result.output
 
@@ -234,8 +249,9 @@ def export_in_child(run_id: str, params: Path, fault: str, stderr: Path) -> int:
 
 
 @pytest.mark.parametrize(("fault", "status"), [("kill9", -9), ("sigterm", 143)])
-def test_an_export_stopped_while_logging_leaves_the_run_finished_and_its_model_unused(store, training_run, tmp_path,
-                                                                                       fault, status):
+def test_an_export_stopped_while_logging_leaves_the_run_finished_and_its_model_unused(
+    store, training_run, tmp_path, fault, status
+):
     """The served model is logged into the run without re-opening it: a kill -9 or SIGTERM then
     leaves the finished run as it was (status and end time); the model that never finished is
     skipped, said so, by register and export; SIGTERM is one line, exit 143."""
@@ -246,8 +262,10 @@ def test_an_export_stopped_while_logging_leaves_the_run_finished_and_its_model_u
     before = client.get_run(run_id).info
     first = export(e2e_config(), run_id)
     params = tmp_path / "params.yaml"
-    params.write_text("model:\n  arch: resnet18\n  width: 4\ndata:\n  dataset: synthetic\n  val_size: 64\n"
-                      "train:\n  device: cpu\neval:\n  thresholds: 11\ntracking:\n  experiment: evaluation-e2e\n")
+    params.write_text(
+        "model:\n  arch: resnet18\n  width: 4\ndata:\n  dataset: synthetic\n  val_size: 64\n"
+        "train:\n  device: cpu\neval:\n  thresholds: 11\ntracking:\n  experiment: evaluation-e2e\n"
+    )
     stderr = tmp_path / "stderr.txt"
     assert export_in_child(run_id, params, fault, stderr) == status
     after = client.get_run(run_id).info
@@ -258,7 +276,8 @@ def test_an_export_stopped_while_logging_leaves_the_run_finished_and_its_model_u
     experiment = client.get_run(run_id).info.experiment_id
     models = client.search_logged_models([experiment], filter_string=f"source_run_id = '{run_id}'")
     assert sorted(str(model.status) for model in models) == sorted(
-        ["READY", "PENDING" if fault == "kill9" else "FAILED"]), [model.status for model in models]
+        ["READY", "PENDING" if fault == "kill9" else "FAILED"]
+    ), [model.status for model in models]
     assert served_model_of(uri, run_id) == first.served_model_id  # the newest model that finished
     registered = register(e2e_config(), run_id, "champion")
     assert registered.served_model_id == first.served_model_id and registered.unfinished == 1

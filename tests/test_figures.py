@@ -48,8 +48,17 @@ def report(logits_labels):
     logits, labels = logits_labels
     result = summarize(Collected(logits, labels), NAMES, "test")
     costs = ClassifierCosts.from_parts([0.2, 0.2, 0.2, 0.3], [0.02, 0.02, 0.01], 0.001)
-    result.anytime = analyze(logits, labels, costs, threshold_grid(11), NAMES, budgets=[0.1, 0.5],
-                             fit_logits=logits, fit_labels=labels, fit_split="val")
+    result.anytime = analyze(
+        logits,
+        labels,
+        costs,
+        threshold_grid(11),
+        NAMES,
+        budgets=[0.1, 0.5],
+        fit_logits=logits,
+        fit_labels=labels,
+        fit_split="val",
+    )
     return result
 
 
@@ -59,8 +68,9 @@ def rdm_result(logits_labels):
     indices = select_samples(labels, 60, seed=0)
     generator = torch.Generator().manual_seed(1)
     features = torch.randn(60, 16, generator=generator) + 2 * torch.randn(6, 16, generator=generator)[labels[indices]]
-    return compute_rdms({"F_main": features, "Z_main": logits[-1][indices]}, labels[indices], indices,
-                        subset_class_count=3, seed=0)
+    return compute_rdms(
+        {"F_main": features, "Z_main": logits[-1][indices]}, labels[indices], indices, subset_class_count=3, seed=0
+    )
 
 
 @pytest.fixture(scope="module")
@@ -70,18 +80,30 @@ def profile():
 
 def history(epochs: int = 3) -> dict[str, list[tuple[int, float]]]:
     prefixes = {"train": "train/acc_", "val": "val/acc_", "test": "test/epoch_acc_"}
-    return {f"{prefix}{name}": [(epoch, 0.1 * epoch + 0.01 * i) for epoch in range(1, epochs + 1)]
-            for prefix in prefixes.values() for i, name in enumerate(NAMES + ["ensemble"])}
+    return {
+        f"{prefix}{name}": [(epoch, 0.1 * epoch + 0.01 * i) for epoch in range(1, epochs + 1)]
+        for prefix in prefixes.values()
+        for i, name in enumerate(NAMES + ["ensemble"])
+    }
 
 
 def table(seeds: dict[str, int]) -> ComparisonTable:
     """One row per method with ``seeds[method]`` runs."""
     rows = []
     for index, (method, n) in enumerate(seeds.items()):
-        cells = {column: Cell([0.5 + 0.05 * j + 0.01 * index + 0.002 * s for s in range(n)])
-                 for j, column in enumerate(COLUMNS)}
-        rows.append(ComparisonRow({"method": method, "model.arch": "resnet18"}, cells,
-                                  [f"{method}{s}" for s in range(n)], [str(s) for s in range(n)], label=method))
+        cells = {
+            column: Cell([0.5 + 0.05 * j + 0.01 * index + 0.002 * s for s in range(n)])
+            for j, column in enumerate(COLUMNS)
+        }
+        rows.append(
+            ComparisonRow(
+                {"method": method, "model.arch": "resnet18"},
+                cells,
+                [f"{method}{s}" for s in range(n)],
+                [str(s) for s in range(n)],
+                label=method,
+            )
+        )
     return ComparisonTable("test", list(COLUMNS), rows, settings=["model.arch", "method"])
 
 
@@ -112,13 +134,13 @@ def builders(report, rdm_result, profile):
     return {
         "training_curves": lambda caption: training_curves._build_main_vs_ensemble(history(), caption=caption),
         "stability": lambda caption: training_curves.build_stability(history(), caption=caption),
-        "agreement": lambda caption: figures._build_agreement(report.agreement, NAMES[:-1], split="test",
-                                                              caption=caption),
+        "agreement": lambda caption: figures._build_agreement(
+            report.agreement, NAMES[:-1], split="test", caption=caption
+        ),
         "anytime": lambda caption: figures._build_anytime(report.anytime, split="test", caption=caption),
         "exit_rules": lambda caption: figures._build_exit_rules(report.anytime, split="test", caption=caption),
         "rdm": lambda caption: figures._build_rdms(rdm_result, class_names=CLASS_NAMES, caption=caption),
-        "comparison": lambda caption: figures._build_comparison(table({"eed": 3, "branchynet": 1}),
-                                                                caption=caption),
+        "comparison": lambda caption: figures._build_comparison(table({"eed": 3, "branchynet": 1}), caption=caption),
         "flops": lambda caption: figures._build_flops(profile, caption=caption),
     }
 
@@ -155,8 +177,10 @@ def test_png_at_print_resolution_and_a_parseable_svg_beside_it(tmp_path, profile
 
 
 def test_svg_is_byte_identical_across_saves_and_rebuilds(tmp_path, profile, report):
-    for name, build in (("flops", lambda: figures._build_flops(profile, caption=CAPTION)),
-                        ("agreement", lambda: figures._build_agreement(report.agreement, NAMES[:-1], split="test"))):
+    for name, build in (
+        ("flops", lambda: figures._build_flops(profile, caption=CAPTION)),
+        ("agreement", lambda: figures._build_agreement(report.agreement, NAMES[:-1], split="test")),
+    ):
         first = canvas.save_figure_files(build(), tmp_path / "a" / f"{name}.png")[0].read_bytes()
         second = canvas.save_figure_files(build(), tmp_path / "b" / f"{name}.png")[0].read_bytes()
         assert first == second, name
@@ -233,9 +257,15 @@ def test_rdm_panels_explain_layers_ratios_and_classes(rdm_result):
     assert len(panels) == 4 and len(figure.axes) == 5
     titles = [axes.get_title() for axes in panels]
     assert "main output logits (Z_main)" in titles[1] and "features" in titles[0] and "(F_main)" in titles[0]
-    for axes, (layer, summaries) in zip(panels, [("F_main", rdm_result.summaries), ("Z_main", rdm_result.summaries),
-                                                 ("F_main", rdm_result.subset_summaries),
-                                                 ("Z_main", rdm_result.subset_summaries)]):
+    for axes, (layer, summaries) in zip(
+        panels,
+        [
+            ("F_main", rdm_result.summaries),
+            ("Z_main", rdm_result.summaries),
+            ("F_main", rdm_result.subset_summaries),
+            ("Z_main", rdm_result.subset_summaries),
+        ],
+    ):
         assert f"between/within = {summaries[layer].ratio:.2f}" in axes.get_title()
         assert axes.get_xlabel() == axes.get_ylabel() == "samples, sorted by class"
     subset_names = [CLASS_NAMES[c] for c in rdm_result.subset_classes]
@@ -260,8 +290,7 @@ def test_comparison_is_grouped_bars_with_n_in_the_legend_and_no_error_bar_for_on
     assert not [line for line in axes.get_lines() if isinstance(line, Line2D) and len(line.get_xdata()) > 1]
     assert legend_texts(single) == ["eed (n=1)", "branchynet (n=1)"]
     assert "std" not in axes.get_title() and "Test accuracy of best.pt" in axes.get_title()
-    assert [label.get_text() for label in axes.get_xticklabels()] == ["Exit 1", "Exit 2", "Exit 3", "Main",
-                                                                       "Ensemble"]
+    assert [label.get_text() for label in axes.get_xticklabels()] == ["Exit 1", "Exit 2", "Exit 3", "Main", "Ensemble"]
     # Bars of one group sit side by side around the classifier's tick.
     first, second = (c.patches[0] for c in bars)
     assert first.get_x() + first.get_width() <= second.get_x() + 1e-9
@@ -301,8 +330,16 @@ def test_flops_bars_carry_gflops_and_percent_and_the_title_the_width(profile):
 
 def test_writers_return_png_and_svg_of_every_figure(tmp_path, report, rdm_result, profile):
     evaluation = write_evaluation_outputs(report, tmp_path / "eval", caption=CAPTION)
-    assert [f.name for f in evaluation] == ["metrics.json", "agreement.svg", "agreement.png", "anytime.csv",
-                                            "anytime.svg", "anytime.png", "exit_rules.svg", "exit_rules.png"]
+    assert [f.name for f in evaluation] == [
+        "metrics.json",
+        "agreement.svg",
+        "agreement.png",
+        "anytime.csv",
+        "anytime.svg",
+        "anytime.png",
+        "exit_rules.svg",
+        "exit_rules.png",
+    ]
     flops = write_flops_outputs(profile, tmp_path / "flops", caption=CAPTION)
     assert [f.name for f in flops] == ["flops.json", "flops.svg", "flops.png"]
     rdm = write_rdm_outputs(rdm_result, tmp_path / "rdm", caption=CAPTION, class_names=CLASS_NAMES, split="test")
@@ -315,8 +352,9 @@ def test_writers_return_png_and_svg_of_every_figure(tmp_path, report, rdm_result
 
 def test_figure_caption_from_the_config():
     assert figure_caption(Config()) == CAPTION
-    config = Config.model_validate({"method": "byot", "seed": 3, "scale": "paper", "model": {"arch": "vgg19"},
-                                    "data": {"dataset": "cifar10"}})
+    config = Config.model_validate(
+        {"method": "byot", "seed": 3, "scale": "paper", "model": {"arch": "vgg19"}, "data": {"dataset": "cifar10"}}
+    )
     assert figure_caption(config) == "byot · vgg19 width 64 · cifar10 · seed 3 · paper scale"
     config = Config.model_validate({"model": {"width": 32}})
     assert figure_caption(config) == "eed · resnet18 width 32 · cifar100 · seed 0 · cpu scale"
@@ -378,9 +416,20 @@ def test_sweep_lines_leave_out_the_main_output_alone_and_name_it(report, logits_
     for curve in [line for line in rules.lines if line.get_linestyle() == "-"]:
         assert len(curve.get_xdata()) == within and main_alone not in list(curve.get_xdata())
     logits, labels = logits_labels
-    fit = GuaranteedThreshold(threshold=1.5, feasible=True, max_drop=0.01, delta=0.1, val_drop=0.0, val_bound=0.0,
-                              val_accuracy=0.2, val_main_accuracy=0.2, val_gflops=main_alone, thresholds_tested=3,
-                              val_samples=len(labels), main_only_gflops=main_alone)
+    fit = GuaranteedThreshold(
+        threshold=1.5,
+        feasible=True,
+        max_drop=0.01,
+        delta=0.1,
+        val_drop=0.0,
+        val_bound=0.0,
+        val_accuracy=0.2,
+        val_main_accuracy=0.2,
+        val_gflops=main_alone,
+        thresholds_tested=3,
+        val_samples=len(labels),
+        main_only_gflops=main_alone,
+    )
     guaranteed = GuaranteedResult(fit, check_guarantee(fit, logits, labels, anytime.costs.anytime), calibrated=False)
     shown = plot_axes(drawn(figures._build_anytime(anytime, split="test", guaranteed=guaranteed)))[0]
     assert "drop ≤ 1 pt (main output alone): held" in shown.get_legend_handles_labels()[1]

@@ -79,7 +79,9 @@ def test_outputs_are_the_sum_of_stages_and_their_classifier() -> None:
     assert counter.get_total_flops() / 1e9 == pytest.approx(parts)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(images, upto=2)
-    assert counter.get_total_flops() / 1e9 == pytest.approx(sum(profile.stage_gflops[:2]) + sum(profile.exit_gflops[:2]))
+    assert counter.get_total_flops() / 1e9 == pytest.approx(
+        sum(profile.stage_gflops[:2]) + sum(profile.exit_gflops[:2])
+    )
 
 
 def test_baseline_profile_has_only_the_main_output() -> None:

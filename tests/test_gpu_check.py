@@ -21,8 +21,23 @@ VARIANTS = ("fp32", "bf16", "bf16+channels_last", "bf16+channels_last+compile")
 @pytest.mark.slow
 def test_dry_run_writes_every_step_to_json_and_markdown(tmp_path, cifar100_root):
     out, work = tmp_path / "out", tmp_path / "work"
-    run = subprocess.run([sys.executable, "bench/gpu_check.py", "--dry", "--out", str(out), "--work", str(work),
-                          "--data-root", str(cifar100_root)], cwd=ROOT, capture_output=True, text=True, timeout=1800)
+    run = subprocess.run(
+        [
+            sys.executable,
+            "bench/gpu_check.py",
+            "--dry",
+            "--out",
+            str(out),
+            "--work",
+            str(work),
+            "--data-root",
+            str(cifar100_root),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-2000:]  # (its speed is bench's, not a test's)
 
     report = json.loads((out / "gpu_check-dry.json").read_text())
@@ -56,17 +71,25 @@ def test_dry_run_writes_every_step_to_json_and_markdown(tmp_path, cifar100_root)
     assert rows["bf16+channels_last ÷ fp32 img/s"]["target"] == ">= 2"
     # Grid: k = 2 real trainings each way, the ratio of their times.
     grid = report["steps"]["grid"]["details"]
-    assert [r["method"] for r in grid["sequential"]] == [r["method"] for r in grid["concurrent"]] == ["baseline",
-                                                                                                     "branchynet"]
+    assert (
+        [r["method"] for r in grid["sequential"]]
+        == [r["method"] for r in grid["concurrent"]]
+        == ["baseline", "branchynet"]
+    )
     ratio = rows["grid throughput, 2 at once ÷ one after another"]["median"]
-    assert ratio == pytest.approx(rows["grid: 2 trainings one after another"]["median"]
-                                  / rows["grid: 2 trainings at once"]["median"])
+    assert ratio == pytest.approx(
+        rows["grid: 2 trainings one after another"]["median"] / rows["grid: 2 trainings at once"]["median"]
+    )
 
     markdown = (out / "gpu_check-dry.md").read_text()
     table = [line for line in markdown.splitlines() if line.startswith("| ")]
     assert len(table) == 1 + sum(len(step["rows"]) for step in report["steps"].values())
     for name in STEPS:
         assert any(line.startswith(f"| {name} | ok") for line in table), name
-    for metric in ("bf16+channels_last ÷ fp32 img/s", "paper epoch (50,000 images), bf16+channels_last",
-                   "grid throughput, 2 at once ÷ one after another", "CUDA tests skipped"):
+    for metric in (
+        "bf16+channels_last ÷ fp32 img/s",
+        "paper epoch (50,000 images), bf16+channels_last",
+        "grid throughput, 2 at once ÷ one after another",
+        "CUDA tests skipped",
+    ):
         assert any(f"| {metric} |" in line for line in table), metric

@@ -23,9 +23,14 @@ from eed.stages.grid_plan import expand_sweeps
 from tests.slurm_cluster import SlurmCluster
 
 PARAMS = {
-    "data": {"dataset": "synthetic", "backend": "tensor", "val_size": 64, "train_subset": 0,
-             "prepared_dir": "prepared",
-             "synthetic": {"num_train": 320, "num_test": 96, "num_classes": 10, "image_size": 32}},
+    "data": {
+        "dataset": "synthetic",
+        "backend": "tensor",
+        "val_size": 64,
+        "train_subset": 0,
+        "prepared_dir": "prepared",
+        "synthetic": {"num_train": 320, "num_test": 96, "num_classes": 10, "image_size": 32},
+    },
     "model": {"width": 4},
     "train": {"epochs": 2, "batch_size": 64, "device": "cpu"},
     "eval": {"thresholds": 11, "budgets": [0.001], "rdm_samples": 60},
@@ -35,7 +40,11 @@ PARAMS = {
 
 def test_sweeps_expand_as_dvc_does_into_their_product():
     assert expand_sweeps(["method=eed,branchynet", "seed=0,1"]) == [
-        ["method=eed", "seed=0"], ["method=eed", "seed=1"], ["method=branchynet", "seed=0"], ["method=branchynet", "seed=1"]]
+        ["method=eed", "seed=0"],
+        ["method=eed", "seed=1"],
+        ["method=branchynet", "seed=0"],
+        ["method=branchynet", "seed=1"],
+    ]
     assert expand_sweeps(["loss.teacher=[1,main],[2,3]"]) == [["loss.teacher=[1,main]"], ["loss.teacher=[2,3]"]]
     assert expand_sweeps([]) == [[]]
     with pytest.raises(ConfigError, match="expected KEY=VALUE"):
@@ -54,8 +63,14 @@ def test_a_cell_trained_elsewhere_is_evaluated_by_its_run_id(tmp_path):
     from eed.config import load_config
     from eed.stages.grid_plan import EVALUATE, TRAIN, Cell, cell_commands
 
-    cell = Cell(["seed=0"], "abc", load_config(None, []), tmp_path / "abc", run_id="0123456789abcdef0123456789abcdef",
-                needs=EVALUATE)
+    cell = Cell(
+        ["seed=0"],
+        "abc",
+        load_config(None, []),
+        tmp_path / "abc",
+        run_id="0123456789abcdef0123456789abcdef",
+        needs=EVALUATE,
+    )
     (evaluate,) = cell_commands(cell, None, [], "sqlite:///x.db")
     assert evaluate[3:5] == ["evaluate", cell.run_id]  # its FINISHED run, not this folder's (absent) best.pt
     cell.needs, cell.run_id = TRAIN, None
@@ -84,8 +99,9 @@ def test_a_cell_whose_width_the_preset_fills_is_found_by_the_params_its_run_logg
     (cell,) = plan(None, [], ["seed=0"], tmp_path / "grid", uri)
     assert cell.run_id == run.info.run_id and cell.needs == EVALUATE
     # Evaluated elsewhere (its evaluate run is in the store, not in this folder): done, not evaluated again.
-    child = client.create_run(run.info.experiment_id, tags={"mlflow.parentRunId": run.info.run_id,
-                                                            "eed.stage": "evaluate"})
+    child = client.create_run(
+        run.info.experiment_id, tags={"mlflow.parentRunId": run.info.run_id, "eed.stage": "evaluate"}
+    )
     client.set_terminated(child.info.run_id)
     (cell,) = plan(None, [], ["seed=0"], tmp_path / "grid", uri)
     assert cell.needs == DONE
@@ -97,8 +113,14 @@ def project(tmp_path_factory) -> Path:
 
 
 def eed(project: Path, *args: str, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    completed = subprocess.run([sys.executable, "-m", "eed.cli", *args], cwd=project, capture_output=True, text=True,
-                               timeout=1800, env={**(env or os.environ), "OMP_NUM_THREADS": "1"})
+    completed = subprocess.run(
+        [sys.executable, "-m", "eed.cli", *args],
+        cwd=project,
+        capture_output=True,
+        text=True,
+        timeout=1800,
+        env={**(env or os.environ), "OMP_NUM_THREADS": "1"},
+    )
     if check:
         assert completed.returncode == 0, failure_report(project, completed)
     return completed
@@ -109,8 +131,10 @@ def failure_report(project: Path, completed: subprocess.CompletedProcess) -> str
     every cell's log, where a failed cell's reason is."""
     lines = completed.stdout.splitlines()
     states = [line for line in lines if line.startswith(("grid:", "  "))][:40]
-    logs = [f"--- {log.parent.name}/grid.log:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-25:])
-            for log in sorted((project / "outputs" / "grid").glob("*/grid.log"))]
+    logs = [
+        f"--- {log.parent.name}/grid.log:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-25:])
+        for log in sorted((project / "outputs" / "grid").glob("*/grid.log"))
+    ]
     return "\n".join([*states, "...", completed.stdout[-2000:], completed.stderr[-3000:], *logs])
 
 
@@ -132,14 +156,20 @@ def test_a_grid_on_two_gpus_with_its_own_server_runs_each_cell_once_and_a_second
     store = project / "outputs" / "grid" / "tracking"  # ... its runs stay in its store
     runs = training_runs(project, store / "mlflow.db")
     assert sorted((r.data.params["method"], r.data.params["seed"]) for r in runs) == [
-        ("branchynet", "0"), ("branchynet", "1"), ("eed", "0"), ("eed", "1")]
+        ("branchynet", "0"),
+        ("branchynet", "1"),
+        ("eed", "0"),
+        ("eed", "1"),
+    ]
     assert all(r.info.status == "FINISHED" for r in runs)
     assert all(r.info.artifact_uri.startswith("mlflow-artifacts:/") for r in runs)  # logged through the server
     # Each cell was pinned to one of the two GPUs, two cells per GPU at most at once.
     assert {r.data.tags["eed.grid.cuda_visible_devices"] for r in runs} <= {"0", "1"}
     for run in runs:
         folder = project / "outputs" / "grid" / run.data.tags["eed.grid.cell"]
-        assert (folder / "evaluate" / "metrics.json").is_file() and (folder / "train" / "checkpoints" / "best.pt").is_file()
+        assert (folder / "evaluate" / "metrics.json").is_file() and (
+            folder / "train" / "checkpoints" / "best.pt"
+        ).is_file()
 
     assert_the_live_table_reads_each_cells_epoch_and_accuracy(project, runs, f"sqlite:///{store / 'mlflow.db'}")
 
@@ -152,9 +182,14 @@ def test_a_grid_on_two_gpus_with_its_own_server_runs_each_cell_once_and_a_second
 def test_a_cell_killed_mid_training_resumes_into_the_same_run(project):
     args = ["grid", "-S", "method=distill", "--set", "train.epochs=10"]
     earlier = set((project / "outputs" / "grid").glob("*/train/checkpoints/last.pt"))  # (other tests' cells)
-    process = subprocess.Popen([sys.executable, "-m", "eed.cli", *args], cwd=project, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL, env={**os.environ, "OMP_NUM_THREADS": "1"},
-                               start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "eed.cli", *args],
+        cwd=project,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 900
     while not set((project / "outputs" / "grid").glob("*/train/checkpoints/last.pt")) - earlier:
         assert process.poll() is None and time.monotonic() < deadline, "the cell never wrote last.pt"
@@ -179,8 +214,9 @@ def assert_the_live_table_reads_each_cells_epoch_and_accuracy(project: Path, run
     from eed.stages.grid_plan import plan
     from eed.stages.grid_progress import GridProgress
 
-    cells = plan(project / "params.yaml", [], ["method=eed,branchynet", "seed=0,1"], project / "outputs" / "grid",
-                 store_uri)
+    cells = plan(
+        project / "params.yaml", [], ["method=eed,branchynet", "seed=0,1"], project / "outputs" / "grid", store_uri
+    )
     console = Console(force_terminal=True, record=True, width=120, color_system=None)
     progress = GridProgress(cells, console)
     assert set(progress.state.values()) == {"skipped"}  # all four are done in the store
@@ -189,8 +225,11 @@ def assert_the_live_table_reads_each_cells_epoch_and_accuracy(project: Path, run
         progress.say(cell, "done")
     assert console.export_text() == ""  # a terminal shows the table, not lines
     console.print(progress.table())
-    rows = {line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
-            for line in console.export_text().splitlines() if line.startswith("│")}
+    rows = {
+        line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:-1]]
+        for line in console.export_text().splitlines()
+        if line.startswith("│")
+    }
     client = MlflowClient(store_uri)
     for run in runs:
         _, state, gpu, epoch, main = rows[run.data.tags["eed.grid.cell"]]
@@ -215,7 +254,11 @@ def test_a_grid_through_slurm_runs_each_cell_once_and_a_cancelled_task_resumes(s
     assert first.stderr == "", first.stderr  # (no sacct warnings: this cluster keeps no accounting)
     runs = training_runs(project, store)
     assert sorted((r.data.params["method"], r.data.params["seed"]) for r in runs) == [
-        ("branchynet", "0"), ("branchynet", "1"), ("eed", "0"), ("eed", "1")]
+        ("branchynet", "0"),
+        ("branchynet", "1"),
+        ("eed", "0"),
+        ("eed", "1"),
+    ]
     assert all(r.info.status == "FINISHED" and r.data.tags["eed.grid.slurm_job"] for r in runs)
     submitted = sorted((project / "outputs" / "grid" / "slurm").iterdir())
 
@@ -227,8 +270,14 @@ def test_a_grid_through_slurm_runs_each_cell_once_and_a_cancelled_task_resumes(s
     # scancel a task mid-training: the grid says the cell failed; run again, it resumes into the same run.
     long = ["grid", "--executor", "slurm", "-S", "method=distill", "--set", "train.epochs=10", "--server"]
     earlier = set((project / "outputs" / "grid").glob("*/train/checkpoints/last.pt"))
-    process = subprocess.Popen([sys.executable, "-m", "eed.cli", *long], cwd=project, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, env={**slurm.env, "OMP_NUM_THREADS": "1"})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "eed.cli", *long],
+        cwd=project,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**slurm.env, "OMP_NUM_THREADS": "1"},
+    )
     deadline = time.monotonic() + 900
     while not set((project / "outputs" / "grid").glob("*/train/checkpoints/last.pt")) - earlier:
         assert process.poll() is None and time.monotonic() < deadline, "the cell never wrote last.pt"

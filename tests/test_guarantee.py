@@ -39,7 +39,7 @@ def test_clopper_pearson_closed_forms(trials, delta):
 
 
 def _binomial_cdf(successes: int, trials: int, p: float) -> float:
-    return sum(math.comb(trials, j) * p ** j * (1 - p) ** (trials - j) for j in range(successes + 1))
+    return sum(math.comb(trials, j) * p**j * (1 - p) ** (trials - j) for j in range(successes + 1))
 
 
 @pytest.mark.parametrize("successes, trials", [(1, 10), (7, 50), (60, 200), (199, 200)])
@@ -58,9 +58,11 @@ def test_clopper_pearson_matches_scipy():
         for successes in sorted({1, max(1, trials // 7), trials // 2, trials - 1}):
             for delta in (0.025, 0.1):
                 assert clopper_pearson_upper(successes, trials, delta) == pytest.approx(
-                    beta.ppf(1 - delta, successes + 1, trials - successes), abs=1e-11)
+                    beta.ppf(1 - delta, successes + 1, trials - successes), abs=1e-11
+                )
                 assert clopper_pearson_lower(successes, trials, delta) == pytest.approx(
-                    beta.ppf(delta, successes, trials - successes + 1), abs=1e-11)
+                    beta.ppf(delta, successes, trials - successes + 1), abs=1e-11
+                )
 
 
 def test_clopper_pearson_is_monotone_and_brackets_the_estimate():
@@ -168,11 +170,20 @@ def resampled_counts(indicators: Tensor, draws: Tensor) -> list[DropCounts]:
     trials, samples = draws.shape
     sums = indicators[:, draws.flatten()].reshape(-1, trials, samples).sum(dim=-1)  # (2T + 1, trials)
     thresholds = len(GRID)
-    lost, gained, main_correct = sums[:thresholds], sums[thresholds:2 * thresholds], sums[-1]
-    return [DropCounts(thresholds=GRID, samples=samples, lost=lost[:, i], gained=gained[:, i],
-                       accuracy=(main_correct[i] - lost[:, i] + gained[:, i]).double() / samples,
-                       main_accuracy=float(main_correct[i]) / samples, gflops=None, main_gflops=None)
-            for i in range(trials)]
+    lost, gained, main_correct = sums[:thresholds], sums[thresholds : 2 * thresholds], sums[-1]
+    return [
+        DropCounts(
+            thresholds=GRID,
+            samples=samples,
+            lost=lost[:, i],
+            gained=gained[:, i],
+            accuracy=(main_correct[i] - lost[:, i] + gained[:, i]).double() / samples,
+            main_accuracy=float(main_correct[i]) / samples,
+            gflops=None,
+            main_gflops=None,
+        )
+        for i in range(trials)
+    ]
 
 
 def test_the_population_makes_the_problem_non_trivial(population):
@@ -218,8 +229,7 @@ def test_guaranteed_threshold_fails_at_most_delta_of_the_time(population, popula
     assert saving / trials >= 0.9
 
 
-def test_any_safe_threshold_may_be_chosen_so_the_cheapest_still_fails_at_most_delta(population,
-                                                                                    population_indicators):
+def test_any_safe_threshold_may_be_chosen_so_the_cheapest_still_fails_at_most_delta(population, population_indicators):
     """Fixed-sequence testing controls the error over every threshold it declares safe at once: picking
     among them by cost (here random costs per trial, and the main output alone sometimes cheaper)
     keeps the failure rate within delta."""
@@ -243,9 +253,16 @@ def counts_of(gflops: list[float], main_gflops: float, lost: list[int] | None = 
     """Hand-made counts on 10,000 samples for thresholds 0.9, 0.6, 0.3 (tested in that order) and above 1."""
     thresholds = torch.tensor([0.9, 0.6, 0.3, ABOVE_ONE], dtype=torch.float64)
     lost_tensor = torch.tensor(lost or [0, 0, 0, 0])
-    return DropCounts(thresholds=thresholds, samples=10_000, lost=lost_tensor, gained=torch.zeros(4, dtype=torch.long),
-                      accuracy=0.8 - lost_tensor.double() / 10_000, main_accuracy=0.8,
-                      gflops=torch.tensor(gflops, dtype=torch.float64), main_gflops=main_gflops)
+    return DropCounts(
+        thresholds=thresholds,
+        samples=10_000,
+        lost=lost_tensor,
+        gained=torch.zeros(4, dtype=torch.long),
+        accuracy=0.8 - lost_tensor.double() / 10_000,
+        main_accuracy=0.8,
+        gflops=torch.tensor(gflops, dtype=torch.float64),
+        main_gflops=main_gflops,
+    )
 
 
 def test_the_cheapest_safe_option_is_chosen_never_one_dearer_than_the_main_output_alone():
@@ -268,8 +285,10 @@ def test_with_costs_that_rise_with_tau_the_fit_is_the_loosest_of_the_safe_prefix
     fit = fit_guaranteed_threshold(val_logits, val_labels, GRID.flip(0), MAX_DROP, DELTA, COSTS)  # order given
     assert isinstance(fit, GuaranteedThreshold) and fit.feasible and fit.val_samples == 2000
     counts = drop_counts(val_logits, val_labels, GRID)
-    bounds = [drop_upper_bound(lost, gained, 2000, DELTA) for lost, gained in zip(counts.lost.tolist(),
-                                                                                counts.gained.tolist())]
+    bounds = [
+        drop_upper_bound(lost, gained, 2000, DELTA)
+        for lost, gained in zip(counts.lost.tolist(), counts.gained.tolist())
+    ]
     chosen = GRID.tolist().index(fit.threshold)
     assert chosen > 0  # this population cannot exit everything at exit 1
     # Every threshold from 1 down to the chosen one is safe (GRID[-1] is ABOVE_ONE); the next one down is not.

@@ -20,8 +20,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def eed(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     """The `eed` command as a user runs it, in ``cwd``."""
-    return subprocess.run([sys.executable, "-m", "eed.cli", *args], cwd=cwd, capture_output=True, text=True,
-                          timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "eed.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
 
 
 def assert_one_line(completed: subprocess.CompletedProcess, code: int, *fragments: str) -> str:
@@ -77,6 +78,7 @@ def test_duplicate_keys_are_refused_naming_both_lines(tmp_path):
 
 def test_a_disk_that_fills_while_a_checkpoint_is_written_names_the_path_and_the_free_space(tmp_path, monkeypatch):
     """torch.save reports a full disk as an OSError too (not only as its RuntimeError)."""
+
     def full_disk(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
 
@@ -96,9 +98,19 @@ def test_a_disk_that_fills_while_a_checkpoint_is_written_names_the_path_and_the_
 # --------------------------------------------------------------------------- output folders
 
 
-TINY = ["data.dataset=synthetic", "data.backend=tensor", "data.val_size=32", "data.train_subset=0",
-        "data.synthetic.num_train=96", "data.synthetic.num_test=32", "model.width=4", "train.epochs=1",
-        "train.batch_size=32", "train.device=cpu", "tracking.enabled=false"]
+TINY = [
+    "data.dataset=synthetic",
+    "data.backend=tensor",
+    "data.val_size=32",
+    "data.train_subset=0",
+    "data.synthetic.num_train=96",
+    "data.synthetic.num_test=32",
+    "model.width=4",
+    "train.epochs=1",
+    "train.batch_size=32",
+    "train.device=cpu",
+    "tracking.enabled=false",
+]
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +141,10 @@ def test_a_second_training_into_the_same_folder_is_refused_naming_the_holder(pro
 def test_the_lock_is_exclusive_between_processes(tmp_path):
     from eed.paths import training_lock
 
-    code = ("import sys; from eed.paths import training_lock\n"
-            "try:\n    training_lock(sys.argv[1]).__enter__()\nexcept Exception as error:\n    print(error)\n")
+    code = (
+        "import sys; from eed.paths import training_lock\n"
+        "try:\n    training_lock(sys.argv[1]).__enter__()\nexcept Exception as error:\n    print(error)\n"
+    )
     with training_lock(tmp_path / "out"):
         held = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out")], capture_output=True, text=True)
     assert "in use by another training" in held.stdout, held
@@ -138,12 +152,15 @@ def test_the_lock_is_exclusive_between_processes(tmp_path):
     assert free.stdout == "", free
 
 
-@pytest.mark.parametrize(("command", "overrides", "code"), [
-    ("train", ["data.prepared_dir=/nonexistent/prepared"], 3),      # data error, after the folder checks
-    ("train", ["tracking.enabled=true", "tracking.uri=http://127.0.0.1:9/"], 5),  # store unreachable
-    ("evaluate", ["data.prepared_dir=/nonexistent/prepared"], 4),  # no checkpoint there
-    ("rdm", ["data.prepared_dir=/nonexistent/prepared"], 4),
-])
+@pytest.mark.parametrize(
+    ("command", "overrides", "code"),
+    [
+        ("train", ["data.prepared_dir=/nonexistent/prepared"], 3),  # data error, after the folder checks
+        ("train", ["tracking.enabled=true", "tracking.uri=http://127.0.0.1:9/"], 5),  # store unreachable
+        ("evaluate", ["data.prepared_dir=/nonexistent/prepared"], 4),  # no checkpoint there
+        ("rdm", ["data.prepared_dir=/nonexistent/prepared"], 4),
+    ],
+)
 def test_a_failed_command_leaves_no_new_folder(project, command, overrides, code):
     out = project / "new-output" / command
     args = [command, "--out", str(out), *[f"--set={o}" for o in [*TINY, *overrides]]]
@@ -181,17 +198,26 @@ def cut_names_and_counts(manifest: dict) -> None:  # consistent in itself, but t
         record["num_samples"] = sum(record["class_counts"])
 
 
-@pytest.mark.parametrize(("edit", "fragment"), [
-    (cut_names, "5 class names but"),
-    (cut_names_and_counts, "labels up to 9"),
-])
+@pytest.mark.parametrize(
+    ("edit", "fragment"),
+    [
+        (cut_names, "5 class names but"),
+        (cut_names_and_counts, "labels up to 9"),
+    ],
+)
 @pytest.mark.parametrize("backend", ["tensor", "ffcv"])
-def test_a_manifest_that_lies_about_the_classes_is_refused_before_training(project, tmp_path, edit, fragment,
-                                                                              backend):
+def test_a_manifest_that_lies_about_the_classes_is_refused_before_training(project, tmp_path, edit, fragment, backend):
     prepared = lying_copy(project, tmp_path, edit)
     out = tmp_path / "train"
-    completed = eed("train", "--out", str(out), *[f"--set={o}" for o in TINY],
-                    f"--set=data.prepared_dir={prepared}", f"--set=data.backend={backend}", cwd=project)
+    completed = eed(
+        "train",
+        "--out",
+        str(out),
+        *[f"--set={o}" for o in TINY],
+        f"--set=data.prepared_dir={prepared}",
+        f"--set=data.backend={backend}",
+        cwd=project,
+    )
     assert_one_line(completed, 3, fragment, "manifest.json")
     assert not out.exists()
 
@@ -206,8 +232,14 @@ def interrupted_training(tmp_path: Path, store: str):
     from eed.errors import TrainingInterrupted
     from eed.objectives import ExitEnsembleObjective
 
-    overrides = [*TINY, "train.epochs=2", "tracking.enabled=true", f"tracking.uri={store}",
-                 f"data.prepared_dir={tmp_path / 'prepared'}", "train.deterministic=true"]
+    overrides = [
+        *TINY,
+        "train.epochs=2",
+        "tracking.enabled=true",
+        f"tracking.uri={store}",
+        f"data.prepared_dir={tmp_path / 'prepared'}",
+        "train.deterministic=true",
+    ]
     config = load_config(None, overrides)
     prepare(config)
     forward, steps = ExitEnsembleObjective.forward, []
@@ -217,6 +249,7 @@ def interrupted_training(tmp_path: Path, store: str):
         if len(steps) == 3:  # 2 steps per epoch
             import os
             import signal
+
             os.kill(os.getpid(), signal.SIGTERM)
         return forward(self, output, target)
 
@@ -230,8 +263,9 @@ def interrupted_training(tmp_path: Path, store: str):
 
 
 @pytest.mark.parametrize("gone", ["deleted", "tracking.uri changed"])
-def test_resume_when_the_checkpoints_run_is_gone_continues_into_a_new_run_with_the_whole_history(tmp_path, gone,
-                                                                                                  capsys):
+def test_resume_when_the_checkpoints_run_is_gone_continues_into_a_new_run_with_the_whole_history(
+    tmp_path, gone, capsys
+):
     from mlflow.tracking import MlflowClient
 
     from eed.engine.trainer import train
@@ -243,8 +277,12 @@ def test_resume_when_the_checkpoints_run_is_gone_continues_into_a_new_run_with_t
         # Evaluating a checkpoint of the deleted run logs a run of its own (it cannot nest under the run).
         from eed.stages.evaluate import evaluate
 
-        evaluated = evaluate(load_config(None, overrides), str(tmp_path / "train" / "checkpoints" / "best.pt"),
-                             out=tmp_path / "evaluate", log=True)
+        evaluated = evaluate(
+            load_config(None, overrides),
+            str(tmp_path / "train" / "checkpoints" / "best.pt"),
+            out=tmp_path / "evaluate",
+            log=True,
+        )
         assert "mlflow.parentRunId" not in MlflowClient(store).get_run(evaluated.run_id).data.tags
     else:
         store = f"sqlite:///{tmp_path / 'other.db'}"
@@ -265,8 +303,13 @@ def as_another_user(command: list[str], cwd: Path, home: Path) -> subprocess.Com
     """``command`` as user nobody when this process is root (root writes through permission bits)."""
     import os
 
-    environment = {"PATH": os.environ["PATH"], "HOME": str(home), "MPLCONFIGDIR": str(home / "mpl"),
-                   "NUMBA_CACHE_DIR": str(home / "numba"), "LANG": "C.UTF-8"}
+    environment = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(home),
+        "MPLCONFIGDIR": str(home / "mpl"),
+        "NUMBA_CACHE_DIR": str(home / "numba"),
+        "LANG": "C.UTF-8",
+    }
     if os.geteuid() == 0:
         command = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *command]
     return subprocess.run(command, cwd=cwd, env=environment, capture_output=True, text=True, timeout=600)
@@ -296,16 +339,20 @@ def test_a_read_only_tracking_store_is_refused_before_any_work(project, command)
         shutil.copy(project / "params.yaml", work / "params.yaml")
         for path in work.rglob("*"):
             path.chmod(0o777 if path.is_dir() else 0o666)
-        args = [*[f"--set={o}" for o in TINY], "--set=tracking.enabled=true",
-                f"--set=tracking.uri=sqlite:///{store / 'mlflow.db'}"]
+        args = [
+            *[f"--set={o}" for o in TINY],
+            "--set=tracking.enabled=true",
+            f"--set=tracking.uri=sqlite:///{store / 'mlflow.db'}",
+        ]
         if command == "evaluate":
             trained = eed("train", "--out", str(work / "trained"), *[f"--set={o}" for o in TINY], cwd=work)
             assert trained.returncode == 0, trained.stderr[-2000:]
             args = [str(work / "trained" / "checkpoints" / "best.pt"), *args]
             for path in (work / "trained").rglob("*"):
                 path.chmod(0o777 if path.is_dir() else 0o666)
-        completed = as_another_user([sys.executable, "-m", "eed.cli", command, *args, "--out", str(work / "out")],
-                                    cwd=work, home=work)
+        completed = as_another_user(
+            [sys.executable, "-m", "eed.cli", command, *args, "--out", str(work / "out")], cwd=work, home=work
+        )
         assert_one_line(completed, 5, str(store / "mlflow.db"), "read-only")
         assert not (work / "out").exists()
     finally:

@@ -37,12 +37,24 @@ EPOCHS = 3
 
 def tiny_overrides(run_dir: Path, prepared: Path, store: str, experiment: str, **extra: object) -> list[str]:
     values = {
-        "data.dataset": "synthetic", "data.backend": "tensor", "data.val_size": 32, "data.num_workers": 1,
-        "data.prepared_dir": str(prepared), "data.synthetic.num_train": 160,
-        "data.synthetic.num_test": 32, "data.synthetic.num_classes": 4, "data.train_subset": 0,
-        "model.width": 4, "train.epochs": EPOCHS, "train.batch_size": 32, "train.lr": 0.05,
-        "train.deterministic": True, "train.device": "cpu",
-        "tracking.uri": store, "tracking.experiment": experiment, "paths.out_dir": str(run_dir / "out"),
+        "data.dataset": "synthetic",
+        "data.backend": "tensor",
+        "data.val_size": 32,
+        "data.num_workers": 1,
+        "data.prepared_dir": str(prepared),
+        "data.synthetic.num_train": 160,
+        "data.synthetic.num_test": 32,
+        "data.synthetic.num_classes": 4,
+        "data.train_subset": 0,
+        "model.width": 4,
+        "train.epochs": EPOCHS,
+        "train.batch_size": 32,
+        "train.lr": 0.05,
+        "train.deterministic": True,
+        "train.device": "cpu",
+        "tracking.uri": store,
+        "tracking.experiment": experiment,
+        "paths.out_dir": str(run_dir / "out"),
     }
     values.update(extra)
     return [f"{key}={value}" for key, value in values.items()]
@@ -50,15 +62,21 @@ def tiny_overrides(run_dir: Path, prepared: Path, store: str, experiment: str, *
 
 # (object, attribute) of every function whose call is an event where a fault can strike.
 EVENTS = [
-    (TensorEpochLoader, "warmup"), (Checkpoint, "save"), (T, "validate"), (T, "train_one_epoch"),
-    (T._Training, "final_test"), (ExitEnsembleObjective, "forward"),
-    (tracking.MlflowLogger, "log_metrics"), (tracking.MlflowLogger, "log_artifact"),
-    (tracking.MlflowLogger, "log_model"), (tracking.MlflowLogger, "set_tags"), (tracking.MlflowLogger, "finish"),
+    (TensorEpochLoader, "warmup"),
+    (Checkpoint, "save"),
+    (T, "validate"),
+    (T, "train_one_epoch"),
+    (T._Training, "final_test"),
+    (ExitEnsembleObjective, "forward"),
+    (tracking.MlflowLogger, "log_metrics"),
+    (tracking.MlflowLogger, "log_artifact"),
+    (tracking.MlflowLogger, "log_model"),
+    (tracking.MlflowLogger, "set_tags"),
+    (tracking.MlflowLogger, "finish"),
 ]
 
 
-def plant(fault: Callable[[], None] | None, at: int | None = None,
-          where: tuple[str, int] | None = None) -> list[str]:
+def plant(fault: Callable[[], None] | None, at: int | None = None, where: tuple[str, int] | None = None) -> list[str]:
     """Wrap every event: ``fault`` strikes at the ``at``-th event (before the call or after it,
     by the event's parity) or before the ``n``-th call of ``where = (name, n)``. Returns the
     growing list of event names."""
@@ -190,15 +208,25 @@ def new_attempt(tmp_path: Path, name: str, straight: Straight, *extra: str) -> A
 # --------------------------------------------------------------------------- one fault per phase
 
 
-@pytest.mark.parametrize(("where", "fault", "status"), [
-    (("warmup", 1), sigterm, 143),             # SIGTERM during the loader warm-up
-    (("final_test", 1), kill9, -9),            # kill -9 during the final test
-    (("set_tags", 2), sigterm, 143),           # SIGTERM while the results are logged (1: the run's own tag)
-    (("log_artifact", 1), sigint, 130),        # SIGINT while the artifacts are logged
-    (("log_model", 1), kill9, -9),             # kill -9 while the model is logged
-    (("train_one_epoch", EPOCHS), kill9, -9),  # kill -9 at the start of the last epoch
-], ids=["sigterm-warmup", "kill9-final-test", "sigterm-results", "sigint-artifacts", "kill9-model",
-        "kill9-last-epoch"])
+@pytest.mark.parametrize(
+    ("where", "fault", "status"),
+    [
+        (("warmup", 1), sigterm, 143),  # SIGTERM during the loader warm-up
+        (("final_test", 1), kill9, -9),  # kill -9 during the final test
+        (("set_tags", 2), sigterm, 143),  # SIGTERM while the results are logged (1: the run's own tag)
+        (("log_artifact", 1), sigint, 130),  # SIGINT while the artifacts are logged
+        (("log_model", 1), kill9, -9),  # kill -9 while the model is logged
+        (("train_one_epoch", EPOCHS), kill9, -9),  # kill -9 at the start of the last epoch
+    ],
+    ids=[
+        "sigterm-warmup",
+        "kill9-final-test",
+        "sigterm-results",
+        "sigint-artifacts",
+        "kill9-model",
+        "kill9-last-epoch",
+    ],
+)
 def test_an_interrupt_in_any_phase_continues_the_same_run(tmp_path, straight, where, fault, status):
     attempt = new_attempt(tmp_path, "run", straight)
     assert in_child(attempt.overrides, attempt.out, fault, where=where) == status

@@ -14,15 +14,25 @@ from eed.objectives import ExitEnsembleObjective
 from eed.reporting.comparison import ignored_settings
 
 # Every classifier, the main output too, learns the main output's logits: a row no paper method has.
-TOY = MethodSpec("mainteach", "every classifier learns the main output's logits (a toy)",
-                 cross_entropy="all", students="all", teacher="main", feature_loss="unused")
+TOY = MethodSpec(
+    "mainteach",
+    "every classifier learns the main output's logits (a toy)",
+    cross_entropy="all",
+    students="all",
+    teacher="main",
+    feature_loss="unused",
+)
 
 
 def test_the_paper_methods_are_rows_in_the_papers_order():
     assert method_names() == ("baseline", "branchynet", "distill", "byot", "eed")
     assert [get_method(m).loss_keys for m in method_names()] == [
-        (), (), ("output", "alpha", "temperature"), ("output", "alpha", "beta", "temperature"),
-        ("output", "alpha", "beta", "temperature", "teacher")]
+        (),
+        (),
+        ("output", "alpha", "temperature"),
+        ("output", "alpha", "beta", "temperature"),
+        ("output", "alpha", "beta", "temperature", "teacher"),
+    ]
     assert [get_method(m).exits for m in method_names()] == [False, True, True, True, True]
 
 
@@ -40,23 +50,40 @@ def test_a_sixth_method_added_in_one_place_validates_plans_describes_compares_an
     from eed.data import prepare
 
     with registered(TOY):
-        overrides = {"method": "mainteach", "data.dataset": "synthetic", "data.backend": "tensor",
-                     "data.val_size": 32, "data.prepared_dir": str(tmp_path / "prepared"), "data.num_workers": 1,
-                     "data.synthetic.num_train": 160, "data.synthetic.num_test": 32, "data.train_subset": 0,
-                     "model.width": 4, "train.epochs": 1, "train.batch_size": 32, "train.device": "cpu",
-                     "tracking.enabled": False}
-        config = load_config(None, [f"{key}={json.dumps(value) if isinstance(value, bool) else value}"
-                                    for key, value in overrides.items()])
+        overrides = {
+            "method": "mainteach",
+            "data.dataset": "synthetic",
+            "data.backend": "tensor",
+            "data.val_size": 32,
+            "data.prepared_dir": str(tmp_path / "prepared"),
+            "data.num_workers": 1,
+            "data.synthetic.num_train": 160,
+            "data.synthetic.num_test": 32,
+            "data.train_subset": 0,
+            "model.width": 4,
+            "train.epochs": 1,
+            "train.batch_size": 32,
+            "train.device": "cpu",
+            "tracking.enabled": False,
+        }
+        config = load_config(
+            None,
+            [f"{key}={json.dumps(value) if isinstance(value, bool) else value}" for key, value in overrides.items()],
+        )
         with pytest.raises(ConfigError, match="loss.teacher: only method 'eed'"):
             load_config(None, ["method=mainteach", "loss.teacher=[1]"])
 
         objective = ExitEnsembleObjective("mainteach", config.loss, 4)
         assert objective.plan.students == (0, 1, 2, 3) and objective.plan.teachers == (3,)
         assert objective.plan.beta == 0 and objective.plan.alpha == 1.0
-        assert objective.describe() == ("mainteach: CE on 4 classifiers + 1.0·mse(Z_i, Z_main) for i in exit1..main; "
-                                        "β=0 (mainteach has no feature loss; loss.beta is ignored)")
-        key = {"method": "mainteach", **{f"loss.{name}": "x" for name in ("output", "alpha", "beta", "temperature",
-                                                                          "teacher")}}
+        assert objective.describe() == (
+            "mainteach: CE on 4 classifiers + 1.0·mse(Z_i, Z_main) for i in exit1..main; "
+            "β=0 (mainteach has no feature loss; loss.beta is ignored)"
+        )
+        key = {
+            "method": "mainteach",
+            **{f"loss.{name}": "x" for name in ("output", "alpha", "beta", "temperature", "teacher")},
+        }
         assert ignored_settings(key) == {"loss.beta", "loss.teacher", "loss.temperature"}  # T: the loss is mse
 
         prepare(config)

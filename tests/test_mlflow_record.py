@@ -32,8 +32,9 @@ def record(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("record")
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "1")  # a sample within a seconds-long run
-        config = synthetic_config(tmp_path, **{"eval.rdm_samples": 60, "eval.rdm_classes": 3,
-                                               "eval.thresholds": 11, "eval.budgets": [0.001]})
+        config = synthetic_config(
+            tmp_path, **{"eval.rdm_samples": 60, "eval.rdm_classes": 3, "eval.thresholds": 11, "eval.budgets": [0.001]}
+        )
         result = train(config, tmp_path / "out" / "train")
     timings = {}
     for name, stage in (("evaluate", evaluate), ("rdm", rdm)):
@@ -174,7 +175,10 @@ def test_the_served_model_says_what_it_is_and_holds_its_results(record):
     client = MlflowClient(config.tracking.uri)
     logged = client.get_logged_model(result.served_model_id)
     description = logged.tags["mlflow.note.content"]
-    assert description.startswith("**Early exit served by eed** (exit rule `confidence`).") and "| `budget_0.001` |" not in description
+    assert (
+        description.startswith("**Early exit served by eed** (exit rule `confidence`).")
+        and "| `budget_0.001` |" not in description
+    )
     assert "| threshold | τ | val top-1 % | val GFLOPs | test top-1 % | test GFLOPs |" in description
     assert logged.tags["eed.current"] == "true"
     evaluation = json.loads((Path(config.paths.out_dir) / "evaluate" / "metrics.json").read_text())
@@ -185,7 +189,8 @@ def test_the_served_model_says_what_it_is_and_holds_its_results(record):
     assert {"served/max_drop/val_acc", "served/max_drop/val_gflops", "served/max_drop/test_gflops"} <= set(linked)
     # Each number names the split it was measured on, a dataset the evaluate run lists as its input.
     assert {key: metric.dataset_name for key, metric in linked.items()} == {
-        key: f"synthetic-{key.rsplit('/', 1)[1].split('_')[0]}" for key in linked}
+        key: f"synthetic-{key.rsplit('/', 1)[1].split('_')[0]}" for key in linked
+    }
     inputs = {d.dataset.name: d.dataset.digest for d in client.get_run(timings_of(record)).inputs.dataset_inputs}
     assert {metric.dataset_name: metric.dataset_digest for metric in linked.values()} == inputs
     outputs = client.get_run(timings_of(record)).outputs

@@ -36,8 +36,18 @@ def small_images(arch: str, batch: int = 2) -> torch.Tensor:
 
 def test_registry_lists_the_papers_architectures() -> None:
     assert set(list_backbones()) == {
-        "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "vgg19", "vgg19_strict", "resnext29",
-        "wrn28_10", "pyramidnet110_270", "imagenet_resnet18", "imagenet_resnet50",
+        "resnet18",
+        "resnet34",
+        "resnet50",
+        "resnet101",
+        "resnet152",
+        "vgg19",
+        "vgg19_strict",
+        "resnext29",
+        "wrn28_10",
+        "pyramidnet110_270",
+        "imagenet_resnet18",
+        "imagenet_resnet50",
     }
 
 
@@ -66,7 +76,9 @@ def test_upto_runs_only_the_stages_it_needs(arch: str) -> None:
     model = small_model(arch).eval()
     calls = [0] * len(model.stages)
     for index, stage in enumerate(model.stages):
-        stage.register_forward_hook(lambda module, inputs, output, index=index: calls.__setitem__(index, calls[index] + 1))
+        stage.register_forward_hook(
+            lambda module, inputs, output, index=index: calls.__setitem__(index, calls[index] + 1)
+        )
     images = small_images(arch)
     for upto in range(1, model.num_classifiers + 1):
         calls[:] = [0] * len(calls)
@@ -99,8 +111,10 @@ def test_baseline_is_exactly_the_main_path(arch: str) -> None:
 
 
 def exit_conv_shapes(model: MultiExitNet) -> list[list[tuple[int, int]]]:
-    return [[(conv.in_channels, conv.out_channels) for conv in branch.modules() if isinstance(conv, nn.Conv2d)]
-            for branch in model.exits]
+    return [
+        [(conv.in_channels, conv.out_channels) for conv in branch.modules() if isinstance(conv, nn.Conv2d)]
+        for branch in model.exits
+    ]
 
 
 def test_resnet18_exit_convs_follow_the_paper() -> None:

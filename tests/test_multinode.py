@@ -27,17 +27,22 @@ ROOT = Path(__file__).resolve().parents[1]
 # --------------------------------------------------------------------------- settings
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["train.nnodes=2"], r"train\.rdzv_endpoint is required with train\.nnodes=2: host:port"),
-    (["train.nnodes=2", "train.node_rank=2", "train.rdzv_endpoint=host0:29400"],
-     r"train\.node_rank=2 must be below train\.nnodes=2 \(machines are numbered 0\.\.1\)"),
-    (["train.node_rank=1"], r"train\.node_rank=1 must be below train\.nnodes=1"),
-    (["train.nnodes=2", "train.rdzv_endpoint=host0"], r"train\.rdzv_endpoint: must look like host:port"),
-    (["train.nnodes=2", "train.rdzv_endpoint=host0:70000"], r"train\.rdzv_endpoint: must look like host:port"),
-    (["train.nnodes=2", "train.rdzv_endpoint=host 0:29400"], r"train\.rdzv_endpoint: must look like host:port"),
-    (["train.nnodes=0"], r"train\.nnodes"),
-    (["train.node_rank=-1"], r"train\.node_rank"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["train.nnodes=2"], r"train\.rdzv_endpoint is required with train\.nnodes=2: host:port"),
+        (
+            ["train.nnodes=2", "train.node_rank=2", "train.rdzv_endpoint=host0:29400"],
+            r"train\.node_rank=2 must be below train\.nnodes=2 \(machines are numbered 0\.\.1\)",
+        ),
+        (["train.node_rank=1"], r"train\.node_rank=1 must be below train\.nnodes=1"),
+        (["train.nnodes=2", "train.rdzv_endpoint=host0"], r"train\.rdzv_endpoint: must look like host:port"),
+        (["train.nnodes=2", "train.rdzv_endpoint=host0:70000"], r"train\.rdzv_endpoint: must look like host:port"),
+        (["train.nnodes=2", "train.rdzv_endpoint=host 0:29400"], r"train\.rdzv_endpoint: must look like host:port"),
+        (["train.nnodes=0"], r"train\.nnodes"),
+        (["train.node_rank=-1"], r"train\.node_rank"),
+    ],
+)
 def test_bad_node_settings_name_the_keys(overrides, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, overrides)
@@ -61,12 +66,24 @@ def test_only_the_machine_count_is_a_training_setting():
 def test_torchrun_options_standalone_on_one_machine_rendezvous_across_several():
     assert runtime.torchrun_options(TrainConfig(nproc=4)) == ["--standalone", "--nproc_per_node=4"]
     options = runtime.torchrun_options(TrainConfig(nproc=2, nnodes=3, node_rank=1, rdzv_endpoint="host0:29400"))
-    assert options == ["--nnodes=3", "--node_rank=1", "--rdzv_backend=static", "--rdzv_endpoint=host0:29400",
-                       f"--rdzv_id={runtime.RDZV_ID}", "--nproc_per_node=2"]
-    elastic = runtime.torchrun_options(TrainConfig(nnodes=2, node_rank=1, rdzv_endpoint="host0:29400",
-                                                   rdzv_backend="c10d"))
-    assert elastic == ["--nnodes=2", "--rdzv_backend=c10d", "--rdzv_endpoint=host0:29400",
-                       f"--rdzv_id={runtime.RDZV_ID}", "--nproc_per_node=1"]  # c10d numbers the machines itself
+    assert options == [
+        "--nnodes=3",
+        "--node_rank=1",
+        "--rdzv_backend=static",
+        "--rdzv_endpoint=host0:29400",
+        f"--rdzv_id={runtime.RDZV_ID}",
+        "--nproc_per_node=2",
+    ]
+    elastic = runtime.torchrun_options(
+        TrainConfig(nnodes=2, node_rank=1, rdzv_endpoint="host0:29400", rdzv_backend="c10d")
+    )
+    assert elastic == [
+        "--nnodes=2",
+        "--rdzv_backend=c10d",
+        "--rdzv_endpoint=host0:29400",
+        f"--rdzv_id={runtime.RDZV_ID}",
+        "--nproc_per_node=1",
+    ]  # c10d numbers the machines itself
 
 
 def test_relaunch_whenever_more_than_one_process_takes_part(monkeypatch):
@@ -78,9 +95,24 @@ def test_relaunch_whenever_more_than_one_process_takes_part(monkeypatch):
     runtime.relaunch_under_torchrun(TrainConfig(), argv)
     assert calls == []  # one process in all: train in this one
     runtime.relaunch_under_torchrun(TrainConfig(nnodes=2, node_rank=1, rdzv_endpoint="host0:29400"), argv)
-    assert calls == [[sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--node_rank=1",
-                      "--rdzv_backend=static", "--rdzv_endpoint=host0:29400", f"--rdzv_id={runtime.RDZV_ID}",
-                      "--nproc_per_node=1", "-m", "eed.cli", "train", "--set", "train.node_rank=1"]]
+    assert calls == [
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes=2",
+            "--node_rank=1",
+            "--rdzv_backend=static",
+            "--rdzv_endpoint=host0:29400",
+            f"--rdzv_id={runtime.RDZV_ID}",
+            "--nproc_per_node=1",
+            "-m",
+            "eed.cli",
+            "train",
+            "--set",
+            "train.node_rank=1",
+        ]
+    ]
     runtime.relaunch_under_torchrun(TrainConfig(nproc=2), argv)
     assert calls[-1][3:5] == ["--standalone", "--nproc_per_node=2"]
     monkeypatch.setenv("LOCAL_RANK", "0")  # already a torchrun worker
@@ -92,8 +124,14 @@ def test_relaunch_whenever_more_than_one_process_takes_part(monkeypatch):
 
 EPOCHS = 2
 SETTINGS = {
-    "data": {"dataset": "synthetic", "backend": "tensor", "val_size": 64, "num_workers": 1, "train_subset": 0,
-             "synthetic": {"num_train": 384, "num_test": 96, "num_classes": 10}},
+    "data": {
+        "dataset": "synthetic",
+        "backend": "tensor",
+        "val_size": 64,
+        "num_workers": 1,
+        "train_subset": 0,
+        "synthetic": {"num_train": 384, "num_test": 96, "num_classes": 10},
+    },
     "model": {"width": 4},
     "train": {"epochs": EPOCHS, "batch_size": 64, "lr": 0.05, "deterministic": True, "device": "cpu"},
 }
@@ -106,10 +144,24 @@ def free_port() -> int:
 
 
 def start_node(params: Path, node_rank: int, endpoint: str, out: Path, log: Path, backend: str) -> subprocess.Popen:
-    command = [sys.executable, "-m", "eed.cli", "train", "--params", str(params),
-               "--set", "train.nnodes=2", "--set", f"train.node_rank={node_rank}",
-               "--set", f"train.rdzv_backend={backend}",
-               "--set", f"train.rdzv_endpoint={endpoint}", "--set", f"paths.out_dir={out}"]
+    command = [
+        sys.executable,
+        "-m",
+        "eed.cli",
+        "train",
+        "--params",
+        str(params),
+        "--set",
+        "train.nnodes=2",
+        "--set",
+        f"train.node_rank={node_rank}",
+        "--set",
+        f"train.rdzv_backend={backend}",
+        "--set",
+        f"train.rdzv_endpoint={endpoint}",
+        "--set",
+        f"paths.out_dir={out}",
+    ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}  # two machines share this one's cores
     with open(log, "w") as handle:
         return subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
@@ -142,8 +194,11 @@ def test_two_machines_train_one_run_with_the_steps_of_one_process(tmp_path, back
     from eed.data import prepare
 
     db = tmp_path / "mlflow.db"
-    settings = {**SETTINGS, "data": {**SETTINGS["data"], "prepared_dir": str(tmp_path / "prepared")},
-                "tracking": {"uri": f"sqlite:///{db}"}}
+    settings = {
+        **SETTINGS,
+        "data": {**SETTINGS["data"], "prepared_dir": str(tmp_path / "prepared")},
+        "tracking": {"uri": f"sqlite:///{db}"},
+    }
     params = tmp_path / "params.yaml"
     params.write_text(yaml.safe_dump(settings))
     prepare(load_config(params))  # both machines read the same prepared files here
@@ -163,7 +218,9 @@ def test_two_machines_train_one_run_with_the_steps_of_one_process(tmp_path, back
     first = 0 if backend == "static" else next(rank for rank in (0, 1) if (outs[rank] / "train").exists())
     other = 1 - first
     assert (outs[first] / "train" / "metrics.json").is_file()
-    assert not (outs[other] / "train" / "checkpoints").exists() and not (outs[other] / "train" / "metrics.json").exists()
+    assert (
+        not (outs[other] / "train" / "checkpoints").exists() and not (outs[other] / "train" / "metrics.json").exists()
+    )
     assert "MLflow run:" in logs[first].read_text() and "MLflow run:" not in logs[other].read_text()
 
     # The scheduler steps once per optimizer step: its count is the run's number of steps.

@@ -20,19 +20,25 @@ K, BATCH, CLASSES, DIM = 4, 6, 5, 8
 NAMES = ["exit1", "exit2", "exit3", "main"]
 
 
-def make_output(num_classifiers: int = K, seed: int = 0, dtype: torch.dtype = torch.float64,
-                scale: float = 2.0) -> tuple[MultiExitOutput, Tensor]:
+def make_output(
+    num_classifiers: int = K, seed: int = 0, dtype: torch.dtype = torch.float64, scale: float = 2.0
+) -> tuple[MultiExitOutput, Tensor]:
     """Random leaf logits and features (features with negative entries, so the mask matters)."""
     generator = torch.Generator().manual_seed(seed)
-    logits = [(scale * torch.randn(BATCH, CLASSES, generator=generator, dtype=torch.float64)).to(dtype)
-              .requires_grad_() for _ in range(num_classifiers)]
-    features = [torch.randn(BATCH, DIM, generator=generator, dtype=torch.float64).to(dtype).requires_grad_()
-                for _ in range(num_classifiers)]
+    logits = [
+        (scale * torch.randn(BATCH, CLASSES, generator=generator, dtype=torch.float64)).to(dtype).requires_grad_()
+        for _ in range(num_classifiers)
+    ]
+    features = [
+        torch.randn(BATCH, DIM, generator=generator, dtype=torch.float64).to(dtype).requires_grad_()
+        for _ in range(num_classifiers)
+    ]
     target = torch.randint(0, CLASSES, (BATCH,), generator=generator)
     return MultiExitOutput(logits=logits, features=features), target
 
 
 # --- independent references: explicit formulas, one classifier at a time -------------------
+
 
 def ref_cross_entropy(z: Tensor, y: Tensor) -> Tensor:
     log_normalizer = torch.log(torch.exp(z).sum(dim=1))
@@ -65,8 +71,9 @@ def ref_output_loss(kind: str, z: Tensor, g: Tensor, temperature: float) -> Tens
     return ref_kl(z, g, temperature) if kind == "kl" else ref_mse(z, g)
 
 
-def expected(method: str, output: MultiExitOutput, y: Tensor, loss: LossConfig,
-             teacher_indices: list[int] | None = None) -> tuple[Tensor, dict[str, Tensor]]:
+def expected(
+    method: str, output: MultiExitOutput, y: Tensor, loss: LossConfig, teacher_indices: list[int] | None = None
+) -> tuple[Tensor, dict[str, Tensor]]:
     """Total and terms of each method written out from eqs. 2, 4 and 8 (0-based teacher indices)."""
     z = [t.detach() for t in output.logits]
     f = [t.detach() for t in output.features]
@@ -110,6 +117,7 @@ def assert_matches(result, total: Tensor, terms: dict[str, Tensor]) -> None:
 
 # --- each method against the reference ------------------------------------------------------
 
+
 @pytest.mark.parametrize("output_loss", ["kl", "mse"])
 @pytest.mark.parametrize("method", method_names())
 def test_method_matches_reference(method: str, output_loss: str) -> None:
@@ -149,6 +157,7 @@ def test_terms_are_detached_scalars() -> None:
 
 
 # --- the KL term ------------------------------------------------------------------------------
+
 
 def test_kl_is_scaled_by_temperature_squared() -> None:
     output, y = make_output(seed=4)
@@ -209,6 +218,7 @@ def test_partial_l2_through_byot() -> None:
 
 # --- no gradient through the teacher target --------------------------------------------------------
 
+
 def ce_gradient(z: Tensor, y: Tensor) -> Tensor:
     onehot = torch.zeros_like(z)
     onehot[torch.arange(len(y)), y] = 1.0
@@ -243,7 +253,8 @@ def test_main_output_gets_only_its_cross_entropy_gradient(method: str) -> None:
     output, y = make_output(seed=7)
     total = ExitEnsembleObjective(method, LossConfig(output="kl", beta=1.0), K)(output, y).total
     grad_main_logits, grad_main_features = torch.autograd.grad(
-        total, [output.logits[-1], output.features[-1]], allow_unused=True)
+        total, [output.logits[-1], output.features[-1]], allow_unused=True
+    )
     torch.testing.assert_close(grad_main_logits, ce_gradient(output.logits[-1].detach(), y))
     # distill has no feature loss (None); byot's F_main is only a (detached) target (zeros).
     assert grad_main_features is None or torch.count_nonzero(grad_main_features) == 0
@@ -251,15 +262,19 @@ def test_main_output_gets_only_its_cross_entropy_gradient(method: str) -> None:
 
 # --- teacher subsets (Table IV) ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("teacher, members", [
-    ([1, 3, "main"], [0, 2, 3]),
-    ([1, "main"], [0, 3]),
-    ([3, "main"], [2, 3]),
-    ([1, 2, 3], [0, 1, 2]),
-    (["main"], [3]),
-    ([4], [3]),  # k names the main output too
-    (["main", 2], [1, 3]),  # order does not matter
-])
+
+@pytest.mark.parametrize(
+    "teacher, members",
+    [
+        ([1, 3, "main"], [0, 2, 3]),
+        ([1, "main"], [0, 3]),
+        ([3, "main"], [2, 3]),
+        ([1, 2, 3], [0, 1, 2]),
+        (["main"], [3]),
+        ([4], [3]),  # k names the main output too
+        (["main", 2], [1, 3]),  # order does not matter
+    ],
+)
 @pytest.mark.parametrize("output_loss", ["kl", "mse"])
 def test_eed_teacher_subsets(teacher: list, members: list[int], output_loss: str) -> None:
     loss = LossConfig(output=output_loss, alpha=1.0, beta=1.0, teacher=teacher)
@@ -289,19 +304,23 @@ def test_describe_names_the_ensemble() -> None:
 
 # --- configuration errors ------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("method, loss, k, key, also", [
-    ("kd", LossConfig(), K, "method", list(method_names())),
-    ("baseline", LossConfig(), K, "method 'baseline' trains the network without exits", []),
-    ("eed", LossConfig(), 1, "method", ["baseline"]),
-    ("distill", LossConfig(teacher=["main"]), K, "loss.teacher", []),
-    ("byot", LossConfig(teacher=[1, "main"]), K, "loss.teacher", []),
-    ("branchynet", LossConfig(teacher=[1]), K, "loss.teacher", []),
-    ("baseline", LossConfig(teacher=["main"]), 1, "loss.teacher", []),
-    ("eed", LossConfig(teacher=[5]), K, "loss.teacher", ["allowed: 1, 2, 3, 'main'"]),
-    ("eed", LossConfig(teacher=[4]), 3, "loss.teacher", ["allowed: 1, 2, 'main'"]),
-    ("eed", LossConfig(teacher=[4, "main"]), K, "loss.teacher", []),  # the same classifier twice
-    ("byot", LossConfig(beta=0.0), K, "loss.beta", []),
-])
+
+@pytest.mark.parametrize(
+    "method, loss, k, key, also",
+    [
+        ("kd", LossConfig(), K, "method", list(method_names())),
+        ("baseline", LossConfig(), K, "method 'baseline' trains the network without exits", []),
+        ("eed", LossConfig(), 1, "method", ["baseline"]),
+        ("distill", LossConfig(teacher=["main"]), K, "loss.teacher", []),
+        ("byot", LossConfig(teacher=[1, "main"]), K, "loss.teacher", []),
+        ("branchynet", LossConfig(teacher=[1]), K, "loss.teacher", []),
+        ("baseline", LossConfig(teacher=["main"]), 1, "loss.teacher", []),
+        ("eed", LossConfig(teacher=[5]), K, "loss.teacher", ["allowed: 1, 2, 3, 'main'"]),
+        ("eed", LossConfig(teacher=[4]), 3, "loss.teacher", ["allowed: 1, 2, 'main'"]),
+        ("eed", LossConfig(teacher=[4, "main"]), K, "loss.teacher", []),  # the same classifier twice
+        ("byot", LossConfig(beta=0.0), K, "loss.beta", []),
+    ],
+)
 def test_bad_configuration_raises(method: str, loss: LossConfig, k: int, key: str, also: list[str]) -> None:
     with pytest.raises(ConfigError) as error:
         ExitEnsembleObjective(method, loss, k)
@@ -339,13 +358,18 @@ def test_from_config() -> None:
 
 # --- finite losses and backward through a real (tiny) multi-exit network ----------------------------
 
+
 def tiny_net(exits: bool) -> MultiExitNet:
     def conv(cin: int, cout: int, stride: int) -> nn.Module:
         return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1), nn.ReLU())
 
-    backbone = Backbone(stem=conv(3, 4, 1), stages=[conv(4, 4, 1), conv(4, 8, 2), conv(8, 8, 2)],
-                        stage_channels=[4, 8, 8], pool=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
-                        fc=nn.Linear(8, CLASSES))
+    backbone = Backbone(
+        stem=conv(3, 4, 1),
+        stages=[conv(4, 4, 1), conv(4, 8, 2), conv(8, 8, 2)],
+        stage_channels=[4, 8, 8],
+        pool=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+        fc=nn.Linear(8, CLASSES),
+    )
     return MultiExitNet(backbone, exits=exits)
 
 
@@ -366,7 +390,8 @@ def test_low_precision_logits_are_lifted_to_float32() -> None:
     output, y = make_output(seed=13, dtype=torch.bfloat16)
     result = ExitEnsembleObjective("eed", LossConfig(output="kl", alpha=1.0), K)(output, y)
     assert result.total.dtype == torch.float32
-    lifted = MultiExitOutput(logits=[t.detach().double() for t in output.logits],
-                             features=[t.detach().double() for t in output.features])
+    lifted = MultiExitOutput(
+        logits=[t.detach().double() for t in output.logits], features=[t.detach().double() for t in output.features]
+    )
     reference, _ = expected("eed", lifted, y, LossConfig(output="kl", alpha=1.0))
     torch.testing.assert_close(result.total.double(), reference, rtol=1e-5, atol=1e-5)

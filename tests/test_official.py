@@ -80,8 +80,15 @@ def release_shapes(num_classes: int = NUM_CLASSES) -> dict[str, tuple[int, ...]]
         shapes[f"{name}.weight"] = (c_out, c_in, k, k)
 
     def bn(name, c):
-        shapes.update({f"{name}.weight": (c,), f"{name}.bias": (c,), f"{name}.running_mean": (c,),
-                       f"{name}.running_var": (c,), f"{name}.num_batches_tracked": ()})
+        shapes.update(
+            {
+                f"{name}.weight": (c,),
+                f"{name}.bias": (c,),
+                f"{name}.running_mean": (c,),
+                f"{name}.running_var": (c,),
+                f"{name}.num_batches_tracked": (),
+            }
+        )
 
     def linear(name, c_in):
         shapes.update({f"{name}.weight": (num_classes, c_in), f"{name}.bias": (num_classes,)})
@@ -132,8 +139,15 @@ def release_forward(p: dict[str, torch.Tensor], x: torch.Tensor, training: bool 
 
     def bn(h, name):
         # A copy of the running statistics: the reference must not move the ones the eed net loads.
-        return F.batch_norm(h, p[f"{name}.running_mean"].clone(), p[f"{name}.running_var"].clone(),
-                            p[f"{name}.weight"], p[f"{name}.bias"], training=training, eps=1e-5)
+        return F.batch_norm(
+            h,
+            p[f"{name}.running_mean"].clone(),
+            p[f"{name}.running_var"].clone(),
+            p[f"{name}.weight"],
+            p[f"{name}.bias"],
+            training=training,
+            eps=1e-5,
+        )
 
     def block(h, prefix, stride):
         out = F.relu(bn(conv(h, f"{prefix}.conv1", stride), f"{prefix}.bn1"))
@@ -200,16 +214,24 @@ def test_the_default_stem_relu_is_a_different_network():
 
 def test_checkpoints_remember_the_stem(tmp_path):
     net = release_network(10)
-    checkpoint = Checkpoint(NetworkSpec("resnet18", 10, WIDTH, True, stem_relu=False), net.state_dict(), {},
-                            TrainState())
+    checkpoint = Checkpoint(
+        NetworkSpec("resnet18", 10, WIDTH, True, stem_relu=False), net.state_dict(), {}, TrainState()
+    )
     rebuilt = Checkpoint.load(checkpoint.save(tmp_path / "release.pt")).model()
     assert isinstance(rebuilt.stem[2], nn.Identity)
     images = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(rebuilt.eval()(images).main, net.eval()(images).main)
     # A version-2 file written before the option: the stem it had, with its ReLU.
-    older = {"format": "eed-checkpoint", "version": 2, "arch": "resnet18", "num_classes": 10, "width": WIDTH,
-             "exits": True, "model": net.state_dict()}
+    older = {
+        "format": "eed-checkpoint",
+        "version": 2,
+        "arch": "resnet18",
+        "num_classes": 10,
+        "width": WIDTH,
+        "exits": True,
+        "model": net.state_dict(),
+    }
     torch.save(older, tmp_path / "older.pt")
     assert isinstance(Checkpoint.load(tmp_path / "older.pt").model().stem[2], nn.ReLU)
 
@@ -229,8 +251,9 @@ def release_loss(logits, features, target, output_loss, temperature):
     target_feature = sum(f / 4 for f in feats).detach()
     if output_loss == "kl":
         soft = torch.softmax(target_logits / temperature, dim=1)
-        soft_ce = [-(torch.log_softmax(z / temperature, dim=1) * soft).sum(dim=1).mean() * temperature**2
-                   for z in outputs]
+        soft_ce = [
+            -(torch.log_softmax(z / temperature, dim=1) * soft).sum(dim=1).mean() * temperature**2 for z in outputs
+        ]
         total = total + 0.1 * sum(soft_ce)
     else:
         total = total + sum(F.mse_loss(z, target_logits) for z in outputs)
@@ -259,8 +282,9 @@ def test_reference_official_loss_equals_the_release_loss(output_loss):
     their_z = [z.clone().requires_grad_() for z in logits]
     their_f = [f.clone().requires_grad_() for f in features]
     order = [3, 0, 1, 2]  # the release returns main first
-    theirs, target_logits = release_loss([their_z[i] for i in order], [their_f[i] for i in order], target,
-                                         output_loss, temperature)
+    theirs, target_logits = release_loss(
+        [their_z[i] for i in order], [their_f[i] for i in order], target, output_loss, temperature
+    )
     theirs.backward()
 
     expected = ours.detach()

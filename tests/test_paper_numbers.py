@@ -26,8 +26,11 @@ PREVIOUS = ("branchynet", "distill", "byot")  # the methods "without EED" in Tab
 
 
 def rows(table: str, arch: str, *methods: str) -> list[PaperAccuracy]:
-    return [e for e in load_paper_numbers().accuracy
-            if e.table == table and e.arch == arch and (not methods or e.method in methods)]
+    return [
+        e
+        for e in load_paper_numbers().accuracy
+        if e.table == table and e.arch == arch and (not methods or e.method in methods)
+    ]
 
 
 def best(entries: list[PaperAccuracy], output: str = "main") -> float:
@@ -51,6 +54,7 @@ def test_names_are_this_projects():
     from eed.models import (
         list_backbones,  # imports torch: the registry is the reference
     )
+
     for entry in load_paper_numbers().accuracy:
         assert entry.method in method_names(), entry
         assert set(entry.loss) <= set(get_method(entry.method).loss_keys), entry
@@ -86,17 +90,24 @@ def test_resnet50_early_exits_gain_from_output_distillation():
     assert max(TABLE_I_ARCHS, key=lambda a: gain(a, "exit1") + gain(a, "exit2")) == "resnet50"
 
 
-@pytest.mark.parametrize("arch, output, before, after, diff", [
-    # "The differences between the maximum performance of the main network without and with EED are
-    # 0.73% for VGG19 (75.29% → 76.02%), 0.67% for ResNet-18 (78.58% → 79.25%), 1.02% for ResNet-50
-    # (80.99% → 82.01%), and 0.89% for ResNet-101 (81.14% → 82.03%)."
-    ("vgg19", "main", 75.29, 76.02, 0.73), ("resnet18", "main", 78.58, 79.25, 0.67),
-    ("resnet50", "main", 80.99, 82.01, 1.02), ("resnet101", "main", 81.14, 82.03, 0.89),
-    # "... of exit 3 without and with EED are 1.20% for VGG19 (75.02% → 76.22%), 0.45% for ResNet-18
-    # (78.30% → 78.75%), 0.77% for ResNet-50 (80.94% → 81.71%), and 0.84% for ResNet101 (81.35% → 82.19%)."
-    ("vgg19", "exit3", 75.02, 76.22, 1.20), ("resnet18", "exit3", 78.30, 78.75, 0.45),
-    ("resnet50", "exit3", 80.94, 81.71, 0.77), ("resnet101", "exit3", 81.35, 82.19, 0.84),
-])
+@pytest.mark.parametrize(
+    "arch, output, before, after, diff",
+    [
+        # "The differences between the maximum performance of the main network without and with EED are
+        # 0.73% for VGG19 (75.29% → 76.02%), 0.67% for ResNet-18 (78.58% → 79.25%), 1.02% for ResNet-50
+        # (80.99% → 82.01%), and 0.89% for ResNet-101 (81.14% → 82.03%)."
+        ("vgg19", "main", 75.29, 76.02, 0.73),
+        ("resnet18", "main", 78.58, 79.25, 0.67),
+        ("resnet50", "main", 80.99, 82.01, 1.02),
+        ("resnet101", "main", 81.14, 82.03, 0.89),
+        # "... of exit 3 without and with EED are 1.20% for VGG19 (75.02% → 76.22%), 0.45% for ResNet-18
+        # (78.30% → 78.75%), 0.77% for ResNet-50 (80.94% → 81.71%), and 0.84% for ResNet101 (81.35% → 82.19%)."
+        ("vgg19", "exit3", 75.02, 76.22, 1.20),
+        ("resnet18", "exit3", 78.30, 78.75, 0.45),
+        ("resnet50", "exit3", 80.94, 81.71, 0.77),
+        ("resnet101", "exit3", 81.35, 82.19, 0.84),
+    ],
+)
 def test_table_i_max_without_and_with_eed(arch, output, before, after, diff):
     assert best(rows("I", arch, *PREVIOUS), output) == before
     assert best(rows("I", arch, "eed"), output) == after
@@ -112,8 +123,9 @@ def test_eed_wins_with_and_without_the_feature_loss():
             assert best([e for e in rows("I", arch, "eed") if e.loss["beta"] == beta]) > previous, (arch, beta)
 
 
-@pytest.mark.parametrize("arch", ["resnet152", "resnext29", "wrn28_10", "pyramidnet110_270",
-                                  "imagenet_resnet18", "imagenet_resnet50"])
+@pytest.mark.parametrize(
+    "arch", ["resnet152", "resnext29", "wrn28_10", "pyramidnet110_270", "imagenet_resnet18", "imagenet_resnet50"]
+)
 def test_table_ii_eed_has_the_best_main_output(arch):
     # caption: "The proposed EED method achieves better performance of the main network than the
     # previous methods in all cases"; three-block networks have no exit 3
@@ -168,23 +180,37 @@ def test_lookups_compare_canonically():
     assert paper_accuracy("imagenet", "resnet18", "eed", {"output": "kl", "beta": 0}) == []
 
 
-GOOD_ENTRY = {"table": "I", "row": "bad row", "dataset": "cifar100", "arch": "resnet18", "method": "eed",
-              "loss": {"output": "kl", "beta": 0}, "percent": {"exit1": 70.0, "main": 79.0}}
+GOOD_ENTRY = {
+    "table": "I",
+    "row": "bad row",
+    "dataset": "cifar100",
+    "arch": "resnet18",
+    "method": "eed",
+    "loss": {"output": "kl", "beta": 0},
+    "percent": {"exit1": 70.0, "main": 79.0},
+}
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"method": "eed2"}, "method 'eed2'"),
-    ({"percent": {"main": 101.0}}, r"percent.main = 101.0"),
-    ({"percent": {"exit4": 70.0}}, "unknown key 'exit4'"),
-    ({"extra": 1}, "unknown key 'extra'"),
-    ({"loss": {"output": "kl", "beta": 0, "epochs": 4}}, "unknown key 'epochs'"),
-    ({"method": "branchynet", "loss": {"output": "kl"}}, "unknown key 'output'"),  # CE only: reads no loss key
-    ({"method": "distill"}, "unknown key 'beta'"),
-    ({"loss": {"output": "l1"}}, "loss.output 'l1'"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"method": "eed2"}, "method 'eed2'"),
+        ({"percent": {"main": 101.0}}, r"percent.main = 101.0"),
+        ({"percent": {"exit4": 70.0}}, "unknown key 'exit4'"),
+        ({"extra": 1}, "unknown key 'extra'"),
+        ({"loss": {"output": "kl", "beta": 0, "epochs": 4}}, "unknown key 'epochs'"),
+        ({"method": "branchynet", "loss": {"output": "kl"}}, "unknown key 'output'"),  # CE only: reads no loss key
+        ({"method": "distill"}, "unknown key 'beta'"),
+        ({"loss": {"output": "l1"}}, "loss.output 'l1'"),
+    ],
+)
 def test_a_malformed_entry_is_named(tmp_path, change, message):
-    data = {"source": "s", "protocol": "p", "gflops": [],
-            "accuracy": [dict(GOOD_ENTRY, row="fine row"), dict(GOOD_ENTRY, **change)]}
+    data = {
+        "source": "s",
+        "protocol": "p",
+        "gflops": [],
+        "accuracy": [dict(GOOD_ENTRY, row="fine row"), dict(GOOD_ENTRY, **change)],
+    }
     path = tmp_path / "bad.yaml"
     path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
     with pytest.raises(ValueError, match=r"bad\.yaml: accuracy\[1\] \(table I, resnet18, 'bad row'\)") as error:

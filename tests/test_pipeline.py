@@ -7,90 +7,47 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-ROOT = Path(__file__).resolve().parents[1]
-TINY = {
-    "data.dataset": "synthetic", "data.backend": "tensor", "data.val_size": 64, "data.train_subset": 0,
-    "data.synthetic.num_train": 320, "data.synthetic.num_test": 128, "model.width": 4,
-    "train.epochs": 1, "train.batch_size": 64, "train.device": "cpu", "eval.rdm_samples": 60,
-    "eval.rdm_classes": 3, "eval.budgets": [0.001], "eval.thresholds": 11,
-}
-
-
-def set_key(params: dict, dotted: str, value: object) -> None:
-    *path, key = dotted.split(".")
-    node = params
-    for part in path:
-        node = node[part]
-    assert key in node, dotted
-    node[key] = value
+from tests.dvc_project import ROOT, env, make_project, run
 
 
 @pytest.fixture(scope="module")
 def repo(tmp_path_factory) -> Path:
     """A new repository holding the project's pipeline with tiny params."""
-    repo = tmp_path_factory.mktemp("pipeline") / "repo"
-    repo.mkdir()
-    for name in ("eed", "pipeline"):
-        shutil.copytree(ROOT / name, repo / name, ignore=shutil.ignore_patterns("__pycache__"))
-    for name in ("dvc.yaml", ".dvcignore", ".gitignore"):
-        shutil.copy(ROOT / name, repo / name)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    for dotted, value in TINY.items():
-        set_key(params, dotted, value)
-    (repo / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q"], repo)
-    run(["git", "config", "user.email", "ci@example.org"], repo)
-    run(["git", "config", "user.name", "ci"], repo)
-    run(["dvc", "init", "-q"], repo)
-    shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")  # the project's own DVC settings
-    shutil.copytree(ROOT / ".dvc" / "plots", repo / ".dvc" / "plots", dirs_exist_ok=True)  # and plot templates
-    run(["git", "add", "-A"], repo)
-    run(["git", "commit", "-qm", "tiny pipeline"], repo)
-    return repo
-
-
-def env() -> dict[str, str]:
-    environment = dict(os.environ)
-    # Stages run the `python` first on PATH: the one running these tests.
-    environment["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{environment['PATH']}"
-    environment.pop("MLFLOW_TRACKING_URI", None)
-    environment.pop("EED_DATA_ROOT", None)
-    return environment
-
-
-def run(command: list[str], cwd: Path, check: bool = True, timeout: int = 600) -> subprocess.CompletedProcess:
-    completed = subprocess.run(command, cwd=cwd, env=env(), capture_output=True, text=True, timeout=timeout)
-    if check and completed.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed ({completed.returncode}):\n"
-                             f"{completed.stdout[-3000:]}\n{completed.stderr[-5000:]}")
-    return completed
+    return make_project(tmp_path_factory.mktemp("pipeline") / "repo")
 
 
 def runs(repo: Path) -> list:
     client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
     experiment = client.get_experiment_by_name("eed")
-    return [r for r in client.search_runs([experiment.experiment_id])
-            if "mlflow.parentRunId" not in r.data.tags]
+    return [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" not in r.data.tags]
 
 
 @pytest.mark.slow
 def test_dvc_repro_then_experiments(repo: Path):
     first = run(["dvc", "repro"], repo)
     out = repo / "outputs"
-    for path in ("train/checkpoints/best.pt", "train/checkpoints/last.pt", "train/metrics.json",
-                 "train/history.csv", "evaluate/metrics.json", "evaluate/anytime.csv",
-                 "evaluate/figures/anytime.png", "evaluate/figures/agreement.png", "flops/flops.json",
-                 "flops/figures/flops.png", "rdm/rdm.json", "rdm/figures/rdm.png", "train/figures"):
+    for path in (
+        "train/checkpoints/best.pt",
+        "train/checkpoints/last.pt",
+        "train/metrics.json",
+        "train/history.csv",
+        "evaluate/metrics.json",
+        "evaluate/anytime.csv",
+        "evaluate/figures/anytime.png",
+        "evaluate/figures/agreement.png",
+        "flops/flops.json",
+        "flops/figures/flops.png",
+        "rdm/rdm.json",
+        "rdm/figures/rdm.png",
+        "train/figures",
+    ):
         assert (out / path).exists(), path
     evaluation = json.loads((out / "evaluate" / "metrics.json").read_text())
     assert {"acc_exit1", "acc_main", "acc_ensemble"} <= set(evaluation["test"])
@@ -132,7 +89,7 @@ def test_dvc_repro_then_experiments(repo: Path):
 
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
     text = json.dumps(shown)
-    assert "results.json" in text and "\"exit1\"" in text and "branchynet" in text and "resolved.yaml" in text
+    assert "results.json" in text and '"exit1"' in text and "branchynet" in text and "resolved.yaml" in text
 
     typo = run(["dvc", "exp", "run", "-S", "metohd=eed"], repo, check=False)
     assert typo.returncode != 0 and "metohd" in typo.stderr + typo.stdout
@@ -166,8 +123,14 @@ def readme_exp_show_command() -> list[str]:
 
 
 # What DVC prints after the last stage (README, "Quick start").
-DVC_EPILOGUE = ("Updating lock file", "To track the changes with git", "git add", "To enable auto staging",
-                "dvc config core.autostage", "Use `dvc push`")
+DVC_EPILOGUE = (
+    "Updating lock file",
+    "To track the changes with git",
+    "git add",
+    "To enable auto staging",
+    "dvc config core.autostage",
+    "Use `dvc push`",
+)
 
 
 def assert_repro_ends_with_the_results(completed: subprocess.CompletedProcess, out: Path, evaluation: dict) -> None:
@@ -177,10 +140,12 @@ def assert_repro_ends_with_the_results(completed: subprocess.CompletedProcess, o
     said = completed.stdout + completed.stderr
     for noise in ("Warning", "WARNING", "\x1b[", "\r", "Downloading artifacts", "CloudPickle"):
         assert noise not in said, (noise, said[-3000:])
-    tail = completed.stdout[completed.stdout.rindex("Running stage 'report'"):]
+    tail = completed.stdout[completed.stdout.rindex("Running stage 'report'") :]
     assert "Results on test" in tail and "early exit" in tail and "ensemble" in tail
-    after_table = tail[tail.rindex("└"):].splitlines()[1:]
-    caption = " ".join(line.strip() for line in after_table if line.strip() and not line.strip().startswith(DVC_EPILOGUE))
+    after_table = tail[tail.rindex("└") :].splitlines()[1:]
+    caption = " ".join(
+        line.strip() for line in after_table if line.strip() and not line.strip().startswith(DVC_EPILOGUE)
+    )
     assert caption.startswith("max %: each output's best test top-1"), after_table  # the table's own caption
     results = json.loads((out / "results.json").read_text())
     assert results["test%"]["main"] == round(100 * evaluation["test"]["acc_main"], 2)
@@ -205,7 +170,7 @@ FRACTION_KEYS = ("acc", "top1", "top5", "ece", "frac", "accuracy", "drop", "boun
 
 
 def unit_of(path: tuple[str, ...]) -> str | None:
-    """"percent", "fraction" or "epoch" for a value at this key path (or CSV column), else None."""
+    """ "percent", "fraction" or "epoch" for a value at this key path (or CSV column), else None."""
     names = [str(part).lower() for part in path]
     if any(mark in name for name in names for mark in PERCENT_MARKS):
         return "percent"
@@ -236,8 +201,12 @@ def assert_every_file_names_its_unit(out: Path, evaluation: dict) -> None:
         if file.suffix == ".json":
             values = list(leaves(json.loads(file.read_text())))
         else:
-            values = [((column,), float(cell)) for row in csv.DictReader(file.open())
-                      for column, cell in row.items() if cell not in ("", None) and column not in ("split", "classifier")]
+            values = [
+                ((column,), float(cell))
+                for row in csv.DictReader(file.open())
+                for column, cell in row.items()
+                if cell not in ("", None) and column not in ("split", "classifier")
+            ]
         for path, value in values:
             unit = unit_of(path)
             if unit == "fraction":
@@ -255,8 +224,11 @@ def assert_every_file_names_its_unit(out: Path, evaluation: dict) -> None:
     assert float(anytime[0]["threshold"]) == 0 and float(anytime[0]["frac_exit1"]) == 1  # every image leaves at exit 1
     assert float(anytime[0]["top1_pct"]) == pytest.approx(100 * evaluation["test"]["acc_exit1"], abs=1e-3)
     history = list(csv.DictReader((out / "train" / "history.csv").open()))
-    per_epoch = [row for row in csv.DictReader((out / "train" / "accuracy.csv").open())
-                 if row["split"] == "test" and row["classifier"] == "main"]
+    per_epoch = [
+        row
+        for row in csv.DictReader((out / "train" / "accuracy.csv").open())
+        if row["split"] == "test" and row["classifier"] == "main"
+    ]
     assert float(per_epoch[-1]["top1_pct"]) == pytest.approx(100 * float(history[-1]["test_epoch_acc_main"]), abs=0.006)
 
 
@@ -269,9 +241,11 @@ def assert_stages_rerun_only_for_their_work(repo: Path) -> None:
     the train stage logs as it goes, retrain); editing a backbone leaves prepare up to date. Each edit
     is undone before the next."""
     assert changed_stages(repo) == set()
-    edits = {"eed/reporting/figures.py": ({"prepare", "train", "report"}, {"evaluate", "flops", "rdm"}),
-             "eed/reporting/training_curves.py": ({"prepare", "evaluate"}, {"train", "report"}),
-             "eed/models/cifar_resnet.py": ({"prepare"}, {"resolve", "train", "evaluate"})}
+    edits = {
+        "eed/reporting/figures.py": ({"prepare", "train", "report"}, {"evaluate", "flops", "rdm"}),
+        "eed/reporting/training_curves.py": ({"prepare", "evaluate"}, {"train", "report"}),
+        "eed/models/cifar_resnet.py": ({"prepare"}, {"resolve", "train", "evaluate"}),
+    }
     for module, (untouched, rerun) in edits.items():
         path = repo / module
         original = path.read_text()
@@ -290,8 +264,10 @@ def assert_only_the_intended_plots(repo: Path) -> None:
     shown = json.loads(run(["dvc", "plots", "show", "--json"], repo).stdout)
     plots = shown.get("data", shown)
     assert sorted(plots) == ["outputs/evaluate/anytime.csv", "outputs/train/accuracy.csv"], sorted(plots)
-    for name, title in (("outputs/train/accuracy.csv", "Accuracy of every classifier per epoch"),
-                        ("outputs/evaluate/anytime.csv", "Early-exit accuracy vs GFLOPs")):
+    for name, title in (
+        ("outputs/train/accuracy.csv", "Accuracy of every classifier per epoch"),
+        ("outputs/evaluate/anytime.csv", "Early-exit accuracy vs GFLOPs"),
+    ):
         (plot,) = plots[name]
         assert plot["type"] == "vega"
         text = json.dumps(plot["content"])
@@ -301,7 +277,10 @@ def assert_only_the_intended_plots(repo: Path) -> None:
     # Experiments told apart by marker (one epoch draws no line) and dash, in one legend whose labels say
     # "rev main", not "main" as the classifier; DVC's strokeDash legend alone showed black dots alike.
     assert spec["encoding"]["shape"]["field"] == spec["encoding"]["strokeDash"]["field"] == "rev"
-    assert spec["encoding"]["strokeDash"]["legend"] is None and "'rev '" in spec["encoding"]["shape"]["legend"]["labelExpr"]
+    assert (
+        spec["encoding"]["strokeDash"]["legend"] is None
+        and "'rev '" in spec["encoding"]["shape"]["legend"]["labelExpr"]
+    )
     assert spec["encoding"]["y"]["title"] == "top-1 (%)"
     values = plots["outputs/train/accuracy.csv"][0]["content"]["data"]["values"]
     assert {row["classifier"] for row in values} == {"exit1", "exit2", "exit3", "main", "ensemble"}
@@ -311,8 +290,9 @@ def assert_only_the_intended_plots(repo: Path) -> None:
 def assert_exp_show_fits_120_columns(repo: Path) -> None:
     """README's command shows every experiment's per-output test accuracies within 120 columns."""
     command = readme_exp_show_command()
-    completed = subprocess.run([*command, "--no-pager"], cwd=repo, env={**env(), "COLUMNS": "120"},
-                               capture_output=True, text=True, timeout=300)
+    completed = subprocess.run(
+        [*command, "--no-pager"], cwd=repo, env={**env(), "COLUMNS": "120"}, capture_output=True, text=True, timeout=300
+    )
     assert completed.returncode == 0, completed.stderr
     lines = completed.stdout.rstrip().splitlines()
     assert max(len(line) for line in lines) <= 120, completed.stdout
@@ -324,4 +304,6 @@ def assert_exp_show_fits_120_columns(repo: Path) -> None:
     rows = {cells[-1]: cells[-6:-1] for cells in (line.split() for line in lines[3:]) if len(cells) >= 7}
     for method, values in (("eed", committed), ("branchynet", experiment)):
         assert rows[method] == [f"{values[k]:g}" for k in ("exit1", "exit2", "exit3", "main", "ens")], (
-            method, completed.stdout)
+            method,
+            completed.stdout,
+        )

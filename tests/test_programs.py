@@ -53,8 +53,10 @@ def test_cascade_of_exported_segments_equals_predict(exported, images):
     torch.testing.assert_close(result.confidence, reference.confidence, rtol=1e-5, atol=1e-6)
     # with temperatures too: the rule judges logits / T on both paths
     temperatures = [1.5, 0.7, 1.2, 1.0]
-    assert cascade(pieces, images, tau, temperatures=temperatures).exit_index.tolist() == \
-        predict(model, images, tau, temperatures=temperatures).exit_index.tolist()
+    assert (
+        cascade(pieces, images, tau, temperatures=temperatures).exit_index.tolist()
+        == predict(model, images, tau, temperatures=temperatures).exit_index.tolist()
+    )
 
 
 def test_prefix_programs_give_each_classifiers_logits_at_any_batch_size(exported, images):
@@ -75,8 +77,9 @@ def test_manifest_names_every_program(exported):
     assert manifest["classifiers"] == list(model.classifier_names())
     kinds = [(entry["kind"], entry["classifier"], entry["file"]) for entry in manifest["programs"]]
     names = model.classifier_names()
-    assert kinds == [("segment", names[i], f"segment{i + 1}.pt2") for i in range(k)] + \
-        [("prefix", names[i], f"prefix{i + 1}.pt2") for i in range(k)]
+    assert kinds == [("segment", names[i], f"segment{i + 1}.pt2") for i in range(k)] + [
+        ("prefix", names[i], f"prefix{i + 1}.pt2") for i in range(k)
+    ]
     segments = manifest["programs"][:k]
     assert segments[0]["input"] == ["N", 3, 32, 32]
     for before, after in zip(segments, segments[1:]):  # each segment takes what the previous one returns

@@ -86,8 +86,17 @@ def test_training_epoch_renders_its_bar_between_steps(monkeypatch, refresh_s):
     model, objective, batches, optimizer, scheduler, runtime = tiny_epoch(3)
     console, out = terminal()
     with progress_bar(console) as progress:
-        stats = train_one_epoch(model, objective, batches, optimizer, scheduler, runtime, epoch=1,
-                                  classifier_names=model.classifier_names(), progress=progress)
+        stats = train_one_epoch(
+            model,
+            objective,
+            batches,
+            optimizer,
+            scheduler,
+            runtime,
+            epoch=1,
+            classifier_names=model.classifier_names(),
+            progress=progress,
+        )
         assert not progress.tasks
     assert stats.completed and stats.images == 12
     rendered = out.getvalue()
@@ -106,9 +115,17 @@ def test_training_steps_read_nothing_back_from_the_device_between_renders(monkey
     monkeypatch.setattr(torch.Tensor, "__bool__", lambda t: reads.append("bool") or original_bool(t))
     monkeypatch.setattr(torch.Tensor, "item", lambda t: reads.append("item") or original_item(t))
     steps = []
-    train_one_epoch(model, objective, batches, optimizer, scheduler, runtime, epoch=1,
-                    classifier_names=model.classifier_names(),
-                    should_stop=lambda: steps.append(list(reads)) and False)
+    train_one_epoch(
+        model,
+        objective,
+        batches,
+        optimizer,
+        scheduler,
+        runtime,
+        epoch=1,
+        classifier_names=model.classifier_names(),
+        should_stop=lambda: steps.append(list(reads)) and False,
+    )
     assert all(seen == [] for seen in steps[:-1])  # steps 1-5: nothing read back
     assert steps[-1] == ["bool"]  # step 6 ends the epoch: the finite check, once
 
@@ -123,8 +140,12 @@ def test_epoch_lines_fit_80_columns_in_percent_under_a_header():
     for arch in list_backbones():
         names = create_model(arch, 10, 8 if get_spec(arch).family == "cifar" else None).classifier_names()
         for has_val, prefix in ((True, "val/acc_"), (False, "test/epoch_acc_")):
-            metrics = {"train/loss": 12.3456, "epoch_time_s": 1234.5, "throughput_img_s": 123456.0,
-                       **{f"{prefix}{name}": 0.999 for name in [*names, "ensemble"]}}
+            metrics = {
+                "train/loss": 12.3456,
+                "epoch_time_s": 1234.5,
+                "throughput_img_s": 123456.0,
+                **{f"{prefix}{name}": 0.999 for name in [*names, "ensemble"]},
+            }
             header, line = _epoch_header(names, has_val), _epoch_line(200, 200, metrics, has_val)
             assert len(header) <= 80 and len(line) <= 80, (arch, header, line)
             assert line.count("99.9") == len(names) + 1 and "0.999" not in line

@@ -77,16 +77,20 @@ def test_sample_selection_is_seeded_and_sorted_by_class():
 
 def test_rdms_of_a_tiny_network(tmp_path):
     torch.manual_seed(0)
-    backbone = Backbone(stem=conv_bn_relu(3, 8, 1),
-                        stages=[conv_bn_relu(8, 8, 1), conv_bn_relu(8, 12, 2), conv_bn_relu(12, 16, 2)],
-                        stage_channels=[8, 12, 16], pool=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
-                        fc=nn.Linear(16, 6))
+    backbone = Backbone(
+        stem=conv_bn_relu(3, 8, 1),
+        stages=[conv_bn_relu(8, 8, 1), conv_bn_relu(8, 12, 2), conv_bn_relu(12, 16, 2)],
+        stage_channels=[8, 12, 16],
+        pool=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
+        fc=nn.Linear(16, 6),
+    )
     net = MultiExitNet(backbone).eval()
     generator = torch.Generator().manual_seed(4)
     labels = torch.randint(0, 6, (120,), generator=generator)
     images = torch.randn(120, 3, 16, 16, generator=generator)
-    collected = collect_outputs(net, [(images[:64], labels[:64]), (images[64:], labels[64:])], "cpu",
-                                with_features=True)
+    collected = collect_outputs(
+        net, [(images[:64], labels[:64]), (images[64:], labels[64:])], "cpu", with_features=True
+    )
     indices = select_samples(collected.labels, 50, seed=0)
     activations = layer_activations(collected, net.classifier_names(), indices, ["main", "exit1"])
     assert set(activations) == {"F_main", "Z_main", "F_exit1", "Z_exit1"}
@@ -135,19 +139,35 @@ def test_run_rdm_end_to_end(tmp_path, monkeypatch):
     split_images = torch.randint(0, 256, (300, 3, 32, 32), generator=generator, dtype=torch.uint8)
 
     def read_split(config, split, indices):
-        return SimpleNamespace(images=split_images[indices], labels=split_labels[indices],
-                               normalization=Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)))
+        return SimpleNamespace(
+            images=split_images[indices],
+            labels=split_labels[indices],
+            normalization=Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25)),
+        )
 
     manifest = SimpleNamespace(num_classes=10, class_names=class_names, split_path=lambda split: f"{split}.beton")
     monkeypatch.setattr(eed.data, "load_manifest", lambda config: manifest, raising=False)
     monkeypatch.setattr(eed.data, "read_labels", lambda path: split_labels.numpy(), raising=False)
     monkeypatch.setattr(eed.data, "read_split", read_split, raising=False)
-    config = load_config(None, ["model.arch=resnet18", "model.width=4", "data.dataset=synthetic",
-                                "train.device=cpu", "eval.rdm_samples=120", "eval.rdm_classes=4"])
+    config = load_config(
+        None,
+        [
+            "model.arch=resnet18",
+            "model.width=4",
+            "data.dataset=synthetic",
+            "train.device=cpu",
+            "eval.rdm_samples=120",
+            "eval.rdm_classes=4",
+        ],
+    )
     torch.manual_seed(0)
     model = create_model("resnet18", 10, 4)
-    checkpoint = Checkpoint(NetworkSpec("resnet18", 10, 4, True, class_names=tuple(class_names)), model.state_dict(),
-                            config.model_dump(), TrainState(epoch=1)).save(tmp_path / "best.pt")
+    checkpoint = Checkpoint(
+        NetworkSpec("resnet18", 10, 4, True, class_names=tuple(class_names)),
+        model.state_dict(),
+        config.model_dump(),
+        TrainState(epoch=1),
+    ).save(tmp_path / "best.pt")
     run = rdm(config, str(checkpoint), out=tmp_path / "out", classifiers=["main", "exit2"], log=False)
     result = run.result
     assert torch.equal(result.sample_indices, select_samples(split_labels, 120, 0))

@@ -46,6 +46,7 @@ def capture_stage(monkeypatch: pytest.MonkeyPatch, command: str) -> list:
 
     module, name, _ = STAGES[command]
     seen: list = []
+
     def stage(config, *args, **kwargs):  # a result without a rank-0 report: `eed train` draws no figures
         seen.append(config)
         return SimpleNamespace(test_metrics={})
@@ -134,11 +135,22 @@ def test_outside_any_project_an_explicit_params_file_is_used(project, tmp_path, 
 
 
 def tiny_config(tmp_path: Path, *extra: str):
-    return load_config(None, [
-        "data.dataset=synthetic", f"data.prepared_dir={tmp_path / 'prepared'}", "data.val_size=0",
-        "data.synthetic.num_train=32", "data.synthetic.num_test=16", "data.synthetic.num_classes=2",
-        "data.synthetic.image_size=8", "data.train_subset=0", "train.batch_size=8", "train.device=cpu",
-        *extra])
+    return load_config(
+        None,
+        [
+            "data.dataset=synthetic",
+            f"data.prepared_dir={tmp_path / 'prepared'}",
+            "data.val_size=0",
+            "data.synthetic.num_train=32",
+            "data.synthetic.num_test=16",
+            "data.synthetic.num_classes=2",
+            "data.synthetic.image_size=8",
+            "data.train_subset=0",
+            "train.batch_size=8",
+            "train.device=cpu",
+            *extra,
+        ],
+    )
 
 
 def tiny_data(tmp_path: Path, *extra: str):
@@ -250,8 +262,10 @@ def test_a_checkpoint_missing_its_model_keys_names_them(tmp_path):
     torch.save({"format": "eed-checkpoint", "version": 2}, path)
     with pytest.raises(CheckpointError, match="arch, num_classes, width, exits, model"):
         Checkpoint.load(path)
-    torch.save({"format": "eed-checkpoint", "version": 2, "arch": "resnet18", "num_classes": 2, "width": 4,
-                "exits": True}, path)
+    torch.save(
+        {"format": "eed-checkpoint", "version": 2, "arch": "resnet18", "num_classes": 2, "width": 4, "exits": True},
+        path,
+    )
     with pytest.raises(CheckpointError, match=r"lacks model\b"):
         Checkpoint.load(path)
     torch.save({"format": "eed-checkpoint", "version": 3, "network": {"arch": "resnet18"}}, path)
@@ -284,8 +298,17 @@ def poisoned_epoch(**kwargs) -> str:
     optimizer = build_optimizer(model, config.train)
     scheduler = build_scheduler(optimizer, config.train, len(batches))
     with pytest.raises(NonFiniteLossError) as error:
-        train_one_epoch(model, poisoned, batches, optimizer, scheduler, setup_runtime(config.train), epoch=1,
-                        classifier_names=["exit1", "exit2", "exit3", "main"], **kwargs)
+        train_one_epoch(
+            model,
+            poisoned,
+            batches,
+            optimizer,
+            scheduler,
+            setup_runtime(config.train),
+            epoch=1,
+            classifier_names=["exit1", "exit2", "exit3", "main"],
+            **kwargs,
+        )
     return str(error.value)
 
 

@@ -28,16 +28,21 @@ CLASS_NAMES = [f"class{i}" for i in range(10)]
 NORMALIZATION = {"mean": list(CIFAR10_NORMALIZATION.mean), "std": list(CIFAR10_NORMALIZATION.std)}
 THRESHOLDS = {"budget_0.035": 0.05, "max_drop": 0.43}
 TEMPERATURES = [1.7, 1.3, 0.8, 1.1]
-SETTINGS = {"normalization": NORMALIZATION, "thresholds": THRESHOLDS, "temperatures": TEMPERATURES,
-            "default": "max_drop"}
+SETTINGS = {
+    "normalization": NORMALIZATION,
+    "thresholds": THRESHOLDS,
+    "temperatures": TEMPERATURES,
+    "default": "max_drop",
+}
 
 
 @pytest.fixture(scope="module")
 def checkpoint_path(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = create_model("resnet18", 10, 4)
-    checkpoint = Checkpoint(NetworkSpec("resnet18", 10, 4, True, class_names=tuple(CLASS_NAMES)), model.state_dict(),
-                            {}, TrainState())
+    checkpoint = Checkpoint(
+        NetworkSpec("resnet18", 10, 4, True, class_names=tuple(CLASS_NAMES)), model.state_dict(), {}, TrainState()
+    )
     return checkpoint.save(tmp_path_factory.mktemp("ckpt") / "best.pt")
 
 
@@ -107,14 +112,19 @@ def test_the_exit_rule_is_a_predict_time_choice(served, checkpoint_path, images)
     # Patience at 0.5 of 4 classifiers: two in a row must agree, so nothing leaves at exit 1.
     assert 0 not in served.answer(images, threshold=0.5, exit_rule="patience")["exit_index"]
     assert served.answer(images, threshold=0.2, exit_rule="confidence") == served.answer(images, threshold=0.2)
-    with pytest.raises(ValueError, match="threshold 'budget_0.035' was fitted for the confidence rule: leave "
-                                         "exit_rule unset, or give an explicit threshold for the entropy rule"):
+    with pytest.raises(
+        ValueError,
+        match="threshold 'budget_0.035' was fitted for the confidence rule: leave "
+        "exit_rule unset, or give an explicit threshold for the entropy rule",
+    ):
         served.answer(images, budget="budget_0.035", exit_rule="entropy")
     with pytest.raises(ValueError, match="exit rule 'patient': one of confidence, entropy, margin, patience"):
         served.answer(images, threshold=0.5, exit_rule="patient")
     margin = ServedModel(Checkpoint.load(checkpoint_path), **SETTINGS, exit_rule="margin")
     assert margin.answer(images, budget="budget_0.035") == served.answer(images, threshold=0.05, exit_rule="margin")
-    assert margin.answer(images, budget="budget_0.035", exit_rule="margin") == margin.answer(images, budget="budget_0.035")
+    assert margin.answer(images, budget="budget_0.035", exit_rule="margin") == margin.answer(
+        images, budget="budget_0.035"
+    )
 
 
 def test_predict_with_unit_temperatures_is_predict_and_keeps_the_logits(served, images):
@@ -147,13 +157,16 @@ def test_calibrated_answers_use_the_temperatures(served, images):
     assert all(len(row) == 10 for rows in with_logits["logits"] for row in rows)
 
 
-@pytest.mark.parametrize("bad", [
-    np.zeros((2, 3, 32, 32), dtype=np.uint8),      # uint8 must be N x H x W x 3
-    np.zeros((32, 32, 3), dtype=np.uint8),         # one image without its batch dimension
-    np.zeros((2, 16, 16, 3), dtype=np.uint8),      # the wrong size
-    np.zeros((2, 3, 32, 32), dtype=np.float64),    # float64
-    [[0, 1, 2]],                                   # not an array
-])
+@pytest.mark.parametrize(
+    "bad",
+    [
+        np.zeros((2, 3, 32, 32), dtype=np.uint8),  # uint8 must be N x H x W x 3
+        np.zeros((32, 32, 3), dtype=np.uint8),  # one image without its batch dimension
+        np.zeros((2, 16, 16, 3), dtype=np.uint8),  # the wrong size
+        np.zeros((2, 3, 32, 32), dtype=np.float64),  # float64
+        [[0, 1, 2]],  # not an array
+    ],
+)
 def test_bad_inputs_are_a_clear_value_error(served, bad):
     with pytest.raises(ValueError, match=r"uint8 raw pixels of shape \(N, 32, 32, 3\) or float32 normalized"):
         served.answer(bad, threshold=0.5)
@@ -178,7 +191,9 @@ def test_named_thresholds_keep_the_confidences_they_were_fitted_on(served, image
     one fitted on raw ones to those: asking for the other kind is refused, not silently wrong."""
     tau = middle_threshold(served, images)
     raw = ServedModel(served_checkpoint(served), **{**SETTINGS, "thresholds": {"fit": tau}, "default": None})
-    scaled = ServedModel(served_checkpoint(served), **{**SETTINGS, "thresholds": {"fit": tau}, "default": None, "calibrated": True})
+    scaled = ServedModel(
+        served_checkpoint(served), **{**SETTINGS, "thresholds": {"fit": tau}, "default": None, "calibrated": True}
+    )
     assert served.answer(images, threshold=tau, calibrated=True) != served.answer(images, threshold=tau)
     assert scaled.answer(images, budget="fit") == served.answer(images, threshold=tau, calibrated=True)
     assert raw.answer(images, budget="fit") == served.answer(images, threshold=tau)
@@ -194,8 +209,12 @@ def test_named_thresholds_keep_the_confidences_they_were_fitted_on(served, image
 
 
 def served_checkpoint(served: ServedModel) -> Checkpoint:
-    return Checkpoint(NetworkSpec("resnet18", 10, 4, True, class_names=tuple(CLASS_NAMES)),
-                      served.model.state_dict(), {}, TrainState())
+    return Checkpoint(
+        NetworkSpec("resnet18", 10, 4, True, class_names=tuple(CLASS_NAMES)),
+        served.model.state_dict(),
+        {},
+        TrainState(),
+    )
 
 
 # --------------------------------------------------------------------------- logged and served
@@ -212,8 +231,9 @@ def logged(tmp_path_factory, checkpoint_path, images) -> tuple[str, str]:
     client = MlflowClient(uri)
     experiment = client.create_experiment("serving", artifact_location=(store / "artifacts").as_uri())
     run = client.create_run(experiment)
-    model_id = log_served_model(uri, run.info.run_id, checkpoint_path, SETTINGS, images[:2], loader=load_served,
-                                load_defaults=LOAD_DEFAULTS)
+    model_id = log_served_model(
+        uri, run.info.run_id, checkpoint_path, SETTINGS, images[:2], loader=load_served, load_defaults=LOAD_DEFAULTS
+    )
     client.set_terminated(run.info.run_id)
     return uri, model_id
 
@@ -231,17 +251,26 @@ def test_logged_model_answers_like_the_served_model(logged, served, images):
     with using_tracking_uri(uri):
         model = mlflow.pyfunc.load_model(f"models:/{model_id}")
     params = model.metadata.get_params_schema()
-    assert [p.name for p in params.params] == ["threshold", "budget", "max_drop", "calibrated", "return_logits",
-                                             "exit_rule"]
+    assert [p.name for p in params.params] == [
+        "threshold",
+        "budget",
+        "max_drop",
+        "calibrated",
+        "return_logits",
+        "exit_rule",
+    ]
     assert as_columns(model.predict(images, params={"threshold": 0.2})) == served.answer(images, threshold=0.2)
     assert as_columns(model.predict(images)) == served.answer(images)
-    assert as_columns(model.predict(images, params={"threshold": 0.2, "calibrated": True})) == \
-        served.answer(images, threshold=0.2, calibrated=True)
-    assert as_columns(model.predict(images, params={"budget": "budget_0.035"})) == \
-        served.answer(images, budget="budget_0.035")
+    assert as_columns(model.predict(images, params={"threshold": 0.2, "calibrated": True})) == served.answer(
+        images, threshold=0.2, calibrated=True
+    )
+    assert as_columns(model.predict(images, params={"budget": "budget_0.035"})) == served.answer(
+        images, budget="budget_0.035"
+    )
     assert as_columns(model.predict(images, params={"max_drop": True})) == served.answer(images, use_max_drop=True)
-    assert as_columns(model.predict(images, params={"threshold": 0.5, "exit_rule": "patience"})) == \
-        served.answer(images, threshold=0.5, exit_rule="patience")
+    assert as_columns(model.predict(images, params={"threshold": 0.5, "exit_rule": "patience"})) == served.answer(
+        images, threshold=0.5, exit_rule="patience"
+    )
     with_logits = model.predict(images[:3], params={"threshold": 0.2, "return_logits": True})
     assert as_columns(with_logits)["logits"] == served.answer(images[:3], threshold=0.2, return_logits=True)["logits"]
 
@@ -273,11 +302,21 @@ def server(logged, tmp_path_factory):
     (project / "params.yaml").write_text(f"tracking:\n  uri: {uri}\n")
     log = (project / "server.log").open("w")
     command = readme_serve_command().replace("<id>", model_id).replace("5001", str(port))
-    env = {**os.environ, "PATH": os.pathsep.join(
-        part for part in os.environ.get("PATH", "").split(os.pathsep) if Path(part) != Path(sys.executable).parent)}
+    env = {
+        **os.environ,
+        "PATH": os.pathsep.join(
+            part for part in os.environ.get("PATH", "").split(os.pathsep) if Path(part) != Path(sys.executable).parent
+        ),
+    }
     env.pop("MLFLOW_TRACKING_URI", None)
-    process = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=project, env=env, stdout=log,
-                               stderr=subprocess.STDOUT, start_new_session=True)
+    process = subprocess.Popen(
+        ["bash", "-c", f"exec {command}"],
+        cwd=project,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 600
@@ -304,14 +343,18 @@ def server(logged, tmp_path_factory):
                 process.wait()
         log.close()
         said = Path(log.name).read_text()
-        assert process.returncode == 0 and said.rstrip().endswith("Stopped (SIGTERM)"), (process.returncode, said[-3000:])
+        assert process.returncode == 0 and said.rstrip().endswith("Stopped (SIGTERM)"), (
+            process.returncode,
+            said[-3000:],
+        )
         assert "Traceback" not in said and "Warning" not in said, said[-3000:]
         assert f"Serving models:/{model_id} on http://127.0.0.1:{port}/invocations" in said, said[-3000:]
 
 
 def invoke(base: str, body: dict) -> tuple[int, dict]:
-    request = urllib.request.Request(f"{base}/invocations", data=json.dumps(body).encode(),
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{base}/invocations", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
     try:
         with urllib.request.urlopen(request, timeout=300) as response:
             return response.status, json.loads(response.read())
@@ -345,7 +388,9 @@ def test_readmes_sample_answers_are_what_the_real_server_sends(server, images):
     for sample in samples:
         assert set(sample) == set(reply) == {"predictions"} and len(sample["predictions"]) == 3, sample
         for shown, real in zip(sample["predictions"], reply["predictions"]):
-            assert {key: type(value) for key, value in shown.items()} == {key: type(value) for key, value in real.items()}
+            assert {key: type(value) for key, value in shown.items()} == {
+                key: type(value) for key, value in real.items()
+            }
         assert any(len(repr(row["confidence"]).split(".")[1]) > 4 for row in sample["predictions"]), sample
 
 
@@ -354,10 +399,12 @@ def test_the_real_server_refuses_with_eeds_own_one_line_reason(server, images):
     the message: one line, no echo of the input, no stack trace exposing the server's paths. Float
     pixels are never cast to uint8 (0.5 would become 0)."""
     pixels = images[:2].tolist()
-    cases = [({"inputs": pixels, "params": {"budget": "budget_9"}}, "no threshold named 'budget_9'"),
-             ({"inputs": pixels, "params": {"threshold": -1.0}}, "threshold must be a number >= 0"),
-             ({"inputs": (images[:2] / 2).tolist(), "params": {"threshold": 0.2}}, "raw pixels must be integers"),
-             ({"inputs": (images[:2].astype(float) + 256).tolist()}, "raw pixels must be integers 0..255")]
+    cases = [
+        ({"inputs": pixels, "params": {"budget": "budget_9"}}, "no threshold named 'budget_9'"),
+        ({"inputs": pixels, "params": {"threshold": -1.0}}, "threshold must be a number >= 0"),
+        ({"inputs": (images[:2] / 2).tolist(), "params": {"threshold": 0.2}}, "raw pixels must be integers"),
+        ({"inputs": (images[:2].astype(float) + 256).tolist()}, "raw pixels must be integers 0..255"),
+    ]
     for body, reason in cases:
         status, reply = invoke(server, body)
         assert status == 400, reply
@@ -372,15 +419,21 @@ def test_the_real_server_refuses_a_param_the_model_does_not_take(server, images)
     answer with the default one); eed serve refuses it, naming it and the params the model takes."""
     status, reply = invoke(server, {"inputs": images[:2].tolist(), "params": {"treshold": 0.2}})
     assert status == 400, reply
-    assert reply["message"] == ("unknown param 'treshold': this model takes threshold, budget, max_drop, "
-                                "calibrated, return_logits, exit_rule"), reply
+    assert reply["message"] == (
+        "unknown param 'treshold': this model takes threshold, budget, max_drop, calibrated, return_logits, exit_rule"
+    ), reply
 
 
 def test_eed_serve_names_a_model_that_is_not_there_in_one_line(logged, tmp_path):
     uri, _ = logged
     (tmp_path / "params.yaml").write_text(f"tracking:\n  uri: {uri}\n")
-    done = subprocess.run([sys.executable, "-m", "eed.cli", "serve", "models:/m-0123456789abcdef"], cwd=tmp_path,
-                          capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "eed.cli", "serve", "models:/m-0123456789abcdef"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     lines = done.stderr.strip().splitlines()
     assert done.returncode != 0 and len(lines) == 1 and "models:/m-0123456789abcdef" in lines[0], done.stderr
 
@@ -404,8 +457,13 @@ def test_eed_serve_compiled_refuses_a_model_logged_without_load_options_in_one_l
     finally:
         mlflow.set_tracking_uri(None)
     (tmp_path / "params.yaml").write_text(f"tracking:\n  uri: {uri}\n")
-    done = subprocess.run([sys.executable, "-m", "eed.cli", "serve", f"models:/{model_id}", "--compiled",
-                           "--port", str(free_port())], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(
+        [sys.executable, "-m", "eed.cli", "serve", f"models:/{model_id}", "--compiled", "--port", str(free_port())],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     lines = done.stderr.strip().splitlines()
     assert done.returncode != 0 and len(lines) == 1, done.stderr
     assert f"models:/{model_id} was logged before it took load-time options (compiled)" in lines[0], lines
@@ -443,8 +501,14 @@ print(json.dumps({"eed": eed.__file__, "answer": model.predict(images, params={"
 
 def test_the_logged_model_brings_its_own_eed(logged, served, images, tmp_path):
     uri, model_id = logged
-    done = subprocess.run([sys.executable, "-c", NO_EDITABLE_EED, uri, model_id, json.dumps(images[:3].tolist())],
-                          check=False, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", NO_EDITABLE_EED, uri, model_id, json.dumps(images[:3].tolist())],
+        check=False,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     reply = json.loads(done.stdout.strip().splitlines()[-1])
     assert f"{model_id}/artifacts/code/eed/" in reply["eed"]
@@ -478,8 +542,7 @@ def test_eed_serve_takes_both_load_options_for_a_model_logged_with_them(logged):
         assert app is not None
 
 
-def test_a_network_that_does_not_compile_is_served_eager_with_one_warning(checkpoint_path, images, monkeypatch,
-                                                                          caplog):
+def test_a_network_that_does_not_compile_is_served_eager_with_one_warning(checkpoint_path, images, monkeypatch, caplog):
     import eed.inference.served as served_module
 
     def no_compiler(model, image_size):
@@ -491,9 +554,11 @@ def test_a_network_that_does_not_compile_is_served_eager_with_one_warning(checkp
     assert not model.compiled
     assert [record.getMessage() for record in caplog.records] == [
         "compiling the network failed (RuntimeError: InductorError: CppCompileError: C++ compile error); "
-        "answering eager"]
+        "answering eager"
+    ]
     assert model.answer(images, threshold=0.2) == load_served(checkpoint_path, SETTINGS, {"compiled": False}).answer(
-        images, threshold=0.2)
+        images, threshold=0.2
+    )
 
 
 def test_the_logged_model_loads_compiled_and_answers_as_eager(logged, served, images):
@@ -509,14 +574,18 @@ def test_the_logged_model_loads_compiled_and_answers_as_eager(logged, served, im
     assert model.unwrap_python_model().served.compiled and not served.compiled
     for params in ({"threshold": middle_threshold(served, images)}, {}, {"threshold": 0.5, "exit_rule": "margin"}):
         fast, eager = as_columns(model.predict(images, params=params)), served.answer(images, **params)
-        assert (fast["class"], fast["exit_index"], fast["gflops"]) == (eager["class"], eager["exit_index"],
-                                                                       eager["gflops"]), params
+        assert (fast["class"], fast["exit_index"], fast["gflops"]) == (
+            eager["class"],
+            eager["exit_index"],
+            eager["gflops"],
+        ), params
         assert fast["confidence"] == pytest.approx(eager["confidence"], abs=1e-5)
 
 
 def test_load_served_checks_its_settings(checkpoint_path, images):
-    assert load_served(checkpoint_path, SETTINGS).answer(images, threshold=0.2) == \
-        ServedModel(Checkpoint.load(checkpoint_path), **SETTINGS).answer(images, threshold=0.2)
+    assert load_served(checkpoint_path, SETTINGS).answer(images, threshold=0.2) == ServedModel(
+        Checkpoint.load(checkpoint_path), **SETTINGS
+    ).answer(images, threshold=0.2)
     with pytest.raises(ValueError, match="normalization required"):
         load_served(checkpoint_path, {"thresholds": THRESHOLDS})
     with pytest.raises(ValueError, match="got \\['normalization', 'treshold'\\]"):
@@ -532,8 +601,13 @@ def test_eed_serve_on_a_port_in_use_is_one_line_naming_the_port(logged, tmp_path
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         port = holder.getsockname()[1]
-        done = subprocess.run([sys.executable, "-m", "eed.cli", "serve", f"models:/{model_id}", "--port", str(port)],
-                              cwd=tmp_path, capture_output=True, text=True, timeout=600)
+        done = subprocess.run(
+            [sys.executable, "-m", "eed.cli", "serve", f"models:/{model_id}", "--port", str(port)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     lines = done.stderr.strip().splitlines()
     assert done.returncode == 2 and len(lines) == 1, done.stderr
     assert lines[0].startswith(f"error: --port {port}: cannot listen on 127.0.0.1:{port} (Address already in use)")

@@ -67,9 +67,17 @@ def test_processes_opening_a_new_sqlite_store_together_all_succeed(tmp_path):
     shared = f"sqlite:///{tmp_path / 'shared' / 'mlflow.db'}"
     MlflowClient(shared).search_experiments()  # the store of the experiment races exists
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    procs = [subprocess.Popen([sys.executable, "-c", RACE_WORKER, str(tmp_path), str(i), str(trials)], cwd=ROOT,
-                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for i in range(workers)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", RACE_WORKER, str(tmp_path), str(i), str(trials)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(workers)
+    ]
     try:
         for step in steps:
             _wait_for([tmp_path / f"ready-{step}-{i}" for i in range(workers)], 600, f"workers ready ({step})")
@@ -121,12 +129,24 @@ class MlflowServer:
         # The job runner (a pool of huey consumer processes) is not needed for tracking.
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         env.pop("MLFLOW_TRACKING_URI", None)
-        command = [str(Path(sys.executable).parent / "mlflow"), "server", "--backend-store-uri",
-                   f"sqlite:///{self.root / 'server.db'}", "--artifacts-destination", str(self.root / "artifacts"),
-                   "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+        command = [
+            str(Path(sys.executable).parent / "mlflow"),
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{self.root / 'server.db'}",
+            "--artifacts-destination",
+            str(self.root / "artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--workers",
+            "1",
+        ]
         with open(self.log, "a") as log:  # its own session: stop() ends the server and its workers
-            self.proc = subprocess.Popen(command, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                command, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -137,8 +157,10 @@ class MlflowServer:
                 pass
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
-                pytest.fail(f"mlflow server did not answer on {self.uri}/health within {timeout:.0f} s:\n"
-                            + self.log.read_text()[-3000:])
+                pytest.fail(
+                    f"mlflow server did not answer on {self.uri}/health within {timeout:.0f} s:\n"
+                    + self.log.read_text()[-3000:]
+                )
             time.sleep(0.2)
 
     def stop(self) -> None:
@@ -192,13 +214,26 @@ def tiny_config(tmp_path: Path, tracking_uri: str, **extra: object):
     from eed.data import prepare
 
     values = {
-        "data.dataset": "synthetic", "data.backend": "tensor", "data.val_size": 32,
-        "data.prepared_dir": str(tmp_path / "prepared"), "data.num_workers": 1,
-        "data.synthetic.num_train": 128, "data.synthetic.num_test": 32, "data.synthetic.num_classes": 10,
-        "data.train_subset": 0, "model.width": 4, "train.epochs": 2, "train.batch_size": 64,
-        "train.lr": 0.05, "train.deterministic": True, "train.device": "cpu",
-        "eval.thresholds": 11, "eval.budgets": "[0.0001, 1.0]",
-        "tracking.uri": tracking_uri, "tracking.experiment": "remote", "paths.out_dir": str(tmp_path / "out"),
+        "data.dataset": "synthetic",
+        "data.backend": "tensor",
+        "data.val_size": 32,
+        "data.prepared_dir": str(tmp_path / "prepared"),
+        "data.num_workers": 1,
+        "data.synthetic.num_train": 128,
+        "data.synthetic.num_test": 32,
+        "data.synthetic.num_classes": 10,
+        "data.train_subset": 0,
+        "model.width": 4,
+        "train.epochs": 2,
+        "train.batch_size": 64,
+        "train.lr": 0.05,
+        "train.deterministic": True,
+        "train.device": "cpu",
+        "eval.thresholds": 11,
+        "eval.budgets": "[0.0001, 1.0]",
+        "tracking.uri": tracking_uri,
+        "tracking.experiment": "remote",
+        "paths.out_dir": str(tmp_path / "out"),
         **extra,
     }
     config = load_config(None, [f"{k}={v}" for k, v in values.items()])
@@ -247,7 +282,8 @@ def test_train_and_evaluate_through_a_real_tracking_server(tmp_path, mlflow_serv
     parent_metrics = client.get_run(result.run_id).data.metrics
     assert {"test/top5_main", "test/ece_main"} <= set(child.data.metrics)
     assert child.data.metrics.get("test/acc_main", parent_metrics["test/acc_main"]) == pytest.approx(
-        evaluated.report.metrics()["test"]["acc_main"])
+        evaluated.report.metrics()["test"]["acc_main"]
+    )
     assert "metrics.json" in {a.path for a in client.list_artifacts(evaluated.run_id)}
 
 
@@ -256,7 +292,8 @@ def test_train_and_evaluate_through_a_real_tracking_server(tmp_path, mlflow_serv
 # must still log epoch 2's metrics, which last.pt holds and the store lacks).
 @pytest.mark.parametrize("epochs", [3, 2], ids=["mid-run", "at-the-last-epoch"])
 def test_a_server_stopped_mid_training_fails_in_one_line_and_the_rerun_continues_the_run(
-        tmp_path, mlflow_server, monkeypatch, capsys, epochs):
+    tmp_path, mlflow_server, monkeypatch, capsys, epochs
+):
     """The server goes away once epoch 1 is logged, so epoch 2 cannot be: training stops with
     ONE line naming the URI (exit 5, no traceback), last.pt stays loadable and names the run;
     once the server is back (same database, artifacts and port) the re-run continues that same
@@ -287,8 +324,10 @@ def test_a_server_stopped_mid_training_fails_in_one_line_and_the_rerun_continues
     run_id = last.run_id
     assert last.epoch >= 1 and run_id
     errors = [line for line in stderr.splitlines() if line.startswith("error:")]
-    expected = (f"error: MLflow tracking store {mlflow_server.uri} is not reachable (Connection refused) "
-                f"while logging metrics of step 2 (run {run_id})")
+    expected = (
+        f"error: MLflow tracking store {mlflow_server.uri} is not reachable (Connection refused) "
+        f"while logging metrics of step 2 (run {run_id})"
+    )
     assert errors == [expected] and "Traceback" not in stderr, stderr
 
     monkeypatch.setattr(tracking.MlflowLogger, "log_metrics", log_metrics)
@@ -313,8 +352,10 @@ def test_an_unreachable_server_is_one_tracking_error_and_a_failed_run_end_is_bes
     logger = tracking.MlflowLogger(uri, "0" * 32)
     with pytest.raises(TrackingError) as lost:
         logger.log_metrics({"train": {"loss": 1.0}}, step=3)
-    assert str(lost.value) == (f"MLflow tracking store {uri} is not reachable (Connection refused) while logging "
-                               f"metrics of step 3 (run {'0' * 32})")
+    assert str(lost.value) == (
+        f"MLflow tracking store {uri} is not reachable (Connection refused) while logging "
+        f"metrics of step 3 (run {'0' * 32})"
+    )
     logger.finish("FAILED")  # on the way out of another error: that error is the news
     logger.finish("KILLED")
     with pytest.raises(TrackingError, match="while ending the run FINISHED"):
@@ -358,8 +399,13 @@ def test_dataset_inputs_logged_while_another_run_inserts_the_same_dataset(tmp_pa
 
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.create_experiment("race", (tmp_path / "artifacts").as_uri())
-    record = DatasetRecord("synthetic-train", "dad630db174813263d74f8c9f760a000", "file:///data/train.beton",
-                           "training", {"num_samples": 256})
+    record = DatasetRecord(
+        "synthetic-train",
+        "dad630db174813263d74f8c9f760a000",
+        "file:///data/train.beton",
+        "training",
+        {"num_samples": 256},
+    )
     first, second = (client.create_run(experiment).info.run_id for _ in range(2))
 
     class LosesTheRaceOnce:
@@ -375,8 +421,10 @@ def test_dataset_inputs_logged_while_another_run_inserts_the_same_dataset(tmp_pa
             self.calls += 1
             if self.calls == 1:
                 log_dataset_inputs(client, first, [record])  # the other cell, in between
-                raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
-                                      "datasets.name, datasets.digest")
+                raise MlflowException(
+                    "(sqlite3.IntegrityError) UNIQUE constraint failed: datasets.experiment_id, "
+                    "datasets.name, datasets.digest"
+                )
             return client.log_inputs(run_id, datasets=datasets)
 
     racing = LosesTheRaceOnce()

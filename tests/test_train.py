@@ -33,12 +33,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def synthetic_overrides(tmp_path: Path, **extra: object) -> list[str]:
     values = {
-        "data.dataset": "synthetic", "data.backend": "tensor", "data.val_size": 64,
-        "data.prepared_dir": str(tmp_path / "prepared"), "data.num_workers": 1,
-        "data.synthetic.num_train": 384, "data.synthetic.num_test": 96, "data.synthetic.num_classes": 10,
-        "data.train_subset": 0, "model.width": 4, "train.epochs": 2, "train.batch_size": 64,
-        "train.lr": 0.05, "train.deterministic": True, "train.device": "cpu",
-        "tracking.uri": f"sqlite:///{tmp_path / 'mlflow.db'}", "paths.out_dir": str(tmp_path / "out"),
+        "data.dataset": "synthetic",
+        "data.backend": "tensor",
+        "data.val_size": 64,
+        "data.prepared_dir": str(tmp_path / "prepared"),
+        "data.num_workers": 1,
+        "data.synthetic.num_train": 384,
+        "data.synthetic.num_test": 96,
+        "data.synthetic.num_classes": 10,
+        "data.train_subset": 0,
+        "model.width": 4,
+        "train.epochs": 2,
+        "train.batch_size": 64,
+        "train.lr": 0.05,
+        "train.deterministic": True,
+        "train.device": "cpu",
+        "tracking.uri": f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "paths.out_dir": str(tmp_path / "out"),
     }
     values.update(extra)
     return [f"{k}={json.dumps(v) if isinstance(v, (bool, list)) else v}" for k, v in values.items()]
@@ -83,7 +94,9 @@ def test_every_method_trains_two_epochs_and_logs_a_complete_run(tmp_path, method
     assert checkpoints == {"checkpoints/last.pt", "checkpoints/best.pt"}
     figures = [a.path for a in client.list_artifacts(result.run_id, "figures")]
     assert figures and {Path(p).suffix for p in figures} == {".png", ".svg"}
-    assert {Path(p).stem for p in figures if p.endswith(".png")} == {Path(p).stem for p in figures if p.endswith(".svg")}
+    assert {Path(p).stem for p in figures if p.endswith(".png")} == {
+        Path(p).stem for p in figures if p.endswith(".svg")
+    }
     summary = json.loads((tmp_path / "out" / "train" / "metrics.json").read_text())
     assert summary["epochs"] == 2 and "acc_main" in summary["test"]
     checkpoint = Checkpoint.load(result.last_checkpoint)
@@ -119,7 +132,9 @@ def test_the_training_run_shows_every_exit_in_one_chart_while_it_trains(tmp_path
         def on_epoch_saved(self, epoch, history, logger):
             folder = tmp_path / f"after-epoch-{epoch}"
             folder.mkdir()
-            path = MlflowClient(config.tracking.uri).download_artifacts(logger.run_id, "figures/stability.png", str(folder))
+            path = MlflowClient(config.tracking.uri).download_artifacts(
+                logger.run_id, "figures/stability.png", str(folder)
+            )
             drawn[epoch] = matplotlib.image.imread(path)
 
     live = LiveStabilityFigure(figure_caption(config), min_interval_s=0)
@@ -223,7 +238,10 @@ def test_the_logged_model_is_the_selected_checkpoint_not_the_last_epoch(tmp_path
         expected = torch.stack(checkpoint.model().eval()(images).logits, dim=1)
         assert torch.allclose(logged, expected, atol=1e-4) == same
     assert {k: info.metadata[k] for k in ("checkpoint", "epoch", "selected_on")} == {
-        "checkpoint": "best.pt", "epoch": 1, "selected_on": "val"}
+        "checkpoint": "best.pt",
+        "epoch": 1,
+        "selected_on": "val",
+    }
 
 
 def test_deterministic_runs_repeat_exactly(tmp_path):
@@ -231,8 +249,9 @@ def test_deterministic_runs_repeat_exactly(tmp_path):
     first = train(config, tmp_path / "a")
     second = train(config, tmp_path / "b")
     assert first.history["train/loss"] == second.history["train/loss"]
-    assert state_allclose(Checkpoint.load(first.last_checkpoint).weights,
-                          Checkpoint.load(second.last_checkpoint).weights, atol=0)
+    assert state_allclose(
+        Checkpoint.load(first.last_checkpoint).weights, Checkpoint.load(second.last_checkpoint).weights, atol=0
+    )
 
 
 RUNNER = textwrap.dedent("""
@@ -267,8 +286,13 @@ RUNNER = textwrap.dedent("""
 
 
 def run_runner(mode: str, out: Path, overrides: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-c", RUNNER, mode, str(out), *overrides],
-                          capture_output=True, text=True, timeout=1200, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, "-c", RUNNER, mode, str(out), *overrides],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        cwd=ROOT,
+    )
 
 
 def test_resume_after_kill_minus_9_matches_a_straight_run(tmp_path):
@@ -340,7 +364,9 @@ def test_non_finite_loss_stops_with_epoch_step_and_terms_and_keeps_the_last_chec
 
     monkeypatch.setattr(ExitEnsembleObjective, "forward", poisoned)
     out = tmp_path / "nan"
-    with pytest.raises(NonFiniteLossError, match=r"epoch 2, in steps \d-\d of 5 \(at step \d: ce_exit1=.*ce_main=") as error:
+    with pytest.raises(
+        NonFiniteLossError, match=r"epoch 2, in steps \d-\d of 5 \(at step \d: ce_exit1=.*ce_main="
+    ) as error:
         train(config, out)
     first, last = map(int, re.search(r"steps (\d)-(\d)", str(error.value)).groups())
     assert first <= 2 <= last  # the poisoned step lies in the range the message names
@@ -414,9 +440,21 @@ def test_two_process_gloo_ddp_keeps_ranks_identical_and_logs_one_run(tmp_path):
     script = tmp_path / "ddp_runner.py"
     script.write_text(DDP_RUNNER)
     completed = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(script),
-         str(out), *synthetic_overrides(tmp_path, **{"train.epochs": 1})],
-        capture_output=True, text=True, timeout=1200, cwd=ROOT)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            str(script),
+            str(out),
+            *synthetic_overrides(tmp_path, **{"train.epochs": 1}),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        cwd=ROOT,
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     rank0, rank1 = torch.load(out / "rank0.pt"), torch.load(out / "rank1.pt")
     assert state_allclose(rank0, rank1, atol=0)
@@ -428,8 +466,10 @@ def test_two_process_gloo_ddp_keeps_ranks_identical_and_logs_one_run(tmp_path):
     assert ddp.epoch == 1
     # train.batch_size is the global batch: two processes take as many optimizer steps per
     # epoch as one (each with half the batch), at the same learning rate.
-    single = train(load_config(None, synthetic_overrides(tmp_path, **{"train.epochs": 1, "tracking.enabled": False})),
-                   tmp_path / "single")
+    single = train(
+        load_config(None, synthetic_overrides(tmp_path, **{"train.epochs": 1, "tracking.enabled": False})),
+        tmp_path / "single",
+    )
     steps = Checkpoint.load(single.last_checkpoint).resume.scheduler["last_epoch"]
     assert steps == 320 // 64 and ddp.resume.scheduler["last_epoch"] == steps
 
@@ -439,9 +479,15 @@ def test_real_cifar100_smoke_learns_beyond_chance(tmp_path, cifar100_prepared):
     """Reduced-width ResNet-18, a few minutes of this CPU on real CIFAR-100: main output
     test top-1 must clear 5% (chance is 1%), proving data, labels and training are wired."""
     overrides = [
-        f"data.prepared_dir={cifar100_prepared}", "data.backend=tensor", "data.train_subset=10000",
-        "model.width=16", "train.epochs=3", "train.schedule=onecycle", "method=eed",
-        "tracking.enabled=false", "train.device=cpu",
+        f"data.prepared_dir={cifar100_prepared}",
+        "data.backend=tensor",
+        "data.train_subset=10000",
+        "model.width=16",
+        "train.epochs=3",
+        "train.schedule=onecycle",
+        "method=eed",
+        "tracking.enabled=false",
+        "train.device=cpu",
     ]
     result = train(load_config(None, overrides), tmp_path / "smoke")
     assert result.test_metrics["test/acc_main"] >= 0.05, result.test_metrics
@@ -456,14 +502,26 @@ def test_resume_compares_only_the_settings_that_shape_training(tmp_path):
     config = load_config(None, synthetic_overrides(tmp_path))
     network = NetworkSpec("resnet18", 10, 4, True)
     last = Checkpoint(network, {}, config.model_dump(), TrainState(epoch=1)).save(tmp_path / "last.pt")
-    harmless = load_config(None, synthetic_overrides(tmp_path, **{
-        "eval.thresholds": 11, "tracking.uri": f"sqlite:///{tmp_path / 'other.db'}", "data.num_workers": 2,
-        "paths.out_dir": str(tmp_path / "elsewhere"), "train.checkpoint_every": 2}))
+    harmless = load_config(
+        None,
+        synthetic_overrides(
+            tmp_path,
+            **{
+                "eval.thresholds": 11,
+                "tracking.uri": f"sqlite:///{tmp_path / 'other.db'}",
+                "data.num_workers": 2,
+                "paths.out_dir": str(tmp_path / "elsewhere"),
+                "train.checkpoint_every": 2,
+            },
+        ),
+    )
     assert resume_checkpoint("auto", last, harmless).epoch == 1
     other_lr = load_config(None, synthetic_overrides(tmp_path, **{"train.lr": 0.01}))
     with pytest.raises(CheckpointError, match=r"other training settings \(train.lr: 0.05 -> 0.01\).*--resume never"):
         resume_checkpoint("auto", last, other_lr)
     assert resume_checkpoint("never", last, other_lr) is None
     # A finished run is never resumed: a run with any settings starts afresh.
-    finished = Checkpoint(network, {}, config.model_dump(), TrainState(epoch=2, phase="done")).save(tmp_path / "done.pt")
+    finished = Checkpoint(network, {}, config.model_dump(), TrainState(epoch=2, phase="done")).save(
+        tmp_path / "done.pt"
+    )
     assert resume_checkpoint("auto", finished, other_lr) is None and resume_checkpoint("auto", finished, config) is None

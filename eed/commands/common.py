@@ -13,12 +13,25 @@ from eed.config import Config, load_config
 from eed.errors import ConfigError
 from eed.paths import PARAMS_FILE, find_workspace
 
-ParamsOption = Annotated[Optional[Path], typer.Option(
-    "--params", "-p", show_default=False,
-    help="params.yaml to read (validated). Default: the project's, found from the current folder upward "
-         "(the first folder holding params.yaml or .dvc/).")]
-OverridesOption = Annotated[Optional[list[str]], typer.Option(
-    "--set", "-s", metavar="KEY=VALUE", help="Override a key, e.g. --set train.lr=0.05 --set method=branchynet (repeatable).")]
+ParamsOption = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--params",
+        "-p",
+        show_default=False,
+        help="params.yaml to read (validated). Default: the project's, found from the current folder upward "
+        "(the first folder holding params.yaml or .dvc/).",
+    ),
+]
+OverridesOption = Annotated[
+    Optional[list[str]],
+    typer.Option(
+        "--set",
+        "-s",
+        metavar="KEY=VALUE",
+        help="Override a key, e.g. --set train.lr=0.05 --set method=branchynet (repeatable).",
+    ),
+]
 
 
 # The stages' own lists (eed.stages.common.SPLITS and CHECKPOINTS, eed.reporting.comparison.TABLE_SPLITS),
@@ -48,8 +61,10 @@ def params_file(params: Path | None) -> Path | None:
         return params
     root = find_workspace()
     if root is None:
-        raise ConfigError(f"{Path.cwd().resolve()} is not inside an eed project (no {PARAMS_FILE} or .dvc/ in it "
-                          f"or any folder above); run eed inside the project, or pass --params FILE")
+        raise ConfigError(
+            f"{Path.cwd().resolve()} is not inside an eed project (no {PARAMS_FILE} or .dvc/ in it "
+            f"or any folder above); run eed inside the project, or pass --params FILE"
+        )
     path = root / PARAMS_FILE
     return path if path.is_file() else None
 

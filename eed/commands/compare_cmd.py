@@ -13,24 +13,52 @@ from eed.errors import guarded
 
 @guarded
 def compare(
-    experiment: Annotated[Optional[list[str]], typer.Argument(
-        help="MLflow experiment name(s) to read runs from (default: tracking.experiment).")] = None,
-    tag: Annotated[Optional[list[str]], typer.Option(
-        "--tag", "-t", metavar="KEY=VALUE", help="Only runs with this tag, e.g. --tag arch=resnet18 --tag dataset=cifar100 "
-                            "(repeatable; all must match).")] = None,
-    run_id: Annotated[Optional[list[str]], typer.Option(
-        "--run-id", metavar="RUN_ID", help="Compare exactly these runs instead of searching experiments (repeatable).")] = None,
-    split: Annotated[TableSplit, typer.Option(
-        help="Metrics to tabulate: test (test/acc_*: best.pt, selected on validation), val (last "
-             "val/acc_*) or test_max (test/max_acc_*: max over epochs, as in the paper; selected on test, "
-             "optimistic).")] = TableSplit.test,
-    out: Annotated[Optional[Path], typer.Option(
-        help="Output folder for comparison.md, comparison.csv and figures/comparison.png "
-             "(default: <paths.out_dir>/compare).")] = None,
-    against: Annotated[Optional[str], typer.Option(
-        metavar="METHOD", help="The reference method: each row gains its difference from the row of METHOD trained "
-                               "under the same setup, per output, in points, with a 95 % confidence interval "
-                               "(default: branchynet when the table has it).")] = None,
+    experiment: Annotated[
+        Optional[list[str]],
+        typer.Argument(help="MLflow experiment name(s) to read runs from (default: tracking.experiment)."),
+    ] = None,
+    tag: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--tag",
+            "-t",
+            metavar="KEY=VALUE",
+            help="Only runs with this tag, e.g. --tag arch=resnet18 --tag dataset=cifar100 "
+            "(repeatable; all must match).",
+        ),
+    ] = None,
+    run_id: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--run-id",
+            metavar="RUN_ID",
+            help="Compare exactly these runs instead of searching experiments (repeatable).",
+        ),
+    ] = None,
+    split: Annotated[
+        TableSplit,
+        typer.Option(
+            help="Metrics to tabulate: test (test/acc_*: best.pt, selected on validation), val (last "
+            "val/acc_*) or test_max (test/max_acc_*: max over epochs, as in the paper; selected on test, "
+            "optimistic)."
+        ),
+    ] = TableSplit.test,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Output folder for comparison.md, comparison.csv and figures/comparison.png "
+            "(default: <paths.out_dir>/compare)."
+        ),
+    ] = None,
+    against: Annotated[
+        Optional[str],
+        typer.Option(
+            metavar="METHOD",
+            help="The reference method: each row gains its difference from the row of METHOD trained "
+            "under the same setup, per output, in points, with a 95 % confidence interval "
+            "(default: branchynet when the table has it).",
+        ),
+    ] = None,
     params: ParamsOption = None,
     set_: OverridesOption = None,
 ) -> None:
@@ -50,5 +78,12 @@ def compare(
     """
     from eed.stages import compare as stage
 
-    stage.compare(load(params, set_), experiment or [], tags=tag or [], run_ids=run_id or [], split=split.value,
-                  out=out, against=against)
+    stage.compare(
+        load(params, set_),
+        experiment or [],
+        tags=tag or [],
+        run_ids=run_id or [],
+        split=split.value,
+        out=out,
+        against=against,
+    )

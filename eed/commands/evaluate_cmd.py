@@ -13,23 +13,38 @@ from eed.errors import guarded
 
 @guarded
 def evaluate(
-    source: Annotated[str, typer.Argument(
-        help="What to evaluate: a checkpoint file (e.g. outputs/train/checkpoints/best.pt) or the "
-             "MLflow run id of a training run (its checkpoints/ artifact is downloaded).")],
+    source: Annotated[
+        str,
+        typer.Argument(
+            help="What to evaluate: a checkpoint file (e.g. outputs/train/checkpoints/best.pt) or the "
+            "MLflow run id of a training run (its checkpoints/ artifact is downloaded)."
+        ),
+    ],
     params: ParamsOption = None,
     set_: OverridesOption = None,
-    split: Annotated[Optional[Split], typer.Option(
-        help="Split to report (default: eval.split). Early-exit budget thresholds "
-             "are always fitted on val.")] = None,
-    out: Annotated[Optional[Path], typer.Option(
-        help="Output folder for metrics.json, anytime.csv and figures/ "
-             "(default: <paths.out_dir>/evaluate).")] = None,
-    checkpoint: Annotated[Checkpoint, typer.Option(
-        help="With a run id: which checkpoint to download.")] = Checkpoint.best,
-    log: Annotated[bool, typer.Option(
-        "--log/--no-log",
-        help="Log the results as a child run 'evaluate <split> <checkpoint>' (e.g. 'evaluate test best.pt') of "
-             "the checkpoint's MLflow run, and the served early-exit model (models:/<id>) into that run.")] = True,
+    split: Annotated[
+        Optional[Split],
+        typer.Option(
+            help="Split to report (default: eval.split). Early-exit budget thresholds are always fitted on val."
+        ),
+    ] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Output folder for metrics.json, anytime.csv and figures/ (default: <paths.out_dir>/evaluate)."
+        ),
+    ] = None,
+    checkpoint: Annotated[
+        Checkpoint, typer.Option(help="With a run id: which checkpoint to download.")
+    ] = Checkpoint.best,
+    log: Annotated[
+        bool,
+        typer.Option(
+            "--log/--no-log",
+            help="Log the results as a child run 'evaluate <split> <checkpoint>' (e.g. 'evaluate test best.pt') of "
+            "the checkpoint's MLflow run, and the served early-exit model (models:/<id>) into that run.",
+        ),
+    ] = True,
 ) -> None:
     """Score every classifier of a trained network: accuracy, calibration, agreement, early exit.
 
@@ -44,5 +59,6 @@ def evaluate(
     """
     from eed.stages import evaluate as stage
 
-    stage.evaluate(load(params, set_), source, split=split.value if split else None, out=out,
-                   which=checkpoint.value, log=log)
+    stage.evaluate(
+        load(params, set_), source, split=split.value if split else None, out=out, which=checkpoint.value, log=log
+    )

@@ -12,13 +12,19 @@ from eed.errors import guarded
 
 @guarded
 def export(
-    source: Annotated[Optional[str], typer.Argument(
-        help="What to export: the MLflow run id of a training run, or a checkpoint file "
-             "(default: the train stage's best.pt).", show_default=False)] = None,
+    source: Annotated[
+        Optional[str],
+        typer.Argument(
+            help="What to export: the MLflow run id of a training run, or a checkpoint file "
+            "(default: the train stage's best.pt).",
+            show_default=False,
+        ),
+    ] = None,
     params: ParamsOption = None,
     set_: OverridesOption = None,
-    checkpoint: Annotated[Checkpoint, typer.Option(
-        help="With a run id: which checkpoint to download.")] = Checkpoint.best,
+    checkpoint: Annotated[
+        Checkpoint, typer.Option(help="With a run id: which checkpoint to download.")
+    ] = Checkpoint.best,
 ) -> None:
     """Log the served early-exit model of a trained network (MLflow pyfunc + torch.export programs).
 
@@ -36,8 +42,9 @@ def export(
 def register(
     run: Annotated[str, typer.Argument(help="The MLflow run id whose served model to register.")],
     alias: Annotated[str, typer.Option(help="Alias to point at the new version, e.g. champion.")],
-    name: Annotated[Optional[str], typer.Option(
-        help="Registered model name (default: tracking.experiment).", show_default=False)] = None,
+    name: Annotated[
+        Optional[str], typer.Option(help="Registered model name (default: tracking.experiment).", show_default=False)
+    ] = None,
     params: ParamsOption = None,
     set_: OverridesOption = None,
 ) -> None:

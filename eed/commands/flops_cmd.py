@@ -13,10 +13,12 @@ from eed.errors import guarded
 @guarded
 def flops(
     arch: Annotated[str, typer.Argument(help="Registered architecture (see `eed models`).")],
-    width: Annotated[Optional[int], typer.Option(
-        min=1, help="Channels of the first stage (default: the architecture's own).")] = None,
-    num_classes: Annotated[Optional[int], typer.Option(
-        min=1, help="Classes (default: 100 for CIFAR architectures, 1000 for ImageNet).")] = None,
+    width: Annotated[
+        Optional[int], typer.Option(min=1, help="Channels of the first stage (default: the architecture's own).")
+    ] = None,
+    num_classes: Annotated[
+        Optional[int], typer.Option(min=1, help="Classes (default: 100 for CIFAR architectures, 1000 for ImageNet).")
+    ] = None,
     out: Annotated[Optional[Path], typer.Option(help="Folder to write flops.json and figures/flops.png to.")] = None,
 ) -> None:
     """GFLOPs and parameters needed to obtain each output (the paper's Table III)."""

@@ -11,8 +11,10 @@ from eed.errors import guarded
 
 @guarded
 def models(
-    width: Annotated[Optional[int], typer.Option(
-        min=1, help="Channels of the first stage for every row (default: each architecture's own).")] = None,
+    width: Annotated[
+        Optional[int],
+        typer.Option(min=1, help="Channels of the first stage for every row (default: each architecture's own)."),
+    ] = None,
 ) -> None:
     """List the registered backbones: family, input size, exits, parameters, main-output GFLOPs."""
     from eed.stages import flops as stage

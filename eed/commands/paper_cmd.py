@@ -13,16 +13,25 @@ from eed.errors import guarded
 
 @guarded
 def paper(
-    experiment: Annotated[Optional[list[str]], typer.Argument(
-        help="MLflow experiment name(s) to read runs from (default: tracking.experiment).")] = None,
-    tag: Annotated[Optional[list[str]], typer.Option(
-        "--tag", "-t", metavar="KEY=VALUE", help="Only runs with this tag (repeatable; all must match).")] = None,
-    run_id: Annotated[Optional[list[str]], typer.Option(
-        "--run-id", metavar="RUN_ID", help="Report exactly these runs (repeatable).")] = None,
-    against: Annotated[Optional[str], typer.Option(
-        metavar="METHOD", help="The reference of the differences (default: branchynet when there).")] = None,
-    out: Annotated[Optional[Path], typer.Option(
-        help="Folder for paper.md, paper.html and the figures (default: <paths.out_dir>/paper).")] = None,
+    experiment: Annotated[
+        Optional[list[str]],
+        typer.Argument(help="MLflow experiment name(s) to read runs from (default: tracking.experiment)."),
+    ] = None,
+    tag: Annotated[
+        Optional[list[str]],
+        typer.Option("--tag", "-t", metavar="KEY=VALUE", help="Only runs with this tag (repeatable; all must match)."),
+    ] = None,
+    run_id: Annotated[
+        Optional[list[str]], typer.Option("--run-id", metavar="RUN_ID", help="Report exactly these runs (repeatable).")
+    ] = None,
+    against: Annotated[
+        Optional[str],
+        typer.Option(metavar="METHOD", help="The reference of the differences (default: branchynet when there)."),
+    ] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(help="Folder for paper.md, paper.html and the figures (default: <paths.out_dir>/paper)."),
+    ] = None,
     params: ParamsOption = None,
     set_: OverridesOption = None,
 ) -> None:

@@ -12,16 +12,24 @@ from eed.errors import guarded
 
 @guarded
 def serve(
-    model: Annotated[str, typer.Argument(
-        help="models:/<id> (what eed evaluate and eed export print), models:/<name>@<alias> (eed register), "
-             "or an MLflow run id: its latest served model.")],
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="models:/<id> (what eed evaluate and eed export print), models:/<name>@<alias> (eed register), "
+            "or an MLflow run id: its latest served model."
+        ),
+    ],
     host: Annotated[str, typer.Option("--host", help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", help="Port to listen on.")] = 5001,
-    compiled: Annotated[bool | None, typer.Option(
-        "--compiled/--eager",
-        help="Run the network's segments compiled with torch.compile (compiled once at start-up, the same "
-             "answers; the default of models logged by eed, as it measured faster) or eagerly.",
-        show_default=False)] = None,
+    compiled: Annotated[
+        bool | None,
+        typer.Option(
+            "--compiled/--eager",
+            help="Run the network's segments compiled with torch.compile (compiled once at start-up, the same "
+            "answers; the default of models logged by eed, as it measured faster) or eagerly.",
+            show_default=False,
+        ),
+    ] = None,
     params: ParamsOption = None,
     set_: OverridesOption = None,
 ) -> None:

@@ -16,9 +16,14 @@ def train(
     params: ParamsOption = None,
     set_: OverridesOption = None,
     out: Annotated[Optional[Path], typer.Option(help="Output folder (default: <paths.out_dir>/train).")] = None,
-    resume: Annotated[str, typer.Option(
-        metavar="auto|never|PATH", help="'auto': continue last.pt if it is an unfinished run of the same config; "
-             "'never': start fresh; or a checkpoint path to continue.")] = "auto",
+    resume: Annotated[
+        str,
+        typer.Option(
+            metavar="auto|never|PATH",
+            help="'auto': continue last.pt if it is an unfinished run of the same config; "
+            "'never': start fresh; or a checkpoint path to continue.",
+        ),
+    ] = "auto",
 ) -> None:
     """Train the configured multi-exit network with the configured method; log to MLflow. Then draw
     the training curves (as the pipeline's report stage does)."""

@@ -30,23 +30,25 @@ def draw_translate_flip(batch_size: int, padding: int, generator: torch.Generato
     return shift_y, shift_x, flip
 
 
-def translate_flip(images: torch.Tensor, shift_y: torch.Tensor, shift_x: torch.Tensor, flip: torch.Tensor,
-                   padding: int) -> torch.Tensor:
+def translate_flip(
+    images: torch.Tensor, shift_y: torch.Tensor, shift_x: torch.Tensor, flip: torch.Tensor, padding: int
+) -> torch.Tensor:
     """Translate each image of ``images`` (B x C x H x W, any dtype) by its offsets, then flip
     the ones marked in ``flip``. Offset ``padding`` means no shift; uncovered pixels are 0."""
     batch, channels, height, width = images.shape
     device = images.device
     canvas_h, canvas_w = height + 2 * padding, width + 2 * padding
     canvas = images.new_zeros(batch, channels, canvas_h, canvas_w)
-    canvas[:, :, padding:padding + height, padding:padding + width] = images
+    canvas[:, :, padding : padding + height, padding : padding + width] = images
     shift_y, shift_x, flip = shift_y.to(device), shift_x.to(device), flip.to(device)
 
     rows = shift_y[:, None] + torch.arange(height, device=device)  # B x H
     columns = torch.arange(width, device=device)
     columns = shift_x[:, None] + torch.where(flip[:, None], width - 1 - columns, columns)  # B x W
     flat_index = (rows[:, :, None] * canvas_w + columns[:, None, :]).reshape(batch, 1, height * width)
-    gathered = torch.gather(canvas.reshape(batch, channels, canvas_h * canvas_w), 2,
-                            flat_index.expand(batch, channels, height * width))
+    gathered = torch.gather(
+        canvas.reshape(batch, channels, canvas_h * canvas_w), 2, flat_index.expand(batch, channels, height * width)
+    )
     return gathered.reshape(batch, channels, height, width)
 
 
@@ -54,8 +56,13 @@ class Normalizer:
     """uint8 B x 3 x H x W -> normalized floats of ``dtype`` (computed in float32), in the
     requested memory format. Holds the constants on ``device`` so a batch costs no copy."""
 
-    def __init__(self, normalization: Normalization, device: torch.device | str = "cpu",
-                 dtype: torch.dtype = torch.float32, channels_last: bool = False):
+    def __init__(
+        self,
+        normalization: Normalization,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        channels_last: bool = False,
+    ):
         self.mean = torch.tensor(normalization.mean_255(), dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.std = torch.tensor(normalization.std_255(), dtype=torch.float32, device=device).view(1, 3, 1, 1)
         self.dtype = dtype

@@ -100,9 +100,17 @@ class EpochLoader(Protocol):
     def warmup(self, console: Console | None = None, show_status: bool = True) -> None: ...
 
 
-def make_loader(config: Config, split: Split, *, train: bool, device: torch.device | str = "cpu",
-                distributed: bool = False, epoch: int = 0, batch_size: int | None = None,
-                image_dtype: torch.dtype = torch.float32) -> EpochLoader:
+def make_loader(
+    config: Config,
+    split: Split,
+    *,
+    train: bool,
+    device: torch.device | str = "cpu",
+    distributed: bool = False,
+    epoch: int = 0,
+    batch_size: int | None = None,
+    image_dtype: torch.dtype = torch.float32,
+) -> EpochLoader:
     """The loader of ``split`` of the prepared ``config.data.dataset``.
 
     ``train``: shuffle, augment and drop the last incomplete batch. ``device``: where batches
@@ -124,8 +132,10 @@ def make_loader(config: Config, split: Split, *, train: bool, device: torch.devi
     if distributed:  # train.batch_size is the global batch: the ranks share it, at the same lr
         world_size = _rank_and_world_size(distributed)[1]
         if batch_size % world_size:
-            raise ConfigError(f"train.batch_size: the global batch of {batch_size} must divide among the "
-                              f"{world_size} processes (train.nproc x train.nnodes)")
+            raise ConfigError(
+                f"train.batch_size: the global batch of {batch_size} must divide among the "
+                f"{world_size} processes (train.nproc x train.nnodes)"
+            )
         batch_size //= world_size
     info = dataset_info(manifest.dataset)
     normalization = Normalization(tuple(manifest.normalization["mean"]), tuple(manifest.normalization["std"]))
@@ -133,8 +143,9 @@ def make_loader(config: Config, split: Split, *, train: bool, device: torch.devi
 
     if config.data.backend == "tensor":
         if manifest.image_shape is None:
-            raise DataError(f"the tensor backend holds fixed-size images in memory; {manifest.dataset} needs "
-                            "data.backend=ffcv")
+            raise DataError(
+                f"the tensor backend holds fixed-size images in memory; {manifest.dataset} needs data.backend=ffcv"
+            )
         arrays = read_split(manifest.directory, split)
         manifest.check_labels(split, arrays.labels.numpy())
         sample_ids = _subset(arrays.labels.numpy(), split, subset, config.data.split_seed)
@@ -144,21 +155,44 @@ def make_loader(config: Config, split: Split, *, train: bool, device: torch.devi
             images, labels = images[index], labels[index]
         rank, world_size = _rank_and_world_size(distributed)
         loader: EpochLoader = TensorEpochLoader(
-            images.to(device), labels.to(device), sample_ids, batch_size=batch_size, train=train, seed=config.seed,
-            epoch=epoch, normalizer=Normalizer(normalization, device, image_dtype, channels_last),
-            rank=rank, world_size=world_size, distributed=distributed, class_names=manifest.class_names)
+            images.to(device),
+            labels.to(device),
+            sample_ids,
+            batch_size=batch_size,
+            train=train,
+            seed=config.seed,
+            epoch=epoch,
+            normalizer=Normalizer(normalization, device, image_dtype, channels_last),
+            rank=rank,
+            world_size=world_size,
+            distributed=distributed,
+            class_names=manifest.class_names,
+        )
     else:
         labels = read_labels(path)
         manifest.check_labels(split, labels)
         sample_ids = _subset(labels, split, subset, config.data.split_seed)
         loader = FFCVEpochLoader(
-            str(path), info, normalization, sample_ids, batch_size=batch_size, train=train, seed=config.seed,
-            epoch=epoch, device=device, channels_last=channels_last, image_dtype=image_dtype,
-            num_workers=config.data.workers(compute_on_cpu=device.type == "cpu"), distributed=distributed,
-            class_names=manifest.class_names)
+            str(path),
+            info,
+            normalization,
+            sample_ids,
+            batch_size=batch_size,
+            train=train,
+            seed=config.seed,
+            epoch=epoch,
+            device=device,
+            channels_last=channels_last,
+            image_dtype=image_dtype,
+            num_workers=config.data.workers(compute_on_cpu=device.type == "cpu"),
+            distributed=distributed,
+            class_names=manifest.class_names,
+        )
     if len(loader) == 0:
-        raise DataError(f"the {split} split has {loader.num_samples} samples for this process, not one full batch "
-                        f"of {batch_size}; lower train.batch_size")
+        raise DataError(
+            f"the {split} split has {loader.num_samples} samples for this process, not one full batch "
+            f"of {batch_size}; lower train.batch_size"
+        )
     return loader
 
 
@@ -185,15 +219,17 @@ def _seed_for(*parts: int) -> int:
     return int(np.random.SeedSequence(list(parts)).generate_state(1)[0])
 
 
-def _sample_order(count: int, *, shuffle: bool, seed: int, epoch: int, distributed: bool, rank: int,
-                  world_size: int) -> np.ndarray:
+def _sample_order(
+    count: int, *, shuffle: bool, seed: int, epoch: int, distributed: bool, rank: int, world_size: int
+) -> np.ndarray:
     """Positions ``0..count-1`` in the order one process visits them: FFCV's own rule, so
     both backends agree (``default_rng(seed + epoch)``, or DistributedSampler under DDP)."""
     if distributed:
         from torch.utils.data import DistributedSampler
 
-        sampler = DistributedSampler(range(count), num_replicas=world_size, rank=rank, shuffle=shuffle,
-                                     seed=seed, drop_last=False)
+        sampler = DistributedSampler(
+            range(count), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=False
+        )
         sampler.set_epoch(epoch)
         return np.fromiter(iter(sampler), dtype=np.int64, count=len(sampler))
     if shuffle:
@@ -209,10 +245,23 @@ class TensorEpochLoader:
 
     backend = "tensor"
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, sample_ids: np.ndarray, *, batch_size: int,
-                 train: bool, seed: int, epoch: int = 0, normalizer: Normalizer, class_names: list[str],
-                 rank: int = 0, world_size: int = 1, distributed: bool = False,
-                 padding: int = TRANSLATE_PADDING):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        sample_ids: np.ndarray,
+        *,
+        batch_size: int,
+        train: bool,
+        seed: int,
+        epoch: int = 0,
+        normalizer: Normalizer,
+        class_names: list[str],
+        rank: int = 0,
+        world_size: int = 1,
+        distributed: bool = False,
+        padding: int = TRANSLATE_PADDING,
+    ):
         self.images, self.labels = images, labels  # uint8 N x 3 x H x W, int64 N, on the output device
         self.sample_ids = sample_ids  # position of each held image in the split's file
         self.batch_size, self.train, self.seed, self.epoch = batch_size, train, seed, epoch
@@ -220,7 +269,7 @@ class TensorEpochLoader:
         self.normalizer, self.padding = normalizer, padding
         self.rank, self.world_size, self.distributed = rank, world_size, distributed
         self.class_names, self.num_classes = list(class_names), len(class_names)
-        self.num_samples = (math.ceil(len(labels) / world_size) if distributed else len(labels))
+        self.num_samples = math.ceil(len(labels) / world_size) if distributed else len(labels)
 
     def __len__(self) -> int:
         if self.drop_last:
@@ -231,8 +280,15 @@ class TensorEpochLoader:
         self.epoch = epoch
 
     def _positions(self, epoch: int) -> np.ndarray:
-        return _sample_order(len(self.labels), shuffle=self.train, seed=self.seed, epoch=epoch,
-                             distributed=self.distributed, rank=self.rank, world_size=self.world_size)
+        return _sample_order(
+            len(self.labels),
+            shuffle=self.train,
+            seed=self.seed,
+            epoch=epoch,
+            distributed=self.distributed,
+            rank=self.rank,
+            world_size=self.world_size,
+        )
 
     def epoch_order(self, epoch: int) -> np.ndarray:
         """Sample ids (positions in the split's file) in the order epoch ``epoch`` visits them."""
@@ -254,10 +310,10 @@ class TensorEpochLoader:
         end = len(self) * self.batch_size if self.drop_last else len(positions)
         for start in range(0, end, self.batch_size):
             with _one_cpu_thread(device):
-                index = positions[start:start + self.batch_size]
+                index = positions[start : start + self.batch_size]
                 images = self.images[index]
                 if self.train:
-                    shift_y, shift_x, flip = (draw[start:start + self.batch_size] for draw in shifts)
+                    shift_y, shift_x, flip = (draw[start : start + self.batch_size] for draw in shifts)
                     images = translate_flip(images, shift_y, shift_x, flip, self.padding)
                 batch = self.normalizer(images), self.labels[index]
             yield batch
@@ -287,10 +343,24 @@ class FFCVEpochLoader:
 
     backend = "ffcv"
 
-    def __init__(self, path: str, info: DatasetInfo, normalization: Normalization, sample_ids: np.ndarray, *,
-                 batch_size: int, train: bool, seed: int, epoch: int = 0, device: torch.device,
-                 channels_last: bool, image_dtype: torch.dtype = torch.float32, num_workers: int = 1,
-                 distributed: bool = False, class_names: list[str]):
+    def __init__(
+        self,
+        path: str,
+        info: DatasetInfo,
+        normalization: Normalization,
+        sample_ids: np.ndarray,
+        *,
+        batch_size: int,
+        train: bool,
+        seed: int,
+        epoch: int = 0,
+        device: torch.device,
+        channels_last: bool,
+        image_dtype: torch.dtype = torch.float32,
+        num_workers: int = 1,
+        distributed: bool = False,
+        class_names: list[str],
+    ):
         import_ffcv()
         from ffcv.loader import Loader, OrderOption
 
@@ -300,14 +370,22 @@ class FFCVEpochLoader:
         self.class_names, self.num_classes = list(class_names), len(class_names)
         pipelines = _ffcv_pipelines(info, normalization, train=train, device=device)
         # On CUDA the images arrive as uint8 and are normalized here (see _ffcv_pipelines).
-        self._normalizer = (Normalizer(normalization, device, image_dtype, channels_last)
-                            if device.type == "cuda" else None)
+        self._normalizer = (
+            Normalizer(normalization, device, image_dtype, channels_last) if device.type == "cuda" else None
+        )
         self.channels_last = channels_last
         with keep_torch_threads():
             self._loader = Loader(
-                path, batch_size=batch_size, num_workers=max(1, num_workers),
-                order=OrderOption.RANDOM if train else OrderOption.SEQUENTIAL, distributed=distributed,
-                seed=seed, indices=sample_ids, pipelines=pipelines, drop_last=self.drop_last)
+                path,
+                batch_size=batch_size,
+                num_workers=max(1, num_workers),
+                order=OrderOption.RANDOM if train else OrderOption.SEQUENTIAL,
+                distributed=distributed,
+                seed=seed,
+                indices=sample_ids,
+                pipelines=pipelines,
+                drop_last=self.drop_last,
+            )
         self.num_samples = len(self._loader.first_traversal_order)
         self._compiled = False
         _KEEP_ALIVE.append(self._loader.code)
@@ -329,10 +407,9 @@ class FFCVEpochLoader:
             return
         from ffcv.loader.epoch_iterator import EpochIterator
 
-        status = ((console or Console(stderr=True)).status(WARMUP_MESSAGE) if show_status
-                  else contextlib.nullcontext())
+        status = (console or Console(stderr=True)).status(WARMUP_MESSAGE) if show_status else contextlib.nullcontext()
         with status, keep_torch_threads():
-            for _ in EpochIterator(self._loader, self._loader.first_traversal_order[:self.batch_size]):
+            for _ in EpochIterator(self._loader, self._loader.first_traversal_order[: self.batch_size]):
                 pass
         self._compiled = True
 
@@ -371,8 +448,9 @@ def _copy_out(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return torch.from_numpy(np.array(array, order="C"))
 
 
-def _ffcv_pipelines(info: DatasetInfo, normalization: Normalization, *, train: bool,
-                    device: torch.device) -> dict[str, list]:
+def _ffcv_pipelines(
+    info: DatasetInfo, normalization: Normalization, *, train: bool, device: torch.device
+) -> dict[str, list]:
     import_ffcv()
     from ffcv.fields.decoders import (
         CenterCropRGBImageDecoder,
@@ -411,8 +489,11 @@ def _ffcv_pipelines(info: DatasetInfo, normalization: Normalization, *, train: b
         # ToTorchImage(channels_last=True) is a free view; the loader then copies the batch out
         # (_copy_out). ToTorchImage's own NCHW copy would run torch's OpenMP threads inside
         # FFCV's thread, fighting numba's threads: 15k instead of 110k img/s on 2 cores.
-        image += [NormalizeImage(normalization.mean_255(), normalization.std_255(), np.float32),
-                  ToTensor(), ToTorchImage(channels_last=True)]
+        image += [
+            NormalizeImage(normalization.mean_255(), normalization.std_255(), np.float32),
+            ToTensor(),
+            ToTorchImage(channels_last=True),
+        ]
     return {"image": image, "label": label}
 
 

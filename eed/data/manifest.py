@@ -47,8 +47,11 @@ def dataset_dir(config: Config) -> Path:
 def image_field_settings(config: Config) -> dict[str, Any]:
     """How images are stored in the .beton (the arguments of FFCV's ``RGBImageField``)."""
     if dataset_info(config.data.dataset).write_mode == "jpg":
-        return {"write_mode": "jpg", "max_resolution": config.data.max_resolution,
-                "jpeg_quality": config.data.jpeg_quality}
+        return {
+            "write_mode": "jpg",
+            "max_resolution": config.data.max_resolution,
+            "jpeg_quality": config.data.jpeg_quality,
+        }
     return {"write_mode": "raw", "max_resolution": None, "jpeg_quality": None}
 
 
@@ -107,8 +110,10 @@ class Manifest:
     def split_path(self, split: str) -> Path:
         if split not in self.splits:
             if split == "val":
-                raise DataError(f"no validation split was prepared (data.val_size = {self.val_size}); "
-                                "use the test split, or set data.val_size > 0 and " + RERUN_HINT)
+                raise DataError(
+                    f"no validation split was prepared (data.val_size = {self.val_size}); "
+                    "use the test split, or set data.val_size > 0 and " + RERUN_HINT
+                )
             raise DataError(f"unknown split {split!r}; prepared: {', '.join(self.splits)}")
         assert self.directory is not None, "split_path needs a manifest read from disk"
         record = self.splits[split]
@@ -117,8 +122,10 @@ class Manifest:
             if not path.is_file():
                 raise DataError(f"{path} is missing (the {split} split of {MANIFEST_NAME}); {RERUN_HINT}")
             if file_sha256(path) != record.sha256:
-                raise DataError(f"{path} is corrupt: its sha256 differs from the one {MANIFEST_NAME} recorded "
-                                f"when it was prepared (the {split} split); {RERUN_HINT}")
+                raise DataError(
+                    f"{path} is corrupt: its sha256 differs from the one {MANIFEST_NAME} recorded "
+                    f"when it was prepared (the {split} split); {RERUN_HINT}"
+                )
         return path
 
     def inconsistency(self) -> str | None:
@@ -129,11 +136,12 @@ class Manifest:
             return f"its class names are empty or repeat ({len(names)} names, {len(set(names))} distinct)"
         for split, record in self.splits.items():
             if len(record.class_counts) != len(names):
-                return (f"{len(names)} class names but {len(record.class_counts)} class counts in the {split} "
-                        "split")
+                return f"{len(names)} class names but {len(record.class_counts)} class counts in the {split} split"
             if sum(record.class_counts) != record.num_samples or min(record.class_counts, default=0) < 0:
-                return (f"the {split} split's class counts sum to {sum(record.class_counts)}, "
-                        f"not its {record.num_samples} samples")
+                return (
+                    f"the {split} split's class counts sum to {sum(record.class_counts)}, "
+                    f"not its {record.num_samples} samples"
+                )
         return None
 
     def check_labels(self, split: str, labels: np.ndarray) -> None:
@@ -141,8 +149,10 @@ class Manifest:
         would fail deep inside the loss (an IndexError) after a checkpoint was written."""
         path = (self.directory or Path(".")) / MANIFEST_NAME
         if len(labels) and (labels.min() < 0 or labels.max() >= self.num_classes):
-            raise DataError(f"{path}: the {split} split holds labels up to {labels.max()} (from {labels.min()}), but "
-                            f"the manifest names {self.num_classes} classes; {RERUN_HINT}")
+            raise DataError(
+                f"{path}: the {split} split holds labels up to {labels.max()} (from {labels.min()}), but "
+                f"the manifest names {self.num_classes} classes; {RERUN_HINT}"
+            )
         counts = np.bincount(labels, minlength=self.num_classes).tolist() if len(labels) else []
         if split in self.splits and counts != self.splits[split].class_counts:
             raise DataError(f"{path}: the {split} split's labels do not match its class counts; {RERUN_HINT}")
@@ -151,6 +161,7 @@ class Manifest:
         """Equal in what matters for the data: ignores the written files' sizes and hashes,
         where the source was read from (moving the data root changes nothing) and the eed
         version (FORMAT_VERSION marks layout changes)."""
+
         def strip(manifest: Manifest) -> dict[str, Any]:
             data = manifest.to_json()
             del data["eed_version"]
@@ -241,9 +252,11 @@ def write_manifest(manifest: Manifest, directory: str | Path) -> Path:
 def params_mismatch(manifest: Manifest, config: Config) -> list[str]:
     """``["data.val_size: prepared with 5000, params say 1000", ...]``; empty when they match."""
     expected = expected_params(config)
-    return [f"{key}: prepared with {manifest.params.get(key)!r}, params say {expected.get(key)!r}"
-            for key in sorted(set(expected) | set(manifest.params))
-            if manifest.params.get(key) != expected.get(key)]
+    return [
+        f"{key}: prepared with {manifest.params.get(key)!r}, params say {expected.get(key)!r}"
+        for key in sorted(set(expected) | set(manifest.params))
+        if manifest.params.get(key) != expected.get(key)
+    ]
 
 
 def load_manifest(config: Config) -> Manifest:
@@ -256,12 +269,12 @@ def load_manifest(config: Config) -> Manifest:
     directory = dataset_dir(config)
     manifest = read_manifest(directory)
     if manifest is None:
-        raise DataError(f"no prepared {config.data.dataset} data in {directory} (no {MANIFEST_NAME}); "
-                        f"{RERUN_HINT}")
+        raise DataError(f"no prepared {config.data.dataset} data in {directory} (no {MANIFEST_NAME}); {RERUN_HINT}")
     differences = params_mismatch(manifest, config)
     if differences:
-        raise DataError(f"the prepared data in {directory} does not match the params ({'; '.join(differences)}); "
-                        f"{RERUN_HINT}")
+        raise DataError(
+            f"the prepared data in {directory} does not match the params ({'; '.join(differences)}); {RERUN_HINT}"
+        )
     for split, record in manifest.splits.items():
         path = directory / record.file
         if not path.is_file() or path.stat().st_size != record.bytes:
@@ -277,4 +290,3 @@ def num_classes(config: Config) -> int:
 
 def class_names(config: Config) -> list[str]:
     return list(load_manifest(config).class_names)
-

@@ -49,8 +49,13 @@ def resolve_manifest(source: Config | str | Path) -> Manifest:
     return manifest
 
 
-def read_split(source: Config | str | Path, split: str, *, indices: Sequence[int] | np.ndarray | None = None,
-               resolution: int | None = None) -> SplitTensors:
+def read_split(
+    source: Config | str | Path,
+    split: str,
+    *,
+    indices: Sequence[int] | np.ndarray | None = None,
+    resolution: int | None = None,
+) -> SplitTensors:
     """Images and labels of ``split`` (``indices``: only these samples, in this order).
 
     JPEG datasets of mixed image sizes are center-cropped (ratio 224/256) and resized to
@@ -115,7 +120,7 @@ def _copy_raw(file: np.memmap, image_meta: np.ndarray) -> np.ndarray:
     pixels = np.empty((count, height, width, 3), dtype=np.uint8)
     flat = pixels.reshape(count, size)
     for row, pointer in enumerate(image_meta["data_ptr"].tolist()):
-        flat[row] = file[pointer:pointer + size]
+        flat[row] = file[pointer : pointer + size]
     return pixels
 
 
@@ -131,10 +136,10 @@ def _decode_resized(file: np.memmap, image_meta: np.ndarray, reader, resolution:
     for row, entry in enumerate(image_meta):
         pointer = int(entry["data_ptr"])
         size = int(sizes[np.searchsorted(pointers, pointer)])
-        data = np.asarray(file[pointer:pointer + size])
+        data = np.asarray(file[pointer : pointer + size])
         height, width = int(entry["height"]), int(entry["width"])
         if entry["mode"] == _RAW_MODE:
-            image = data[:height * width * 3].reshape(height, width, 3)
+            image = data[: height * width * 3].reshape(height, width, 3)
         else:
             decoded = cv2.imdecode(data, cv2.IMREAD_COLOR)
             if decoded is None:
@@ -142,6 +147,6 @@ def _decode_resized(file: np.memmap, image_meta: np.ndarray, reader, resolution:
             image = cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
         side = max(1, int(min(height, width) * IMAGENET_EVAL_CROP_RATIO))
         top, left = (height - side) // 2, (width - side) // 2
-        crop = image[top:top + side, left:left + side]
+        crop = image[top : top + side, left : left + side]
         pixels[row] = cv2.resize(crop, (resolution, resolution), interpolation=cv2.INTER_AREA)
     return pixels

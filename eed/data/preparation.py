@@ -87,16 +87,23 @@ def prepare(config: Config, *, console: Console | None = None) -> PrepareResult:
         for leftover in directory.glob(".*.tmp"):
             leftover.unlink(missing_ok=True)
         records = {}
-        with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                      console=console) as progress:
+        with Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), console=console
+        ) as progress:
             for split, (images, indices) in split_sets.items():
                 task = progress.add_task(f"{raw.name} {split:5s} -> {split}.beton", total=len(indices))
                 records[split] = _write_beton(directory / f"{split}.beton", images, indices, config, progress, task)
         for split in ("train", "val", "test"):
             if split not in split_sets:  # e.g. val.beton of an earlier run with val_size > 0
                 (directory / f"{split}.beton").unlink(missing_ok=True)
-        manifest = replace(wanted, directory=directory, splits={
-            split: replace(wanted.splits[split], bytes=size, sha256=digest) for split, (size, digest) in records.items()})
+        manifest = replace(
+            wanted,
+            directory=directory,
+            splits={
+                split: replace(wanted.splits[split], bytes=size, sha256=digest)
+                for split, (size, digest) in records.items()
+            },
+        )
         write_manifest(manifest, directory)
     _report(manifest, directory, console)
     return PrepareResult(directory, manifest, False, _paths(manifest, directory))
@@ -106,8 +113,10 @@ def _splits(raw: RawDataset, config: Config) -> dict[str, tuple[ImageSet, np.nda
     """``{split: (image set, indices into it)}``; the val split is carved from train."""
     val_size = config.data.val_size
     if val_size >= len(raw.train):
-        raise DataError(f"data.val_size = {val_size} leaves no training images: {raw.name} has "
-                        f"{len(raw.train)} training images; set a smaller data.val_size (0 = no validation split)")
+        raise DataError(
+            f"data.val_size = {val_size} leaves no training images: {raw.name} has "
+            f"{len(raw.train)} training images; set a smaller data.val_size (0 = no validation split)"
+        )
     kept, taken = split_off(raw.train.labels, val_size, config.data.split_seed)
     sets = {"train": (raw.train, kept)}
     if val_size:
@@ -119,15 +128,23 @@ def _splits(raw: RawDataset, config: Config) -> dict[str, tuple[ImageSet, np.nda
 def _manifest_for(raw: RawDataset, config: Config, split_sets: dict[str, tuple[ImageSet, np.ndarray]]) -> Manifest:
     normalization = dataset_info(raw.name).normalization
     image_shape = list(raw.train.images.shape[1:]) if isinstance(raw.train, ImageArrays) else None
-    splits = {split: SplitRecord(f"{split}.beton", len(indices),
-                                 np.bincount(images.labels[indices], minlength=raw.num_classes).tolist())
-              for split, (images, indices) in split_sets.items()}
+    splits = {
+        split: SplitRecord(
+            f"{split}.beton", len(indices), np.bincount(images.labels[indices], minlength=raw.num_classes).tolist()
+        )
+        for split, (images, indices) in split_sets.items()
+    }
     return Manifest(
-        dataset=raw.name, class_names=list(raw.class_names), params=expected_params(config),
+        dataset=raw.name,
+        class_names=list(raw.class_names),
+        params=expected_params(config),
         source={"location": raw.location, "fingerprint": raw.fingerprint},
         fields={"image": {"type": "RGBImageField", **image_field_settings(config)}, "label": {"type": "IntField"}},
         normalization={"mean": list(normalization.mean), "std": list(normalization.std)},
-        image_shape=image_shape, splits=splits, split_seed=config.data.split_seed, val_size=config.data.val_size,
+        image_shape=image_shape,
+        splits=splits,
+        split_seed=config.data.split_seed,
+        val_size=config.data.val_size,
         eed_version=_eed_version(),
     )
 
@@ -139,8 +156,9 @@ def _eed_version() -> str:
         return "unknown"
 
 
-def _write_beton(path: Path, images: ImageSet, indices: np.ndarray, config: Config,
-                 progress: Progress, task: TaskID) -> tuple[int, str]:
+def _write_beton(
+    path: Path, images: ImageSet, indices: np.ndarray, config: Config, progress: Progress, task: TaskID
+) -> tuple[int, str]:
     """Write one split to a temporary file in ``path``'s folder, then rename it to ``path``.
     Returns the file's size and sha256."""
     import_ffcv()
@@ -150,19 +168,25 @@ def _write_beton(path: Path, images: ImageSet, indices: np.ndarray, config: Conf
 
     settings = image_field_settings(config)
     fields = {
-        "image": RGBImageField(write_mode=settings["write_mode"], max_resolution=settings["max_resolution"],
-                               jpeg_quality=settings["jpeg_quality"] or 90),
+        "image": RGBImageField(
+            write_mode=settings["write_mode"],
+            max_resolution=settings["max_resolution"],
+            jpeg_quality=settings["jpeg_quality"] or 90,
+        ),
         "label": IntField(),
     }
     workers = 1 if settings["write_mode"] == "raw" else config.data.workers(compute_on_cpu=False)  # JPEG encoding
-    largest_image = int(np.prod(images.images.shape[1:])) if isinstance(images, ImageArrays) else \
-        3 * config.data.max_resolution ** 2
+    largest_image = (
+        int(np.prod(images.images.shape[1:])) if isinstance(images, ImageArrays) else 3 * config.data.max_resolution**2
+    )
     page_size = _page_size(largest_image)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
         with _ffcv_progress_to(progress, task):
-            DatasetWriter(tmp, fields, page_size=page_size, num_workers=workers).from_indexed_dataset(images, indices=indices.tolist())
+            DatasetWriter(tmp, fields, page_size=page_size, num_workers=workers).from_indexed_dataset(
+                images, indices=indices.tolist()
+            )
         if isinstance(images, ImageFiles):
             images.raise_if_unreadable()
         written = int(Reader(tmp).num_samples)

@@ -92,8 +92,10 @@ class ImageFiles:
     def raise_if_unreadable(self) -> None:
         if self._failed.value:
             path = self.paths[self._first_failed.value]
-            raise DataError(f"{path}: cannot decode this image ({self._failed.value} unreadable file(s) in all); "
-                            "replace or delete the broken files, then re-run `eed prepare`")
+            raise DataError(
+                f"{path}: cannot decode this image ({self._failed.value} unreadable file(s) in all); "
+                "replace or delete the broken files, then re-run `eed prepare`"
+            )
 
 
 ImageSet = Union[ImageArrays, ImageFiles]
@@ -175,8 +177,10 @@ def read_cifar(name: str, root: str | Path, *, download: bool = True, console: C
         if not archive.is_file():
             if folder.is_dir():
                 missing = [file_name for file_name in wanted if not (folder / file_name).is_file()]
-                raise DataError(f"{folder} is incomplete: {', '.join(missing)} missing. Delete the folder and "
-                                f"put {spec.filename} in {root} (or let `eed prepare` download it).")
+                raise DataError(
+                    f"{folder} is incomplete: {', '.join(missing)} missing. Delete the folder and "
+                    f"put {spec.filename} in {root} (or let `eed prepare` download it)."
+                )
             if not download:
                 raise DataError(_missing_message(layout, spec, root, "downloading is disabled"))
             _download(layout, spec, root, console)
@@ -189,21 +193,26 @@ def read_cifar(name: str, root: str | Path, *, download: bool = True, console: C
     class_names = _check_class_names(_unpickle(meta_bytes, meta_display), layout, meta_display)
     splits = {}
     for split, file_names in (("train", train_files), ("test", test_files)):
-        parts = [_batch_arrays(_unpickle(*files[file_name]), files[file_name][1], num_classes) for file_name in file_names]
+        parts = [
+            _batch_arrays(_unpickle(*files[file_name]), files[file_name][1], num_classes) for file_name in file_names
+        ]
         images = np.ascontiguousarray(np.concatenate([images for images, _ in parts]))
         labels = np.concatenate([labels for _, labels in parts])
         _check_balance(labels, num_classes, f"{location} ({split} images)")
         splits[split] = ImageArrays(images, labels)
-    return RawDataset(name, class_names, splits["train"], splits["test"], str(location),
-                      fingerprint_arrays(class_names, splits))
+    return RawDataset(
+        name, class_names, splits["train"], splits["test"], str(location), fingerprint_arrays(class_names, splits)
+    )
 
 
 def _missing_message(layout: CifarLayout, spec: Any, root: Path, why: str) -> str:
     source = f"${DATA_ROOT_ENV}" if os.environ.get(DATA_ROOT_ENV) else "data.root"
-    return (f"{layout.title} not found: looked for the folder {root / spec.base_folder}/ and the archive "
-            f"{root / spec.filename} (data root {root}, from {source}), and {why}. "
-            f"Put {spec.filename} (from {spec.url}) in {root}, or set ${DATA_ROOT_ENV} or data.root "
-            f"to a folder that holds it.")
+    return (
+        f"{layout.title} not found: looked for the folder {root / spec.base_folder}/ and the archive "
+        f"{root / spec.filename} (data root {root}, from {source}), and {why}. "
+        f"Put {spec.filename} (from {spec.url}) in {root}, or set ${DATA_ROOT_ENV} or data.root "
+        f"to a folder that holds it."
+    )
 
 
 def _download(layout: CifarLayout, spec: Any, root: Path, console: Console) -> None:
@@ -243,12 +252,16 @@ def _read_archive_members(archive: Path, base_folder: str, names: list[str], url
                     if len(found) == len(wanted):
                         break
     except (tarfile.TarError, EOFError, OSError, zlib.error) as error:
-        raise DataError(f"{archive}: cannot read the archive ({type(error).__name__}: {error}); it is truncated "
-                        f"or corrupt. Delete it and download it again from {url}.") from None
+        raise DataError(
+            f"{archive}: cannot read the archive ({type(error).__name__}: {error}); it is truncated "
+            f"or corrupt. Delete it and download it again from {url}."
+        ) from None
     missing = [member for member, name in wanted.items() if name not in found]
     if missing:
-        raise DataError(f"{archive}: not a {base_folder} archive: {', '.join(missing)} missing. "
-                        f"Delete it and download it again from {url}.")
+        raise DataError(
+            f"{archive}: not a {base_folder} archive: {', '.join(missing)} missing. "
+            f"Delete it and download it again from {url}."
+        )
     return found
 
 
@@ -287,15 +300,18 @@ def _unpickle(content: bytes, display: str) -> Any:
         # latin1: the official files are Python 2 pickles (numpy's documented choice for them).
         return _CifarUnpickler(io.BytesIO(content), encoding="latin1").load()
     except Exception as error:  # noqa: BLE001 - truncated data raises many different types
-        raise DataError(f"{display}: not a readable CIFAR pickle ({type(error).__name__}: {error}); the file "
-                        "is truncated, corrupt or not a CIFAR file. Delete it and extract or download the dataset again.") from None
+        raise DataError(
+            f"{display}: not a readable CIFAR pickle ({type(error).__name__}: {error}); the file "
+            "is truncated, corrupt or not a CIFAR file. Delete it and extract or download the dataset again."
+        ) from None
 
 
 def _check_class_names(meta: Any, layout: CifarLayout, display: str) -> list[str]:
     names = meta.get(layout.names_key) if isinstance(meta, dict) else None
     if not isinstance(names, list) or not all(isinstance(name, str) for name in names):
-        raise DataError(f"{display}: not a {layout.title} meta file (no list of class names under "
-                        f"'{layout.names_key}')")
+        raise DataError(
+            f"{display}: not a {layout.title} meta file (no list of class names under '{layout.names_key}')"
+        )
     if tuple(names) != layout.class_names:
         if len(names) != len(layout.class_names):
             detail = f"{len(names)} classes instead of {len(layout.class_names)}"
@@ -315,10 +331,11 @@ def _batch_arrays(batch: Any, display: str, num_classes: int) -> tuple[np.ndarra
     data = batch["data"]
     pixels = CIFAR_IMAGE_SIZE * CIFAR_IMAGE_SIZE * 3
     if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != pixels:
-        found = (f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray)
-                 else type(data).__name__)
-        raise DataError(f"{display}: images are a {found}; expected uint8 N x {pixels} "
-                        f"({CIFAR_IMAGE_SIZE}x{CIFAR_IMAGE_SIZE} RGB, channel-major)")
+        found = f"{data.dtype} array of shape {data.shape}" if isinstance(data, np.ndarray) else type(data).__name__
+        raise DataError(
+            f"{display}: images are a {found}; expected uint8 N x {pixels} "
+            f"({CIFAR_IMAGE_SIZE}x{CIFAR_IMAGE_SIZE} RGB, channel-major)"
+        )
     if label_key not in batch:
         raise DataError(f"{display}: no labels (neither 'labels' nor 'fine_labels')")
     labels = np.asarray(batch[label_key])
@@ -328,8 +345,10 @@ def _batch_arrays(batch: Any, display: str, num_classes: int) -> tuple[np.ndarra
         raise DataError(f"{display}: {len(data)} images but {len(labels)} labels")
     bad = np.flatnonzero((labels < 0) | (labels >= num_classes))
     if len(bad):
-        raise DataError(f"{display}: label {labels[bad[0]]} (image {bad[0]}) is out of range 0..{num_classes - 1} "
-                        f"({len(bad)} bad label(s))")
+        raise DataError(
+            f"{display}: label {labels[bad[0]]} (image {bad[0]}) is out of range 0..{num_classes - 1} "
+            f"({len(bad)} bad label(s))"
+        )
     images = data.reshape(-1, 3, CIFAR_IMAGE_SIZE, CIFAR_IMAGE_SIZE).transpose(0, 2, 3, 1)
     return images, labels.astype(np.int64)
 
@@ -339,8 +358,10 @@ def _check_balance(labels: np.ndarray, num_classes: int, where: str) -> None:
     missing or duplicated breaks that."""
     counts = np.bincount(labels, minlength=num_classes)
     if len(labels) == 0 or counts.min() != counts.max():
-        raise DataError(f"{where}: not balanced across classes ({counts.min()} to {counts.max()} images per "
-                        f"class, {len(labels)} in all); the files are incomplete or mixed up")
+        raise DataError(
+            f"{where}: not balanced across classes ({counts.min()} to {counts.max()} images per "
+            f"class, {len(labels)} in all); the files are incomplete or mixed up"
+        )
 
 
 def fingerprint_arrays(class_names: list[str], splits: dict[str, ImageArrays]) -> str:
@@ -377,9 +398,11 @@ def read_image_folders(root: str | Path) -> RawDataset:
     base = next((c for c in candidates if (c / "train").is_dir() and (c / "val").is_dir()), None)
     if base is None:
         looked = " and ".join(f"{c}/train/ + {c}/val/" for c in candidates)
-        raise DataError(f"ImageNet not found: looked for {looked}. ImageNet cannot be downloaded automatically; "
-                        "get it from https://image-net.org, lay it out as train/<class>/*.JPEG and "
-                        f"val/<class>/*.JPEG under {root}, or set ${DATA_ROOT_ENV} or data.root to its folder.")
+        raise DataError(
+            f"ImageNet not found: looked for {looked}. ImageNet cannot be downloaded automatically; "
+            "get it from https://image-net.org, lay it out as train/<class>/*.JPEG and "
+            f"val/<class>/*.JPEG under {root}, or set ${DATA_ROOT_ENV} or data.root to its folder."
+        )
     try:
         folders, class_to_index = find_classes(str(base / "train"))
         val_folders, _ = find_classes(str(base / "val"))
@@ -398,8 +421,14 @@ def read_image_folders(root: str | Path) -> RawDataset:
         for path in paths:
             digest.update(f"{os.path.relpath(path, base)}\0{os.path.getsize(path)}\n".encode())
         sets[split] = ImageFiles(paths, np.array([label for _, label in samples], dtype=np.int64))
-    return RawDataset("imagenet", _imagenet_class_names(folders), sets["train"], sets["test"], str(base),
-                      f"sha256:{digest.hexdigest()}")
+    return RawDataset(
+        "imagenet",
+        _imagenet_class_names(folders),
+        sets["train"],
+        sets["test"],
+        str(base),
+        f"sha256:{digest.hexdigest()}",
+    )
 
 
 # --------------------------------------------------------------------------- synthetic
@@ -423,7 +452,9 @@ def make_synthetic(config: Config) -> RawDataset:
 
     train, test = make(spec.num_train), make(spec.num_test)
     class_names = [f"class_{index:03d}" for index in range(spec.num_classes)]
-    location = (f"synthetic (seed {seed}, {spec.num_train}+{spec.num_test} images of {size}x{size}, "
-                f"{spec.num_classes} classes)")
-    return RawDataset("synthetic", class_names, train, test, location,
-                      fingerprint_arrays(class_names, {"train": train, "test": test}))
+    location = (
+        f"synthetic (seed {seed}, {spec.num_train}+{spec.num_test} images of {size}x{size}, {spec.num_classes} classes)"
+    )
+    return RawDataset(
+        "synthetic", class_names, train, test, location, fingerprint_arrays(class_names, {"train": train, "test": test})
+    )

@@ -56,34 +56,42 @@ class NetworkSpec:
     @classmethod
     def of(cls, config: Config, class_names: Sequence[str], exits: bool) -> "NetworkSpec":
         """The network of a resolved ``config`` (:func:`eed.models.from_config.resolve_architecture`)."""
-        return cls(config.model.arch, len(class_names), config.model.width, exits,
-                   bool(config.model.stem_relu), tuple(class_names))
+        return cls(
+            config.model.arch,
+            len(class_names),
+            config.model.width,
+            exits,
+            bool(config.model.stem_relu),
+            tuple(class_names),
+        )
 
     def build(self, init: str = "pytorch") -> MultiExitNet:
         """The network, initialised by ``init`` (default: PyTorch's, as its weights are loaded next)."""
-        return create_model(self.arch, self.num_classes, self.width, exits=self.exits,
-                            stem_relu=self.stem_relu, init=init)
+        return create_model(
+            self.arch, self.num_classes, self.width, exits=self.exits, stem_relu=self.stem_relu, init=init
+        )
 
 
 @dataclass
 class TrainState:
     """Where a training run is; the trainer updates it and every checkpoint records it."""
 
-    epoch: int = 0                 # epochs completed
-    step: int = 0                  # steps done of epoch ``epoch + 1`` (stopped mid-epoch), else 0
-    phase: str = "epochs"          # :data:`PHASES`
-    best_metric: float = -1.0      # the selected epoch's validation accuracy of the main output
+    epoch: int = 0  # epochs completed
+    step: int = 0  # steps done of epoch ``epoch + 1`` (stopped mid-epoch), else 0
+    phase: str = "epochs"  # :data:`PHASES`
+    best_metric: float = -1.0  # the selected epoch's validation accuracy of the main output
     best_epoch: int = 0
     test_max: dict[str, list[float]] = field(default_factory=dict)  # output -> [max test accuracy, its epoch]
     history: History = field(default_factory=dict)  # every finished epoch's metrics: name -> [(epoch, value)]
     partial_epoch: dict[str, Any] | None = None  # the metrics of the steps done of an interrupted epoch
-    run_id: str | None = None      # the tracking run that made it
+    run_id: str | None = None  # the tracking run that made it
 
     def metrics_of(self, epoch: int) -> dict[str, float]:
         return {name: value for name, points in self.history.items() for step, value in points if step == epoch}
 
-    def to_checkpoint(self, network: NetworkSpec, model: torch.nn.Module, config: Config,
-                      resume: "ResumeState | None") -> "Checkpoint":
+    def to_checkpoint(
+        self, network: NetworkSpec, model: torch.nn.Module, config: Config, resume: "ResumeState | None"
+    ) -> "Checkpoint":
         """A snapshot of this state (a copy: the state goes on changing) with ``model``'s weights (its
         tensors: save the checkpoint before the next step changes them)."""
         return Checkpoint(network, model.state_dict(), config.model_dump(), dataclasses.replace(self), resume)
@@ -106,7 +114,7 @@ class ResumeState:
 class Checkpoint:
     network: NetworkSpec
     weights: dict[str, Tensor]
-    config: dict[str, Any]             # the resolved config, as ``Config.model_dump()``
+    config: dict[str, Any]  # the resolved config, as ``Config.model_dump()``
     state: TrainState
     resume: ResumeState | None = None  # None in a deployable checkpoint
 
@@ -121,8 +129,13 @@ class Checkpoint:
     def deployable(self) -> "Checkpoint":
         """The network and where it came from (epoch, run), without what only resuming needs:
         the optimizer's state is as large as the weights."""
-        state = TrainState(epoch=self.state.epoch, phase="done", best_metric=self.state.best_metric,
-                           best_epoch=self.state.best_epoch, run_id=self.state.run_id)
+        state = TrainState(
+            epoch=self.state.epoch,
+            phase="done",
+            best_metric=self.state.best_metric,
+            best_epoch=self.state.best_epoch,
+            run_id=self.state.run_id,
+        )
         return Checkpoint(self.network, self.weights, self.config, state, None)
 
     # ------------------------------------------------------------------ the network
@@ -133,14 +146,16 @@ class Checkpoint:
         if arch is not None and self.network.arch != arch:
             raise CheckpointError(f"checkpoint is a {self.network.arch!r} model, expected {arch!r}")
         if num_classes is not None and self.network.num_classes != num_classes:
-            raise CheckpointError(f"checkpoint predicts {self.network.num_classes} classes, "
-                                  f"but the data has {num_classes}")
+            raise CheckpointError(
+                f"checkpoint predicts {self.network.num_classes} classes, but the data has {num_classes}"
+            )
         model = self.network.build()
         try:
             model.load_state_dict(self.weights)
         except RuntimeError as error:
-            raise CheckpointError(f"checkpoint weights do not fit {self.network.arch}: "
-                                  f"{str(error).splitlines()[0]}") from None
+            raise CheckpointError(
+                f"checkpoint weights do not fit {self.network.arch}: {str(error).splitlines()[0]}"
+            ) from None
         return model
 
     def check_classes(self, class_names: Sequence[str], dataset: str) -> None:
@@ -149,8 +164,11 @@ class Checkpoint:
         # (A different class count alone is caught by model()'s num_classes check.)
         if trained and trained != list(class_names):
             differing = next((i for i, (a, b) in enumerate(zip(trained, class_names)) if a != b), None)
-            detail = (f"class {differing} is {trained[differing]!r} in the checkpoint, {class_names[differing]!r} here"
-                      if differing is not None else f"{len(trained)} classes in the checkpoint, {len(class_names)} here")
+            detail = (
+                f"class {differing} is {trained[differing]!r} in the checkpoint, {class_names[differing]!r} here"
+                if differing is not None
+                else f"{len(trained)} classes in the checkpoint, {len(class_names)} here"
+            )
             raise CheckpointError(f"the checkpoint was trained on other classes than dataset {dataset!r} ({detail})")
 
     # ------------------------------------------------------------------ the file
@@ -171,29 +189,40 @@ class Checkpoint:
         if contents.get("version") == 2:
             contents = _upgrade_v2(contents, path)
         elif contents.get("version") != VERSION:
-            raise CheckpointError(f"{path}: checkpoint version {contents.get('version')} is not supported (this eed "
-                                  f"reads versions 2 and {VERSION}); use the eed release that wrote it, or retrain")
+            raise CheckpointError(
+                f"{path}: checkpoint version {contents.get('version')} is not supported (this eed "
+                f"reads versions 2 and {VERSION}); use the eed release that wrote it, or retrain"
+            )
         return cls._from_file(contents, path)
 
     def _to_file(self) -> dict[str, Any]:
         network = dataclasses.asdict(self.network)
         network["class_names"] = list(self.network.class_names)
-        return {"format": FORMAT, "version": VERSION, "network": network, "weights": self.weights,
-                "config": self.config, "state": dataclasses.asdict(self.state),
-                "resume": dataclasses.asdict(self.resume) if self.resume is not None else None}
+        return {
+            "format": FORMAT,
+            "version": VERSION,
+            "network": network,
+            "weights": self.weights,
+            "config": self.config,
+            "state": dataclasses.asdict(self.state),
+            "resume": dataclasses.asdict(self.resume) if self.resume is not None else None,
+        }
 
     @classmethod
     def _from_file(cls, contents: dict[str, Any], path: Path) -> "Checkpoint":
         try:
-            network = NetworkSpec(**{**contents["network"],
-                                     "class_names": tuple(contents["network"].get("class_names") or ())})
+            network = NetworkSpec(
+                **{**contents["network"], "class_names": tuple(contents["network"].get("class_names") or ())}
+            )
             state = TrainState(**contents["state"])
             state.history = {name: [tuple(point) for point in points] for name, points in state.history.items()}
             resume = ResumeState(**contents["resume"]) if contents.get("resume") is not None else None
             return cls(network, contents["weights"], contents.get("config") or {}, state, resume)
         except (KeyError, TypeError) as error:
-            raise CheckpointError(f"{path} is not a complete eed checkpoint ({type(error).__name__}: {error}; "
-                                  "written by another tool, or by hand?)") from None
+            raise CheckpointError(
+                f"{path} is not a complete eed checkpoint ({type(error).__name__}: {error}; "
+                "written by another tool, or by hand?)"
+            ) from None
 
 
 def _write_atomically(contents: dict[str, Any], path: Path) -> Path:
@@ -213,10 +242,12 @@ def _write_atomically(contents: dict[str, Any], path: Path) -> Path:
         if not (torch_writer or getattr(error, "errno", None) in (errno.ENOSPC, errno.EDQUOT)):
             raise
         free = shutil.disk_usage(path.parent).free
-        code = error.errno if isinstance(error, OSError) and error.errno else (
-            errno.ENOSPC if free < 2**20 else errno.EIO)
-        raise OSError(code, f"Could not write the checkpoint ({free / 2**20:,.0f} MiB free; is the disk full?)",
-                      str(path)) from error
+        code = (
+            error.errno if isinstance(error, OSError) and error.errno else (errno.ENOSPC if free < 2**20 else errno.EIO)
+        )
+        raise OSError(
+            code, f"Could not write the checkpoint ({free / 2**20:,.0f} MiB free; is the disk full?)", str(path)
+        ) from error
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -233,36 +264,64 @@ def _read_weights_only(path: Path, map_location: str | torch.device) -> Any:
         foreign = re.search(r"Unsupported global: GLOBAL (\S+)", text)
         refused = re.search(r"WeightsUnpickler error:\s*(\S.*)", text)
         if foreign:
-            raise CheckpointError(f"{path} is not an eed checkpoint: it holds a {foreign.group(1).rstrip('.')} "
-                                  "object, and eed reads only tensors, numbers, strings and containers of them "
-                                  "(a file written by another tool?)") from None
+            raise CheckpointError(
+                f"{path} is not an eed checkpoint: it holds a {foreign.group(1).rstrip('.')} "
+                "object, and eed reads only tensors, numbers, strings and containers of them "
+                "(a file written by another tool?)"
+            ) from None
         if "weights_only" in text:
             reason = refused.group(1).strip() if refused else type(error).__name__
-            raise CheckpointError(f"{path} is not a readable eed checkpoint (damaged, or not a torch file: "
-                                  f"{reason})") from None
-        raise CheckpointError(f"{path} is not a readable eed checkpoint ({type(error).__name__}: "
-                              f"{text.splitlines()[0] if text else ''})") from None
+            raise CheckpointError(
+                f"{path} is not a readable eed checkpoint (damaged, or not a torch file: {reason})"
+            ) from None
+        raise CheckpointError(
+            f"{path} is not a readable eed checkpoint ({type(error).__name__}: {text.splitlines()[0] if text else ''})"
+        ) from None
 
 
 def _upgrade_v2(old: dict[str, Any], path: Path) -> dict[str, Any]:
     """A version-2 checkpoint (one flat dict) in version 3's sections."""
     missing = [key for key in ("arch", "num_classes", "width", "exits", "model") if key not in old]
     if missing:
-        raise CheckpointError(f"{path} lacks {', '.join(missing)}: not a complete eed checkpoint "
-                              "(written by another tool, or by hand?)")
+        raise CheckpointError(
+            f"{path} lacks {', '.join(missing)}: not a complete eed checkpoint (written by another tool, or by hand?)"
+        )
     epoch, step = old.get("epoch", 0), old.get("step_in_epoch", 0)
     epochs = ((old.get("config") or {}).get("train") or {}).get("epochs") or epoch
     phase = old.get("phase") or ("done" if epoch >= epochs and step == 0 else "epochs")
-    state = {"epoch": epoch, "step": step, "phase": phase, "best_metric": old.get("best_metric", -1.0),
-             "best_epoch": old.get("best_epoch", 0), "test_max": old.get("test_max", {}),
-             "history": old.get("history", {}), "partial_epoch": old.get("partial_epoch"),
-             "run_id": old.get("run_id")}
-    resume = ({"optimizer": old["optimizer"], "scheduler": old["scheduler"], "rng": old["rng"]}
-              if all(key in old for key in ("optimizer", "scheduler", "rng")) else None)
-    network = {"arch": old["arch"], "num_classes": old["num_classes"], "width": old["width"], "exits": old["exits"],
-               "stem_relu": old.get("stem_relu", True), "class_names": old.get("class_names") or []}
-    return {"format": FORMAT, "version": VERSION, "network": network, "weights": old["model"],
-            "config": old.get("config") or {}, "state": state, "resume": resume}
+    state = {
+        "epoch": epoch,
+        "step": step,
+        "phase": phase,
+        "best_metric": old.get("best_metric", -1.0),
+        "best_epoch": old.get("best_epoch", 0),
+        "test_max": old.get("test_max", {}),
+        "history": old.get("history", {}),
+        "partial_epoch": old.get("partial_epoch"),
+        "run_id": old.get("run_id"),
+    }
+    resume = (
+        {"optimizer": old["optimizer"], "scheduler": old["scheduler"], "rng": old["rng"]}
+        if all(key in old for key in ("optimizer", "scheduler", "rng"))
+        else None
+    )
+    network = {
+        "arch": old["arch"],
+        "num_classes": old["num_classes"],
+        "width": old["width"],
+        "exits": old["exits"],
+        "stem_relu": old.get("stem_relu", True),
+        "class_names": old.get("class_names") or [],
+    }
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "network": network,
+        "weights": old["model"],
+        "config": old.get("config") or {},
+        "state": state,
+        "resume": resume,
+    }
 
 
 # --------------------------------------------------------------------------- resuming
@@ -289,7 +348,9 @@ def resume_checkpoint(resume: str | Path | bool, last_path: Path, config: Config
     differing = sorted(key for key in before.keys() | now.keys() if before.get(key) != now.get(key))
     if differing:
         changes = ", ".join(f"{key}: {before.get(key)} -> {now.get(key)}" for key in differing)
-        raise CheckpointError(f"{last_path} holds an unfinished run with other training settings ({changes}); "
-                              f"re-run with its settings to resume it, or start over with `eed train --resume never` "
-                              f"(or delete {last_path.name})")
+        raise CheckpointError(
+            f"{last_path} holds an unfinished run with other training settings ({changes}); "
+            f"re-run with its settings to resume it, or start over with `eed train --resume never` "
+            f"(or delete {last_path.name})"
+        )
     return checkpoint if unfinished else None

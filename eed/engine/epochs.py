@@ -8,8 +8,9 @@ from typing import Any
 from eed.engine.loops import EpochStats
 
 
-def epoch_metrics(stats: EpochStats, val: dict[str, float] | None, test: dict[str, float],
-                  lr: float) -> dict[str, float]:
+def epoch_metrics(
+    stats: EpochStats, val: dict[str, float] | None, test: dict[str, float], lr: float
+) -> dict[str, float]:
     """The history entry of one epoch: training losses and accuracy, validation and test accuracy
     of every output, the learning rate, time and throughput (accuracies as fractions)."""
     metrics = {f"train/{'loss' if k == 'loss' else 'loss_' + k}": v for k, v in stats.loss_terms.items()}
@@ -38,14 +39,21 @@ def epoch_line(epoch: int, epochs: int, metrics: dict[str, float], has_val: bool
     up to 5 classifiers and the ensemble."""
     prefix, split = ("val/acc_", "val") if has_val else ("test/epoch_acc_", "test")
     accs = " ".join(f"{100 * v:5.1f}" for k, v in metrics.items() if k.startswith(prefix))
-    return (f"{f'{epoch}/{epochs}':>7}  {metrics['train/loss']:6.3f}  {' ' * len(f'{split} top-1 %: ')}{accs}  "
-            f"{metrics['epoch_time_s']:4.0f}s {metrics['throughput_img_s']:6,.0f}")
+    return (
+        f"{f'{epoch}/{epochs}':>7}  {metrics['train/loss']:6.3f}  {' ' * len(f'{split} top-1 %: ')}{accs}  "
+        f"{metrics['epoch_time_s']:4.0f}s {metrics['throughput_img_s']:6,.0f}"
+    )
 
 
 def partial_record(stats: EpochStats) -> dict[str, Any]:
     """What a checkpoint keeps of an interrupted epoch, so that the resumed epoch reports all of it."""
-    return {"loss_terms": stats.loss_terms, "accuracy": stats.accuracy, "images": stats.images,
-            "seconds": stats.seconds, "steps": stats.steps_run}
+    return {
+        "loss_terms": stats.loss_terms,
+        "accuracy": stats.accuracy,
+        "images": stats.images,
+        "seconds": stats.seconds,
+        "steps": stats.steps_run,
+    }
 
 
 def whole_epoch(partial: dict[str, Any], rest: EpochStats) -> EpochStats:
@@ -58,7 +66,12 @@ def whole_epoch(partial: dict[str, Any], rest: EpochStats) -> EpochStats:
         total = max(weight_before + weight_after, 1e-12)
         return {k: (before.get(k, 0.0) * weight_before + after[k] * weight_after) / total for k in after}
 
-    return EpochStats(loss_terms=mean(partial["loss_terms"], rest.loss_terms, partial["steps"], rest.steps_run),
-                      accuracy=mean(partial["accuracy"], rest.accuracy, partial["images"], rest.images),
-                      images=images, seconds=partial["seconds"] + rest.seconds, steps_done=rest.steps_done,
-                      completed=rest.completed, steps_run=steps)
+    return EpochStats(
+        loss_terms=mean(partial["loss_terms"], rest.loss_terms, partial["steps"], rest.steps_run),
+        accuracy=mean(partial["accuracy"], rest.accuracy, partial["images"], rest.images),
+        images=images,
+        seconds=partial["seconds"] + rest.seconds,
+        steps_done=rest.steps_done,
+        completed=rest.completed,
+        steps_run=steps,
+    )

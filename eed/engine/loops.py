@@ -51,10 +51,21 @@ def batch_correct(logits: list[Tensor], target: Tensor) -> Tensor:
     return (predictions == target).sum(1)
 
 
-def train_one_epoch(model: nn.Module, objective: ExitEnsembleObjective, loader, optimizer, scheduler,
-                    runtime: Runtime, *, epoch: int, classifier_names: list[str], skip_steps: int = 0,
-                    should_stop: Callable[[], bool] = lambda: False, progress: Progress | None = None,
-                    clock: RefreshClock | None = None) -> EpochStats:
+def train_one_epoch(
+    model: nn.Module,
+    objective: ExitEnsembleObjective,
+    loader,
+    optimizer,
+    scheduler,
+    runtime: Runtime,
+    *,
+    epoch: int,
+    classifier_names: list[str],
+    skip_steps: int = 0,
+    should_stop: Callable[[], bool] = lambda: False,
+    progress: Progress | None = None,
+    clock: RefreshClock | None = None,
+) -> EpochStats:
     """One epoch of SGD steps, from step ``skip_steps`` (a resumed epoch), until the loader ends or
     ``should_stop()`` says so after a step. ``clock`` says when the bar is rendered and the loss
     checked (both wait for the device); default every :data:`eed.progress.REFRESH_S`. A
@@ -79,8 +90,9 @@ def train_one_epoch(model: nn.Module, objective: ExitEnsembleObjective, loader, 
         nonlocal checked
         if step > checked and not bool(finite):
             terms = ", ".join(f"{k}={v.item():.4g}" for k, v in result.terms.items())
-            raise NonFiniteLossError(f"non-finite loss at epoch {epoch}, in steps {checked + 1}-{step} of {steps} "
-                                     f"(at step {step}: {terms})")
+            raise NonFiniteLossError(
+                f"non-finite loss at epoch {epoch}, in steps {checked + 1}-{step} of {steps} (at step {step}: {terms})"
+            )
         checked = step
 
     for step_index, (inputs, target) in enumerate(loader):
@@ -111,8 +123,7 @@ def train_one_epoch(model: nn.Module, objective: ExitEnsembleObjective, loader, 
             check_finite()
             if progress is not None:
                 rate = images / max(time.perf_counter() - started, 1e-9)
-                progress.update(task, completed=step, info=f"loss {loss.item():.3f} · {rate:,.0f} img/s",
-                                refresh=True)
+                progress.update(task, completed=step, info=f"loss {loss.item():.3f} · {rate:,.0f} img/s", refresh=True)
         if should_stop():
             break
     check_finite()  # a stop mid-epoch must not checkpoint weights a non-finite loss updated
@@ -120,13 +131,31 @@ def train_one_epoch(model: nn.Module, objective: ExitEnsembleObjective, loader, 
     if progress is not None:
         progress.remove_task(task)
         progress.refresh()
-    return _epoch_stats(term_sums, correct, images, runtime, classifier_names, seconds=seconds, steps_done=step,
-                        steps_run=step - skip_steps, completed=step == steps)
+    return _epoch_stats(
+        term_sums,
+        correct,
+        images,
+        runtime,
+        classifier_names,
+        seconds=seconds,
+        steps_done=step,
+        steps_run=step - skip_steps,
+        completed=step == steps,
+    )
 
 
-def _epoch_stats(term_sums: dict[str, Tensor], correct: Tensor, images: int, runtime: Runtime,
-                 classifier_names: list[str], *, seconds: float, steps_done: int, steps_run: int,
-                 completed: bool) -> EpochStats:
+def _epoch_stats(
+    term_sums: dict[str, Tensor],
+    correct: Tensor,
+    images: int,
+    runtime: Runtime,
+    classifier_names: list[str],
+    *,
+    seconds: float,
+    steps_done: int,
+    steps_run: int,
+    completed: bool,
+) -> EpochStats:
     """The epoch's means from its sums, summed over the ranks under DDP (each saw its own shard)."""
     totals = torch.stack([term_sums[k] for k in term_sums]) if term_sums else torch.zeros(0)
     counts = torch.cat([correct.float(), torch.tensor([float(images)], device=runtime.device)])
@@ -140,16 +169,26 @@ def _epoch_stats(term_sums: dict[str, Tensor], correct: Tensor, images: int, run
     return EpochStats(
         loss_terms={k: float(v) / max(steps_run, 1) for k, v in zip(term_sums, totals.tolist())},
         accuracy={n: float(c) / max(all_images, 1) for n, c in zip(names, counts[:-1].tolist())},
-        images=all_images, seconds=seconds, steps_done=steps_done, completed=completed, steps_run=steps_run,
+        images=all_images,
+        seconds=seconds,
+        steps_done=steps_done,
+        completed=completed,
+        steps_run=steps_run,
     )
 
 
 # --------------------------------------------------------------------------- one pass, every output
 
 
-def collect_outputs(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], device: torch.device | str, *,
-                    with_features: bool = False, autocast: Callable[[], ContextManager] | None = None,
-                    channels_last: bool = False) -> Collected:
+def collect_outputs(
+    model: nn.Module,
+    loader: Iterable[tuple[Tensor, Tensor]],
+    device: torch.device | str,
+    *,
+    with_features: bool = False,
+    autocast: Callable[[], ContextManager] | None = None,
+    channels_last: bool = False,
+) -> Collected:
     """One forward pass per batch; logits (and features) of every classifier for every sample.
 
     Outputs stay on ``device`` until the end (no per-batch synchronisation); labels are
@@ -165,7 +204,7 @@ def collect_outputs(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], d
     try:
         # no_grad, not inference_mode: FFCV's worker threads write into batch buffers that
         # would become inference tensors here, and in-place writes to those fail outside it.
-        with torch.no_grad(), (autocast() if autocast else contextlib.nullcontext()):
+        with torch.no_grad(), autocast() if autocast else contextlib.nullcontext():
             for images, labels in loader:
                 images = images.to(device, non_blocking=True)
                 if channels_last:
@@ -183,14 +222,18 @@ def collect_outputs(model: nn.Module, loader: Iterable[tuple[Tensor, Tensor]], d
     features = None
     if with_features:
         features = [torch.cat(per_classifier).cpu() for per_classifier in zip(*feature_batches)]
-    return Collected(logits=torch.cat(logit_batches, dim=1).cpu(),
-                     labels=torch.cat(label_batches).long().cpu(),
-                     features=features, input_shape=input_shape)
+    return Collected(
+        logits=torch.cat(logit_batches, dim=1).cpu(),
+        labels=torch.cat(label_batches).long().cpu(),
+        features=features,
+        input_shape=input_shape,
+    )
 
 
 def validate(model: nn.Module, loader, runtime: Runtime, classifier_names: list[str]) -> dict[str, float]:
     """Top-1 of every classifier and of the ensemble of all of them (mean logits)."""
-    collected = collect_outputs(unwrap(model), loader, runtime.device, autocast=runtime.autocast,
-                                channels_last=runtime.channels_last)
+    collected = collect_outputs(
+        unwrap(model), loader, runtime.device, autocast=runtime.autocast, channels_last=runtime.channels_last
+    )
     accuracies = top1_accuracy(collected.logits, collected.labels)
     return {name: float(acc) for name, acc in zip(classifier_names + ["ensemble"], accuracies)}

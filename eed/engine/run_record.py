@@ -16,7 +16,7 @@ from eed.models.multi_exit import MultiExitNet
 # shown by `eed compare`: the paper's number and eed's recommended one are not the same thing.
 METRIC_MEANINGS = {
     "test/acc_*": "the weights of best.pt: selected on validation (best main accuracy), or the last epoch "
-                  "when there is no validation split",
+    "when there is no validation split",
     "test/max_acc_*": "max over epochs, as in the paper; selected on test, optimistic",
     "test/epoch_acc_*": "test accuracy after each epoch (reported, never used to select)",
 }
@@ -29,8 +29,10 @@ CHECKPOINT_TAG = "eed.checkpoint"
 def meaning_tags(config: Config, selected_epoch: int) -> dict[str, str]:
     """:data:`METRIC_MEANINGS` as tags, naming the epoch best.pt holds."""
     selected_on = f"validation, epoch {selected_epoch}" if config.data.val_size > 0 else "last epoch"
-    return {f"eed.meaning.{name.removesuffix('_*')}": meaning.replace("best.pt", f"best.pt ({selected_on})")
-            for name, meaning in METRIC_MEANINGS.items()}
+    return {
+        f"eed.meaning.{name.removesuffix('_*')}": meaning.replace("best.pt", f"best.pt ({selected_on})")
+        for name, meaning in METRIC_MEANINGS.items()
+    }
 
 
 def orphan_run(tracking_uri: str, last_path: Path) -> str | None:
@@ -42,17 +44,22 @@ def orphan_run(tracking_uri: str, last_path: Path) -> str | None:
 
 def run_description(config: Config, objective_line: str) -> str:
     """The run's one-paragraph description (MLflow's Description field)."""
-    return (f"{objective_line}. {config.model.arch} width {config.model.width} on {config.data.dataset}, "
-            f"{config.train.epochs} epochs ({config.train.schedule} schedule), batch {config.train.batch_size}, "
-            f"seed {config.seed}, {config.scale} scale, {config.reference} reference.")
+    return (
+        f"{objective_line}. {config.model.arch} width {config.model.width} on {config.data.dataset}, "
+        f"{config.train.epochs} epochs ({config.train.schedule} schedule), batch {config.train.batch_size}, "
+        f"seed {config.seed}, {config.scale} scale, {config.reference} reference."
+    )
 
 
 def dataset_records(config: Config, manifest: Any) -> dict[str, tracking.DatasetRecord]:
     """The prepared splits a run reads, for MLflow's Datasets: digests from the manifest's
     sha256 (the training set's also from the subset it draws, which changes what is read)."""
     # The images all processes together read (a loader's count is its process's share under DDP).
-    used = {"train": min(config.data.train_subset or manifest.splits["train"].num_samples,
-                         manifest.splits["train"].num_samples)}
+    used = {
+        "train": min(
+            config.data.train_subset or manifest.splits["train"].num_samples, manifest.splits["train"].num_samples
+        )
+    }
     contexts = {"train": "training", "val": "validation", "test": "test"}
     records = {}
     for split, context in contexts.items():
@@ -65,9 +72,18 @@ def dataset_records(config: Config, manifest: Any) -> dict[str, tracking.Dataset
             digest = hashlib.sha256(f"{digest}:{count}:{config.data.split_seed}".encode()).hexdigest()
         path = (manifest.directory / record.file).resolve() if manifest.directory else Path(record.file)
         records[split] = tracking.DatasetRecord(
-            name=f"{config.data.dataset}-{split}", digest=digest[:32], source=path.as_uri(), context=context,
-            profile={"num_samples": count, "num_samples_in_file": record.num_samples,
-                     "num_classes": manifest.num_classes, "sha256": record.sha256, "bytes": record.bytes})
+            name=f"{config.data.dataset}-{split}",
+            digest=digest[:32],
+            source=path.as_uri(),
+            context=context,
+            profile={
+                "num_samples": count,
+                "num_samples_in_file": record.num_samples,
+                "num_classes": manifest.num_classes,
+                "sha256": record.sha256,
+                "bytes": record.bytes,
+            },
+        )
     return records
 
 
@@ -81,13 +97,16 @@ def model_metadata(config: Config, manifest: Any, model: MultiExitNet, epoch: in
     """What a user of the logged model needs besides the weights: what its input is, what its
     output axes are, and which weights these are."""
     return {
-        "checkpoint": "best.pt", "epoch": epoch,
+        "checkpoint": "best.pt",
+        "epoch": epoch,
         "selected_on": "val" if config.data.val_size > 0 else "last epoch",
         "input": "float32 N x 3 x H x W, (pixel / 255 - mean) / std per channel",
         "normalization": dict(manifest.normalization),
         "output": "float32 N x classifiers x classes: logits, classifiers in network order",
         "classifiers": model.classifier_names(),
         "class_names": list(manifest.class_names),
-        "arch": config.model.arch, "width": config.model.width, "method": config.method,
+        "arch": config.model.arch,
+        "width": config.model.width,
+        "method": config.method,
         "dataset": config.data.dataset,
     }

@@ -94,8 +94,12 @@ def rng_state() -> dict[str, Any]:
     _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
     state = {
         "python": random.getstate(),
-        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "position": int(position),
-                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached_gaussian)},
+        "numpy": {
+            "keys": torch.from_numpy(keys.astype(np.int64)),
+            "position": int(position),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
         "torch": torch.get_rng_state(),
     }
     if torch.cuda.is_available():
@@ -106,8 +110,15 @@ def rng_state() -> dict[str, Any]:
 def restore_rng_state(state: dict[str, Any]) -> None:
     random.setstate(state["python"])
     numpy_state = state["numpy"]
-    np.random.set_state(("MT19937", numpy_state["keys"].numpy().astype(np.uint32), numpy_state["position"],
-                         numpy_state["has_gauss"], numpy_state["cached_gaussian"]))
+    np.random.set_state(
+        (
+            "MT19937",
+            numpy_state["keys"].numpy().astype(np.uint32),
+            numpy_state["position"],
+            numpy_state["has_gauss"],
+            numpy_state["cached_gaussian"],
+        )
+    )
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -138,8 +149,14 @@ def torchrun_options(cfg: TrainConfig) -> list[str]:
     if cfg.nnodes == 1:
         return ["--standalone", f"--nproc_per_node={cfg.nproc}"]
     node_rank = [f"--node_rank={cfg.node_rank}"] if cfg.rdzv_backend == "static" else []
-    return [f"--nnodes={cfg.nnodes}", *node_rank, f"--rdzv_backend={cfg.rdzv_backend}",
-            f"--rdzv_endpoint={cfg.rdzv_endpoint}", f"--rdzv_id={RDZV_ID}", f"--nproc_per_node={cfg.nproc}"]
+    return [
+        f"--nnodes={cfg.nnodes}",
+        *node_rank,
+        f"--rdzv_backend={cfg.rdzv_backend}",
+        f"--rdzv_endpoint={cfg.rdzv_endpoint}",
+        f"--rdzv_id={RDZV_ID}",
+        f"--nproc_per_node={cfg.nproc}",
+    ]
 
 
 def relaunch_under_torchrun(cfg: TrainConfig, argv: list[str] | None = None) -> None:

@@ -29,18 +29,18 @@ from eed.objectives import ExitEnsembleObjective
 class Setup:
     """Everything a training run trains with."""
 
-    config: Config                 # resolved: presets and the architecture's width filled in
+    config: Config  # resolved: presets and the architecture's width filled in
     runtime: Runtime
-    manifest: Any                  # the prepared data's eed.data.Manifest
+    manifest: Any  # the prepared data's eed.data.Manifest
     network: NetworkSpec
-    model: MultiExitNet            # the network itself (checkpoints, evaluation)
-    train_model: nn.Module         # what the steps run: the network, under DDP and/or torch.compile
+    model: MultiExitNet  # the network itself (checkpoints, evaluation)
+    train_model: nn.Module  # what the steps run: the network, under DDP and/or torch.compile
     objective: ExitEnsembleObjective
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
-    train_loader: Any              # eed.data.EpochLoader
+    train_loader: Any  # eed.data.EpochLoader
     test_loader: Any
-    val_loader: Any | None         # None when data.val_size is 0
+    val_loader: Any | None  # None when data.val_size is 0
 
     @property
     def classifier_names(self) -> list[str]:
@@ -53,11 +53,15 @@ class Setup:
         """Continue from ``checkpoint``: its weights, optimizer, schedule and generator states."""
         network = checkpoint.network
         if (network.arch, network.num_classes) != (self.network.arch, self.network.num_classes):
-            raise CheckpointError(f"cannot resume a {network.arch} checkpoint with {network.num_classes} classes "
-                                  f"into {self.network.arch} with {self.network.num_classes}")
+            raise CheckpointError(
+                f"cannot resume a {network.arch} checkpoint with {network.num_classes} classes "
+                f"into {self.network.arch} with {self.network.num_classes}"
+            )
         if checkpoint.resume is None:
-            raise CheckpointError("the checkpoint holds no optimizer state (a deployable checkpoint): "
-                                  "it cannot be resumed; start over with --resume never")
+            raise CheckpointError(
+                "the checkpoint holds no optimizer state (a deployable checkpoint): "
+                "it cannot be resumed; start over with --resume never"
+            )
         self.model.load_state_dict(checkpoint.weights)
         self.optimizer.load_state_dict(checkpoint.resume.optimizer)
         self.scheduler.load_state_dict(checkpoint.resume.scheduler)
@@ -77,9 +81,16 @@ def build_training(config: Config, runtime: Runtime | None = None) -> Setup:
     runtime = runtime or setup_runtime(config.train)
     seed_everything(config.seed + runtime.rank, config.train.deterministic)
     manifest = eed_data.load_manifest(config)
-    loaders = {split: eed_data.make_loader(config, split, train=split == "train", device=runtime.device,
-                                           distributed=runtime.distributed and split == "train")
-               for split in ("train", "test", *(("val",) if config.data.val_size > 0 else ()))}
+    loaders = {
+        split: eed_data.make_loader(
+            config,
+            split,
+            train=split == "train",
+            device=runtime.device,
+            distributed=runtime.distributed and split == "train",
+        )
+        for split in ("train", "test", *(("val",) if config.data.val_size > 0 else ()))
+    }
     network = NetworkSpec.of(config, manifest.class_names, exits=get_method(config.method).exits)
     model = network.build(init=config.model.init).to(runtime.device)
     if runtime.channels_last:
@@ -88,11 +99,21 @@ def build_training(config: Config, runtime: Runtime | None = None) -> Setup:
     train_model: nn.Module = model
     if runtime.distributed:
         train_model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None)
+            model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None
+        )
     if config.train.compile:
         train_model = torch.compile(train_model)
-    return Setup(config=config, runtime=runtime, manifest=manifest, network=network, model=model,
-                 train_model=train_model, objective=ExitEnsembleObjective(config.method, config.loss,
-                                                                          model.num_classifiers),
-                 optimizer=optimizer, scheduler=build_scheduler(optimizer, config.train, len(loaders["train"])),
-                 train_loader=loaders["train"], test_loader=loaders["test"], val_loader=loaders.get("val"))
+    return Setup(
+        config=config,
+        runtime=runtime,
+        manifest=manifest,
+        network=network,
+        model=model,
+        train_model=train_model,
+        objective=ExitEnsembleObjective(config.method, config.loss, model.num_classifiers),
+        optimizer=optimizer,
+        scheduler=build_scheduler(optimizer, config.train, len(loaders["train"])),
+        train_loader=loaders["train"],
+        test_loader=loaders["test"],
+        val_loader=loaders.get("val"),
+    )

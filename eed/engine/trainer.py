@@ -133,8 +133,14 @@ class CheckpointFiles:
         return f"{unsaved}, and no checkpoint was written before ({self.last} does not exist)"
 
 
-def train(config: Config, out_dir: str | Path, *, resume: str | Path | bool = "auto",
-          callbacks: Sequence[Callback] = (), console: Console | None = None) -> TrainResult:
+def train(
+    config: Config,
+    out_dir: str | Path,
+    *,
+    resume: str | Path | bool = "auto",
+    callbacks: Sequence[Callback] = (),
+    console: Console | None = None,
+) -> TrainResult:
     """Train ``config`` into ``out_dir`` (``checkpoints/``); see the module docstring. ``resume``:
     see :func:`~eed.engine.checkpoint.resume_checkpoint`."""
     config = resolve_architecture(config)
@@ -147,8 +153,15 @@ def train(config: Config, out_dir: str | Path, *, resume: str | Path | bool = "a
         return _train(config, runtime, Path(out_dir), resume, callbacks, console, tracking_uri)
 
 
-def _train(config: Config, runtime: Runtime, out_dir: Path, resume: str | Path | bool, callbacks: Sequence[Callback],
-           console: Console, tracking_uri: str | None) -> TrainResult:
+def _train(
+    config: Config,
+    runtime: Runtime,
+    out_dir: Path,
+    resume: str | Path | bool,
+    callbacks: Sequence[Callback],
+    console: Console,
+    tracking_uri: str | None,
+) -> TrainResult:
     main = runtime.is_main
     files = CheckpointFiles(out_dir / "checkpoints", writes=main)
     resumed = resume_checkpoint(resume, files.last, config)
@@ -162,10 +175,12 @@ def _train(config: Config, runtime: Runtime, out_dir: Path, resume: str | Path |
         if resumed is not None:
             setup.restore(resumed)
             state = TrainState.from_checkpoint(resumed)
-            console.print(f"[cyan]Resuming from epoch {state.epoch}"
-                          + (f", step {state.step}" if state.step else "") + f" ({files.last})")
-        logger = (_open_run(setup, state, tracking_uri, files.last, console) if tracking_uri
-                  else tracking.NullLogger())
+            console.print(
+                f"[cyan]Resuming from epoch {state.epoch}"
+                + (f", step {state.step}" if state.step else "")
+                + f" ({files.last})"
+            )
+        logger = _open_run(setup, state, tracking_uri, files.last, console) if tracking_uri else tracking.NullLogger()
         files.settle_pending(resumed)
         return _Training(setup, files, logger, state, callbacks, console, out_dir, main).run(fresh=resumed is None)
     finally:
@@ -179,8 +194,9 @@ def _checked_tracking_uri(config: Config) -> str:
     return tracking_uri
 
 
-def _open_run(setup: Setup, state: TrainState, tracking_uri: str, last: Path,
-              console: Console) -> tracking.MlflowLogger:
+def _open_run(
+    setup: Setup, state: TrainState, tracking_uri: str, last: Path, console: Console
+) -> tracking.MlflowLogger:
     """The run of this training: continued when the checkpoint names one, or a run killed before its
     first checkpoint (adopted), else a new one; with its params, tags and datasets. ``state``
     gets its run id, and its history the store's when the checkpoint holds none. A checkpoint's run
@@ -188,12 +204,15 @@ def _open_run(setup: Setup, state: TrainState, tracking_uri: str, last: Path,
     which the checkpoint's history fills: nothing is lost."""
     config = setup.config
     if state.run_id and not tracking.run_exists(tracking_uri, state.run_id):
-        console.print(f"[yellow]note:[/] run {state.run_id} of {last} is not an active run of {tracking_uri} "
-                      "(deleted, or tracking.uri changed): continuing into a new run, with every epoch so far")
+        console.print(
+            f"[yellow]note:[/] run {state.run_id} of {last} is not an active run of {tracking_uri} "
+            "(deleted, or tracking.uri changed): continuing into a new run, with every epoch so far"
+        )
         state.run_id = None
     run_id = state.run_id or run_record.orphan_run(tracking_uri, last)
     logger = tracking.MlflowLogger.for_training(
-        config, tracking_uri, run_id, description=run_record.run_description(config, setup.objective.describe()))
+        config, tracking_uri, run_id, description=run_record.run_description(config, setup.objective.describe())
+    )
     if run_id is None:
         logger.set_tags({run_record.CHECKPOINT_TAG: str(last.resolve())})
     elif state.run_id is None:  # adopted: the kill may have come before its params were logged (same values)
@@ -213,8 +232,17 @@ def _checkpoint_bytes(setup: Setup) -> int:
 class _Training:
     """One run of the phases over a built set-up; :meth:`run` reads top to bottom."""
 
-    def __init__(self, setup: Setup, files: CheckpointFiles, logger: tracking.Logger, state: TrainState,
-                 callbacks: Sequence[Callback], console: Console, out_dir: Path, main: bool):
+    def __init__(
+        self,
+        setup: Setup,
+        files: CheckpointFiles,
+        logger: tracking.Logger,
+        state: TrainState,
+        callbacks: Sequence[Callback],
+        console: Console,
+        out_dir: Path,
+        main: bool,
+    ):
         self.setup, self.files, self.logger, self.state = setup, files, logger, state
         self.callbacks, self.console, self.out_dir, self.main = callbacks, console, out_dir, main
         self.config = setup.config
@@ -228,8 +256,11 @@ class _Training:
 
     def run(self, fresh: bool) -> TrainResult:
         try:
-            with GracefulStop(self.console) as self.stop, progress_bar(self.console, self.main) as progress, \
-                    self.logger.system_metrics():
+            with (
+                GracefulStop(self.console) as self.stop,
+                progress_bar(self.console, self.main) as progress,
+                self.logger.system_metrics(),
+            ):
                 if fresh:  # the run id on disk before anything can be lost
                     self.files.save_last(self.snapshot())
                 self.sync_store()  # epochs the checkpoint holds that a kill kept from the store
@@ -255,21 +286,34 @@ class _Training:
         setup, config = self.setup, self.config
         setup.train_loader.set_epoch(epoch)
         try:
-            stats = train_one_epoch(setup.train_model, setup.objective, setup.train_loader, setup.optimizer,
-                                    setup.scheduler, setup.runtime, epoch=epoch,
-                                    classifier_names=setup.classifier_names, skip_steps=skip,
-                                    should_stop=self.stop.requested, progress=progress)
+            stats = train_one_epoch(
+                setup.train_model,
+                setup.objective,
+                setup.train_loader,
+                setup.optimizer,
+                setup.scheduler,
+                setup.runtime,
+                epoch=epoch,
+                classifier_names=setup.classifier_names,
+                skip_steps=skip,
+                should_stop=self.stop.requested,
+                progress=progress,
+            )
         except NonFiniteLossError as error:
             raise NonFiniteLossError(f"{error}; {self.files.what_is_kept()}") from None
         if skip and self.state.partial_epoch is not None:
             stats = whole_epoch(self.state.partial_epoch, stats)  # the epoch's metrics over all of its steps
         if not stats.completed:  # a signal arrived mid-epoch
-            self.stop_if_requested(f"at epoch {epoch}, step {stats.steps_done}", epoch - 1, stats.steps_done,
-                                   partial_record(stats))
+            self.stop_if_requested(
+                f"at epoch {epoch}, step {stats.steps_done}", epoch - 1, stats.steps_done, partial_record(stats)
+            )
         setup.runtime.sync_buffers(setup.model)
         test = validate(setup.train_model, setup.test_loader, setup.runtime, setup.classifier_names)
-        val = (validate(setup.train_model, setup.val_loader, setup.runtime, setup.classifier_names)
-               if setup.val_loader is not None else None)
+        val = (
+            validate(setup.train_model, setup.val_loader, setup.runtime, setup.classifier_names)
+            if setup.val_loader is not None
+            else None
+        )
         metrics = epoch_metrics(stats, val, test, setup.optimizer.param_groups[0]["lr"])
         self.record(epoch, metrics, test, val, first)
         if epoch == config.train.epochs:
@@ -278,8 +322,9 @@ class _Training:
             self.commit(epoch)  # (checkpoint_every > 1 and a signal: keep this epoch rather than lose it)
         self.stop_if_requested(f"after epoch {epoch}", epoch)
 
-    def record(self, epoch: int, metrics: dict[str, float], test: dict[str, float], val: dict[str, float] | None,
-               first: bool) -> None:
+    def record(
+        self, epoch: int, metrics: dict[str, float], test: dict[str, float], val: dict[str, float] | None, first: bool
+    ) -> None:
         """The epoch into the history and on the console (under a header before this process's first
         epoch); best.pt.pending when it is the best so far
         (selected on the validation split only; without one, the last epoch is "best")."""
@@ -304,8 +349,15 @@ class _Training:
         """The selected weights' test accuracy, the stage's callbacks, the model and the test metrics
         in the store, FINISHED, then last.pt says "done" (a kill before that re-runs this phase)."""
         epoch = self.config.train.epochs
-        result = TrainResult(self.logger.run_id, self.out_dir, self.files.last, self.files.best, epoch,
-                             self.state.history, model=self.setup.model)
+        result = TrainResult(
+            self.logger.run_id,
+            self.out_dir,
+            self.files.last,
+            self.files.best,
+            epoch,
+            self.state.history,
+            model=self.setup.model,
+        )
         if not self.main:
             return result
         selected = Checkpoint.load(self.files.best)
@@ -343,7 +395,8 @@ class _Training:
         if missing:  # the model and its metrics go together: a re-run that lacks none logs no second model
             model_id = self.logger.log_model(
                 *servable(selected, run_record.example_images(config)),
-                metadata=run_record.model_metadata(config, self.setup.manifest, selected, selected_epoch))
+                metadata=run_record.model_metadata(config, self.setup.manifest, selected, selected_epoch),
+            )
             self.stop_if_requested("while logging the results", step)
         test_set = run_record.dataset_records(config, self.setup.manifest)["test"]
         self.logger.log_metrics(missing, step, model_id=model_id, dataset=test_set)
@@ -351,8 +404,11 @@ class _Training:
     # ------------------------------------------------------------------ checkpoints, store, signals
 
     def snapshot(self, epoch: int | None = None, step: int = 0, partial: dict | None = None) -> Checkpoint:
-        state = self.state if epoch is None else TrainState(**{**vars(self.state), "epoch": epoch, "step": step,
-                                                                  "partial_epoch": partial})
+        state = (
+            self.state
+            if epoch is None
+            else TrainState(**{**vars(self.state), "epoch": epoch, "step": step, "partial_epoch": partial})
+        )
         return state.to_checkpoint(self.setup.network, self.setup.model, self.config, self.setup.resume_state())
 
     def commit(self, epoch: int) -> None:
@@ -378,8 +434,7 @@ class _Training:
             for name in missing[step]:
                 self.stored.setdefault(name, set()).add(step)
 
-    def stop_if_requested(self, where: str, epoch_done: int, steps_done: int = 0,
-                          partial: dict | None = None) -> None:
+    def stop_if_requested(self, where: str, epoch_done: int, steps_done: int = 0, partial: dict | None = None) -> None:
         """A signal arrived: checkpoint where we are, end the run KILLED, exit 143/130."""
         if not self.stop.requested():
             return
@@ -387,5 +442,7 @@ class _Training:
         self.sync_store()
         self.logger.finish("KILLED")
         name = signal.Signals(self.stop.signal).name
-        raise TrainingInterrupted(f"{name} {where}: checkpoint written to {self.files.last}; re-run to resume",
-                                  EXIT_CODE_SIGNAL[self.stop.signal])
+        raise TrainingInterrupted(
+            f"{name} {where}: checkpoint written to {self.files.last}; re-run to resume",
+            EXIT_CODE_SIGNAL[self.stop.signal],
+        )

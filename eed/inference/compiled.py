@@ -33,8 +33,9 @@ def compiled_runner(model: MultiExitNet, image_size: int) -> Runner:
     needed = 4 * (len(pieces) + 1)
     torch._dynamo.config.recompile_limit += needed
     torch._dynamo.config.accumulated_recompile_limit += needed
-    runner = Runner([torch.compile(piece, dynamic=True) for piece in pieces],
-                    torch.compile(model.forward_main, dynamic=True))
+    runner = Runner(
+        [torch.compile(piece, dynamic=True) for piece in pieces], torch.compile(model.forward_main, dynamic=True)
+    )
     parameter = next(model.parameters())
     with torch.inference_mode(), torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):
         # (inference mode as predict runs them: a graph is compiled for one grad mode)

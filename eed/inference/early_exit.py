@@ -80,9 +80,15 @@ def eager_runner(model: MultiExitNet) -> Runner:
     return Runner(segments(model), model.forward_main)
 
 
-def cascade(pieces: Sequence[SegmentFn], x: Tensor, threshold: float, *,
-            temperatures: Sequence[float] | Tensor | None = None, keep_logits: bool = False,
-            rule: str = "confidence") -> Prediction:
+def cascade(
+    pieces: Sequence[SegmentFn],
+    x: Tensor,
+    threshold: float,
+    *,
+    temperatures: Sequence[float] | Tensor | None = None,
+    keep_logits: bool = False,
+    rule: str = "confidence",
+) -> Prediction:
     """Early exit over ``pieces`` (k segments, :func:`segments` or their exported programs).
 
     After each segment, samples whose score under ``rule`` (``anytime.EXIT_RULES``) reaches
@@ -112,7 +118,11 @@ def cascade(pieces: Sequence[SegmentFn], x: Tensor, threshold: float, *,
             done = leaves(step.score, threshold)
             # Everyone leaves (the main output, or a batch of one that is sure): no re-indexing.
             if classifier == k - 1 or bool(done.all()):
-                classes[remaining], confidence[remaining], exit_index[remaining] = step.classes, step.confidence, classifier
+                classes[remaining], confidence[remaining], exit_index[remaining] = (
+                    step.classes,
+                    step.confidence,
+                    classifier,
+                )
                 break
             if not bool(done.any()):  # nobody leaves: the batch goes on as it is
                 continue
@@ -125,8 +135,14 @@ def cascade(pieces: Sequence[SegmentFn], x: Tensor, threshold: float, *,
     return Prediction(classes, exit_index, confidence, logits=kept if keep_logits else None)
 
 
-def main_only(model: MultiExitNet, x: Tensor, *, temperatures: Sequence[float] | Tensor | None = None,
-              keep_logits: bool = False, main: Callable[[Tensor], Tensor] | None = None) -> Prediction:
+def main_only(
+    model: MultiExitNet,
+    x: Tensor,
+    *,
+    temperatures: Sequence[float] | Tensor | None = None,
+    keep_logits: bool = False,
+    main: Callable[[Tensor], Tensor] | None = None,
+) -> Prediction:
     """Every sample answered by the main output, the exits never computed: what a threshold above 1
     gives, at the cost of the network without exits. ``main``: what computes the main logits
     (default ``model.forward_main``; a :class:`Runner`'s)."""
@@ -139,9 +155,17 @@ def main_only(model: MultiExitNet, x: Tensor, *, temperatures: Sequence[float] |
     return Prediction(classes, exit_index, confidence.float(), logits=kept)
 
 
-def predict(model: MultiExitNet, x: Tensor, threshold: float, *, count_stages: bool = False,
-            temperatures: Sequence[float] | Tensor | None = None, keep_logits: bool = False,
-            rule: str = "confidence", runner: Runner | None = None) -> Prediction:
+def predict(
+    model: MultiExitNet,
+    x: Tensor,
+    threshold: float,
+    *,
+    count_stages: bool = False,
+    temperatures: Sequence[float] | Tensor | None = None,
+    keep_logits: bool = False,
+    rule: str = "confidence",
+    runner: Runner | None = None,
+) -> Prediction:
     """Early-exit inference under ``rule`` on a batch that really stops computing: :func:`cascade`
     over the network's segments (above 1, :func:`main_only`: no exit head at all), in eval mode
     (BatchNorm must use running statistics: the batch shrinks as samples leave). ``runner``: the
@@ -149,15 +173,18 @@ def predict(model: MultiExitNet, x: Tensor, threshold: float, *, count_stages: b
     records, with forward hooks, how many samples each stage processed (eager pieces only: a
     compiled graph runs no hook)."""
     if count_stages and runner is not None:
-        raise ValueError("count_stages counts with forward hooks, which compiled pieces do not run: "
-                         "leave runner unset to count")
+        raise ValueError(
+            "count_stages counts with forward hooks, which compiled pieces do not run: leave runner unset to count"
+        )
     runner = runner or eager_runner(model)
     stage_samples = [0] * len(model.stages)
     hooks = []
     if count_stages:
         for i, stage in enumerate(model.stages):
+
             def count(module, inputs, output, i=i):
                 stage_samples[i] += inputs[0].shape[0]
+
             hooks.append(stage.register_forward_hook(count))
     # Only a model in training mode is switched (and back): Module.train walks every submodule, a
     # cost of the order of a small network's forward pass at batch 1.
@@ -168,8 +195,9 @@ def predict(model: MultiExitNet, x: Tensor, threshold: float, *, count_stages: b
         if threshold > 1.0:  # no score reaches it: the main output alone, no exit head computed
             result = main_only(model, x, temperatures=temperatures, keep_logits=keep_logits, main=runner.main)
         else:
-            result = cascade(runner.segments, x, threshold, temperatures=temperatures, keep_logits=keep_logits,
-                             rule=rule)
+            result = cascade(
+                runner.segments, x, threshold, temperatures=temperatures, keep_logits=keep_logits, rule=rule
+            )
     finally:
         if was_training:
             model.train()

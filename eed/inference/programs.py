@@ -29,11 +29,13 @@ from eed.models.multi_exit import MultiExitNet
 MANIFEST = "programs.json"
 # Largest batch the programs accept (torch.export needs a bound for the dynamic dimension).
 MAX_BATCH = 4096
-RULE = ("exit at the first classifier whose score under the served model's exit_rule (confidence: the max softmax "
-        "probability; entropy: 1 - H(p)/log(C); margin: top-1 minus top-2 probability; patience: the classifiers "
-        "in a row, this one included, that agree on the class, over their number; probabilities of "
-        "logits / temperature when calibrated) is >= the threshold; the main output answers for every sample "
-        "still left")
+RULE = (
+    "exit at the first classifier whose score under the served model's exit_rule (confidence: the max softmax "
+    "probability; entropy: 1 - H(p)/log(C); margin: top-1 minus top-2 probability; patience: the classifiers "
+    "in a row, this one included, that agree on the class, over their number; probabilities of "
+    "logits / temperature when calibrated) is >= the threshold; the main output answers for every sample "
+    "still left"
+)
 
 
 class Prefix(nn.Module):
@@ -41,7 +43,7 @@ class Prefix(nn.Module):
 
     def __init__(self, model: MultiExitNet, classifier: int):
         super().__init__()
-        self.pieces = nn.ModuleList(segments(model)[:classifier + 1])
+        self.pieces = nn.ModuleList(segments(model)[: classifier + 1])
 
     def forward(self, images: Tensor) -> Tensor:
         hidden = images
@@ -69,24 +71,47 @@ def export_programs(model: MultiExitNet, image_size: int, folder: str | Path) ->
             torch.export.save(program, path)
             with torch.no_grad():  # not inference_mode: the next export cannot trace its output
                 hidden, _ = piece(hidden)
-            entries.append({"file": path.name, "kind": "segment", "classifier": names[classifier],
-                            "input": ["N", *shape], "outputs": [["N", *hidden.shape[1:]], ["N", model.num_classes]]})
+            entries.append(
+                {
+                    "file": path.name,
+                    "kind": "segment",
+                    "classifier": names[classifier],
+                    "input": ["N", *shape],
+                    "outputs": [["N", *hidden.shape[1:]], ["N", model.num_classes]],
+                }
+            )
             files.append(path)
         images = torch.zeros(2, 3, image_size, image_size, device=hidden.device)
         for classifier in range(model.num_classifiers):
             program = torch.export.export(Prefix(model, classifier), (images,), dynamic_shapes=({0: batch},))
             path = folder / f"prefix{classifier + 1}.pt2"
             torch.export.save(program, path)
-            entries.append({"file": path.name, "kind": "prefix", "classifier": names[classifier],
-                            "input": ["N", 3, image_size, image_size], "outputs": [["N", model.num_classes]]})
+            entries.append(
+                {
+                    "file": path.name,
+                    "kind": "prefix",
+                    "classifier": names[classifier],
+                    "input": ["N", 3, image_size, image_size],
+                    "outputs": [["N", model.num_classes]],
+                }
+            )
             files.append(path)
     finally:
         model.train(was_training)
     manifest = folder / MANIFEST
-    manifest.write_text(json.dumps({
-        "classifiers": names, "max_batch": MAX_BATCH, "rule": RULE,
-        "input": "float32 images normalized with the model's normalization, N x 3 x H x W",
-        "programs": entries}, indent=2) + "\n")
+    manifest.write_text(
+        json.dumps(
+            {
+                "classifiers": names,
+                "max_batch": MAX_BATCH,
+                "rule": RULE,
+                "input": "float32 images normalized with the model's normalization, N x 3 x H x W",
+                "programs": entries,
+            },
+            indent=2,
+        )
+        + "\n"
+    )
     return [*files, manifest]
 
 
@@ -94,5 +119,6 @@ def load_programs(folder: str | Path, kind: str = "segment") -> list[SegmentFn]:
     """The ``kind`` programs (``segment`` or ``prefix``) of ``folder``, classifier order, as callables."""
     folder = Path(folder)
     manifest = json.loads((folder / MANIFEST).read_text())
-    return [torch.export.load(folder / entry["file"]).module()
-            for entry in manifest["programs"] if entry["kind"] == kind]
+    return [
+        torch.export.load(folder / entry["file"]).module() for entry in manifest["programs"] if entry["kind"] == kind
+    ]

@@ -37,17 +37,30 @@ COLUMNS = ("class", "class_name", "confidence", "exit", "exit_index", "gflops")
 class ServedModel:
     """A checkpoint's network, ready to answer images with early exit."""
 
-    def __init__(self, checkpoint: Checkpoint, *, normalization: Normalization | Mapping[str, Sequence[float]],
-                 thresholds: Mapping[str, float] | None = None, temperatures: Sequence[float] | None = None,
-                 class_names: Sequence[str] | None = None, default: str | float | None = None,
-                 image_size: int | None = None, calibrated: bool = False, exit_rule: str = "confidence",
-                 compiled: bool = False, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        checkpoint: Checkpoint,
+        *,
+        normalization: Normalization | Mapping[str, Sequence[float]],
+        thresholds: Mapping[str, float] | None = None,
+        temperatures: Sequence[float] | None = None,
+        class_names: Sequence[str] | None = None,
+        default: str | float | None = None,
+        image_size: int | None = None,
+        calibrated: bool = False,
+        exit_rule: str = "confidence",
+        compiled: bool = False,
+        device: str | torch.device = "cpu",
+    ):
         self.model = checkpoint.model().to(device).eval()
         self.device = torch.device(device)
         k, num_classes = self.model.num_classifiers, checkpoint.network.num_classes
         self.names = self.model.classifier_names()
-        self.class_names = list(class_names if class_names is not None else checkpoint.network.class_names or
-                                [str(i) for i in range(num_classes)])
+        self.class_names = list(
+            class_names
+            if class_names is not None
+            else checkpoint.network.class_names or [str(i) for i in range(num_classes)]
+        )
         if len(self.class_names) != num_classes:
             raise ValueError(f"{len(self.class_names)} class names for {num_classes} classes")
         if not isinstance(normalization, Normalization):
@@ -78,8 +91,9 @@ class ServedModel:
                 self.runner, self.compiled = compiled_runner(self.model, self.image_size), True
             except Exception as error:  # no C++ compiler, an unsupported device: the same answers, eager
                 first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-                logging.getLogger(__name__).warning("compiling the network failed (%s: %s); answering eager",
-                                                    type(error).__name__, first)
+                logging.getLogger(__name__).warning(
+                    "compiling the network failed (%s: %s); answering eager", type(error).__name__, first
+                )
 
     # ------------------------------------------------------------------ inputs
 
@@ -88,12 +102,18 @@ class ServedModel:
         float32 N x 3 x H x W (normalized) -> network input. Pixels are never cast: 0.5 is refused,
         not made 0."""
         size = self.image_size
-        expected = (f"uint8 raw pixels of shape (N, {size}, {size}, 3) or float32 normalized images of shape "
-                    f"(N, 3, {size}, {size})")
+        expected = (
+            f"uint8 raw pixels of shape (N, {size}, {size}, 3) or float32 normalized images of shape "
+            f"(N, 3, {size}, {size})"
+        )
         if not isinstance(images, np.ndarray):
             raise ValueError(f"images must be a numpy array: {expected}; got {type(images).__name__}")
-        if images.ndim == 4 and images.shape[1:] == (size, size, 3) and images.dtype != np.uint8 and (
-                np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating)):
+        if (
+            images.ndim == 4
+            and images.shape[1:] == (size, size, 3)
+            and images.dtype != np.uint8
+            and (np.issubdtype(images.dtype, np.integer) or np.issubdtype(images.dtype, np.floating))
+        ):
             images = _exact_pixels(images)
         if images.dtype == np.uint8 and images.ndim == 4 and images.shape[1:] == (size, size, 3):
             pixels = torch.from_numpy(np.ascontiguousarray(images)).to(self.device).permute(0, 3, 1, 2)
@@ -104,15 +124,23 @@ class ServedModel:
             return torch.from_numpy(np.ascontiguousarray(images)).to(self.device)
         raise ValueError(f"images must be {expected}; got {images.dtype} of shape {tuple(images.shape)}")
 
-    def resolve_threshold(self, threshold: float | None = None, budget: str | None = None,
-                          use_max_drop: bool = False) -> float:
+    def resolve_threshold(
+        self, threshold: float | None = None, budget: str | None = None, use_max_drop: bool = False
+    ) -> float:
         """An explicit threshold, a named one (``budget``), the ``max_drop`` one, else the default."""
         return self._choose(threshold, budget, use_max_drop)[1]
 
     def _choose(self, threshold: float | None, budget: str | None, use_max_drop: bool) -> tuple[str | None, float]:
         """(the name of the chosen threshold, None for an explicit number; its value)."""
-        chosen = [name for name, given in (("threshold", threshold is not None), ("budget", budget is not None),
-                                           ("max_drop", bool(use_max_drop))) if given]
+        chosen = [
+            name
+            for name, given in (
+                ("threshold", threshold is not None),
+                ("budget", budget is not None),
+                ("max_drop", bool(use_max_drop)),
+            )
+            if given
+        ]
         if len(chosen) > 1:
             raise ValueError(f"give one of threshold, budget and max_drop, not {' and '.join(chosen)}")
         if threshold is not None:
@@ -122,8 +150,9 @@ class ServedModel:
             return None, threshold
         name = budget if budget is not None else "max_drop" if use_max_drop else self.default
         if name is None:
-            raise ValueError(f"no threshold given and no default: pass threshold, or budget (one of "
-                             f"{sorted(self.thresholds)})")
+            raise ValueError(
+                f"no threshold given and no default: pass threshold, or budget (one of {sorted(self.thresholds)})"
+            )
         if not isinstance(name, str):
             return None, float(name)
         if name not in self.thresholds:
@@ -132,9 +161,16 @@ class ServedModel:
 
     # ------------------------------------------------------------------ answers
 
-    def answer(self, images: np.ndarray, threshold: float | None = None, budget: str | None = None,
-               use_max_drop: bool = False, calibrated: bool | None = None,
-               return_logits: bool = False, exit_rule: str | None = None) -> dict[str, list]:
+    def answer(
+        self,
+        images: np.ndarray,
+        threshold: float | None = None,
+        budget: str | None = None,
+        use_max_drop: bool = False,
+        calibrated: bool | None = None,
+        return_logits: bool = False,
+        exit_rule: str | None = None,
+    ) -> dict[str, list]:
         """One answer per image, as columns (:data:`COLUMNS`, plus ``logits`` with ``return_logits``:
         per sample, the raw logits of each classifier it was evaluated by, exit1 first).
 
@@ -148,17 +184,28 @@ class ServedModel:
         name, tau = self._choose(threshold, budget, use_max_drop)
         if name is not None and calibrated is not None and bool(calibrated) != self.calibrated:
             fitted = "calibrated" if self.calibrated else "raw"
-            raise ValueError(f"threshold {name!r} was fitted on {fitted} confidences: leave calibrated unset "
-                             f"or set it to {str(self.calibrated).lower()}")
+            raise ValueError(
+                f"threshold {name!r} was fitted on {fitted} confidences: leave calibrated unset "
+                f"or set it to {str(self.calibrated).lower()}"
+            )
         calibrated = self.calibrated if calibrated is None and name is not None else bool(calibrated)
         rule = self.exit_rule if exit_rule is None else check_rule(str(exit_rule))
         if name is not None and rule != self.exit_rule:
-            raise ValueError(f"threshold {name!r} was fitted for the {self.exit_rule} rule: leave exit_rule unset, "
-                             f"or give an explicit threshold for the {rule} rule")
+            raise ValueError(
+                f"threshold {name!r} was fitted for the {self.exit_rule} rule: leave exit_rule unset, "
+                f"or give an explicit threshold for the {rule} rule"
+            )
         if calibrated and self.temperatures is None:
             raise ValueError("calibrated answers need temperatures, and this model has none")
-        result = predict(self.model, x, tau, temperatures=self.temperatures if calibrated else None,
-                         keep_logits=return_logits, rule=rule, runner=self.runner)
+        result = predict(
+            self.model,
+            x,
+            tau,
+            temperatures=self.temperatures if calibrated else None,
+            keep_logits=return_logits,
+            rule=rule,
+            runner=self.runner,
+        )
         classes, exits = result.classes.cpu().tolist(), result.exit_index.cpu().tolist()
         columns: dict[str, list] = {
             "class": classes,
@@ -176,19 +223,31 @@ class ServedModel:
 
 def _exact_pixels(values: np.ndarray) -> np.ndarray:
     """``values`` as uint8 when every one is an integer 0..255; a ValueError naming one that is not."""
-    bad = ~np.isfinite(values) | (values != np.round(values)) | (values < 0) | (values > 255) \
-        if np.issubdtype(values.dtype, np.floating) else (values < 0) | (values > 255)
+    bad = (
+        ~np.isfinite(values) | (values != np.round(values)) | (values < 0) | (values > 255)
+        if np.issubdtype(values.dtype, np.floating)
+        else (values < 0) | (values > 255)
+    )
     if bad.any():
         example = values[bad].flat[0]
         shown = f"{example:g}" if np.issubdtype(values.dtype, np.floating) else str(example)
-        raise ValueError(f"raw pixels must be integers 0..255 (got {shown}); send uint8 RGB values, not normalized "
-                         "or scaled ones")
+        raise ValueError(
+            f"raw pixels must be integers 0..255 (got {shown}); send uint8 RGB values, not normalized or scaled ones"
+        )
     return values.astype(np.uint8)
 
 
 # Settings a served model takes (JSON, beside its checkpoint): the keyword arguments of ServedModel.
-SETTING_KEYS = ("normalization", "thresholds", "temperatures", "class_names", "default", "image_size", "calibrated",
-                "exit_rule")
+SETTING_KEYS = (
+    "normalization",
+    "thresholds",
+    "temperatures",
+    "class_names",
+    "default",
+    "image_size",
+    "calibrated",
+    "exit_rule",
+)
 # Chosen where the model is loaded, never stored with it (a pyfunc model's model_config), and their
 # defaults. Eager: a server's single-image requests are answered faster eager on CPU (and it starts in
 # seconds, not after compiling); compiled pays for batches (BENCHMARKS.md, serving and latency).
@@ -196,19 +255,23 @@ LOAD_DEFAULTS = {"compiled": False}
 LOAD_OPTIONS = tuple(LOAD_DEFAULTS)
 
 
-def load_served(checkpoint_path: str | Path, settings: Mapping[str, Any],
-                options: Mapping[str, Any] | None = None) -> ServedModel:
+def load_served(
+    checkpoint_path: str | Path, settings: Mapping[str, Any], options: Mapping[str, Any] | None = None
+) -> ServedModel:
     """The served model of a checkpoint file and its settings (:data:`SETTING_KEYS`;
     ``normalization`` required), with the load-time ``options`` (:data:`LOAD_DEFAULTS` where unset): what a
     logged served model is built from where it is loaded."""
     unknown = sorted(set(settings) - set(SETTING_KEYS))
     if unknown or "normalization" not in settings:
-        raise ValueError(f"served-model settings take {', '.join(SETTING_KEYS)} (normalization required); "
-                         f"got {sorted(settings)}")
+        raise ValueError(
+            f"served-model settings take {', '.join(SETTING_KEYS)} (normalization required); got {sorted(settings)}"
+        )
     options = dict(options or {})
     if set(options) - set(LOAD_OPTIONS):
-        raise ValueError(f"a served model loads with the options {', '.join(LOAD_OPTIONS)}; "
-                         f"got {sorted(set(options) - set(LOAD_OPTIONS))}")
+        raise ValueError(
+            f"a served model loads with the options {', '.join(LOAD_OPTIONS)}; "
+            f"got {sorted(set(options) - set(LOAD_OPTIONS))}"
+        )
     arguments = {key: value for key, value in settings.items() if value is not None}
     options = {**LOAD_DEFAULTS, **options}
     return ServedModel(Checkpoint.load(checkpoint_path), **arguments, compiled=bool(options["compiled"]))

@@ -62,8 +62,9 @@ class ClassifierCosts:
         return self.standalone[-1]
 
     @classmethod
-    def from_parts(cls, stage_gflops: Sequence[float], exit_gflops: Sequence[float],
-                   main_head_gflops: float) -> "ClassifierCosts":
+    def from_parts(
+        cls, stage_gflops: Sequence[float], exit_gflops: Sequence[float], main_head_gflops: float
+    ) -> "ClassifierCosts":
         """Exit i attaches after stage i; the main head after the last stage."""
         stages, exits = list(map(float, stage_gflops)), list(map(float, exit_gflops))
         if len(exits) >= len(stages):
@@ -89,8 +90,9 @@ class ClassifierCosts:
 def threshold_grid(points: int) -> Tensor:
     """``points`` thresholds evenly spaced in [0, 1], plus :data:`ABOVE_ONE` so that the
     curve ends exactly at the main output (tau = 1 still lets saturated samples out)."""
-    return torch.cat([torch.linspace(0.0, 1.0, points, dtype=torch.float64),
-                      torch.tensor([ABOVE_ONE], dtype=torch.float64)])
+    return torch.cat(
+        [torch.linspace(0.0, 1.0, points, dtype=torch.float64), torch.tensor([ABOVE_ONE], dtype=torch.float64)]
+    )
 
 
 # The exit rules (eval.exit_rule): each gives every classifier a score per sample in [0, 1], and a
@@ -115,10 +117,10 @@ def check_rule(rule: str) -> str:
 class RuleStep:
     """One classifier judged under a rule, for a batch of samples."""
 
-    score: Tensor       # (N,) in [0, 1]: leave when >= tau
+    score: Tensor  # (N,) in [0, 1]: leave when >= tau
     confidence: Tensor  # (N,) max softmax probability (what an answer reports, whatever the rule)
-    classes: Tensor     # (N,) predicted class
-    streak: Tensor      # (N,) classifiers in a row, this one included, that predicted this class
+    classes: Tensor  # (N,) predicted class
+    streak: Tensor  # (N,) classifiers in a row, this one included, that predicted this class
 
 
 def rule_step(logits: Tensor, rule: str, num_classifiers: int, previous: RuleStep | None = None) -> RuleStep:
@@ -128,8 +130,11 @@ def rule_step(logits: Tensor, rule: str, num_classifiers: int, previous: RuleSte
     check_rule(rule)
     probabilities = logits.float().softmax(dim=-1)
     confidence, classes = probabilities.max(dim=-1)
-    streak = torch.ones_like(classes) if previous is None else \
-        torch.where(classes == previous.classes, previous.streak + 1, 1)
+    streak = (
+        torch.ones_like(classes)
+        if previous is None
+        else torch.where(classes == previous.classes, previous.streak + 1, 1)
+    )
     several = logits.shape[-1] > 1  # one class: every rule is sure
     if rule == "confidence" or (not several and rule != "patience"):
         score = confidence
@@ -185,26 +190,30 @@ def exit_indices(logits: Tensor, thresholds: Tensor, rule: str = "confidence") -
 class AnytimeCurve:
     """Accuracy and average cost of early-exit inference for each threshold."""
 
-    names: list[str]          # classifier names, exit1..main
-    thresholds: Tensor        # (T,) float64
-    accuracy: Tensor          # (T,) fraction of correct predictions
-    gflops: Tensor            # (T,) average GFLOPs per sample
-    exit_fractions: Tensor    # (T, k) fraction of samples leaving at each classifier
+    names: list[str]  # classifier names, exit1..main
+    thresholds: Tensor  # (T,) float64
+    accuracy: Tensor  # (T,) fraction of correct predictions
+    gflops: Tensor  # (T,) average GFLOPs per sample
+    exit_fractions: Tensor  # (T, k) fraction of samples leaving at each classifier
     rule: str = "confidence"  # the exit rule (EXIT_RULES)
 
     def rows(self) -> list[dict[str, float]]:
         """One dict per threshold: the rows of ``anytime.csv``."""
         rows = []
         for t in range(len(self.thresholds)):
-            row = {"threshold": float(self.thresholds[t]), "gflops": float(self.gflops[t]),
-                   "accuracy": float(self.accuracy[t])}
+            row = {
+                "threshold": float(self.thresholds[t]),
+                "gflops": float(self.gflops[t]),
+                "accuracy": float(self.accuracy[t]),
+            }
             row.update({f"frac_{name}": float(self.exit_fractions[t, i]) for i, name in enumerate(self.names)})
             rows.append(row)
         return rows
 
 
-def sample_costs(costs: Sequence[float], exits: Tensor, thresholds: Tensor,
-                 main_only_cost: float | None = None) -> Tensor:
+def sample_costs(
+    costs: Sequence[float], exits: Tensor, thresholds: Tensor, main_only_cost: float | None = None
+) -> Tensor:
     """GFLOPs of each sample (T, N) leaving at ``exits`` (T, N): its anytime cost, or under a
     threshold above 1 (nothing leaves early, no exit head is computed) ``main_only_cost``."""
     cost = torch.as_tensor(costs, dtype=torch.float64)[exits]
@@ -213,9 +222,15 @@ def sample_costs(costs: Sequence[float], exits: Tensor, thresholds: Tensor,
     return cost
 
 
-def sweep(logits: Tensor, labels: Tensor, costs: Sequence[float], thresholds: Tensor,
-          names: Sequence[str] | None = None, main_only_cost: float | None = None,
-          rule: str = "confidence") -> AnytimeCurve:
+def sweep(
+    logits: Tensor,
+    labels: Tensor,
+    costs: Sequence[float],
+    thresholds: Tensor,
+    names: Sequence[str] | None = None,
+    main_only_cost: float | None = None,
+    rule: str = "confidence",
+) -> AnytimeCurve:
     """Early-exit accuracy and cost under ``rule`` for every threshold, from collected logits (k, N, C).
 
     ``costs`` are the anytime costs of leaving at each classifier (``ClassifierCosts.anytime``);
@@ -226,21 +241,34 @@ def sweep(logits: Tensor, labels: Tensor, costs: Sequence[float], thresholds: Te
         raise ValueError(f"{len(costs)} costs for {k} classifiers")
     names = list(names) if names is not None else list(classifier_names(k))
     thresholds = torch.as_tensor(thresholds, dtype=torch.float64)
-    chosen = exit_indices(logits, thresholds, rule)                         # (T, N)
-    correct = (logits.argmax(dim=-1) == labels[None]).double()             # (k, N)
-    correct_at_exit = torch.gather(correct, 0, chosen)                      # (T, N)
+    chosen = exit_indices(logits, thresholds, rule)  # (T, N)
+    correct = (logits.argmax(dim=-1) == labels[None]).double()  # (k, N)
+    correct_at_exit = torch.gather(correct, 0, chosen)  # (T, N)
     cost_at_exit = sample_costs(costs, chosen, thresholds, main_only_cost)  # (T, N)
     counts = torch.zeros(len(thresholds), k, dtype=torch.float64)
     counts.scatter_add_(1, chosen, torch.ones_like(cost_at_exit))
-    return AnytimeCurve(names=names, thresholds=thresholds, accuracy=correct_at_exit.mean(dim=1),
-                        gflops=cost_at_exit.mean(dim=1), exit_fractions=counts / n, rule=rule)
+    return AnytimeCurve(
+        names=names,
+        thresholds=thresholds,
+        accuracy=correct_at_exit.mean(dim=1),
+        gflops=cost_at_exit.mean(dim=1),
+        exit_fractions=counts / n,
+        rule=rule,
+    )
 
 
-def evaluate_threshold(logits: Tensor, labels: Tensor, costs: Sequence[float], threshold: float,
-                       main_only_cost: float | None = None, rule: str = "confidence") -> tuple[float, float]:
+def evaluate_threshold(
+    logits: Tensor,
+    labels: Tensor,
+    costs: Sequence[float],
+    threshold: float,
+    main_only_cost: float | None = None,
+    rule: str = "confidence",
+) -> tuple[float, float]:
     """(accuracy, average GFLOPs) of early exit at one threshold under ``rule``."""
-    curve = sweep(logits, labels, costs, torch.tensor([threshold], dtype=torch.float64),
-                  main_only_cost=main_only_cost, rule=rule)
+    curve = sweep(
+        logits, labels, costs, torch.tensor([threshold], dtype=torch.float64), main_only_cost=main_only_cost, rule=rule
+    )
     return float(curve.accuracy[0]), float(curve.gflops[0])
 
 
@@ -252,8 +280,8 @@ class BudgetFit:
     """The threshold chosen for a GFLOPs budget on one split, and how it does on another."""
 
     budget: float
-    threshold: float | None      # None: no threshold fits (the budget is below exit 1's cost)
-    fit_accuracy: float | None   # on the split the threshold was chosen on (validation)
+    threshold: float | None  # None: no threshold fits (the budget is below exit 1's cost)
+    fit_accuracy: float | None  # on the split the threshold was chosen on (validation)
     fit_gflops: float | None
     accuracy: float | None = None  # on the reported split (test)
     gflops: float | None = None
@@ -276,13 +304,22 @@ def fit_budgets(curve: AnytimeCurve, budgets: Sequence[float]) -> list[BudgetFit
             fits.append(BudgetFit(float(budget), None, None, None))
             continue
         best = max(fitting, key=lambda t: (float(curve.accuracy[t]), -float(curve.gflops[t])))
-        fits.append(BudgetFit(float(budget), float(curve.thresholds[best]),
-                              float(curve.accuracy[best]), float(curve.gflops[best])))
+        fits.append(
+            BudgetFit(
+                float(budget), float(curve.thresholds[best]), float(curve.accuracy[best]), float(curve.gflops[best])
+            )
+        )
     return fits
 
 
-def report_budgets(fits: list[BudgetFit], logits: Tensor, labels: Tensor, costs: Sequence[float],
-                   main_only_cost: float | None = None, rule: str = "confidence") -> list[BudgetFit]:
+def report_budgets(
+    fits: list[BudgetFit],
+    logits: Tensor,
+    labels: Tensor,
+    costs: Sequence[float],
+    main_only_cost: float | None = None,
+    rule: str = "confidence",
+) -> list[BudgetFit]:
     """Fill in each fitted threshold's accuracy and cost under ``rule`` on another split (test)."""
     for fit in fits:
         if fit.threshold is not None:
@@ -308,9 +345,9 @@ class AnytimeReport:
 
     curve: AnytimeCurve
     costs: ClassifierCosts
-    classifier_accuracy: list[float]   # each classifier alone (the single-exit points)
+    classifier_accuracy: list[float]  # each classifier alone (the single-exit points)
     budgets: list[BudgetFit] = field(default_factory=list)
-    fit_split: str | None = None       # where the budget thresholds were chosen
+    fit_split: str | None = None  # where the budget thresholds were chosen
     rules: dict[str, RuleResult] = field(default_factory=dict)  # every rule, the chosen one included
 
     @property
@@ -333,15 +370,29 @@ class AnytimeReport:
 
 
 def _budget_metrics(fits: Sequence[BudgetFit]) -> dict[str, Any]:
-    return {"budget_" + f"{fit.budget:g}".replace(".", "_"): {
-        "threshold": fit.threshold, "accuracy": fit.accuracy, "gflops": fit.gflops, "fit_accuracy": fit.fit_accuracy}
-        for fit in fits}
+    return {
+        "budget_" + f"{fit.budget:g}".replace(".", "_"): {
+            "threshold": fit.threshold,
+            "accuracy": fit.accuracy,
+            "gflops": fit.gflops,
+            "fit_accuracy": fit.fit_accuracy,
+        }
+        for fit in fits
+    }
 
 
-def analyze(logits: Tensor, labels: Tensor, costs: ClassifierCosts, thresholds: Tensor,
-            names: Sequence[str], budgets: Sequence[float] = (),
-            fit_logits: Tensor | None = None, fit_labels: Tensor | None = None,
-            fit_split: str | None = None, rule: str = "confidence") -> AnytimeReport:
+def analyze(
+    logits: Tensor,
+    labels: Tensor,
+    costs: ClassifierCosts,
+    thresholds: Tensor,
+    names: Sequence[str],
+    budgets: Sequence[float] = (),
+    fit_logits: Tensor | None = None,
+    fit_labels: Tensor | None = None,
+    fit_split: str | None = None,
+    rule: str = "confidence",
+) -> AnytimeReport:
     """Every exit rule's curve on the reported split, plus budget thresholds fitted on
     ``fit_logits`` (the validation split) and reported on ``logits``; ``rule``'s are the report's
     own. No fitting split: no budgets."""
@@ -351,9 +402,16 @@ def analyze(logits: Tensor, labels: Tensor, costs: ClassifierCosts, thresholds: 
         result = RuleResult(sweep(logits, labels, costs.anytime, thresholds, names, costs.main_only, each))
         if budgets and fit_logits is not None and fit_labels is not None:
             fit_curve = sweep(fit_logits, fit_labels, costs.anytime, thresholds, names, costs.main_only, each)
-            result.budgets = report_budgets(fit_budgets(fit_curve, budgets), logits, labels, costs.anytime,
-                                            costs.main_only, each)
+            result.budgets = report_budgets(
+                fit_budgets(fit_curve, budgets), logits, labels, costs.anytime, costs.main_only, each
+            )
         results[each] = result
     accuracy = (logits.argmax(dim=-1) == labels[None]).double().mean(dim=1).tolist()
-    return AnytimeReport(curve=results[rule].curve, costs=costs, classifier_accuracy=accuracy,
-                         budgets=results[rule].budgets, fit_split=fit_split, rules=results)
+    return AnytimeReport(
+        curve=results[rule].curve,
+        costs=costs,
+        classifier_accuracy=accuracy,
+        budgets=results[rule].budgets,
+        fit_split=fit_split,
+        rules=results,
+    )

@@ -51,11 +51,13 @@ def _check_logits_and_labels(logits: Tensor, labels: Tensor) -> None:
         raise ValueError(f"logits must be floating point, got {logits.dtype}")
     k, n, classes = logits.shape
     if k == 0 or n == 0 or classes < 2:
-        raise ValueError(f"logits need at least one classifier, one sample and two classes, got shape "
-                         f"{tuple(logits.shape)}")
+        raise ValueError(
+            f"logits need at least one classifier, one sample and two classes, got shape {tuple(logits.shape)}"
+        )
     if labels.shape != (n,):
-        raise ValueError(f"labels must be ({n},) to match logits {tuple(logits.shape)}, got shape "
-                         f"{tuple(labels.shape)}")
+        raise ValueError(
+            f"labels must be ({n},) to match logits {tuple(logits.shape)}, got shape {tuple(labels.shape)}"
+        )
     if labels.is_floating_point() or labels.dtype == torch.bool:
         raise ValueError(f"labels must be integer class indices, got {labels.dtype}")
     if int(labels.min()) < 0 or int(labels.max()) >= classes:
@@ -64,8 +66,9 @@ def _check_logits_and_labels(logits: Tensor, labels: Tensor) -> None:
 
 def _check_temperatures(temperatures: Tensor, num_classifiers: int) -> None:
     if temperatures.shape != (num_classifiers,):
-        raise ValueError(f"need one temperature per classifier ({num_classifiers},), got shape "
-                         f"{tuple(temperatures.shape)}")
+        raise ValueError(
+            f"need one temperature per classifier ({num_classifiers},), got shape {tuple(temperatures.shape)}"
+        )
     if not bool(torch.isfinite(temperatures).all()) or bool((temperatures <= 0).any()):
         raise ValueError(f"temperatures must be finite and > 0, got {temperatures.tolist()}")
 
@@ -76,8 +79,10 @@ def _check_temperatures(temperatures: Tensor, num_classifiers: int) -> None:
 def apply_temperatures(logits: Tensor, temperatures: Tensor) -> Tensor:
     """``logits[i] / temperatures[i]`` for every classifier i: (k, N, C), (k,) -> (k, N, C)."""
     if logits.dim() != 3 or not logits.is_floating_point():
-        raise ValueError(f"logits must be floating point (classifiers, samples, classes), got shape "
-                         f"{tuple(logits.shape)} and dtype {logits.dtype}")
+        raise ValueError(
+            f"logits must be floating point (classifiers, samples, classes), got shape "
+            f"{tuple(logits.shape)} and dtype {logits.dtype}"
+        )
     temperatures = torch.as_tensor(temperatures, dtype=torch.float64)
     _check_temperatures(temperatures, logits.shape[0])
     return logits / temperatures.to(logits.dtype)[:, None, None]
@@ -122,8 +127,9 @@ def fit_temperatures(logits: Tensor, labels: Tensor) -> Tensor:
     _check_logits_and_labels(logits, labels)
     labels = labels.long()
     # One classifier at a time in float64: (N, C) memory, not (k, N, C), and exact slopes.
-    return torch.tensor([_fit_one_temperature(classifier.double(), labels) for classifier in logits],
-                        dtype=torch.float64)
+    return torch.tensor(
+        [_fit_one_temperature(classifier.double(), labels) for classifier in logits], dtype=torch.float64
+    )
 
 
 # --------------------------------------------------------------------------- the report
@@ -133,10 +139,10 @@ def fit_temperatures(logits: Tensor, labels: Tensor) -> Tensor:
 class CalibrationReport:
     """Temperatures fitted on one split and the calibration they give on another, per classifier."""
 
-    names: list[str]            # classifiers, exit1..main
-    temperatures: list[float]   # fitted on fit_split
-    ece_before: list[float]     # on report_split, raw logits
-    ece_after: list[float]      # on report_split, logits / temperature
+    names: list[str]  # classifiers, exit1..main
+    temperatures: list[float]  # fitted on fit_split
+    ece_before: list[float]  # on report_split, raw logits
+    ece_after: list[float]  # on report_split, logits / temperature
     nll_before: list[float]
     nll_after: list[float]
     fit_split: str
@@ -155,22 +161,36 @@ class CalibrationReport:
         return out
 
 
-def calibrate(fit_logits: Tensor, fit_labels: Tensor, logits: Tensor, labels: Tensor, names: Sequence[str],
-              bins: int = 15, fit_split: str = "val", report_split: str = "test") -> CalibrationReport:
+def calibrate(
+    fit_logits: Tensor,
+    fit_labels: Tensor,
+    logits: Tensor,
+    labels: Tensor,
+    names: Sequence[str],
+    bins: int = 15,
+    fit_split: str = "val",
+    report_split: str = "test",
+) -> CalibrationReport:
     """Fit temperatures on ``fit_logits`` (validation) and report ECE and NLL before/after on
     ``logits`` (test). Both are (k, N, C) with the same k and C; ``names`` has k entries."""
     _check_logits_and_labels(fit_logits, fit_labels)
     _check_logits_and_labels(logits, labels)
     if fit_logits.shape[0] != logits.shape[0] or fit_logits.shape[2] != logits.shape[2]:
-        raise ValueError(f"fit logits {tuple(fit_logits.shape)} and report logits {tuple(logits.shape)} must have "
-                         "the same classifiers and classes")
+        raise ValueError(
+            f"fit logits {tuple(fit_logits.shape)} and report logits {tuple(logits.shape)} must have "
+            "the same classifiers and classes"
+        )
     if len(names) != logits.shape[0]:
         raise ValueError(f"{len(names)} names for {logits.shape[0]} classifiers")
     temperatures = fit_temperatures(fit_logits, fit_labels)
     scaled = apply_temperatures(logits.double(), temperatures)
     return CalibrationReport(
-        names=list(names), temperatures=temperatures.tolist(),
+        names=list(names),
+        temperatures=temperatures.tolist(),
         ece_before=expected_calibration_error(logits, labels, bins).tolist(),
         ece_after=expected_calibration_error(scaled, labels, bins).tolist(),
-        nll_before=nll(logits, labels).tolist(), nll_after=nll(scaled, labels).tolist(),
-        fit_split=fit_split, report_split=report_split)
+        nll_before=nll(logits, labels).tolist(),
+        nll_after=nll(scaled, labels).tolist(),
+        fit_split=fit_split,
+        report_split=report_split,
+    )

@@ -12,10 +12,10 @@ from torch import Tensor
 class Collected:
     """Every classifier's outputs over a split, on the CPU."""
 
-    logits: Tensor                        # (k, N, C) float32; index -1 = main
-    labels: Tensor                        # (N,) int64
+    logits: Tensor  # (k, N, C) float32; index -1 = main
+    labels: Tensor  # (N,) int64
     features: list[Tensor] | None = None  # F_1..F_k, each (N, D), only when asked for
-    input_shape: tuple[int, ...] = ()     # one image's shape (C, H, W)
+    input_shape: tuple[int, ...] = ()  # one image's shape (C, H, W)
 
     @property
     def num_classifiers(self) -> int:

@@ -100,11 +100,16 @@ def profile_model(model: MultiExitNet, input_size: int, batch: int = 1) -> Flops
         trunk_params.append(trunk_params[-1] + count_parameters(stage))
     # trunk_params[i + 1] = parameters of the stem and stages 1..i+1.
     outputs = [
-        OutputCost(name, sum(stage_gflops[:i + 1]) + exit_gflops[i], trunk_params[i + 1] + count_parameters(branch))
+        OutputCost(name, sum(stage_gflops[: i + 1]) + exit_gflops[i], trunk_params[i + 1] + count_parameters(branch))
         for i, (name, branch) in enumerate(zip(model.classifier_names(), model.exits))
     ]
-    outputs.append(OutputCost("main", sum(stage_gflops) + main_head_gflops,
-                              trunk_params[-1] + count_parameters(model.pool) + count_parameters(model.fc)))
+    outputs.append(
+        OutputCost(
+            "main",
+            sum(stage_gflops) + main_head_gflops,
+            trunk_params[-1] + count_parameters(model.pool) + count_parameters(model.fc),
+        )
+    )
     return FlopsProfile(outputs, stage_gflops, exit_gflops, main_head_gflops, count_parameters(model), input_size)
 
 
@@ -146,6 +151,15 @@ def summarize_backbones(width: int | None = None) -> list[BackboneSummary]:
         except ValueError as error:
             rows.append(BackboneSummary(name, spec.family, spec.input_size, 0, row_width, error=str(error)))
             continue
-        rows.append(BackboneSummary(name, spec.family, spec.input_size, len(profile.outputs) - 1, row_width,
-                                    profile.total_params, profile.main.gflops))
+        rows.append(
+            BackboneSummary(
+                name,
+                spec.family,
+                spec.input_size,
+                len(profile.outputs) - 1,
+                row_width,
+                profile.total_params,
+                profile.main.gflops,
+            )
+        )
     return rows

@@ -81,8 +81,10 @@ def _beta_continued_fraction(a: float, b: float, x: float) -> float:
     h = d
     for m in range(1, _CF_MAX_TERMS + 1):
         m2 = 2 * m
-        for numerator in (m * (b - m) * x / ((qam + m2) * (a + m2)),           # even step
-                          -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2))):  # odd step
+        for numerator in (
+            m * (b - m) * x / ((qam + m2) * (a + m2)),  # even step
+            -(a + m) * (qab + m) * x / ((a + m2) * (qap + m2)),
+        ):  # odd step
             d = 1.0 + numerator * d
             d = 1.0 / (d if abs(d) > _TINY else _TINY)
             c = 1.0 + numerator / c
@@ -187,13 +189,13 @@ def fixed_sequence_rejections(upper_bounds: Iterable[float], max_drop: float) ->
 class DropCounts:
     """Per threshold, how early exit's predictions differ from the main output's on one split."""
 
-    thresholds: Tensor         # (T,) float64
-    samples: int               # n
-    lost: Tensor               # (T,) int64: main correct, early exit wrong
-    gained: Tensor             # (T,) int64: main wrong, early exit correct
-    accuracy: Tensor           # (T,) early-exit accuracy
+    thresholds: Tensor  # (T,) float64
+    samples: int  # n
+    lost: Tensor  # (T,) int64: main correct, early exit wrong
+    gained: Tensor  # (T,) int64: main wrong, early exit correct
+    accuracy: Tensor  # (T,) early-exit accuracy
     main_accuracy: float
-    gflops: Tensor | None      # (T,) average GFLOPs per sample, when costs were given
+    gflops: Tensor | None  # (T,) average GFLOPs per sample, when costs were given
     main_gflops: float | None  # the main output alone (no exit head), when costs were given
 
     @property
@@ -202,38 +204,59 @@ class DropCounts:
         return (self.lost - self.gained).double() / self.samples
 
     @classmethod
-    def from_exits(cls, thresholds: Tensor, exits: Tensor, correct: Tensor, costs: Sequence[float] | None = None,
-                   main_only_cost: float | None = None) -> "DropCounts":
+    def from_exits(
+        cls,
+        thresholds: Tensor,
+        exits: Tensor,
+        correct: Tensor,
+        costs: Sequence[float] | None = None,
+        main_only_cost: float | None = None,
+    ) -> "DropCounts":
         """From the classifier each sample leaves at per threshold (``exits``, (T, n), as
         ``anytime.exit_indices`` gives) and each classifier's correctness (``correct``, (k, n) bool).
         Cheap: a population's ``exits`` can be computed once and indexed by any sample of it.
         ``costs``: anytime costs; ``main_only_cost``: the main output alone (default ``costs[-1]``)."""
-        early_correct = torch.gather(correct, 0, exits)     # (T, n)
+        early_correct = torch.gather(correct, 0, exits)  # (T, n)
         main_correct = correct[-1][None]
         thresholds = torch.as_tensor(thresholds, dtype=torch.float64)
         gflops = main_gflops = None
         if costs is not None:
             main_gflops = float(costs[-1] if main_only_cost is None else main_only_cost)
             gflops = sample_costs(costs, exits, thresholds, main_gflops).mean(dim=1)
-        return cls(thresholds=thresholds, samples=correct.shape[1],
-                   lost=(main_correct & ~early_correct).sum(dim=1), gained=(~main_correct & early_correct).sum(dim=1),
-                   accuracy=early_correct.double().mean(dim=1), main_accuracy=float(correct[-1].double().mean()),
-                   gflops=gflops, main_gflops=main_gflops)
+        return cls(
+            thresholds=thresholds,
+            samples=correct.shape[1],
+            lost=(main_correct & ~early_correct).sum(dim=1),
+            gained=(~main_correct & early_correct).sum(dim=1),
+            accuracy=early_correct.double().mean(dim=1),
+            main_accuracy=float(correct[-1].double().mean()),
+            gflops=gflops,
+            main_gflops=main_gflops,
+        )
 
 
 def _check_inputs(logits: Tensor, labels: Tensor, costs: Sequence[float] | None) -> None:
     if logits.dim() != 3 or logits.shape[1] == 0:
-        raise ValueError(f"logits must be (classifiers, samples, classes) with samples > 0, got shape "
-                         f"{tuple(logits.shape)}")
+        raise ValueError(
+            f"logits must be (classifiers, samples, classes) with samples > 0, got shape {tuple(logits.shape)}"
+        )
     if labels.shape != (logits.shape[1],):
-        raise ValueError(f"labels must be ({logits.shape[1]},) to match logits {tuple(logits.shape)}, got shape "
-                         f"{tuple(labels.shape)}")
+        raise ValueError(
+            f"labels must be ({logits.shape[1]},) to match logits {tuple(logits.shape)}, got shape "
+            f"{tuple(labels.shape)}"
+        )
     if costs is not None and len(costs) != logits.shape[0]:
         raise ValueError(f"{len(costs)} costs for {logits.shape[0]} classifiers")
 
 
-def drop_counts(logits: Tensor, labels: Tensor, thresholds: Tensor, costs: Sequence[float] | None = None,
-                main_only_cost: float | None = None, rule: str = "confidence") -> DropCounts:
+def drop_counts(
+    logits: Tensor,
+    labels: Tensor,
+    thresholds: Tensor,
+    costs: Sequence[float] | None = None,
+    main_only_cost: float | None = None,
+    rule: str = "confidence",
+) -> DropCounts:
     """Early exit under ``rule`` at every threshold at once (``anytime.exit_indices``), compared sample by
     sample with the main output. ``costs``: ``ClassifierCosts.anytime``, for the GFLOPs;
     ``main_only_cost``: ``ClassifierCosts.main_only``. Pass float64 thresholds: in float32,
@@ -251,19 +274,19 @@ def drop_counts(logits: Tensor, labels: Tensor, thresholds: Tensor, costs: Seque
 class GuaranteedThreshold:
     """The threshold chosen on the validation split, with what it promises."""
 
-    threshold: float             # ABOVE_ONE: the main output alone (cheapest, or nothing declared safe)
-    feasible: bool               # some threshold <= 1 was declared safe
-    max_drop: float              # epsilon: the accuracy drop (fraction) allowed
-    delta: float                 # the allowed probability that the drop exceeds max_drop
-    val_drop: float              # empirical drop at the threshold on validation
-    val_bound: float             # its upper confidence bound (0 for the main output: drop is 0 there)
-    val_accuracy: float          # early-exit accuracy at the threshold on validation
+    threshold: float  # ABOVE_ONE: the main output alone (cheapest, or nothing declared safe)
+    feasible: bool  # some threshold <= 1 was declared safe
+    max_drop: float  # epsilon: the accuracy drop (fraction) allowed
+    delta: float  # the allowed probability that the drop exceeds max_drop
+    val_drop: float  # empirical drop at the threshold on validation
+    val_bound: float  # its upper confidence bound (0 for the main output: drop is 0 there)
+    val_accuracy: float  # early-exit accuracy at the threshold on validation
     val_main_accuracy: float
-    val_gflops: float | None     # average GFLOPs per sample on validation, when costs were given
-    thresholds_tested: int       # hypotheses tested, including the first that failed
+    val_gflops: float | None  # average GFLOPs per sample on validation, when costs were given
+    thresholds_tested: int  # hypotheses tested, including the first that failed
     val_samples: int
     main_only_gflops: float | None = None  # the main output alone, no exit head (the option always there)
-    rule: str = "confidence"     # the exit rule whose score the threshold applies to
+    rule: str = "confidence"  # the exit rule whose score the threshold applies to
 
     @property
     def main_only(self) -> bool:
@@ -281,8 +304,11 @@ def certify(counts: DropCounts, max_drop: float, delta: float, rule: str = "conf
     if not max_drop >= 0.0:
         raise ValueError(f"max_drop must be >= 0, got {max_drop}")
     # Strict to loose, fixed before looking at the data; above 1 is the untested fallback.
-    order = [t for t in torch.sort(counts.thresholds, descending=True, stable=True).indices.tolist()
-             if counts.thresholds[t] <= 1.0]
+    order = [
+        t
+        for t in torch.sort(counts.thresholds, descending=True, stable=True).indices.tolist()
+        if counts.thresholds[t] <= 1.0
+    ]
     lost, gained, n = counts.lost.tolist(), counts.gained.tolist(), counts.samples
     bounds: list[float] = []
 
@@ -292,18 +318,35 @@ def certify(counts: DropCounts, max_drop: float, delta: float, rule: str = "conf
             yield bounds[-1]
 
     safe = fixed_sequence_rejections(tested_bounds(), max_drop)
-    common = {"max_drop": float(max_drop), "delta": float(delta), "val_main_accuracy": counts.main_accuracy,
-              "thresholds_tested": len(bounds), "val_samples": n, "main_only_gflops": counts.main_gflops,
-              "feasible": safe > 0, "rule": rule}
+    common = {
+        "max_drop": float(max_drop),
+        "delta": float(delta),
+        "val_main_accuracy": counts.main_accuracy,
+        "thresholds_tested": len(bounds),
+        "val_samples": n,
+        "main_only_gflops": counts.main_gflops,
+        "feasible": safe > 0,
+        "rule": rule,
+    }
     position = _cheapest(counts, order[:safe])
     if position is None:
-        return GuaranteedThreshold(threshold=ABOVE_ONE, val_drop=0.0, val_bound=0.0, val_accuracy=counts.main_accuracy,
-                                   val_gflops=counts.main_gflops, **common)
+        return GuaranteedThreshold(
+            threshold=ABOVE_ONE,
+            val_drop=0.0,
+            val_bound=0.0,
+            val_accuracy=counts.main_accuracy,
+            val_gflops=counts.main_gflops,
+            **common,
+        )
     chosen = order[position]
     return GuaranteedThreshold(
-        threshold=float(counts.thresholds[chosen]), val_drop=float(counts.drop[chosen]), val_bound=bounds[position],
+        threshold=float(counts.thresholds[chosen]),
+        val_drop=float(counts.drop[chosen]),
+        val_bound=bounds[position],
         val_accuracy=float(counts.accuracy[chosen]),
-        val_gflops=None if counts.gflops is None else float(counts.gflops[chosen]), **common)
+        val_gflops=None if counts.gflops is None else float(counts.gflops[chosen]),
+        **common,
+    )
 
 
 def _cheapest(counts: DropCounts, safe: list[int]) -> int | None:
@@ -318,9 +361,16 @@ def _cheapest(counts: DropCounts, safe: list[int]) -> int | None:
     return None if counts.main_gflops <= float(counts.gflops[safe[position]]) else position
 
 
-def fit_guaranteed_threshold(logits: Tensor, labels: Tensor, thresholds: Tensor, max_drop: float, delta: float,
-                             costs: Sequence[float] | None = None,
-                             main_only_cost: float | None = None, rule: str = "confidence") -> GuaranteedThreshold:
+def fit_guaranteed_threshold(
+    logits: Tensor,
+    labels: Tensor,
+    thresholds: Tensor,
+    max_drop: float,
+    delta: float,
+    costs: Sequence[float] | None = None,
+    main_only_cost: float | None = None,
+    rule: str = "confidence",
+) -> GuaranteedThreshold:
     """The cheapest threshold declared safe by fixed-sequence testing on this split (validation),
     or the main output alone when that costs no more: with probability >= 1 - delta over the
     split's draw, its true accuracy drop against the main output is <= ``max_drop``. ``thresholds``
@@ -330,19 +380,28 @@ def fit_guaranteed_threshold(logits: Tensor, labels: Tensor, thresholds: Tensor,
     return certify(drop_counts(logits, labels, thresholds, costs, main_only_cost, rule), max_drop, delta, rule)
 
 
-def check_guarantee(fit: GuaranteedThreshold, logits: Tensor, labels: Tensor,
-                    costs: Sequence[float] | None = None) -> dict[str, Any]:
+def check_guarantee(
+    fit: GuaranteedThreshold, logits: Tensor, labels: Tensor, costs: Sequence[float] | None = None
+) -> dict[str, Any]:
     """How the fitted threshold does on another split (test): realised drop against the main
     output, accuracies, GFLOPs (with ``costs``, and its share of the main output alone) and
     whether the promised bound ``held``."""
-    counts = drop_counts(logits, labels, torch.tensor([fit.threshold], dtype=torch.float64), costs,
-                         fit.main_only_gflops, fit.rule)
+    counts = drop_counts(
+        logits, labels, torch.tensor([fit.threshold], dtype=torch.float64), costs, fit.main_only_gflops, fit.rule
+    )
     # The drop from the counts, not acc_main - acc: a float difference could cross max_drop by rounding.
     drop = float(counts.drop[0])
-    out: dict[str, Any] = {"threshold": fit.threshold, "feasible": fit.feasible, "max_drop": fit.max_drop,
-                           "delta": fit.delta, "accuracy": float(counts.accuracy[0]),
-                           "main_accuracy": counts.main_accuracy, "drop": drop, "held": drop <= fit.max_drop,
-                           "samples": counts.samples}
+    out: dict[str, Any] = {
+        "threshold": fit.threshold,
+        "feasible": fit.feasible,
+        "max_drop": fit.max_drop,
+        "delta": fit.delta,
+        "accuracy": float(counts.accuracy[0]),
+        "main_accuracy": counts.main_accuracy,
+        "drop": drop,
+        "held": drop <= fit.max_drop,
+        "samples": counts.samples,
+    }
     if counts.gflops is not None:
         out["gflops"] = float(counts.gflops[0])
         out["main_only_gflops"] = counts.main_gflops

@@ -25,7 +25,7 @@ class Difference:
     """``mean`` of a minus b, in the unit of the values; ``low``/``high`` its interval (None without one)."""
 
     mean: float
-    n: int                 # pairs (paired, none with one shared seed), else the smaller side's runs
+    n: int  # pairs (paired, none with one shared seed), else the smaller side's runs
     pairing: Pairing
     low: float | None = None
     high: float | None = None
@@ -75,7 +75,7 @@ def welch_difference(a: Sequence[float], b: Sequence[float], confidence: float =
     standard_error = math.sqrt(spread_a + spread_b)
     if standard_error == 0:
         return Difference(mean, min(len(a), len(b)), "welch", mean, mean, confidence)
-    freedom = (spread_a + spread_b) ** 2 / (spread_a ** 2 / (len(a) - 1) + spread_b ** 2 / (len(b) - 1))
+    freedom = (spread_a + spread_b) ** 2 / (spread_a**2 / (len(a) - 1) + spread_b**2 / (len(b) - 1))
     half = t_quantile(1 - (1 - confidence) / 2, freedom) * standard_error
     return Difference(mean, min(len(a), len(b)), "welch", mean - half, mean + half, confidence)
 

@@ -66,9 +66,9 @@ def correlation_distance(activations: Tensor) -> Tensor:
 
 @dataclass
 class RdmSummary:
-    within: float | None   # mean over same-class pairs (i != j); None if every class has one sample
+    within: float | None  # mean over same-class pairs (i != j); None if every class has one sample
     between: float | None  # mean over different-class pairs; None if there is one class
-    ratio: float | None    # between / within
+    ratio: float | None  # between / within
 
     def to_dict(self) -> dict[str, float | None]:
         return {"within": self.within, "between": self.between, "ratio": self.ratio}
@@ -86,11 +86,11 @@ def summarize_rdm(rdm: Tensor, labels: Tensor) -> RdmSummary:
 
 @dataclass
 class RdmResult:
-    sample_indices: Tensor           # positions in the split, sorted by class
-    labels: Tensor                   # their labels
-    rdms: dict[str, Tensor]          # layer name ("F_main", "Z_main", ...) -> (N, N)
-    subset_classes: list[int]        # the zoomed classes
-    subset_positions: Tensor         # rows of the sample that belong to them
+    sample_indices: Tensor  # positions in the split, sorted by class
+    labels: Tensor  # their labels
+    rdms: dict[str, Tensor]  # layer name ("F_main", "Z_main", ...) -> (N, N)
+    subset_classes: list[int]  # the zoomed classes
+    subset_positions: Tensor  # rows of the sample that belong to them
     subset_rdms: dict[str, Tensor]
     summaries: dict[str, RdmSummary]
     subset_summaries: dict[str, RdmSummary]
@@ -108,8 +108,9 @@ class RdmResult:
         return round_floats(out)
 
 
-def compute_rdms(activations: dict[str, Tensor], labels: Tensor, sample_indices: Tensor,
-                 subset_class_count: int, seed: int) -> RdmResult:
+def compute_rdms(
+    activations: dict[str, Tensor], labels: Tensor, sample_indices: Tensor, subset_class_count: int, seed: int
+) -> RdmResult:
     """RDMs and summaries of each layer's activations (rows = samples sorted by class)."""
     subset_classes = select_classes(labels, subset_class_count, seed)
     subset_positions = torch.isin(labels, torch.tensor(subset_classes)).nonzero().flatten()
@@ -117,15 +118,20 @@ def compute_rdms(activations: dict[str, Tensor], labels: Tensor, sample_indices:
     subset_rdms = {layer: rdm[subset_positions][:, subset_positions] for layer, rdm in rdms.items()}
     subset_labels = labels[subset_positions]
     return RdmResult(
-        sample_indices=sample_indices, labels=labels, rdms=rdms, subset_classes=subset_classes,
-        subset_positions=subset_positions, subset_rdms=subset_rdms,
+        sample_indices=sample_indices,
+        labels=labels,
+        rdms=rdms,
+        subset_classes=subset_classes,
+        subset_positions=subset_positions,
+        subset_rdms=subset_rdms,
         summaries={layer: summarize_rdm(rdm, labels) for layer, rdm in rdms.items()},
         subset_summaries={layer: summarize_rdm(rdm, subset_labels) for layer, rdm in subset_rdms.items()},
     )
 
 
-def layer_activations(collected: Any, names: Sequence[str], indices: Tensor,
-                      classifiers: Sequence[str] = ("main",)) -> dict[str, Tensor]:
+def layer_activations(
+    collected: Any, names: Sequence[str], indices: Tensor, classifiers: Sequence[str] = ("main",)
+) -> dict[str, Tensor]:
     """``{"F_<name>": features, "Z_<name>": logits}`` of the chosen samples for each listed
     classifier, from a :class:`~eed.engine.loops.Collected` gathered ``with_features=True``."""
     if collected.features is None:

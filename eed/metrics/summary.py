@@ -42,13 +42,13 @@ class OutputMetrics:
 class EvaluationReport:
     split: str
     num_samples: int
-    names: list[str]                   # classifiers, exit1..main
-    outputs: list[OutputMetrics]       # each classifier, then "ensemble"
-    running: list[OutputMetrics]       # "upto_exit1" .. "upto_main": ensemble of the first j
-    agreement: Tensor                  # (k-1, 2, 2), see agreement_counts
+    names: list[str]  # classifiers, exit1..main
+    outputs: list[OutputMetrics]  # each classifier, then "ensemble"
+    running: list[OutputMetrics]  # "upto_exit1" .. "upto_main": ensemble of the first j
+    agreement: Tensor  # (k-1, 2, 2), see agreement_counts
     anytime: AnytimeReport | None = None
     calibration: CalibrationReport | None = None  # temperatures fitted on val, ECE/NLL on this split
-    guaranteed: GuaranteedResult | None = None    # the threshold with a guaranteed drop, checked here
+    guaranteed: GuaranteedResult | None = None  # the threshold with a guaranteed drop, checked here
     notes: list[str] = field(default_factory=list)  # what was skipped and why
 
     def metrics(self) -> dict[str, Any]:
@@ -64,8 +64,12 @@ class EvaluationReport:
             name: dict(zip(("both_correct", "exit_only", "main_only", "both_wrong"), map(int, matrix.flatten())))
             for name, matrix in zip(self.names[:-1], self.agreement)
         }
-        out: dict[str, Any] = {self.split: split_metrics, "running_ensemble": running, "agreement": agreement,
-                               "num_samples": self.num_samples}
+        out: dict[str, Any] = {
+            self.split: split_metrics,
+            "running_ensemble": running,
+            "agreement": agreement,
+            "num_samples": self.num_samples,
+        }
         if self.anytime is not None:
             out["anytime"] = self.anytime.metrics()
         if self.calibration is not None:
@@ -81,15 +85,24 @@ class GuaranteedResult:
 
     fit: GuaranteedThreshold
     check: dict[str, Any]  # guarantee.check_guarantee on the report's split
-    calibrated: bool       # fitted on temperature-scaled confidences
+    calibrated: bool  # fitted on temperature-scaled confidences
 
     def metrics(self) -> dict[str, Any]:
         fit, check = self.fit, self.check
-        out = {"max_drop": fit.max_drop, "delta": fit.delta, "feasible": int(fit.feasible),
-               "threshold": None if fit.main_only else fit.threshold, "main_only": int(fit.main_only),
-               "calibrated": int(self.calibrated), "val_drop": fit.val_drop, "val_bound": fit.val_bound,
-               "accuracy": check["accuracy"], "main_accuracy": check["main_accuracy"], "drop": check["drop"],
-               "held": int(check["held"])}
+        out = {
+            "max_drop": fit.max_drop,
+            "delta": fit.delta,
+            "feasible": int(fit.feasible),
+            "threshold": None if fit.main_only else fit.threshold,
+            "main_only": int(fit.main_only),
+            "calibrated": int(self.calibrated),
+            "val_drop": fit.val_drop,
+            "val_bound": fit.val_bound,
+            "accuracy": check["accuracy"],
+            "main_accuracy": check["main_accuracy"],
+            "drop": check["drop"],
+            "held": int(check["held"]),
+        }
         if "gflops" in check:  # and what the main output alone costs, the option it must not exceed
             out["gflops"], out["main_only_gflops"] = check["gflops"], check["main_only_gflops"]
         return out
@@ -109,7 +122,11 @@ def summarize(collected: Collected, names: Sequence[str], split: str, ece_bins: 
         ece = expected_calibration_error(stack, labels, ece_bins).tolist()
         return [OutputMetrics(*values) for values in zip(row_names, top1, top5, ece)]
 
-    return EvaluationReport(split=split, num_samples=collected.num_samples, names=list(names),
-                            outputs=rows(with_ensemble, [*names, "ensemble"]),
-                            running=rows(running, [f"upto_{name}" for name in names]),
-                            agreement=agreement_counts(logits, labels))
+    return EvaluationReport(
+        split=split,
+        num_samples=collected.num_samples,
+        names=list(names),
+        outputs=rows(with_ensemble, [*names, "ensemble"]),
+        running=rows(running, [f"upto_{name}" for name in names]),
+        agreement=agreement_counts(logits, labels),
+    )

@@ -23,7 +23,11 @@ def global_average_pool() -> nn.Sequential:
 
 
 def residual_stage(
-    block: type[BasicBlock | Bottleneck], in_channels: int, planes: int, num_blocks: int, stride: int,
+    block: type[BasicBlock | Bottleneck],
+    in_channels: int,
+    planes: int,
+    num_blocks: int,
+    stride: int,
     **block_options: int,
 ) -> nn.Sequential:
     """``num_blocks`` torchvision residual blocks; the first changes stride/width through a
@@ -38,7 +42,10 @@ def residual_stage(
 
 
 def cifar_resnet(
-    block: type[BasicBlock | Bottleneck], blocks_per_stage: list[int], num_classes: int, width: int,
+    block: type[BasicBlock | Bottleneck],
+    blocks_per_stage: list[int],
+    num_classes: int,
+    width: int,
 ) -> Backbone:
     """The standard CIFAR ResNet: 3x3 stem conv (no max-pool), 4 stages at strides 1,2,2,2
     whose 3x3 convs are width, 2x, 4x, 8x wide."""
@@ -107,8 +114,17 @@ def resnext29(num_classes: int, width: int) -> Backbone:
     stages, in_channels = [], stem_channels
     for index in range(3):
         planes = width // 4 * 2**index
-        stages.append(residual_stage(Bottleneck, in_channels, planes, 3, stride=1 if index == 0 else 2,
-                                     groups=RESNEXT_CARDINALITY, base_width=32))
+        stages.append(
+            residual_stage(
+                Bottleneck,
+                in_channels,
+                planes,
+                3,
+                stride=1 if index == 0 else 2,
+                groups=RESNEXT_CARDINALITY,
+                base_width=32,
+            )
+        )
         in_channels = planes * Bottleneck.expansion
     backbone = Backbone(
         stem=Conv2dNormActivation(3, stem_channels, kernel_size=3),
@@ -154,9 +170,12 @@ def wrn28_10(num_classes: int, width: int) -> Backbone:
     stages, in_channels = [], WRN_STEM_CHANNELS
     for index in range(3):
         out_channels = width * 2**index
-        blocks = [PreActBasicBlock(in_channels if b == 0 else out_channels, out_channels,
-                                   stride=2 if index > 0 and b == 0 else 1)
-                  for b in range(blocks_per_stage)]
+        blocks = [
+            PreActBasicBlock(
+                in_channels if b == 0 else out_channels, out_channels, stride=2 if index > 0 and b == 0 else 1
+            )
+            for b in range(blocks_per_stage)
+        ]
         stages.append(nn.Sequential(*blocks))
         in_channels = out_channels
     # Pre-activation blocks leave the last stage un-normalised: WRN ends with BN-ReLU.
@@ -197,8 +216,7 @@ class PyramidBasicBlock(nn.Module):
 PYRAMID_DEPTH, PYRAMID_ALPHA, PYRAMID_STEM = 110, 270, 16
 
 
-@register_backbone("pyramidnet110_270", input_size=32, default_width=PYRAMID_STEM + PYRAMID_ALPHA // 3,
-                   family="cifar")
+@register_backbone("pyramidnet110_270", input_size=32, default_width=PYRAMID_STEM + PYRAMID_ALPHA // 3, family="cifar")
 def pyramidnet110_270(num_classes: int, width: int) -> Backbone:
     """PyramidNet-110 (alpha=270, basic blocks) for CIFAR: 3 stages of 18 blocks, 16 -> 286 channels."""
     # Channels grow by alpha / 54 per block from the 16-channel stem, so the first stage
@@ -214,8 +232,11 @@ def pyramidnet110_270(num_classes: int, width: int) -> Backbone:
     for index in range(3):
         blocks = []
         for b in range(blocks_per_stage):
-            blocks.append(PyramidBasicBlock(channels_after(done), channels_after(done + 1),
-                                            stride=2 if index > 0 and b == 0 else 1))
+            blocks.append(
+                PyramidBasicBlock(
+                    channels_after(done), channels_after(done + 1), stride=2 if index > 0 and b == 0 else 1
+                )
+            )
             done += 1
         stages.append(nn.Sequential(*blocks))
         stage_channels.append(channels_after(done))

@@ -30,5 +30,8 @@ def servable(net: MultiExitNet, example: np.ndarray) -> tuple[AllClassifierLogit
     float32 images, N x 3 x H x W: real ones, so the logged example shows what the model takes)
     and the pip requirements to load it."""
     wrapper = AllClassifierLogits(copy.deepcopy(net).cpu().float().eval())
-    return wrapper, np.ascontiguousarray(example, dtype=np.float32), [f"torch=={torch.__version__.split('+')[0]}",
-                                                                      "numpy"]
+    return (
+        wrapper,
+        np.ascontiguousarray(example, dtype=np.float32),
+        [f"torch=={torch.__version__.split('+')[0]}", "numpy"],
+    )

@@ -31,12 +31,17 @@ def resolve_architecture(config: Config) -> Config:
     :class:`ConfigError` naming ``model.arch`` otherwise."""
     family = get_spec(config.model.arch).family  # ConfigError "model.arch: unknown architecture ..."
     if config.data.dataset == "imagenet" and family != "imagenet":
-        raise ConfigError(f"model.arch: {config.model.arch!r} is a CIFAR network (32x32); for ImageNet use "
-                          "imagenet_resnet18 or imagenet_resnet50")
+        raise ConfigError(
+            f"model.arch: {config.model.arch!r} is a CIFAR network (32x32); for ImageNet use "
+            "imagenet_resnet18 or imagenet_resnet50"
+        )
     if config.data.dataset in ("cifar10", "cifar100") and family != "cifar":
-        raise ConfigError(f"model.arch: {config.model.arch!r} is an ImageNet network (224x224); "
-                          f"for {config.data.dataset} use a CIFAR network (see `eed models`)")
+        raise ConfigError(
+            f"model.arch: {config.model.arch!r} is an ImageNet network (224x224); "
+            f"for {config.data.dataset} use a CIFAR network (see `eed models`)"
+        )
     if config.model.width is not None:
         return config
-    return config.model_copy(update={"model": config.model.model_copy(
-        update={"width": preset_width(config.model.arch, config.scale)})})
+    return config.model_copy(
+        update={"model": config.model.model_copy(update={"width": preset_width(config.model.arch, config.scale)})}
+    )

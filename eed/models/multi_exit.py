@@ -105,10 +105,11 @@ class MultiExitNet(nn.Module):
             conv_widths, conv_strides = backbone.exit_widths, backbone.exit_conv_strides
             for i in range(len(self.stages) - 1):
                 # One conv per later stage, widths of those stages; the last matches F_k.
-                widths = conv_widths[i + 1:]
+                widths = conv_widths[i + 1 :]
                 widths[-1] = backbone.feature_dim
-                self.exits.append(ExitBranch(self.stage_channels[i], widths, backbone.num_classes,
-                                             strides=conv_strides[i + 1:]))
+                self.exits.append(
+                    ExitBranch(self.stage_channels[i], widths, backbone.num_classes, strides=conv_strides[i + 1 :])
+                )
         # The stage each classifier reads: exit i reads stage i, the main head the last stage.
         self.classifier_stages = list(range(len(self.exits))) + [len(self.stages) - 1]
 

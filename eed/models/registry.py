@@ -38,8 +38,14 @@ def register_backbone(name: str, *, input_size: int, default_width: int, family:
     def decorate(builder: BackboneBuilder) -> BackboneBuilder:
         if name in _REGISTRY:
             raise ValueError(f"backbone {name!r} registered twice")
-        _REGISTRY[name] = BackboneSpec(name, builder, input_size, default_width, family,
-                                       description or (builder.__doc__ or "").strip().splitlines()[0])
+        _REGISTRY[name] = BackboneSpec(
+            name,
+            builder,
+            input_size,
+            default_width,
+            family,
+            description or (builder.__doc__ or "").strip().splitlines()[0],
+        )
         return builder
 
     return decorate
@@ -64,8 +70,15 @@ def create_backbone(name: str, num_classes: int, width: int | None = None, *, st
     return backbone if stem_relu else backbone.without_stem_relu()
 
 
-def create_model(name: str, num_classes: int, width: int | None = None, exits: bool = True, *,
-                 stem_relu: bool = True, init: InitScheme = "he_fan_out") -> MultiExitNet:
+def create_model(
+    name: str,
+    num_classes: int,
+    width: int | None = None,
+    exits: bool = True,
+    *,
+    stem_relu: bool = True,
+    init: InitScheme = "he_fan_out",
+) -> MultiExitNet:
     """The multi-exit network (``exits=True``) or the plain backbone with the same main path,
     initialised by ``init`` (:func:`eed.models.initialization.init_weights`)."""
     net = MultiExitNet(create_backbone(name, num_classes, width, stem_relu=stem_relu), exits=exits)

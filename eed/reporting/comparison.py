@@ -47,9 +47,17 @@ if TYPE_CHECKING:
 # Params the trainer also writes as tags, for runs logged without the param.
 TAG_FALLBACK = {"method": "method", "model.arch": "arch", "data.dataset": "dataset", "scale": "scale"}
 # Settings shown first, in the paper's order and with its names; any other by its params.yaml name.
-TITLES = {"model.arch": "Network", "data.dataset": "Dataset", "scale": "Scale", "method": "Method",
-          "loss.output": "l_z", "loss.alpha": "α", "loss.beta": "β", "loss.temperature": "T",
-          "loss.teacher": "Teacher"}
+TITLES = {
+    "model.arch": "Network",
+    "data.dataset": "Dataset",
+    "scale": "Scale",
+    "method": "Method",
+    "loss.output": "l_z",
+    "loss.alpha": "α",
+    "loss.beta": "β",
+    "loss.temperature": "T",
+    "loss.teacher": "Teacher",
+}
 NOT_APPLICABLE = "—"
 MISSING = "?"  # a setting other runs of the table recorded and this one did not
 PERCENT = 100.0
@@ -162,12 +170,12 @@ class Cell:
 
 @dataclass
 class ComparisonRow:
-    key: dict[str, str]           # setting -> value, every setting of the table
-    cells: dict[str, Cell]        # column -> cell; a column the runs lack is absent
+    key: dict[str, str]  # setting -> value, every setting of the table
+    cells: dict[str, Cell]  # column -> cell; a column the runs lack is absent
     run_ids: list[str]
     seeds: list[str]
     best_main: bool = False
-    label: str = ""               # the method and its values of the table's varying settings
+    label: str = ""  # the method and its values of the table's varying settings
     accuracies: list[dict[str, float]] = field(default_factory=list)  # per run (as run_ids): column -> value
 
     @property
@@ -191,7 +199,7 @@ class ComparisonRow:
 @dataclass
 class ComparisonTable:
     split: str
-    columns: list[str]                 # "exit1", ..., "main", "ensemble"
+    columns: list[str]  # "exit1", ..., "main", "ensemble"
     rows: list[ComparisonRow]
     settings: list[str] = field(default_factory=list)  # every grouping setting, in display order
     skipped: list[str] = field(default_factory=list)  # run ids without the split's metrics
@@ -209,15 +217,17 @@ class ComparisonTable:
     @property
     def varying(self) -> list[str]:
         """Settings shown as columns: those that differ between rows, and the method, which names a row."""
-        return [name for name in self.settings
-                if name == "method" or len({row.key[name] for row in self.rows}) > 1]
+        return [name for name in self.settings if name == "method" or len({row.key[name] for row in self.rows}) > 1]
 
     @property
     def constant(self) -> dict[str, str]:
         """Settings every row shares, shown once above the table; one that no row uses ("—") says nothing."""
         varying = self.varying
-        return {name: self.rows[0].key[name] for name in self.settings
-                if name not in varying and self.rows[0].key[name] != NOT_APPLICABLE}
+        return {
+            name: self.rows[0].key[name]
+            for name in self.settings
+            if name not in varying and self.rows[0].key[name] != NOT_APPLICABLE
+        }
 
     def constant_line(self) -> str:
         return "Common to all rows: " + ", ".join(f"{title(name)}={value}" for name, value in self.constant.items())
@@ -228,9 +238,12 @@ class ComparisonTable:
 
     def warnings(self) -> list[str]:
         """What a reader of the table must know: rows whose runs repeat a seed, runs left out unfinished."""
-        notes = [f"{row.label}: {row.n} runs but seed {', '.join(row.repeated_seeds)} more than once, so n counts "
-                 f"reruns and ± is not over seeds; pick runs with --run-id or --tag" for row in self.rows
-                 if row.repeated_seeds]
+        notes = [
+            f"{row.label}: {row.n} runs but seed {', '.join(row.repeated_seeds)} more than once, so n counts "
+            f"reruns and ± is not over seeds; pick runs with --run-id or --tag"
+            for row in self.rows
+            if row.repeated_seeds
+        ]
         if self.excluded:
             by_status: dict[str, list[str]] = {}
             for run_id, status in self.excluded:
@@ -269,16 +282,35 @@ class ComparisonTable:
         path.parent.mkdir(parents=True, exist_ok=True)
         with path.open("w", newline="") as handle:
             writer = csv.writer(handle)
-            writer.writerow([*self.settings, "n", "seeds", "run_ids", "best_main",
-                             *(f"{c}_{stat}" for c in self.columns for stat in ("mean", "std"))])
+            writer.writerow(
+                [
+                    *self.settings,
+                    "n",
+                    "seeds",
+                    "run_ids",
+                    "best_main",
+                    *(f"{c}_{stat}" for c in self.columns for stat in ("mean", "std")),
+                ]
+            )
             for row in self.rows:
                 stats = []
                 for column in self.columns:
                     cell = row.cells.get(column)
-                    stats += ["", ""] if cell is None else [
-                        f"{PERCENT * cell.mean:.6g}", "" if cell.std is None else f"{PERCENT * cell.std:.6g}"]
-                writer.writerow([*(row.key[name] for name in self.settings), row.n, " ".join(row.seeds),
-                                 " ".join(row.run_ids), int(row.best_main), *stats])
+                    stats += (
+                        ["", ""]
+                        if cell is None
+                        else [f"{PERCENT * cell.mean:.6g}", "" if cell.std is None else f"{PERCENT * cell.std:.6g}"]
+                    )
+                writer.writerow(
+                    [
+                        *(row.key[name] for name in self.settings),
+                        row.n,
+                        " ".join(row.seeds),
+                        " ".join(row.run_ids),
+                        int(row.best_main),
+                        *stats,
+                    ]
+                )
         return path
 
     @staticmethod
@@ -288,11 +320,19 @@ class ComparisonTable:
     def legend(self) -> str:
         """What the console table's marks and short titles mean."""
         exits = [column[4:] for column in self.columns if column.startswith("exit")]
-        names = [f"E{exits[0]}–E{exits[-1]}: exits {exits[0]}–{exits[-1]}" if len(exits) > 1 else "E1: exit 1"] \
-            if exits else []
+        names = (
+            [f"E{exits[0]}–E{exits[-1]}: exits {exits[0]}–{exits[-1]}" if len(exits) > 1 else "E1: exit 1"]
+            if exits
+            else []
+        )
         names += ["Ens: the ensemble of every classifier"] if "ensemble" in self.columns else []
-        return "; ".join(["Each cell: the mean over the row's runs, their sample std (±) below it",
-                          "* (bold): the best main of its setup", *names])
+        return "; ".join(
+            [
+                "Each cell: the mean over the row's runs, their sample std (±) below it",
+                "* (bold): the best main of its setup",
+                *names,
+            ]
+        )
 
     def _stacked(self, row: ComparisonRow, column: str) -> str:
         cell = row.cells.get(column)
@@ -306,16 +346,24 @@ class ComparisonTable:
         lines), short column titles (the legend in the caption), setting values folded rather than cut,
         the best main marked by a * as well as bold red (not by colour alone). The shared settings are
         printed apart (:meth:`constant_line`), as a wrapped paragraph."""
-        table = Table(title=f"{self.meaning[0].upper()}{self.meaning[1:]}, %", caption=self.legend(),
-                      box=box.SIMPLE_HEAD, padding=(0, 1), title_justify="left", caption_justify="left")
+        table = Table(
+            title=f"{self.meaning[0].upper()}{self.meaning[1:]}, %",
+            caption=self.legend(),
+            box=box.SIMPLE_HEAD,
+            padding=(0, 1),
+            title_justify="left",
+            caption_justify="left",
+        )
         for name in self.varying:
             table.add_column(title(name), overflow="fold")
         table.add_column("n", justify="right")
         for column in self.columns:
             table.add_column(self.short_title(column), justify="right", no_wrap=True)
         for row in self.rows:  # Text, not markup: a setting such as "[1, 3, 'main']" is shown as it is
-            cells = [Text(self._stacked(row, column), style="bold red" if row.best_main and column == "main" else "")
-                     for column in self.columns]
+            cells = [
+                Text(self._stacked(row, column), style="bold red" if row.best_main and column == "main" else "")
+                for column in self.columns
+            ]
             table.add_row(*(Text(row.key[name]) for name in self.varying), str(row.n), *cells, end_section=True)
         return table
 
@@ -341,8 +389,11 @@ def build_table(runs: Iterable[RunRecord], split: str = "test") -> ComparisonTab
     measured: list[tuple[RunRecord, dict[str, float]]] = []
     skipped, excluded = [], []
     for run in runs:
-        accuracies = {name[len(prefix):]: value for name, value in run.metrics.items()
-                      if name.startswith(prefix) and output_order(name[len(prefix):]) is not None}
+        accuracies = {
+            name[len(prefix) :]: value
+            for name, value in run.metrics.items()
+            if name.startswith(prefix) and output_order(name[len(prefix) :]) is not None
+        }
         if "main" not in accuracies:
             skipped.append(run.run_id)  # unfinished, failed, or not a training run
         elif run.status != STATUS_FINISHED:
@@ -378,8 +429,12 @@ def build_table(runs: Iterable[RunRecord], split: str = "test") -> ComparisonTab
 
     def position(row: ComparisonRow) -> tuple:  # by setup, then as the paper orders methods
         method = row.key.get("method", MISSING)
-        return (*(_value_order(row.key[name]) for name in setup), method_rank.get(method, len(methods)), method,
-                *(_value_order(row.key[name]) for name in loss))
+        return (
+            *(_value_order(row.key[name]) for name in setup),
+            method_rank.get(method, len(methods)),
+            method,
+            *(_value_order(row.key[name]) for name in loss),
+        )
 
     rows = sorted(groups.values(), key=position)
     # The best main accuracy within each training setup, as the paper marks it per network.
@@ -389,8 +444,9 @@ def build_table(runs: Iterable[RunRecord], split: str = "test") -> ComparisonTab
         best[group] = max(best.get(group, -math.inf), row.cells["main"].mean)
     for row in rows:
         row.best_main = row.cells["main"].mean == best[tuple(row.key[name] for name in setup)]
-    table = ComparisonTable(split, sorted(columns, key=output_order), rows, settings=names, skipped=skipped,
-                            excluded=excluded)
+    table = ComparisonTable(
+        split, sorted(columns, key=output_order), rows, settings=names, skipped=skipped, excluded=excluded
+    )
     shown = [name for name in table.varying if name != "method"]
     for row in rows:
         applied = [f"{title(name)}={row.key[name]}" for name in shown if row.key[name] != NOT_APPLICABLE]

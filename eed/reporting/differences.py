@@ -35,8 +35,8 @@ DEFAULT_AGAINST = "branchynet"
 class RowDifference:
     row: ComparisonRow
     reference: ComparisonRow
-    against: str                       # what the reference is: "branchynet", "teacher all"
-    outputs: dict[str, Difference]     # column -> row minus reference (fractions)
+    against: str  # what the reference is: "branchynet", "teacher all"
+    outputs: dict[str, Difference]  # column -> row minus reference (fractions)
 
     @property
     def n(self) -> int:
@@ -57,8 +57,11 @@ def reference_of(row: ComparisonRow, table: ComparisonTable, against: str | None
     teacher = row.key.get("loss.teacher", NOT_APPLICABLE)
     if teacher not in (ALL_TEACHER, NOT_APPLICABLE, "?"):
         others = [name for name in table.settings if name != "loss.teacher"]
-        found = [other for other in table.rows
-                 if other.key.get("loss.teacher") == ALL_TEACHER and _same_except(row, other, others)]
+        found = [
+            other
+            for other in table.rows
+            if other.key.get("loss.teacher") == ALL_TEACHER and _same_except(row, other, others)
+        ]
         return (found[0], f"teacher {ALL_TEACHER}") if len(found) == 1 else None
     if against is None or row.key.get("method") == against:
         return None
@@ -70,8 +73,9 @@ def reference_of(row: ComparisonRow, table: ComparisonTable, against: str | None
     return (found[0], against) if len(found) == 1 else None
 
 
-def differences(table: ComparisonTable, against: str | None = None,
-                confidence: float = CONFIDENCE) -> list[RowDifference]:
+def differences(
+    table: ComparisonTable, against: str | None = None, confidence: float = CONFIDENCE
+) -> list[RowDifference]:
     """Every row that has a reference, in table order, with its difference per output.
     ``against`` None: branchynet when the table has it, else only teacher subsets are compared."""
     if against is None and any(row.key.get("method") == DEFAULT_AGAINST for row in table.rows):
@@ -82,8 +86,11 @@ def differences(table: ComparisonTable, against: str | None = None,
         if reference is None:
             continue
         other, what = reference
-        outputs = {column: seed_difference(row.by_seed(column), other.by_seed(column), confidence)
-                   for column in table.columns if row.by_seed(column) and other.by_seed(column)}
+        outputs = {
+            column: seed_difference(row.by_seed(column), other.by_seed(column), confidence)
+            for column in table.columns
+            if row.by_seed(column) and other.by_seed(column)
+        }
         found.append(RowDifference(row, other, what, outputs))
     return found
 
@@ -108,30 +115,44 @@ def pairing_text(found: RowDifference) -> str:
 
 
 def title_of(confidence: float = CONFIDENCE) -> str:
-    return (f"Difference from the reference row, percentage points (row − reference), with its "
-            f"{100 * confidence:.0f} % confidence interval")
+    return (
+        f"Difference from the reference row, percentage points (row − reference), with its "
+        f"{100 * confidence:.0f} % confidence interval"
+    )
 
 
 def legend(confidence: float = CONFIDENCE) -> str:
-    return (f"Student t on the per-seed differences of the seeds both rows share (n − 1 degrees of freedom); "
-            f"Welch's interval over all runs where they share fewer than two; * the {100 * confidence:.0f} % "
-            f"interval excludes 0")
+    return (
+        f"Student t on the per-seed differences of the seeds both rows share (n − 1 degrees of freedom); "
+        f"Welch's interval over all runs where they share fewer than two; * the {100 * confidence:.0f} % "
+        f"interval excludes 0"
+    )
 
 
 def rich_table(found: list[RowDifference], columns: list[str]) -> Table:
     """The console's table of differences, made to be read at 80 columns: each cell the difference
     over the two ends of its interval (three lines); the labels folded, never dropped."""
-    table = Table(title=title_of(), caption=legend(), box=box.SIMPLE_HEAD, padding=(0, 1),
-                  title_justify="left", caption_justify="left")
+    table = Table(
+        title=title_of(),
+        caption=legend(),
+        box=box.SIMPLE_HEAD,
+        padding=(0, 1),
+        title_justify="left",
+        caption_justify="left",
+    )
     table.add_column("Row", overflow="fold", min_width=9)
     table.add_column("vs", overflow="fold", min_width=10)
     table.add_column("n", justify="right", min_width=2)
     for column in columns:
         table.add_column(ComparisonTable.short_title(column), justify="right", no_wrap=True)
     for item in found:
-        cells = [Text(format_difference(item.outputs.get(column), stacked=True),
-                      style="bold" if column in item.outputs and item.outputs[column].excludes_zero else "")
-                 for column in columns]
+        cells = [
+            Text(
+                format_difference(item.outputs.get(column), stacked=True),
+                style="bold" if column in item.outputs and item.outputs[column].excludes_zero else "",
+            )
+            for column in columns
+        ]
         n = str(item.n) if item.pairing != "none" else f"{item.n}, no interval"
         table.add_row(Text(item.row.label), Text(item.against), n, *cells, end_section=True)
     return table
@@ -139,8 +160,12 @@ def rich_table(found: list[RowDifference], columns: list[str]) -> Table:
 
 def to_markdown(found: list[RowDifference], columns: list[str]) -> str:
     header = ["Row", "vs", "n", "Pairing", *(ComparisonTable.column_title(column) for column in columns)]
-    lines = [f"{title_of()}.", "", "| " + " | ".join(header) + " |",
-             "|" + "|".join(["---"] * 4 + ["--:"] * len(columns)) + "|"]
+    lines = [
+        f"{title_of()}.",
+        "",
+        "| " + " | ".join(header) + " |",
+        "|" + "|".join(["---"] * 4 + ["--:"] * len(columns)) + "|",
+    ]
     for item in found:
         cells = [format_difference(item.outputs.get(column)) for column in columns]
         lines.append("| " + " | ".join([item.row.label, item.against, str(item.n), pairing_text(item), *cells]) + " |")
@@ -154,14 +179,26 @@ def write_csv(found: list[RowDifference], columns: list[str], path: str | Path) 
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
         writer = csv.writer(handle)
-        writer.writerow(["row", "against", "pairing", "n",
-                         *(f"{column}_{stat}_pts" for column in columns for stat in ("diff", "low", "high"))])
+        writer.writerow(
+            [
+                "row",
+                "against",
+                "pairing",
+                "n",
+                *(f"{column}_{stat}_pts" for column in columns for stat in ("diff", "low", "high")),
+            ]
+        )
         for item in found:
             stats = []
             for column in columns:
                 difference = item.outputs.get(column)
-                stats += ["", "", ""] if difference is None else [
-                    f"{PERCENT * value:.6g}" if value is not None else ""
-                    for value in (difference.mean, difference.low, difference.high)]
+                stats += (
+                    ["", "", ""]
+                    if difference is None
+                    else [
+                        f"{PERCENT * value:.6g}" if value is not None else ""
+                        for value in (difference.mean, difference.low, difference.high)
+                    ]
+                )
             writer.writerow([item.row.label, item.against, item.pairing, item.n, *stats])
     return path

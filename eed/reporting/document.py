@@ -60,10 +60,12 @@ def to_markdown(blocks: list[Block], folder: Path) -> str:
     return "\n".join(lines).rstrip() + "\n"
 
 
-STYLE = ("body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;line-height:1.45}"
-         "table{border-collapse:collapse;margin:1rem 0;font-size:.9rem}th,td{border:1px solid #ccc;padding:.25rem .5rem;"
-         "vertical-align:top}th{background:#f3f3f3}td.n{text-align:right;white-space:nowrap}"
-         "figure{margin:1rem 0}img{max-width:100%}figcaption{font-style:italic}")
+STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:72rem;margin:2rem auto;padding:0 1rem;line-height:1.45}"
+    "table{border-collapse:collapse;margin:1rem 0;font-size:.9rem}th,td{border:1px solid #ccc;padding:.25rem .5rem;"
+    "vertical-align:top}th{background:#f3f3f3}td.n{text-align:right;white-space:nowrap}"
+    "figure{margin:1rem 0}img{max-width:100%}figcaption{font-style:italic}"
+)
 
 
 def _html_cell(text: str) -> str:
@@ -77,16 +79,27 @@ def _html_block(block: Block) -> str:
         return f"<p>{html.escape(block.text)}</p>"
     if isinstance(block, TableBlock):
         head = "".join(f"<th>{_html_cell(cell)}</th>" for cell in block.header)
-        body = "".join("<tr>" + "".join(f"<td{' class=n' if i in block.right_aligned else ''}>{_html_cell(cell)}</td>"
-                                        for i, cell in enumerate(row)) + "</tr>" for row in block.rows)
+        body = "".join(
+            "<tr>"
+            + "".join(
+                f"<td{' class=n' if i in block.right_aligned else ''}>{_html_cell(cell)}</td>"
+                for i, cell in enumerate(row)
+            )
+            + "</tr>"
+            for row in block.rows
+        )
         return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
     data = base64.b64encode(block.path.read_bytes()).decode("ascii")
-    return (f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(block.caption)}">'
-            f"<figcaption>{html.escape(block.caption)}</figcaption></figure>")
+    return (
+        f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(block.caption)}">'
+        f"<figcaption>{html.escape(block.caption)}</figcaption></figure>"
+    )
 
 
 def to_html(blocks: list[Block], title: str) -> str:
     """The blocks as one HTML page that needs no other file."""
     body = "\n".join(_html_block(block) for block in blocks)
-    return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
-            f"<style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n")
+    return (
+        f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+        f"<style>{STYLE}</style></head>\n<body>\n{body}\n</body></html>\n"
+    )

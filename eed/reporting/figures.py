@@ -50,8 +50,7 @@ def agreement_percent(matrix: Sequence[Sequence[float]]) -> list[list[float | No
     return [[100.0 * value / sum(row) if sum(row) else None for value in row] for row in matrix]
 
 
-def _build_agreement(agreement: "Tensor", names: Sequence[str], *, split: str = "",
-                     caption: str = "") -> Figure:
+def _build_agreement(agreement: "Tensor", names: Sequence[str], *, split: str = "", caption: str = "") -> Figure:
     count = max(agreement.shape[0], 1)
     figure = new_figure(3.0 * count + 1.0, 3.6)
     panels = figure.subplots(1, count, squeeze=False)[0]
@@ -66,23 +65,34 @@ def _build_agreement(agreement: "Tensor", names: Sequence[str], *, split: str = 
             for column in range(2):
                 value = percent[row][column]
                 text = "no images" if value is None else f"{value:.1f}%\n({matrix[row][column]:,})"
-                axes.text(column, row, text, ha="center", va="center",
-                          color="white" if value is not None and value > 50 else "black")
+                axes.text(
+                    column,
+                    row,
+                    text,
+                    ha="center",
+                    va="center",
+                    color="white" if value is not None and value > 50 else "black",
+                )
         axes.set_xticks([0, 1], ["correct", "incorrect"])
         axes.set_yticks([0, 1], ["correct", "incorrect"])
         axes.set(xlabel="main output", ylabel=name)
         axes.set_title(f"{name} vs main", fontsize="medium")
     if image is not None:
-        figure.colorbar(image, ax=panels, shrink=0.8, label=f"% of the row ({names[0] if len(names) == 1 else 'exit'} "
-                                                             "correct / incorrect)")
+        figure.colorbar(
+            image,
+            ax=panels,
+            shrink=0.8,
+            label=f"% of the row ({names[0] if len(names) == 1 else 'exit'} correct / incorrect)",
+        )
     total = int(sum(sum(row) for row in matrices[0])) if matrices else 0
     where = f"{split_name(split)} split, {total:,} images" if split else f"{total:,} images"
     title(figure, f"Exit vs. main output agreement (Fig. 2): {where}; cell: % of row (count)", caption)
     return figure
 
 
-def plot_agreement(agreement: "Tensor", names: Sequence[str], path: str | Path, *, split: str = "",
-                   caption: str = "") -> Path:
+def plot_agreement(
+    agreement: "Tensor", names: Sequence[str], path: str | Path, *, split: str = "", caption: str = ""
+) -> Path:
     """Fig. 2: for each exit, (exit correct/incorrect) x (main correct/incorrect) in % of each
     row (each row sums to 100%), the count under each percentage.
 
@@ -100,8 +110,9 @@ def _sweep_line(curve: "AnytimeCurve") -> tuple[list[float], list[float]]:
     return gflops[order].tolist(), (100 * accuracy[order]).tolist()
 
 
-def _build_anytime(report: "AnytimeReport", *, split: str = "", caption: str = "",
-                   guaranteed: "GuaranteedResult | None" = None) -> Figure:
+def _build_anytime(
+    report: "AnytimeReport", *, split: str = "", caption: str = "", guaranteed: "GuaranteedResult | None" = None
+) -> Figure:
     curve = report.curve
     figure = new_figure(6.4, 4.6)
     axes = figure.subplots()
@@ -110,35 +121,64 @@ def _build_anytime(report: "AnytimeReport", *, split: str = "", caption: str = "
     costs = list(report.costs.standalone)
     middle = (min(costs) + max(costs)) / 2 if costs else 0.0
     for index, (name, cost, accuracy) in enumerate(zip(curve.names, costs, report.classifier_accuracy)):
-        axes.scatter([cost], [100 * accuracy], color="black", s=18, zorder=3,
-                     label="each classifier alone" if index == 0 else None)
+        axes.scatter(
+            [cost],
+            [100 * accuracy],
+            color="black",
+            s=18,
+            zorder=3,
+            label="each classifier alone" if index == 0 else None,
+        )
         # Away from the point, towards the inside of the axes; unclipped so a label near the edge shows whole.
         right_half = cost > middle
-        axes.annotate(name, (cost, 100 * accuracy), textcoords="offset points",
-                      xytext=(-7, 7) if right_half else (7, 7), ha="right" if right_half else "left",
-                      va="bottom", fontsize="small", clip_on=False, annotation_clip=False,
-                      bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.8})
+        axes.annotate(
+            name,
+            (cost, 100 * accuracy),
+            textcoords="offset points",
+            xytext=(-7, 7) if right_half else (7, 7),
+            ha="right" if right_half else "left",
+            va="bottom",
+            fontsize="small",
+            clip_on=False,
+            annotation_clip=False,
+            bbox={"boxstyle": "round,pad=0.15", "facecolor": "white", "edgecolor": "none", "alpha": 0.8},
+        )
     # One marker and colour per budget (two stars alike could not be told apart), then the guaranteed threshold.
     styles = [("*", "tab:red"), ("D", "tab:purple"), ("P", "tab:brown"), ("X", "tab:olive"), ("^", "tab:cyan")]
     for index, fit in enumerate(report.budgets):
         marker, colour = styles[index % len(styles)]
         axes.axvline(fit.budget, color=colour, linestyle=":", linewidth=1)
         if fit.feasible and fit.gflops is not None:
-            axes.scatter([fit.gflops], [100 * fit.accuracy], marker=marker, s=90, color=colour, zorder=4,
-                         label=f"budget {fit.budget:g} GFLOPs (dotted): τ {fit.threshold:.2f}")
+            axes.scatter(
+                [fit.gflops],
+                [100 * fit.accuracy],
+                marker=marker,
+                s=90,
+                color=colour,
+                zorder=4,
+                label=f"budget {fit.budget:g} GFLOPs (dotted): τ {fit.threshold:.2f}",
+            )
         else:
             axes.plot([], [], linestyle=":", color=colour, label=f"budget {fit.budget:g} GFLOPs: no τ fits")
     if guaranteed is not None and guaranteed.check.get("gflops") is not None:
         fit, check = guaranteed.fit, guaranteed.check
         where = "main output alone" if fit.main_only else f"τ {fit.threshold:.2f}"
-        axes.scatter([check["gflops"]], [100 * check["accuracy"]], marker="s", s=70, color="tab:green", zorder=5,
-                     edgecolors="black", label=f"drop ≤ {100 * fit.max_drop:g} pt ({where}): "
-                                           f"{'held' if check['held'] else 'failed'}")
+        axes.scatter(
+            [check["gflops"]],
+            [100 * check["accuracy"]],
+            marker="s",
+            s=70,
+            color="tab:green",
+            zorder=5,
+            edgecolors="black",
+            label=f"drop ≤ {100 * fit.max_drop:g} pt ({where}): {'held' if check['held'] else 'failed'}",
+        )
     axes.margins(x=0.12, y=0.15)
     axes.set(xlabel="average GFLOPs per image", ylabel="top-1 accuracy (%)")
-    notes = [f"{split_name(split)} split" if split else "",
-             f"thresholds fitted on the {split_name(report.fit_split)} split" if report.budgets and report.fit_split
-             else ""]
+    notes = [
+        f"{split_name(split)} split" if split else "",
+        f"thresholds fitted on the {split_name(report.fit_split)} split" if report.budgets and report.fit_split else "",
+    ]
     if any(notes):
         axes.set_title("; ".join(note for note in notes if note), fontsize="medium")
     axes.grid(alpha=0.3)
@@ -147,8 +187,14 @@ def _build_anytime(report: "AnytimeReport", *, split: str = "", caption: str = "
     return figure
 
 
-def plot_anytime(report: "AnytimeReport", path: str | Path, *, split: str = "", caption: str = "",
-                 guaranteed: "GuaranteedResult | None" = None) -> Path:
+def plot_anytime(
+    report: "AnytimeReport",
+    path: str | Path,
+    *,
+    split: str = "",
+    caption: str = "",
+    guaranteed: "GuaranteedResult | None" = None,
+) -> Path:
     """Early-exit accuracy against average GFLOPs per sample, each classifier alone as a point, each
     budget threshold (fitted on validation, reported here) with a marker of its own, and the
     guaranteed threshold (``guaranteed``) where it was checked."""
@@ -165,21 +211,39 @@ def _build_exit_rules(report: "AnytimeReport", *, split: str = "", caption: str 
     for index, (rule, result) in enumerate(report.rules.items()):
         colour, marker = RULE_STYLES[index % len(RULE_STYLES)]
         chosen = " (the served rule)" if rule == report.rule else ""
-        axes.plot(*_sweep_line(result.curve), "-", color=colour, linewidth=2.2 if chosen else 1.4,
-                  label=f"{rule}{chosen}")
+        axes.plot(
+            *_sweep_line(result.curve), "-", color=colour, linewidth=2.2 if chosen else 1.4, label=f"{rule}{chosen}"
+        )
         fitted = [fit for fit in result.budgets if fit.feasible and fit.gflops is not None]
         if fitted:  # each budget's threshold, fitted on val, reported on this split
-            axes.scatter([fit.gflops for fit in fitted], [100 * fit.accuracy for fit in fitted], marker=marker,
-                         s=50, color=colour, edgecolors="black", zorder=4)
+            axes.scatter(
+                [fit.gflops for fit in fitted],
+                [100 * fit.accuracy for fit in fitted],
+                marker=marker,
+                s=50,
+                color=colour,
+                edgecolors="black",
+                zorder=4,
+            )
     for budget in sorted({fit.budget for result in report.rules.values() for fit in result.budgets}):
         axes.axvline(budget, color="grey", linestyle=":", linewidth=1)
-    axes.scatter([report.costs.main_only], [100 * report.classifier_accuracy[-1]], marker="*", s=120,
-                 color="black", zorder=5, label="main output alone (no exit head)")
+    axes.scatter(
+        [report.costs.main_only],
+        [100 * report.classifier_accuracy[-1]],
+        marker="*",
+        s=120,
+        color="black",
+        zorder=5,
+        label="main output alone (no exit head)",
+    )
     axes.margins(x=0.08, y=0.1)
     axes.set(xlabel="average GFLOPs per image", ylabel="top-1 accuracy (%)")
-    notes = [f"{split_name(split)} split" if split else "",
-             f"markers: each budget's threshold (dotted), fitted on {split_name(report.fit_split)}"
-             if report.fit_split and any(result.budgets for result in report.rules.values()) else ""]
+    notes = [
+        f"{split_name(split)} split" if split else "",
+        f"markers: each budget's threshold (dotted), fitted on {split_name(report.fit_split)}"
+        if report.fit_split and any(result.budgets for result in report.rules.values())
+        else "",
+    ]
     if any(notes):
         axes.set_title("; ".join(note for note in notes if note), fontsize="medium")
     axes.grid(alpha=0.3)
@@ -211,17 +275,25 @@ def _ratio_text(summary: object) -> str:
     return "between/within = n/a" if ratio is None else f"between/within = {ratio:.2f}"
 
 
-def _build_rdms(result: "RdmResult", *, class_names: Sequence[str] | None = None, split: str = "",
-                caption: str = "") -> Figure:
+def _build_rdms(
+    result: "RdmResult", *, class_names: Sequence[str] | None = None, split: str = "", caption: str = ""
+) -> Figure:
     layers = list(result.rdms)
     figure = new_figure(4.0 * len(layers) + 1.0, 8.4)
     panels = figure.subplots(2, len(layers), squeeze=False)
     image = None
     for column, layer in enumerate(layers):
-        for row, (rdm, labels, summary, what) in enumerate((
+        for row, (rdm, labels, summary, what) in enumerate(
+            (
                 (result.rdms[layer], result.labels, result.summaries.get(layer), f"{len(result.labels)} samples"),
-                (result.subset_rdms[layer], result.subset_labels, result.subset_summaries.get(layer),
-                 f"{len(result.subset_classes)} classes, {len(result.subset_labels)} samples"))):
+                (
+                    result.subset_rdms[layer],
+                    result.subset_labels,
+                    result.subset_summaries.get(layer),
+                    f"{len(result.subset_classes)} classes, {len(result.subset_labels)} samples",
+                ),
+            )
+        ):
             axes = panels[row][column]
             image = axes.imshow(rdm.numpy(), cmap="viridis", vmin=0.0, vmax=2.0, interpolation="nearest")
             # Thin lines where the class changes show the blocks.
@@ -238,21 +310,35 @@ def _build_rdms(result: "RdmResult", *, class_names: Sequence[str] | None = None
                 # One tick at the middle of each class block, named.
                 edges = [0, *[b + 1 for b in boundaries], len(labels)]
                 centers = [(start + end - 1) / 2 for start, end in pairwise(edges)]
-                names = [class_names[int(labels[start])] if int(labels[start]) < len(class_names)
-                         else str(int(labels[start])) for start in edges[:-1]]
+                names = [
+                    class_names[int(labels[start])]
+                    if int(labels[start]) < len(class_names)
+                    else str(int(labels[start]))
+                    for start in edges[:-1]
+                ]
                 axes.set_xticks(centers, names, rotation=90, fontsize="small")
                 axes.set_yticks(centers, names, fontsize="small")
     if image is not None:
         figure.colorbar(image, ax=panels, shrink=0.8, label="dissimilarity: 1 - Pearson r")
     where = f", {split_name(split)} split" if split else ""
-    title(figure, f"Representational dissimilarity matrices (Fig. 4{where}): top all samples, bottom a class "
-                   "subset;\ndark diagonal blocks = class-specific; between/within = mean between-class / "
-                   "within-class dissimilarity", caption)
+    title(
+        figure,
+        f"Representational dissimilarity matrices (Fig. 4{where}): top all samples, bottom a class "
+        "subset;\ndark diagonal blocks = class-specific; between/within = mean between-class / "
+        "within-class dissimilarity",
+        caption,
+    )
     return figure
 
 
-def plot_rdms(result: "RdmResult", path: str | Path, *, class_names: Sequence[str] | None = None,
-              split: str = "", caption: str = "") -> Path:
+def plot_rdms(
+    result: "RdmResult",
+    path: str | Path,
+    *,
+    class_names: Sequence[str] | None = None,
+    split: str = "",
+    caption: str = "",
+) -> Path:
     """Fig. 4: one column per layer; top row all samples, bottom row the class subset (class
     names as ticks when given). Samples are sorted by class, so same-class blocks sit on the
     diagonal; each title gives the summary's between/within ratio."""
@@ -293,15 +379,18 @@ def _build_comparison(table: "ComparisonTable", *, caption: str = "") -> Figure:
     axes.set_axisbelow(True)
     counts = sorted({row.n for row in rows})
     if counts and counts[-1] >= 2:
-        spread = (f"mean ± sample std over {counts[0]} seeds" if len(counts) == 1
-                  else "mean ± sample std over n seeds (n per row in the legend; none for n = 1)")
+        spread = (
+            f"mean ± sample std over {counts[0]} seeds"
+            if len(counts) == 1
+            else "mean ± sample std over n seeds (n per row in the legend; none for n = 1)"
+        )
     else:
         spread = "one run per row, no error bars"
-    axes.set_title(_wrapped(f"{table.meaning[0].upper()}{table.meaning[1:]}; {spread}", width_inches),
-                   fontsize="small")
+    axes.set_title(_wrapped(f"{table.meaning[0].upper()}{table.meaning[1:]}; {spread}", width_inches), fontsize="small")
     panel.axis("off")
-    panel.legend(*axes.get_legend_handles_labels(), loc="upper center", fontsize="small", frameon=False,
-                 borderaxespad=0)
+    panel.legend(
+        *axes.get_legend_handles_labels(), loc="upper center", fontsize="small", frameon=False, borderaxespad=0
+    )
     if settings:
         panel.text(0.5, 0, settings, ha="center", va="bottom", fontsize=6.5, transform=panel.transAxes)
     title(figure, "Accuracy of each classifier per configuration", caption)
@@ -322,8 +411,9 @@ def plot_comparison(table: "ComparisonTable", path: str | Path, *, caption: str 
     return save_figure(_build_comparison(table, caption=caption), path)
 
 
-def _build_differences(found: "Sequence[RowDifference]", columns: Sequence[str], titles: Sequence[str], *,
-                       caption: str = "") -> Figure:
+def _build_differences(
+    found: "Sequence[RowDifference]", columns: Sequence[str], titles: Sequence[str], *, caption: str = ""
+) -> Figure:
     """One marker per compared row and output (``columns``, named ``titles``) at the difference, its
     interval as an error bar (hollow marker: no interval); the 0 line is "no difference"."""
     width_inches = max(6.4, 1.1 * len(columns) + 3.5)
@@ -350,16 +440,28 @@ def _build_differences(found: "Sequence[RowDifference]", columns: Sequence[str],
     axes.set(xlabel="classifier", ylabel="top-1 difference (percentage points)")
     axes.grid(axis="y", alpha=0.3)
     confidence = next((d.confidence for item in found for d in item.outputs.values()), 0.95)
-    axes.set_title(_wrapped(f"{100 * confidence:.0f} % interval: Student t on paired per-seed differences (Welch "
-                            "without shared seeds); hollow: no interval", width_inches), fontsize="small")
+    axes.set_title(
+        _wrapped(
+            f"{100 * confidence:.0f} % interval: Student t on paired per-seed differences (Welch "
+            "without shared seeds); hollow: no interval",
+            width_inches,
+        ),
+        fontsize="small",
+    )
     if found:
         figure.legend(fontsize="small", loc="outside lower center")
     title(figure, "Difference from the reference row (row − reference)", caption)
     return figure
 
 
-def plot_differences(found: "Sequence[RowDifference]", columns: Sequence[str], titles: Sequence[str],
-                     path: str | Path, *, caption: str = "") -> Path:
+def plot_differences(
+    found: "Sequence[RowDifference]",
+    columns: Sequence[str],
+    titles: Sequence[str],
+    path: str | Path,
+    *,
+    caption: str = "",
+) -> Path:
     """The differences of ``eed compare --against`` per output, with their confidence intervals."""
     return save_figure(_build_differences(found, columns, titles, caption=caption), path)
 
@@ -380,9 +482,15 @@ def _build_flops(profile: "FlopsProfile", *, caption: str = "") -> Figure:
     axes = figure.subplots()
     names = [output.name for output in profile.outputs]
     bars = axes.bar(names, [output.gflops for output in profile.outputs], color="tab:blue")
-    axes.bar_label(bars, padding=2, fontsize="small",
-                   labels=[f"{output.gflops:.3g} GFLOPs\n{percent:.0f}% of main"
-                           for output, percent in zip(profile.outputs, profile.percent_of_main())])
+    axes.bar_label(
+        bars,
+        padding=2,
+        fontsize="small",
+        labels=[
+            f"{output.gflops:.3g} GFLOPs\n{percent:.0f}% of main"
+            for output, percent in zip(profile.outputs, profile.percent_of_main())
+        ],
+    )
     axes.set(xlabel="output", ylabel="GFLOPs per image")
     axes.margins(y=0.2)
     width = "own width" if profile.width is None else f"width {profile.width}"
@@ -393,8 +501,12 @@ def _build_flops(profile: "FlopsProfile", *, caption: str = "") -> Figure:
         # Without it, 0.07 GFLOPs at width 16 looks wrong next to the paper's 1.11 at width 64.
         details.append(f"its own width is {own}; GFLOPs grow about as width²")
     axes.set_title(", ".join(details), fontsize="medium")
-    title(figure, f"Cost of each output (Table III): {profile.arch or 'model'}, {width}, "
-                   f"{profile.input_size}x{profile.input_size} input", caption)
+    title(
+        figure,
+        f"Cost of each output (Table III): {profile.arch or 'model'}, {width}, "
+        f"{profile.input_size}x{profile.input_size} input",
+        caption,
+    )
     return figure
 
 

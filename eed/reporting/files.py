@@ -20,11 +20,14 @@ if TYPE_CHECKING:
     from eed.metrics.rdm import RdmResult
     from eed.metrics.summary import EvaluationReport
 
+
 def write_anytime_csv(report: "AnytimeReport", path: Path) -> Path:
     """One row per threshold: threshold, gflops, top1_pct (%: ``dvc plots`` draws it for people to
     read), frac_<classifier>... (the fraction of images leaving there)."""
-    rows = [{"threshold": row["threshold"], "gflops": row["gflops"], "top1_pct": 100 * row.pop("accuracy"), **row}
-            for row in report.curve.rows()]
+    rows = [
+        {"threshold": row["threshold"], "gflops": row["gflops"], "top1_pct": 100 * row.pop("accuracy"), **row}
+        for row in report.curve.rows()
+    ]
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
@@ -41,15 +44,26 @@ def write_evaluation_outputs(report: "EvaluationReport", out_dir: str | Path, *,
     figures = out_dir / "figures"
     written = [write_json(report.metrics(), out_dir / "metrics.json")]
     if len(report.names) > 1:
-        written += saved_files(plot_agreement(report.agreement, report.names[:-1], figures / "agreement.png",
-                                              split=report.split, caption=caption))
+        written += saved_files(
+            plot_agreement(
+                report.agreement, report.names[:-1], figures / "agreement.png", split=report.split, caption=caption
+            )
+        )
     if report.anytime is not None:
         written.append(write_anytime_csv(report.anytime, out_dir / "anytime.csv"))
-        written += saved_files(plot_anytime(report.anytime, figures / "anytime.png", split=report.split,
-                                            caption=caption, guaranteed=report.guaranteed))
+        written += saved_files(
+            plot_anytime(
+                report.anytime,
+                figures / "anytime.png",
+                split=report.split,
+                caption=caption,
+                guaranteed=report.guaranteed,
+            )
+        )
         if len(report.names) > 1:
-            written += saved_files(plot_exit_rules(report.anytime, figures / "exit_rules.png", split=report.split,
-                                                   caption=caption))
+            written += saved_files(
+                plot_exit_rules(report.anytime, figures / "exit_rules.png", split=report.split, caption=caption)
+            )
     return written
 
 
@@ -57,15 +71,26 @@ def write_flops_outputs(profile: "FlopsProfile", out_dir: str | Path, *, caption
     """``flops.json`` (every output's cost and the per-module parts) and ``figures/flops.png`` + ``.svg``
     (in ``figures/``, as every stage keeps its figures)."""
     out_dir = Path(out_dir)
-    return [write_json(profile.to_dict(), out_dir / "flops.json"),
-            *saved_files(plot_flops(profile, out_dir / "figures" / "flops.png", caption=caption))]
+    return [
+        write_json(profile.to_dict(), out_dir / "flops.json"),
+        *saved_files(plot_flops(profile, out_dir / "figures" / "flops.png", caption=caption)),
+    ]
 
 
-def write_rdm_outputs(result: "RdmResult", out_dir: str | Path, *, caption: str = "",
-                      class_names: Sequence[str] | None = None, split: str = "") -> list[Path]:
+def write_rdm_outputs(
+    result: "RdmResult",
+    out_dir: str | Path,
+    *,
+    caption: str = "",
+    class_names: Sequence[str] | None = None,
+    split: str = "",
+) -> list[Path]:
     """``rdm.json`` (summaries) and ``figures/rdm.png`` + ``rdm.svg`` into ``out_dir`` (the PNG last);
     ``class_names`` (indexed by label) name the class-subset ticks, ``split`` goes in the title."""
     out_dir = Path(out_dir)
-    return [write_json(result.metrics(), out_dir / "rdm.json"),
-            *saved_files(plot_rdms(result, out_dir / "figures" / "rdm.png", class_names=class_names, split=split,
-                                   caption=caption))]
+    return [
+        write_json(result.metrics(), out_dir / "rdm.json"),
+        *saved_files(
+            plot_rdms(result, out_dir / "figures" / "rdm.png", class_names=class_names, split=split, caption=caption)
+        ),
+    ]

@@ -45,8 +45,11 @@ def classifier_names(evaluation: Mapping[str, Any], split: str) -> list[str]:
 
 def evaluation_split(evaluation: Mapping[str, Any]) -> str:
     """The split an evaluate stage's metrics.json reports (its one section holding ``acc_*``)."""
-    splits = [key for key, value in evaluation.items()
-              if isinstance(value, Mapping) and any(str(k).startswith("acc_") for k in value) and key != "running_ensemble"]
+    splits = [
+        key
+        for key, value in evaluation.items()
+        if isinstance(value, Mapping) and any(str(k).startswith("acc_") for k in value) and key != "running_ensemble"
+    ]
     if len(splits) != 1:
         raise ValueError(f"evaluation metrics hold {len(splits)} splits with accuracies ({splits}), expected one")
     return splits[0]
@@ -62,24 +65,31 @@ def headline(evaluation: Mapping[str, Any]) -> dict[str, Any]:
     split = evaluation_split(evaluation)
     in_percent = split + PERCENT
     scores = evaluation[split]
-    accuracy = {_short(name): round(100 * scores[f"acc_{name}"], 2)
-                for name in classifier_names(evaluation, split)}
+    accuracy = {_short(name): round(100 * scores[f"acc_{name}"], 2) for name in classifier_names(evaluation, split)}
     anytime = evaluation.get("anytime", {})
-    gflops = {_short(key.removeprefix("gflops_")): _gflops(value) for key, value in anytime.items()
-              if key.startswith("gflops_")}
+    gflops = {
+        _short(key.removeprefix("gflops_")): _gflops(value)
+        for key, value in anytime.items()
+        if key.startswith("gflops_")
+    }
     early_exit = {}
     for key, fit in anytime.items():
         if key.startswith("budget_") and isinstance(fit, Mapping):
             budget = float(key.removeprefix("budget_").replace("_", "."))
             early_exit[budget_key(budget)] = {
                 in_percent: None if fit.get("accuracy") is None else round(100 * fit["accuracy"], 2),
-                "gflops": _gflops(fit.get("gflops"))}
+                "gflops": _gflops(fit.get("gflops")),
+            }
     guaranteed = evaluation.get("guaranteed")
     if guaranteed:
         cost, main_only = guaranteed.get("gflops"), guaranteed.get("main_only_gflops")
-        early_exit["guaranteed"] = {in_percent: round(100 * guaranteed["accuracy"], 2), "gflops": _gflops(cost),
-                                    "drop_pts": round(100 * guaranteed["drop"], 2), "held": guaranteed["held"],
-                                    "cost%": None if not (cost and main_only) else round(100 * cost / main_only, 1)}
+        early_exit["guaranteed"] = {
+            in_percent: round(100 * guaranteed["accuracy"], 2),
+            "gflops": _gflops(cost),
+            "drop_pts": round(100 * guaranteed["drop"], 2),
+            "held": guaranteed["held"],
+            "cost%": None if not (cost and main_only) else round(100 * cost / main_only, 1),
+        }
     results: dict[str, Any] = {in_percent: accuracy, "gflops": gflops}
     if early_exit:
         results["early_exit"] = early_exit
@@ -90,8 +100,7 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.2f}"
 
 
-def results_table(evaluation: Mapping[str, Any], training: Mapping[str, Any] | None = None,
-                  caption: str = "") -> Table:
+def results_table(evaluation: Mapping[str, Any], training: Mapping[str, Any] | None = None, caption: str = "") -> Table:
     """Every classifier's top-1/top-5 and GFLOPs, then the early-exit budgets, as one table;
     with the train stage's ``metrics.json``, also each output's max test accuracy over the
     epochs (the paper's number, selected on test)."""
@@ -112,14 +121,21 @@ def results_table(evaluation: Mapping[str, Any], training: Mapping[str, Any] | N
     for name in names:
         top1 = _pct(scores[f"acc_{name}"])
         cost = anytime.get(f"gflops_{name}")  # the ensemble's: every stage and every head (— in older files)
-        row = [name, f"[bold]{top1}[/]" if scores[f"acc_{name}"] == best else top1, _pct(scores.get(f"top5_{name}")),
-               "—" if cost is None else f"{cost:.4f}",
-               "—" if cost is None or not main_gflops else f"{100 * cost / main_gflops:.0f}"]
+        row = [
+            name,
+            f"[bold]{top1}[/]" if scores[f"acc_{name}"] == best else top1,
+            _pct(scores.get(f"top5_{name}")),
+            "—" if cost is None else f"{cost:.4f}",
+            "—" if cost is None or not main_gflops else f"{100 * cost / main_gflops:.0f}",
+        ]
         if maximum:
             row.append(_pct(maximum.get(f"acc_{name}")))
         table.add_row(*row)
-    budgets = [(key.removeprefix("budget_").replace("_", "."), fit) for key, fit in anytime.items()
-               if key.startswith("budget_") and isinstance(fit, Mapping)]
+    budgets = [
+        (key.removeprefix("budget_").replace("_", "."), fit)
+        for key, fit in anytime.items()
+        if key.startswith("budget_") and isinstance(fit, Mapping)
+    ]
     guaranteed = evaluation.get("guaranteed")
     if budgets or guaranteed:  # one row per budget under a heading row, so that the table stays within 80 columns
         table.rows[-1].end_section = True
@@ -128,16 +144,24 @@ def results_table(evaluation: Mapping[str, Any], training: Mapping[str, Any] | N
     for budget, fit in budgets:
         feasible = fit.get("threshold") is not None
         cost = fit.get("gflops")
-        row = [f"  ≤ {budget} GF, τ {fit['threshold']:.2f}" if feasible else f"  ≤ {budget} GF: no τ fits",
-               _pct(fit.get("accuracy")), "", "—" if cost is None else f"{cost:.4f}",
-               "—" if cost is None or not main_gflops else f"{100 * cost / main_gflops:.0f}"]
+        row = [
+            f"  ≤ {budget} GF, τ {fit['threshold']:.2f}" if feasible else f"  ≤ {budget} GF: no τ fits",
+            _pct(fit.get("accuracy")),
+            "",
+            "—" if cost is None else f"{cost:.4f}",
+            "—" if cost is None or not main_gflops else f"{100 * cost / main_gflops:.0f}",
+        ]
         table.add_row(*row, *([""] if maximum else []))
     if guaranteed:
         cost = guaranteed.get("gflops")
         threshold = f", τ {guaranteed['threshold']:.2f}" if guaranteed.get("threshold") is not None else ", main only"
         outcome = "held" if guaranteed["held"] else "[bold]failed[/]"
-        table.add_row(f"  drop ≤ {100 * guaranteed['max_drop']:g} pt{threshold}: {outcome}",
-                      _pct(guaranteed["accuracy"]), "", "—" if cost is None else f"{cost:.4f}",
-                      "—" if cost is None or not main_gflops else f"{100 * cost / main_gflops:.0f}",
-                      *([""] if maximum else []))
+        table.add_row(
+            f"  drop ≤ {100 * guaranteed['max_drop']:g} pt{threshold}: {outcome}",
+            _pct(guaranteed["accuracy"]),
+            "",
+            "—" if cost is None else f"{cost:.4f}",
+            "—" if cost is None or not main_gflops else f"{100 * cost / main_gflops:.0f}",
+            *([""] if maximum else []),
+        )
     return table

@@ -44,11 +44,17 @@ def write_training_summary(history: History, test_metrics: dict[str, float], epo
     last = {name: points[-1][1] for name, points in history.items() if points}
     selected = {k.removeprefix("test/"): v for k, v in test_metrics.items() if k.startswith("test/acc_")}
     # max over epochs, as in the paper: selected on test, optimistic (eed.engine.run_record.METRIC_MEANINGS)
-    max_over_epochs = {k.removeprefix("test/max_").replace("acc_epoch_", "epoch_"): v
-                       for k, v in test_metrics.items() if k.startswith("test/max_")}
-    summary = {"test": selected, "test_max_over_epochs": max_over_epochs,
-               "last_epoch": {k.replace("/", "_"): v for k, v in last.items()},
-               "epochs": epochs}
+    max_over_epochs = {
+        k.removeprefix("test/max_").replace("acc_epoch_", "epoch_"): v
+        for k, v in test_metrics.items()
+        if k.startswith("test/max_")
+    }
+    summary = {
+        "test": selected,
+        "test_max_over_epochs": max_over_epochs,
+        "last_epoch": {k.replace("/", "_"): v for k, v in last.items()},
+        "epochs": epochs,
+    }
     metrics_path = write_json(summary, out_dir / "metrics.json")
     all_epochs = sorted({step for points in history.values() for step, _ in points})
     columns = sorted(history)
@@ -67,7 +73,7 @@ def write_accuracy_csv(history: History, path: Path) -> Path:
     rows = []
     for split, prefix in EPOCH_ACCURACY_PREFIX.items():
         for name, points in history.items():
-            classifier = name[len(prefix):] if name.startswith(prefix) else None
+            classifier = name[len(prefix) :] if name.startswith(prefix) else None
             if classifier is not None and output_order(classifier) is not None:
                 rows += [(epoch, split, classifier, value) for epoch, value in points]
     rows.sort(key=lambda row: (row[0], list(EPOCH_ACCURACY_PREFIX).index(row[1]), output_order(row[2])))

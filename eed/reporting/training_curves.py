@@ -24,11 +24,11 @@ def _accuracy_series(history: History, split: str) -> dict[str, tuple[list[int],
     """``{classifier: (epochs, accuracies in %)}`` of ``split``'s per-epoch accuracy metrics."""
     series = {}
     prefix = EPOCH_ACCURACY_PREFIX[split]
-    keys = [k for k in history if k.startswith(prefix) and output_order(k[len(prefix):]) is not None]
-    for key in sorted(keys, key=lambda k: output_order(k[len(prefix):])):
+    keys = [k for k in history if k.startswith(prefix) and output_order(k[len(prefix) :]) is not None]
+    for key in sorted(keys, key=lambda k: output_order(k[len(prefix) :])):
         points = sorted(history[key])
         if points:
-            series[key[len(prefix):]] = ([step for step, _ in points], [100 * value for _, value in points])
+            series[key[len(prefix) :]] = ([step for step, _ in points], [100 * value for _, value in points])
     return series
 
 
@@ -47,8 +47,9 @@ def _build_main_vs_ensemble(history: History, *, caption: str = "") -> Figure | 
         for name, color in (("main", "tab:blue"), ("ensemble", "tab:red")):
             if name in series:
                 epochs, values = series[name]
-                axes.plot(epochs, values, style, color=color, marker="o", markersize=3,
-                          label=f"{split_name(split)}: {name}")
+                axes.plot(
+                    epochs, values, style, color=color, marker="o", markersize=3, label=f"{split_name(split)}: {name}"
+                )
                 drawn = True
     if not drawn:
         return None
@@ -96,6 +97,8 @@ def plot_training_curves(history: History, out_dir: str | Path, *, caption: str 
     """Write ``training_curves`` (Fig. 3) and ``stability`` (Fig. 5), PNG and SVG, into
     ``out_dir``; returns the files written (none when the history has no accuracy metrics)."""
     out_dir = Path(out_dir)
-    written = [plot_main_vs_ensemble(history, out_dir / "training_curves.png", caption=caption),
-               plot_stability(history, out_dir / "stability.png", caption=caption)]
+    written = [
+        plot_main_vs_ensemble(history, out_dir / "training_curves.png", caption=caption),
+        plot_stability(history, out_dir / "stability.png", caption=caption),
+    ]
     return [file for png in written for file in saved_files(png)]

@@ -46,9 +46,9 @@ def default_source(config: Config) -> str:
 @dataclass
 class ResolvedSource:
     checkpoint: Checkpoint
-    run_id: str | None      # the tracking run that made the checkpoint, if known
-    description: str        # for messages: the file, or "run <id> (checkpoints/best.pt)"
-    file_name: str = ""     # the checkpoint's file name (best.pt, last.pt, ...)
+    run_id: str | None  # the tracking run that made the checkpoint, if known
+    description: str  # for messages: the file, or "run <id> (checkpoints/best.pt)"
+    file_name: str = ""  # the checkpoint's file name (best.pt, last.pt, ...)
 
 
 def resolve_source(source: str, tracking_uri: str | None, which: str = "best") -> ResolvedSource:
@@ -64,8 +64,7 @@ def resolve_source(source: str, tracking_uri: str | None, which: str = "best") -
     return ResolvedSource(checkpoint, source, f"run {source} (checkpoints/{name})", name)
 
 
-def source_model(source: str, config: Config, log: bool, which: str) -> tuple[str | None, ResolvedSource,
-                                                                               MultiExitNet]:
+def source_model(source: str, config: Config, log: bool, which: str) -> tuple[str | None, ResolvedSource, MultiExitNet]:
     """The tracking URI (checked before any pass over data when logging), the resolved
     source and its network, checked against the configured network and dataset."""
     choice("--checkpoint", which, CHECKPOINTS)
@@ -74,8 +73,10 @@ def source_model(source: str, config: Config, log: bool, which: str) -> tuple[st
         tracking.check_tracking_uri(tracking_uri)
     resolved = resolve_source(source, tracking_uri, which)
     if log and resolved.run_id and not tracking.run_exists(tracking_uri, resolved.run_id):
-        stderr().print(f"[yellow]note:[/] run {resolved.run_id}, which made {resolved.description}, is not an active "
-                       f"run of {tracking_uri} (deleted, or tracking.uri changed): logging into a run of its own")
+        stderr().print(
+            f"[yellow]note:[/] run {resolved.run_id}, which made {resolved.description}, is not an active "
+            f"run of {tracking_uri} (deleted, or tracking.uri changed): logging into a run of its own"
+        )
         resolved.run_id = None
     manifest = eed_data.load_manifest(config)
     resolved.checkpoint.check_classes(manifest.class_names, config.data.dataset)
@@ -86,26 +87,45 @@ def source_model(source: str, config: Config, log: bool, which: str) -> tuple[st
 # --------------------------------------------------------------------------- one pass over a split
 
 
-def collect(config: Config, model: MultiExitNet, runtime: Runtime, split: str, console: Console, *,
-            doing: str = "evaluating", indices: torch.Tensor | None = None, with_features: bool = False,
-            batch_size: int = 250) -> Collected:
+def collect(
+    config: Config,
+    model: MultiExitNet,
+    runtime: Runtime,
+    split: str,
+    console: Console,
+    *,
+    doing: str = "evaluating",
+    indices: torch.Tensor | None = None,
+    with_features: bool = False,
+    batch_size: int = 250,
+) -> Collected:
     """Every classifier's outputs over ``split`` (on ``runtime``'s device, precision and memory
     layout; ``model`` must already be there), with a progress bar. ``indices``: only those
     samples, read into memory rather than through the loader (the RDMs' few hundred)."""
     if indices is not None:
         samples = eed_data.read_split(config, split, indices=indices.numpy())
         normalize = eed_data.Normalizer(samples.normalization, device=runtime.device)
-        batches: Any = ((normalize(samples.images[start:start + batch_size].to(runtime.device)),
-                         samples.labels[start:start + batch_size]) for start in range(0, len(indices), batch_size))
+        batches: Any = (
+            (
+                normalize(samples.images[start : start + batch_size].to(runtime.device)),
+                samples.labels[start : start + batch_size],
+            )
+            for start in range(0, len(indices), batch_size)
+        )
         total = -(-len(indices) // batch_size)
     else:
         batches = eed_data.make_loader(config, split, train=False, device=runtime.device)
         batches.warmup(console=console)  # FFCV compiles its pipeline first (~10 s): say so, not a blank screen
         total = len(batches)
     with progress_bar(console) as progress:
-        return collect_outputs(model, tracked(batches, progress, f"{doing} on {split}", total), runtime.device,
-                               with_features=with_features, autocast=runtime.autocast,
-                               channels_last=runtime.channels_last)
+        return collect_outputs(
+            model,
+            tracked(batches, progress, f"{doing} on {split}", total),
+            runtime.device,
+            with_features=with_features,
+            autocast=runtime.autocast,
+            channels_last=runtime.channels_last,
+        )
 
 
 def on_runtime(model: MultiExitNet, runtime: Runtime) -> MultiExitNet:
@@ -122,9 +142,19 @@ def in_float32(runtime: Runtime) -> Runtime:
 # --------------------------------------------------------------------------- the stage's run
 
 
-def log_stage_run(stage: str, tracking_uri: str, config: Config, source: ResolvedSource, split: str,
-                  metrics: Mapping[str, Any], files: Sequence[Path], out_dir: Path, *, started: float,
-                  params: Mapping[str, Any]) -> str:
+def log_stage_run(
+    stage: str,
+    tracking_uri: str,
+    config: Config,
+    source: ResolvedSource,
+    split: str,
+    metrics: Mapping[str, Any],
+    files: Sequence[Path],
+    out_dir: Path,
+    *,
+    started: float,
+    params: Mapping[str, Any],
+) -> str:
     """A stage's results as a run named by what it did (``evaluate test best.pt``), nested under
     the training run that made the checkpoint (stand-alone in the configured experiment when
     that run is unknown), lasting from ``started`` (``time.time()``) to now: its ``params``, the
@@ -133,13 +163,28 @@ def log_stage_run(stage: str, tracking_uri: str, config: Config, source: Resolve
     epoch = source.checkpoint.epoch
     name = f"{stage} {split} {source.file_name or 'checkpoint'}"
     stage_run = tracking.MlflowLogger.for_stage(
-        tracking_uri, name, stage=stage, parent_run_id=source.run_id, experiment=config.tracking.experiment,
-        tags={"split": split, "source": source.description,
-              tracking.NOTE_TAG: f"{stage} of {source.description} (epoch {epoch}) on the {split} split"},
-        start_time=started)
+        tracking_uri,
+        name,
+        stage=stage,
+        parent_run_id=source.run_id,
+        experiment=config.tracking.experiment,
+        tags={
+            "split": split,
+            "source": source.description,
+            tracking.NOTE_TAG: f"{stage} of {source.description} (epoch {epoch}) on the {split} split",
+        },
+        start_time=started,
+    )
     with tracking.logged_run(stage_run):
-        stage_run.log_params({"split": split, "checkpoint": source.file_name, "checkpoint_epoch": epoch,
-                              "source": source.description, **params})
+        stage_run.log_params(
+            {
+                "split": split,
+                "checkpoint": source.file_name,
+                "checkpoint_epoch": epoch,
+                "source": source.description,
+                **params,
+            }
+        )
         known = stage_run.parent_metrics()
         flat = tracking.flatten_metrics(metrics)
         stage_run.log_metrics({key: value for key, value in flat.items() if known.get(key) != value}, step=0)

@@ -40,8 +40,16 @@ from eed.stages.common import (
 
 # The params that change what the evaluate stage (and eed export) compute, logged with its run;
 # the split is logged as "split".
-EVAL_KEYS = ("eval.ece_bins", "eval.thresholds", "eval.exit_rule", "eval.budgets", "eval.calibrate", "eval.max_drop",
-             "eval.delta", "data.val_size")
+EVAL_KEYS = (
+    "eval.ece_bins",
+    "eval.thresholds",
+    "eval.exit_rule",
+    "eval.budgets",
+    "eval.calibrate",
+    "eval.max_drop",
+    "eval.delta",
+    "data.val_size",
+)
 
 
 @dataclass
@@ -53,8 +61,15 @@ class EvaluationResult:
     served_model_id: str | None = None  # the served early-exit model logged with the training run
 
 
-def evaluate(config: Config, source: str | None = None, *, split: str | None = None, out: Path | None = None,
-             which: str = "best", log: bool = True) -> EvaluationResult:
+def evaluate(
+    config: Config,
+    source: str | None = None,
+    *,
+    split: str | None = None,
+    out: Path | None = None,
+    which: str = "best",
+    log: bool = True,
+) -> EvaluationResult:
     """``eed evaluate`` and the evaluate stage: score a checkpoint (file or MLflow run id) on
     a split of the configured dataset, write the outputs to ``out`` and (``log``) log them as
     a child run of the training run."""
@@ -88,13 +103,23 @@ def evaluate(config: Config, source: str | None = None, *, split: str | None = N
         # run then spans all of the stage's work); a stand-alone evaluation keeps it in its own run.
         servable = model.num_classifiers > 1
         if servable and resolved.run_id:
-            served_id = served_export.log_served_model(tracking_uri, resolved.run_id, resolved.checkpoint, report,
-                                                       config, split)
-        run_id = log_stage_run("evaluate", tracking_uri, config, resolved, split, report.metrics(), files, out_dir,
-                               started=started, params=stage_params(config, EVAL_KEYS))
+            served_id = served_export.log_served_model(
+                tracking_uri, resolved.run_id, resolved.checkpoint, report, config, split
+            )
+        run_id = log_stage_run(
+            "evaluate",
+            tracking_uri,
+            config,
+            resolved,
+            split,
+            report.metrics(),
+            files,
+            out_dir,
+            started=started,
+            params=stage_params(config, EVAL_KEYS),
+        )
         if servable and not resolved.run_id:
-            served_id = served_export.log_served_model(tracking_uri, run_id, resolved.checkpoint, report, config,
-                                                       split)
+            served_id = served_export.log_served_model(tracking_uri, run_id, resolved.checkpoint, report, config, split)
         if served_id:  # its description, and what this run measured of it (the run's page lists the model)
             served_export.describe_served_model(tracking_uri, served_id, report, config, split, run_id)
 
@@ -107,12 +132,19 @@ def evaluate(config: Config, source: str | None = None, *, split: str | None = N
     if run_id:
         printer.print(f"MLflow run: {run_id}", highlight=False)
     if served_id:
-        printer.print(f"Served early-exit model: models:/{served_id} (README, \"Deploy\")", highlight=False)
+        printer.print(f'Served early-exit model: models:/{served_id} (README, "Deploy")', highlight=False)
     return EvaluationResult(report, files, resolved, run_id, served_id)
 
 
-def fit_early_exit(model: MultiExitNet, collected: Collected, names: list[str], config: Config, split: str,
-                   collect: Callable[[str], Collected], report: EvaluationReport) -> None:
+def fit_early_exit(
+    model: MultiExitNet,
+    collected: Collected,
+    names: list[str],
+    config: Config,
+    split: str,
+    collect: Callable[[str], Collected],
+    report: EvaluationReport,
+) -> None:
     """Calibration, the early-exit curve on ``split``, the budget thresholds and the guaranteed
     threshold, all fitted on the validation split, into ``report``."""
     costs = ClassifierCosts.from_profile(profile_model(model, collected.input_shape[-1]))
@@ -120,27 +152,51 @@ def fit_early_exit(model: MultiExitNet, collected: Collected, names: list[str], 
     fit = None  # the validation split's (logits, labels)
     if split == "val":
         fit = collected.logits, collected.labels
-        report.notes.append("evaluated on val, the split the thresholds and temperatures are fitted on: "
-                            "the guarantee and the calibration are not tested on held-out data")
+        report.notes.append(
+            "evaluated on val, the split the thresholds and temperatures are fitted on: "
+            "the guarantee and the calibration are not tested on held-out data"
+        )
     elif config.data.val_size > 0:
         validation = collect("val")
         fit = validation.logits, validation.labels
     else:
-        report.notes.append("budgets not fitted, no temperatures, no guaranteed threshold: data.val_size is 0, "
-                            "so there is no validation split to fit them on")
+        report.notes.append(
+            "budgets not fitted, no temperatures, no guaranteed threshold: data.val_size is 0, "
+            "so there is no validation split to fit them on"
+        )
     logits, fit_logits = collected.logits, fit[0] if fit else None
     if fit is not None:
-        report.calibration = calibrate(*fit, collected.logits, collected.labels, names, settings.ece_bins,
-                                       fit_split="val", report_split=split)
+        report.calibration = calibrate(
+            *fit, collected.logits, collected.labels, names, settings.ece_bins, fit_split="val", report_split=split
+        )
         if settings.calibrate:  # early exit on calibrated probabilities (the argmax, so accuracy, is unchanged)
             temperatures = torch.tensor(report.calibration.temperatures, dtype=torch.float64)
             logits = apply_temperatures(logits.double(), temperatures)
             fit_logits = apply_temperatures(fit_logits.double(), temperatures)
     grid = threshold_grid(settings.thresholds)
-    report.anytime = analyze(logits, collected.labels, costs, grid, names, settings.budgets,
-                             fit_logits, fit[1] if fit else None, "val" if fit else None, settings.exit_rule)
+    report.anytime = analyze(
+        logits,
+        collected.labels,
+        costs,
+        grid,
+        names,
+        settings.budgets,
+        fit_logits,
+        fit[1] if fit else None,
+        "val" if fit else None,
+        settings.exit_rule,
+    )
     if fit is not None and settings.max_drop is not None and model.num_classifiers > 1:
-        chosen = fit_guaranteed_threshold(fit_logits, fit[1], grid, settings.max_drop, settings.delta, costs.anytime,
-                                          costs.main_only, settings.exit_rule)
-        report.guaranteed = GuaranteedResult(chosen, check_guarantee(chosen, logits, collected.labels, costs.anytime),
-                                             calibrated=settings.calibrate)
+        chosen = fit_guaranteed_threshold(
+            fit_logits,
+            fit[1],
+            grid,
+            settings.max_drop,
+            settings.delta,
+            costs.anytime,
+            costs.main_only,
+            settings.exit_rule,
+        )
+        report.guaranteed = GuaranteedResult(
+            chosen, check_guarantee(chosen, logits, collected.labels, costs.anytime), calibrated=settings.calibrate
+        )

@@ -41,8 +41,8 @@ from eed.stages.evaluate import EVAL_KEYS, fit_early_exit
 @dataclass
 class ExportResult:
     source: ResolvedSource
-    run_id: str            # the run the served model belongs to
-    served_model_id: str   # load it as models:/<id>
+    run_id: str  # the run the served model belongs to
+    served_model_id: str  # load it as models:/<id>
 
 
 def export(config: Config, source: str | None = None, *, which: str = "best") -> ExportResult:
@@ -69,8 +69,18 @@ def export(config: Config, source: str | None = None, *, which: str = "best") ->
     report = summarize(validation, names, "val", config.eval.ece_bins)
     fit_early_exit(model, validation, names, config, "val", collect_split, report)
     # A checkpoint of no known run gets a stand-alone run to hold its served model.
-    run_id = resolved.run_id or log_stage_run("export", tracking_uri, config, resolved, "val", {}, [], Path("."),
-                                              started=started, params=stage_params(config, EVAL_KEYS))
+    run_id = resolved.run_id or log_stage_run(
+        "export",
+        tracking_uri,
+        config,
+        resolved,
+        "val",
+        {},
+        [],
+        Path("."),
+        started=started,
+        params=stage_params(config, EVAL_KEYS),
+    )
     settings = served_export.served_settings(report, config, eed_data.read_split(config, "val", indices=[0]))
     served_id = served_export.log_served_model(tracking_uri, run_id, resolved.checkpoint, report, config, "val")
     served_export.describe_served_model(tracking_uri, served_id, report, config, "val", run_id)
@@ -78,8 +88,7 @@ def export(config: Config, source: str | None = None, *, which: str = "best") ->
     printer.print(tables.served_table(report, settings))
     if report.calibration is not None:
         printer.print(tables.calibration_table(report))
-    printer.print(f"Served early-exit model of run {run_id}: models:/{served_id} (README, \"Deploy\")",
-                  highlight=False)
+    printer.print(f'Served early-exit model of run {run_id}: models:/{served_id} (README, "Deploy")', highlight=False)
     return ExportResult(resolved, run_id, served_id)
 
 
@@ -102,8 +111,14 @@ def register(config: Config, run_id: str, alias: str, name: str | None = None) -
     name = name or config.tracking.experiment
     model_id, version, unfinished = tracking.register_served_model(tracking_uri, run_id, name, alias)
     if unfinished:
-        stdout().print(f"[yellow]note:[/] skipped {unfinished} newer served model(s) of run {run_id} that never "
-                       "finished logging (a process stopped while logging them)", highlight=False)
-    stdout().print(f"Registered models:/{model_id} (the served model of run {run_id}) as {name} version {version}; "
-                   f"load it as models:/{name}@{alias}", highlight=False)
+        stdout().print(
+            f"[yellow]note:[/] skipped {unfinished} newer served model(s) of run {run_id} that never "
+            "finished logging (a process stopped while logging them)",
+            highlight=False,
+        )
+    stdout().print(
+        f"Registered models:/{model_id} (the served model of run {run_id}) as {name} version {version}; "
+        f"load it as models:/{name}@{alias}",
+        highlight=False,
+    )
     return RegisterResult(name, alias, version, model_id, unfinished)

@@ -21,8 +21,9 @@ def models(width: int | None = None) -> None:
     stdout().print(tables.backbones_table(summarize_backbones(width)))
 
 
-def flops(arch: str, *, width: int | None = None, num_classes: int | None = None,
-          out: Path | None = None, caption: str = "") -> FlopsProfile:
+def flops(
+    arch: str, *, width: int | None = None, num_classes: int | None = None, out: Path | None = None, caption: str = ""
+) -> FlopsProfile:
     """``eed flops`` and the flops stage: Table III of ``arch``; with ``out``, also
     ``flops.json`` and ``figures/flops.png`` there."""
     get_spec(arch, given_as="ARCH")  # the command's argument (the stage checked model.arch already)
@@ -38,5 +39,10 @@ def flops(arch: str, *, width: int | None = None, num_classes: int | None = None
 def flops_stage(config: Config) -> FlopsProfile:
     """The flops stage: the configured network, with the prepared dataset's class count."""
     config = resolve_architecture(config)
-    return flops(config.model.arch, width=config.model.width, num_classes=eed_data.load_manifest(config).num_classes,
-                 out=in_workspace(config.paths.out_dir) / "flops", caption=figure_caption(config))
+    return flops(
+        config.model.arch,
+        width=config.model.width,
+        num_classes=eed_data.load_manifest(config).num_classes,
+        out=in_workspace(config.paths.out_dir) / "flops",
+        caption=figure_caption(config),
+    )

@@ -27,17 +27,28 @@ from eed.stages.grid_plan import DONE, Cell, plan
 @dataclass
 class GridResult:
     cells: list[Cell]
-    started: int         # cells that needed work in this call
-    failed: list[Cell]   # of those, the ones whose commands failed (their folder's grid.log says why)
+    started: int  # cells that needed work in this call
+    failed: list[Cell]  # of those, the ones whose commands failed (their folder's grid.log says why)
 
 
 EXECUTORS = ("local", "slurm")
 
 
-def grid(params: Path | None, overrides: Sequence[str], sweeps: Sequence[str], *, out: Path | None = None,
-         executor: str = "local", jobs: int = 1, gpus: Sequence[str] = (), per_gpu: int = 1,
-         slurm: SlurmOptions | None = None, tracking_uri: str | None = None, server: bool = False,
-         server_host: str | None = None) -> GridResult:
+def grid(
+    params: Path | None,
+    overrides: Sequence[str],
+    sweeps: Sequence[str],
+    *,
+    out: Path | None = None,
+    executor: str = "local",
+    jobs: int = 1,
+    gpus: Sequence[str] = (),
+    per_gpu: int = 1,
+    slurm: SlurmOptions | None = None,
+    tracking_uri: str | None = None,
+    server: bool = False,
+    server_host: str | None = None,
+) -> GridResult:
     """Plan the grid, finish every cell that needs it, showing their progress (:class:`GridProgress`),
     then the comparison of the grid's runs. ``local``: ``jobs`` at a time, or ``per_gpu`` per GPU of
     ``gpus``; ``slurm``: one job array (``slurm``: its options). The store: ``tracking_uri``, else
@@ -55,33 +66,68 @@ def grid(params: Path | None, overrides: Sequence[str], sweeps: Sequence[str], *
     if not server:
         tracking_uri = tracking_uri or tracking.resolve_tracking_uri(base)
         tracking.check_tracking_uri(tracking_uri)
-        return _finish(base, params, overrides, sweeps, out, tracking_uri, executor=executor,
-                       places=slots(jobs, list(gpus), per_gpu), slurm=slurm or SlurmOptions())
+        return _finish(
+            base,
+            params,
+            overrides,
+            sweeps,
+            out,
+            tracking_uri,
+            executor=executor,
+            places=slots(jobs, list(gpus), per_gpu),
+            slurm=slurm or SlurmOptions(),
+        )
     store = out / "tracking"
     host = server_host or (socket.getfqdn() if executor == "slurm" else "127.0.0.1")
     with tracking.tracking_server(store, host) as server_uri:
         console.print(f"grid: its own MLflow server at {server_uri}, over {store}", highlight=False)
-        result = _finish(base, params, overrides, sweeps, out, server_uri, executor=executor,
-                         places=slots(jobs, list(gpus), per_gpu), slurm=slurm or SlurmOptions())
-    console.print(f"grid: server stopped; its runs stay in {store}. To browse them: "
-                  f"{tracking.server_command(store)}", highlight=False, soft_wrap=True)
+        result = _finish(
+            base,
+            params,
+            overrides,
+            sweeps,
+            out,
+            server_uri,
+            executor=executor,
+            places=slots(jobs, list(gpus), per_gpu),
+            slurm=slurm or SlurmOptions(),
+        )
+    console.print(
+        f"grid: server stopped; its runs stay in {store}. To browse them: {tracking.server_command(store)}",
+        highlight=False,
+        soft_wrap=True,
+    )
     return result
 
 
-def _finish(base: Config, params: Path | None, overrides: Sequence[str], sweeps: Sequence[str], out: Path,
-            tracking_uri: str, *, executor: str, places: list[str | None], slurm: SlurmOptions) -> GridResult:
+def _finish(
+    base: Config,
+    params: Path | None,
+    overrides: Sequence[str],
+    sweeps: Sequence[str],
+    out: Path,
+    tracking_uri: str,
+    *,
+    executor: str,
+    places: list[str | None],
+    slurm: SlurmOptions,
+) -> GridResult:
     """Plan, run what needs running, plan again and compare the grid's runs."""
     console = stdout()
     cells = plan(params, overrides, sweeps, out, tracking_uri)
     waiting = [cell for cell in cells if cell.needs != DONE]
-    console.print(f"grid: {len(cells)} cells, {len(cells) - len(waiting)} done in {tracking_uri}, "
-                  f"{len(waiting)} to run, in {out}", highlight=False)
+    console.print(
+        f"grid: {len(cells)} cells, {len(cells) - len(waiting)} done in {tracking_uri}, "
+        f"{len(waiting)} to run, in {out}",
+        highlight=False,
+    )
 
     progress = GridProgress(cells, console)
     with progress.shown():
         if executor == "slurm":
-            codes = run_slurm(waiting, params, overrides, tracking_uri, folder=out / "slurm", options=slurm,
-                              say=progress.say)
+            codes = run_slurm(
+                waiting, params, overrides, tracking_uri, folder=out / "slurm", options=slurm, say=progress.say
+            )
         else:
             codes = run_local(waiting, params, overrides, tracking_uri, places=places, say=progress.say)
     failed = [cell for cell in waiting if codes.get(cell.key, 0) != 0]

@@ -23,8 +23,15 @@ def slots(jobs: int, gpus: Sequence[str], per_gpu: int) -> list[str | None]:
     return [None] * jobs
 
 
-def run_local(cells: Sequence[Cell], params: Path | None, base_overrides: Sequence[str], tracking_uri: str, *,
-              places: Sequence[str | None], say: Callable[[Cell, str], None]) -> dict[str, int]:
+def run_local(
+    cells: Sequence[Cell],
+    params: Path | None,
+    base_overrides: Sequence[str],
+    tracking_uri: str,
+    *,
+    places: Sequence[str | None],
+    say: Callable[[Cell, str], None],
+) -> dict[str, int]:
     """Finish every cell that needs work, at most one per place at a time; returns each cell's
     exit code (0: done). A cell's commands print into ``<cell folder>/grid.log``."""
     free: queue.Queue[str | None] = queue.Queue()
@@ -44,9 +51,18 @@ def run_local(cells: Sequence[Cell], params: Path | None, base_overrides: Sequen
     return codes
 
 
-def _run_cell(cell: Cell, params: Path | None, base_overrides: Sequence[str], tracking_uri: str,
-              place: str | None, say: Callable[[Cell, str], None]) -> int:
-    env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri}  # (else a user's variable would win over the grid's store)
+def _run_cell(
+    cell: Cell,
+    params: Path | None,
+    base_overrides: Sequence[str],
+    tracking_uri: str,
+    place: str | None,
+    say: Callable[[Cell, str], None],
+) -> int:
+    env = {
+        **os.environ,
+        "MLFLOW_TRACKING_URI": tracking_uri,
+    }  # (else a user's variable would win over the grid's store)
     if place is not None:
         env["CUDA_VISIBLE_DEVICES"] = place
     cell.folder.mkdir(parents=True, exist_ok=True)

@@ -66,8 +66,8 @@ def run_settings_hash(params: dict[str, str]) -> str:
 
 @dataclass
 class Cell:
-    overrides: list[str]   # the sweep's values, e.g. ["method=eed", "seed=0"]
-    key: str               # settings_hash of its training settings
+    overrides: list[str]  # the sweep's values, e.g. ["method=eed", "seed=0"]
+    key: str  # settings_hash of its training settings
     config: Config
     folder: Path
     run_id: str | None = None
@@ -79,8 +79,9 @@ class Cell:
         return " ".join(self.overrides) or "(params.yaml as it is)"
 
 
-def plan(params: Path | None, base_overrides: Sequence[str], sweeps: Sequence[str], out: Path,
-         tracking_uri: str) -> list[Cell]:
+def plan(
+    params: Path | None, base_overrides: Sequence[str], sweeps: Sequence[str], out: Path, tracking_uri: str
+) -> list[Cell]:
     """Every cell of the grid with what it still needs: ``train`` (none FINISHED in the store;
     an interrupted one resumes from its folder's last.pt), ``evaluate`` (trained, but neither an
     evaluate run of it in the store nor evaluate/metrics.json in its folder) or ``done``. Cells
@@ -101,7 +102,8 @@ def plan(params: Path | None, base_overrides: Sequence[str], sweeps: Sequence[st
         if cell.run_id is None:
             cell.needs = TRAIN
         elif (cell.folder / "evaluate" / "metrics.json").is_file() or "evaluate" in tracking.stage_runs(
-                tracking_uri, cell.run_id):  # (evaluated here, or elsewhere: its evaluate run is in the store)
+            tracking_uri, cell.run_id
+        ):  # (evaluated here, or elsewhere: its evaluate run is in the store)
             cell.needs = DONE
         else:
             cell.needs = EVALUATE
@@ -114,8 +116,11 @@ def cell_commands(cell: Cell, params: Path | None, base_overrides: Sequence[str]
     model)."""
     eed = [sys.executable, "-m", "eed.cli"]
     settings = ["--set", f"paths.out_dir={cell.folder}", "--set", f"tracking.uri={tracking_uri}"]
-    common = [*(["--params", str(params)] if params else []),
-              *[arg for override in [*base_overrides, *cell.overrides] for arg in ("--set", override)], *settings]
+    common = [
+        *(["--params", str(params)] if params else []),
+        *[arg for override in [*base_overrides, *cell.overrides] for arg in ("--set", override)],
+        *settings,
+    ]
     commands = []
     if cell.needs == TRAIN:
         commands.append([*eed, "train", *common])

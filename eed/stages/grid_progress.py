@@ -58,8 +58,14 @@ class GridProgress:
             state = self.state[cell.key]
             progress = self._epoch(cell) if state in (RUNNING, FINISHED, FAILED) else None
             epoch, accuracy = progress if progress else (0, None)  # (0: inside its first epoch)
-            table.add_row(cell.key, cell.label, state, self.where.get(cell.key, ""), str(epoch or ""),
-                          "" if accuracy is None else f"{100 * accuracy:.2f}")
+            table.add_row(
+                cell.key,
+                cell.label,
+                state,
+                self.where.get(cell.key, ""),
+                str(epoch or ""),
+                "" if accuracy is None else f"{100 * accuracy:.2f}",
+            )
         return table
 
     @contextlib.contextmanager

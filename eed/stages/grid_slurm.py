@@ -50,23 +50,47 @@ class CellTask(submitit.helpers.Checkpointable):
         return 0
 
 
-def run_slurm(cells: Sequence[Cell], params: Path | None, base_overrides: Sequence[str], tracking_uri: str, *,
-              folder: Path, options: SlurmOptions, say: Callable[[Cell, str], None]) -> dict[str, int]:
+def run_slurm(
+    cells: Sequence[Cell],
+    params: Path | None,
+    base_overrides: Sequence[str],
+    tracking_uri: str,
+    *,
+    folder: Path,
+    options: SlurmOptions,
+    say: Callable[[Cell, str], None],
+) -> dict[str, int]:
     """Submit every cell that needs work as one job array and wait for it; returns each cell's exit
     code (0: done; -1: the task ended without finishing, e.g. cancelled)."""
     todo = [cell for cell in cells if cell_commands(cell, params, base_overrides, tracking_uri)]
     if not todo:
         return {}
     executor = submitit.SlurmExecutor(folder=folder / "%j")
-    parameters = {"job_name": "eed-grid", "time": options.time_min, "cpus_per_task": options.cpus_per_run,
-                  "ntasks_per_node": 1, "nodes": 1, "array_parallelism": len(todo)}
-    optional = {"partition": options.partition, "account": options.account, "gpus_per_node": options.gpus_per_run or None}
+    parameters = {
+        "job_name": "eed-grid",
+        "time": options.time_min,
+        "cpus_per_task": options.cpus_per_run,
+        "ntasks_per_node": 1,
+        "nodes": 1,
+        "array_parallelism": len(todo),
+    }
+    optional = {
+        "partition": options.partition,
+        "account": options.account,
+        "gpus_per_node": options.gpus_per_run or None,
+    }
     executor.update_parameters(**parameters, **{key: value for key, value in optional.items() if value is not None})
     for cell in todo:
         cell.folder.mkdir(parents=True, exist_ok=True)
     with executor.batch():
-        jobs = [executor.submit(CellTask(cell_commands(cell, params, base_overrides, tracking_uri),
-                                         cell.folder / "grid.log", tracking_uri)) for cell in todo]
+        jobs = [
+            executor.submit(
+                CellTask(
+                    cell_commands(cell, params, base_overrides, tracking_uri), cell.folder / "grid.log", tracking_uri
+                )
+            )
+            for cell in todo
+        ]
     codes: dict[str, int] = {}
     running: set[str] = set()
     while len(codes) < len(todo):
@@ -77,8 +101,9 @@ def run_slurm(cells: Sequence[Cell], params: Path | None, base_overrides: Sequen
             if job.paths.result_pickle.exists():
                 outcome, value = _result(job)
                 codes[cell.key] = value if outcome == "success" else -1
-                what = ("done" if codes[cell.key] == 0 else
-                        f"failed (exit {codes[cell.key]}; {cell.folder / 'grid.log'})")
+                what = (
+                    "done" if codes[cell.key] == 0 else f"failed (exit {codes[cell.key]}; {cell.folder / 'grid.log'})"
+                )
             elif states is not None and job.job_id not in states:
                 codes[cell.key] = -1
                 what = f"failed (Slurm job {job.job_id} ended without a result: cancelled or lost; its log: {job.paths.stderr})"
@@ -106,7 +131,9 @@ def _queue_states(job_ids: list[str]) -> dict[str, str] | None:
     """``{job id: state}`` of the tasks Slurm still holds (pending, running, requeued), from squeue,
     not sacct as submitit asks: a cluster without accounting has no sacct, and a task killed before
     it wrote its result would be waited for forever. None when squeue failed (ask again later)."""
-    listed = subprocess.run(["squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%i %T"], capture_output=True, text=True)
+    listed = subprocess.run(
+        ["squeue", "-h", "-r", "-j", ",".join(job_ids), "-o", "%i %T"], capture_output=True, text=True
+    )
     if listed.returncode != 0:
         return None
     return dict(line.split(" ", 1) for line in listed.stdout.splitlines() if " " in line)

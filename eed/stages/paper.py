@@ -19,35 +19,57 @@ from eed.reporting.paper_report import ReportInputs, build_report, network_of
 from eed.stages import stdout
 
 # (figure, where it is logged: the training run or one of its stage runs, artifact path)
-FIGURES = [("Fig. 2: correct and wrong answers of each exit against the main output (test)", "evaluate",
-            "figures/agreement.png"),
-           ("Fig. 3: training curves", "train", "figures/training_curves.png"),
-           ("Fig. 4: representational dissimilarity matrices (test)", "rdm", "figures/rdm.png"),
-           ("Fig. 5: every classifier's accuracy per epoch", "train", "figures/stability.png")]
+FIGURES = [
+    (
+        "Fig. 2: correct and wrong answers of each exit against the main output (test)",
+        "evaluate",
+        "figures/agreement.png",
+    ),
+    ("Fig. 3: training curves", "train", "figures/training_curves.png"),
+    ("Fig. 4: representational dissimilarity matrices (test)", "rdm", "figures/rdm.png"),
+    ("Fig. 5: every classifier's accuracy per epoch", "train", "figures/stability.png"),
+]
 
 
-def paper(config: Config, experiments: Sequence[str] = (), *, tags: Sequence[str] = (), run_ids: Sequence[str] = (),
-          out: Path | None = None, tracking_uri: str | None = None, against: str | None = None) -> list[Path]:
+def paper(
+    config: Config,
+    experiments: Sequence[str] = (),
+    *,
+    tags: Sequence[str] = (),
+    run_ids: Sequence[str] = (),
+    out: Path | None = None,
+    tracking_uri: str | None = None,
+    against: str | None = None,
+) -> list[Path]:
     """Build the report from the runs selected as ``eed compare`` selects them; returns the files."""
     tracking_uri = tracking_uri or tracking.resolve_tracking_uri(config)
     experiments = [] if run_ids else list(experiments or [config.tracking.experiment])
     runs = tracking.find_runs(tracking_uri, experiments=experiments, tags=parse_tags(tags), run_ids=run_ids)
     selected = build_table(runs, "test")
     if not selected.rows:
-        raise TrackingError(f"no finished training runs with test metrics in {tracking_uri} "
-                            f"({len(runs)} runs found): nothing to report")
+        raise TrackingError(
+            f"no finished training runs with test metrics in {tracking_uri} ({len(runs)} runs found): nothing to report"
+        )
     max_table = build_table(runs, "test_max")
     out_dir = Path(out or in_workspace(config.paths.out_dir) / "paper")
-    inputs = ReportInputs(selected, max_table if max_table.rows else None, differences(selected, against),
-                          flops_profiles(selected), figures(tracking_uri, selected, out_dir / "figures"),
-                          store=tracking_uri)
+    inputs = ReportInputs(
+        selected,
+        max_table if max_table.rows else None,
+        differences(selected, against),
+        flops_profiles(selected),
+        figures(tracking_uri, selected, out_dir / "figures"),
+        store=tracking_uri,
+    )
     blocks = build_report(inputs)
     out_dir.mkdir(parents=True, exist_ok=True)
     markdown, page = out_dir / "paper.md", out_dir / "paper.html"
     markdown.write_text(to_markdown(blocks, out_dir))
     page.write_text(to_html(blocks, "eed: reproduction report"))
-    stdout().print(f"Wrote {markdown} and {page} ({len(selected.rows)} configurations, "
-                   f"{sum(row.n for row in selected.rows)} runs)", highlight=False)
+    stdout().print(
+        f"Wrote {markdown} and {page} ({len(selected.rows)} configurations, "
+        f"{sum(row.n for row in selected.rows)} runs)",
+        highlight=False,
+    )
     return [markdown, page]
 
 

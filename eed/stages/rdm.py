@@ -39,9 +39,18 @@ class RdmRun:
     run_id: str | None = None
 
 
-def rdm(config: Config, source: str | None = None, *, split: str = "test", classifiers: Sequence[str] = ("main",),
-        seed: int = 0, out: Path | None = None, which: str = "best", log: bool = True,
-        batch_size: int = 250) -> RdmRun:
+def rdm(
+    config: Config,
+    source: str | None = None,
+    *,
+    split: str = "test",
+    classifiers: Sequence[str] = ("main",),
+    seed: int = 0,
+    out: Path | None = None,
+    which: str = "best",
+    log: bool = True,
+    batch_size: int = 250,
+) -> RdmRun:
     """``eed rdm`` and the rdm stage: RDMs of a checkpoint (file or MLflow run id) on
     ``eval.rdm_samples`` samples of ``split``, zoomed on ``eval.rdm_classes`` classes.
 
@@ -65,18 +74,37 @@ def rdm(config: Config, source: str | None = None, *, split: str = "test", class
 
     labels = torch.from_numpy(eed_data.read_labels(eed_data.load_manifest(config).split_path(split)))
     indices = select_samples(labels, min(config.eval.rdm_samples, len(labels)), seed)
-    collected = collect(config, model, runtime, split, stderr(), indices=indices, with_features=True,
-                        batch_size=batch_size)
+    collected = collect(
+        config, model, runtime, split, stderr(), indices=indices, with_features=True, batch_size=batch_size
+    )
     activations = layer_activations(collected, model.classifier_names(), torch.arange(len(indices)), classifiers)
     result = compute_rdms(activations, collected.labels, indices, config.eval.rdm_classes, seed)
-    files = write_rdm_outputs(result, out_dir, caption=figure_caption(config), split=split,
-                              class_names=eed_data.load_manifest(config).class_names)
+    files = write_rdm_outputs(
+        result,
+        out_dir,
+        caption=figure_caption(config),
+        split=split,
+        class_names=eed_data.load_manifest(config).class_names,
+    )
 
     run_id = None
     if log:
-        run_id = log_stage_run("rdm", tracking_uri, config, resolved, split, {"rdm": result.metrics()}, files, out_dir,
-                               started=started, params={**stage_params(config, ("eval.rdm_samples", "eval.rdm_classes")),
-                                                        "classifiers": ",".join(classifiers), "sample_seed": seed})
+        run_id = log_stage_run(
+            "rdm",
+            tracking_uri,
+            config,
+            resolved,
+            split,
+            {"rdm": result.metrics()},
+            files,
+            out_dir,
+            started=started,
+            params={
+                **stage_params(config, ("eval.rdm_samples", "eval.rdm_classes")),
+                "classifiers": ",".join(classifiers),
+                "sample_seed": seed,
+            },
+        )
 
     console = stdout()
     console.print(tables.rdm_table(result, split))

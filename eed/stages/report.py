@@ -66,6 +66,6 @@ def report(config: Config, *, out: Path | None = None) -> dict[str, Any]:
     results = headline(evaluation)
     write_json(results, path)
     console = stdout()
-    console.print(f"wrote {path} (dvc exp show: README, \"Compare experiments\")", highlight=False)
+    console.print(f'wrote {path} (dvc exp show: README, "Compare experiments")', highlight=False)
     console.print(results_table(evaluation, training, caption=figure_caption(config)))  # the last thing eed prints
     return results

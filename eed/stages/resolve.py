@@ -29,14 +29,17 @@ def resolve(config: Config, *, out: Path | None = None) -> dict[str, Any]:
     config = resolve_architecture(config)  # model.arch checked, model.width filled
     path = Path(out or in_workspace(config.paths.out_dir) / RESOLVED_FILE)
     values = {RESOLVED_SECTION: preset_values(config)}
-    text = (f"# What params.yaml's null keys resolve to (scale: {config.scale}, reference: {config.reference}); "
-            f"written by the resolve stage.\n" + yaml.safe_dump(values, sort_keys=False))
+    text = (
+        f"# What params.yaml's null keys resolve to (scale: {config.scale}, reference: {config.reference}); "
+        f"written by the resolve stage.\n" + yaml.safe_dump(values, sort_keys=False)
+    )
     ensure_writable(path.parent)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text)
     console = stdout()
-    flat = [f"{section}.{key}={value}" for section, keys in values[RESOLVED_SECTION].items()
-            for key, value in keys.items()]
+    flat = [
+        f"{section}.{key}={value}" for section, keys in values[RESOLVED_SECTION].items() for key, value in keys.items()
+    ]
     console.print(f"{config.scale} preset, {config.reference} reference: {' '.join(flat)}", highlight=False)
     console.print(f"wrote {path}", highlight=False)
     return values

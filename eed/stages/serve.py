@@ -23,8 +23,11 @@ def serve(config: Config, model: str, host: str = "127.0.0.1", port: int = 5001,
     tracking.check_tracking_uri(tracking_uri)
     model_uri = server.served_model_uri(tracking_uri, model)
     app = server.serving_app(tracking_uri, model_uri, None if compiled is None else {"compiled": compiled})
-    stdout().print(f"Serving {model_uri} on http://{host}:{port}/invocations (README, \"Deploy\": what a request "
-                   "holds); Ctrl-C stops", highlight=False)
+    stdout().print(
+        f'Serving {model_uri} on http://{host}:{port}/invocations (README, "Deploy": what a request '
+        "holds); Ctrl-C stops",
+        highlight=False,
+    )
     try:
         server.serve(app, host, port)
     except (Stopped, KeyboardInterrupt) as signal:  # how a server is meant to stop: not an error

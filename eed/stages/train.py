@@ -52,8 +52,7 @@ def test_table(test_metrics: dict[str, float]) -> Table:
     """The end of training as a person reads it: per output, top-1 on test in % with ``best.pt`` and,
     where measured, the best over the epochs with its epoch (MLflow and metrics.json keep fractions)."""
     names = [key.removeprefix("test/acc_") for key in test_metrics if key.startswith("test/acc_")]
-    table = Table(title="Test top-1 % (best.pt: the epoch chosen on val; the last without val)",
-                  title_justify="left")
+    table = Table(title="Test top-1 % (best.pt: the epoch chosen on val; the last without val)", title_justify="left")
     table.add_column("output")
     table.add_column("best.pt", justify="right")
     has_max = any(f"test/max_acc_{name}" in test_metrics for name in names)
@@ -63,20 +62,30 @@ def test_table(test_metrics: dict[str, float]) -> Table:
         row = [name, f"{100 * test_metrics[f'test/acc_{name}']:.2f}"]
         if has_max:
             best, epoch = test_metrics.get(f"test/max_acc_{name}"), test_metrics.get(f"test/max_acc_epoch_{name}")
-            row.append("—" if best is None else f"{100 * best:.2f} ({int(epoch)})" if epoch is not None
-                       else f"{100 * best:.2f}")
+            row.append(
+                "—"
+                if best is None
+                else f"{100 * best:.2f} ({int(epoch)})"
+                if epoch is not None
+                else f"{100 * best:.2f}"
+            )
         table.add_row(*row)
     return table
 
 
-def train(config: Config, *, out: Path | None = None, resume: str = "auto",
-          argv: list[str] | None = None) -> TrainResult:
+def train(
+    config: Config, *, out: Path | None = None, resume: str = "auto", argv: list[str] | None = None
+) -> TrainResult:
     """``eed train`` and the train stage. With ``train.nproc > 1`` or ``train.nnodes > 1``
     outside torchrun, this process is replaced by torchrun running the same command (``argv``,
     default sys.argv); with ``nnodes > 1`` each machine runs it with its own ``train.node_rank``."""
     relaunch_under_torchrun(config.train, argv)
-    result = run_training(config, out or in_workspace(config.paths.out_dir) / "train", resume=resume,
-                          callbacks=[LiveStabilityFigure(figure_caption(config)), TrainingFiles()])
+    result = run_training(
+        config,
+        out or in_workspace(config.paths.out_dir) / "train",
+        resume=resume,
+        callbacks=[LiveStabilityFigure(figure_caption(config)), TrainingFiles()],
+    )
     if result.test_metrics:  # only the main process reports
         console = stdout()
         console.print(test_table(result.test_metrics))

@@ -70,18 +70,27 @@ class MlflowLogger:
         return reaching(self.tracking_uri, f"{doing} (run {self.run_id})")
 
     @classmethod
-    def start(cls, tracking_uri: str, experiment: str, *, run_name: str, tags: Mapping[str, str],
-              start_time: float | None = None) -> "MlflowLogger":
+    def start(
+        cls,
+        tracking_uri: str,
+        experiment: str,
+        *,
+        run_name: str,
+        tags: Mapping[str, str],
+        start_time: float | None = None,
+    ) -> "MlflowLogger":
         """A new run; ``start_time`` (``time.time()`` seconds) when the work began earlier."""
         with reaching(tracking_uri, f"starting a run in experiment {experiment!r}"):
             experiment_id = ensure_experiment(experiment, tracking_uri)
-            run = client_for(tracking_uri).create_run(experiment_id, tags=dict(tags), run_name=run_name,
-                                                   start_time=_millis(start_time))
+            run = client_for(tracking_uri).create_run(
+                experiment_id, tags=dict(tags), run_name=run_name, start_time=_millis(start_time)
+            )
         return cls(tracking_uri, run.info.run_id)
 
     @classmethod
-    def for_training(cls, config: Config, tracking_uri: str, run_id: str | None = None,
-                     description: str = "") -> "MlflowLogger":
+    def for_training(
+        cls, config: Config, tracking_uri: str, run_id: str | None = None, description: str = ""
+    ) -> "MlflowLogger":
         """The training run of ``config``: a new one with its params, tags (MLflow's source tags
         and ``description`` among them) and config.yaml, or ``run_id`` continued (status back
         to RUNNING)."""
@@ -91,33 +100,55 @@ class MlflowLogger:
                 logger.client.update_run(run_id, status="RUNNING")
             return logger
         tags = {**run_tags(config), **({NOTE_TAG: description} if description else {})}
-        logger = cls.start(tracking_uri, config.tracking.experiment, tags=tags,
-                           run_name=f"{config.method}-{config.model.arch}-s{config.seed}")
+        logger = cls.start(
+            tracking_uri,
+            config.tracking.experiment,
+            tags=tags,
+            run_name=f"{config.method}-{config.model.arch}-s{config.seed}",
+        )
         logger.log_params(flatten(config))
         logger.log_text(to_yaml(config), "config.yaml")
         return logger
 
-    def child_run(self, name: str, stage: str, tags: Mapping[str, str] | None = None,
-                  start_time: float | None = None) -> "MlflowLogger":
+    def child_run(
+        self, name: str, stage: str, tags: Mapping[str, str] | None = None, start_time: float | None = None
+    ) -> "MlflowLogger":
         """A run ``name`` of ``stage`` nested under this one (same experiment, the parent's
         identifying tags and MLflow's source tags)."""
         with self._reaching_store(f"starting its child run {name!r}"):
             parent = self.client.get_run(self.run_id)
             inherited = {k: v for k, v in parent.data.tags.items() if k in INHERITED_TAGS}
-            run = self.client.create_run(parent.info.experiment_id, run_name=name, start_time=_millis(start_time),
-                                         tags={**source_tags(), **inherited, PARENT_TAG: self.run_id,
-                                               STAGE_TAG: stage, **(tags or {})})
+            run = self.client.create_run(
+                parent.info.experiment_id,
+                run_name=name,
+                start_time=_millis(start_time),
+                tags={**source_tags(), **inherited, PARENT_TAG: self.run_id, STAGE_TAG: stage, **(tags or {})},
+            )
         return MlflowLogger(self.tracking_uri, run.info.run_id)
 
     @classmethod
-    def for_stage(cls, tracking_uri: str, name: str, *, stage: str, parent_run_id: str | None, experiment: str,
-                  tags: Mapping[str, str], start_time: float | None = None) -> "MlflowLogger":
+    def for_stage(
+        cls,
+        tracking_uri: str,
+        name: str,
+        *,
+        stage: str,
+        parent_run_id: str | None,
+        experiment: str,
+        tags: Mapping[str, str],
+        start_time: float | None = None,
+    ) -> "MlflowLogger":
         """The run ``name`` of a stage (evaluate, rdm): nested under the training run that made
         its checkpoint, or stand-alone in ``experiment`` when that run is not known."""
         if parent_run_id is not None:
             return cls(tracking_uri, parent_run_id).child_run(name, stage, tags, start_time)
-        return cls.start(tracking_uri, experiment, run_name=name, start_time=start_time,
-                         tags={**source_tags(), STAGE_TAG: stage, **tags})
+        return cls.start(
+            tracking_uri,
+            experiment,
+            run_name=name,
+            start_time=start_time,
+            tags={**source_tags(), STAGE_TAG: stage, **tags},
+        )
 
     def parent_metrics(self) -> dict[str, float]:
         """The latest metric values of this run's parent (none for a top-level run)."""
@@ -131,8 +162,14 @@ class MlflowLogger:
         with self._reaching_store("logging params"):
             self.client.log_batch(self.run_id, params=[Param(k, str(v)[:PARAM_VALUE_LIMIT]) for k, v in params.items()])
 
-    def log_metrics(self, metrics: Mapping[str, Any], step: int, *, model_id: str | None = None,
-                    dataset: "DatasetRecord | None" = None) -> None:
+    def log_metrics(
+        self,
+        metrics: Mapping[str, Any],
+        step: int,
+        *,
+        model_id: str | None = None,
+        dataset: "DatasetRecord | None" = None,
+    ) -> None:
         """Numbers at ``step``; nested dicts are flattened with ``/`` (``test/acc_main``). With
         ``model_id`` and ``dataset`` (one logged with :meth:`log_datasets`) they are also the
         logged model's metrics on that dataset: the UI's Models page shows them."""
@@ -141,9 +178,13 @@ class MlflowLogger:
         now = int(time.time() * 1000)
         name, digest = (dataset.name, dataset.digest) if dataset is not None else (None, None)
         with self._reaching_store(f"logging metrics of step {step}"):
-            self.client.log_batch(self.run_id, metrics=[
-                Metric(k, v, now, step, model_id=model_id, dataset_name=name, dataset_digest=digest)
-                for k, v in flatten_metrics(metrics).items()])
+            self.client.log_batch(
+                self.run_id,
+                metrics=[
+                    Metric(k, v, now, step, model_id=model_id, dataset_name=name, dataset_digest=digest)
+                    for k, v in flatten_metrics(metrics).items()
+                ],
+            )
 
     def log_datasets(self, datasets: Sequence["DatasetRecord"]) -> None:
         """The run's inputs (the UI's Datasets column), each with its context (training,
@@ -196,8 +237,9 @@ class MlflowLogger:
             folder = Path(path).relative_to(root).parent
             self.log_artifact(path, None if folder == Path(".") else folder.as_posix())
 
-    def log_model(self, model: "nn.Module", example: Any, requirements: Sequence[str],
-                  metadata: Mapping[str, Any] | None = None) -> str:
+    def log_model(
+        self, model: "nn.Module", example: Any, requirements: Sequence[str], metadata: Mapping[str, Any] | None = None
+    ) -> str:
         """Log ``model`` (tensor in, tensor out) with ``mlflow.pytorch.log_model`` in the pt2
         (torch.export) format, its signature inferred from ``example``; ``metadata`` goes into
         the model's MLmodel file (e.g. which checkpoint and epoch the weights are). Returns the
@@ -208,11 +250,19 @@ class MlflowLogger:
 
         with torch.no_grad():
             output = model(torch.from_numpy(example)).numpy()
-        with self._reaching_store("logging the model"), using_tracking_uri(self.tracking_uri), \
-                mlflow.start_run(run_id=self.run_id, log_system_metrics=False):
-            info = mlflow.pytorch.log_model(model, name="model", input_example=example,
-                                            signature=infer_signature(example, output), metadata=dict(metadata or {}),
-                                            pip_requirements=[*requirements, f"mlflow=={mlflow.__version__}"])
+        with (
+            self._reaching_store("logging the model"),
+            using_tracking_uri(self.tracking_uri),
+            mlflow.start_run(run_id=self.run_id, log_system_metrics=False),
+        ):
+            info = mlflow.pytorch.log_model(
+                model,
+                name="model",
+                input_example=example,
+                signature=infer_signature(example, output),
+                metadata=dict(metadata or {}),
+                pip_requirements=[*requirements, f"mlflow=={mlflow.__version__}"],
+            )
         return info.model_id
 
     def history(self, prefixes: Sequence[str] = ()) -> dict[str, list[tuple[int, float]]]:
@@ -223,8 +273,9 @@ class MlflowLogger:
             history = {}
             for name in run.data.metrics:
                 if not prefixes or name.startswith(tuple(prefixes)):
-                    points = sorted(self.client.get_metric_history(self.run_id, name),
-                                    key=lambda m: (m.step, m.timestamp))
+                    points = sorted(
+                        self.client.get_metric_history(self.run_id, name), key=lambda m: (m.step, m.timestamp)
+                    )
                     history[name] = sorted({m.step: m.value for m in points}.items())
         return history
 
@@ -310,9 +361,13 @@ def log_dataset_inputs(client: "MlflowClient", run_id: str, datasets: Sequence[D
 
     logged = {(d.dataset.name, d.dataset.digest) for d in client.get_run(run_id).inputs.dataset_inputs}
     new = {(d.name, d.digest): d for d in datasets if (d.name, d.digest) not in logged}
-    inputs = [DatasetInput(Dataset(d.name, d.digest, "local", json.dumps({"uri": d.source}), profile=json.dumps(d.profile)),
-                           [InputTag("mlflow.data.context", d.context)])
-              for d in new.values()]
+    inputs = [
+        DatasetInput(
+            Dataset(d.name, d.digest, "local", json.dumps({"uri": d.source}), profile=json.dumps(d.profile)),
+            [InputTag("mlflow.data.context", d.context)],
+        )
+        for d in new.values()
+    ]
     if not inputs:
         return
     try:

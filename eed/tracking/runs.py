@@ -31,14 +31,16 @@ def downloaded_checkpoint(tracking_uri: str, run_id: str, which: str = "best") -
         except MlflowException as error:
             if unreachable_reason(error):
                 raise  # a store that is down, not a run that is missing
-            raise SourceError(f"{run_id!r} is neither a checkpoint file nor a run in the MLflow store "
-                              f"{client.tracking_uri}") from None
+            raise SourceError(
+                f"{run_id!r} is neither a checkpoint file nor a run in the MLflow store {client.tracking_uri}"
+            ) from None
         available = {Path(a.path).name for a in client.list_artifacts(run_id, "checkpoints")}
     preferred = [f"{which}.pt"] + [name for name in ("best.pt", "last.pt") if name != f"{which}.pt"]
     names = [name for name in preferred if name in available]
     if not names:
-        raise SourceError(f"MLflow run {run_id} has no checkpoints/best.pt or checkpoints/last.pt artifact "
-                          f"(did its training finish?)")
+        raise SourceError(
+            f"MLflow run {run_id} has no checkpoints/best.pt or checkpoints/last.pt artifact (did its training finish?)"
+        )
     # A progress bar for one local file is noise on the console.
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     with tempfile.TemporaryDirectory(prefix="eed-checkpoint-") as tmp:
@@ -81,8 +83,13 @@ def _filter_string(tags: Mapping[str, str]) -> str:
     return " and ".join(clauses)
 
 
-def find_runs(tracking_uri: str, *, experiments: Sequence[str] = (), tags: Mapping[str, str] | None = None,
-              run_ids: Sequence[str] = ()) -> list[RunRecord]:
+def find_runs(
+    tracking_uri: str,
+    *,
+    experiments: Sequence[str] = (),
+    tags: Mapping[str, str] | None = None,
+    run_ids: Sequence[str] = (),
+) -> list[RunRecord]:
     """Runs given by id, else every run of ``experiments`` (all experiments when none are
     named) that carries all of ``tags``. Nested stage runs (``evaluate``, ``rdm``) are left
     out unless asked for by id: they are not training runs."""
@@ -90,15 +97,17 @@ def find_runs(tracking_uri: str, *, experiments: Sequence[str] = (), tags: Mappi
         return _find_runs(tracking_uri, experiments, dict(tags or {}), run_ids)
 
 
-def _find_runs(tracking_uri: str, experiments: Sequence[str], tags: dict[str, str],
-               run_ids: Sequence[str]) -> list[RunRecord]:
+def _find_runs(
+    tracking_uri: str, experiments: Sequence[str], tags: dict[str, str], run_ids: Sequence[str]
+) -> list[RunRecord]:
     from mlflow.exceptions import MlflowException
 
     client = client_for(tracking_uri)
 
     def record(run: Any) -> RunRecord:
-        return RunRecord(run.info.run_id, dict(run.data.params), dict(run.data.tags), dict(run.data.metrics),
-                         run.info.status)
+        return RunRecord(
+            run.info.run_id, dict(run.data.params), dict(run.data.tags), dict(run.data.metrics), run.info.status
+        )
 
     if run_ids:
         records = []
@@ -124,8 +133,9 @@ def _find_runs(tracking_uri: str, experiments: Sequence[str], tags: dict[str, st
 
     records, page_token = [], None
     while True:
-        page = client.search_runs(experiment_ids, filter_string=_filter_string(tags), max_results=1000,
-                                  page_token=page_token)
+        page = client.search_runs(
+            experiment_ids, filter_string=_filter_string(tags), max_results=1000, page_token=page_token
+        )
         records.extend(record(run) for run in page)
         page_token = page.token
         if not page_token:
@@ -139,8 +149,11 @@ def stage_runs(tracking_uri: str, run_id: str) -> dict[str, str]:
     with reaching(tracking_uri, f"searching the stage runs of {run_id}"):
         client = client_for(tracking_uri)
         experiment_id = client.get_run(run_id).info.experiment_id
-        children = client.search_runs([experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{run_id}' "
-                                      "and attributes.status = 'FINISHED'", order_by=["attributes.start_time DESC"])
+        children = client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.`{PARENT_TAG}` = '{run_id}' and attributes.status = 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+        )
     found: dict[str, str] = {}
     for child in children:
         found.setdefault(child.data.tags.get(STAGE_TAG, ""), child.info.run_id)

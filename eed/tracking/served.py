@@ -95,8 +95,9 @@ def _early_exit_pyfunc() -> type:
         def load_context(self, context):
             settings = json.loads(Path(context.artifacts[SERVED_SETTINGS]).read_text())
             # load_model(model_config=...): load-time options such as {"compiled": true}
-            self.served = self.loader(Path(context.artifacts[SERVED_CHECKPOINT]), settings,
-                                      dict(context.model_config or {}))
+            self.served = self.loader(
+                Path(context.artifacts[SERVED_CHECKPOINT]), settings, dict(context.model_config or {})
+            )
 
         def predict(self, context, model_input, params=None):
             import numpy as np
@@ -104,11 +105,15 @@ def _early_exit_pyfunc() -> type:
 
             params = params or {}
             try:
-                answer = self.served.answer(np.asarray(model_input), threshold=params.get("threshold"),
-                                            budget=params.get("budget"), use_max_drop=bool(params.get("max_drop")),
-                                            calibrated=params.get("calibrated"),  # None: as fitted
-                                            return_logits=bool(params.get("return_logits")),
-                                            exit_rule=params.get("exit_rule"))  # None: the model's own
+                answer = self.served.answer(
+                    np.asarray(model_input),
+                    threshold=params.get("threshold"),
+                    budget=params.get("budget"),
+                    use_max_drop=bool(params.get("max_drop")),
+                    calibrated=params.get("calibrated"),  # None: as fitted
+                    return_logits=bool(params.get("return_logits")),
+                    exit_rule=params.get("exit_rule"),
+                )  # None: the model's own
             except ValueError as error:  # the answering object's one-line reason for a bad request
                 raise Refusal(str(error).splitlines()[0]) from None
             return pd.DataFrame(answer)
@@ -143,10 +148,18 @@ def _quietly() -> Any:
             os.environ["MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR"] = bar
 
 
-def log_served_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path, settings: Mapping[str, Any],
-                     example_images: Any, *, loader: Callable[[Path, dict[str, Any], dict[str, Any]], Any],
-                     load_defaults: Mapping[str, Any], check_options: Mapping[str, Any] | None = None,
-                     programs: str | Path | None = None) -> str:
+def log_served_model(
+    tracking_uri: str,
+    run_id: str,
+    checkpoint_path: str | Path,
+    settings: Mapping[str, Any],
+    example_images: Any,
+    *,
+    loader: Callable[[Path, dict[str, Any], dict[str, Any]], Any],
+    load_defaults: Mapping[str, Any],
+    check_options: Mapping[str, Any] | None = None,
+    programs: str | Path | None = None,
+) -> str:
     """Log the checkpoint at ``checkpoint_path`` as a servable early-exit model (``served``) of
     run ``run_id``, with ``settings`` (JSON-able) beside it; ``loader(checkpoint_path,
     settings, options)`` builds the answering object where the model is loaded (``options``: the
@@ -166,8 +179,9 @@ def log_served_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path
 
     example_images = np.asarray(example_images)
     if example_images.dtype != np.uint8 or example_images.ndim != 4 or example_images.shape[-1] != 3:
-        raise ValueError(f"example images must be uint8 (N, H, W, 3), got {example_images.dtype} "
-                         f"{tuple(example_images.shape)}")
+        raise ValueError(
+            f"example images must be uint8 (N, H, W, 3), got {example_images.dtype} {tuple(example_images.shape)}"
+        )
     settings = json.loads(json.dumps(dict(settings)))  # JSON-able, and what load_context will see
     # Bad settings or images fail here.
     loader(Path(checkpoint_path), settings, dict(check_options or {})).answer(example_images)
@@ -176,14 +190,34 @@ def log_served_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path
     # object takes raw pixels as any integers 0..255 and refuses the rest (described in the model's metadata).
     signature = ModelSignature(
         inputs=None,
-        outputs=Schema([ColSpec("long", "class"), ColSpec("string", "class_name"), ColSpec("double", "confidence"),
-                        ColSpec("string", "exit"), ColSpec("long", "exit_index"), ColSpec("double", "gflops"),
-                        ColSpec(Array(Array("double")), "logits", required=False)]),
-        params=ParamSchema([ParamSpec("threshold", "double", None), ParamSpec("budget", "string", None),
-                            ParamSpec("max_drop", "boolean", False), ParamSpec("calibrated", "boolean", None),
-                            ParamSpec("return_logits", "boolean", False), ParamSpec("exit_rule", "string", None)]))
-    requirements = [f"torch=={torch.__version__.split('+')[0]}", f"numpy=={np.__version__}",
-                    f"pandas=={pd.__version__}", f"mlflow=={mlflow.__version__}"]
+        outputs=Schema(
+            [
+                ColSpec("long", "class"),
+                ColSpec("string", "class_name"),
+                ColSpec("double", "confidence"),
+                ColSpec("string", "exit"),
+                ColSpec("long", "exit_index"),
+                ColSpec("double", "gflops"),
+                ColSpec(Array(Array("double")), "logits", required=False),
+            ]
+        ),
+        params=ParamSchema(
+            [
+                ParamSpec("threshold", "double", None),
+                ParamSpec("budget", "string", None),
+                ParamSpec("max_drop", "boolean", False),
+                ParamSpec("calibrated", "boolean", None),
+                ParamSpec("return_logits", "boolean", False),
+                ParamSpec("exit_rule", "string", None),
+            ]
+        ),
+    )
+    requirements = [
+        f"torch=={torch.__version__.split('+')[0]}",
+        f"numpy=={np.__version__}",
+        f"pandas=={pd.__version__}",
+        f"mlflow=={mlflow.__version__}",
+    ]
     from mlflow.entities import LoggedModelOutput
 
     client = client_for(tracking_uri)  # opens a new sqlite store under the lock (see client_for)
@@ -200,14 +234,24 @@ def log_served_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path
             settings_path.write_text(json.dumps(settings, indent=2))
             with reaching(tracking_uri, "logging the served model"), using_tracking_uri(tracking_uri), _quietly():
                 mlflow.pyfunc.log_model(
-                    name=SERVED_NAME, model_id=model.model_id, python_model=_early_exit_pyfunc()(loader),
-                    artifacts={SERVED_CHECKPOINT: str(checkpoint_path), SERVED_SETTINGS: str(settings_path),
-                               **({SERVED_PROGRAMS: str(programs)} if programs is not None else {})},
+                    name=SERVED_NAME,
+                    model_id=model.model_id,
+                    python_model=_early_exit_pyfunc()(loader),
+                    artifacts={
+                        SERVED_CHECKPOINT: str(checkpoint_path),
+                        SERVED_SETTINGS: str(settings_path),
+                        **({SERVED_PROGRAMS: str(programs)} if programs is not None else {}),
+                    },
                     code_paths=[str(Path(__file__).parents[1])],  # the eed package: the loader's code
-                    signature=signature, input_example=example_images, pip_requirements=requirements,
+                    signature=signature,
+                    input_example=example_images,
+                    pip_requirements=requirements,
                     model_config=dict(load_defaults),  # declared here, or MLflow ignores a load-time model_config
-                    metadata={"input": f"raw RGB pixels, N x {height} x {width} x 3, integers 0..255 (uint8, or "
-                                       "JSON numbers; anything else is refused, never cast)"})
+                    metadata={
+                        "input": f"raw RGB pixels, N x {height} x {width} x 3, integers 0..255 (uint8, or "
+                        "JSON numbers; anything else is refused, never cast)"
+                    },
+                )
                 client.log_outputs(run_id, [LoggedModelOutput(model.model_id, step=0)])  # the run's page lists it
     except BaseException:
         with contextlib.suppress(Exception):  # (a store gone down leaves it PENDING: skipped all the same)
@@ -219,8 +263,14 @@ def log_served_model(tracking_uri: str, run_id: str, checkpoint_path: str | Path
 CURRENT_TAG = "eed.current"  # "true" on the served model of a run that eed register and eed serve pick
 
 
-def describe_served_model(tracking_uri: str, model_id: str, description: str, metrics: Mapping[str, float],
-                          results_run_id: str, datasets: Mapping[str, DatasetRecord] | None = None) -> None:
+def describe_served_model(
+    tracking_uri: str,
+    model_id: str,
+    description: str,
+    metrics: Mapping[str, float],
+    results_run_id: str,
+    datasets: Mapping[str, DatasetRecord] | None = None,
+) -> None:
     """Give a logged served model its description (Markdown: the UI's description), link ``metrics``
     (what was measured of it, at step 0) to it as logged in run ``results_run_id`` (whose page then
     lists the model among its outputs; ``datasets``: the dataset each metric was measured on, by key,
@@ -237,15 +287,26 @@ def describe_served_model(tracking_uri: str, model_id: str, description: str, me
         now = int(time.time() * 1000)
         datasets = datasets or {}
         log_dataset_inputs(client, results_run_id, list(datasets.values()))
-        client.log_batch(results_run_id, metrics=[
-            Metric(key, float(value), now, 0, model_id=model_id,
-                   dataset_name=datasets[key].name if key in datasets else None,
-                   dataset_digest=datasets[key].digest if key in datasets else None)
-            for key, value in metrics.items()])
+        client.log_batch(
+            results_run_id,
+            metrics=[
+                Metric(
+                    key,
+                    float(value),
+                    now,
+                    0,
+                    model_id=model_id,
+                    dataset_name=datasets[key].name if key in datasets else None,
+                    dataset_digest=datasets[key].digest if key in datasets else None,
+                )
+                for key, value in metrics.items()
+            ],
+        )
         if results_run_id != model.source_run_id:
             client.log_outputs(results_run_id, [LoggedModelOutput(model_id, step=0)])
         older = client.search_logged_models(
-            [model.experiment_id], filter_string=f"source_run_id = '{model.source_run_id}' AND name = '{SERVED_NAME}'")
+            [model.experiment_id], filter_string=f"source_run_id = '{model.source_run_id}' AND name = '{SERVED_NAME}'"
+        )
         for other in older:
             if other.model_id != model_id and other.tags.get(CURRENT_TAG) != "false":
                 client.set_logged_model_tags(other.model_id, {CURRENT_TAG: "false"})
@@ -271,13 +332,17 @@ def served_models(tracking_uri: str, run_id: str) -> tuple[str, int]:
                 raise
             raise TrackingError(f"no MLflow run {run_id!r} in {tracking_uri}") from None
         found = client.search_logged_models(
-            [experiment_id], filter_string=f"source_run_id = '{run_id}' AND name = '{SERVED_NAME}'",
-            order_by=[{"field_name": "creation_time", "ascending": False}])
+            [experiment_id],
+            filter_string=f"source_run_id = '{run_id}' AND name = '{SERVED_NAME}'",
+            order_by=[{"field_name": "creation_time", "ascending": False}],
+        )
     statuses = [str(model.status) for model in found]
     if "READY" not in statuses:
         unfinished = f" ({len(found)} never finished logging)" if found else ""
-        raise TrackingError(f"run {run_id} has no served model{unfinished}: `eed export {run_id}` logs one "
-                            f"(the evaluate stage does too)")
+        raise TrackingError(
+            f"run {run_id} has no served model{unfinished}: `eed export {run_id}` logs one "
+            f"(the evaluate stage does too)"
+        )
     newest = statuses.index("READY")
     return found[newest].model_id, newest
 
@@ -308,8 +373,9 @@ def register_served_model(tracking_uri: str, run_id: str, name: str, alias: str)
                 raise refused(error, "--name", name) from None
         version = None
         try:
-            version = str(client.create_model_version(name, f"models:/{model_id}", run_id=run_id,
-                                                      model_id=model_id).version)
+            version = str(
+                client.create_model_version(name, f"models:/{model_id}", run_id=run_id, model_id=model_id).version
+            )
             client.set_registered_model_alias(name, alias, version)
         except BaseException as error:  # nothing left half-registered
             with contextlib.suppress(Exception):

@@ -54,9 +54,11 @@ def serving_app(tracking_uri: str, model_uri: str, model_config: dict[str, Any] 
 
                 flavor = mlflow.models.get_model_info(model_uri).flavors.get("python_function", {})
                 if set(model_config) - set(flavor.get(MODEL_CONFIG) or {}):
-                    raise ConfigError(f"{model_uri} was logged before it took load-time options "
-                                      f"({', '.join(sorted(model_config))}): re-log it with eed export, or serve "
-                                      "it with neither --compiled nor --eager (it loads eager)")
+                    raise ConfigError(
+                        f"{model_uri} was logged before it took load-time options "
+                        f"({', '.join(sorted(model_config))}): re-log it with eed export, or serve "
+                        "it with neither --compiled nor --eager (it loads eager)"
+                    )
             model = mlflow.pyfunc.load_model(model_uri, model_config=model_config)
         except MlflowException as error:
             if error.error_code not in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
@@ -77,8 +79,10 @@ def check_free(host: str, port: int) -> None:
             probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
             probe.bind((host, port))
     except OSError as error:
-        raise ConfigError(f"--port {port}: cannot listen on {host}:{port} ({error.strerror or error}); "
-                          "pick another --port (or --host)") from None
+        raise ConfigError(
+            f"--port {port}: cannot listen on {host}:{port} ({error.strerror or error}); "
+            "pick another --port (or --host)"
+        ) from None
 
 
 def serve(app: Any, host: str, port: int) -> None:

@@ -46,8 +46,10 @@ GIT_COMMIT_TAG = "mlflow.source.git.commit"
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
 EXPERIMENT_KIND = "custom_model_development"
 # Markdown, which the UI renders as HTML: the run-name pattern is a code span, or "<method>" would be a tag.
-EXPERIMENT_NOTE = ("Multi-exit CNNs trained with the objectives of Exit-Ensemble Distillation (eed). Training runs "
-                   "are named `<method>-<arch>-s<seed>`; their evaluate and rdm runs are nested under them.")
+EXPERIMENT_NOTE = (
+    "Multi-exit CNNs trained with the objectives of Exit-Ensemble Distillation (eed). Training runs "
+    "are named `<method>-<arch>-s<seed>`; their evaluate and rdm runs are nested under them."
+)
 RUN_ID = re.compile(r"[0-9a-f]{32}")
 PARAM_VALUE_LIMIT = 6000
 
@@ -151,8 +153,9 @@ def reaching(tracking_uri: str, doing: str) -> Iterator[None]:
         reason = unreachable_reason(error)
         if reason is None:
             raise
-        raise TrackingError(f"MLflow tracking store {tracking_uri} is not reachable ({reason}) "
-                            f"while {doing}") from error
+        raise TrackingError(
+            f"MLflow tracking store {tracking_uri} is not reachable ({reason}) while {doing}"
+        ) from error
 
 
 def check_tracking_uri(tracking_uri: str) -> None:
@@ -182,12 +185,15 @@ def _check_writable(database: Path) -> None:
     """A sqlite store this user cannot write (the database, the folder its journal goes in, or the
     artifact folder beside it): refused now, not as sqlite's traceback after an epoch."""
     artifacts = database.parent / DEFAULT_ARTIFACTS
-    unwritable = [path for path in (database, database.parent, artifacts)
-                  if path.exists() and not os.access(path, os.W_OK)]
+    unwritable = [
+        path for path in (database, database.parent, artifacts) if path.exists() and not os.access(path, os.W_OK)
+    ]
     if unwritable:
-        raise TrackingError(f"MLflow tracking store {database} is read-only for this user ({unwritable[0]} cannot "
-                            "be written): runs are logged into it. Use a store you can write (tracking.uri, "
-                            "$MLFLOW_TRACKING_URI), or tracking.enabled=false")
+        raise TrackingError(
+            f"MLflow tracking store {database} is read-only for this user ({unwritable[0]} cannot "
+            "be written): runs are logged into it. Use a store you can write (tracking.uri, "
+            "$MLFLOW_TRACKING_URI), or tracking.enabled=false"
+        )
 
 
 @contextlib.contextmanager
@@ -220,8 +226,11 @@ def ensure_experiment(name: str, tracking_uri: str) -> str:
             client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
         return experiment.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=default_artifact_location(tracking_uri),
-                                        tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, NOTE_TAG: EXPERIMENT_NOTE})
+        return client.create_experiment(
+            name,
+            artifact_location=default_artifact_location(tracking_uri),
+            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND, NOTE_TAG: EXPERIMENT_NOTE},
+        )
     except MlflowException as error:
         # Another process created it between our look-up and our create (several runs
         # starting at once): theirs is ours. Same code from a sqlite store and a server.
@@ -229,8 +238,9 @@ def ensure_experiment(name: str, tracking_uri: str) -> str:
             raise
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
-            raise TrackingError(f"MLflow store {tracking_uri} says experiment {name!r} already exists "
-                                f"but does not return it") from None
+            raise TrackingError(
+                f"MLflow store {tracking_uri} says experiment {name!r} already exists but does not return it"
+            ) from None
         return experiment.experiment_id
 
 
@@ -247,13 +257,15 @@ def _check_artifact_location(experiment: Any, tracking_uri: str) -> None:
         f"MLflow store {database} was made at another path: its experiment {experiment.name!r} keeps artifacts in "
         f"{location.removeprefix('file://')}, not beside it in {expected.removeprefix('file://')} (a copied or moved "
         f"checkout). Start a store of its own here (mv {database.name} {database.name}.copied; mv {DEFAULT_ARTIFACTS} "
-        f"{DEFAULT_ARTIFACTS}.copied), or set tracking.uri to the original store")
+        f"{DEFAULT_ARTIFACTS}.copied), or set tracking.uri to the original store"
+    )
 
 
 def git_commit(cwd: Path | None = None) -> str:
     try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd or project_root(),
-                                capture_output=True, text=True, timeout=10)
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd or project_root(), capture_output=True, text=True, timeout=10
+        )
     except (OSError, subprocess.TimeoutExpired):
         return "unknown"
     return result.stdout.strip() if result.returncode == 0 else "unknown"

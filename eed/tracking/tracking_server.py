@@ -28,8 +28,10 @@ LOOPBACK = ("127.0.0.1", "localhost")
 
 def server_command(folder: Path) -> str:
     """The command that serves ``folder``'s store again (for the UI, after the work)."""
-    return (f"mlflow server --backend-store-uri sqlite:///{folder / DEFAULT_DB} "
-            f"--artifacts-destination {folder / DEFAULT_ARTIFACTS}")
+    return (
+        f"mlflow server --backend-store-uri sqlite:///{folder / DEFAULT_DB} "
+        f"--artifacts-destination {folder / DEFAULT_ARTIFACTS}"
+    )
 
 
 @contextlib.contextmanager
@@ -40,25 +42,42 @@ def tracking_server(folder: Path, host: str = "127.0.0.1", timeout_s: float = 60
     folder.mkdir(parents=True, exist_ok=True)
     port = _free_port()
     uri = f"http://{host}:{port}"
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{folder / DEFAULT_DB}",
-               "--artifacts-destination", str(folder / DEFAULT_ARTIFACTS),
-               "--host", host if host in LOOPBACK else "0.0.0.0", "--port", str(port), "--workers", "1",
-               # MLflow answers only requests addressed to loopback or private IPs unless told the name.
-               "--allowed-hosts", ",".join(f"{name}:{port}" for name in dict.fromkeys([host, *LOOPBACK]))]
+    command = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        f"sqlite:///{folder / DEFAULT_DB}",
+        "--artifacts-destination",
+        str(folder / DEFAULT_ARTIFACTS),
+        "--host",
+        host if host in LOOPBACK else "0.0.0.0",
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+        # MLflow answers only requests addressed to loopback or private IPs unless told the name.
+        "--allowed-hosts",
+        ",".join(f"{name}:{port}" for name in dict.fromkeys([host, *LOOPBACK])),
+    ]
     # Its job runner (a pool of consumer processes) is not needed for tracking.
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     env.pop("MLFLOW_TRACKING_URI", None)
     log = folder / "mlflow-server.log"
     with open(log, "a") as out:  # its own session: stopping it stops its workers too
-        process = subprocess.Popen(command, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            command, cwd=folder, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
     try:
         _wait_until_it_answers(f"http://127.0.0.1:{port}", process, log, timeout_s)
         try:  # by the name the cells will use
             check_tracking_uri(uri)
         except TrackingError as error:
-            raise TrackingError(f"{error}; the grid's server answers on 127.0.0.1:{port}, not by the name "
-                                f"{host!r} (another --server-host?)") from None
+            raise TrackingError(
+                f"{error}; the grid's server answers on 127.0.0.1:{port}, not by the name "
+                f"{host!r} (another --server-host?)"
+            ) from None
         yield uri
     finally:
         _stop(process, port)
@@ -82,8 +101,9 @@ def _wait_until_it_answers(uri: str, process: subprocess.Popen, log: Path, timeo
         time.sleep(0.2)
     said = log.read_text(errors="replace").strip().splitlines()[-1:] if log.is_file() else []
     why = f"it exited with {process.returncode}" if process.poll() is not None else f"no answer in {timeout_s:.0f} s"
-    raise TrackingError(f"the grid's mlflow server did not start on {uri} ({why}; {log}"
-                        + (f": {said[0]}" if said else "") + ")")
+    raise TrackingError(
+        f"the grid's mlflow server did not start on {uri} ({why}; {log}" + (f": {said[0]}" if said else "") + ")"
+    )
 
 
 def _stop(process: subprocess.Popen, port: int) -> None:
