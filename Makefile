@@ -21,10 +21,18 @@ run: export EED_DATA_ROOT := $(abspath ../shared/data)
 endif
 endif
 
-.PHONY: run test setup system-deps gpu-check
+.PHONY: run test lint setup system-deps gpu-check
 
 run: setup
 	dvc repro
+	@echo "Share these results: dvc push (to the remote in .dvc/config; README, \"Sharing results\")."
+
+# The linter, the formatter (check only) and the type checker, at the versions pyproject.toml pins;
+# .pre-commit-config.yaml runs the same on each commit, and CI before the tests.
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/pyright
 
 # Two pytest-xdist workers: the suite waits on subprocesses (dvc, torchrun, servers) a good part of
 # its time, so two workers fill the two cores of a CI machine. PYTEST_WORKERS=0 runs in one process.
@@ -32,7 +40,7 @@ run: setup
 # end with one worker on a queue of slow tests while the other waits.
 PYTEST_WORKERS ?= 2
 test: setup
-	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal
+	$(BIN)/python -m pytest -q -n $(PYTEST_WORKERS) --dist worksteal --durations=15
 
 setup: $(STAMP)
 

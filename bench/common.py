@@ -22,9 +22,10 @@ import platform
 import statistics
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import torch
 
@@ -139,7 +140,7 @@ def _busy_jiffies() -> int:
     """CPU time (clock ticks) spent busy by the whole machine since boot."""
     with open("/proc/stat") as handle:
         fields = [int(v) for v in handle.readline().split()[1:]]
-    user, nice, system, idle, iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
     return user + nice + system + irq + softirq + steal
 
 

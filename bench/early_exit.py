@@ -123,8 +123,8 @@ def _throughput(sizes: list[int], seconds: list[float]) -> common.Stat:
 
 def run(args: argparse.Namespace) -> common.Result:
     from eed.data import make_loader
-    from eed.inference.early_exit import predict
     from eed.engine.loops import collect_outputs
+    from eed.inference.early_exit import predict
     from eed.metrics.anytime import ClassifierCosts, sweep, threshold_grid
     from eed.metrics.flops import profile_model
 

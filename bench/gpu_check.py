@@ -48,15 +48,16 @@ import tarfile
 import time
 import warnings
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 # `python bench/gpu_check.py` puts bench/ on the path; the package is `bench`, from the repository root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import common  # noqa: E402
-from eed.methods import method_names  # noqa: E402  (pure data: no torch)
+from bench import common
+from eed.methods import method_names
 
 STEPS = ("cuda_tests", "prepare", "race", "grid")
 METHODS = method_names()  # baseline, branchynet, distill, byot, eed: the paper's Table I
@@ -522,7 +523,7 @@ def step_race(ctx: Context, out: str | None) -> dict[str, Any]:
     setup = setups[DEFAULT_VARIANT]
     runtime, test_loader = setup.runtime, setup.test_loader
     batches = s.eval_batches or len(test_loader)
-    for attempt in range(2):  # the first one warms up
+    for _attempt in range(2):  # the first one warms up
         synchronize(device)
         start = common.now()
         collected = loops.collect_outputs(

@@ -83,7 +83,7 @@ def _torchvision_loader(
 def _epoch(iterable, max_batches: int) -> int:
     """Receive batches; the number of images received."""
     images = 0
-    for index, (x, y) in enumerate(iterable):
+    for index, (_x, y) in enumerate(iterable):
         images += int(y.shape[0])
         if max_batches and index + 1 >= max_batches:
             break
@@ -129,7 +129,7 @@ def run(args: argparse.Namespace) -> common.Result:
     variants["torchvision"]()
     ffcv.warmup(show_status=False)
     ffcv_default.warmup(show_status=False)
-    for name, function in variants.items():
+    for function in variants.values():
         torch.set_num_threads(threads)
         function()
 

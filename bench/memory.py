@@ -69,8 +69,8 @@ def child(variant: str, prepared: str, steps: int, threads: int) -> dict:
 
     torch.set_num_threads(threads)
     import eed.engine.trainer as trainer
-    from eed.engine.loops import train_one_epoch
     from bench import common
+    from eed.engine.loops import train_one_epoch
 
     batch = 128
     extra = {}

@@ -72,7 +72,7 @@ def run(args: argparse.Namespace) -> common.Result:
     gate = common.QuietGate(args.quiet_budget, args.quiet_threshold)
     for round_index in range(args.repeats):
         gate()
-        totals = {m: 0.0 for m in METHODS}
+        totals = dict.fromkeys(METHODS, 0.0)
         order = common.rotate(list(METHODS), round_index)
         for _ in range(steps):
             for method in order:

@@ -18,7 +18,7 @@ from pathlib import Path
 # `python bench/run.py` puts bench/ on the path; the package is `bench`, from the repository root.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench import common  # noqa: E402
+from bench import common
 
 BENCHMARKS = {
     "loaders": "loader throughput: FFCV and tensor backends vs a torchvision DataLoader (target ≥ 5×)",
@@ -119,11 +119,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     for name in names:
         if run_all:  # this benchmark's own options at their defaults, the common ones as given
-            args = parser().parse_args([name] + argv[1:])
+            args = parser().parse_args([name, *argv[1:]])
         args.repeats = explicit_repeats or DEFAULT_REPEATS[name]
         if args.quick and explicit_repeats is None:
             args.repeats = 2
-        args.command_line = "python bench/run.py " + " ".join(shlex.quote(a) for a in ([name] + argv[1:]))
+        args.command_line = "python bench/run.py " + " ".join(shlex.quote(a) for a in ([name, *argv[1:]]))
         module = importlib.import_module(f"bench.{name}")
         console.rule(f"[bold]{name}")
         machine = common.machine()  # load average and date at the start

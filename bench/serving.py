@@ -33,7 +33,8 @@ reported). Rows ``compiled ÷ eager`` give the gain of compiling itself.
 from __future__ import annotations
 
 import argparse
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -236,9 +237,8 @@ def time_width(
 
 
 def run(args: argparse.Namespace) -> common.Result:
-    from eed.data import read_split
+    from eed.data import make_loader, read_split
     from eed.data.augment import Normalizer
-    from eed.data import make_loader
     from eed.engine.checkpoint import Checkpoint
     from eed.engine.loops import collect_outputs
     from eed.inference.served import ServedModel

@@ -14,6 +14,7 @@ and the project loop's img/s, also as a ratio to the first configuration's in th
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -59,8 +60,8 @@ def worker(spec: dict, prepared: str, steps: int) -> None:
     import torch
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    from eed.engine.loops import train_one_epoch
     from bench import common
+    from eed.engine.loops import train_one_epoch
 
     cfg = common.config(
         prepared,
@@ -99,7 +100,7 @@ def worker(spec: dict, prepared: str, steps: int) -> None:
             classifier_names=names,
             should_stop=after_step,
         )
-        return time.perf_counter() - marks[0], [b - a for a, b in zip(marks[1:-1], marks[2:])]
+        return time.perf_counter() - marks[0], [b - a for a, b in itertools.pairwise(marks)]
 
     def bare() -> tuple[float, list[float]]:
         marks = [time.perf_counter()]
@@ -109,7 +110,7 @@ def worker(spec: dict, prepared: str, steps: int) -> None:
             loss.backward()
             bare_optimizer.step()
             marks.append(time.perf_counter())
-        return marks[-1] - marks[0], [b - a for a, b in zip(marks[:-1], marks[1:])]
+        return marks[-1] - marks[0], [b - a for a, b in itertools.pairwise(marks)]
 
     project(0)
     bare()

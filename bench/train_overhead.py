@@ -35,6 +35,7 @@ competing with torch's for the same cores).
 from __future__ import annotations
 
 import argparse
+import itertools
 import os
 import statistics
 
@@ -232,7 +233,7 @@ def run(args: argparse.Namespace) -> common.Result:
         ).save(last_path)
         t2 = common.now()
         if epoch > 0:
-            step_times[record] += [b - a for a, b in zip(marks[1:-1], marks[2:])]  # steady steps
+            step_times[record] += [b - a for a, b in itertools.pairwise(marks)]  # steady steps
             if record == "project":
                 epoch_costs["log_epoch"].append(t1 - t0)
                 epoch_costs["write_last"].append(t2 - t1)
@@ -262,7 +263,7 @@ def run(args: argparse.Namespace) -> common.Result:
     variants = {"project": None, "bare": threads}
     if args.compare_before:
         variants[BEFORE] = None
-    compare_threads = args.compare_threads and common.TORCH_DEFAULT_THREADS != threads
+    compare_threads = args.compare_threads and threads != common.TORCH_DEFAULT_THREADS
     if compare_threads:
         variants["bare@default threads"] = common.TORCH_DEFAULT_THREADS
 

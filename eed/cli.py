@@ -6,7 +6,7 @@ from __future__ import annotations
 import inspect
 import sys
 from enum import Enum
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from typer._click import exceptions as click_errors  # Typer vendors Click (typer._click) since 0.2x
@@ -27,6 +27,12 @@ from eed.commands.serve_cmd import serve
 from eed.commands.train_cmd import train
 from eed.errors import ConfigError, error_boundary
 
+if TYPE_CHECKING:
+    # What _Help is mixed into (TyperCommand, TyperGroup): lets the checker see super()'s methods.
+    from typer._click.core import Command as _HelpBase
+else:
+    _HelpBase = object
+
 
 def reflow(text: str | None) -> str | None:
     """Each paragraph on one line: Typer's Rich help keeps a docstring's line breaks and then
@@ -36,7 +42,7 @@ def reflow(text: str | None) -> str | None:
     return "\n\n".join(" ".join(paragraph.split()) for paragraph in inspect.cleandoc(text).split("\n\n"))
 
 
-class _Help:
+class _Help(_HelpBase):
     """Help that reads well at 80 columns: re-flowed paragraphs, and no ``<bool>`` after a flag
     (it takes no value)."""
 
@@ -77,24 +83,29 @@ class Command(_Help, TyperCommand):
                 return super().parse_args(ctx, args)
             except typer.BadParameter as error:
                 choices = _choices(error.param)
-                if choices is None:
+                if choices is None or error.param is None:  # no param: no choices either
                     raise
                 option = error.param.opts[0] if error.param.opts else error.param.name
                 errors = getattr(error.__cause__, "errors", None)  # Typer's pydantic ValidationError
-                value = errors()[0].get("input") if callable(errors) and errors() else None
+                problems: Any = errors() if callable(errors) else None  # list[ErrorDetails]
+                value = problems[0].get("input") if problems else None
                 got = "" if value is None else f", got {value!r}"
                 raise ConfigError(f"{option} must be one of {', '.join(choices)}{got}") from None
 
 
 class Group(_Help, TyperGroup):
-    def main(self, args=None, prog_name=None, complete_var=None, standalone_mode=True, **extra):
+    def main(
+        self, args=None, prog_name=None, complete_var=None, standalone_mode=True, windows_expand_args=True, **extra
+    ):
         """A usage error (unknown command or option, missing argument) is one line, ``error: …`` with
         click's spelling suggestion and where to find help, exit 2, like every other error of eed's;
         not Typer's boxed panel under a usage block."""
         if not standalone_mode:
-            return super().main(args, prog_name, complete_var, standalone_mode, **extra)
+            return super().main(args, prog_name, complete_var, standalone_mode, windows_expand_args, **extra)
         try:
-            code = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
+            code = super().main(
+                args, prog_name, complete_var, standalone_mode=False, windows_expand_args=windows_expand_args, **extra
+            )
         except click_errors.UsageError as error:
             where = error.ctx.command_path if error.ctx is not None else "eed"
             message = " ".join(error.format_message().split())
@@ -128,7 +139,7 @@ def _version(shown: bool) -> None:
 @app.callback()
 def _options(
     version: Annotated[
-        Optional[bool],
+        bool | None,
         typer.Option("--version", callback=_version, is_eager=True, help="Print eed's version and exit."),
     ] = None,
 ) -> None:

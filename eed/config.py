@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -38,10 +38,10 @@ class _Section(BaseModel):
 class SyntheticConfig(_Section):
     """Seeded random images, for tests and benchmarks only."""
 
-    num_train: int = Field(2000, ge=1)
-    num_test: int = Field(500, ge=1)
-    num_classes: int = Field(10, ge=2)
-    image_size: int = Field(32, ge=8)
+    num_train: int = Field(default=2000, ge=1)
+    num_test: int = Field(default=500, ge=1)
+    num_classes: int = Field(default=10, ge=2)
+    image_size: int = Field(default=32, ge=8)
 
 
 class DataConfig(_Section):
@@ -53,17 +53,17 @@ class DataConfig(_Section):
     backend: Literal["ffcv", "tensor"] = "ffcv"
     # Images carved from the training set (stratified, seeded) for model selection; 0 = none
     # (the paper's protocol: train on all of it); null = preset (cpu 5000, paper 0).
-    val_size: int | None = Field(None, ge=0)
+    val_size: int | None = Field(default=None, ge=0)
     # Seed of the validation split and of the training subset, kept apart from `seed` so that
     # runs with different seeds train and select on the same images.
-    split_seed: int = Field(0, ge=0)
+    split_seed: int = Field(default=0, ge=0)
     # Training images used per run (stratified subset of the train split); 0 = all; null = preset.
-    train_subset: int | None = Field(None, ge=0)
+    train_subset: int | None = Field(default=None, ge=0)
     # FFCV loader threads (ImageNet: also the writer processes of `prepare`); null = auto, see workers().
-    num_workers: int | None = Field(None, ge=0)
+    num_workers: int | None = Field(default=None, ge=0)
     # ImageNet only: JPEG settings of the .beton files.
-    max_resolution: int = Field(256, ge=32)
-    jpeg_quality: int = Field(90, ge=1, le=100)
+    max_resolution: int = Field(default=256, ge=32)
+    jpeg_quality: int = Field(default=90, ge=1, le=100)
     # How train/evaluate check the prepared files against their manifest before reading them:
     # sha256 (size and hash, each file hashed once per process) or size (for huge ImageNet files).
     verify: Literal["sha256", "size"] = "sha256"
@@ -96,7 +96,7 @@ class ModelConfig(_Section):
     # Channels of the first stage; later stages scale with it. null = preset
     # (cpu: a quarter of the architecture's own width, 16 for ResNet-18; paper: its own, 64),
     # filled in by eed.models.from_config.resolve_architecture.
-    width: int | None = Field(None, ge=1)
+    width: int | None = Field(default=None, ge=1)
 
     # Weight initialisation (eed/models/initialization.py): he_fan_out = He-normal fan-out convs,
     # BN weight 1 / bias 0 (the official release, torchvision, timm); pytorch = each layer's
@@ -108,7 +108,7 @@ class ModelConfig(_Section):
     stem_relu: bool | None = None
 
 
-TeacherMember = Union[int, Literal["main"]]
+TeacherMember = int | Literal["main"]
 
 
 class LossConfig(_Section):
@@ -116,10 +116,10 @@ class LossConfig(_Section):
     output: Literal["kl", "mse"] = "mse"
     # Weight of l_z. null = 1 (the paper's text), except with reference: official and output kl:
     # 0.1, the official release's weight of its KL loss (its MSE loss has weight 1).
-    alpha: float | None = Field(None, ge=0)
+    alpha: float | None = Field(default=None, ge=0)
     # Feature distillation weight; ignored by baseline/branchynet/distill.
-    beta: float = Field(1.0, ge=0)
-    temperature: float = Field(3.0, gt=0)
+    beta: float = Field(default=1.0, ge=0)
+    temperature: float = Field(default=3.0, gt=0)
     # EED teacher ensemble: classifier indices 1..k-1 and/or "main"; null = all classifiers.
     # Checked against the network's k (range, the same classifier twice) by the objective.
     teacher: list[TeacherMember] | None = None
@@ -154,16 +154,16 @@ def check_method_loss(method: str, loss: LossConfig) -> None:
 
 
 class TrainConfig(_Section):
-    epochs: int | None = Field(None, ge=1)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(0.1, gt=0)
-    momentum: float = Field(0.9, ge=0, lt=1)
-    weight_decay: float = Field(5e-4, ge=0)
+    epochs: int | None = Field(default=None, ge=1)
+    batch_size: int = Field(default=128, ge=1)
+    lr: float = Field(default=0.1, gt=0)
+    momentum: float = Field(default=0.9, ge=0, lt=1)
+    weight_decay: float = Field(default=5e-4, ge=0)
     nesterov: bool = False
     # step: x gamma at milestones (the paper); cosine; onecycle (short CPU runs). null = preset.
     schedule: Literal["step", "cosine", "onecycle"] | None = None
     milestones: list[int] = [75, 130, 180]
-    gamma: float = Field(0.1, gt=0, le=1)
+    gamma: float = Field(default=0.1, gt=0, le=1)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     # auto = bf16 autocast on CUDA, fp32 on CPU.
     precision: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
@@ -171,16 +171,16 @@ class TrainConfig(_Section):
     channels_last: Literal["auto", "on", "off"] = "auto"
     compile: bool = False
     deterministic: bool = False
-    checkpoint_every: int = Field(1, ge=1)
+    checkpoint_every: int = Field(default=1, ge=1)
     # Processes for DistributedDataParallel (launched through torchrun when > 1).
-    nproc: int = Field(1, ge=1)
+    nproc: int = Field(default=1, ge=1)
     # Machines taking part, nproc processes each: train.batch_size is shared by all
     # nnodes x nproc ranks, so it changes how the batch is split (a training key, like nproc).
-    nnodes: int = Field(1, ge=1)
+    nnodes: int = Field(default=1, ge=1)
     # This machine's index, 0..nnodes-1; machine 0 runs the global rank 0, which alone logs to
     # MLflow and writes checkpoints and outputs. Differs per machine: pass it on the command line
     # (`eed train --set train.node_rank=1`, `dvc exp run -S train.node_rank=1`).
-    node_rank: int = Field(0, ge=0)
+    node_rank: int = Field(default=0, ge=0)
     # "host:port" where the machines meet (machine 0's address and a free port, e.g.
     # host0:29400); required when nnodes > 1, passed like node_rank.
     rdzv_endpoint: str | None = None
@@ -219,7 +219,7 @@ class TrainConfig(_Section):
         return endpoint.strip()
 
     @model_validator(mode="after")
-    def _nodes(self) -> "TrainConfig":
+    def _nodes(self) -> TrainConfig:
         if self.node_rank >= self.nnodes:
             raise ValueError(
                 f"train.node_rank={self.node_rank} must be below train.nnodes={self.nnodes} "
@@ -236,9 +236,9 @@ class TrainConfig(_Section):
 
 class EvalConfig(_Section):
     split: Literal["test", "val"] = "test"
-    ece_bins: int = Field(15, ge=1)
+    ece_bins: int = Field(default=15, ge=1)
     # Early-exit sweep: thresholds tau from 0 to 1 in this many steps.
-    thresholds: int = Field(101, ge=2)
+    thresholds: int = Field(default=101, ge=2)
     # The exit rule of the budgets, the guaranteed threshold and the served model (every rule's
     # curve is drawn and reported beside it).
     exit_rule: ExitRule = "confidence"
@@ -249,10 +249,10 @@ class EvalConfig(_Section):
     calibrate: bool = False
     # A threshold with a guarantee: top-1 lost vs the main output at most max_drop (a fraction),
     # with probability >= 1 - delta over the validation draw; null: none fitted.
-    max_drop: float | None = Field(0.01, ge=0.0, le=1.0)
-    delta: float = Field(0.1, gt=0.0, lt=1.0)
-    rdm_samples: int = Field(500, ge=2)
-    rdm_classes: int = Field(10, ge=2)
+    max_drop: float | None = Field(default=0.01, ge=0.0, le=1.0)
+    delta: float = Field(default=0.1, gt=0.0, lt=1.0)
+    rdm_samples: int = Field(default=500, ge=2)
+    rdm_classes: int = Field(default=10, ge=2)
 
 
 class TrackingConfig(_Section):
@@ -274,7 +274,7 @@ MAX_SEED = 2**32 - 1
 
 
 class Config(_Section):
-    seed: int = Field(0, ge=0, le=MAX_SEED)
+    seed: int = Field(default=0, ge=0, le=MAX_SEED)
     # A row of the methods table (eed/methods.py): baseline, branchynet, distill, byot, eed.
     method: str = "eed"
     scale: Scale = "cpu"
@@ -294,11 +294,11 @@ class Config(_Section):
         return method
 
     @model_validator(mode="after")
-    def _consistent(self) -> "Config":
+    def _consistent(self) -> Config:
         check_method_loss(self.method, self.loss)
         return self
 
-    def resolved(self) -> "Config":
+    def resolved(self) -> Config:
         """A copy with every preset-controlled ``null`` filled from :data:`PRESETS`, except
         ``model.width``, which depends on the architecture
         (:func:`eed.models.from_config.resolve_architecture`)."""
@@ -326,6 +326,21 @@ PRESET_KEYS = (
     "model.stem_relu",
     "loss.alpha",
 )
+
+_T = TypeVar("_T")
+
+
+def require_resolved(value: _T | None, key: str) -> _T:
+    """``value``, a preset key's (:data:`PRESET_KEYS`) in a resolved config. Null means the config
+    was used without :meth:`Config.resolved` (or, for ``model.width``, without
+    :func:`eed.models.from_config.resolve_architecture`): a caller's bug, named here rather than
+    failing later as arithmetic on None."""
+    if value is None:
+        raise ValueError(
+            f"{key} is null: this needs a resolved config (load_config, Config.resolved(), and for "
+            "model.width eed.models.from_config.resolve_architecture)"
+        )
+    return value
 
 
 def preset_values(config: Config) -> dict[str, dict[str, Any]]:
@@ -427,6 +442,9 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """YAML's safe loader, refusing a key given twice in one mapping (PyYAML keeps the last one:
     a second ``train:`` section would silently reset every other train key)."""
 
+    # The document's root node, set by read_yaml before construction (for _path_to).
+    root: yaml.Node | None
+
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
         first: dict[Any, int] = {}
         for key_node, _ in node.value:
@@ -460,6 +478,8 @@ def _path_to(loader: _UniqueKeyLoader, target: yaml.Node) -> list[tuple[yaml.Nod
                     return found
         return None
 
+    if loader.root is None:
+        return []
     return walk(loader.root, []) or []
 
 

@@ -30,7 +30,8 @@ import signal
 import sys
 import threading
 import traceback
-from typing import Callable, Iterator, TypeVar
+from collections.abc import Callable, Iterator
+from typing import TypeVar
 
 F = TypeVar("F", bound=Callable[..., object])
 

@@ -16,8 +16,9 @@ Pure data: no torch, no config.
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator, Literal
+from typing import Literal
 
 # Where the cross entropy goes: the main output only (no exits), or every classifier.
 CrossEntropyOn = Literal["main", "all"]

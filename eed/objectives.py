@@ -23,8 +23,9 @@ the official release: a classifier learns from the ensemble, it is not pulled by
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -259,7 +260,7 @@ class ExitEnsembleObjective(nn.Module):
         self.plan = plan_for(method, loss, num_classifiers)
 
     @classmethod
-    def from_config(cls, config: Config, num_classifiers: int) -> "ExitEnsembleObjective":
+    def from_config(cls, config: Config, num_classifiers: int) -> ExitEnsembleObjective:
         return cls(config.method, config.loss, num_classifiers)
 
     @property

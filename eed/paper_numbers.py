@@ -99,7 +99,7 @@ def load_paper_numbers_from(path: str | Path) -> PaperNumbers:
 def _entries(data: dict, section: str, path: Path) -> list[tuple[str, Any]]:
     """``(name for errors, raw entry)`` for each entry of a section's list."""
     if not isinstance(data[section], list):
-        raise ValueError(f"{path.name}: {section} must be a list of entries")  # noqa: TRY004 (a bad file)
+        raise ValueError(f"{path.name}: {section} must be a list of entries")
     return [(_where(path, section, i, raw), raw) for i, raw in enumerate(data[section])]
 
 
@@ -193,7 +193,7 @@ def _checked_outputs(values: Any, key: str, low: float, high: float, where: str)
 
 def _check_keys(mapping: Any, required: tuple[str, ...], optional: tuple[str, ...], where: str) -> None:
     if not isinstance(mapping, dict):
-        raise ValueError(f"{where}: expected a mapping, got {type(mapping).__name__}")  # noqa: TRY004
+        raise ValueError(f"{where}: expected a mapping, got {type(mapping).__name__}")
     unknown = [key for key in mapping if key not in required + optional]
     missing = [key for key in required if key not in mapping]
     problems = [

@@ -17,8 +17,8 @@ import errno
 import fcntl
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from eed.errors import ConfigError
 
@@ -90,7 +90,7 @@ def training_lock(folder: str | Path) -> Iterator[Path]:
     if not next(parent for parent in (folder, *folder.parents) if parent.exists()).is_dir():
         raise NotADirectoryError(errno.ENOTDIR, "Not a directory", str(folder))
     folder.mkdir(parents=True, exist_ok=True)
-    handle = open(folder / LOCK_FILE, "a+")
+    handle = open(folder / LOCK_FILE, "a+")  # noqa: SIM115 (held until the caller releases the lock)
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -117,7 +117,7 @@ def _remove_if_only_lock(created: list[Path]) -> None:
     """Remove the folders a failed block created (deepest first), each only when it holds nothing
     else than the lock file and the folders removed before it."""
     for folder in created:
-        leftovers = [entry for entry in folder.iterdir()] if folder.is_dir() else []
+        leftovers = list(folder.iterdir()) if folder.is_dir() else []
         if all(entry.name == LOCK_FILE for entry in leftovers):
             for entry in leftovers:
                 entry.unlink()

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import time
-from typing import Iterable, Iterator, TypeVar
+from collections.abc import Iterable, Iterator
+from typing import TypeVar
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
@@ -71,7 +72,8 @@ def tracked(items: Iterable[T], progress: Progress | None, description: str, tot
             if clock.due():
                 progress.update(task, completed=done, refresh=True)
     finally:
-        if hasattr(iterator, "close"):  # a loader left early stops its producer now, not at garbage collection
-            iterator.close()
+        close = getattr(iterator, "close", None)
+        if close is not None:  # a loader left early stops its producer now, not at garbage collection
+            close()
         progress.remove_task(task)
         progress.refresh()

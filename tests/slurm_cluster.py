@@ -43,7 +43,7 @@ class SlurmCluster:
         self.conf = folder / "slurm.conf"
         self.env = {**os.environ, "SLURM_CONF": str(self.conf)}
 
-    def start(self, cpus: int = 2) -> "SlurmCluster":
+    def start(self, cpus: int = 2) -> SlurmCluster:
         install()
         folder, host = self.folder, socket.gethostname()
         for name in ("munge", "state", "spool", "log"):
@@ -112,7 +112,7 @@ class SlurmCluster:
         raise RuntimeError(f"the Slurm node never became idle; logs in {folder / 'log'}")
 
     def _start(self, command: list[str]) -> None:
-        log = open(self.folder / "log" / f"{command[0]}.out", "w")
+        log = open(self.folder / "log" / f"{command[0]}.out", "w")  # noqa: SIM115 (the daemon writes it)
         self.processes.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=self.env))
 
     def _wait_for(self, path: Path, seconds: float = 30) -> None:

@@ -116,7 +116,7 @@ def test_temperature_stops_at_its_bound_when_logits_carry_no_information():
 
 
 @pytest.mark.parametrize(
-    "logits, labels, message",
+    ("logits", "labels", "message"),
     [
         (torch.zeros(10, CLASSES), torch.zeros(10, dtype=torch.long), "classifiers, samples, classes"),
         (torch.zeros(2, 10, CLASSES), torch.zeros(9, dtype=torch.long), "labels must be"),

@@ -5,6 +5,7 @@ the grouping on records built here: every training setting but the seed splits r
 from __future__ import annotations
 
 import csv
+import itertools
 import re
 import statistics
 
@@ -130,7 +131,7 @@ def printed(cell: str, output: str) -> bool:
     return (
         any(
             ends(rf"(?<![\d.]){re.escape(mean)}\*?(?=\s|$)", line) & ends(rf"±{re.escape(std)}(?=\s|$)", below)
-            for line, below in zip(lines, lines[1:])
+            for line, below in itertools.pairwise(lines)
         )
         if std
         else mean in output
@@ -177,7 +178,7 @@ def stacked(above: str, below: str, output: str) -> bool:
     return any(
         {m.end() for m in re.finditer(re.escape(above) + r"(?=\s|$)", line)}
         & {m.end() for m in re.finditer(re.escape(below), under)}
-        for line, under in zip(lines, lines[1:])
+        for line, under in itertools.pairwise(lines)
     )
 
 

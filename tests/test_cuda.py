@@ -100,7 +100,7 @@ def test_autocast_step_matches_the_cpu(precision, dtype, tolerance):
     gpu_loss, logits = sgd_step(gpu, x.to(runtime.device), y.to(runtime.device), runtime.autocast)
     assert logits.dtype == dtype  # the network really ran in reduced precision
     assert np.isfinite(gpu_loss) and abs(gpu_loss - cpu_loss) / cpu_loss < tolerance
-    for (name, p_cpu), p_gpu in zip(cpu.named_parameters(), gpu.parameters()):
+    for (name, _p_cpu), p_gpu in zip(cpu.named_parameters(), gpu.parameters()):
         assert torch.isfinite(p_gpu).all(), name
     # The step moved the weights the way the CPU's fp32 step did (up to the precision).
     moved_cpu = torch.cat([p.detach().flatten() for p in cpu.parameters()]) - torch.cat(

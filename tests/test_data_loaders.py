@@ -436,7 +436,7 @@ def test_small_cifar10_end_to_end(tmp_path, make_cifar10):
     normalization = dataset_info("cifar10").normalization
     assert torch.equal(images, torch_normalize(expected, normalization.mean, normalization.std))
     train = make_loader(config, "train", train=True)
-    images, labels = next(iter(train))
+    images, _labels = next(iter(train))
     assert images.shape == (16, 3, 32, 32) and len(train) == 100 // 16
 
 

@@ -206,7 +206,7 @@ def test_label_out_of_range_names_the_file(tmp_path, make_cifar10):
     make_cifar10(tmp_path)
     path = tmp_path / "cifar-10-batches-py" / "test_batch"
     labels = pickle.loads(path.read_bytes(), encoding="latin1")["labels"]
-    _rewrite_batch(path, labels=[10] + labels[1:])
+    _rewrite_batch(path, labels=[10, *labels[1:]])
     with pytest.raises(DataError, match=r"test_batch: label 10 \(image 0\) is out of range 0..9"):
         read_cifar("cifar10", tmp_path, download=False)
 

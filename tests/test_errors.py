@@ -250,7 +250,7 @@ def expand(args: list[str], project: Path) -> list[str]:
     ids=lambda v: v if isinstance(v, str) else v[0],
 )
 def test_each_command_reports_each_error_kind_in_one_line(command, case, project, monkeypatch):
-    name, args, code, fragment = case
+    _name, args, code, fragment = case
     monkeypatch.chdir(project)  # no params.yaml here: the built-in defaults plus --set
     exit_code, stderr = cli([command, *expand(args, project)])
     assert_one_line(exit_code, stderr, code, fragment.replace("{project}", str(project)))
@@ -305,7 +305,7 @@ STAGE_CASES = {
     ids=lambda v: v if isinstance(v, str) else v[0],
 )
 def test_each_stage_reports_each_error_kind_in_one_line(stage, case, project, tmp_path, monkeypatch, capsys):
-    name, extra, code, fragment = case
+    _name, extra, code, fragment = case
     write_params(
         tmp_path, project, *(e.replace("{project}", str(project)).replace("{folder}", str(tmp_path)) for e in extra)
     )
@@ -369,4 +369,4 @@ def test_eed_debug_adds_the_traceback(capsys, monkeypatch):
 
 def test_unexpected_exceptions_keep_their_traceback():
     with pytest.raises(ZeroDivisionError), errors.error_boundary():
-        1 / 0
+        _ = 1 / 0

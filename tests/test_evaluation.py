@@ -3,6 +3,7 @@ tiny multi-exit network, the output files, MLflow logging and the error paths.""
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import matplotlib.image
@@ -27,9 +28,9 @@ from eed.metrics.collected import Collected
 from eed.metrics.summary import summarize
 from eed.models.backbone import Backbone
 from eed.models.multi_exit import MultiExitNet, conv_bn_relu
-from eed.reporting.training_curves import plot_training_curves
 from eed.reporting.files import write_evaluation_outputs
 from eed.reporting.tables import evaluation_tables
+from eed.reporting.training_curves import plot_training_curves
 from eed.stages.common import resolve_source
 from eed.tracking import MlflowLogger, flatten_metrics, logged_run
 
@@ -81,7 +82,7 @@ def test_ensemble_and_running_ensemble_accuracy_match_numpy(logits_labels):
     for j in range(1, K + 1):
         assert float(running[j - 1]) == pytest.approx((z[:j].mean(axis=0).argmax(axis=1) == y).mean())
     per_classifier = [(z[i].argmax(axis=1) == y).mean() for i in range(K)]
-    assert top1_accuracy(logits, labels).tolist() == pytest.approx(per_classifier + [expected_ensemble])
+    assert top1_accuracy(logits, labels).tolist() == pytest.approx([*per_classifier, expected_ensemble])
 
 
 def test_top5_matches_numpy(logits_labels):
@@ -99,7 +100,7 @@ def numpy_ece(logits: np.ndarray, labels: np.ndarray, bins: int) -> float:
     correct = predicted == labels
     edges = np.linspace(0.0, 1.0, bins + 1)
     ece = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
+    for lo, hi in itertools.pairwise(edges):
         in_bin = (confidence > lo) & (confidence <= hi)
         if in_bin.any():
             ece += in_bin.mean() * abs(correct[in_bin].mean() - confidence[in_bin].mean())
@@ -191,7 +192,7 @@ def test_write_outputs_files_and_figures(tmp_path, logits_labels):
     history = {
         f"{split}/acc_{name}": [(epoch, 0.1 * epoch + 0.01 * i) for epoch in range(1, 5)]
         for split in ("train", "val")
-        for i, name in enumerate(NAMES + ["ensemble"])
+        for i, name in enumerate([*NAMES, "ensemble"])
     }
     # The training curves are the trainer's figures; evaluation draws its own.
     files = write_evaluation_outputs(report, tmp_path) + plot_training_curves(history, tmp_path / "figures")

@@ -56,7 +56,7 @@ def store(tmp_path, monkeypatch):
 @pytest.fixture
 def training_run(store, tmp_path):
     """A finished training run with its checkpoints/best.pt artifact."""
-    uri, client = store
+    _uri, client = store
     run_id = client.create_run(client.get_experiment_by_name("evaluation-e2e").experiment_id).info.run_id
     checkpoint, model = make_checkpoint(tmp_path / "best.pt", run_id)
     client.log_artifact(run_id, str(checkpoint), "checkpoints")

@@ -83,7 +83,7 @@ def history(epochs: int = 3) -> dict[str, list[tuple[int, float]]]:
     return {
         f"{prefix}{name}": [(epoch, 0.1 * epoch + 0.01 * i) for epoch in range(1, epochs + 1)]
         for prefix in prefixes.values()
-        for i, name in enumerate(NAMES + ["ensemble"])
+        for i, name in enumerate([*NAMES, "ensemble"])
     }
 
 

@@ -151,7 +151,7 @@ def test_a_grid_on_two_gpus_with_its_own_server_runs_each_cell_once_and_a_second
     assert "grid: 4 cells, 0 done" in first.stdout and "Test accuracy of best.pt" in first.stdout, first.stdout
     (server_uri,) = re.findall(r"its own MLflow server at (http://127\.0\.0\.1:\d+)", first.stdout)
     assert f"0 done in {server_uri}" in first.stdout
-    with pytest.raises(OSError):  # stopped at the end ...
+    with pytest.raises(OSError):  # noqa: PT011 (the OS's own message: the server stopped at the end)
         urllib.request.urlopen(f"{server_uri}/health", timeout=5)
     store = project / "outputs" / "grid" / "tracking"  # ... its runs stay in its store
     runs = training_runs(project, store / "mlflow.db")

@@ -5,6 +5,7 @@ curve is known exactly, against a naive rule that the same simulation catches fa
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -42,7 +43,7 @@ def _binomial_cdf(successes: int, trials: int, p: float) -> float:
     return sum(math.comb(trials, j) * p**j * (1 - p) ** (trials - j) for j in range(successes + 1))
 
 
-@pytest.mark.parametrize("successes, trials", [(1, 10), (7, 50), (60, 200), (199, 200)])
+@pytest.mark.parametrize(("successes", "trials"), [(1, 10), (7, 50), (60, 200), (199, 200)])
 def test_clopper_pearson_bounds_solve_the_binomial_tail(successes, trials):
     """The definition, checked with exact binomial sums: P(X <= k | U) = delta, P(X >= k | L) = delta."""
     delta = 0.05
@@ -69,8 +70,8 @@ def test_clopper_pearson_is_monotone_and_brackets_the_estimate():
     trials, delta = 50, 0.1
     uppers = [clopper_pearson_upper(k, trials, delta) for k in range(trials + 1)]
     lowers = [clopper_pearson_lower(k, trials, delta) for k in range(trials + 1)]
-    assert all(a < b for a, b in zip(uppers, uppers[1:]))
-    assert all(a < b for a, b in zip(lowers, lowers[1:]))
+    assert all(a < b for a, b in itertools.pairwise(uppers))
+    assert all(a < b for a, b in itertools.pairwise(lowers))
     assert all(lower < k / trials < upper for k, (lower, upper) in enumerate(zip(lowers, uppers)) if 0 < k < trials)
     # A smaller delta asks for more confidence: a wider interval.
     assert clopper_pearson_upper(10, trials, 0.01) > clopper_pearson_upper(10, trials, 0.1)

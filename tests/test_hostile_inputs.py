@@ -86,7 +86,7 @@ def test_a_disk_that_fills_while_a_checkpoint_is_written_names_the_path_and_the_
     usage = shutil.disk_usage(tmp_path)
     monkeypatch.setattr(shutil, "disk_usage", lambda path: usage._replace(free=3 * 2**20))
     path = tmp_path / "checkpoints" / "last.pt"
-    with pytest.raises(OSError) as error:
+    with pytest.raises(OSError) as error:  # noqa: PT011 (the OS's own message)
         Checkpoint(NetworkSpec("resnet18", 10, 4, True), {}, {}, TrainState()).save(path)
     from eed.errors import one_line
 

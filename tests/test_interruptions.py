@@ -15,9 +15,9 @@ import os
 import random
 import signal
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import pytest
 import torch
@@ -124,7 +124,7 @@ def in_child(overrides: list[str], out: Path, fault=None, **when) -> int:
             (out.parent / "events.txt").write_text("\n".join(seen))  # what an uninterrupted run goes through
         except TrainingInterrupted as stopped:
             code = stopped.exit_code
-        except BaseException:  # noqa: BLE001 - reported through the exit code
+        except BaseException:
             traceback.print_exc()
         finally:
             os._exit(code)
@@ -282,7 +282,7 @@ def test_unusable_output_folders_and_a_full_disk_fail_before_the_first_step(tmp_
     config = load_config(None, attempt.overrides)
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
-    with pytest.raises(OSError) as unwritable:
+    with pytest.raises(OSError) as unwritable:  # noqa: PT011 (the OS's own message)
         T.train(config, blocker / "train")
     assert exit_code(unwritable.value) == 7 and "a-file" in one_line(unwritable.value)
 

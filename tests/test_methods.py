@@ -41,9 +41,11 @@ def test_an_inconsistent_row_is_refused():
         MethodSpec("x", "", "all", "exits", "none", "unused")
     with pytest.raises(ValueError, match="feature loss needs students"):
         MethodSpec("x", "", "all", "none", "none", "optional")
-    with pytest.raises(ValueError, match="already registered"):
-        with registered(MethodSpec("eed", "", "all", "all", "chosen", "optional")):
-            pass
+    with (
+        pytest.raises(ValueError, match="already registered"),
+        registered(MethodSpec("eed", "", "all", "all", "chosen", "optional")),
+    ):
+        pass
 
 
 def test_a_sixth_method_added_in_one_place_validates_plans_describes_compares_and_trains(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -68,7 +70,7 @@ def test_forward_gives_every_classifier_and_stages_halve_resolution(arch: str) -
     assert all(feature.shape == feature_dim for feature in out.features)
     assert feature_dim == (2, model.fc.in_features)
     # The Backbone contract the exits rely on: every stage after the first halves the resolution.
-    assert all(later == earlier // 2 for earlier, later in zip(stage_sizes, stage_sizes[1:]))
+    assert all(later == earlier // 2 for earlier, later in itertools.pairwise(stage_sizes))
 
 
 @pytest.mark.parametrize("arch", ["resnet18", "wrn28_10"])

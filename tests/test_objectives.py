@@ -111,7 +111,7 @@ def expected(
 def assert_matches(result, total: Tensor, terms: dict[str, Tensor]) -> None:
     assert result.names == list(terms), "term keys or their order differ"
     for name, value in terms.items():
-        torch.testing.assert_close(result.terms[name], value, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(result.terms[name], value, msg=lambda m, name=name: f"{name}: {m}")
     torch.testing.assert_close(result.total, total)
 
 
@@ -134,7 +134,7 @@ def test_term_keys_per_method() -> None:
     ce = tuple(f"ce_{n}" for n in NAMES)
     assert keys["baseline"] == ("ce_main",)
     assert keys["branchynet"] == ce
-    assert keys["distill"] == ce + ("kd_exit1", "kd_exit2", "kd_exit3")  # beta ignored
+    assert keys["distill"] == (*ce, "kd_exit1", "kd_exit2", "kd_exit3")  # beta ignored
     assert keys["byot"] == keys["distill"] + ("feat_exit1", "feat_exit2", "feat_exit3")
     assert keys["eed"] == ce + tuple(f"kd_{n}" for n in NAMES) + tuple(f"feat_{n}" for n in NAMES)
 
@@ -264,7 +264,7 @@ def test_main_output_gets_only_its_cross_entropy_gradient(method: str) -> None:
 
 
 @pytest.mark.parametrize(
-    "teacher, members",
+    ("teacher", "members"),
     [
         ([1, 3, "main"], [0, 2, 3]),
         ([1, "main"], [0, 3]),
@@ -306,7 +306,7 @@ def test_describe_names_the_ensemble() -> None:
 
 
 @pytest.mark.parametrize(
-    "method, loss, k, key, also",
+    ("method", "loss", "k", "key", "also"),
     [
         ("kd", LossConfig(), K, "method", list(method_names())),
         ("baseline", LossConfig(), K, "method 'baseline' trains the network without exits", []),

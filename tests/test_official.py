@@ -8,6 +8,7 @@ The release's forward pass and loss are written below from its definitions (``re
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -105,7 +106,7 @@ def release_shapes(num_classes: int = NUM_CLASSES) -> dict[str, tuple[int, ...]]
             c_in = planes
     linear("linear", 512)
     for exit_index, widths in ((1, (64, 128, 256, 512)), (2, (128, 256, 512)), (3, (256, 512))):
-        for layer, (a, b) in enumerate(zip(widths, widths[1:]), start=1):
+        for layer, (a, b) in enumerate(itertools.pairwise(widths), start=1):
             conv(f"ex{exit_index}conv{layer}", a, b), bn(f"ex{exit_index}bn{layer}", b)
         linear(f"ex{exit_index}linear", 512)
     return shapes

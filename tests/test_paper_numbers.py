@@ -91,7 +91,7 @@ def test_resnet50_early_exits_gain_from_output_distillation():
 
 
 @pytest.mark.parametrize(
-    "arch, output, before, after, diff",
+    ("arch", "output", "before", "after", "diff"),
     [
         # "The differences between the maximum performance of the main network without and with EED are
         # 0.73% for VGG19 (75.29% → 76.02%), 0.67% for ResNet-18 (78.58% → 79.25%), 1.02% for ResNet-50
@@ -192,7 +192,7 @@ GOOD_ENTRY = {
 
 
 @pytest.mark.parametrize(
-    "change, message",
+    ("change", "message"),
     [
         ({"method": "eed2"}, "method 'eed2'"),
         ({"percent": {"main": 101.0}}, r"percent.main = 101.0"),

@@ -4,6 +4,7 @@ logits, the programs take any batch size, and the manifest says what each file i
 
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
@@ -82,6 +83,6 @@ def test_manifest_names_every_program(exported):
     ]
     segments = manifest["programs"][:k]
     assert segments[0]["input"] == ["N", 3, 32, 32]
-    for before, after in zip(segments, segments[1:]):  # each segment takes what the previous one returns
+    for before, after in itertools.pairwise(segments):  # each segment takes what the previous one returns
         assert after["input"] == before["outputs"][0]
     assert all(entry["outputs"][-1] == ["N", NUM_CLASSES] for entry in manifest["programs"])

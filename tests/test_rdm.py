@@ -71,7 +71,7 @@ def test_sample_selection_is_seeded_and_sorted_by_class():
     assert bool((picked[1:] >= picked[:-1]).all())
     classes = select_classes(picked, 10, seed=0)
     assert len(classes) == 10 and classes == sorted(classes) and set(classes) <= set(picked.tolist())
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="asked for 1001 samples"):
         select_samples(labels, 1001, seed=0)
 
 

@@ -532,10 +532,15 @@ def test_the_logged_model_loads_eager_by_default_or_compiled_when_asked(logged):
     assert flavor["config"] == {"compiled": False}
 
 
-def test_eed_serve_takes_both_load_options_for_a_model_logged_with_them(logged):
-    """What eed serve --compiled / --eager load (the app is built, nothing listens)."""
+def test_eed_serve_takes_both_load_options_for_a_model_logged_with_them(logged, monkeypatch):
+    """What eed serve --compiled / --eager load (the app is built, nothing listens). Compiling itself is
+    replaced by the eager pieces here (tests/test_compiled.py compiles for real): what is checked is that
+    the option reaches the model."""
+    import eed.inference.served as served_module
+    from eed.inference.early_exit import eager_runner
     from eed.tracking import server
 
+    monkeypatch.setattr(served_module, "compiled_runner", lambda model, image_size: eager_runner(model))
     uri, model_id = logged
     for compiled in (True, False):
         app = server.serving_app(uri, f"models:/{model_id}", {"compiled": compiled})

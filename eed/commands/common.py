@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,7 +14,7 @@ from eed.errors import ConfigError
 from eed.paths import PARAMS_FILE, find_workspace
 
 ParamsOption = Annotated[
-    Optional[Path],
+    Path | None,
     typer.Option(
         "--params",
         "-p",
@@ -24,7 +24,7 @@ ParamsOption = Annotated[
     ),
 ]
 OverridesOption = Annotated[
-    Optional[list[str]],
+    list[str] | None,
     typer.Option(
         "--set",
         "-s",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,11 +14,11 @@ from eed.errors import guarded
 @guarded
 def compare(
     experiment: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Argument(help="MLflow experiment name(s) to read runs from (default: tracking.experiment)."),
     ] = None,
     tag: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(
             "--tag",
             "-t",
@@ -28,7 +28,7 @@ def compare(
         ),
     ] = None,
     run_id: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(
             "--run-id",
             metavar="RUN_ID",
@@ -44,14 +44,14 @@ def compare(
         ),
     ] = TableSplit.test,
     out: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             help="Output folder for comparison.md, comparison.csv and figures/comparison.png "
             "(default: <paths.out_dir>/compare)."
         ),
     ] = None,
     against: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             metavar="METHOD",
             help="The reference method: each row gains its difference from the row of METHOD trained "

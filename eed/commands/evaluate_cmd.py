@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -23,13 +23,13 @@ def evaluate(
     params: ParamsOption = None,
     set_: OverridesOption = None,
     split: Annotated[
-        Optional[Split],
+        Split | None,
         typer.Option(
             help="Split to report (default: eval.split). Early-exit budget thresholds are always fitted on val."
         ),
     ] = None,
     out: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(
             help="Output folder for metrics.json, anytime.csv and figures/ (default: <paths.out_dir>/evaluate)."
         ),

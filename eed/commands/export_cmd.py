@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -13,7 +13,7 @@ from eed.errors import guarded
 @guarded
 def export(
     source: Annotated[
-        Optional[str],
+        str | None,
         typer.Argument(
             help="What to export: the MLflow run id of a training run, or a checkpoint file "
             "(default: the train stage's best.pt).",
@@ -43,7 +43,7 @@ def register(
     run: Annotated[str, typer.Argument(help="The MLflow run id whose served model to register.")],
     alias: Annotated[str, typer.Option(help="Alias to point at the new version, e.g. champion.")],
     name: Annotated[
-        Optional[str], typer.Option(help="Registered model name (default: tracking.experiment).", show_default=False)
+        str | None, typer.Option(help="Registered model name (default: tracking.experiment).", show_default=False)
     ] = None,
     params: ParamsOption = None,
     set_: OverridesOption = None,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -32,7 +32,7 @@ def grid(
     ] = "local",
     jobs: Annotated[int, typer.Option("--jobs", "-j", help="Cells at once on this machine (without --gpus).")] = 1,
     gpus: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--gpus",
             metavar="0,1,...",
@@ -40,18 +40,18 @@ def grid(
         ),
     ] = None,
     per_gpu: Annotated[int, typer.Option("--per-gpu", help="Cells at once on each GPU of --gpus.")] = 1,
-    partition: Annotated[Optional[str], typer.Option(help="slurm: the partition (default: the cluster's).")] = None,
+    partition: Annotated[str | None, typer.Option(help="slurm: the partition (default: the cluster's).")] = None,
     time: Annotated[
         int,
         typer.Option(
             "--time", metavar="MINUTES", help="slurm: a task's time limit; one that hits it is requeued and resumes."
         ),
     ] = 1440,
-    account: Annotated[Optional[str], typer.Option(help="slurm: the account to charge.")] = None,
+    account: Annotated[str | None, typer.Option(help="slurm: the account to charge.")] = None,
     gpus_per_run: Annotated[int, typer.Option(help="slurm: GPUs per cell (train.nproc > 1 runs DDP on them).")] = 0,
     cpus_per_run: Annotated[int, typer.Option(help="slurm: CPUs per cell.")] = 1,
     tracking_uri: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             help="The MLflow store of every cell (e.g. http://tracking.lab:5000); default: params' tracking.uri."
         ),
@@ -65,13 +65,13 @@ def grid(
         ),
     ] = False,
     server_host: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             help="--server: the name cells reach it by (default: this machine's name for slurm, else 127.0.0.1)."
         ),
     ] = None,
     out: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(help="Folder of the cells, one per training setting (default: <paths.out_dir>/grid)."),
     ] = None,
     params: ParamsOption = None,
@@ -85,7 +85,6 @@ def grid(
     Run the same command again after any interruption: it finishes what is left.
     """
     from eed.stages import grid as stage
-
     from eed.stages.grid_slurm import SlurmOptions
 
     result = stage.grid(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -12,7 +12,7 @@ from eed.errors import guarded
 @guarded
 def models(
     width: Annotated[
-        Optional[int],
+        int | None,
         typer.Option(min=1, help="Channels of the first stage for every row (default: each architecture's own)."),
     ] = None,
 ) -> None:

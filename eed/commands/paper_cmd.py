@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,22 +14,22 @@ from eed.errors import guarded
 @guarded
 def paper(
     experiment: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Argument(help="MLflow experiment name(s) to read runs from (default: tracking.experiment)."),
     ] = None,
     tag: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option("--tag", "-t", metavar="KEY=VALUE", help="Only runs with this tag (repeatable; all must match)."),
     ] = None,
     run_id: Annotated[
-        Optional[list[str]], typer.Option("--run-id", metavar="RUN_ID", help="Report exactly these runs (repeatable).")
+        list[str] | None, typer.Option("--run-id", metavar="RUN_ID", help="Report exactly these runs (repeatable).")
     ] = None,
     against: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(metavar="METHOD", help="The reference of the differences (default: branchynet when there)."),
     ] = None,
     out: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(help="Folder for paper.md, paper.html and the figures (default: <paths.out_dir>/paper)."),
     ] = None,
     params: ParamsOption = None,

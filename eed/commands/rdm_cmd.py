@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -18,7 +18,7 @@ def rdm(
     set_: OverridesOption = None,
     split: Annotated[Split, typer.Option(help="Split the samples are drawn from.")] = Split.test,
     classifier: Annotated[
-        Optional[list[str]],
+        list[str] | None,
         typer.Option(
             "--classifier",
             "-c",
@@ -31,7 +31,7 @@ def rdm(
         int, typer.Option(help="Seed of the sample and the zoomed classes; keep it fixed to compare runs.")
     ] = 0,
     out: Annotated[
-        Optional[Path],
+        Path | None,
         typer.Option(help="Output folder for rdm.json and figures/rdm.png (default: <paths.out_dir>/rdm)."),
     ] = None,
     checkpoint: Annotated[

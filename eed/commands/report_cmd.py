@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,7 +15,7 @@ from eed.errors import guarded
 def report(
     params: ParamsOption = None,
     set_: OverridesOption = None,
-    out: Annotated[Optional[Path], typer.Option(help="File to write (default: <paths.out_dir>/results.json).")] = None,
+    out: Annotated[Path | None, typer.Option(help="File to write (default: <paths.out_dir>/results.json).")] = None,
 ) -> None:
     """Show the run's results (every classifier's top-1/top-5 and GFLOPs, the early-exit budgets) and write results.json."""
     from eed.stages import report as stage

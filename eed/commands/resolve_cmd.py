@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,7 +15,7 @@ from eed.errors import guarded
 def resolve(
     params: ParamsOption = None,
     set_: OverridesOption = None,
-    out: Annotated[Optional[Path], typer.Option(help="File to write (default: <paths.out_dir>/resolved.yaml).")] = None,
+    out: Annotated[Path | None, typer.Option(help="File to write (default: <paths.out_dir>/resolved.yaml).")] = None,
 ) -> None:
     """Show and write what the keys params.yaml leaves null resolve to under the scale preset and the reference."""
     from eed.stages import resolve as stage

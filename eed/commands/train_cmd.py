@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -15,7 +15,7 @@ from eed.errors import guarded
 def train(
     params: ParamsOption = None,
     set_: OverridesOption = None,
-    out: Annotated[Optional[Path], typer.Option(help="Output folder (default: <paths.out_dir>/train).")] = None,
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: <paths.out_dir>/train).")] = None,
     resume: Annotated[
         str,
         typer.Option(

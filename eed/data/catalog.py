@@ -7,6 +7,7 @@ Nothing here reads files; :mod:`eed.data.sources` checks real files against thes
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,6 +24,14 @@ class Normalization:
 
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
+
+    @classmethod
+    def from_lists(cls, values: Mapping[str, Sequence[float]]) -> Normalization:
+        """From ``{"mean": [r, g, b], "std": [r, g, b]}``, the form a manifest and a served model store."""
+        mean, std = tuple(values["mean"]), tuple(values["std"])
+        if len(mean) != 3 or len(std) != 3:
+            raise ValueError(f"normalization needs one mean and one std per RGB channel, got {dict(values)}")
+        return cls(mean, std)
 
     def mean_255(self) -> np.ndarray:
         """Mean on the 0..255 pixel scale (float64), the form FFCV's ``NormalizeImage`` takes."""

@@ -9,7 +9,7 @@ afterwards the modules are cached and importing them changes nothing.
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 
@@ -28,8 +28,8 @@ def keep_torch_threads() -> Iterator[None]:
 def import_ffcv() -> None:
     """Import the FFCV modules the data layer uses, keeping torch's thread count."""
     with keep_torch_threads():
-        import ffcv.fields.decoders  # noqa: F401
-        import ffcv.loader  # noqa: F401
-        import ffcv.reader  # noqa: F401
-        import ffcv.transforms  # noqa: F401
+        import ffcv.fields.decoders
+        import ffcv.loader
+        import ffcv.reader
+        import ffcv.transforms
         import ffcv.writer  # noqa: F401

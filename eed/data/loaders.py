@@ -49,7 +49,8 @@ from __future__ import annotations
 import contextlib
 import math
 import queue
-from typing import Iterator, Literal, Protocol, runtime_checkable
+from collections.abc import Iterator
+from typing import Literal, Protocol, runtime_checkable
 
 import numpy as np
 import torch
@@ -138,7 +139,7 @@ def make_loader(
             )
         batch_size //= world_size
     info = dataset_info(manifest.dataset)
-    normalization = Normalization(tuple(manifest.normalization["mean"]), tuple(manifest.normalization["std"]))
+    normalization = Normalization.from_lists(manifest.normalization)
     subset = config.data.train_subset or 0
 
     if config.data.backend == "tensor":
@@ -146,6 +147,7 @@ def make_loader(
             raise DataError(
                 f"the tensor backend holds fixed-size images in memory; {manifest.dataset} needs data.backend=ffcv"
             )
+        assert manifest.directory is not None  # load_manifest read it from disk (split_path checked it too)
         arrays = read_split(manifest.directory, split)
         manifest.check_labels(split, arrays.labels.numpy())
         sample_ids = _subset(arrays.labels.numpy(), split, subset, config.data.split_seed)
@@ -228,7 +230,12 @@ def _sample_order(
         from torch.utils.data import DistributedSampler
 
         sampler = DistributedSampler(
-            range(count), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=False
+            range(count),  # pyright: ignore[reportArgumentType]  # torch types it Dataset; the sampler only takes len()
+            num_replicas=world_size,
+            rank=rank,
+            shuffle=shuffle,
+            seed=seed,
+            drop_last=False,
         )
         sampler.set_epoch(epoch)
         return np.fromiter(iter(sampler), dtype=np.int64, count=len(sampler))
@@ -302,6 +309,7 @@ class TensorEpochLoader:
         self.epoch += 1
         device = self.images.device
         positions = torch.from_numpy(self._positions(epoch)).to(device)
+        shifts: list[torch.Tensor] = []  # drawn for training only
         if self.train:
             # One draw per visited sample, made up front: a sample's augmentation does not
             # depend on the batch size, and the stream never touches the device's RNG.
@@ -382,7 +390,8 @@ class FFCVEpochLoader:
                 order=OrderOption.RANDOM if train else OrderOption.SEQUENTIAL,
                 distributed=distributed,
                 seed=seed,
-                indices=sample_ids,
+                # ffcv types indices Sequence[int]; it takes any array (np.array(indices)).
+                indices=sample_ids,  # pyright: ignore[reportArgumentType]
                 pipelines=pipelines,
                 drop_last=self.drop_last,
             )
@@ -490,7 +499,12 @@ def _ffcv_pipelines(
         # (_copy_out). ToTorchImage's own NCHW copy would run torch's OpenMP threads inside
         # FFCV's thread, fighting numba's threads: 15k instead of 110k img/s on 2 cores.
         image += [
-            NormalizeImage(normalization.mean_255(), normalization.std_255(), np.float32),
+            # ffcv types the third argument np.dtype; its docs and code take a scalar type such as np.float16.
+            NormalizeImage(
+                normalization.mean_255(),
+                normalization.std_255(),
+                np.float32,  # pyright: ignore[reportArgumentType]
+            ),
             ToTensor(),
             ToTorchImage(channels_last=True),
         ]

@@ -9,9 +9,9 @@ with OpenCV and center-cropped like the evaluation pipeline.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -84,7 +84,7 @@ def read_split(
     else:
         pixels = _decode_resized(file, image_meta, reader, resolution or IMAGENET_EVAL_RESOLUTION)
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
-    normalization = Normalization(tuple(manifest.normalization["mean"]), tuple(manifest.normalization["std"]))
+    normalization = Normalization.from_lists(manifest.normalization)
     return SplitTensors(images, torch.from_numpy(labels), list(manifest.class_names), normalization)
 
 
@@ -102,7 +102,7 @@ def _open_beton(path: Path):  # -> ffcv.reader.Reader
         raise DataError(f"{path} is missing; {RERUN_HINT}")
     try:
         return Reader(str(path))
-    except Exception as error:  # noqa: BLE001 - FFCV raises assorted types for a bad file
+    except Exception as error:
         raise DataError(f"{path}: not a readable .beton file ({type(error).__name__}: {error}); {RERUN_HINT}") from None
 
 

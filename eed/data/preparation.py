@@ -26,17 +26,17 @@ import fcntl
 import hashlib
 import os
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from importlib import metadata
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from eed.config import Config
+from eed.config import Config, require_resolved
 from eed.data.catalog import dataset_info
 from eed.data.ffcv_import import import_ffcv
 from eed.data.manifest import (
@@ -111,7 +111,7 @@ def prepare(config: Config, *, console: Console | None = None) -> PrepareResult:
 
 def _splits(raw: RawDataset, config: Config) -> dict[str, tuple[ImageSet, np.ndarray]]:
     """``{split: (image set, indices into it)}``; the val split is carved from train."""
-    val_size = config.data.val_size
+    val_size = require_resolved(config.data.val_size, "data.val_size")
     if val_size >= len(raw.train):
         raise DataError(
             f"data.val_size = {val_size} leaves no training images: {raw.name} has "
@@ -144,7 +144,7 @@ def _manifest_for(raw: RawDataset, config: Config, split_sets: dict[str, tuple[I
         image_shape=image_shape,
         splits=splits,
         split_seed=config.data.split_seed,
-        val_size=config.data.val_size,
+        val_size=require_resolved(config.data.val_size, "data.val_size"),
         eed_version=_eed_version(),
     )
 

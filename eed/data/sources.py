@@ -29,7 +29,7 @@ import tempfile
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, ClassVar
 
 import numpy as np
 from rich.console import Console
@@ -81,7 +81,7 @@ class ImageFiles:
         try:
             with Image.open(self.paths[index]) as image:
                 pixels = np.asarray(image.convert("RGB"))
-        except Exception:  # noqa: BLE001 - any decoding problem is reported after writing
+        except Exception:
             with self._failed.get_lock():
                 self._failed.value += 1
                 if self._first_failed.value < 0:
@@ -98,7 +98,7 @@ class ImageFiles:
             )
 
 
-ImageSet = Union[ImageArrays, ImageFiles]
+ImageSet = ImageArrays | ImageFiles
 
 
 @dataclass
@@ -228,7 +228,7 @@ def _download(layout: CifarLayout, spec: Any, root: Path, console: Console) -> N
         console.print(f"Downloading {layout.title} from {spec.url} to {root}")
         tv_utils.download_url(spec.url, str(staging), filename=spec.filename, md5=spec.tgz_md5)
         os.replace(staging / spec.filename, root / spec.filename)
-    except Exception as error:  # noqa: BLE001 - offline, HTTP, md5: all mean "provide the file"
+    except Exception as error:
         raise DataError(_missing_message(layout, spec, root, f"downloading it failed ({error})")) from None
     finally:
         if staging is not None:
@@ -265,11 +265,13 @@ def _read_archive_members(archive: Path, base_folder: str, names: list[str], url
     return found
 
 
+# numpy's stubs leave out the private _frombuffer, and declare _reconstruct Final (the fallback
+# import below re-binds the name); both exist at runtime.
 try:  # numpy >= 2 moved the pickle helpers to numpy._core
     from numpy._core.multiarray import _reconstruct as _np_reconstruct
-    from numpy._core.numeric import _frombuffer as _np_frombuffer
+    from numpy._core.numeric import _frombuffer as _np_frombuffer  # pyright: ignore[reportAttributeAccessIssue]
 except ImportError:  # pragma: no cover - numpy 1.x
-    from numpy.core.multiarray import _reconstruct as _np_reconstruct
+    from numpy.core.multiarray import _reconstruct as _np_reconstruct  # pyright: ignore[reportGeneralTypeIssues]
     from numpy.core.numeric import _frombuffer as _np_frombuffer
 
 
@@ -277,7 +279,7 @@ class _CifarUnpickler(pickle.Unpickler):
     """Unpickles CIFAR batches (dicts of lists, strings and numpy arrays) and refuses any
     other object: an arbitrary pickle can run code when loaded."""
 
-    _ALLOWED: dict[tuple[str, str], Any] = {
+    _ALLOWED: ClassVar[dict[tuple[str, str], Any]] = {
         ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,
         ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
         ("numpy.core.numeric", "_frombuffer"): _np_frombuffer,
@@ -299,7 +301,7 @@ def _unpickle(content: bytes, display: str) -> Any:
     try:
         # latin1: the official files are Python 2 pickles (numpy's documented choice for them).
         return _CifarUnpickler(io.BytesIO(content), encoding="latin1").load()
-    except Exception as error:  # noqa: BLE001 - truncated data raises many different types
+    except Exception as error:
         raise DataError(
             f"{display}: not a readable CIFAR pickle ({type(error).__name__}: {error}); the file "
             "is truncated, corrupt or not a CIFAR file. Delete it and extract or download the dataset again."
@@ -370,7 +372,7 @@ def fingerprint_arrays(class_names: list[str], splits: dict[str, ImageArrays]) -
     for split, arrays in splits.items():
         images = np.ascontiguousarray(arrays.images)
         digest.update(f"{split}:{images.shape}".encode())
-        digest.update(memoryview(images).cast("B"))
+        digest.update(images.data.cast("B"))  # ndarray.data: the array's memoryview
         digest.update(np.ascontiguousarray(arrays.labels, dtype="<i8").tobytes())
     return f"sha256:{digest.hexdigest()}"
 

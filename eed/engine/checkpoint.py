@@ -18,15 +18,17 @@ import os
 import re
 import shutil
 import tempfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
 
-from eed.config import Config, training_settings
+from eed.config import Config, require_resolved, training_settings
 from eed.errors import CheckpointError
+from eed.models.initialization import InitScheme
 from eed.models.multi_exit import MultiExitNet
 from eed.models.registry import create_model
 
@@ -54,18 +56,18 @@ class NetworkSpec:
     class_names: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, config: Config, class_names: Sequence[str], exits: bool) -> "NetworkSpec":
+    def of(cls, config: Config, class_names: Sequence[str], exits: bool) -> NetworkSpec:
         """The network of a resolved ``config`` (:func:`eed.models.from_config.resolve_architecture`)."""
         return cls(
             config.model.arch,
             len(class_names),
-            config.model.width,
+            require_resolved(config.model.width, "model.width"),
             exits,
             bool(config.model.stem_relu),
             tuple(class_names),
         )
 
-    def build(self, init: str = "pytorch") -> MultiExitNet:
+    def build(self, init: InitScheme = "pytorch") -> MultiExitNet:
         """The network, initialised by ``init`` (default: PyTorch's, as its weights are loaded next)."""
         return create_model(
             self.arch, self.num_classes, self.width, exits=self.exits, stem_relu=self.stem_relu, init=init
@@ -90,14 +92,14 @@ class TrainState:
         return {name: value for name, points in self.history.items() for step, value in points if step == epoch}
 
     def to_checkpoint(
-        self, network: NetworkSpec, model: torch.nn.Module, config: Config, resume: "ResumeState | None"
-    ) -> "Checkpoint":
+        self, network: NetworkSpec, model: torch.nn.Module, config: Config, resume: ResumeState | None
+    ) -> Checkpoint:
         """A snapshot of this state (a copy: the state goes on changing) with ``model``'s weights (its
         tensors: save the checkpoint before the next step changes them)."""
         return Checkpoint(network, model.state_dict(), config.model_dump(), dataclasses.replace(self), resume)
 
     @classmethod
-    def from_checkpoint(cls, checkpoint: "Checkpoint") -> "TrainState":
+    def from_checkpoint(cls, checkpoint: Checkpoint) -> TrainState:
         return dataclasses.replace(checkpoint.state)
 
 
@@ -126,7 +128,7 @@ class Checkpoint:
     def run_id(self) -> str | None:
         return self.state.run_id
 
-    def deployable(self) -> "Checkpoint":
+    def deployable(self) -> Checkpoint:
         """The network and where it came from (epoch, run), without what only resuming needs:
         the optimizer's state is as large as the weights."""
         state = TrainState(
@@ -178,7 +180,7 @@ class Checkpoint:
         return _write_atomically(self._to_file(), Path(path))
 
     @classmethod
-    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> "Checkpoint":
+    def load(cls, path: str | Path, map_location: str | torch.device = "cpu") -> Checkpoint:
         """Read an eed checkpoint safely; a :class:`CheckpointError` of one line otherwise."""
         path = Path(path)
         if not path.is_file():
@@ -209,16 +211,19 @@ class Checkpoint:
         }
 
     @classmethod
-    def _from_file(cls, contents: dict[str, Any], path: Path) -> "Checkpoint":
+    def _from_file(cls, contents: dict[str, Any], path: Path) -> Checkpoint:
         try:
             network = NetworkSpec(
                 **{**contents["network"], "class_names": tuple(contents["network"].get("class_names") or ())}
             )
             state = TrainState(**contents["state"])
-            state.history = {name: [tuple(point) for point in points] for name, points in state.history.items()}
+            # (epoch, value) pairs; a malformed point is a ValueError, reported below
+            state.history = {
+                name: [(epoch, value) for epoch, value in points] for name, points in state.history.items()
+            }
             resume = ResumeState(**contents["resume"]) if contents.get("resume") is not None else None
             return cls(network, contents["weights"], contents.get("config") or {}, state, resume)
-        except (KeyError, TypeError) as error:
+        except (KeyError, TypeError, ValueError) as error:
             raise CheckpointError(
                 f"{path} is not a complete eed checkpoint ({type(error).__name__}: {error}; "
                 "written by another tool, or by hand?)"

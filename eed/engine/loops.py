@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
-from typing import Callable, ContextManager, Iterable
 
 import torch
 import torch.distributed as dist
@@ -89,6 +90,7 @@ def train_one_epoch(
     def check_finite() -> None:
         nonlocal checked
         if step > checked and not bool(finite):
+            assert result is not None  # a step ran (step > checked), and it set result
             terms = ", ".join(f"{k}={v.item():.4g}" for k, v in result.terms.items())
             raise NonFiniteLossError(
                 f"non-finite loss at epoch {epoch}, in steps {checked + 1}-{step} of {steps} (at step {step}: {terms})"
@@ -121,14 +123,14 @@ def train_one_epoch(
             # Rendered here, between steps (see eed.progress): like the finite check,
             # loss.item() waits for the device, so both run only this often.
             check_finite()
-            if progress is not None:
+            if progress is not None and task is not None:  # task is None exactly when progress is
                 rate = images / max(time.perf_counter() - started, 1e-9)
                 progress.update(task, completed=step, info=f"loss {loss.item():.3f} · {rate:,.0f} img/s", refresh=True)
         if should_stop():
             break
     check_finite()  # a stop mid-epoch must not checkpoint weights a non-finite loss updated
     seconds = time.perf_counter() - started
-    if progress is not None:
+    if progress is not None and task is not None:
         progress.remove_task(task)
         progress.refresh()
     return _epoch_stats(
@@ -165,7 +167,7 @@ def _epoch_stats(
         dist.all_reduce(counts)
         totals /= runtime.world_size
     all_images = int(counts[-1].item())
-    names = classifier_names + ["ensemble"]
+    names = [*classifier_names, "ensemble"]
     return EpochStats(
         loss_terms={k: float(v) / max(steps_run, 1) for k, v in zip(term_sums, totals.tolist())},
         accuracy={n: float(c) / max(all_images, 1) for n, c in zip(names, counts[:-1].tolist())},
@@ -186,7 +188,7 @@ def collect_outputs(
     device: torch.device | str,
     *,
     with_features: bool = False,
-    autocast: Callable[[], ContextManager] | None = None,
+    autocast: Callable[[], AbstractContextManager] | None = None,
     channels_last: bool = False,
 ) -> Collected:
     """One forward pass per batch; logits (and features) of every classifier for every sample.
@@ -236,4 +238,4 @@ def validate(model: nn.Module, loader, runtime: Runtime, classifier_names: list[
         unwrap(model), loader, runtime.device, autocast=runtime.autocast, channels_last=runtime.channels_last
     )
     accuracies = top1_accuracy(collected.logits, collected.labels)
-    return {name: float(acc) for name, acc in zip(classifier_names + ["ensemble"], accuracies)}
+    return {name: float(acc) for name, acc in zip([*classifier_names, "ensemble"], accuracies)}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from eed.config import TrainConfig
+from eed.config import TrainConfig, require_resolved
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
@@ -16,7 +16,7 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int):
     """Stepped once per optimisation step, whatever the schedule, so resume is uniform."""
-    total = cfg.epochs * steps_per_epoch
+    total = require_resolved(cfg.epochs, "train.epochs") * steps_per_epoch
     if cfg.schedule == "step":
         milestones = [m * steps_per_epoch for m in cfg.milestones]
         return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones, gamma=cfg.gamma)

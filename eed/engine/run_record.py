@@ -9,7 +9,7 @@ from typing import Any
 
 from eed import data as eed_data
 from eed import tracking
-from eed.config import Config
+from eed.config import Config, require_resolved
 from eed.models.multi_exit import MultiExitNet
 
 # What the final test metrics are, logged with the run as tags (``eed.meaning.<metric>``) and
@@ -28,7 +28,11 @@ CHECKPOINT_TAG = "eed.checkpoint"
 
 def meaning_tags(config: Config, selected_epoch: int) -> dict[str, str]:
     """:data:`METRIC_MEANINGS` as tags, naming the epoch best.pt holds."""
-    selected_on = f"validation, epoch {selected_epoch}" if config.data.val_size > 0 else "last epoch"
+    selected_on = (
+        f"validation, epoch {selected_epoch}"
+        if require_resolved(config.data.val_size, "data.val_size") > 0
+        else "last epoch"
+    )
     return {
         f"eed.meaning.{name.removesuffix('_*')}": meaning.replace("best.pt", f"best.pt ({selected_on})")
         for name, meaning in METRIC_MEANINGS.items()
@@ -99,7 +103,7 @@ def model_metadata(config: Config, manifest: Any, model: MultiExitNet, epoch: in
     return {
         "checkpoint": "best.pt",
         "epoch": epoch,
-        "selected_on": "val" if config.data.val_size > 0 else "last epoch",
+        "selected_on": "val" if require_resolved(config.data.val_size, "data.val_size") > 0 else "last epoch",
         "input": "float32 N x 3 x H x W, (pixel / 255 - mean) / std per channel",
         "normalization": dict(manifest.normalization),
         "output": "float32 N x classifiers x classes: logits, classifiers in network order",

@@ -91,7 +91,10 @@ def seed_everything(seed: int, deterministic: bool) -> None:
 
 def rng_state() -> dict[str, Any]:
     """Generator states as tensors and plain values, so ``torch.load(weights_only=True)`` reads them."""
-    _, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    legacy = np.random.get_state(legacy=True)
+    if not isinstance(legacy, tuple):  # a dict when np.random.set_bit_generator replaced MT19937
+        raise RuntimeError("numpy's global generator is not MT19937; its state cannot be checkpointed")
+    _, keys, position, has_gauss, cached_gaussian = legacy
     state = {
         "python": random.getstate(),
         "numpy": {

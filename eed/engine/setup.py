@@ -7,14 +7,15 @@ memory layout, DDP) on the same data.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from eed import data as eed_data
-from eed.config import Config
+from eed.config import Config, require_resolved
+from eed.data.catalog import Split
 from eed.engine.checkpoint import Checkpoint, NetworkSpec, ResumeState
 from eed.engine.optim import build_optimizer, build_scheduler
 from eed.engine.runtime import Runtime, restore_rng_state, rng_state, seed_everything, setup_runtime
@@ -81,6 +82,8 @@ def build_training(config: Config, runtime: Runtime | None = None) -> Setup:
     runtime = runtime or setup_runtime(config.train)
     seed_everything(config.seed + runtime.rank, config.train.deterministic)
     manifest = eed_data.load_manifest(config)
+    with_val = require_resolved(config.data.val_size, "data.val_size") > 0
+    splits: tuple[Split, ...] = ("train", "test", *(("val",) if with_val else ()))
     loaders = {
         split: eed_data.make_loader(
             config,
@@ -89,7 +92,7 @@ def build_training(config: Config, runtime: Runtime | None = None) -> Setup:
             device=runtime.device,
             distributed=runtime.distributed and split == "train",
         )
-        for split in ("train", "test", *(("val",) if config.data.val_size > 0 else ()))
+        for split in splits
     }
     network = NetworkSpec.of(config, manifest.class_names, exits=get_method(config.method).exits)
     model = network.build(init=config.model.init).to(runtime.device)
@@ -102,7 +105,8 @@ def build_training(config: Config, runtime: Runtime | None = None) -> Setup:
             model, device_ids=[runtime.device.index] if runtime.device.type == "cuda" else None
         )
     if config.train.compile:
-        train_model = torch.compile(train_model)
+        # typed as returning a callable; given a Module, it returns an OptimizedModule (a Module).
+        train_model = cast(nn.Module, torch.compile(train_model))
     return Setup(
         config=config,
         runtime=runtime,

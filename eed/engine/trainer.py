@@ -24,14 +24,14 @@ from __future__ import annotations
 
 import contextlib
 import signal
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from rich.console import Console
 
 from eed import tracking
-from eed.config import Config, flatten
+from eed.config import Config, flatten, require_resolved
 from eed.engine import run_record
 from eed.engine.checkpoint import Checkpoint, TrainState, resume_checkpoint
 from eed.engine.epochs import epoch_header, epoch_line, epoch_metrics, partial_record, whole_epoch
@@ -246,18 +246,19 @@ class _Training:
         self.setup, self.files, self.logger, self.state = setup, files, logger, state
         self.callbacks, self.console, self.out_dir, self.main = callbacks, console, out_dir, main
         self.config = setup.config
+        self.epochs = require_resolved(self.config.train.epochs, "train.epochs")
         # The checkpoint's history is the record of every finished epoch (it matches its weights); the
         # store gets an epoch only once its checkpoint is on disk, and only the steps it lacks.
         in_store = logger.history()
         self.stored = {name: {step for step, _ in points} for name, points in in_store.items()}
         if not state.history:  # (checkpoints written before eed kept the history)
             state.history = in_store
-        self.stop: GracefulStop | None = None
+        self.stop = GracefulStop(console)  # catches signals inside run()
 
     def run(self, fresh: bool) -> TrainResult:
         try:
             with (
-                GracefulStop(self.console) as self.stop,
+                self.stop,
                 progress_bar(self.console, self.main) as progress,
                 self.logger.system_metrics(),
             ):
@@ -279,7 +280,7 @@ class _Training:
         start, skip = self.state.epoch, self.state.step
         self.setup.train_loader.warmup(console=self.console)  # FFCV's one-off JIT compile, kept out of epoch timings
         self.stop_if_requested("during the loader warm-up", start, skip, self.state.partial_epoch)
-        for epoch in range(start + 1, self.config.train.epochs + 1):
+        for epoch in range(start + 1, self.epochs + 1):
             self.train_epoch(epoch, skip if epoch == start + 1 else 0, progress, first=epoch == start + 1)
 
     def train_epoch(self, epoch: int, skip: int, progress, first: bool) -> None:
@@ -316,9 +317,9 @@ class _Training:
         )
         metrics = epoch_metrics(stats, val, test, setup.optimizer.param_groups[0]["lr"])
         self.record(epoch, metrics, test, val, first)
-        if epoch == config.train.epochs:
+        if epoch == self.epochs:
             self.state.phase = "final"
-        if epoch % config.train.checkpoint_every == 0 or epoch == config.train.epochs or self.stop.requested():
+        if epoch % config.train.checkpoint_every == 0 or epoch == self.epochs or self.stop.requested():
             self.commit(epoch)  # (checkpoint_every > 1 and a signal: keep this epoch rather than lose it)
         self.stop_if_requested(f"after epoch {epoch}", epoch)
 
@@ -338,7 +339,7 @@ class _Training:
         has_val = val is not None
         if first:
             self.console.print(epoch_header(self.setup.classifier_names, has_val), highlight=False)
-        self.console.print(epoch_line(epoch, self.config.train.epochs, metrics, has_val), highlight=False)
+        self.console.print(epoch_line(epoch, self.epochs, metrics, has_val), highlight=False)
         if val is None or val["main"] > state.best_metric:
             state.best_metric, state.best_epoch = (val if has_val else test)["main"], epoch
             self.files.save_pending_best(self.snapshot())
@@ -348,7 +349,7 @@ class _Training:
     def final_phase(self) -> TrainResult:
         """The selected weights' test accuracy, the stage's callbacks, the model and the test metrics
         in the store, FINISHED, then last.pt says "done" (a kill before that re-runs this phase)."""
-        epoch = self.config.train.epochs
+        epoch = self.epochs
         result = TrainResult(
             self.logger.run_id,
             self.out_dir,
@@ -436,13 +437,14 @@ class _Training:
 
     def stop_if_requested(self, where: str, epoch_done: int, steps_done: int = 0, partial: dict | None = None) -> None:
         """A signal arrived: checkpoint where we are, end the run KILLED, exit 143/130."""
-        if not self.stop.requested():
+        received = self.stop.signal
+        if received is None:  # none arrived (self.stop.requested() is False)
             return
         self.files.save_last(self.snapshot(epoch_done, steps_done, partial))
         self.sync_store()
         self.logger.finish("KILLED")
-        name = signal.Signals(self.stop.signal).name
+        name = signal.Signals(received).name
         raise TrainingInterrupted(
             f"{name} {where}: checkpoint written to {self.files.last}; re-run to resume",
-            EXIT_CODE_SIGNAL[self.stop.signal],
+            EXIT_CODE_SIGNAL[signal.Signals(received)],
         )

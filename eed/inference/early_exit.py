@@ -10,8 +10,8 @@ a :class:`MultiExitNet`; :mod:`eed.inference.programs` cascades the same segment
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Callable, Sequence
 
 import torch
 from torch import Tensor, nn

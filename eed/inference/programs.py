@@ -46,9 +46,11 @@ class Prefix(nn.Module):
         self.pieces = nn.ModuleList(segments(model)[: classifier + 1])
 
     def forward(self, images: Tensor) -> Tensor:
-        hidden = images
+        hidden, logits = images, None
         for piece in self.pieces:
             hidden, logits = piece(hidden)
+        if logits is None:  # (a Python check, made once when the prefix is traced)
+            raise ValueError("a prefix needs at least one segment")
         return logits
 
 

@@ -14,8 +14,9 @@ Pure torch/numpy: nothing here knows about the tracking store.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -64,7 +65,7 @@ class ServedModel:
         if len(self.class_names) != num_classes:
             raise ValueError(f"{len(self.class_names)} class names for {num_classes} classes")
         if not isinstance(normalization, Normalization):
-            normalization = Normalization(mean=tuple(normalization["mean"]), std=tuple(normalization["std"]))
+            normalization = Normalization.from_lists(normalization)
         self.normalization = normalization
         self.normalizer = Normalizer(normalization, device=self.device)
         self.thresholds = {str(name): float(value) for name, value in (thresholds or {}).items()}
@@ -217,6 +218,8 @@ class ServedModel:
             "gflops": [self.costs.main_only if tau > 1.0 else self.costs.anytime[e] for e in exits],
         }
         if return_logits:
+            if result.logits is None:  # predict keeps them when keep_logits is set
+                raise RuntimeError("predict returned no logits for keep_logits=True")
             columns["logits"] = [[row.tolist() for row in rows] for rows in result.logits]
         return columns
 

@@ -30,8 +30,9 @@ Accuracies are fractions in [0, 1], like every metric the project logs.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence, get_args
+from typing import Any, get_args
 
 import torch
 from torch import Tensor
@@ -64,7 +65,7 @@ class ClassifierCosts:
     @classmethod
     def from_parts(
         cls, stage_gflops: Sequence[float], exit_gflops: Sequence[float], main_head_gflops: float
-    ) -> "ClassifierCosts":
+    ) -> ClassifierCosts:
         """Exit i attaches after stage i; the main head after the last stage."""
         stages, exits = list(map(float, stage_gflops)), list(map(float, exit_gflops))
         if len(exits) >= len(stages):
@@ -79,7 +80,7 @@ class ClassifierCosts:
         return cls(standalone=standalone, anytime=anytime)
 
     @classmethod
-    def from_profile(cls, profile: Any) -> "ClassifierCosts":
+    def from_profile(cls, profile: Any) -> ClassifierCosts:
         """From an :class:`eed.metrics.flops.FlopsProfile` (whose ``stage_gflops[0]`` includes the stem)."""
         return cls.from_parts(profile.stage_gflops, profile.exit_gflops, profile.main_head_gflops)
 

@@ -24,8 +24,8 @@ output), labels ``(N,)``; ECE is :func:`~eed.metrics.classification.expected_cal
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import torch
 from torch import Tensor

@@ -10,8 +10,9 @@ where shapes flow but nothing is computed, so even ResNet-152 is profiled instan
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import Tensor

@@ -52,9 +52,10 @@ test logits; :func:`certify` runs the test on :class:`DropCounts` built any othe
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -211,7 +212,7 @@ class DropCounts:
         correct: Tensor,
         costs: Sequence[float] | None = None,
         main_only_cost: float | None = None,
-    ) -> "DropCounts":
+    ) -> DropCounts:
         """From the classifier each sample leaves at per threshold (``exits``, (T, n), as
         ``anytime.exit_indices`` gives) and each classifier's correctness (``correct``, (k, n) bool).
         Cheap: a population's ``exits`` can be computed once and indexed by any sample of it.
@@ -355,10 +356,11 @@ def _cheapest(counts: DropCounts, safe: list[int]) -> int | None:
     safe). Without costs: the loosest."""
     if not safe:
         return None
-    if counts.gflops is None or counts.main_gflops is None:
+    gflops = counts.gflops
+    if gflops is None or counts.main_gflops is None:
         return len(safe) - 1
-    position = min(range(len(safe)), key=lambda i: (float(counts.gflops[safe[i]]), -float(counts.accuracy[safe[i]])))
-    return None if counts.main_gflops <= float(counts.gflops[safe[position]]) else position
+    position = min(range(len(safe)), key=lambda i: (float(gflops[safe[i]]), -float(counts.accuracy[safe[i]])))
+    return None if counts.main_gflops <= float(gflops[safe[position]]) else position
 
 
 def fit_guaranteed_threshold(

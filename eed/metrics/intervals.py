@@ -13,8 +13,9 @@ a difference but no interval (never a made-up ±).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal, Mapping, Sequence
+from typing import Literal
 
 Pairing = Literal["paired", "welch", "none"]
 CONFIDENCE = 0.95

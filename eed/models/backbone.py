@@ -57,7 +57,7 @@ class Backbone:
     def num_classes(self) -> int:
         return self.fc.out_features
 
-    def without_stem_relu(self) -> "Backbone":
+    def without_stem_relu(self) -> Backbone:
         """This backbone with every ReLU directly in its stem replaced by an identity (the
         official release's CIFAR ResNet stem is conv-BN). Layer indices, hence parameter
         names, stay the same, so a checkpoint loads into either; a stem without a ReLU is

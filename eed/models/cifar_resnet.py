@@ -28,16 +28,20 @@ def residual_stage(
     planes: int,
     num_blocks: int,
     stride: int,
-    **block_options: int,
+    *,
+    groups: int = 1,
+    base_width: int = 64,
 ) -> nn.Sequential:
     """``num_blocks`` torchvision residual blocks; the first changes stride/width through a
-    1x1 projection shortcut (as in torchvision's ``ResNet._make_layer``)."""
+    1x1 projection shortcut (as in torchvision's ``ResNet._make_layer``). ``groups`` and
+    ``base_width`` go to each block (their defaults are torchvision's, the only values
+    ``BasicBlock`` takes)."""
     out_channels = planes * block.expansion
     downsample = None
     if stride != 1 or in_channels != out_channels:
         downsample = nn.Sequential(conv1x1(in_channels, out_channels, stride), nn.BatchNorm2d(out_channels))
-    blocks = [block(in_channels, planes, stride, downsample, **block_options)]
-    blocks += [block(out_channels, planes, **block_options) for _ in range(num_blocks - 1)]
+    blocks = [block(in_channels, planes, stride, downsample, groups=groups, base_width=base_width)]
+    blocks += [block(out_channels, planes, groups=groups, base_width=base_width) for _ in range(num_blocks - 1)]
     return nn.Sequential(*blocks)
 
 

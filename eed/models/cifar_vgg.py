@@ -27,6 +27,8 @@ every F_i is globally pooled to F_main's 512 features either way.
 
 from __future__ import annotations
 
+from typing import Literal
+
 from torch import nn
 from torchvision.ops import Conv2dNormActivation
 
@@ -35,7 +37,7 @@ from eed.models.registry import register_backbone
 
 # Convs per stage and their width relative to the first stage; stage 4 is VGG's two
 # 512-wide blocks, separated by a max-pool.
-VGG19_STAGES: list[list[int | str]] = [
+VGG19_STAGES: list[list[int | Literal["M"]]] = [
     [1, 1, "M"],
     [2, 2, "M"],
     [4, 4, 4, 4, "M"],

@@ -8,10 +8,11 @@ bottleneck's inner conv), so other widths would mean rebuilding the network.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from torch import nn
 from torchvision.models import ResNet, resnet18, resnet50
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from eed.models.backbone import Backbone
 from eed.models.registry import register_backbone
@@ -23,7 +24,10 @@ def split_torchvision_resnet(make: Callable[..., ResNet], name: str, num_classes
     if width != IMAGENET_WIDTH:
         raise ValueError(f"{name}: width must be {IMAGENET_WIDTH} (torchvision's fixed stage widths), got {width}")
     net = make(weights=None, num_classes=num_classes)
-    expansion = type(net.layer1[0]).expansion
+    first_block = net.layer1[0]
+    if not isinstance(first_block, (BasicBlock, Bottleneck)):
+        raise TypeError(f"{name}: expected torchvision residual blocks, got {type(first_block).__name__}")
+    expansion = first_block.expansion
     planes_per_stage = [IMAGENET_WIDTH * 2**index for index in range(4)]
     backbone = Backbone(
         stem=nn.Sequential(net.conv1, net.bn1, net.relu, net.maxpool),

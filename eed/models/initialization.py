@@ -10,15 +10,17 @@ whose std is 2.5x smaller (ResNet-18's 3x3 convs: ~0.024 instead of ~0.059).
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, TypeVar
 
 from torch import nn
 
 InitScheme = Literal["he_fan_out", "pytorch"]
 INIT_SCHEMES: tuple[str, ...] = ("he_fan_out", "pytorch")
 
+ModuleT = TypeVar("ModuleT", bound=nn.Module)
 
-def init_weights(module: nn.Module, scheme: InitScheme = "he_fan_out") -> nn.Module:
+
+def init_weights(module: ModuleT, scheme: InitScheme = "he_fan_out") -> ModuleT:
     """Initialise ``module``'s layers in place by ``scheme`` (see the module docstring); returns it."""
     if scheme not in INIT_SCHEMES:
         raise ValueError(f"unknown init scheme {scheme!r}; allowed: {', '.join(INIT_SCHEMES)}")

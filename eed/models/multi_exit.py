@@ -18,9 +18,9 @@ strides other than 2 (VGG-19's Table III exits) in ``Backbone.exit_strides``.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from itertools import islice
-from typing import Iterator
 
 from torch import Tensor, nn
 
@@ -30,7 +30,7 @@ from eed.models.backbone import Backbone
 def classifier_names(num_classifiers: int) -> tuple[str, ...]:
     """``("exit1", ..., "exit{k-1}", "main")``: the one naming of a network's classifiers,
     used by the objective's terms, every metric name, table and figure."""
-    return tuple(f"exit{i}" for i in range(1, num_classifiers)) + ("main",)
+    return (*tuple(f"exit{i}" for i in range(1, num_classifiers)), "main")
 
 
 # A classifier's name, or the ensemble of all of them, as metric names spell them.
@@ -45,6 +45,14 @@ def output_order(name: str) -> tuple[int, int] | None:
     if match.group(1):
         return (0, int(match.group(1)))
     return (1, 0) if name == "main" else (2, 0)
+
+
+def output_position(name: str) -> tuple[int, int]:
+    """:func:`output_order` of a name already known to be an output's (a sort key); a ValueError otherwise."""
+    order = output_order(name)
+    if order is None:
+        raise ValueError(f"{name!r} is not an output name (exit<i>, main or ensemble)")
+    return order
 
 
 @dataclass
@@ -111,7 +119,7 @@ class MultiExitNet(nn.Module):
                     ExitBranch(self.stage_channels[i], widths, backbone.num_classes, strides=conv_strides[i + 1 :])
                 )
         # The stage each classifier reads: exit i reads stage i, the main head the last stage.
-        self.classifier_stages = list(range(len(self.exits))) + [len(self.stages) - 1]
+        self.classifier_stages = [*list(range(len(self.exits))), len(self.stages) - 1]
 
     @property
     def num_classifiers(self) -> int:

@@ -12,7 +12,7 @@ state dict of the release loads into :func:`release_network` after :func:`conver
 from __future__ import annotations
 
 import re
-from typing import Mapping
+from collections.abc import Mapping
 
 from torch import Tensor
 

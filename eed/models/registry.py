@@ -8,8 +8,8 @@ every model module, so any import of ``eed.models…`` has registered them all."
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from eed.errors import ConfigError
 from eed.models.backbone import Backbone

@@ -67,7 +67,7 @@ def split_name(split: str) -> str:
     return SPLIT_NAMES.get(split, split)
 
 
-def integer_epochs(axes: "Axes") -> None:
+def integer_epochs(axes: Axes) -> None:
     """Epochs are whole numbers: no 1.5 ticks on a short run."""
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("epoch")

@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import csv
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Iterable, Sequence
+from typing import TYPE_CHECKING
 
 from rich import box
 from rich.table import Table
@@ -39,7 +40,7 @@ from rich.text import Text
 from eed.config import is_training_key
 from eed.errors import ConfigError
 from eed.methods import get_method, method_names
-from eed.models.multi_exit import output_order
+from eed.models.multi_exit import output_order, output_position
 
 if TYPE_CHECKING:
     from eed.tracking import RunRecord
@@ -445,7 +446,7 @@ def build_table(runs: Iterable[RunRecord], split: str = "test") -> ComparisonTab
     for row in rows:
         row.best_main = row.cells["main"].mean == best[tuple(row.key[name] for name in setup)]
     table = ComparisonTable(
-        split, sorted(columns, key=output_order), rows, settings=names, skipped=skipped, excluded=excluded
+        split, sorted(columns, key=output_position), rows, settings=names, skipped=skipped, excluded=excluded
     )
     shown = [name for name in table.varying if name != "method"]
     for row in rows:

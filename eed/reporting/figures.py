@@ -23,9 +23,10 @@ Accuracies arrive as fractions and are drawn in percent, like the paper's figure
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from itertools import pairwise
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from matplotlib.figure import Figure
 
@@ -50,7 +51,7 @@ def agreement_percent(matrix: Sequence[Sequence[float]]) -> list[list[float | No
     return [[100.0 * value / sum(row) if sum(row) else None for value in row] for row in matrix]
 
 
-def _build_agreement(agreement: "Tensor", names: Sequence[str], *, split: str = "", caption: str = "") -> Figure:
+def _build_agreement(agreement: Tensor, names: Sequence[str], *, split: str = "", caption: str = "") -> Figure:
     count = max(agreement.shape[0], 1)
     figure = new_figure(3.0 * count + 1.0, 3.6)
     panels = figure.subplots(1, count, squeeze=False)[0]
@@ -91,7 +92,7 @@ def _build_agreement(agreement: "Tensor", names: Sequence[str], *, split: str = 
 
 
 def plot_agreement(
-    agreement: "Tensor", names: Sequence[str], path: str | Path, *, split: str = "", caption: str = ""
+    agreement: Tensor, names: Sequence[str], path: str | Path, *, split: str = "", caption: str = ""
 ) -> Path:
     """Fig. 2: for each exit, (exit correct/incorrect) x (main correct/incorrect) in % of each
     row (each row sums to 100%), the count under each percentage.
@@ -101,7 +102,7 @@ def plot_agreement(
     return save_figure(_build_agreement(agreement, names, split=split, caption=caption), path)
 
 
-def _sweep_line(curve: "AnytimeCurve") -> tuple[list[float], list[float]]:
+def _sweep_line(curve: AnytimeCurve) -> tuple[list[float], list[float]]:
     """(GFLOPs, top-1 %) of the thresholds up to 1, by cost. Not the point above 1, the main output alone:
     cheaper than reaching it through every exit head, it would draw a spike; it is drawn as its own point."""
     within = curve.thresholds <= 1.0
@@ -111,7 +112,7 @@ def _sweep_line(curve: "AnytimeCurve") -> tuple[list[float], list[float]]:
 
 
 def _build_anytime(
-    report: "AnytimeReport", *, split: str = "", caption: str = "", guaranteed: "GuaranteedResult | None" = None
+    report: AnytimeReport, *, split: str = "", caption: str = "", guaranteed: GuaranteedResult | None = None
 ) -> Figure:
     curve = report.curve
     figure = new_figure(6.4, 4.6)
@@ -148,7 +149,7 @@ def _build_anytime(
     for index, fit in enumerate(report.budgets):
         marker, colour = styles[index % len(styles)]
         axes.axvline(fit.budget, color=colour, linestyle=":", linewidth=1)
-        if fit.feasible and fit.gflops is not None:
+        if fit.feasible and fit.gflops is not None and fit.accuracy is not None:  # (set together)
             axes.scatter(
                 [fit.gflops],
                 [100 * fit.accuracy],
@@ -188,12 +189,12 @@ def _build_anytime(
 
 
 def plot_anytime(
-    report: "AnytimeReport",
+    report: AnytimeReport,
     path: str | Path,
     *,
     split: str = "",
     caption: str = "",
-    guaranteed: "GuaranteedResult | None" = None,
+    guaranteed: GuaranteedResult | None = None,
 ) -> Path:
     """Early-exit accuracy against average GFLOPs per sample, each classifier alone as a point, each
     budget threshold (fitted on validation, reported here) with a marker of its own, and the
@@ -205,7 +206,7 @@ def plot_anytime(
 RULE_STYLES = [("tab:blue", "o"), ("tab:orange", "s"), ("tab:green", "D"), ("tab:red", "^")]
 
 
-def _build_exit_rules(report: "AnytimeReport", *, split: str = "", caption: str = "") -> Figure:
+def _build_exit_rules(report: AnytimeReport, *, split: str = "", caption: str = "") -> Figure:
     figure = new_figure(6.4, 4.6)
     axes = figure.subplots()
     for index, (rule, result) in enumerate(report.rules.items()):
@@ -214,11 +215,15 @@ def _build_exit_rules(report: "AnytimeReport", *, split: str = "", caption: str 
         axes.plot(
             *_sweep_line(result.curve), "-", color=colour, linewidth=2.2 if chosen else 1.4, label=f"{rule}{chosen}"
         )
-        fitted = [fit for fit in result.budgets if fit.feasible and fit.gflops is not None]
+        fitted = [
+            (fit.gflops, fit.accuracy)
+            for fit in result.budgets
+            if fit.feasible and fit.gflops is not None and fit.accuracy is not None  # (set together)
+        ]
         if fitted:  # each budget's threshold, fitted on val, reported on this split
             axes.scatter(
-                [fit.gflops for fit in fitted],
-                [100 * fit.accuracy for fit in fitted],
+                [gflops for gflops, _ in fitted],
+                [100 * accuracy for _, accuracy in fitted],
                 marker=marker,
                 s=50,
                 color=colour,
@@ -252,7 +257,7 @@ def _build_exit_rules(report: "AnytimeReport", *, split: str = "", caption: str 
     return figure
 
 
-def plot_exit_rules(report: "AnytimeReport", path: str | Path, *, split: str = "", caption: str = "") -> Path:
+def plot_exit_rules(report: AnytimeReport, path: str | Path, *, split: str = "", caption: str = "") -> Path:
     """Every exit rule's accuracy against average GFLOPs per image on one figure (the served rule's
     line thicker), each rule's budget thresholds (fitted on validation, reported here) as markers in
     its colour, and the main output alone."""
@@ -276,7 +281,7 @@ def _ratio_text(summary: object) -> str:
 
 
 def _build_rdms(
-    result: "RdmResult", *, class_names: Sequence[str] | None = None, split: str = "", caption: str = ""
+    result: RdmResult, *, class_names: Sequence[str] | None = None, split: str = "", caption: str = ""
 ) -> Figure:
     layers = list(result.rdms)
     figure = new_figure(4.0 * len(layers) + 1.0, 8.4)
@@ -332,7 +337,7 @@ def _build_rdms(
 
 
 def plot_rdms(
-    result: "RdmResult",
+    result: RdmResult,
     path: str | Path,
     *,
     class_names: Sequence[str] | None = None,
@@ -345,7 +350,7 @@ def plot_rdms(
     return save_figure(_build_rdms(result, class_names=class_names, split=split, caption=caption), path)
 
 
-def _build_comparison(table: "ComparisonTable", *, caption: str = "") -> Figure:
+def _build_comparison(table: ComparisonTable, *, caption: str = "") -> Figure:
     columns, rows = table.columns, table.rows
     width_inches = max(6.4, 1.1 * len(columns) + 3.5)
     # Under the bars, a panel of their own for the row labels (one per line) and the shared settings (often
@@ -405,14 +410,14 @@ def _wrapped(text: str, width_inches: float, size: float = 8.0) -> str:
     return "\n".join(textwrap.wrap(text, width=max(20, int(0.85 * width_inches * 72 / (0.55 * size)))))
 
 
-def plot_comparison(table: "ComparisonTable", path: str | Path, *, caption: str = "") -> Path:
+def plot_comparison(table: ComparisonTable, path: str | Path, *, caption: str = "") -> Path:
     """Grouped bars: one group per classifier column, one bar per table row (mean; error bars =
     sample std over seeds, only where n >= 2)."""
     return save_figure(_build_comparison(table, caption=caption), path)
 
 
 def _build_differences(
-    found: "Sequence[RowDifference]", columns: Sequence[str], titles: Sequence[str], *, caption: str = ""
+    found: Sequence[RowDifference], columns: Sequence[str], titles: Sequence[str], *, caption: str = ""
 ) -> Figure:
     """One marker per compared row and output (``columns``, named ``titles``) at the difference, its
     interval as an error bar (hollow marker: no interval); the 0 line is "no difference"."""
@@ -429,7 +434,7 @@ def _build_differences(
             if difference is None:
                 continue
             x, y = position + offset, 100 * difference.mean
-            if difference.has_interval:
+            if difference.low is not None and difference.high is not None:  # (difference.has_interval)
                 error = [[y - 100 * difference.low], [100 * difference.high - y]]
                 axes.errorbar([x], [y], yerr=error, fmt="o", color=color, capsize=3, label=label)
             else:
@@ -455,7 +460,7 @@ def _build_differences(
 
 
 def plot_differences(
-    found: "Sequence[RowDifference]",
+    found: Sequence[RowDifference],
     columns: Sequence[str],
     titles: Sequence[str],
     path: str | Path,
@@ -477,7 +482,7 @@ def _own_width(arch: str | None) -> int | None:
         return None
 
 
-def _build_flops(profile: "FlopsProfile", *, caption: str = "") -> Figure:
+def _build_flops(profile: FlopsProfile, *, caption: str = "") -> Figure:
     figure = new_figure(7.2, 4.4)
     axes = figure.subplots()
     names = [output.name for output in profile.outputs]
@@ -510,7 +515,7 @@ def _build_flops(profile: "FlopsProfile", *, caption: str = "") -> Figure:
     return figure
 
 
-def plot_flops(profile: "FlopsProfile", path: str | Path, *, caption: str = "") -> Path:
+def plot_flops(profile: FlopsProfile, path: str | Path, *, caption: str = "") -> Path:
     """Bar chart of the GFLOPs needed for each output, each bar labelled with its GFLOPs and % of
     the main output's; the title gives the architecture, width and input size."""
     return save_figure(_build_flops(profile, caption=caption), path)

@@ -7,8 +7,9 @@ The training run's files are :mod:`eed.reporting.records`'s."""
 from __future__ import annotations
 
 import csv
+from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 from eed.reporting.canvas import saved_files
 from eed.reporting.figures import plot_agreement, plot_anytime, plot_exit_rules, plot_flops, plot_rdms
@@ -21,7 +22,7 @@ if TYPE_CHECKING:
     from eed.metrics.summary import EvaluationReport
 
 
-def write_anytime_csv(report: "AnytimeReport", path: Path) -> Path:
+def write_anytime_csv(report: AnytimeReport, path: Path) -> Path:
     """One row per threshold: threshold, gflops, top1_pct (%: ``dvc plots`` draws it for people to
     read), frac_<classifier>... (the fraction of images leaving there)."""
     rows = [
@@ -37,7 +38,7 @@ def write_anytime_csv(report: "AnytimeReport", path: Path) -> Path:
     return path
 
 
-def write_evaluation_outputs(report: "EvaluationReport", out_dir: str | Path, *, caption: str = "") -> list[Path]:
+def write_evaluation_outputs(report: EvaluationReport, out_dir: str | Path, *, caption: str = "") -> list[Path]:
     """``metrics.json``, ``anytime.csv`` (the served rule's curve) and ``figures/*.png`` + ``*.svg``
     (``exit_rules``: every rule's curve) into ``out_dir``."""
     out_dir = Path(out_dir)
@@ -67,7 +68,7 @@ def write_evaluation_outputs(report: "EvaluationReport", out_dir: str | Path, *,
     return written
 
 
-def write_flops_outputs(profile: "FlopsProfile", out_dir: str | Path, *, caption: str = "") -> list[Path]:
+def write_flops_outputs(profile: FlopsProfile, out_dir: str | Path, *, caption: str = "") -> list[Path]:
     """``flops.json`` (every output's cost and the per-module parts) and ``figures/flops.png`` + ``.svg``
     (in ``figures/``, as every stage keeps its figures)."""
     out_dir = Path(out_dir)
@@ -78,7 +79,7 @@ def write_flops_outputs(profile: "FlopsProfile", out_dir: str | Path, *, caption
 
 
 def write_rdm_outputs(
-    result: "RdmResult",
+    result: RdmResult,
     out_dir: str | Path,
     *,
     caption: str = "",

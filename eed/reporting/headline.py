@@ -22,7 +22,8 @@ says percent (``%``, ``_pct``, ``_pts`` or ``percent``).
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from collections.abc import Mapping
+from typing import Any
 
 from rich.table import Table
 

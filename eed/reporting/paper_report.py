@@ -170,7 +170,8 @@ def difference_table(found: list[RowDifference], columns: list[str]) -> TableBlo
 
 def accuracy_section(inputs: ReportInputs) -> list[Block]:
     """Tables I/II: one table per network of the store, then its differences."""
-    table, blocks = inputs.selected, [Heading("Tables I and II: test accuracy (%)")]
+    table = inputs.selected
+    blocks: list[Block] = [Heading("Tables I and II: test accuracy (%)")]
     blocks.append(
         Paragraph(
             "Each configuration of the store (its runs differ only in the seed) in two lines: the test accuracy of "

@@ -4,7 +4,8 @@ the backbone registry and the RDM summaries (the comparison table draws itself,
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from rich.table import Table
 
@@ -18,7 +19,7 @@ def _pct(value: float | None) -> str:
     return "—" if value is None else f"{100 * value:.2f}"
 
 
-def evaluation_tables(report: "EvaluationReport") -> list[Table]:
+def evaluation_tables(report: EvaluationReport) -> list[Table]:
     """Rich tables: per-output metrics, exit/main agreement, early-exit budgets."""
     costs = report.anytime.costs.standalone if report.anytime else None
     outputs = Table(title=f"{report.split} split: {report.num_samples} samples (accuracy, ECE in %)")
@@ -70,9 +71,11 @@ def evaluation_tables(report: "EvaluationReport") -> list[Table]:
     return tables
 
 
-def exit_rules_table(report: "EvaluationReport") -> Table:
+def exit_rules_table(report: EvaluationReport) -> Table:
     """Per exit rule, each budget's threshold (fitted on val) with its top-1 and GFLOPs on the report's split."""
     anytime = report.anytime
+    if anytime is None:
+        raise ValueError("the report has no early-exit analysis (report.anytime)")
     table = Table(
         title=f"Exit rules within each budget: {report.split} top-1 % (GFLOPs), threshold fitted on {anytime.fit_split}"
     )
@@ -89,9 +92,11 @@ def exit_rules_table(report: "EvaluationReport") -> Table:
     return table
 
 
-def calibration_table(report: "EvaluationReport") -> Table:
+def calibration_table(report: EvaluationReport) -> Table:
     """Temperature scaling per classifier: T fitted on val, ECE (%) and NLL before and after."""
     calibration = report.calibration
+    if calibration is None:
+        raise ValueError("the report has no calibration (report.calibration)")
     table = Table(
         title=f"Calibration: temperature fitted on {calibration.fit_split}, "
         f"ECE (%) and NLL on {calibration.report_split}"
@@ -110,9 +115,11 @@ def calibration_table(report: "EvaluationReport") -> Table:
     return table
 
 
-def guaranteed_table(report: "EvaluationReport") -> Table:
+def guaranteed_table(report: EvaluationReport) -> Table:
     """The threshold whose accuracy drop vs the main output is guaranteed, and how it did."""
     guaranteed = report.guaranteed
+    if guaranteed is None:
+        raise ValueError("the report has no guaranteed threshold (report.guaranteed)")
     fit, check = guaranteed.fit, guaranteed.check
     confidence = "calibrated" if guaranteed.calibrated else "raw"
     table = Table(
@@ -146,7 +153,7 @@ def guaranteed_table(report: "EvaluationReport") -> Table:
     return table
 
 
-def served_table(report: "EvaluationReport", settings: dict) -> Table:
+def served_table(report: EvaluationReport, settings: dict) -> Table:
     """The named thresholds a served model carries, with how they did on val, where they were fitted."""
     confidence = "calibrated" if settings.get("calibrated") else "raw"
     table = Table(
@@ -175,7 +182,7 @@ def served_table(report: "EvaluationReport", settings: dict) -> Table:
     return table
 
 
-def flops_table(profile: "FlopsProfile") -> Table:
+def flops_table(profile: FlopsProfile) -> Table:
     """Table III for one architecture: GFLOPs, parameters and share of the main output."""
     size = profile.input_size
     table = Table(title=f"{profile.arch}: width {profile.width}, {profile.num_classes} classes, {size}x{size} input")
@@ -186,7 +193,7 @@ def flops_table(profile: "FlopsProfile") -> Table:
     return table
 
 
-def backbones_table(rows: Sequence["BackboneSummary"]) -> Table:
+def backbones_table(rows: Sequence[BackboneSummary]) -> Table:
     """``eed models``: one row per registered backbone."""
     table = Table(title="Registered backbones", caption="params include the exits; CIFAR: 100 classes, ImageNet: 1000")
     # The name is what users type (--set model.arch=...): never cut or wrapped; the other columns give way.
@@ -209,7 +216,7 @@ def backbones_table(rows: Sequence["BackboneSummary"]) -> Table:
     return table
 
 
-def rdm_table(result: "RdmResult", split: str) -> Table:
+def rdm_table(result: RdmResult, split: str) -> Table:
     """Within-class, between-class dissimilarity and their ratio, per layer."""
     table = Table(
         title=f"RDMs of {len(result.labels)} {split} samples (1 - Pearson r)",

@@ -12,10 +12,9 @@ from pathlib import Path
 
 from matplotlib.figure import Figure
 
-from eed.models.multi_exit import output_order
+from eed.models.multi_exit import output_order, output_position
 from eed.reporting.canvas import integer_epochs, new_figure, save_figure, saved_files, split_name, title
 from eed.reporting.records import EPOCH_ACCURACY_PREFIX, History
-
 
 # The per-epoch accuracy metrics of each split (the final test/acc_* are not per epoch).
 
@@ -25,7 +24,7 @@ def _accuracy_series(history: History, split: str) -> dict[str, tuple[list[int],
     series = {}
     prefix = EPOCH_ACCURACY_PREFIX[split]
     keys = [k for k in history if k.startswith(prefix) and output_order(k[len(prefix) :]) is not None]
-    for key in sorted(keys, key=lambda k: output_order(k[len(prefix) :])):
+    for key in sorted(keys, key=lambda k: output_position(k[len(prefix) :])):
         points = sorted(history[key])
         if points:
             series[key[len(prefix) :]] = ([step for step, _ in points], [100 * value for _, value in points])

@@ -11,7 +11,7 @@ inside :func:`eed.errors.error_boundary`: the CLI does (``eed.errors.guarded``),
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from rich.console import Console
 

@@ -5,9 +5,10 @@ split, and their child run."""
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, TypeVar
 
 import torch
 from rich.console import Console
@@ -15,6 +16,7 @@ from rich.console import Console
 from eed import data as eed_data
 from eed import tracking
 from eed.config import Config, flatten
+from eed.data.catalog import Split
 from eed.engine.checkpoint import Checkpoint
 from eed.engine.loops import collect_outputs
 from eed.engine.runtime import Runtime
@@ -25,14 +27,18 @@ from eed.paths import in_workspace
 from eed.progress import progress_bar, tracked
 from eed.stages import stderr
 
-SPLITS = ("test", "val")
+SPLITS: tuple[Split, ...] = ("test", "val")
 CHECKPOINTS = ("best", "last")
 
+_Choice = TypeVar("_Choice", bound=str)
 
-def choice(option: str, value: str, allowed: Sequence[str]) -> str:
-    if value not in allowed:
-        raise ConfigError(f"{option} must be one of {', '.join(allowed)}, got {value!r}")
-    return value
+
+def choice(option: str, value: str, allowed: Sequence[_Choice]) -> _Choice:
+    """``value``, one of ``allowed`` (typed as they are: a :data:`SPLITS` value is a Split)."""
+    for allowed_value in allowed:
+        if allowed_value == value:
+            return allowed_value
+    raise ConfigError(f"{option} must be one of {', '.join(allowed)}, got {value!r}")
 
 
 def default_source(config: Config) -> str:
@@ -64,15 +70,22 @@ def resolve_source(source: str, tracking_uri: str | None, which: str = "best") -
     return ResolvedSource(checkpoint, source, f"run {source} (checkpoints/{name})", name)
 
 
+def logging_uri(tracking_uri: str | None) -> str:
+    """The tracking URI of a stage that logs, which :func:`source_model` resolves whenever ``log`` is set."""
+    if tracking_uri is None:
+        raise ValueError("the stage logs to MLflow, but no tracking URI was resolved (source_model with log=False?)")
+    return tracking_uri
+
+
 def source_model(source: str, config: Config, log: bool, which: str) -> tuple[str | None, ResolvedSource, MultiExitNet]:
     """The tracking URI (checked before any pass over data when logging), the resolved
     source and its network, checked against the configured network and dataset."""
     choice("--checkpoint", which, CHECKPOINTS)
     tracking_uri = tracking.resolve_tracking_uri(config) if (log or not Path(source).is_file()) else None
     if log:
-        tracking.check_tracking_uri(tracking_uri)
+        tracking.check_tracking_uri(logging_uri(tracking_uri))
     resolved = resolve_source(source, tracking_uri, which)
-    if log and resolved.run_id and not tracking.run_exists(tracking_uri, resolved.run_id):
+    if log and resolved.run_id and not tracking.run_exists(logging_uri(tracking_uri), resolved.run_id):
         stderr().print(
             f"[yellow]note:[/] run {resolved.run_id}, which made {resolved.description}, is not an active "
             f"run of {tracking_uri} (deleted, or tracking.uri changed): logging into a run of its own"
@@ -91,7 +104,7 @@ def collect(
     config: Config,
     model: MultiExitNet,
     runtime: Runtime,
-    split: str,
+    split: Split,
     console: Console,
     *,
     doing: str = "evaluating",

@@ -2,17 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from eed import tracking
 from eed.config import Config
 from eed.errors import ConfigError, TrackingError
 from eed.methods import method_names
 from eed.paths import in_workspace
-from eed.reporting.comparison import TABLE_SPLITS, ComparisonTable, build_table, parse_tags
-from eed.reporting.canvas import saved_files
 from eed.reporting import differences as diffs
+from eed.reporting.canvas import saved_files
+from eed.reporting.comparison import TABLE_SPLITS, ComparisonTable, build_table, parse_tags
 from eed.reporting.figures import plot_comparison, plot_differences
 from eed.stages import stdout
 from eed.stages.common import choice

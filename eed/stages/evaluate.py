@@ -4,13 +4,14 @@ agreement and the early-exit curve of a checkpoint."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import torch
 
-from eed.config import Config
+from eed.config import Config, require_resolved
+from eed.data.catalog import Split
 from eed.engine.runtime import setup_runtime
 from eed.inference import export as served_export
 from eed.metrics.anytime import ClassifierCosts, analyze, threshold_grid
@@ -33,6 +34,7 @@ from eed.stages.common import (
     collect,
     default_source,
     log_stage_run,
+    logging_uri,
     on_runtime,
     source_model,
     stage_params,
@@ -86,7 +88,7 @@ def evaluate(
     model = on_runtime(model, runtime)
     names, console = model.classifier_names(), stderr()
 
-    def collect_split(name: str) -> Collected:
+    def collect_split(name: Split) -> Collected:
         return collect(config, model, runtime, name, console)
 
     collected = collect_split(split)
@@ -99,6 +101,7 @@ def evaluate(
 
     run_id = served_id = None
     if log:
+        tracking_uri = logging_uri(tracking_uri)
         # The network with its fitted thresholds, servable, in the training run (first: the evaluate
         # run then spans all of the stage's work); a stand-alone evaluation keeps it in its own run.
         servable = model.num_classifiers > 1
@@ -142,7 +145,7 @@ def fit_early_exit(
     names: list[str],
     config: Config,
     split: str,
-    collect: Callable[[str], Collected],
+    collect: Callable[[Split], Collected],
     report: EvaluationReport,
 ) -> None:
     """Calibration, the early-exit curve on ``split``, the budget thresholds and the guaranteed
@@ -156,7 +159,7 @@ def fit_early_exit(
             "evaluated on val, the split the thresholds and temperatures are fitted on: "
             "the guarantee and the calibration are not tested on held-out data"
         )
-    elif config.data.val_size > 0:
+    elif require_resolved(config.data.val_size, "data.val_size") > 0:
         validation = collect("val")
         fit = validation.logits, validation.labels
     else:
@@ -164,7 +167,7 @@ def fit_early_exit(
             "budgets not fitted, no temperatures, no guaranteed threshold: data.val_size is 0, "
             "so there is no validation split to fit them on"
         )
-    logits, fit_logits = collected.logits, fit[0] if fit else None
+    logits = collected.logits
     if fit is not None:
         report.calibration = calibrate(
             *fit, collected.logits, collected.labels, names, settings.ece_bins, fit_split="val", report_split=split
@@ -172,7 +175,7 @@ def fit_early_exit(
         if settings.calibrate:  # early exit on calibrated probabilities (the argmax, so accuracy, is unchanged)
             temperatures = torch.tensor(report.calibration.temperatures, dtype=torch.float64)
             logits = apply_temperatures(logits.double(), temperatures)
-            fit_logits = apply_temperatures(fit_logits.double(), temperatures)
+            fit = apply_temperatures(fit[0].double(), temperatures), fit[1]
     grid = threshold_grid(settings.thresholds)
     report.anytime = analyze(
         logits,
@@ -181,14 +184,14 @@ def fit_early_exit(
         grid,
         names,
         settings.budgets,
-        fit_logits,
+        fit[0] if fit else None,
         fit[1] if fit else None,
         "val" if fit else None,
         settings.exit_rule,
     )
     if fit is not None and settings.max_drop is not None and model.num_classifiers > 1:
         chosen = fit_guaranteed_threshold(
-            fit_logits,
+            fit[0],
             fit[1],
             grid,
             settings.max_drop,

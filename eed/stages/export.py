@@ -18,7 +18,8 @@ from pathlib import Path
 
 from eed import data as eed_data
 from eed import tracking
-from eed.config import Config
+from eed.config import Config, require_resolved
+from eed.data.catalog import Split
 from eed.engine.runtime import setup_runtime
 from eed.errors import ConfigError
 from eed.inference import export as served_export
@@ -31,6 +32,7 @@ from eed.stages.common import (
     collect,
     default_source,
     log_stage_run,
+    logging_uri,
     on_runtime,
     source_model,
     stage_params,
@@ -53,16 +55,17 @@ def export(config: Config, source: str | None = None, *, which: str = "best") ->
     source = source or default_source(config)
     if not config.tracking.enabled:
         raise ConfigError("eed export logs the served model to MLflow, and tracking.enabled is false")
-    if config.data.val_size <= 0:
+    if require_resolved(config.data.val_size, "data.val_size") <= 0:
         raise ConfigError("eed export fits the thresholds and temperatures on val, and data.val_size is 0")
     tracking_uri, resolved, model = source_model(source, config, True, which)
+    tracking_uri = logging_uri(tracking_uri)
     if model.num_classifiers == 1:
         raise ConfigError(f"{resolved.description} has no exits (baseline): there is no early exit to serve")
     runtime = setup_runtime(config.train)
     model = on_runtime(model, runtime)
     names, console = model.classifier_names(), stderr()
 
-    def collect_split(name: str):
+    def collect_split(name: Split):
         return collect(config, model, runtime, name, console, doing="fitting")
 
     validation = collect_split("val")

@@ -8,9 +8,9 @@ the executors: :mod:`eed.stages.grid_local`, :mod:`eed.stages.grid_slurm`). Ends
 from __future__ import annotations
 
 import socket
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from eed import tracking
 from eed.config import Config, load_config
@@ -19,9 +19,9 @@ from eed.paths import in_workspace
 from eed.stages import stdout
 from eed.stages.compare import compare
 from eed.stages.grid_local import run_local, slots
+from eed.stages.grid_plan import DONE, Cell, plan
 from eed.stages.grid_progress import GridProgress
 from eed.stages.grid_slurm import SlurmOptions, run_slurm
-from eed.stages.grid_plan import DONE, Cell, plan
 
 
 @dataclass

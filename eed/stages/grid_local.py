@@ -6,9 +6,9 @@ from __future__ import annotations
 import os
 import queue
 import subprocess
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Sequence
 
 from eed.stages.grid_plan import Cell, cell_commands, tag_run
 

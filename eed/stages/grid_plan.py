@@ -14,9 +14,9 @@ import hashlib
 import itertools
 import json
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
 
 from eed import tracking
 from eed.config import Config, is_training_key, load_config, training_settings
@@ -45,7 +45,7 @@ def expand_sweeps(sweeps: Sequence[str]) -> list[list[str]]:
 def _split_values(values: str) -> list[str]:
     parts, depth, current = [], 0, ""
     for char in values:
-        depth += char in "[{" and 1 or char in "]}" and -1 or 0
+        depth += (char in "[{" and 1) or (char in "]}" and -1) or 0
         if char == "," and depth == 0:
             parts.append(current)
             current = ""

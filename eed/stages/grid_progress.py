@@ -5,7 +5,7 @@ changes); elsewhere one line per cell state change."""
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 from rich.console import Console
 from rich.live import Live
@@ -69,7 +69,7 @@ class GridProgress:
         return table
 
     @contextlib.contextmanager
-    def shown(self) -> Iterator["GridProgress"]:
+    def shown(self) -> Iterator[GridProgress]:
         """The live table while the block runs (on a terminal; lines otherwise), then it once more."""
         if not self.console.is_terminal:
             yield self

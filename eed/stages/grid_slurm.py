@@ -11,9 +11,9 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import submitit
 
@@ -100,7 +100,8 @@ def run_slurm(
                 continue
             if job.paths.result_pickle.exists():
                 outcome, value = _result(job)
-                codes[cell.key] = value if outcome == "success" else -1
+                # A CellTask returns its exit code (an int); an error's value is its traceback.
+                codes[cell.key] = value if outcome == "success" and isinstance(value, int) else -1
                 what = (
                     "done" if codes[cell.key] == 0 else f"failed (exit {codes[cell.key]}; {cell.folder / 'grid.log'})"
                 )
@@ -119,7 +120,7 @@ def run_slurm(
     return codes
 
 
-def _result(job: "submitit.Job") -> tuple[str, object]:
+def _result(job: submitit.Job) -> tuple[str, object]:
     """("success", the task's return value) or ("error", its traceback), as submitit pickled them."""
     from submitit.core import utils
 

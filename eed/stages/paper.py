@@ -3,8 +3,8 @@ Figs. 2-5 (:mod:`eed.reporting.paper_report`), as ``paper.md`` and a self-contai
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from eed import tracking
 from eed.config import Config

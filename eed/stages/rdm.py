@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
@@ -26,6 +26,7 @@ from eed.stages.common import (
     default_source,
     in_float32,
     log_stage_run,
+    logging_uri,
     on_runtime,
     source_model,
     stage_params,
@@ -91,7 +92,7 @@ def rdm(
     if log:
         run_id = log_stage_run(
             "rdm",
-            tracking_uri,
+            logging_uri(tracking_uri),
             config,
             resolved,
             split,

@@ -14,9 +14,9 @@ from eed.config import Config
 from eed.engine.checkpoint import Checkpoint
 from eed.errors import DataError
 from eed.paths import ensure_writable, in_workspace
-from eed.reporting.training_curves import plot_training_curves
 from eed.reporting.headline import headline, results_table
 from eed.reporting.records import figure_caption, write_json
+from eed.reporting.training_curves import plot_training_curves
 from eed.stages import stdout
 
 RESULTS_FILE = "results.json"

@@ -13,8 +13,8 @@ from eed.engine.runtime import relaunch_under_torchrun
 from eed.engine.trainer import Callback, TrainResult
 from eed.engine.trainer import train as run_training
 from eed.paths import in_workspace
-from eed.reporting.training_curves import build_stability
 from eed.reporting.records import History, figure_caption, write_training_summary
+from eed.reporting.training_curves import build_stability
 from eed.stages import stdout
 
 

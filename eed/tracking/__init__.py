@@ -46,16 +46,16 @@ from eed.tracking.store import (
 from eed.tracking.tracking_server import server_command, tracking_server
 
 __all__ = [
-    "DatasetRecord",
-    "describe_served_model",
     "EXPERIMENT_KIND",
     "EXPERIMENT_KIND_TAG",
+    "NOTE_TAG",
+    "DatasetRecord",
     "Logger",
     "MlflowLogger",
-    "NOTE_TAG",
     "NullLogger",
     "RunRecord",
     "check_tracking_uri",
+    "describe_served_model",
     "downloaded_artifact",
     "downloaded_checkpoint",
     "ensure_experiment",

@@ -14,9 +14,10 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 
 from eed.config import Config, flatten, to_yaml
 from eed.errors import TrackingError
@@ -78,7 +79,7 @@ class MlflowLogger:
         run_name: str,
         tags: Mapping[str, str],
         start_time: float | None = None,
-    ) -> "MlflowLogger":
+    ) -> MlflowLogger:
         """A new run; ``start_time`` (``time.time()`` seconds) when the work began earlier."""
         with reaching(tracking_uri, f"starting a run in experiment {experiment!r}"):
             experiment_id = ensure_experiment(experiment, tracking_uri)
@@ -90,7 +91,7 @@ class MlflowLogger:
     @classmethod
     def for_training(
         cls, config: Config, tracking_uri: str, run_id: str | None = None, description: str = ""
-    ) -> "MlflowLogger":
+    ) -> MlflowLogger:
         """The training run of ``config``: a new one with its params, tags (MLflow's source tags
         and ``description`` among them) and config.yaml, or ``run_id`` continued (status back
         to RUNNING)."""
@@ -112,7 +113,7 @@ class MlflowLogger:
 
     def child_run(
         self, name: str, stage: str, tags: Mapping[str, str] | None = None, start_time: float | None = None
-    ) -> "MlflowLogger":
+    ) -> MlflowLogger:
         """A run ``name`` of ``stage`` nested under this one (same experiment, the parent's
         identifying tags and MLflow's source tags)."""
         with self._reaching_store(f"starting its child run {name!r}"):
@@ -137,7 +138,7 @@ class MlflowLogger:
         experiment: str,
         tags: Mapping[str, str],
         start_time: float | None = None,
-    ) -> "MlflowLogger":
+    ) -> MlflowLogger:
         """The run ``name`` of a stage (evaluate, rdm): nested under the training run that made
         its checkpoint, or stand-alone in ``experiment`` when that run is not known."""
         if parent_run_id is not None:
@@ -156,7 +157,8 @@ class MlflowLogger:
             parent_id = self.client.get_run(self.run_id).data.tags.get(PARENT_TAG)
             return dict(self.client.get_run(parent_id).data.metrics) if parent_id else {}
 
-    def log_params(self, params: Mapping[str, str]) -> None:
+    def log_params(self, params: Mapping[str, object]) -> None:
+        """Each value as its ``str`` (MLflow params are strings), cut to MLflow's length limit."""
         from mlflow.entities import Param
 
         with self._reaching_store("logging params"):
@@ -168,7 +170,7 @@ class MlflowLogger:
         step: int,
         *,
         model_id: str | None = None,
-        dataset: "DatasetRecord | None" = None,
+        dataset: DatasetRecord | None = None,
     ) -> None:
         """Numbers at ``step``; nested dicts are flattened with ``/`` (``test/acc_main``). With
         ``model_id`` and ``dataset`` (one logged with :meth:`log_datasets`) they are also the
@@ -186,7 +188,7 @@ class MlflowLogger:
                 ],
             )
 
-    def log_datasets(self, datasets: Sequence["DatasetRecord"]) -> None:
+    def log_datasets(self, datasets: Sequence[DatasetRecord]) -> None:
         """The run's inputs (the UI's Datasets column), each with its context (training,
         validation, test); a continued run that already has them logs none again."""
         with self._reaching_store("logging its datasets"):
@@ -238,13 +240,14 @@ class MlflowLogger:
             self.log_artifact(path, None if folder == Path(".") else folder.as_posix())
 
     def log_model(
-        self, model: "nn.Module", example: Any, requirements: Sequence[str], metadata: Mapping[str, Any] | None = None
+        self, model: nn.Module, example: Any, requirements: Sequence[str], metadata: Mapping[str, Any] | None = None
     ) -> str:
         """Log ``model`` (tensor in, tensor out) with ``mlflow.pytorch.log_model`` in the pt2
         (torch.export) format, its signature inferred from ``example``; ``metadata`` goes into
         the model's MLmodel file (e.g. which checkpoint and epoch the weights are). Returns the
         logged model's id (for :meth:`log_metrics`)."""
         import mlflow
+        import mlflow.pytorch as mlflow_pytorch  # (mlflow lazily loads it: not among mlflow's exported names)
         import torch
         from mlflow.models import infer_signature
 
@@ -255,7 +258,7 @@ class MlflowLogger:
             using_tracking_uri(self.tracking_uri),
             mlflow.start_run(run_id=self.run_id, log_system_metrics=False),
         ):
-            info = mlflow.pytorch.log_model(
+            info = mlflow_pytorch.log_model(
                 model,
                 name="model",
                 input_example=example,
@@ -297,13 +300,13 @@ class NullLogger:
 
     run_id: str | None = None
 
-    def log_params(self, params: Mapping[str, str]) -> None:
+    def log_params(self, params: Mapping[str, object]) -> None:
         pass
 
     def log_metrics(self, metrics: Mapping[str, Any], step: int, **_: Any) -> None:
         pass
 
-    def log_datasets(self, datasets: Sequence["DatasetRecord"]) -> None:
+    def log_datasets(self, datasets: Sequence[DatasetRecord]) -> None:
         pass
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
@@ -354,12 +357,13 @@ class DatasetRecord:
     profile: dict[str, Any]
 
 
-def log_dataset_inputs(client: "MlflowClient", run_id: str, datasets: Sequence[DatasetRecord]) -> None:
+def log_dataset_inputs(client: MlflowClient, run_id: str, datasets: Sequence[DatasetRecord]) -> None:
     """``datasets`` as the inputs of run ``run_id``, but those it already has."""
     from mlflow.entities import Dataset, DatasetInput, InputTag
     from mlflow.exceptions import MlflowException
 
-    logged = {(d.dataset.name, d.dataset.digest) for d in client.get_run(run_id).inputs.dataset_inputs}
+    inputs = client.get_run(run_id).inputs  # None: a run without inputs
+    logged = {(d.dataset.name, d.dataset.digest) for d in (inputs.dataset_inputs if inputs is not None else [])}
     new = {(d.name, d.digest): d for d in datasets if (d.name, d.digest) not in logged}
     inputs = [
         DatasetInput(

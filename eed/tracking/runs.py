@@ -5,9 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any
 
 from eed.errors import SourceError, TrackingError
 from eed.tracking.store import PARENT_TAG, RUN_ID, STAGE_TAG, client_for, reaching, unreachable_reason

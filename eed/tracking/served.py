@@ -13,9 +13,9 @@ import logging
 import os
 import tempfile
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from eed.errors import ConfigError, TrackingError
 from eed.tracking.logger import DatasetRecord, log_dataset_inputs
@@ -77,11 +77,11 @@ def _early_exit_pyfunc() -> type:
     global _served_class
     if _served_class is not None:
         return _served_class
-    import mlflow.pyfunc
+    from mlflow.pyfunc.model import PythonModel  # (mlflow.pyfunc re-exports it without listing it)
 
     Refusal = refusal_class()
 
-    class EarlyExitPyfunc(mlflow.pyfunc.PythonModel):
+    class EarlyExitPyfunc(PythonModel):
         """Early exit served: raw pixels (N, H, W, 3), integers 0..255, in; one row per image out. Params:
         threshold, budget (a named threshold), max_drop, calibrated, return_logits, exit_rule."""
 
@@ -99,7 +99,8 @@ def _early_exit_pyfunc() -> type:
                 Path(context.artifacts[SERVED_CHECKPOINT]), settings, dict(context.model_config or {})
             )
 
-        def predict(self, context, model_input, params=None):
+        # mlflow leaves the base predict unannotated with an empty body, so pyright infers it returns None.
+        def predict(self, context, model_input, params=None):  # pyright: ignore[reportIncompatibleMethodOverride]
             import numpy as np
             import pandas as pd
 
@@ -182,9 +183,9 @@ def log_served_model(
         raise ValueError(
             f"example images must be uint8 (N, H, W, 3), got {example_images.dtype} {tuple(example_images.shape)}"
         )
-    settings = json.loads(json.dumps(dict(settings)))  # JSON-able, and what load_context will see
+    plain_settings: dict[str, Any] = json.loads(json.dumps(dict(settings)))  # JSON-able, as load_context sees it
     # Bad settings or images fail here.
-    loader(Path(checkpoint_path), settings, dict(check_options or {})).answer(example_images)
+    loader(Path(checkpoint_path), plain_settings, dict(check_options or {})).answer(example_images)
     _, height, width, _ = example_images.shape
     # No input schema: MLflow's server would cast JSON pixels to its dtype silently (0.5 -> 0); the answering
     # object takes raw pixels as any integers 0..255 and refuses the rest (described in the model's metadata).
@@ -231,7 +232,7 @@ def log_served_model(
             # MLflow's advice on models as code does not apply to a wrapped network.
             warnings.filterwarnings("ignore", message=".*python_model.*")
             settings_path = Path(folder) / "settings.json"
-            settings_path.write_text(json.dumps(settings, indent=2))
+            settings_path.write_text(json.dumps(plain_settings, indent=2))
             with reaching(tracking_uri, "logging the served model"), using_tracking_uri(tracking_uri), _quietly():
                 mlflow.pyfunc.log_model(
                     name=SERVED_NAME,

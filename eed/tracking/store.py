@@ -22,8 +22,9 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 from eed.config import Config
@@ -88,7 +89,7 @@ def _store_lock(database: Path) -> Iterator[None]:
     can create (missing or read-only folder) the block runs unlocked: MLflow then reports the
     real problem itself."""
     try:
-        handle = open(f"{database}.lock", "a")
+        handle = open(f"{database}.lock", "a")  # noqa: SIM115 (held while the store is in use)
     except OSError:
         yield
         return
@@ -208,7 +209,8 @@ def using_tracking_uri(tracking_uri: str) -> Iterator[None]:
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(previous)
+        # None unsets the URI and $MLFLOW_TRACKING_URI, though mlflow annotates the argument str | Path.
+        mlflow.set_tracking_uri(previous)  # pyright: ignore[reportArgumentType]
         if previous is not None:
             os.environ["MLFLOW_TRACKING_URI"] = previous
 
@@ -249,10 +251,15 @@ def _check_artifact_location(experiment: Any, tracking_uri: str) -> None:
     copied with its checkout (``cp -r``) or moved would write the new runs' artifacts into the
     original's ``mlartifacts/`` (or a folder that is gone): refuse, saying what to do."""
     expected = default_artifact_location(tracking_uri)
-    location = experiment.artifact_location or ""
-    if expected is None or location == expected or not location.rstrip("/").endswith("/" + DEFAULT_ARTIFACTS):
-        return  # not a store eed laid out, or laid out here
     database = _sqlite_database(tracking_uri)
+    location = experiment.artifact_location or ""
+    if (
+        expected is None
+        or database is None  # in-memory sqlite: no file that could have been copied or moved
+        or location == expected
+        or not location.rstrip("/").endswith("/" + DEFAULT_ARTIFACTS)
+    ):
+        return  # not a store eed laid out, or laid out here
     raise TrackingError(
         f"MLflow store {database} was made at another path: its experiment {experiment.name!r} keeps artifacts in "
         f"{location.removeprefix('file://')}, not beside it in {expected.removeprefix('file://')} (a copied or moved "

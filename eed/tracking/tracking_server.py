@@ -17,8 +17,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from eed.errors import TrackingError
 from eed.tracking.store import DEFAULT_ARTIFACTS, DEFAULT_DB, check_tracking_uri
@@ -94,10 +94,9 @@ def _wait_until_it_answers(uri: str, process: subprocess.Popen, log: Path, timeo
     exits or stays silent for ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
     while process.poll() is None and time.monotonic() < deadline:
-        with contextlib.suppress(OSError):
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
-                if response.status == 200:
-                    return
+        with contextlib.suppress(OSError), urllib.request.urlopen(f"{uri}/health", timeout=2) as response:
+            if response.status == 200:
+                return
         time.sleep(0.2)
     said = log.read_text(errors="replace").strip().splitlines()[-1:] if log.is_file() else []
     why = f"it exited with {process.returncode}" if process.poll() is not None else f"no answer in {timeout_s:.0f} s"
