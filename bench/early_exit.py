@@ -41,7 +41,8 @@ import torch
 from bench import common
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The benchmarked model's options, shared by the benchmarks of the trained model (serving, latency)."""
     parser.add_argument("--checkpoint", default=None, help="an eed checkpoint to use instead of training one")
     parser.add_argument(
         "--train-subset",
@@ -50,6 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="training images (default: params.yaml's, 20000 at the cpu preset)",
     )
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: params.yaml's, 4)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_model_arguments(parser)
     parser.add_argument("--chunk", type=int, default=20, help="batches of 128 per round (default 20)")
     parser.add_argument(
         "--tolerance",

@@ -31,20 +31,13 @@ from pathlib import Path
 import numpy as np
 
 from bench import common
-from bench.early_exit import trained_model
+from bench.early_exit import add_model_arguments, trained_model
 
 ROUNDS = 10  # variants interleaved in this many rounds, --requests / ROUNDS requests each
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", default=None, help="an eed checkpoint to use instead of training one")
-    parser.add_argument(
-        "--train-subset",
-        type=int,
-        default=None,
-        help="training images (default: params.yaml's, 20000 at the cpu preset)",
-    )
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: params.yaml's, 4)")
+    add_model_arguments(parser)
     parser.add_argument("--requests", type=int, default=200, help="timed requests per variant and mode (default 200)")
 
 

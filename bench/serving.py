@@ -40,21 +40,14 @@ import numpy as np
 import torch
 
 from bench import common
-from bench.early_exit import trained_model
+from bench.early_exit import add_model_arguments, trained_model
 
 BATCHES = (1, 8, 128)
 ABOVE_ONE = 1.5  # a threshold no score reaches: the main output alone
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", default=None, help="an eed checkpoint to use instead of training one")
-    parser.add_argument(
-        "--train-subset",
-        type=int,
-        default=None,
-        help="training images (default: params.yaml's, 20000 at the cpu preset)",
-    )
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: params.yaml's, 4)")
+    add_model_arguments(parser)
     parser.add_argument(
         "--images",
         type=int,

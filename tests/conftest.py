@@ -252,15 +252,23 @@ def make_image_folders() -> Callable[..., list[str]]:
 TINY_CLASSES = 4
 
 
-def tiny_net() -> MultiExitNet:
+def tiny_net(scale: int = 1) -> MultiExitNet:
+    """Three stages of 8, 16 and 24 channels (times ``scale``), a classifier after each."""
+    first, second, third = 8 * scale, 16 * scale, 24 * scale
     backbone = Backbone(
-        stem=conv_bn_relu(3, 8, 1),
-        stages=[conv_bn_relu(8, 8, 1), conv_bn_relu(8, 16, 2), conv_bn_relu(16, 24, 2)],
-        stage_channels=[8, 16, 24],
+        stem=conv_bn_relu(3, first, 1),
+        stages=[conv_bn_relu(first, first, 1), conv_bn_relu(first, second, 2), conv_bn_relu(second, third, 2)],
+        stage_channels=[first, second, third],
         pool=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
-        fc=nn.Linear(24, TINY_CLASSES),
+        fc=nn.Linear(third, TINY_CLASSES),
     )
     return MultiExitNet(backbone)
+
+
+@pytest.fixture(scope="session")
+def make_tiny_net():
+    """:func:`tiny_net` itself, for tests that build networks of other widths."""
+    return tiny_net
 
 
 def signal_data(n: int, generator: torch.Generator, patterns: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -6,13 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 import torch._dynamo
-from torch import nn
 
 from eed.inference.compiled import compiled_runner
 from eed.inference.early_exit import predict
 from eed.metrics.anytime import ABOVE_ONE, EXIT_RULES, rule_scores
-from eed.models.backbone import Backbone
-from eed.models.multi_exit import MultiExitNet, conv_bn_relu
 
 
 @pytest.fixture(scope="module")
@@ -69,34 +66,16 @@ def test_counting_stages_needs_the_eager_pieces(model_and_images, compiled):
         predict(model, images, 0.5, count_stages=True, runner=compiled)
 
 
-def test_runners_compiled_one_after_another_are_all_compiled(model_and_images, compiled):
+def test_runners_compiled_one_after_another_are_all_compiled(model_and_images, compiled, make_tiny_net):
     """Every Segment (of every network) shares one forward: dynamo counts the graphs of all of them against one
     limit and, past it, runs the rest eagerly without a word (the serving benchmark's width-64 runner, built
     after the width-16 one, once did). A network of another shape compiled after this module's one runs
     compiled, reaching no limit, and answers as eager."""
     _, images = model_and_images
-    for width in (2,):
-        network = tiny_variant(width)
-        runner = compiled_runner(network, images.shape[-1])  # the warm-up fails if a limit is hit
-        with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):  # and so does any later call
-            fast = predict(network, images, 1.0, runner=runner)  # every segment runs (no score reaches 1)
-        eager = predict(network, images, 1.0)
-        assert torch.equal(fast.exit_index, eager.exit_index) and torch.equal(fast.classes, eager.classes)
-
-
-def tiny_variant(width: int) -> MultiExitNet:
-    """conftest's tiny network with ``width`` times its channels (random weights): another shape to compile."""
-    torch.manual_seed(width)
-    channels = [8 * width, 16 * width, 24 * width]
-    backbone = Backbone(
-        stem=conv_bn_relu(3, channels[0], 1),
-        stages=[
-            conv_bn_relu(channels[0], channels[0], 1),
-            conv_bn_relu(channels[0], channels[1], 2),
-            conv_bn_relu(channels[1], channels[2], 2),
-        ],
-        stage_channels=channels,
-        pool=nn.Sequential(nn.AdaptiveAvgPool2d(1), nn.Flatten()),
-        fc=nn.Linear(channels[2], 4),
-    )
-    return MultiExitNet(backbone).eval()
+    torch.manual_seed(2)
+    network = make_tiny_net(2).eval()  # twice the channels, random weights
+    runner = compiled_runner(network, images.shape[-1])  # the warm-up fails if a limit is hit
+    with torch._dynamo.config.patch(fail_on_recompile_limit_hit=True):  # and so does any later call
+        fast = predict(network, images, 1.0, runner=runner)  # every segment runs (no score reaches 1)
+    eager = predict(network, images, 1.0)
+    assert torch.equal(fast.exit_index, eager.exit_index) and torch.equal(fast.classes, eager.classes)
