@@ -177,74 +177,76 @@ def cifar_batch_pickle(images_nhwc: np.ndarray, labels: np.ndarray, label_key: s
     return pickle.dumps(batch, protocol=2)
 
 
-@pytest.fixture
-def make_cifar10() -> Callable[..., dict[str, np.ndarray]]:
-    """``make_cifar10(root, per_class_train=10, per_class_test=4, archive=False, seed=0)`` writes
-    a small CIFAR-10 in the official layout (5 data batches, test batch, batches.meta) under
-    ``root/cifar-10-batches-py/`` (or as ``root/cifar-10-python.tar.gz``) and returns its
-    arrays: ``train_images`` (N x 32 x 32 x 3), ``train_labels``, ``test_images``, ``test_labels``."""
+def write_cifar10(
+    root: Path, per_class_train: int = 10, per_class_test: int = 4, archive: bool = False, seed: int = 0
+) -> dict[str, np.ndarray]:
+    """A small CIFAR-10 in the official layout (5 data batches, test batch, batches.meta) under
+    ``root/cifar-10-batches-py/`` (or as ``root/cifar-10-python.tar.gz``); returns its arrays:
+    ``train_images`` (N x 32 x 32 x 3), ``train_labels``, ``test_images``, ``test_labels``."""
     from eed.data.catalog import CIFAR10_CLASSES
 
-    def make(
-        root: Path, per_class_train: int = 10, per_class_test: int = 4, archive: bool = False, seed: int = 0
-    ) -> dict[str, np.ndarray]:
-        rng = np.random.default_rng(seed)
-        arrays = {}
-        for split, per_class in (("train", per_class_train), ("test", per_class_test)):
-            labels = rng.permutation(np.repeat(np.arange(10), per_class))
-            arrays[f"{split}_labels"] = labels
-            arrays[f"{split}_images"] = rng.integers(0, 256, (len(labels), 32, 32, 3), dtype=np.uint8)
-        files = {}
-        parts = np.array_split(np.arange(len(arrays["train_labels"])), 5)
-        for number, part in enumerate(parts, start=1):
-            files[f"data_batch_{number}"] = cifar_batch_pickle(
-                arrays["train_images"][part], arrays["train_labels"][part], "labels"
-            )
-        files["test_batch"] = cifar_batch_pickle(arrays["test_images"], arrays["test_labels"], "labels")
-        files["batches.meta"] = pickle.dumps(
-            {"label_names": list(CIFAR10_CLASSES), "num_cases_per_batch": 10, "num_vis": 3072}, protocol=2
+    rng = np.random.default_rng(seed)
+    arrays = {}
+    for split, per_class in (("train", per_class_train), ("test", per_class_test)):
+        labels = rng.permutation(np.repeat(np.arange(10), per_class))
+        arrays[f"{split}_labels"] = labels
+        arrays[f"{split}_images"] = rng.integers(0, 256, (len(labels), 32, 32, 3), dtype=np.uint8)
+    files = {}
+    parts = np.array_split(np.arange(len(arrays["train_labels"])), 5)
+    for number, part in enumerate(parts, start=1):
+        files[f"data_batch_{number}"] = cifar_batch_pickle(
+            arrays["train_images"][part], arrays["train_labels"][part], "labels"
         )
-        root.mkdir(parents=True, exist_ok=True)
-        if archive:
-            with tarfile.open(root / "cifar-10-python.tar.gz", "w:gz") as tar:
-                for name, content in files.items():
-                    info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-                    info.size = len(content)
-                    tar.addfile(info, io.BytesIO(content))
-        else:
-            folder = root / "cifar-10-batches-py"
-            folder.mkdir(exist_ok=True)
+    files["test_batch"] = cifar_batch_pickle(arrays["test_images"], arrays["test_labels"], "labels")
+    files["batches.meta"] = pickle.dumps(
+        {"label_names": list(CIFAR10_CLASSES), "num_cases_per_batch": 10, "num_vis": 3072}, protocol=2
+    )
+    root.mkdir(parents=True, exist_ok=True)
+    if archive:
+        with tarfile.open(root / "cifar-10-python.tar.gz", "w:gz") as tar:
             for name, content in files.items():
-                (folder / name).write_bytes(content)
-        return arrays
+                info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+                info.size = len(content)
+                tar.addfile(info, io.BytesIO(content))
+    else:
+        folder = root / "cifar-10-batches-py"
+        folder.mkdir(exist_ok=True)
+        for name, content in files.items():
+            (folder / name).write_bytes(content)
+    return arrays
 
-    return make
+
+@pytest.fixture
+def make_cifar10() -> Callable[..., dict[str, np.ndarray]]:
+    """:func:`write_cifar10`, as a fixture."""
+    return write_cifar10
+
+
+def write_image_folders(
+    root: Path, classes: int = 3, train_per_class: int = 6, val_per_class: int = 2, seed: int = 0
+) -> list[str]:
+    """ImageNet-layout JPEGs of varying sizes in ``root/train/<wnid>/`` and ``root/val/<wnid>/``;
+    returns the class folder names."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    names = [f"n{index:08d}" for index in range(classes)]
+    for split, count in (("train", train_per_class), ("val", val_per_class)):
+        for label, name in enumerate(names):
+            folder = root / split / name
+            folder.mkdir(parents=True, exist_ok=True)
+            for index in range(count):
+                height, width = int(rng.integers(40, 90)), int(rng.integers(40, 90))
+                # A flat class colour plus noise, so the class is visible after cropping.
+                pixels = np.clip(rng.normal(60 + 60 * label, 20, (height, width, 3)), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{name}_{index}.JPEG", quality=95)
+    return names
 
 
 @pytest.fixture
 def make_image_folders() -> Callable[..., list[str]]:
-    """``make_image_folders(root, classes=3, train_per_class=6, val_per_class=2)`` writes
-    ImageNet-layout JPEGs of varying sizes to ``root/train/<wnid>/`` and ``root/val/<wnid>/``
-    and returns the class folder names."""
-    from PIL import Image
-
-    def make(
-        root: Path, classes: int = 3, train_per_class: int = 6, val_per_class: int = 2, seed: int = 0
-    ) -> list[str]:
-        rng = np.random.default_rng(seed)
-        names = [f"n{index:08d}" for index in range(classes)]
-        for split, count in (("train", train_per_class), ("val", val_per_class)):
-            for label, name in enumerate(names):
-                folder = root / split / name
-                folder.mkdir(parents=True, exist_ok=True)
-                for index in range(count):
-                    height, width = int(rng.integers(40, 90)), int(rng.integers(40, 90))
-                    # A flat class colour plus noise, so the class is visible after cropping.
-                    pixels = np.clip(rng.normal(60 + 60 * label, 20, (height, width, 3)), 0, 255).astype(np.uint8)
-                    Image.fromarray(pixels).save(folder / f"{name}_{index}.JPEG", quality=95)
-        return names
-
-    return make
+    """:func:`write_image_folders`, as a fixture."""
+    return write_image_folders
 
 
 # --------------------------------------------------------------------------- a trained tiny network

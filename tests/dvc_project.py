@@ -3,12 +3,16 @@ that run in it: what the pipeline and sharing tests build on."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -60,6 +64,51 @@ def make_project(repo: Path) -> Path:
     run(["git", "add", "-A"], repo)
     run(["git", "commit", "-qm", "tiny pipeline"], repo)
     return repo
+
+
+def first_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """The tiny pipeline's repository right after its first ``dvc repro`` (nothing committed since
+    :func:`make_project`), and what that repro printed. Made once per test session and shared by the
+    xdist workers (the first to ask makes it, under a file lock, beside their temporary folders);
+    never changed afterwards: take a :func:`copy_of` it to go on from there."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if "PYTEST_XDIST_WORKER" in os.environ else base
+    folder = shared / "tiny-pipeline-first-run"
+    with open(shared / "tiny-pipeline-first-run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "done").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            repo = make_project(folder / "repo")
+            repro = run(["dvc", "repro"], repo)
+            (folder / "repro.out").write_text(repro.stdout)
+            (folder / "repro.err").write_text(repro.stderr)
+            (folder / "done").touch()
+    said = subprocess.CompletedProcess(
+        ["dvc", "repro"], 0, (folder / "repro.out").read_text(), (folder / "repro.err").read_text()
+    )
+    return folder / "repo", said
+
+
+def copy_of(repo: Path, target: Path) -> Path:
+    """A copy of ``repo`` (git, DVC cache, outputs, MLflow store) at ``target``, its MLflow store's
+    absolute paths (each experiment's artifact folder, each run's) moved with it."""
+    shutil.copytree(repo, target, symlinks=True)
+    database = target / "mlflow.db"
+    if database.is_file():
+        with contextlib.closing(sqlite3.connect(database)) as store:
+            tables = [name for (name,) in store.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+            for table in tables:
+                for column in [
+                    row[1]
+                    for row in store.execute(f'PRAGMA table_info("{table}")')
+                    if "CHAR" in row[2].upper() or "TEXT" in row[2].upper()
+                ]:
+                    store.execute(
+                        f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) WHERE instr("{column}", ?) > 0',
+                        (str(repo), str(target), str(repo)),
+                    )
+            store.commit()
+    return target
 
 
 def env() -> dict[str, str]:

@@ -1,6 +1,6 @@
 """The DVC pipeline end to end on a tiny synthetic configuration, in a fresh git+DVC repo:
 `dvc repro`, a no-op second repro, `dvc exp run -S method=…` in the workspace (with
-`train.nproc: 2`) and through the queue and with --temp (both run in a copy under .dvc/tmp/exps/), `dvc exp show`, the MLflow runs,
+`train.nproc: 2`) and through the queue and with --temp (both run in a copy under .dvc/tmp/exps/; the --temp one changes an evaluation setting), `dvc exp show`, the MLflow runs,
 and a misspelled `-S` key."""
 
 from __future__ import annotations
@@ -14,24 +14,36 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from tests.dvc_project import ROOT, env, make_project, run
+from tests.dvc_project import ROOT, copy_of, env, first_run, run
 
 
 @pytest.fixture(scope="module")
-def repo(tmp_path_factory) -> Path:
-    """A new repository holding the project's pipeline with tiny params."""
-    return make_project(tmp_path_factory.mktemp("pipeline") / "repo")
+def repo_and_first_repro(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    """A new repository holding the project's pipeline with tiny params, after its first `dvc repro`
+    (the session's one, shared with tests/test_sharing.py: a copy), and what that repro printed."""
+    shared, first = first_run(tmp_path_factory)
+    return copy_of(shared, tmp_path_factory.mktemp("pipeline") / "repo"), first
+
+
+def all_runs(repo: Path) -> list:
+    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("eed")
+    return client.search_runs([experiment.experiment_id])
 
 
 def runs(repo: Path) -> list:
-    client = MlflowClient(f"sqlite:///{repo / 'mlflow.db'}")
-    experiment = client.get_experiment_by_name("eed")
-    return [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" not in r.data.tags]
+    """The training runs."""
+    return [r for r in all_runs(repo) if "mlflow.parentRunId" not in r.data.tags]
+
+
+def evaluations(repo: Path) -> list:
+    """The evaluate stage's runs (children of the training runs)."""
+    return [r for r in all_runs(repo) if r.data.tags.get("eed.stage") == "evaluate"]
 
 
 @pytest.mark.slow
-def test_dvc_repro_then_experiments(repo: Path):
-    first = run(["dvc", "repro"], repo)
+def test_dvc_repro_then_experiments(repo_and_first_repro):
+    repo, first = repo_and_first_repro
     out = repo / "outputs"
     for path in (
         "train/checkpoints/best.pt",
@@ -82,9 +94,12 @@ def test_dvc_repro_then_experiments(repo: Path):
     run(["dvc", "queue", "start", "--jobs", "1"], repo)
     _wait_for_queue(repo)
     assert {r.data.tags["method"] for r in runs(repo)} == {"eed", "branchynet", "distill"}
-    # So does a --temp one (a relative core.site_cache_dir once broke it: no such folder in the copy).
-    run(["dvc", "exp", "run", "--temp", "-S", "method=baseline"], repo)
-    assert {r.data.tags["method"] for r in runs(repo)} == {"eed", "branchynet", "distill", "baseline"}
+    # So does a --temp one (a relative core.site_cache_dir once broke it: no such folder in the copy); an
+    # evaluation setting, so only the evaluation (and the report) runs again, from the cached checkpoint.
+    run(["dvc", "exp", "run", "--temp", "-S", "eval.budgets=[0.002]"], repo)
+    (evaluated,) = [r for r in evaluations(repo) if r.data.params["eval.budgets"] == "[0.002]"]
+    assert evaluated.data.tags.get("dvc_exp") and evaluated.data.tags["method"] == "branchynet"  # (the workspace's)
+    assert len(runs(repo)) == 3
     assert not (repo / ".dvc" / "tmp" / "exps" / "mlflow.db").exists()
 
     shown = json.loads(run(["dvc", "exp", "show", "--json"], repo).stdout)
@@ -109,7 +124,7 @@ def _wait_for_queue(repo: Path, timeout: float = 600) -> None:
             if "Failed" in status:
                 raise AssertionError(f"queued experiment failed:\n{status}")
             return
-        time.sleep(3)
+        time.sleep(5)  # (each look is a `dvc` process: about a second of CPU)
     raise AssertionError("queued experiment did not finish")
 
 

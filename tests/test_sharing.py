@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.dvc_project import make_project, run
+from tests.dvc_project import copy_of, first_run, run
 from tests.ssh_server import SshServer, install
 
 CHECKPOINT = Path("outputs/train/checkpoints/best.pt")
@@ -20,9 +20,9 @@ UP_TO_DATE = "Data and pipelines are up to date."
 
 @pytest.fixture(scope="module")
 def pushed(tmp_path_factory) -> Path:
-    """Clone A: the pipeline run once, committed, its model registered (GTO tag), pushed to the default remote."""
-    a = make_project(tmp_path_factory.mktemp("sharing") / "a")
-    run(["dvc", "repro"], a)
+    """Clone A: the pipeline run once (the session's first run, shared with tests/test_pipeline.py: a
+    copy), committed, its model registered (GTO tag), pushed to the default remote."""
+    a = copy_of(first_run(tmp_path_factory)[0], tmp_path_factory.mktemp("sharing") / "a")
     run(["git", "add", "-A"], a)
     run(["git", "commit", "-qm", "trained"], a)
     run(["gto", "register", "eed-model"], a)

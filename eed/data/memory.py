@@ -1,8 +1,8 @@
 """Read a prepared split fully into memory, straight from its ``.beton`` file.
 
 The tensor backend, evaluation and the RDM code use this, so every consumer sees the
-pixels ``eed prepare`` wrote: the ``.beton`` files are the one source of truth. FFCV's own
-``Reader`` parses the file's header and per-sample metadata; raw images are then copied
+pixels ``eed prepare`` wrote: the ``.beton`` files are the one source of truth. The file's
+header and per-sample metadata are read by :mod:`eed.data.beton` (without importing FFCV); raw images are then copied
 out of a memory map (no JIT, ~0.3 s for CIFAR's 50,000 images); JPEG images are decoded
 with OpenCV and center-cropped like the evaluation pipeline.
 """
@@ -17,8 +17,8 @@ import numpy as np
 import torch
 
 from eed.config import Config
+from eed.data.beton import BetonIndex, read_index
 from eed.data.catalog import IMAGENET_EVAL_CROP_RATIO, IMAGENET_EVAL_RESOLUTION, Normalization
-from eed.data.ffcv_import import import_ffcv
 from eed.data.manifest import RERUN_HINT, Manifest, load_manifest, read_manifest
 from eed.errors import DataError
 
@@ -63,9 +63,9 @@ def read_split(
     """
     manifest = resolve_manifest(source)
     path = manifest.split_path(split)
-    reader = _open_beton(path)
-    image_meta = reader.metadata[_field_key(reader, "image", path)]
-    labels = np.array(reader.metadata[_field_key(reader, "label", path)], dtype=np.int64)
+    index = read_index(path)
+    image_meta = index.column("image")
+    labels = np.array(index.column("label"), dtype=np.int64)
     chosen = np.arange(len(labels)) if indices is None else np.asarray(indices, dtype=np.int64)
     if len(chosen) and (chosen.min() < 0 or chosen.max() >= len(labels)):
         raise IndexError(f"indices out of range for the {len(labels)} samples of {path}")
@@ -82,7 +82,7 @@ def read_split(
     if all_raw and same_size and resolution is None:
         pixels = _copy_raw(file, image_meta)
     else:
-        pixels = _decode_resized(file, image_meta, reader, resolution or IMAGENET_EVAL_RESOLUTION)
+        pixels = _decode_resized(file, image_meta, index, resolution or IMAGENET_EVAL_RESOLUTION)
     images = torch.from_numpy(pixels).permute(0, 3, 1, 2).contiguous()
     normalization = Normalization.from_lists(manifest.normalization)
     return SplitTensors(images, torch.from_numpy(labels), list(manifest.class_names), normalization)
@@ -90,27 +90,7 @@ def read_split(
 
 def read_labels(path: str | Path) -> np.ndarray:
     """The int64 labels of a ``.beton`` file, in file order (reads only the metadata)."""
-    reader = _open_beton(Path(path))
-    return np.array(reader.metadata[_field_key(reader, "label", Path(path))], dtype=np.int64)
-
-
-def _open_beton(path: Path):  # -> ffcv.reader.Reader
-    import_ffcv()
-    from ffcv.reader import Reader
-
-    if not path.is_file():
-        raise DataError(f"{path} is missing; {RERUN_HINT}")
-    try:
-        return Reader(str(path))
-    except Exception as error:
-        raise DataError(f"{path}: not a readable .beton file ({type(error).__name__}: {error}); {RERUN_HINT}") from None
-
-
-def _field_key(reader, name: str, path: Path) -> str:
-    """The metadata column of field ``name`` (FFCV names the columns f0, f1, ...)."""
-    if name not in reader.field_names:
-        raise DataError(f"{path} has no '{name}' field (fields: {', '.join(reader.field_names)}); {RERUN_HINT}")
-    return f"f{reader.field_names.index(name)}"
+    return np.array(read_index(path).column("label"), dtype=np.int64)
 
 
 def _copy_raw(file: np.memmap, image_meta: np.ndarray) -> np.ndarray:
@@ -124,12 +104,12 @@ def _copy_raw(file: np.memmap, image_meta: np.ndarray) -> np.ndarray:
     return pixels
 
 
-def _decode_resized(file: np.memmap, image_meta: np.ndarray, reader, resolution: int) -> np.ndarray:
+def _decode_resized(file: np.memmap, image_meta: np.ndarray, index: BetonIndex, resolution: int) -> np.ndarray:
     """Decode (JPEG) or view (raw) each image, center-crop and resize it to a square."""
     import cv2
 
     # A sample's byte count is in FFCV's allocation table, keyed by its pointer.
-    table = reader.alloc_table
+    table = index.alloc_table
     order = np.argsort(table["ptr"])
     pointers, sizes = table["ptr"][order], table["size"][order]
     pixels = np.empty((len(image_meta), resolution, resolution, 3), dtype=np.uint8)
@@ -143,7 +123,7 @@ def _decode_resized(file: np.memmap, image_meta: np.ndarray, reader, resolution:
         else:
             decoded = cv2.imdecode(data, cv2.IMREAD_COLOR)
             if decoded is None:
-                raise DataError(f"{reader.file_name}: sample {row} is not a decodable JPEG; {RERUN_HINT}")
+                raise DataError(f"{index.file_name}: sample {row} is not a decodable JPEG; {RERUN_HINT}")
             image = cv2.cvtColor(decoded, cv2.COLOR_BGR2RGB)
         side = max(1, int(min(height, width) * IMAGENET_EVAL_CROP_RATIO))
         top, left = (height - side) // 2, (width - side) // 2

@@ -8,7 +8,6 @@ or lost otherwise is finished by running the grid again.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import time
 from collections.abc import Callable, Sequence
@@ -18,6 +17,7 @@ from pathlib import Path
 import submitit
 
 from eed.stages.grid_plan import Cell, cell_commands, tag_run
+from eed.stages.grid_task import CellTask
 
 JOB_TAG = "eed.grid.slurm_job"  # the Slurm job (array task) that trained a cell
 
@@ -30,24 +30,6 @@ class SlurmOptions:
     gpus_per_run: int = 0
     cpus_per_run: int = 1
     poll_s: float = 5.0
-
-
-class CellTask(submitit.helpers.Checkpointable):
-    """One cell's commands, their output appended to ``log``, with ``MLFLOW_TRACKING_URI`` set to the
-    grid's store (the job inherits the submitting shell's variables, which would win over it);
-    returns the first failing exit code or 0."""
-
-    def __init__(self, commands: list[list[str]], log: Path, tracking_uri: str) -> None:
-        self.commands, self.log, self.tracking_uri = commands, log, tracking_uri
-
-    def __call__(self) -> int:
-        env = {**os.environ, "MLFLOW_TRACKING_URI": self.tracking_uri}
-        with open(self.log, "a") as out:
-            for command in self.commands:
-                code = subprocess.run(command, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
-                if code != 0:
-                    return code
-        return 0
 
 
 def run_slurm(
