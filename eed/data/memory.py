@@ -2,9 +2,9 @@
 
 The tensor backend, evaluation and the RDM code use this, so every consumer sees the
 pixels ``eed prepare`` wrote: the ``.beton`` files are the one source of truth. The file's
-header and per-sample metadata are read by :mod:`eed.data.beton` (without importing FFCV); raw images are then copied
-out of a memory map (no JIT, ~0.3 s for CIFAR's 50,000 images); JPEG images are decoded
-with OpenCV and center-cropped like the evaluation pipeline.
+header and per-sample metadata are read by :mod:`eed.data.beton` (without importing FFCV);
+raw images are then copied out of a memory map (no JIT, ~0.3 s for CIFAR's 50,000 images);
+JPEG images are decoded with OpenCV and center-cropped like the evaluation pipeline.
 """
 
 from __future__ import annotations
